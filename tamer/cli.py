@@ -1,0 +1,251 @@
+"""The `tamer` command (typer). Every command's help ends with an example.
+
+Errors a user can fix print one line, `error: ...`, and exit with the code of their kind
+(tamer/errors.py): 2 config, 3 data, 4 model, 5 state, 6 locked; 1 when a run ends `failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tamer.errors import ConfigError, TamerError
+from tamer.state.home import Home
+
+app = typer.Typer(
+    name="tamer",
+    help="Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $TAMER_HOME or ~/.tamer).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(error: TamerError) -> None:
+    err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(error.exit_code)
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if not start:
+        return "-"
+    seconds = int((end or time.time()) - start)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _supervise(home: Home, run_id: str) -> int:
+    """Run the supervisor in this process, with a progress bar on a terminal."""
+    from tamer.daemon.supervisor import Supervisor
+    from tamer.logs import configure_logging
+    from tamer.progress import RunProgress
+
+    configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
+    if console.is_terminal:
+        with RunProgress(console) as progress:
+            return Supervisor(home, run_id, progress).supervise()
+    return Supervisor(home, run_id).supervise()
+
+
+def _report_end(home: Home, run_id: str, code: int) -> None:
+    from tamer.state.db import Database
+
+    db = Database(home.db_path, create=False)
+    run = db.run(run_id)
+    db.close()
+    if run["status"] == "done":
+        eval_text = f", validation loss {run['final_eval_loss']:.4f}" if run["final_eval_loss"] is not None else ""
+        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {run['final_loss']:.4f}{eval_text}", highlight=False)
+    elif run["failure_reason"]:
+        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe to train (squad).")] = "squad",
+    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")] = "llama-3.2-1b",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data order and init.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    gpu_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")] = None,
+    host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
+    inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Train a recipe under supervision; prints the run id first, exits 0 when the run completes.
+
+    Example: tamer run squad --preset tiny --max-steps 30
+    """
+    from tamer.config import build_config
+    from tamer.daemon.supervisor import create_run
+
+    try:
+        if recipe != "squad":
+            raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+        options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
+                   "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
+                   "inject": inject or None}
+        run_config = build_config(preset, config, options, set_ or [])
+        _preflight(run_config)
+        resolved = Home.resolve(home)
+        run_id = create_run(resolved, run_config)
+        typer.echo(run_id)
+        code = _supervise(resolved, run_id)
+        _report_end(resolved, run_id, code)
+    except TamerError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
+def _preflight(config: Any) -> None:
+    """Checks that cost milliseconds and catch bad input before a run is registered."""
+    from tamer.recipes import squad
+
+    if config.data not in (None, "bundled"):
+        squad.load_records(config.data)
+    if config.init == "pretrained" and (config.model.startswith((".", "/", "~")) and not Path(config.model).expanduser().exists()):
+        from tamer.errors import ModelError
+
+        raise ModelError(f"--model {config.model}: no such folder; pass a hub id or a local model folder")
+
+
+@app.command()
+def resume(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], home: HomeOption = None) -> None:
+    """Continue a run whose supervisor died (reboot, kill -9) from its newest valid checkpoint.
+
+    Example: tamer resume squad-20261125-201500-ab12
+    """
+    from tamer.state.db import Database
+
+    try:
+        resolved = Home.resolve(home)
+        db = Database(resolved.db_path, create=False)
+        full_id = db.run(run_id)["id"]
+        db.close()
+        typer.echo(full_id)
+        code = _supervise(resolved, full_id)
+        _report_end(resolved, full_id, code)
+    except TamerError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
+@app.command()
+def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List runs: id, recipe, status, steps done, started, duration.
+
+    Example: tamer runs --json
+    """
+    from tamer.state.db import Database
+
+    try:
+        db = Database(Home.resolve(home).db_path, create=False)
+        rows = db.runs()
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json([{k: r[k] for k in ("id", "recipe", "preset", "status", "steps_done", "total_steps", "started_at", "ended_at", "final_loss", "failure_reason")} for r in rows])
+        return
+    table = Table("id", "recipe", "status", "steps", "started", "duration", "final loss")
+    for r in rows:
+        table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", _when(r["started_at"]),
+                      _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-")
+    console.print(table)
+
+
+@app.command()
+def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """One run: config, attempts with their plans and outcomes, events, last checkpoint, final loss.
+
+    Example: tamer show squad-20261125-201500-ab12
+    """
+    from tamer.state import checkpoints
+    from tamer.state.db import Database
+
+    try:
+        db = Database(Home.resolve(home).db_path, create=False)
+        run_row = db.run(run_id)
+    except TamerError as error:
+        _fail(error)
+    attempts, events, evals = db.attempts(run_row["id"]), db.events(run_row["id"]), db.evals(run_row["id"])
+    checkpoint, _ = checkpoints.newest_valid(Path(run_row["run_dir"]))
+    if as_json:
+        _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "attempts": attempts, "events": events,
+                     "evals": evals, "last_checkpoint": str(checkpoint.path) if checkpoint else None})
+        return
+    console.print(f"[bold]{run_row['id']}[/bold]  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
+                  f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}", highlight=False)
+    final = f"{run_row['final_loss']:.4f}" if run_row["final_loss"] is not None else "-"
+    final_eval = f"{run_row['final_eval_loss']:.4f}" if run_row["final_eval_loss"] is not None else "-"
+    best_eval = f"{run_row['best_eval_loss']:.4f}" if run_row["best_eval_loss"] is not None else "-"
+    console.print(f"final loss {final}  validation loss {final_eval} (best {best_eval})  last checkpoint "
+                  f"{checkpoint.path if checkpoint else '-'}", highlight=False)
+    if run_row["failure_reason"]:
+        console.print(f"reason: {run_row['failure_reason']}", highlight=False)
+    config = json.loads(run_row["config_json"])
+    console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
+                                                                       "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap")), highlight=False)
+    table = Table("attempt", "plan", "started", "seconds", "steps", "outcome", "phase", "message")
+    for a in attempts:
+        seconds = f"{a['ended_at'] - a['started_at']:.1f}" if a["ended_at"] else "running"
+        steps = f"{a['resumed_from_step']}->{a['last_step']}" if a["last_step"] is not None else f"{a['resumed_from_step']}->"
+        table.add_row(str(a["attempt"]), a["plan_summary"], _when(a["started_at"]), seconds, steps, a["outcome"] or "-",
+                      a["phase"] or "-", (a["message"] or "")[:80])
+    console.print(table)
+    events_table = Table("time", "attempt", "event", "message")
+    for e in events:
+        events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
+    console.print(events_table)
+
+
+@app.command()
+def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], typer.Option("--config", help="Show this config's ladder.")] = None) -> None:
+    """The memory-saving rungs of the escalation ladder, in order, with what each saves and costs.
+
+    Example: tamer strategies --json
+    """
+    from tamer.config import build_config
+    from tamer.strategies.ladder import describe_ladder
+
+    try:
+        order = build_config("tiny", config).ladder.order
+    except TamerError as error:
+        _fail(error)
+    rows = describe_ladder(order)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("#", "rung", "saves / costs", "exact", "new process", "requires")
+    for index, row in enumerate(rows, 1):
+        table.add_row(str(index), row["name"], row["summary"], "yes" if row["exact"] else "no",
+                      "yes" if row["new_process"] else "no", ", ".join(row["requires"]) or "-")
+    console.print(table)
+
+
+def main() -> None:
+    app()

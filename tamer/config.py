@@ -1,0 +1,391 @@
+"""RunConfig: what the user asked for, validated, from a preset + YAML + `--set key=value`.
+
+Precedence: preset < YAML file (`--config`) < command-line options < `--set`. Every key is checked
+at construction: an unknown key or a wrong type is a one-line ConfigError naming the key's path
+(`lora.r: expected an integer, got 'big'`).
+
+The config is what the user wants (effective batch, data, schedule); the plan (tamer/plan.py) is how
+it is trained, and only the plan changes when tamer recovers from out-of-memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tamer.errors import ConfigError
+from tamer.units import parse_size
+
+CARD_LADDER = (
+    "expandable_segments",
+    "gradient_checkpointing",
+    "mixed_precision",
+    "quantize_8bit",
+    "lora",
+    "paged_adamw_8bit",
+    "split_micro_batch",
+)
+
+LLAMA_3_2_1B_ARCHITECTURE: dict[str, Any] = {
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "tie_word_embeddings": True,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+TINY_ARCHITECTURE: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft), used once the `lora` rung is applied."""
+
+    r: int = 16
+    """Adapter rank: memory and capacity grow with it."""
+    alpha: int = 32
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers that get adapters (default: all linear projections of a Llama block)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r: must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LadderConfig:
+    """The escalation ladder: which memory-saving rungs may be applied after an OOM, in which order."""
+
+    order: list[str] = field(default_factory=lambda: list(CARD_LADDER))
+    """Rungs in the order they are tried; leave one out to forbid it."""
+
+    def __post_init__(self) -> None:
+        from tamer.strategies import registry
+
+        known = registry.names()
+        for index, name in enumerate(self.order):
+            if name not in known:
+                raise ConfigError(
+                    f"ladder.order[{index}]: unknown rung '{name}'; known rungs: {', '.join(known)}"
+                )
+        if len(set(self.order)) != len(self.order):
+            raise ConfigError("ladder.order: a rung is listed twice; list each once")
+
+
+@dataclass
+class RunConfig:
+    """One training run, as the user asked for it."""
+
+    recipe: Literal["squad"] = "squad"
+    """Which recipe trains (only `squad` today)."""
+    preset: str = "llama-3.2-1b"
+    """The preset this config started from."""
+    model: str = "meta-llama/Llama-3.2-1B"
+    """Hub id or local directory of the model (with `init: random`, only a name)."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """`pretrained` loads weights with from_pretrained; `random` builds `architecture` with seeded random weights."""
+    architecture: dict[str, Any] | None = None
+    """LlamaConfig fields for `init: random`."""
+    tokenizer: str | None = None
+    """Hub id or directory of the tokenizer; null = the model's; `bundled` = the Mistral-v1 tokenizer shipped with tamer."""
+    data: str | None = None
+    """null = `rajpurkar/squad` from the hub; `bundled` = the SQuAD slice shipped with tamer; else a SQuAD v1.1 JSON file."""
+    max_seq_len: int = 512
+    """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
+    effective_batch_size: int = 8
+    """Sequences per optimizer step; constant across every plan change."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward in the first plan (accumulation = effective / micro)."""
+    learning_rate: float = 2e-5
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of the optimizer steps spent warming up (linear) before the cosine decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    epochs: int = 1
+    """Passes over the training data (unless max_steps comes first)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    seed: int = 0
+    """Seed for data order, random init and RNGs."""
+    eval_every: int | None = None
+    """Validation loss every N optimizer steps (always at the end)."""
+    eval_samples: int = 256
+    """Size of the held-out validation slice."""
+    eval_batch_size: int = 8
+    """Sequences per evaluation forward."""
+    checkpoint_every: int = 50
+    """Checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep (>= 2, so a torn one always has a predecessor)."""
+    max_restarts: int = 10
+    """Restarts after failures that escalation cannot fix (crash, hang) before the run is `failed`."""
+    restart_backoff: float = 2.0
+    """Seconds before the first such restart; doubles each time (exponential backoff)."""
+    restart_backoff_max: float = 120.0
+    """Longest wait between restarts, in seconds."""
+    start_rungs: list[str] = field(default_factory=list)
+    """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: `auto` = the GPU when there is one."""
+    gpu_mem_cap: str | None = None
+    """Cap the child's GPU memory (e.g. `15GiB`) with set_per_process_memory_fraction."""
+    host_mem_cap: str | None = None
+    """Cap the child's address space growth after setup (RLIMIT_AS), e.g. `2GiB`: a real host OOM on purpose."""
+    inject: list[str] = field(default_factory=list)
+    """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.effective_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"micro_batch_size: {self.micro_batch_size} does not divide effective_batch_size "
+                f"{self.effective_batch_size}; pick a divisor"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.keep_checkpoints < 2:
+            raise ConfigError(f"keep_checkpoints: must be >= 2, got {self.keep_checkpoints}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts: must be >= 0, got {self.max_restarts}")
+        from tamer.strategies import registry
+
+        for index, name in enumerate(self.start_rungs):
+            if name not in registry.names():
+                raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+        if self.restart_backoff < 0 or self.restart_backoff_max < 0:
+            raise ConfigError("restart_backoff: must be >= 0 seconds")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        for name in ("gpu_mem_cap", "host_mem_cap"):
+            if getattr(self, name) is not None:
+                parse_size(getattr(self, name), name)
+        if self.init == "random" and not self.architecture:
+            raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
+        from tamer.inject import parse_faults
+
+        parse_faults(self.inject)
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.effective_batch_size // self.micro_batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Hash of what decides the training result (not restarts, caps or injected faults)."""
+        data = self.to_dict()
+        for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
+                     "ladder", "micro_batch_size", "device", "start_rungs"):
+            data.pop(name)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        "model": "meta-llama/Llama-3.2-1B",
+        "architecture": LLAMA_3_2_1B_ARCHITECTURE,
+    },
+    "tiny": {
+        "model": "tiny-llama",
+        "init": "random",
+        "architecture": TINY_ARCHITECTURE,
+        "tokenizer": "bundled",
+        "data": "bundled",
+        "learning_rate": 1e-3,
+        "eval_samples": 64,
+        "checkpoint_every": 10,
+    },
+}
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping", list: "a list"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """`value` checked against the annotation `tp`; nested dataclasses are built from mappings."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        others = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in others:
+            try:
+                return _coerce(value, candidate, path)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _build(tp, value, path + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(item, args[0], f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any:
+        return value
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key; known keys: {', '.join(sorted(names))}")
+    values = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
+    return cls(**values)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{key}' is not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`key.path=value` -> (path, YAML-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected key=value, e.g. --set lora.r=8")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item}: missing key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`, or a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"--config {path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys at the top level")
+    return data
+
+
+def build_config(
+    preset: str = "llama-3.2-1b",
+    config_file: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """The validated RunConfig for a preset, a YAML file, CLI options (None = not given) and --set items."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset}: unknown preset; choose one of {', '.join(PRESETS)}")
+    data: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
+    data["preset"] = preset
+    if config_file is not None:
+        file_data = load_yaml(config_file)
+        if "preset" in file_data and file_data["preset"] != preset:
+            other = file_data.pop("preset")
+            if other not in PRESETS:
+                raise ConfigError(f"preset: unknown preset '{other}'; choose one of {', '.join(PRESETS)}")
+            data = json.loads(json.dumps(PRESETS[other]))
+            data["preset"] = other
+        data.update(file_data)
+    for key, value in (options or {}).items():
+        if value is not None:
+            _set_path(data, key, value)
+    for item in sets or []:
+        key, value = parse_set(item)
+        _set_path(data, key, value)
+    if "micro_batch_size" not in data and "effective_batch_size" in data:
+        data["micro_batch_size"] = data["effective_batch_size"]
+    return _build(RunConfig, data)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A RunConfig from its stored dict (as in the runs table)."""
+    return _build(RunConfig, data)

@@ -1,0 +1,1 @@
+"""The supervisor and the child it runs: spawn, watch, classify each exit, and train."""

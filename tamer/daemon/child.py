@@ -1,0 +1,112 @@
+"""`python -m tamer.daemon.child RUN_DIR ATTEMPT`: one attempt of a run, in its own process.
+
+The supervisor writes the plan to `RUN_DIR/plans/attempt-N.json` and starts this. The child trains
+(tamer/engine/trainer.py) and, however it ends, writes `RUN_DIR/attempts/N/exit.json` — done, stopped,
+an error a restart cannot fix, or the exception with its phase, step, micro-batch and memory peaks —
+then exits with a code the supervisor classifies (tamer/daemon/outcome.py). It dies with the
+supervisor (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_EXCEPTION = 10
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """Ask the kernel to SIGKILL us when the supervisor dies (Linux); if it already died, go now."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    from tamer.state.checkpoints import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir, attempt = Path(argv[0]), int(argv[1])
+    if os.environ.get("TAMER_SUPERVISOR_PID"):
+        die_with_parent(int(os.environ["TAMER_SUPERVISOR_PID"]))
+    stop_flag = {"stop": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop_flag["stop"] = True
+        stop_flag["signal"] = signum
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    from tamer.logs import configure_logging
+
+    configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}")
+    from tamer.engine.trainer import StopRequested, Trainer
+    from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, TamerError
+
+    report_path = run_dir / "attempts" / str(attempt) / "exit.json"
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(run_dir, attempt, stop_flag)
+        trainer.run()
+    except StopRequested:
+        assert trainer is not None
+        if trainer.state.checkpoint_step != trainer.state.step:
+            trainer.save_checkpoint()
+        signum = stop_flag.get("signal", signal.SIGTERM)
+        write_report(report_path, {"status": "stopped", "signal": signum, "step": trainer.state.step})
+        return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
+    except TamerError as error:
+        write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
+        return error.exit_code
+    except BaseException as error:  # every failure is reported, then classified by the supervisor
+        _lift_address_space_limit()
+        report: dict[str, Any] = {
+            "status": "exception",
+            "exc_type": type(error).__name__,
+            "message": str(error),
+            "traceback": traceback.format_exc(limit=20),
+        }
+        if trainer is not None:
+            report.update(trainer.where())
+            try:
+                from tamer.engine import memory
+
+                report["memory_stats"] = memory.peak_stats(trainer.device)
+            except Exception as stats_error:
+                report["memory_stats_error"] = str(stats_error)
+        else:
+            report["phase"] = "load"
+        write_report(report_path, report)
+        traceback.print_exc()
+        return EXIT_EXCEPTION
+    write_report(report_path, {"status": "done", "step": trainer.state.step})
+    return 0
+
+
+def _lift_address_space_limit() -> None:
+    """After a host OOM under `host_mem_cap`, give the report room to be written."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,261 @@
+"""Why a child exited: one `Outcome` per attempt, from its exit status and its exit report.
+
+The supervisor calls `classify(returncode, report, oom_killed=..., hung=...)` after every child exit
+and hands the Outcome to the ladder. The child's exit report (JSON) says what it knew (exception,
+phase, step, micro-batch, memory peaks); the exit status and the cgroup's `memory.events` say what it
+could not (a signal, the kernel OOM killer). Pure: no torch import, so every case is unit-tested
+with real message texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tamer.errors import ERROR_BY_EXIT_CODE, EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES
+from tamer.inject import PHASES
+
+OutcomeKind = Literal[
+    "done",
+    "cuda_oom",
+    "host_oom",
+    "crash",
+    "hang",
+    "stopped",
+    "config_error",
+    "data_error",
+    "model_error",
+    "lost",
+]
+
+MESSAGE_LIMIT = 300
+
+# Device allocation failures that do not always say "CUDA out of memory": cuBLAS/cuDNN/cuSOLVER
+# cannot get a workspace, or the driver itself reports cudaErrorMemoryAllocation.
+CUDA_OOM_MARKERS = (
+    "cuda out of memory",
+    "cuda error: out of memory",
+    "cuda driver error: out of memory",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cusolver_status_alloc_failed",
+    "cusparse_status_alloc_failed",
+    "cufft_alloc_failed",
+)
+HOST_OOM_MARKERS = (
+    "defaultcpuallocator: can't allocate memory",
+    "defaultcpuallocator: not enough memory",
+    "std::bad_alloc",
+    "[errno 12] cannot allocate memory",
+)
+CUDA_OOM_TYPES = {"OutOfMemoryError"}
+HOST_OOM_TYPES = {"MemoryError"}
+ERROR_KINDS = {"config_error", "data_error", "model_error"}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+_UNIT_BYTES = {"b": 1, "bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>bytes|B|KiB|MiB|GiB|TiB)\b"
+# Both torch formats: the new one (2.1+) in sentences, the old one in a parenthesis. torch 2.1
+# spelled "capacty", hence `capac\w*`.
+_SIZE_PATTERNS = {
+    "tried_to_allocate": [rf"tried to allocate {_SIZE}"],
+    "total_capacity": [rf"total capac\w* of {_SIZE}", rf"{_SIZE} total capacity"],
+    "free": [rf"of which {_SIZE} is free", rf"{_SIZE} free\b"],
+    "allowed": [rf"{_SIZE} allowed;"],
+    "process_in_use": [rf"this process has {_SIZE} memory in use"],
+    "allocated_by_pytorch": [
+        rf"of the allocated memory {_SIZE} is allocated by pytorch",
+        rf"{_SIZE} already allocated",
+    ],
+    "reserved_unallocated": [rf"{_SIZE} is reserved by pytorch but unallocated"],
+    "reserved_total": [rf"{_SIZE} reserved in total by pytorch"],
+}
+# torch lists every other process on the card this way; inside a container NVML reports host pids,
+# so the child itself may appear here instead of as "this process".
+_OTHER_PROCESS = re.compile(rf"process \d+ has {_SIZE} memory in use", re.IGNORECASE)
+
+
+def _bytes(match: re.Match[str]) -> int:
+    return round(float(match.group("value")) * _UNIT_BYTES[match.group("unit").lower()])
+
+
+def parse_oom_message(text: str) -> dict[str, int]:
+    """The sizes (bytes) an out-of-memory message states, by name; only those that parse.
+
+    Names: tried_to_allocate, total_capacity, free, allowed (set_per_process_memory_fraction),
+    process_in_use, other_processes_in_use (sum of "Process N has ..."), allocated_by_pytorch,
+    reserved_unallocated, reserved_total. Each format states two of the last three; the third is
+    derived. The CPU allocator's "you tried to allocate N bytes" gives tried_to_allocate.
+    """
+    sizes: dict[str, int] = {}
+    for name, patterns in _SIZE_PATTERNS.items():
+        for pattern in patterns:
+            match = re.search(pattern, text, re.IGNORECASE)
+            if match:
+                sizes[name] = _bytes(match)
+                break
+    others = [_bytes(match) for match in _OTHER_PROCESS.finditer(text)]
+    if others:
+        sizes["other_processes_in_use"] = sum(others)
+    allocated = sizes.get("allocated_by_pytorch")
+    if allocated is not None and "reserved_unallocated" in sizes and "reserved_total" not in sizes:
+        sizes["reserved_total"] = allocated + sizes["reserved_unallocated"]
+    if allocated is not None and "reserved_total" in sizes and "reserved_unallocated" not in sizes:
+        sizes["reserved_unallocated"] = sizes["reserved_total"] - allocated
+    return sizes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one child attempt ended, and whether the supervisor should retry and escalate."""
+
+    kind: OutcomeKind
+    message: str
+    phase: str | None = None
+    """load, forward, backward, optimizer, checkpoint or eval; None when unknown."""
+    exit_code: int | None = None
+    """The child's exit status; None when a signal killed it or the status is unknown."""
+    signal: int | None = None
+    """The signal that ended the child (also for shell-style 128+N statuses)."""
+    micro_batch_size: int | None = None
+    step: int | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes parsed from the OOM message (see parse_oom_message)."""
+    memory_stats: dict[str, Any] = field(default_factory=dict)
+    """Peaks from the child's report (torch.cuda.memory_stats and host RSS), passed through."""
+    retryable: bool = True
+    escalate: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
+    """The first non-empty line of `text`, cut to `limit` characters."""
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _signal_of(returncode: int) -> int | None:
+    """The signal behind `returncode`: negative from subprocess, or 128+N from a shell or a clean stop."""
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode <= 128 + 64:
+        return returncode - 128
+    return None
+
+
+def _oom_kind(exc_type: str | None, message: str) -> OutcomeKind | None:
+    lowered = message.lower()
+    if exc_type in CUDA_OOM_TYPES or any(marker in lowered for marker in CUDA_OOM_MARKERS):
+        return "cuda_oom"
+    if exc_type in HOST_OOM_TYPES or any(marker in lowered for marker in HOST_OOM_MARKERS):
+        return "host_oom"
+    return None
+
+
+def classify(
+    returncode: int | None,
+    report: dict[str, Any] | None,
+    *,
+    oom_killed: bool = False,
+    hung: bool = False,
+) -> Outcome:
+    """The Outcome of a child that exited with `returncode` (as subprocess gives it) after writing
+    `report` (None when it wrote none). `oom_killed`: memory.events' oom_kill rose during the attempt
+    (see detect_oom_kill). `hung`: the supervisor killed it because its heartbeat stopped.
+
+    Evidence of running out of memory wins over everything else but a clean finish, because an OOM
+    often ends in a secondary crash (a SIGABRT at teardown, a dead DataLoader worker).
+    """
+    report = report or {}
+    status = report.get("status")
+    exc_type = report.get("exc_type")
+    full_message = str(report.get("message") or "")
+    phase = report.get("phase") if report.get("phase") in PHASES else None
+    signal_number = _signal_of(returncode) if returncode is not None else None
+    common: dict[str, Any] = {
+        "phase": phase,
+        "exit_code": returncode if returncode is not None and returncode >= 0 else None,
+        "signal": signal_number,
+        "micro_batch_size": report.get("micro_batch_size"),
+        "step": report.get("step"),
+        "memory_stats": dict(report.get("memory_stats") or {}),
+    }
+    described = one_line(": ".join(part for part in (exc_type, full_message) if part))
+
+    if status == "done" and returncode == 0:
+        return Outcome("done", described or "finished", retryable=False, **common)
+    # A TamerError ("error") is the child's own verdict; anything else with a message may be an OOM.
+    oom_kind = _oom_kind(exc_type, full_message) if status not in ("done", "error") else None
+    if oom_kind:
+        return Outcome(oom_kind, described, sizes=parse_oom_message(full_message), escalate=True, **common)
+    if returncode is None:
+        return Outcome("lost", "the child's exit status is unknown (its supervisor lost track of it)", **common)
+    stopped = signal_number in STOP_SIGNALS or status == "stopped"
+    if oom_killed and returncode != 0 and not stopped:
+        killed = f"killed by {signal_name(signal_number)}" if signal_number else f"exited with code {returncode}"
+        message = f"{killed} after the kernel OOM killer fired (memory.events oom_kill rose)"
+        return Outcome("host_oom", message, escalate=True, **common)
+    if hung:
+        killed = f" ({signal_name(signal_number)})" if signal_number else ""
+        return Outcome("hang", f"heartbeat stopped; the supervisor killed it{killed}", **common)
+    if stopped:
+        how = f"by {signal_name(signal_number)}" if signal_number in STOP_SIGNALS else "on request"
+        return Outcome("stopped", f"stopped {how}", retryable=False, **common)
+    error_kind = report.get("error_kind")
+    if status == "error" or returncode in (EXIT_CONFIG, EXIT_DATA, EXIT_MODEL):
+        kind = error_kind if error_kind in ERROR_KINDS else getattr(ERROR_BY_EXIT_CODE.get(returncode), "kind", None)
+        if kind in ERROR_KINDS:
+            return Outcome(kind, described or f"exited with code {returncode}", retryable=False, **common)
+    retryable = returncode not in NOT_RETRYABLE_EXIT_CODES
+    if returncode < 0:
+        killed = f"killed by {signal_name(signal_number)}"
+        if signal_number == signal.SIGKILL:
+            killed += " (no OOM-kill evidence in memory.events)"
+        return Outcome("crash", f"{killed}: {described}" if described else killed, retryable=retryable, **common)
+    if status in ("exception", "error"):
+        return Outcome("crash", described or f"exited with code {returncode}", retryable=retryable, **common)
+    if status is None:
+        return Outcome("crash", f"exited with code {returncode} without a report", retryable=retryable, **common)
+    return Outcome("crash", f"exited with code {returncode} after reporting '{status}'", retryable=retryable, **common)
+
+
+def read_memory_events(path: str | Path = "/sys/fs/cgroup/memory.events") -> dict[str, int] | None:
+    """The counters of a cgroup v2 `memory.events` file (`oom_kill`, `oom`, `max`, ...), or None
+    when it cannot be read (cgroup v1, no cgroup namespace, not Linux)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+def detect_oom_kill(before: dict[str, int] | None, after: dict[str, int] | None) -> bool:
+    """Whether the kernel OOM killer killed a process in the cgroup between two memory.events
+    snapshots. False when either is missing: without a baseline an old kill would be blamed."""
+    if before is None or after is None:
+        return False
+    return after.get("oom_kill", 0) > before.get("oom_kill", 0)

@@ -1,0 +1,316 @@
+"""The supervisor: spawn the child -> watch it -> classify its exit -> ask the ladder -> respawn.
+
+It never initialises CUDA (device facts come from NVML or a throwaway probe), so the child gets the
+whole card, and it outlives every child. Restarts after failures that escalation cannot fix (crash,
+hang, a lost child) back off exponentially through tenacity and are bounded by `max_restarts`;
+OOMs restart at once under the ladder's next plan, bounded by the ladder itself. One supervisor per
+run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by kill -9.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+import tenacity
+
+from tamer.config import RunConfig, config_from_dict
+from tamer.daemon import outcome as outcomes
+from tamer.daemon.probe import device_facts
+from tamer.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED_INT,
+    EXIT_STOPPED_TERM,
+    LockedError,
+    StateError,
+)
+from tamer.plan import DeviceFacts, Plan
+from tamer.state.checkpoints import write_json_atomic
+from tamer.state.db import Database
+from tamer.state.home import Home
+from tamer.strategies import ladder
+from tamer.units import format_size, parse_size
+
+log = structlog.get_logger("tamer.supervisor")
+POLL_SECONDS = 0.25
+
+
+class AttemptFailed(Exception):
+    """An attempt ended in a failure the supervisor restarts from."""
+
+    def __init__(self, outcome: outcomes.Outcome, escalated: bool) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+        self.escalated = escalated
+
+
+def new_run_id(recipe: str) -> str:
+    return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def create_run(home: Home, config: RunConfig) -> str:
+    """Register a run (status `queued`) and write its folder; returns its id."""
+    db = Database(home.db_path)
+    run_id = new_run_id(config.recipe)
+    run_dir = home.run_dir(run_id)
+    (run_dir / "plans").mkdir(parents=True)
+    write_json_atomic(run_dir / "run.json", {"run_id": run_id, "db_path": str(home.db_path), "config": config.to_dict()})
+    db.insert_run({
+        "id": run_id, "recipe": config.recipe, "preset": config.preset, "status": "queued",
+        "config_json": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
+        "run_dir": str(run_dir), "created_at": time.time(), "steps_done": 0, "samples_consumed": 0,
+        "gpu_mem_cap": parse_size(config.gpu_mem_cap) if config.gpu_mem_cap else None,
+        "host_mem_cap": parse_size(config.host_mem_cap) if config.host_mem_cap else None,
+    })
+    db.event(run_id, "created", f"run created from preset {config.preset}", config=config.to_dict())
+    db.close()
+    return run_id
+
+
+def initial_plan(config: RunConfig, facts: DeviceFacts) -> Plan:
+    """The first plan: the user's batch geometry, plus any `start_rungs` (with their prerequisites)."""
+    plan = Plan(
+        micro_batch_size=config.micro_batch_size,
+        grad_accumulation=config.grad_accumulation,
+        eval_batch_size=config.eval_batch_size,
+    )
+    for name in config.start_rungs:
+        plan = ladder.apply_rung(plan, name, facts)
+    return plan
+
+
+class RunLock:
+    """An exclusive flock on `runs/<id>/lock`: one supervisor per run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "lock"
+        self.handle: Any = None
+
+    def acquire(self, run_id: str) -> None:
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise LockedError(f"run {run_id} is already supervised by pid {holder}; wait for it, or stop it with `tamer stop {run_id}`") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+class Supervisor:
+    def __init__(self, home: Home, run_id: str, progress: Any = None) -> None:
+        self.home = home
+        self.db = Database(home.db_path, create=False)
+        self.run = self.db.run(run_id)
+        self.run_id = self.run["id"]
+        self.run_dir = Path(self.run["run_dir"])
+        self.config = config_from_dict(json.loads(self.run["config_json"]))
+        self.progress = progress
+        self.lock = RunLock(self.run_dir)
+        self.child: subprocess.Popen | None = None
+        self.stop_signal: int | None = None
+        self.crash_restarts = 0
+        self.failure_reason: str | None = None
+        self._backoff = tenacity.wait_exponential(multiplier=self.config.restart_backoff, max=self.config.restart_backoff_max)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def supervise(self) -> int:
+        """Run attempts until the run is done, failed or stopped; returns the exit code."""
+        if self.run["status"] == "done":
+            raise StateError(f"run {self.run_id} already finished; `tamer show {self.run_id}` has its results")
+        self.lock.acquire(self.run_id)
+        previous_handlers = self._install_signal_handlers()
+        try:
+            self._prepare()
+            return self._loop()
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            self.lock.release()
+            self.db.close()
+
+    def _prepare(self) -> None:
+        for attempt in self.db.attempts(self.run_id):
+            if attempt["ended_at"] is None:  # its supervisor died (kill -9, reboot): the child died with it
+                self.db.update_attempt(self.run_id, attempt["attempt"], ended_at=time.time(), outcome="lost",
+                                       message="the supervisor died while this attempt ran")
+                self.db.event(self.run_id, "lost", f"attempt {attempt['attempt']} was lost with its supervisor", attempt=attempt["attempt"])
+        if self.run["device_json"]:
+            self.facts = DeviceFacts.from_dict(json.loads(self.run["device_json"]))
+        else:
+            self.facts = device_facts(self.config.device)
+            self.db.update_run(self.run_id, device_json=json.dumps(self.facts.to_dict()))
+        attempts = self.db.attempts(self.run_id)
+        if attempts:
+            self.plan = Plan.from_dict(json.loads(attempts[-1]["plan_json"]))
+            self.reason = "resumed by `tamer resume`"
+            self.db.event(self.run_id, "resume_run", f"supervisor resumed the run with plan: {self.plan.describe()}")
+        else:
+            self.plan = initial_plan(self.config, self.facts)
+            self.reason = "first plan" + (f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
+        self.applied: list[str] = list(self.plan.rungs) if not attempts else []
+        self.db.update_run(self.run_id, status="running", started_at=self.run["started_at"] or time.time(),
+                           supervisor_pid=os.getpid(), ended_at=None, failure_reason=None)
+
+    def _loop(self) -> int:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(AttemptFailed),
+            stop=lambda state: self.crash_restarts > self.config.max_restarts or self.stop_signal is not None,
+            wait=self._wait,
+            before_sleep=self._before_restart,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._attempt()
+        except AttemptFailed as failure:
+            if self.stop_signal is not None:
+                return self._finish("stopped", self._stop_exit_code(), "stopped by signal during a restart")
+            return self._finish("failed", EXIT_FAILED,
+                                f"gave up after {self.crash_restarts - 1} restarts (max_restarts {self.config.max_restarts}): "
+                                f"{failure.outcome.kind}: {failure.outcome.message}")
+        raise AssertionError("unreachable")
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(failure, AttemptFailed) and failure.escalated:
+            return 0.0  # a new plan: waiting would not make it fit better
+        return self._backoff(types.SimpleNamespace(attempt_number=self.crash_restarts))
+
+    def _before_restart(self, retry_state: tenacity.RetryCallState) -> None:
+        seconds = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        failure = retry_state.outcome.exception()
+        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}: {self.reason}",
+                      wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict())
+
+    def _attempt(self) -> int:
+        if self.stop_signal is not None:  # the signal came while waiting to restart
+            return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
+        number = self.db.next_attempt_number(self.run_id)
+        plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
+        write_json_atomic(plan_path, self.plan.to_dict())
+        returncode, report, oom_killed, peak_rss = self._run_child(number)
+        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed)
+        stats = outcome.memory_stats or {}
+        self.db.update_attempt(
+            self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
+            signal=-returncode if returncode < 0 else None, outcome=outcome.kind, phase=outcome.phase,
+            micro_batch_size=outcome.micro_batch_size, message=outcome.message,
+            detail_json=json.dumps({**outcome.to_dict(), "peak_host_rss": peak_rss}, default=str),
+            peak_allocated=stats.get("peak_allocated"), peak_reserved=stats.get("peak_reserved"),
+        )
+        log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=outcome.message)
+        if outcome.kind == "done":
+            return self._finish("done", EXIT_OK, None)
+        if outcome.kind == "stopped" or self.stop_signal is not None:
+            return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
+        if not outcome.retryable:
+            code = (report or {}).get("exit_code") or EXIT_FAILED
+            return self._finish("failed", code, outcome.message)
+        decision = ladder.next_plan(self.plan, outcome, self.facts, self.config.ladder.order)
+        if decision.plan is None:
+            peak = self._peak_text()
+            return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")
+        if decision.escalated or decision.applied:
+            self.db.event(self.run_id, "escalate", decision.reason, attempt=number, applied=decision.applied,
+                          skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict())
+        else:
+            self.crash_restarts += 1
+        self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
+        raise AttemptFailed(outcome, escalated=bool(decision.applied))
+
+    # --- the child ------------------------------------------------------------------------------
+
+    def _run_child(self, number: int) -> tuple[int, dict | None, bool, int]:
+        attempt_dir = self.run_dir / "attempts" / str(number)
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.plan.env, "TAMER_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        events_before = outcomes.read_memory_events()
+        with open(attempt_dir / "child.log", "ab") as child_log:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "tamer.daemon.child", str(self.run_dir), str(number)],
+                stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        self.db.insert_attempt({
+            "run_id": self.run_id, "attempt": number, "plan_json": self.plan.to_json(), "plan_summary": self.plan.describe(),
+            "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": self.child.pid,
+            "started_at": time.time(), "resumed_from_step": self._steps_done(),
+        })
+        self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {self.child.pid}): {self.plan.describe()}",
+                      attempt=number, plan=self.plan.to_dict(), reason=self.reason)
+        peak_rss = 0
+        while (returncode := self.child.poll()) is None:
+            peak_rss = max(peak_rss, _rss(self.child.pid))
+            if self.progress is not None:
+                self.progress.update(self.db, self.run_id, number)
+            time.sleep(POLL_SECONDS)
+        if self.progress is not None:
+            self.progress.update(self.db, self.run_id, number)
+        self.child = None
+        oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
+        report_path = attempt_dir / "exit.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else None
+        return returncode, report, oom_killed, peak_rss
+
+    # --- signals and endings --------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def forward(signum: int, frame: Any) -> None:
+            first = self.stop_signal is None
+            self.stop_signal = signum
+            if self.child is not None and self.child.poll() is None:
+                # First signal: the child checkpoints at the next step boundary. A second: kill it.
+                os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
+
+        return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def _stop_exit_code(self) -> int:
+        return EXIT_STOPPED_INT if self.stop_signal == signal.SIGINT else EXIT_STOPPED_TERM
+
+    def _steps_done(self) -> int:
+        return self.db.run(self.run_id)["steps_done"] or 0
+
+    def _peak_text(self) -> str:
+        peaks = [a["peak_reserved"] or 0 for a in self.db.attempts(self.run_id)]
+        rss = [json.loads(a["detail_json"] or "{}").get("peak_host_rss") or 0 for a in self.db.attempts(self.run_id)]
+        if any(peaks):
+            return f"highest GPU memory reserved: {format_size(max(peaks))}"
+        return f"highest host memory (RSS): {format_size(max(rss or [0]))}"
+
+    def _finish(self, status: str, code: int, reason: str | None) -> int:
+        self.db.update_run(self.run_id, status=status, ended_at=time.time(), failure_reason=reason, exit_code=code, supervisor_pid=None)
+        kind = {"done": "finish", "failed": "failed", "stopped": "stopped"}[status]
+        self.db.event(self.run_id, kind, reason or f"run finished: {self._steps_done()} steps")
+        self.failure_reason = reason
+        return code
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0

@@ -1,0 +1,126 @@
+"""Turning a plan into a model: load (hub, local, a checkpoint or a pinned base), quantize, LoRA,
+gradient checkpointing, device, dtype."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tamer.config import RunConfig
+from tamer.errors import ModelError
+from tamer.plan import Plan
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_error(model: str, error: Exception) -> ModelError:
+    """A one-line ModelError that says what to do, from a hub/loading exception."""
+    text = str(error)
+    lowered = text.lower()
+    hint = "or pass --model PATH to a local copy"
+    if "gated" in lowered or "401" in text or "unauthorized" in lowered or "restricted" in lowered:
+        return ModelError(
+            f"model {model} is gated: accept its licence on the hub and log in (set HF_TOKEN or run `hf auth login`), {hint}"
+        )
+    if "not a valid model identifier" in lowered or "404" in text or "repository not found" in lowered:
+        return ModelError(f"model {model} was not found on the hub or on disk; check the name, {hint}")
+    if "connect" in lowered or "offline" in lowered or "resolve" in lowered:
+        return ModelError(f"model {model} could not be fetched (the hub is unreachable); log in and retry, {hint}")
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return ModelError(f"model {model} could not be loaded ({first_line[:200]}); {hint}")
+
+
+def materialize_random_init(config: RunConfig, destination: Path) -> None:
+    """Build `config.architecture` with seeded random weights and save it like a real checkpoint
+    (fp32 safetensors + config.json), so every later load goes through from_pretrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (destination / "config.json").is_file():
+        return
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(LlamaConfig(**(config.architecture or {})))
+    tmp = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    os.replace(tmp, destination)
+
+
+def pin_base(weights_dir: Path, destination: Path) -> Path:
+    """Keep a full-weights folder as the frozen base of later LoRA checkpoints (hard links: free)."""
+    if (destination / "config.json").is_file():
+        return destination
+    tmp = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file in weights_dir.iterdir():
+        try:
+            os.link(file, tmp / file.name)
+        except OSError:
+            shutil.copy2(file, tmp / file.name)
+    os.replace(tmp, destination)
+    return destination
+
+
+def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, adapter_dir: Path | None) -> Any:
+    """The trainable model for `plan`: base weights from `base` (hub id or folder), LoRA adapters from
+    `adapter_dir` when resuming a LoRA checkpoint."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": DTYPES[plan.weights_dtype]}
+    if plan.quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as error:
+        raise model_error(config.model if not Path(base).exists() else base, error) from None
+    model.config.use_cache = False
+    if plan.quantization is None:
+        model.to(device)
+    checkpointing_kwargs = {"use_reentrant": False}
+    if plan.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=plan.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing_kwargs,
+        )
+    elif plan.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+    if plan.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        else:
+            lora = config.lora
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        if plan.gradient_checkpointing:
+            # Checkpointed blocks with frozen inputs would get no gradient path to the adapters.
+            model.enable_input_require_grads()
+    elif adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    model.train()
+    return model
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

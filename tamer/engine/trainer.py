@@ -1,0 +1,397 @@
+"""One attempt of a run, inside the child: build everything from the plan, resume from the newest
+valid checkpoint, train, checkpoint, evaluate, and write every step to SQLite.
+
+Reads top to bottom: `Trainer.run()` is setup -> resume -> loop -> final checkpoint and evaluation.
+`phase`, `step` and `micro_batch_size` always say where the attempt is, so a failure can be reported
+with its phase (the child's report, tamer/daemon/child.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from tamer.config import RunConfig
+from tamer.engine import memory
+from tamer.engine.faults import FaultPlan
+from tamer.engine.loss import loss_sum
+from tamer.engine.model import build_model, materialize_random_init, pin_base, trainable_parameters
+from tamer.engine.optim import build_optimizer, build_scheduler, restore_scheduler, warmup_steps
+from tamer.engine.sampling import SampleOrder
+from tamer.inject import parse_faults
+from tamer.plan import Plan
+from tamer.recipes import squad
+from tamer.state import checkpoints
+from tamer.state.db import Database
+from tamer.units import parse_size
+
+log = structlog.get_logger("tamer.child")
+
+# Test hook for the negative control of the exact-resume test: names what NOT to restore.
+SKIP_RESTORE_ENV = "TAMER_UNSAFE_SKIP_RESTORE"
+CHUNK_SIZE = 1024
+
+
+@dataclass
+class Batch:
+    tensors: dict[str, torch.Tensor]
+    sample_ids: list[int]
+    tokens: int
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    samples_consumed: int = 0
+    checkpoint_step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT reached the child: checkpoint at the step boundary, then exit."""
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, attempt: int, stop_flag: dict[str, bool]) -> None:
+        self.run_dir = run_dir
+        self.attempt = attempt
+        self.stop_flag = stop_flag
+        spec = json.loads((run_dir / "run.json").read_text())
+        self.run_id: str = spec["run_id"]
+        self.config = _config(spec["config"])
+        self.plan = Plan.from_dict(json.loads((run_dir / "plans" / f"attempt-{attempt}.json").read_text()))
+        self.db = Database(spec["db_path"])
+        self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt)
+        self.phase = "load"
+        self.state = TrainState()
+        self.device = _device(self.config)
+        self.skip_restore = set(filter(None, os.environ.get(SKIP_RESTORE_ENV, "").split(",")))
+
+    # --- where the attempt is, for reports ------------------------------------------------------
+
+    def where(self) -> dict[str, Any]:
+        in_flight = self.phase in ("forward", "backward", "optimizer")
+        return {"phase": self.phase, "step": self.state.step + 1 if in_flight else self.state.step,
+                "micro_batch_size": self.plan.micro_batch_size}
+
+    def event(self, kind: str, message: str, **detail: Any) -> None:
+        log.info(kind, message=message, **detail)
+        self.db.event(self.run_id, kind, message, attempt=self.attempt, **detail)
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._set_device_limits()
+        self.faults.check("load", None, self.plan.micro_batch_size)
+        self.tokenizer = squad.load_tokenizer(self.config.tokenizer if self.config.tokenizer else ("bundled" if self.config.init == "random" else None), self.config.model)
+        self.train_examples, self.eval_examples = self._load_examples()
+        self.order = SampleOrder(len(self.train_examples), self.config.seed)
+        steps_per_epoch = len(self.train_examples) // self.config.effective_batch_size
+        if steps_per_epoch < 1 and self.config.max_steps is None:
+            from tamer.errors import DataError
+
+            raise DataError(f"{len(self.train_examples)} training examples make no full batch of {self.config.effective_batch_size}")
+        self.total_steps = self.config.max_steps or self.config.epochs * steps_per_epoch
+        self.db.update_run(self.run_id, total_steps=self.total_steps)
+
+        checkpoint, skipped = checkpoints.newest_valid(self.run_dir)
+        for name, reason in skipped:
+            self.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
+        self.base, adapter_dir = self._model_source(checkpoint)
+        self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+        self.parameters = [p for _, p in trainable_parameters(self.model)]
+        self.optimizer = build_optimizer(self.plan, self.parameters, self.config)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.config, self.total_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if self.plan.autocast_dtype == "fp16" and self.device.type == "cuda" else None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self._set_host_limit()
+
+    def _set_device_limits(self) -> None:
+        if self.device.type != "cuda":
+            return
+        torch.cuda.set_device(self.device)
+        if self.config.gpu_mem_cap:
+            cap = parse_size(self.config.gpu_mem_cap)
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), self.device)
+        settings = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+        if settings:
+            torch.empty(1, device=self.device)  # the allocator reads its settings on first use
+            self.event("allocator", f"allocator settings in force: {_allocator_settings() or settings}", requested=settings, in_force=_allocator_settings())
+
+    def _set_host_limit(self) -> None:
+        """`host_mem_cap`: the address space may grow by at most this much beyond what setup mapped."""
+        if not self.config.host_mem_cap:
+            return
+        current = _vm_size()
+        limit = current + parse_size(self.config.host_mem_cap)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        self.event("host_mem_cap", f"address space capped at {limit} bytes ({self.config.host_mem_cap} above setup)", limit=limit)
+
+    def _load_examples(self) -> tuple[list[squad.Example], list[squad.Example]]:
+        """Tokenized train and eval examples, cached in the run folder so restarts skip tokenizing."""
+        key = hashlib.sha256(
+            json.dumps([self.config.data, self.config.tokenizer, self.config.model, self.config.max_seq_len,
+                        self.config.eval_samples, self.config.seed]).encode()
+        ).hexdigest()[:16]
+        cache = self.run_dir / f"examples-{key}.pt"
+        if cache.is_file():
+            try:
+                data = torch.load(cache, weights_only=False)
+                return data["train"], data["eval"]
+            except Exception as error:  # a torn cache is rebuilt, never trusted
+                log.warning("examples_cache_unreadable", error=str(error))
+        train_records, eval_records = squad.load_train_and_eval(self.config.data, self.config.eval_samples, self.config.seed)
+        train, train_stats = squad.build_examples(train_records, self.tokenizer, self.config.max_seq_len)
+        evaluation, eval_stats = squad.build_examples(eval_records, self.tokenizer, self.config.max_seq_len)
+        self.event("data", f"{len(train)} training and {len(evaluation)} validation examples; "
+                   f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long",
+                   train=train_stats, eval=eval_stats)
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save({"train": train, "eval": evaluation}, tmp)
+        os.replace(tmp, cache)
+        return train, evaluation
+
+    def _model_source(self, checkpoint: checkpoints.Checkpoint | None) -> tuple[str, Path | None]:
+        """Where the base weights come from, and the adapters to resume, for this plan and checkpoint."""
+        if checkpoint is None:
+            if self.config.init == "random":
+                init_dir = self.run_dir / "init"
+                materialize_random_init(self.config, init_dir)
+                return str(init_dir), None
+            return self.config.model, None
+        manifest = checkpoint.manifest
+        if manifest["kind"] == "full":
+            weights = checkpoint.path / "model"
+            if self.plan.lora:
+                base = pin_base(weights, self.run_dir / "bases" / f"step-{checkpoint.step}")
+                self.event("lora_from_full", f"LoRA adapters start fresh on the weights trained so far (step {checkpoint.step})", base=str(base))
+                return str(base), None
+            return str(weights), None
+        base = str(self.run_dir / manifest["base"]) if manifest.get("base") else self.config.model
+        return base, checkpoint.path / "adapter"
+
+    def _restore(self, checkpoint: checkpoints.Checkpoint) -> None:
+        manifest = checkpoint.manifest
+        self.state.step = checkpoint.step
+        self.state.checkpoint_step = checkpoint.step
+        self.state.samples_consumed = 0 if "cursor" in self.skip_restore else int(manifest["samples_consumed"])
+        old_plan = Plan.from_dict(manifest["plan"])
+        same_parameters = old_plan.lora == self.plan.lora
+        if old_plan.optimizer == self.plan.optimizer and same_parameters:
+            self.optimizer.load_state_dict(torch.load(checkpoint.path / "optimizer.pt", map_location=self.device, weights_only=False))
+        else:
+            why = (f"optimizer changed from {old_plan.optimizer} to {self.plan.optimizer}"
+                   if old_plan.optimizer != self.plan.optimizer else "the trainable parameters changed (LoRA)")
+            self.event("optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=self.plan.optimizer)
+        restore_scheduler(self.scheduler, torch.load(checkpoint.path / "scheduler.pt", weights_only=False))
+        scaler_file = checkpoint.path / "scaler.pt"
+        if self.scaler is not None and scaler_file.is_file():
+            self.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))
+        if "rng" not in self.skip_restore:
+            _set_rng_state(torch.load(checkpoint.path / "rng.pt", weights_only=False))
+        self.event("resume", f"resumed from checkpoint step {checkpoint.step} ({self.state.samples_consumed} samples consumed)",
+                   step=checkpoint.step, samples_consumed=self.state.samples_consumed, checkpoint=checkpoint.path.name)
+
+    # --- training -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.setup()
+        self.event("start", f"attempt {self.attempt} training from step {self.state.step} of {self.total_steps}: {self.plan.describe()}",
+                   plan=self.plan.to_dict(), device=str(self.device))
+        while self.state.step < self.total_steps:
+            if self.stop_flag.get("stop"):
+                raise StopRequested()
+            self.train_step()
+            step = self.state.step
+            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
+                self.save_checkpoint()
+            if self.config.eval_every and step % self.config.eval_every == 0 and step != self.total_steps:
+                self.evaluate()
+        if self.state.checkpoint_step != self.total_steps:
+            self.save_checkpoint()
+        if not self._eval_done(self.total_steps):
+            self.evaluate()
+        self.phase = "done"
+
+    def batches(self, sample_ids: list[int], size: int, examples: list[squad.Example]) -> list[Batch]:
+        out = []
+        for start in range(0, len(sample_ids), size):
+            ids = sample_ids[start:start + size]
+            collated = squad.collate([examples[i] for i in ids], self.tokenizer.pad_token_id)
+            tensors = {k: v.to(self.device) for k, v in collated.items() if isinstance(v, torch.Tensor)}
+            out.append(Batch(tensors, ids, int(collated["attention_mask"].sum())))
+        return out
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.plan.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.plan.autocast_dtype])
+
+    def train_step(self) -> None:
+        plan, state = self.plan, self.state
+        step = state.step + 1
+        started = time.perf_counter()
+        sample_ids = self.order.indices(state.samples_consumed, plan.effective_batch_size)
+        supervised = sum(squad.answer_token_count(self.train_examples[i]) for i in sample_ids)
+        total_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        for batch in self.batches(sample_ids, plan.micro_batch_size, self.train_examples):
+            self.phase = "forward"
+            self.faults.check("forward", step, plan.micro_batch_size)
+            with self.autocast():
+                summed, _ = loss_sum(self.model, batch.tensors, CHUNK_SIZE if plan.chunked_loss else None)
+            loss = summed / max(1, supervised)
+            self.phase = "backward"
+            self.faults.check("backward", step, plan.micro_batch_size)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total_loss += loss.detach()
+            tokens += batch.tokens
+        self.phase = "optimizer"
+        self.faults.check("optimizer", step, plan.micro_batch_size)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = float(total_loss)
+        elapsed = time.perf_counter() - started
+        state.step = step
+        state.samples_consumed += plan.effective_batch_size
+        self.db.insert_step({
+            "run_id": self.run_id, "attempt": self.attempt, "step": step, "samples_consumed": state.samples_consumed,
+            "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else None, "step_time": elapsed,
+            "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
+            "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **memory.readings(self.device),
+        })
+        self.phase = "between_steps"
+
+    # --- checkpoints and evaluation ---------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        self.phase = "checkpoint"
+        self.faults.check("checkpoint", self.state.step, self.plan.micro_batch_size)
+        started = time.perf_counter()
+        is_lora = self.plan.lora
+        # A LoRA checkpoint names its frozen base when the base lives in this run (random init, or
+        # weights trained before LoRA); otherwise the base is the configured model.
+        base_path = Path(self.base).resolve()
+        base = os.path.relpath(base_path, self.run_dir.resolve()) if is_lora and self.run_dir.resolve() in base_path.parents else None
+
+        def write(folder: Path) -> None:
+            if is_lora:
+                self.model.save_pretrained(folder / "adapter", safe_serialization=True)
+            else:
+                self.model.save_pretrained(folder / "model", safe_serialization=True)
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            if self.scaler is not None:
+                torch.save(self.scaler.state_dict(), folder / "scaler.pt")
+            torch.save(_rng_state(), folder / "rng.pt")
+
+        saved = checkpoints.save(self.run_dir, self.state.step, write, {
+            "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": self.state.samples_consumed,
+            "epoch": self.order.epoch_of(self.state.samples_consumed), "seed": self.config.seed,
+            "plan": self.plan.to_dict(), "config_hash": self.config.config_hash(), "run_id": self.run_id,
+        }, self.config.keep_checkpoints)
+        self.state.checkpoint_step = self.state.step
+        seconds = time.perf_counter() - started
+        self.event("checkpoint", f"checkpoint step {self.state.step} saved in {seconds:.2f} s", step=self.state.step,
+                   path=str(saved.path), seconds=seconds)
+        self.phase = "between_steps"
+
+    def _eval_done(self, step: int) -> bool:
+        return bool(self.db.conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND step = ?", [self.run_id, step]).fetchone())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.phase = "eval"
+        self.faults.check("eval", self.state.step, self.plan.micro_batch_size)
+        self.model.eval()
+        total, count = 0.0, 0
+        ids = list(range(len(self.eval_examples)))
+        for batch in self.batches(ids, self.plan.eval_batch_size, self.eval_examples):
+            with self.autocast():
+                summed, tokens = loss_sum(self.model, batch.tensors, CHUNK_SIZE if self.plan.chunked_loss else None)
+            total += float(summed)
+            count += tokens
+        self.model.train()
+        eval_loss = total / max(1, count)
+        self.db.insert_eval({"run_id": self.run_id, "attempt": self.attempt, "step": self.state.step, "eval_loss": eval_loss,
+                             "eval_tokens": count, "eval_samples": len(ids), "eval_batch_size": self.plan.eval_batch_size,
+                             "wall_time": time.time()})
+        self.event("eval", f"validation loss {eval_loss:.4f} at step {self.state.step}", step=self.state.step, eval_loss=eval_loss)
+        self.phase = "between_steps"
+        return eval_loss
+
+
+def _config(data: dict[str, Any]) -> RunConfig:
+    from tamer.config import config_from_dict
+
+    return config_from_dict(data)
+
+
+def _env_faults() -> list[str]:
+    return [item for item in os.environ.get("TAMER_INJECT", "").split(";") if item.strip()]
+
+
+def _device(config: RunConfig) -> torch.device:
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from tamer.errors import ConfigError
+
+        raise ConfigError("device: cuda was asked for but torch sees no CUDA GPU; use --set device=cpu or auto")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _allocator_settings() -> str | None:
+    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    try:
+        return getter() if getter else None
+    except Exception:
+        return None
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,76 @@
+"""Fault injection: rehearse recovery with real failures at chosen points.
+
+A fault is `KIND:key=value,...`, given with `--inject` (repeatable) or `TAMER_INJECT` (`;`-separated):
+
+    oom:step=5,phase=backward,min_micro_batch=8   raise torch.OutOfMemoryError (CUDA OOM text)
+    host_oom:step=3,phase=forward                  raise the CPU allocator's RuntimeError
+    crash:step=7                                   raise RuntimeError (a bug)
+    kill:step=7                                    SIGKILL itself (as the kernel OOM killer would)
+    segv:step=7                                    SIGSEGV itself
+    hang:step=7                                    stop heartbeating and sleep forever
+
+Keys: `step` (optimizer step about to run, 1-based; default any), `phase` (load, forward, backward,
+optimizer, checkpoint, eval; default forward), `min_micro_batch` (only while the micro-batch is at
+least this), `attempt` (only in this attempt number), `once` (fire in the first attempt that reaches
+it only: later attempts pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tamer.errors import ConfigError
+
+KINDS = ("oom", "host_oom", "crash", "kill", "segv", "hang")
+PHASES = ("load", "forward", "backward", "optimizer", "checkpoint", "eval")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    phase: str = "forward"
+    step: int | None = None
+    min_micro_batch: int | None = None
+    attempt: int | None = None
+    once: bool = False
+
+    def matches(self, phase: str, step: int | None, micro_batch_size: int | None, attempt: int) -> bool:
+        """Whether this fault fires at this point of this attempt."""
+        if phase != self.phase:
+            return False
+        if self.step is not None and step != self.step:
+            return False
+        if self.min_micro_batch is not None and (micro_batch_size or 0) < self.min_micro_batch:
+            return False
+        if self.attempt is not None and attempt != self.attempt:
+            return False
+        if self.once and attempt != 1:
+            return False
+        return True
+
+
+def parse_fault(text: str) -> Fault:
+    """A Fault from `KIND:key=value,...`, or a one-line ConfigError."""
+    kind, _, rest = text.strip().partition(":")
+    if kind not in KINDS:
+        raise ConfigError(f"inject '{text}': unknown fault '{kind}'; choose one of {', '.join(KINDS)}")
+    values: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, _, raw = item.partition("=")
+        if key == "once":
+            values["once"] = raw in ("", "1", "true", "yes")
+        elif key == "phase":
+            if raw not in PHASES:
+                raise ConfigError(f"inject '{text}': unknown phase '{raw}'; choose one of {', '.join(PHASES)}")
+            values["phase"] = raw
+        elif key in ("step", "min_micro_batch", "attempt"):
+            if not raw.isdigit():
+                raise ConfigError(f"inject '{text}': {key} must be a whole number, got '{raw}'")
+            values[key] = int(raw)
+        else:
+            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, once")
+    return Fault(kind=kind, **values)  # type: ignore[arg-type]
+
+
+def parse_faults(items: list[str]) -> list[Fault]:
+    return [parse_fault(item) for item in items]

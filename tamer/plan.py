@@ -1,0 +1,109 @@
+"""A plan: how the child trains, as plain data.
+
+The supervisor and the strategies only ever build and compare plans; only the child turns one into
+torch objects. A plan is JSON-serialisable so it can be stored on the attempt row and in
+`runs/<id>/plans/attempt-<n>.json`.
+
+The effective batch (micro-batch x accumulation) is the user's and never changes across plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AutocastDtype = Literal["fp16", "bf16"]
+WeightsDtype = Literal["fp32", "bf16"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
+Quantization = Literal["int8"]
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the ladder needs to know about where the child will train (gathered without CUDA in the
+    supervisor's own process)."""
+
+    kind: Literal["cpu", "cuda"] = "cpu"
+    name: str = "cpu"
+    total_memory: int | None = None
+    compute_capability: tuple[int, int] | None = None
+    bf16: bool = True
+    fp16: bool = False
+    bitsandbytes: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceFacts:
+        data = dict(data)
+        if data.get("compute_capability") is not None:
+            data["compute_capability"] = tuple(data["compute_capability"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about how a run trains that a strategy may change."""
+
+    micro_batch_size: int
+    grad_accumulation: int
+    eval_batch_size: int
+    env: dict[str, str] = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+    autocast_dtype: AutocastDtype | None = None
+    weights_dtype: WeightsDtype = "fp32"
+    quantization: Quantization | None = None
+    lora: bool = False
+    optimizer: Optimizer = "adamw"
+    chunked_loss: bool = False
+    rungs: tuple[str, ...] = ()
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.micro_batch_size * self.grad_accumulation
+
+    def replace(self, **changes: Any) -> Plan:
+        return dataclasses.replace(self, **changes)
+
+    def with_rung(self, name: str, **changes: Any) -> Plan:
+        """This plan with `changes` applied and `name` appended to the rungs applied."""
+        return dataclasses.replace(self, rungs=self.rungs + (name,), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["rungs"] = list(self.rungs)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        data = dict(data)
+        data["rungs"] = tuple(data.get("rungs", ()))
+        data["env"] = dict(data.get("env", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def describe(self) -> str:
+        """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""
+        parts = [f"micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
+        if self.quantization:
+            parts.append(f"{self.quantization} base")
+        parts.append(f"{self.weights_dtype} weights")
+        if self.autocast_dtype:
+            parts.append(f"{self.autocast_dtype} autocast")
+        if self.lora:
+            parts.append("LoRA")
+        if self.gradient_checkpointing:
+            parts.append("checkpointing")
+        parts.append(self.optimizer)
+        if self.chunked_loss:
+            parts.append("chunked loss")
+        if self.env.get("PYTORCH_CUDA_ALLOC_CONF"):
+            parts.append("expandable segments")
+        return ", ".join(parts)

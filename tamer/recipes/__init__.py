@@ -1,0 +1,1 @@
+"""Training recipes: datasets, prompts and labels for each task tamer can fine-tune on."""

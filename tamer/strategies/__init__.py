@@ -1,0 +1,1 @@
+"""Memory-saving strategies (the rungs of the escalation ladder), one file each."""
