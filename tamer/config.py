@@ -134,6 +134,8 @@ class RunConfig:
     """null = `rajpurkar/squad` from the hub; `bundled` = the SQuAD slice shipped with tamer; else a SQuAD v1.1 JSON file."""
     max_seq_len: int = 512
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
+    pad_to_max_len: bool = False
+    """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks) instead of to its longest example."""
     effective_batch_size: int = 8
     """Sequences per optimizer step; constant across every plan change."""
     micro_batch_size: int = 8

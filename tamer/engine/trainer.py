@@ -232,7 +232,8 @@ class Trainer:
         out = []
         for start in range(0, len(sample_ids), size):
             ids = sample_ids[start:start + size]
-            collated = squad.collate([examples[i] for i in ids], self.tokenizer.pad_token_id)
+            pad_to = self.config.max_seq_len if self.config.pad_to_max_len else None
+            collated = squad.collate([examples[i] for i in ids], self.tokenizer.pad_token_id, pad_to)
             tensors = {k: v.to(self.device) for k, v in collated.items() if isinstance(v, torch.Tensor)}
             out.append(Batch(tensors, ids, int(collated["attention_mask"].sum())))
         return out

@@ -1,0 +1,231 @@
+"""What happened to a run, computed from the database: every failure with what it cost and what the
+ladder did about it (`failures`, behind `tamer history`), and a run's timeline with its settled plan
+and totals (`timeline`, for `tamer show` and `tamer report`).
+
+Definitions (also in docs/inspect.md):
+- time lost to a failure: from the failed attempt's end until training first gets past the step the
+  failed attempt had reached (restart, setup, redone steps), cut at the next failure or stop so that
+  no second is counted twice;
+- steps lost: steps the failed attempt completed that a later attempt redid from a checkpoint;
+- time training: the first computation of each optimizer step (`step_time`); a redone step is lost time.
+Pure queries, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from tamer.daemon.outcome import OutcomeKind
+from tamer.errors import ConfigError
+from tamer.state.db import Database
+
+OUTCOME_KINDS = typing.get_args(OutcomeKind)
+# Outcomes that are not failures: shown by `tamer history` only when asked for with --kind.
+NOT_FAILURES = ("done", "stopped")
+SNAPSHOT_VIEWER_HINT = (
+    "view a memory snapshot by dropping the file on https://pytorch.org/memory_viz, or offline: "
+    "python -m torch.cuda._memory_viz trace_plot SNAPSHOT -o snapshot.html"
+)
+_SINCE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)\s*$")
+_SINCE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str) -> float:
+    """Seconds in `30m`, `12h`, `2d` or `1w`; a ConfigError otherwise."""
+    match = _SINCE.match(text)
+    if not match:
+        raise ConfigError(f"--since '{text}': not a duration; write a number and a unit: 30m, 12h, 2d or 1w")
+    return float(match.group(1)) * _SINCE_SECONDS[match.group(2)]
+
+
+def parse_kinds(text: str) -> list[str]:
+    """Outcome kinds from `cuda_oom,host_oom`; a ConfigError names an unknown one."""
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in OUTCOME_KINDS]
+    if unknown or not kinds:
+        raise ConfigError(f"--kind '{text}': unknown outcome {', '.join(unknown) or '(none given)'}; "
+                          f"choose from {', '.join(OUTCOME_KINDS)}")
+    return kinds
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+@dataclass
+class RunRows:
+    """One run's rows, loaded once: attempts in order, steps in wall-clock order, events with parsed detail."""
+
+    run: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, db: Database, run_id: str) -> RunRows:
+        run = db.run(run_id)
+        steps = list(db.db.query(
+            "SELECT attempt, step, wall_time, step_time, tokens, samples_consumed FROM steps WHERE run_id = ? "
+            "ORDER BY wall_time, attempt, step", [run["id"]]))
+        events = [{**event, "detail": _json(event["detail_json"])} for event in db.events(run["id"])]
+        return cls(run, db.attempts(run["id"]), steps, events)
+
+    def event(self, kind: str, attempt: int) -> dict[str, Any] | None:
+        """The detail of the last event of `kind` written by `attempt`."""
+        matches = [event["detail"] for event in self.events if event["kind"] == kind and event["attempt"] == attempt]
+        return matches[-1] if matches else None
+
+    def resumed_from(self, attempt: int) -> int | None:
+        """The checkpoint step `attempt` resumed from: 0 when it started afresh, None before it started training."""
+        resume = self.event("resume", attempt)
+        if resume is not None:
+            return int(resume["step"])
+        return 0 if self.event("start", attempt) is not None else None
+
+
+def _is_failure(attempt: dict[str, Any], kinds: list[str] | None) -> bool:
+    if attempt["ended_at"] is None or attempt["outcome"] is None:
+        return False
+    return attempt["outcome"] in kinds if kinds else attempt["outcome"] not in NOT_FAILURES
+
+
+def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, Any]:
+    """One failed attempt: where it failed, what came next, and what it cost."""
+    number = attempt["attempt"]
+    detail = _json(attempt["detail_json"])
+    later = [other for other in rows.attempts if other["attempt"] > number]
+    next_attempt = later[0] if later else None
+    escalation = rows.event("escalate", number)
+    if escalation is not None:
+        applied = list(escalation.get("applied") or [])
+    else:
+        applied = json.loads(next_attempt["rungs_applied"] or "[]") if next_attempt else []
+    if next_attempt is None:
+        recovery = "pending" if rows.run["status"] == "running" else f"none (run {rows.run['status']})"
+    else:
+        recovery = "escalated" if applied else "restarted with the same plan"
+
+    own_steps = {row["step"] for row in rows.steps if row["attempt"] == number}
+    redone = {row["step"] for row in rows.steps if row["attempt"] > number and row["step"] in own_steps}
+
+    failed_at = attempt["ended_at"]
+    reached = attempt["last_step"] if attempt["last_step"] is not None else (attempt["resumed_from_step"] or 0)
+    # The next failure or stop ends this failure's window: its own row counts the time after it.
+    cut = next((other["ended_at"] for other in later if other["ended_at"] is not None and other["outcome"] != "done"), None)
+    progress = next((row["wall_time"] for row in rows.steps if row["wall_time"] > failed_at and row["step"] > reached), None)
+    recovered_at = progress if progress is not None and (cut is None or progress <= cut) else None
+    window_end = recovered_at or cut or rows.run["ended_at"] or now
+    snapshot = rows.event("memory_snapshot", number)
+    return {
+        "run_id": rows.run["id"],
+        "attempt": number,
+        "failed_at": failed_at,
+        "outcome": attempt["outcome"],
+        "phase": attempt["phase"],
+        "step": detail.get("step"),
+        "micro_batch_size": attempt["micro_batch_size"],
+        "tried_to_allocate": (detail.get("sizes") or {}).get("tried_to_allocate"),
+        "peak_allocated": attempt["peak_allocated"],
+        "peak_reserved": attempt["peak_reserved"],
+        "peak_host_rss": detail.get("peak_host_rss"),
+        "recovery": recovery,
+        "rungs_applied": applied,
+        "next_plan": next_attempt["plan_summary"] if next_attempt else None,
+        "next_resumed_from_step": rows.resumed_from(next_attempt["attempt"]) if next_attempt else None,
+        "steps_lost": len(redone),
+        "time_lost_seconds": max(0.0, window_end - failed_at),
+        "recovered_at": recovered_at,
+        "message": attempt["message"],
+        "memory_snapshot": snapshot.get("path") if snapshot else None,
+    }
+
+
+def failures(db: Database, run_id: str | None = None, since_seconds: float | None = None,
+             kinds: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every failed attempt (or every attempt ending in one of `kinds`) of one run or of all runs,
+    oldest first, ended within the last `since_seconds` if given."""
+    now = time.time()
+    run_ids = [db.run(run_id)["id"]] if run_id else [run["id"] for run in db.runs()]
+    rows_out: list[dict[str, Any]] = []
+    for each_run in run_ids:
+        rows = RunRows.load(db, each_run)
+        for attempt in rows.attempts:
+            if not _is_failure(attempt, kinds):
+                continue
+            if since_seconds is not None and attempt["ended_at"] < now - since_seconds:
+                continue
+            rows_out.append(_failure(rows, attempt, now))
+    return sorted(rows_out, key=lambda row: row["failed_at"])
+
+
+def timeline(db: Database, run_id: str) -> dict[str, Any]:
+    """A run from start to end: attempts with their plans and outcomes, the failures with their cost,
+    the settled plan (the last attempt's), totals, and final and best validation loss."""
+    now = time.time()
+    rows = RunRows.load(db, run_id)
+    run = rows.run
+    failure_rows = [_failure(rows, attempt, now) for attempt in rows.attempts if _is_failure(attempt, None)]
+    attempts = [{
+        "attempt": attempt["attempt"],
+        "started_at": attempt["started_at"],
+        "ended_at": attempt["ended_at"],
+        "seconds": (attempt["ended_at"] or now) - attempt["started_at"],
+        "plan_summary": attempt["plan_summary"],
+        "rungs_applied": json.loads(attempt["rungs_applied"] or "[]"),
+        "reason": attempt["reason"],
+        "resumed_from_step": rows.resumed_from(attempt["attempt"]),
+        "last_step": attempt["last_step"],
+        "outcome": attempt["outcome"],
+        "phase": attempt["phase"],
+        "micro_batch_size": attempt["micro_batch_size"],
+        "message": attempt["message"],
+    } for attempt in rows.attempts]
+
+    first_computation: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}
+    for row in rows.steps:
+        first_computation.setdefault(row["step"], row)
+        if row["step"] not in latest or row["attempt"] >= latest[row["step"]]["attempt"]:
+            latest[row["step"]] = row
+    wall = ((run["ended_at"] or now) - run["started_at"]) if run["started_at"] else 0.0
+    training = sum(row["step_time"] or 0.0 for row in first_computation.values())
+    lost = sum(row["time_lost_seconds"] for row in failure_rows)
+    totals = {
+        "attempts": len(attempts),
+        "failures": len(failure_rows),
+        "steps": len(latest),
+        "total_steps": run["total_steps"],
+        "samples": run["samples_consumed"],
+        "tokens": sum(row["tokens"] or 0 for row in latest.values()),
+        "steps_redone": len(rows.steps) - len(latest),
+        "wall_seconds": wall,
+        "training_seconds": training,
+        "lost_seconds": lost,
+        # Setup, tokenizing, checkpoints and evaluation: neither training nor lost.
+        "other_seconds": max(0.0, wall - training - lost),
+    }
+
+    settled = None
+    if rows.attempts:
+        last = rows.attempts[-1]
+        plan = json.loads(last["plan_json"])
+        settled = {"attempt": last["attempt"], "summary": last["plan_summary"], "rungs": plan.get("rungs", []),
+                   "settled": run["status"] == "done", "plan": plan}
+    evals = list(db.db.query("SELECT step, eval_loss FROM evals WHERE run_id = ? ORDER BY eval_loss LIMIT 1", [run["id"]]))
+    return {
+        "run": {key: run[key] for key in ("id", "recipe", "preset", "status", "created_at", "started_at", "ended_at",
+                                          "total_steps", "steps_done", "failure_reason")},
+        "attempts": attempts,
+        "failures": failure_rows,
+        "settled_plan": settled,
+        "totals": totals,
+        "final_loss": run["final_loss"],
+        "final_eval_loss": run["final_eval_loss"],
+        "best_eval_loss": run["best_eval_loss"],
+        "best_eval_step": evals[0]["step"] if evals else None,
+    }
