@@ -127,7 +127,8 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
         "failed_at": failed_at,
         "outcome": attempt["outcome"],
         "phase": attempt["phase"],
-        "step": detail.get("step"),
+        # The step it failed in: from its report, else the one after the last it completed.
+        "step": detail["step"] if detail.get("step") is not None else reached + 1,
         "micro_batch_size": attempt["micro_batch_size"],
         "tried_to_allocate": (detail.get("sizes") or {}).get("tried_to_allocate"),
         "peak_allocated": attempt["peak_allocated"],

@@ -1,0 +1,309 @@
+"""The `tamer` commands that read runs back: history, steps, events, sql, plot, report and doctor.
+
+Registered on tamer.cli's app when tamer/cli.py imports this module (its last line). The logic lives
+in tamer/inspect/; here are only options, tables and error handling, with cli.py's conventions:
+`--json` everywhere, `--home`, one-line `error: ...` and the exit code of the error's kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.errors import ConfigError, TamerError
+from tamer.inspect import display
+from tamer.state.home import Home
+from tamer.units import format_size
+
+RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
+STEP_TABLE_COLUMNS = ("attempt", "step", "samples_consumed", "loss", "lr", "grad_norm", "tokens_per_s", "step_time",
+                      "batch", "mem_allocated", "mem_reserved", "device_used", "host_rss")
+MEMORY_COLUMNS = {"mem_allocated", "mem_reserved", "mem_peak", "device_used", "host_rss"}
+NUMBER_FORMATS = {"loss": "{:.4f}", "lr": "{:.3g}", "grad_norm": "{:.3f}", "tokens_per_s": "{:.0f}", "step_time": "{:.3f}"}
+PIPED_TABLE_WIDTH = 200  # piped output (a file, a pager, a test) has no terminal width to fit; don't wrap at 80
+
+
+def _print_table(table: Table) -> None:
+    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
+
+
+def _open(home: Optional[Path]) -> Any:
+    from tamer.state.db import Database
+
+    return Database(Home.resolve(home).db_path, create=False)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column in MEMORY_COLUMNS:
+        return format_size(value)
+    if isinstance(value, float):
+        return NUMBER_FORMATS.get(column, "{:.4g}").format(value)
+    return str(value)
+
+
+@app.command()
+def history(
+    run: Annotated[Optional[str], typer.Option("--run", help="Only this run (id or unique prefix).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only failures in the last 30m, 12h, 2d, 1w ...")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Only these outcomes, comma-separated: cuda_oom,host_oom,crash,hang,lost,...")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every failure and recovery across runs: when, which attempt, outcome, phase, tried-to-allocate,
+    peak memory, the rung applied next, time lost (until training got past the failed step again) and
+    steps lost (redone from the checkpoint).
+
+    Example: tamer history --since 2d --kind cuda_oom,host_oom
+    """
+    from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, failures, parse_kinds, parse_since
+
+    try:
+        since_seconds = parse_since(since) if since else None
+        kinds = parse_kinds(kind) if kind else None
+        rows = failures(_open(home), run, since_seconds, kinds)
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        console.print("No failures recorded" + (" matching these filters." if run or since or kind else "."), highlight=False)
+        return
+    for each_run in dict.fromkeys(row["run_id"] for row in rows):
+        table = Table("failed at", "attempt", "outcome", "phase", "step", "micro-batch", "tried to allocate", "peak",
+                      "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
+        for row in (row for row in rows if row["run_id"] == each_run):
+            then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
+            table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
+                          _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
+                          format_size(row["tried_to_allocate"]), display.peak(row), then,
+                          display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]))
+        _print_table(table)
+    lost_seconds = sum(row["time_lost_seconds"] for row in rows)
+    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}: {display.seconds(lost_seconds)} and "
+                  f"{sum(row['steps_lost'] for row in rows)} steps lost", highlight=False)
+    snapshots = [row for row in rows if row["memory_snapshot"]]
+    for row in snapshots:
+        console.print(f"memory snapshot of {row['run_id']} attempt {row['attempt']}: {row['memory_snapshot']}", highlight=False, soft_wrap=True)
+    if snapshots:
+        console.print(SNAPSHOT_VIEWER_HINT, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def steps(
+    run_id: RunArgument,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (every column) instead of a table.")] = False,
+    every: Annotated[Optional[int], typer.Option(help="Only steps that are a multiple of N.", min=1)] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The step rows of a run, every attempt: a step redone after a restart appears once per attempt
+    that computed it.
+
+    Example: tamer steps squad-20261125-201500-ab12 --csv --every 10 > steps.csv
+    """
+    try:
+        if as_csv and as_json:
+            raise ConfigError("--csv and --json both given; choose one output format")
+        db = _open(home)
+        rows = db.steps(db.run(run_id)["id"])
+    except TamerError as error:
+        _fail(error)
+    if every:
+        rows = [row for row in rows if row["step"] % every == 0]
+    if as_json:
+        _print_json(rows)
+        return
+    if as_csv:
+        columns = list(rows[0]) if rows else list(db.db["steps"].columns_dict)
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    for row in rows:
+        row["batch"] = f"{row['micro_batch_size']} x {row['grad_accumulation']}"
+    # Memory columns that no row has (GPU readings on a CPU run) would only print dashes.
+    columns = [column for column in STEP_TABLE_COLUMNS if column not in MEMORY_COLUMNS or any(row[column] is not None for row in rows)]
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(_cell(column, row[column]) for column in columns))
+    _print_table(table)
+
+
+@app.command()
+def events(
+    run_id: RunArgument,
+    kind: Annotated[Optional[str], typer.Option(help="Only these event kinds, comma-separated: escalate,restart,...")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The events of a run, oldest first: created, attempt_start, resume, checkpoint, escalate, restart,
+    eval, finish, ... with their details in --json.
+
+    Example: tamer events squad-20261125-201500-ab12 --kind escalate,restart --json
+    """
+    try:
+        db = _open(home)
+        rows = db.events(db.run(run_id)["id"])
+    except TamerError as error:
+        _fail(error)
+    if kind:
+        wanted = {name.strip() for name in kind.split(",")}
+        rows = [row for row in rows if row["kind"] in wanted]
+    if as_json:
+        _print_json([{**{k: v for k, v in row.items() if k != "detail_json"},
+                      "detail": json.loads(row["detail_json"]) if row["detail_json"] else None} for row in rows])
+        return
+    table = Table("time", "attempt", "event", "message")
+    for row in rows:
+        table.add_row(display.when(row["time"]), _cell("attempt", row["attempt"]), row["kind"], row["message"])
+    _print_table(table)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT, WITH, EXPLAIN, VALUES or reading PRAGMA statement.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a read-only SQL query on the database (tables runs, attempts, steps, evals, events; see
+    docs/inspect.md). Writes, ATTACH and several statements are refused with exit code 2.
+
+    Example: tamer sql "SELECT attempt, outcome, phase, plan_summary FROM attempts WHERE outcome != 'done'"
+    """
+    from tamer.inspect.query import run_query
+
+    try:
+        columns, rows = run_query(Home.resolve(home).db_path, query)
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json([dict(zip(columns, row)) for row in rows])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("NULL" if value is None else str(value) for value in row))
+    _print_table(table)
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, value in (("--width", width), ("--height", height)):
+        if not 200 <= value <= 10000:
+            raise ConfigError(f"{name} {value}: out of range; give 200 to 10000 pixels")
+
+
+@app.command()
+def plot(
+    run_id: RunArgument,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: RUN.png here).")] = None,
+    width: Annotated[int, typer.Option(help="Image width in pixels.")] = 1200,
+    height: Annotated[int, typer.Option(help="Image height in pixels.")] = 800,
+    home: HomeOption = None,
+) -> None:
+    """Draw loss (train, validation) and memory (allocated, reserved, device used and the cap on GPU;
+    host RSS on CPU) against step, with a marked line at each OOM, escalation and restart.
+
+    Example: tamer plot squad-20261125-201500-ab12 -o run.png --width 1600 --height 900
+    """
+    from tamer.inspect.plot import figure, plot_data
+
+    try:
+        _check_size(width, height)
+        db = _open(home)
+        data = plot_data(db, run_id)
+    except TamerError as error:
+        _fail(error)
+    path = output or Path(f"{data['run_id']}.png")
+    figure(data, width, height).savefig(path, format="png")
+    typer.echo(str(path))
+
+
+@app.command()
+def report(
+    run_id: RunArgument,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: RUN.html here).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Write one self-contained HTML page about a run (summary, where the time went, the plot, attempts,
+    failures, settled plan, validation, events) to open in a browser or send to a colleague.
+
+    Example: tamer report squad-20261125-201500-ab12 -o run.html
+    """
+    from tamer.inspect.report import render
+
+    try:
+        db = _open(home)
+        full_id = db.run(run_id)["id"]
+        page = render(db, full_id)
+    except TamerError as error:
+        _fail(error)
+    path = output or Path(f"{full_id}.html")
+    path.write_text(page, encoding="utf-8")
+    typer.echo(str(path))
+
+
+@app.command()
+def doctor(as_json: JsonOption = False) -> None:
+    """What this machine offers for training: each GPU (NVML: total, used, free, other processes), what
+    torch can get and what its CUDA context costs, allocator settings, bf16, bitsandbytes, and why
+    nvidia-smi and torch report different numbers. Works without a GPU; exits 0.
+
+    Example: tamer doctor --json
+    """
+    from tamer.inspect.doctor import diagnose
+
+    facts = diagnose()
+    if as_json:
+        _print_json(facts)
+        return
+    _print_doctor(facts)
+
+
+def _print_doctor(facts: dict[str, Any]) -> None:
+    host, nvml, torch_facts, bnb = facts["host"], facts["nvml"], facts["torch"], facts["bitsandbytes"]
+    limit = f", cgroup limit {format_size(host['cgroup_memory_limit'])}" if host["cgroup_memory_limit"] else ""
+    console.print(f"[bold]Host[/bold]: {host['platform']}, Python {host['python']}, {host['cpu_count']} CPUs, memory "
+                  f"{format_size(host['memory_total'])} total, {format_size(host['memory_available'])} available{limit}", highlight=False)
+    if not nvml["available"]:
+        console.print(f"[bold]GPUs[/bold]: no NVIDIA GPU found: NVML could not start ({nvml['reason']}).", highlight=False, soft_wrap=True)
+    else:
+        table = Table("gpu", "name", "total", "used", "free", "other processes")
+        for gpu in nvml["gpus"]:
+            others = [f"{p['pid']} {p['name']} {format_size(p['used'])}" for p in gpu["processes"] if not p["this_process"]]
+            table.add_row(str(gpu["index"]), gpu["name"], format_size(gpu["total"]), format_size(gpu["used"]),
+                          format_size(gpu["free"]), "\n".join(others) or "none")
+        console.print(f"[bold]GPUs[/bold] (NVML, driver {nvml['driver']}, before this process touched them):", highlight=False)
+        _print_table(table)
+    console.print(f"[bold]torch[/bold] {torch_facts['version']} (CUDA build {torch_facts['cuda_build'] or 'none'}); "
+                  f"CPU bf16 {'yes' if torch_facts['cpu_bf16'] else 'no'}", highlight=False)
+    if not torch_facts["cuda_available"]:
+        console.print("CUDA is not available to torch: tamer trains on the CPU here (device auto picks cpu).", highlight=False)
+    else:
+        table = Table("device", "name", "capability", "total", "free for this process", "CUDA context cost", "bf16")
+        for device in torch_facts["devices"]:
+            table.add_row(str(device["index"]), device["name"], device["capability"], format_size(device["total"]),
+                          format_size(device["free_for_this_process"]), format_size(device["context_overhead"]),
+                          "yes" if device["bf16"] else "no")
+        _print_table(table)
+    settings = ", ".join(f"{name}={value}" if value else f"{name} unset" for name, value in torch_facts["allocator_env"].items())
+    in_force = torch_facts.get("allocator_in_force")
+    backend = torch_facts.get("allocator_backend")
+    console.print(f"[bold]Allocator[/bold]: {settings}" + (f"; backend {backend}" if backend else "")
+                  + (f"; torch reports: {in_force}" if in_force else ""), highlight=False, soft_wrap=True)
+    if bnb["usable"]:
+        console.print(f"[bold]bitsandbytes[/bold] {bnb['version']}: usable (8-bit round trip on {bnb['device']}, "
+                      f"error {bnb['round_trip_error']:.3f})", highlight=False)
+    else:
+        console.print(f"[bold]bitsandbytes[/bold]: not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
+                      "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here", highlight=False, soft_wrap=True)
+    console.print(f"[bold]Why nvidia-smi and torch differ[/bold]: {facts['explanation']}", highlight=False, soft_wrap=True)

@@ -1,0 +1,38 @@
+"""On a CUDA GPU: a model that does not fit under a memory cap hits a real CUDA OOM, escalates once and
+finishes (run on the lent GPU machine: `pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.runs import attempts, query, run_id_of, tamer
+
+ARCHITECTURE = {
+    "vocab_size": 32000, "hidden_size": 1536, "intermediate_size": 6144, "num_hidden_layers": 8,
+    "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 1024,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+@pytest.mark.gpu
+def test_real_cuda_oom_escalates_once_and_finishes(tmp_path):
+    """323M parameters with fp32 AdamW need ~5.2 GB before activations: under a 4.5 GiB cap the first
+    attempt dies of a real CUDA OOM in the optimizer step; paged 8-bit AdamW then fits and the run ends done."""
+    config = tmp_path / "gpu.yaml"
+    config.write_text(json.dumps({
+        "architecture": ARCHITECTURE, "effective_batch_size": 2, "micro_batch_size": 2, "max_seq_len": 256,
+        "ladder": {"order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
+    }))
+    result = tamer("run", "squad", "--preset", "tiny", "--config", str(config), "--device", "cuda", "--gpu-mem-cap", "4.5GiB",
+                   "--max-steps", "6", "--set", "checkpoint_every=3", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_of(result)
+    rows = attempts(tmp_path / "home", run_id)
+    assert [r["outcome"] for r in rows] == ["cuda_oom", "done"]
+    first = json.loads(rows[0]["detail_json"])
+    assert first["sizes"]["tried_to_allocate"] > 0 and rows[0]["phase"] == "optimizer"
+    assert "paged_adamw_8bit" in json.loads(rows[1]["rungs_applied"])
+    peaks = query(tmp_path / "home", "SELECT max(mem_peak), max(device_used) FROM steps WHERE run_id = ?", (run_id,))[0]
+    assert peaks[0] < 4.5 * 2**30 and peaks[1] > 0

@@ -1,0 +1,92 @@
+"""The escalation ladder for real on the tiny preset: injected and real OOMs, every rung trained and
+resumed under the next plan, eval OOMs, exhaustion."""
+
+from __future__ import annotations
+
+import json
+
+from tamer.engine.sampling import SampleOrder
+from tests.integration.runs import TINY, attempts, events, query, run_id_of, sample_ids, tamer
+
+HOST_OOM_CONFIG = """
+architecture: {vocab_size: 32000, hidden_size: 256, intermediate_size: 1024, num_hidden_layers: 4,
+  num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 1024, tie_word_embeddings: true,
+  bos_token_id: 1, eos_token_id: 2}
+pad_to_max_len: true
+"""
+
+
+def _train_size(home, run_id) -> int:
+    data = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'data'", (run_id,))]
+    return data[0]["train"]["examples"]
+
+
+def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
+    """Each attempt trains two steps, checkpoints, then hits an injected CUDA OOM; the card ladder applies
+    the next rung (on CPU: checkpointing, bf16 autocast, 8-bit base + LoRA, paged 8-bit AdamW, micro-batch
+    split), every plan resumes the previous plan's checkpoint, and no sample is skipped or seen twice."""
+    faults = [f"--inject=oom:step={2 * n + 1},phase={phase},attempt={n}"
+              for n, phase in enumerate(["forward", "backward", "optimizer", "forward", "backward"], start=1)]
+    result = tamer("run", "squad", *TINY, "--max-steps", "13", "--set", "checkpoint_every=2", *faults, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_of(result)
+    rows = attempts(tmp_path, run_id)
+    assert [r["outcome"] for r in rows] == ["cuda_oom"] * 5 + ["done"]
+    assert [r["phase"] for r in rows[:5]] == ["forward", "backward", "optimizer", "forward", "backward"]
+    assert [json.loads(r["rungs_applied"]) for r in rows[1:]] == [
+        ["gradient_checkpointing"], ["mixed_precision"], ["lora", "quantize_8bit"], ["paged_adamw_8bit"], ["split_micro_batch"]]
+    assert [r["resumed_from_step"] for r in rows] == [0, 2, 4, 6, 8, 10]
+    assert [r["last_step"] for r in rows] == [2, 4, 6, 8, 10, 13]
+    final_plan = json.loads(rows[-1]["plan_json"])
+    assert (final_plan["micro_batch_size"], final_plan["grad_accumulation"]) == (4, 2)
+    assert final_plan["quantization"] == "int8" and final_plan["lora"] and final_plan["optimizer"] == "paged_adamw_8bit"
+    assert query(tmp_path, "SELECT DISTINCT micro_batch_size * grad_accumulation FROM steps WHERE run_id = ?", (run_id,)) == [(8,)]
+    order = SampleOrder(_train_size(tmp_path, run_id), seed=0)
+    trained = [i for step in sample_ids(tmp_path, run_id) for i in step]
+    assert trained == order.indices(0, 13 * 8)  # the data order of an uninterrupted run, nothing lost or repeated
+    kinds = [kind for kind, _ in events(tmp_path, run_id)]
+    assert kinds.count("escalate") == 5 and kinds.count("lora_from_full") == 1 and kinds.count("optimizer_reset") == 2
+    messages = dict(events(tmp_path, run_id))
+    assert "expandable_segments" not in json.dumps(final_plan["rungs"])  # not applicable on CPU, and said so
+    skipped = json.loads(query(tmp_path, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'escalate'", (run_id,))[0][0])["skipped"]
+    assert skipped[0][0] == "expandable_segments" and "CPU" in skipped[0][1]
+    assert "optimizer changed from adamw to paged_adamw_8bit" in messages["optimizer_reset"]
+
+
+def test_real_host_oom_recovers_by_itself(tmp_path):
+    """Under --host-mem-cap the first plan's micro-batch really cannot be allocated (the CPU allocator's
+    error, not an injected one); the ladder escalates and the run completes."""
+    config = tmp_path / "host.yaml"
+    config.write_text(HOST_OOM_CONFIG)
+    result = tamer("run", "squad", *TINY, "--config", str(config), "--max-steps", "3", "--host-mem-cap", "450MiB",
+                   "--set", "checkpoint_every=2", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = attempts(tmp_path, run_id_of(result))
+    assert rows[0]["outcome"] == "host_oom" and "DefaultCPUAllocator: can't allocate memory" in rows[0]["message"]
+    assert "injected" not in rows[0]["message"]
+    assert rows[-1]["outcome"] == "done" and len(rows) >= 2
+
+
+def test_eval_oom_halves_only_the_eval_batch(tmp_path):
+    """An OOM during evaluation escalates the evaluation batch and leaves the training plan alone."""
+    result = tamer("run", "squad", *TINY, "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "eval_every=2",
+                   "--inject", "oom:phase=eval,attempt=1", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = attempts(tmp_path, run_id_of(result))
+    first, second = json.loads(rows[0]["plan_json"]), json.loads(rows[1]["plan_json"])
+    assert rows[0]["outcome"] == "cuda_oom" and rows[0]["phase"] == "eval"
+    assert second["eval_batch_size"] == first["eval_batch_size"] // 2
+    assert {k: v for k, v in second.items() if k != "eval_batch_size"} == {k: v for k, v in first.items() if k != "eval_batch_size"}
+
+
+def test_exhausted_ladder_fails_with_what_was_tried(tmp_path):
+    """When every rung is spent the run ends `failed`, exits 1, and the last event names what was tried and the peak."""
+    result = tamer("run", "squad", *TINY, "--max-steps", "3", "--set", "effective_batch_size=2",
+                   "--set", "ladder.order=[split_micro_batch]", "--inject", "oom:phase=forward", home=tmp_path)
+    assert result.returncode == 1
+    run_id = run_id_of(result)
+    assert [r["outcome"] for r in attempts(tmp_path, run_id)] == ["cuda_oom", "cuda_oom"]
+    assert query(tmp_path, "SELECT status FROM runs WHERE id = ?", (run_id,)) == [("failed",)]
+    kind, message = events(tmp_path, run_id)[-1]
+    assert kind == "failed" and "split_micro_batch" in message and "highest" in message
+    assert "error:" in result.stderr and "nothing left to try" in result.stderr
