@@ -95,6 +95,7 @@ def run(
     gpu_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")] = None,
     host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
     inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
+    memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Train a recipe under supervision; prints the run id first, exits 0 when the run completes.
@@ -109,7 +110,7 @@ def run(
             raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
         options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
-                   "inject": inject or None}
+                   "inject": inject or None, "memory_snapshot": memory_snapshot or None}
         run_config = build_config(preset, config, options, set_ or [])
         _preflight(run_config)
         resolved = Home.resolve(home)
@@ -192,35 +193,45 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         run_row = db.run(run_id)
     except TamerError as error:
         _fail(error)
-    attempts, events, evals = db.attempts(run_row["id"]), db.events(run_row["id"]), db.evals(run_row["id"])
+    from tamer.inspect.history import timeline
+
+    story = timeline(db, run_row["id"])
+    events = db.events(run_row["id"])
     checkpoint, _ = checkpoints.newest_valid(Path(run_row["run_dir"]))
     if as_json:
-        _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "attempts": attempts, "events": events,
-                     "evals": evals, "last_checkpoint": str(checkpoint.path) if checkpoint else None})
+        _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "timeline": story, "events": events,
+                     "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None})
         return
+    totals = story["totals"]
     console.print(f"[bold]{run_row['id']}[/bold]  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
                   f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}", highlight=False)
-    final = f"{run_row['final_loss']:.4f}" if run_row["final_loss"] is not None else "-"
-    final_eval = f"{run_row['final_eval_loss']:.4f}" if run_row["final_eval_loss"] is not None else "-"
-    best_eval = f"{run_row['best_eval_loss']:.4f}" if run_row["best_eval_loss"] is not None else "-"
-    console.print(f"final loss {final}  validation loss {final_eval} (best {best_eval})  last checkpoint "
-                  f"{checkpoint.path if checkpoint else '-'}", highlight=False)
     if run_row["failure_reason"]:
         console.print(f"reason: {run_row['failure_reason']}", highlight=False)
+    console.print(f"final loss {_loss(run_row['final_loss'])}  validation loss {_loss(run_row['final_eval_loss'])} "
+                  f"(best {_loss(run_row['best_eval_loss'])})  last checkpoint {checkpoint.path if checkpoint else '-'}", highlight=False)
+    console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
+                  f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
+                  f"{totals['failures']} failures, {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
+    if story["settled_plan"]:
+        settled = story["settled_plan"]
+        console.print(f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}", highlight=False)
     config = json.loads(run_row["config_json"])
     console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
                                                                        "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap")), highlight=False)
-    table = Table("attempt", "plan", "started", "seconds", "steps", "outcome", "phase", "message")
-    for a in attempts:
-        seconds = f"{a['ended_at'] - a['started_at']:.1f}" if a["ended_at"] else "running"
-        steps = f"{a['resumed_from_step']}->{a['last_step']}" if a["last_step"] is not None else f"{a['resumed_from_step']}->"
-        table.add_row(str(a["attempt"]), a["plan_summary"], _when(a["started_at"]), seconds, steps, a["outcome"] or "-",
-                      a["phase"] or "-", (a["message"] or "")[:80])
+    table = Table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
+    for a in story["attempts"]:
+        seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"
+        steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
+        table.add_row(str(a["attempt"]), a["plan_summary"], seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
     console.print(table)
-    events_table = Table("time", "attempt", "event", "message")
+    events_table = Table("time", "attempt", "event", "message", title="events")
     for e in events:
         events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
     console.print(events_table)
+
+
+def _loss(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
 
 @app.command()
@@ -249,3 +260,4 @@ def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], ty
 
 def main() -> None:
     app()
+from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)

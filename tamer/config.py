@@ -178,6 +178,8 @@ class RunConfig:
     """Cap the child's GPU memory (e.g. `15GiB`) with set_per_process_memory_fraction."""
     host_mem_cap: str | None = None
     """Cap the child's address space growth after setup (RLIMIT_AS), e.g. `2GiB`: a real host OOM on purpose."""
+    memory_snapshot: bool = False
+    """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
     inject: list[str] = field(default_factory=list)
     """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -230,7 +232,7 @@ class RunConfig:
         """Hash of what decides the training result (not restarts, caps or injected faults)."""
         data = self.to_dict()
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
-                     "ladder", "micro_batch_size", "device", "start_rungs"):
+                     "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

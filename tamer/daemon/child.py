@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if trainer is not None:
             report.update(trainer.where())
+            _dump_memory_snapshot(trainer, error, run_dir / "attempts" / str(attempt) / "memory-snapshot.pickle", report)
             try:
                 from tamer.engine import memory
 
@@ -97,6 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_EXCEPTION
     write_report(report_path, {"status": "done", "step": trainer.state.step})
     return 0
+
+
+def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report: dict[str, Any]) -> None:
+    """With `memory_snapshot` on, a CUDA OOM leaves the allocator's history for PyTorch's memory_viz."""
+    import torch
+
+    from tamer.engine import snapshot
+
+    if not (trainer.config.memory_snapshot and isinstance(error, torch.OutOfMemoryError)):
+        return
+    dumped = snapshot.dump_on_oom(trainer.device, path)
+    if dumped:
+        report["memory_snapshot"] = dumped
+        trainer.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
 
 
 def _lift_address_space_limit() -> None:

@@ -258,7 +258,7 @@ class Supervisor:
         self.db.insert_attempt({
             "run_id": self.run_id, "attempt": number, "plan_json": self.plan.to_json(), "plan_summary": self.plan.describe(),
             "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": self.child.pid,
-            "started_at": time.time(), "resumed_from_step": self._steps_done(),
+            "started_at": time.time(),
         })
         self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {self.child.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)

@@ -24,7 +24,7 @@ import structlog
 import torch
 
 from tamer.config import RunConfig
-from tamer.engine import memory
+from tamer.engine import memory, snapshot
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import loss_sum
 from tamer.engine.model import build_model, materialize_random_init, pin_base, trainable_parameters
@@ -94,6 +94,8 @@ class Trainer:
 
     def setup(self) -> None:
         self._set_device_limits()
+        if self.config.memory_snapshot:
+            snapshot.start_recording(self.device)
         self.faults.check("load", None, self.plan.micro_batch_size)
         self.tokenizer = squad.load_tokenizer(self.config.tokenizer if self.config.tokenizer else ("bundled" if self.config.init == "random" else None), self.config.model)
         self.train_examples, self.eval_examples = self._load_examples()
@@ -117,6 +119,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.autocast_dtype == "fp16" and self.device.type == "cuda" else None
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.db.update_attempt(self.run_id, self.attempt, resumed_from_step=self.state.step)
         self._set_host_limit()
 
     def _set_device_limits(self) -> None:

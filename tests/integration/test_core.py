@@ -76,7 +76,7 @@ def test_sigkill_of_the_child_resumes_exactly(baseline, tmp_path, seed):
     assert process.wait(timeout=300) == 0, process.stderr.read()
     rows = attempts(tmp_path, run_id)
     assert rows[0]["signal"] == signal.SIGKILL and rows[0]["outcome"] == "crash"
-    assert rows[1]["resumed_from_step"] == reached and rows[-1]["outcome"] == "done"
+    assert rows[1]["resumed_from_step"] <= reached and rows[1]["resumed_from_step"] % 4 == 0 and rows[-1]["outcome"] == "done"
     assert_same_training(baseline, tmp_path, run_id)
 
 
@@ -104,7 +104,7 @@ def test_sigkill_of_supervisor_and_child_then_resume_exactly(baseline, tmp_path)
     kinds = dict(events(tmp_path, run_id))
     assert "checkpoint_skipped" in kinds and "sha256 mismatch" in kinds["checkpoint_skipped"]
     rows = attempts(tmp_path, run_id)
-    assert rows[0]["outcome"] == "lost" and rows[1]["resumed_from_step"] >= 9
+    assert rows[0]["outcome"] == "lost" and rows[0]["last_step"] >= 9 and rows[1]["resumed_from_step"] == 4
     assert "resumed from checkpoint step 4" in kinds["resume"]
     assert_same_training(baseline, tmp_path, run_id)
 
