@@ -115,6 +115,38 @@ class LadderConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    """Hang detection: the child heartbeats every micro-step; a missed deadline gets it SIGKILLed and
+    restarted (outcome `hang`, no escalation). Seconds; slow phases get longer deadlines."""
+
+    step_timeout: float = 600.0
+    """Longest silence during training (between micro-steps)."""
+    load_timeout: float = 1800.0
+    """Model load, tokenizing and setup, until the first step starts."""
+    first_step_timeout: float = 1800.0
+    """The first optimizer step of an attempt (kernel autotuning, allocator warm-up)."""
+    checkpoint_timeout: float = 1800.0
+    """Writing one checkpoint."""
+    eval_timeout: float = 3600.0
+    """One evaluation pass."""
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if value <= 0:
+                raise ConfigError(f"watchdog.{name}: must be > 0 seconds, got {value}")
+
+    def deadline(self, phase: str, first_step: bool) -> float:
+        """Seconds of silence allowed in `phase`."""
+        if phase == "load":
+            return self.load_timeout
+        if phase == "checkpoint":
+            return self.checkpoint_timeout
+        if phase == "eval":
+            return self.eval_timeout
+        return self.first_step_timeout if first_step else self.step_timeout
+
+
+@dataclass
 class RunConfig:
     """One training run, as the user asked for it."""
 
@@ -170,6 +202,10 @@ class RunConfig:
     """Seconds before the first such restart; doubles each time (exponential backoff)."""
     restart_backoff_max: float = 120.0
     """Longest wait between restarts, in seconds."""
+    crash_loop_limit: int = 3
+    """The same failure at the same step this many times in a row, with no progress: the run is `failed`."""
+    healthy_seconds: float = 600.0
+    """An attempt that trained this long resets the restart budget."""
     start_rungs: list[str] = field(default_factory=list)
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -184,6 +220,7 @@ class RunConfig:
     """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
@@ -199,6 +236,8 @@ class RunConfig:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
         if self.keep_checkpoints < 2:
             raise ConfigError(f"keep_checkpoints: must be >= 2, got {self.keep_checkpoints}")
+        if self.crash_loop_limit < 2:
+            raise ConfigError(f"crash_loop_limit: must be >= 2, got {self.crash_loop_limit}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts: must be >= 0, got {self.max_restarts}")
         from tamer.strategies import registry
@@ -232,7 +271,8 @@ class RunConfig:
         """Hash of what decides the training result (not restarts, caps or injected faults)."""
         data = self.to_dict()
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
-                     "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot"):
+                     "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
+                     "crash_loop_limit", "healthy_seconds"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

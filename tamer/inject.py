@@ -8,9 +8,12 @@ A fault is `KIND:key=value,...`, given with `--inject` (repeatable) or `TAMER_IN
     kill:step=7                                    SIGKILL itself (as the kernel OOM killer would)
     segv:step=7                                    SIGSEGV itself
     hang:step=7                                    stop heartbeating and sleep forever
+    enospc:phase=checkpoint                        raise OSError(ENOSPC), as a full disk does
+    stall:phase=checkpoint,seconds=5               pause that long (a slow disk), still alive
 
 Keys: `step` (optimizer step about to run, 1-based; default any), `phase` (load, forward, backward,
-optimizer, checkpoint, eval; default forward), `min_micro_batch` (only while the micro-batch is at
+optimizer, checkpoint, eval; default forward; a checkpoint fault fires
+mid-write, after the weights are written), `min_micro_batch` (only while the micro-batch is at
 least this), `attempt` (only in this attempt number), `once` (fire in the first attempt that reaches
 it only: later attempts pass).
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 from tamer.errors import ConfigError
 
-KINDS = ("oom", "host_oom", "crash", "kill", "segv", "hang")
+KINDS = ("oom", "host_oom", "crash", "kill", "segv", "hang", "enospc", "stall")
 PHASES = ("load", "forward", "backward", "optimizer", "checkpoint", "eval")
 
 
@@ -33,6 +36,7 @@ class Fault:
     min_micro_batch: int | None = None
     attempt: int | None = None
     once: bool = False
+    seconds: float = 5.0
 
     def matches(self, phase: str, step: int | None, micro_batch_size: int | None, attempt: int) -> bool:
         """Whether this fault fires at this point of this attempt."""
@@ -63,12 +67,17 @@ def parse_fault(text: str) -> Fault:
             if raw not in PHASES:
                 raise ConfigError(f"inject '{text}': unknown phase '{raw}'; choose one of {', '.join(PHASES)}")
             values["phase"] = raw
+        elif key == "seconds":
+            try:
+                values["seconds"] = float(raw)
+            except ValueError:
+                raise ConfigError(f"inject '{text}': seconds must be a number, got '{raw}'") from None
         elif key in ("step", "min_micro_batch", "attempt"):
             if not raw.isdigit():
                 raise ConfigError(f"inject '{text}': {key} must be a whole number, got '{raw}'")
             values[key] = int(raw)
         else:
-            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, once")
+            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, once, seconds")
     return Fault(kind=kind, **values)  # type: ignore[arg-type]
 
 

@@ -133,6 +133,9 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.crash_restarts = 0
         self.failure_reason: str | None = None
+        self.loop_signature: tuple | None = None
+        self.loop_count = 0
+        self.best_step = -1
         self._backoff = tenacity.wait_exponential(multiplier=self.config.restart_backoff, max=self.config.restart_backoff_max)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -213,8 +216,8 @@ class Supervisor:
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
         write_json_atomic(plan_path, self.plan.to_dict())
-        returncode, report, oom_killed, peak_rss = self._run_child(number)
-        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed)
+        returncode, report, oom_killed, hung, peak_rss = self._run_child(number)
+        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung)
         stats = outcome.memory_stats or {}
         self.db.update_attempt(
             self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
@@ -240,12 +243,31 @@ class Supervisor:
                           skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict())
         else:
             self.crash_restarts += 1
+            loop = self._crash_loop(number, outcome)
+            if loop:
+                return self._finish("failed", EXIT_FAILED, loop)
         self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
         raise AttemptFailed(outcome, escalated=bool(decision.applied))
 
+    def _crash_loop(self, number: int, outcome: outcomes.Outcome) -> str | None:
+        """Why to give up now, or None: the same failure at the same step `crash_loop_limit` times in a
+        row with no progress. Also resets the restart budget after a healthy attempt."""
+        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
+        if attempt["first_step_at"] and attempt["ended_at"] - attempt["first_step_at"] >= self.config.healthy_seconds:
+            self.crash_restarts = 1  # this failure only: the budget is for failures close together
+        progressed = (attempt["last_step"] or -1) > self.best_step
+        self.best_step = max(self.best_step, attempt["last_step"] or -1)
+        signature = (outcome.kind, outcome.step, outcome.phase, outcome.message[:120])
+        self.loop_count = 1 if progressed or signature != self.loop_signature else self.loop_count + 1
+        self.loop_signature = signature
+        if self.loop_count >= self.config.crash_loop_limit:
+            where = f" at step {outcome.step}" if outcome.step is not None else ""
+            return (f"crash loop: {outcome.kind}{where} {self.loop_count} times in a row with no progress: {outcome.message}")
+        return None
+
     # --- the child ------------------------------------------------------------------------------
 
-    def _run_child(self, number: int) -> tuple[int, dict | None, bool, int]:
+    def _run_child(self, number: int) -> tuple[int, dict | None, bool, bool, int]:
         attempt_dir = self.run_dir / "attempts" / str(number)
         attempt_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.plan.env, "TAMER_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
@@ -263,10 +285,18 @@ class Supervisor:
         self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {self.child.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)
         peak_rss = 0
+        hung = False
+        started = time.time()
         while (returncode := self.child.poll()) is None:
             peak_rss = max(peak_rss, _rss(self.child.pid))
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
+            silence, deadline, phase = self._silence(attempt_dir / "heartbeat", started)
+            if silence > deadline and not hung:
+                hung = True
+                self.db.event(self.run_id, "hang", f"no heartbeat for {silence:.0f} s in {phase} (deadline {deadline:.0f} s): killing the child",
+                              attempt=number, phase=phase, silence=silence, deadline=deadline)
+                os.kill(self.child.pid, signal.SIGKILL)
             time.sleep(POLL_SECONDS)
         if self.progress is not None:
             self.progress.update(self.db, self.run_id, number)
@@ -274,7 +304,16 @@ class Supervisor:
         oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
         report_path = attempt_dir / "exit.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        return returncode, report, oom_killed, peak_rss
+        return returncode, report, oom_killed, hung, peak_rss
+
+    def _silence(self, heartbeat: Path, started: float) -> tuple[float, float, str]:
+        """(seconds since the child's last heartbeat, the deadline for its phase, the phase)."""
+        try:
+            stamp = heartbeat.stat().st_mtime
+            phase, first_step = (heartbeat.read_text().split() + ["load", "1"])[:2]
+        except (OSError, ValueError):
+            stamp, phase, first_step = started, "load", "1"
+        return time.time() - max(stamp, started), self.config.watchdog.deadline(phase, first_step == "1"), phase
 
     # --- signals and endings --------------------------------------------------------------------
 

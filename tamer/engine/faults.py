@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -34,6 +35,10 @@ def fire(fault: Fault) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault.kind == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if fault.kind == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device (injected by tamer --inject)")
+    if fault.kind == "stall":
+        time.sleep(fault.seconds)
     if fault.kind == "hang":
         while True:
             time.sleep(3600)

@@ -9,6 +9,7 @@ with its phase (the child's report, tamer/daemon/child.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -74,8 +75,10 @@ class Trainer:
         self.plan = Plan.from_dict(json.loads((run_dir / "plans" / f"attempt-{attempt}.json").read_text()))
         self.db = Database(spec["db_path"])
         self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt)
-        self.phase = "load"
+        self.heartbeat_path = run_dir / "attempts" / str(attempt) / "heartbeat"
+        self.first_step = True
         self.state = TrainState()
+        self.beat("load")
         self.device = _device(self.config)
         self.skip_restore = set(filter(None, os.environ.get(SKIP_RESTORE_ENV, "").split(",")))
 
@@ -85,6 +88,12 @@ class Trainer:
         in_flight = self.phase in ("forward", "backward", "optimizer")
         return {"phase": self.phase, "step": self.state.step + 1 if in_flight else self.state.step,
                 "micro_batch_size": self.plan.micro_batch_size}
+
+    def beat(self, phase: str) -> None:
+        """Say where we are and that we are alive (the supervisor's hang watchdog reads this)."""
+        self.phase = phase
+        with open(self.heartbeat_path, "w") as heartbeat:
+            heartbeat.write(f"{phase} {int(self.first_step)}")
 
     def event(self, kind: str, message: str, **detail: Any) -> None:
         log.info(kind, message=message, **detail)
@@ -255,17 +264,17 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         for batch in self.batches(sample_ids, plan.micro_batch_size, self.train_examples):
-            self.phase = "forward"
+            self.beat("forward")
             self.faults.check("forward", step, plan.micro_batch_size)
             with self.autocast():
                 summed, _ = loss_sum(self.model, batch.tensors, CHUNK_SIZE if plan.chunked_loss else None)
             loss = summed / max(1, supervised)
-            self.phase = "backward"
+            self.beat("backward")
             self.faults.check("backward", step, plan.micro_batch_size)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += loss.detach()
             tokens += batch.tokens
-        self.phase = "optimizer"
+        self.beat("optimizer")
         self.faults.check("optimizer", step, plan.micro_batch_size)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -289,13 +298,13 @@ class Trainer:
             "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
             "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **memory.readings(self.device),
         })
-        self.phase = "between_steps"
+        self.first_step = False
+        self.beat("between_steps")
 
     # --- checkpoints and evaluation ---------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        self.phase = "checkpoint"
-        self.faults.check("checkpoint", self.state.step, self.plan.micro_batch_size)
+        self.beat("checkpoint")
         started = time.perf_counter()
         is_lora = self.plan.lora
         # A LoRA checkpoint names its frozen base when the base lives in this run (random init, or
@@ -308,34 +317,50 @@ class Trainer:
                 self.model.save_pretrained(folder / "adapter", safe_serialization=True)
             else:
                 self.model.save_pretrained(folder / "model", safe_serialization=True)
+            self.faults.check("checkpoint", self.state.step, self.plan.micro_batch_size)
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             if self.scaler is not None:
                 torch.save(self.scaler.state_dict(), folder / "scaler.pt")
             torch.save(_rng_state(), folder / "rng.pt")
 
-        saved = checkpoints.save(self.run_dir, self.state.step, write, {
-            "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": self.state.samples_consumed,
-            "epoch": self.order.epoch_of(self.state.samples_consumed), "seed": self.config.seed,
-            "plan": self.plan.to_dict(), "config_hash": self.config.config_hash(), "run_id": self.run_id,
-        }, self.config.keep_checkpoints)
+        try:
+            saved = checkpoints.save(self.run_dir, self.state.step, write, {
+                "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": self.state.samples_consumed,
+                "epoch": self.order.epoch_of(self.state.samples_consumed), "seed": self.config.seed,
+                "plan": self.plan.to_dict(), "config_hash": self.config.config_hash(), "run_id": self.run_id,
+            }, self.config.keep_checkpoints)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            final = self.state.step == self.total_steps
+            self.event("checkpoint_failed",
+                       f"disk full while writing checkpoint step {self.state.step}: the partial checkpoint was removed, "
+                       f"step {self.state.checkpoint_step or 0} stays the newest; "
+                       + ("the run cannot finish without its final checkpoint" if final else "training continues"),
+                       step=self.state.step, error=str(error))
+            if final:
+                raise
+            self.beat("between_steps")
+            return
         self.state.checkpoint_step = self.state.step
         seconds = time.perf_counter() - started
         self.event("checkpoint", f"checkpoint step {self.state.step} saved in {seconds:.2f} s", step=self.state.step,
                    path=str(saved.path), seconds=seconds)
-        self.phase = "between_steps"
+        self.beat("between_steps")
 
     def _eval_done(self, step: int) -> bool:
         return bool(self.db.conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND step = ?", [self.run_id, step]).fetchone())
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        self.phase = "eval"
+        self.beat("eval")
         self.faults.check("eval", self.state.step, self.plan.micro_batch_size)
         self.model.eval()
         total, count = 0.0, 0
         ids = list(range(len(self.eval_examples)))
         for batch in self.batches(ids, self.plan.eval_batch_size, self.eval_examples):
+            self.beat("eval")
             with self.autocast():
                 summed, tokens = loss_sum(self.model, batch.tensors, CHUNK_SIZE if self.plan.chunked_loss else None)
             total += float(summed)
@@ -346,7 +371,7 @@ class Trainer:
                              "eval_tokens": count, "eval_samples": len(ids), "eval_batch_size": self.plan.eval_batch_size,
                              "wall_time": time.time()})
         self.event("eval", f"validation loss {eval_loss:.4f} at step {self.state.step}", step=self.state.step, eval_loss=eval_loss)
-        self.phase = "between_steps"
+        self.beat("between_steps")
         return eval_loss
 
 
