@@ -261,3 +261,4 @@ def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], ty
 def main() -> None:
     app()
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
+from tamer import commands_plan  # noqa: E402,F401

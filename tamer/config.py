@@ -99,7 +99,13 @@ class LadderConfig:
     """The escalation ladder: which memory-saving rungs may be applied after an OOM, in which order."""
 
     order: list[str] = field(default_factory=lambda: list(CARD_LADDER))
-    """Rungs in the order they are tried; leave one out to forbid it."""
+    """Rungs allowed, in the order the card ladder tries them; leave one out to forbid it."""
+    mode: Literal["planner", "card"] = "planner"
+    """`planner`: pick the fastest plan predicted to fit (first plan and after every OOM), falling back to
+    the card order when no plan is predicted to fit confidently; `card`: the order above, literally."""
+    in_process_split: bool = True
+    """In planner mode, a CUDA OOM in forward/backward halves the micro-batch inside the child and retries
+    the same optimizer step (no restart, same samples) when split_micro_batch is allowed."""
 
     def __post_init__(self) -> None:
         from tamer.strategies import registry
@@ -112,6 +118,24 @@ class LadderConfig:
                 )
         if len(set(self.order)) != len(self.order):
             raise ConfigError("ladder.order: a rung is listed twice; list each once")
+
+
+@dataclass
+class PlannerConfig:
+    """What the planner (`ladder.mode: planner`) may change to fit the card."""
+
+    allow_lora: bool = True
+    """LoRA adapters instead of a full fine-tune."""
+    allow_quantization: bool = True
+    """int8 base weights (needs LoRA)."""
+    allow_pure_bf16: bool = False
+    """Pure bf16 weights and optimizer states: fastest, but small updates are lost to rounding."""
+    min_micro_batch: int = 1
+    """Smallest micro-batch the planner may split down to."""
+    safety_margin: float = 0.10
+    """Fraction of the card (after the CUDA context) kept free when judging a fit."""
+    supervised_per_sequence: int = 16
+    """Supervised (answer + EOS) tokens per sequence assumed when estimating the loss's logits."""
 
 
 @dataclass
@@ -208,6 +232,8 @@ class RunConfig:
     """An attempt that trained this long resets the restart budget."""
     start_rungs: list[str] = field(default_factory=list)
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
+    start_plan: dict[str, Any] | None = None
+    """The exact first plan (Plan fields, as `tamer plan --json` prints them); overrides the planner and start_rungs."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: `auto` = the GPU when there is one."""
     gpu_mem_cap: str | None = None
@@ -221,6 +247,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
@@ -245,6 +272,16 @@ class RunConfig:
         for index, name in enumerate(self.start_rungs):
             if name not in registry.names():
                 raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+        if self.start_plan is not None:
+            from tamer.plan import Plan
+
+            try:
+                plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, **self.start_plan})
+            except TypeError as error:
+                raise ConfigError(f"start_plan: not a plan ({error}); copy one from `tamer plan --json`") from None
+            if plan.effective_batch_size != self.effective_batch_size:
+                raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation = {plan.effective_batch_size}, "
+                                  f"but effective_batch_size is {self.effective_batch_size}")
         if self.restart_backoff < 0 or self.restart_backoff_max < 0:
             raise ConfigError("restart_backoff: must be >= 0 seconds")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -272,7 +309,7 @@ class RunConfig:
         data = self.to_dict()
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
-                     "crash_loop_limit", "healthy_seconds"):
+                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -167,16 +167,74 @@ class Supervisor:
             self.facts = device_facts(self.config.device)
             self.db.update_run(self.run_id, device_json=json.dumps(self.facts.to_dict()))
         attempts = self.db.attempts(self.run_id)
+        self.failed_plans = [Plan.from_dict(json.loads(a["plan_json"])) for a in attempts if a["outcome"] in ladder.OOM_KINDS]
+        self.oom_hints = [{**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])}
+                          for a in attempts if a["outcome"] in ladder.OOM_KINDS and a["phase"] != "eval"]
         if attempts:
-            self.plan = Plan.from_dict(json.loads(attempts[-1]["plan_json"]))
+            self.plan = self._current_plan(attempts[-1])
             self.reason = "resumed by `tamer resume`"
             self.db.event(self.run_id, "resume_run", f"supervisor resumed the run with plan: {self.plan.describe()}")
         else:
-            self.plan = initial_plan(self.config, self.facts)
-            self.reason = "first plan" + (f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
+            self.plan, self.reason = self._first_plan()
         self.applied: list[str] = list(self.plan.rungs) if not attempts else []
         self.db.update_run(self.run_id, status="running", started_at=self.run["started_at"] or time.time(),
                            supervisor_pid=os.getpid(), ended_at=None, failure_reason=None)
+
+    def _first_plan(self) -> tuple[Plan, str]:
+        """The config's exact start_plan, else the planner's choice, else the user's batch geometry + start_rungs."""
+        if self.config.start_plan is not None:
+            return Plan.from_dict({"eval_batch_size": self.config.eval_batch_size, **self.config.start_plan}), "start_plan from the config"
+        if self.config.start_rungs or not self._planning():
+            return initial_plan(self.config, self.facts), "first plan" + (
+                f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
+        choice = self._planner_choice()
+        if choice is None:
+            self.db.event(self.run_id, "planner", "no plan is predicted to fit with the margin: starting from the user's plan, "
+                          "escalating by measurement (card order)")
+            return initial_plan(self.config, self.facts), "first plan (the planner had no confident fit)"
+        return choice.plan, "planner: " + choice.reason
+
+    def _planning(self) -> bool:
+        return self.config.ladder.mode == "planner" and self.facts.kind == "cuda" and bool(self.config.architecture)
+
+    def _planner_choice(self) -> Any:
+        """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
+        from tamer.planner.calibrate import correction_factor, observations
+        from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
+        from tamer.planner.estimate import Workload
+
+        knobs = self.config.planner
+        policy = PlannerPolicy(allow_lora=knobs.allow_lora, allow_quantization=knobs.allow_quantization,
+                               allow_pure_bf16=knobs.allow_pure_bf16, min_micro_batch=knobs.min_micro_batch,
+                               safety_margin=knobs.safety_margin, rungs=tuple(self.config.ladder.order) + ("chunked_loss",))
+        cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
+        shape = shape_of(self.config)
+        correction = correction_factor(observations(self.db, shape, self.facts.name))
+        choice = choose(self.config, self.facts, device_budget(self.facts.total_memory, cap), policy,
+                        exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
+                        workload=Workload.from_config(self.config, supervised_per_sequence=knobs.supervised_per_sequence),
+                        correction=correction)
+        if choice is not None:
+            self.db.event(self.run_id, "planner", choice.reason, plan=choice.plan.to_dict(), predicted=choice.predicted.to_dict(),
+                          correction=correction)
+        return choice
+
+    def _next_plan(self, outcome: outcomes.Outcome) -> ladder.LadderDecision:
+        """After an OOM the planner steers (when planning and it has a confident fit), else the ladder."""
+        if outcome.escalate and outcome.phase != "eval" and self._planning():
+            self.failed_plans.append(self.plan)
+            self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
+            choice = self._planner_choice()
+            if choice is not None:
+                applied = [rung for rung in choice.plan.rungs if rung not in self.plan.rungs] or ["planner"]
+                return ladder.LadderDecision(plan=choice.plan, applied=applied, reason=f"{outcome.kind} in {outcome.phase}: planner: {choice.reason}",
+                                             escalated=True)
+        return ladder.next_plan(self.plan, outcome, self.facts, self.config.ladder.order)
+
+    def _current_plan(self, attempt: dict[str, Any]) -> Plan:
+        """The plan an attempt ended with: the child may have split its micro-batch in process."""
+        updated = self.run_dir / "attempts" / str(attempt["attempt"]) / "plan.json"
+        return Plan.from_dict(json.loads(updated.read_text())) if updated.is_file() else Plan.from_dict(json.loads(attempt["plan_json"]))
 
     def _loop(self) -> int:
         retrying = tenacity.Retrying(
@@ -234,7 +292,8 @@ class Supervisor:
         if not outcome.retryable:
             code = (report or {}).get("exit_code") or EXIT_FAILED
             return self._finish("failed", code, outcome.message)
-        decision = ladder.next_plan(self.plan, outcome, self.facts, self.config.ladder.order)
+        self.plan = self._current_plan({"attempt": number, "plan_json": self.plan.to_json()})
+        decision = self._next_plan(outcome)
         if decision.plan is None:
             peak = self._peak_text()
             return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")

@@ -240,6 +240,55 @@ class Trainer:
             self.evaluate()
         self.phase = "done"
 
+    def _accumulate(self, step: int, sample_ids: list[int], supervised: int) -> tuple[torch.Tensor, int]:
+        """Forward and backward of every micro-batch of one optimizer step; (summed loss, tokens)."""
+        plan = self.plan
+        total_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        for batch in self.batches(sample_ids, plan.micro_batch_size, self.train_examples):
+            self.beat("forward")
+            self.faults.check("forward", step, plan.micro_batch_size)
+            with self.autocast():
+                summed, _ = loss_sum(self.model, batch.tensors, CHUNK_SIZE if plan.chunked_loss else None)
+            loss = summed / max(1, supervised)
+            self.beat("backward")
+            self.faults.check("backward", step, plan.micro_batch_size)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total_loss += loss.detach()
+            tokens += batch.tokens
+            del loss, summed  # bitsandbytes int8 layers keep their fp32 inputs alive through these
+        return total_loss, tokens
+
+    def _split_in_process(self, step: int, error: torch.OutOfMemoryError) -> bool:
+        """After an activation OOM: free, halve the micro-batch, and let the caller retry the same optimizer
+        step with the same samples (planner mode with in_process_split). False: let the OOM end the child."""
+        from tamer.strategies import registry
+
+        ladder = self.config.ladder
+        split = registry.get("split_micro_batch")
+        facts = None
+        allowed = (ladder.mode == "planner" and ladder.in_process_split and "split_micro_batch" in ladder.order
+                   and self.phase in ("forward", "backward")
+                   and self.plan.micro_batch_size // 2 >= self.config.planner.min_micro_batch
+                   and split.not_applicable(self.plan, facts) is None)
+        if not allowed:
+            return False
+        failed_at = time.time()
+        phase, old = self.phase, self.plan
+        self.optimizer.zero_grad(set_to_none=True)
+        error.__traceback__ = None  # its frames hold the activations
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.plan = split.apply(old, facts)
+        from tamer.state.checkpoints import write_json_atomic
+
+        write_json_atomic(self.heartbeat_path.with_name("plan.json"), self.plan.to_dict())
+        self.event("in_process_split", f"CUDA OOM in {phase} at micro-batch {old.micro_batch_size}: micro-batch halved to "
+                   f"{self.plan.micro_batch_size} in process, retrying step {step} with the same samples",
+                   step=step, phase=phase, old_micro_batch=old.micro_batch_size, new_micro_batch=self.plan.micro_batch_size,
+                   failed_at=failed_at, error=str(error).splitlines()[0][:300] if str(error) else "")
+        return True
+
     def batches(self, sample_ids: list[int], size: int, examples: list[squad.Example]) -> list[Batch]:
         out = []
         for start in range(0, len(sample_ids), size):
@@ -261,19 +310,14 @@ class Trainer:
         started = time.perf_counter()
         sample_ids = self.order.indices(state.samples_consumed, plan.effective_batch_size)
         supervised = sum(squad.answer_token_count(self.train_examples[i]) for i in sample_ids)
-        total_loss = torch.zeros((), device=self.device)
-        tokens = 0
-        for batch in self.batches(sample_ids, plan.micro_batch_size, self.train_examples):
-            self.beat("forward")
-            self.faults.check("forward", step, plan.micro_batch_size)
-            with self.autocast():
-                summed, _ = loss_sum(self.model, batch.tensors, CHUNK_SIZE if plan.chunked_loss else None)
-            loss = summed / max(1, supervised)
-            self.beat("backward")
-            self.faults.check("backward", step, plan.micro_batch_size)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total_loss += loss.detach()
-            tokens += batch.tokens
+        while True:
+            try:
+                total_loss, tokens = self._accumulate(step, sample_ids, supervised)
+                break
+            except torch.OutOfMemoryError as error:
+                if not self._split_in_process(step, error):
+                    raise
+        plan = self.plan
         self.beat("optimizer")
         self.faults.check("optimizer", step, plan.micro_batch_size)
         if self.scaler:

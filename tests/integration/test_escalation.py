@@ -27,7 +27,8 @@ def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
     split), every plan resumes the previous plan's checkpoint, and no sample is skipped or seen twice."""
     faults = [f"--inject=oom:step={2 * n + 1},phase={phase},attempt={n}"
               for n, phase in enumerate(["forward", "backward", "optimizer", "forward", "backward"], start=1)]
-    result = tamer("run", "squad", *TINY, "--max-steps", "13", "--set", "checkpoint_every=2", *faults, home=tmp_path)
+    result = tamer("run", "squad", *TINY, "--max-steps", "13", "--set", "checkpoint_every=2", "--set", "ladder.mode=card", *faults,
+                   home=tmp_path)
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     rows = attempts(tmp_path, run_id)
@@ -81,7 +82,7 @@ def test_eval_oom_halves_only_the_eval_batch(tmp_path):
 
 def test_exhausted_ladder_fails_with_what_was_tried(tmp_path):
     """When every rung is spent the run ends `failed`, exits 1, and the last event names what was tried and the peak."""
-    result = tamer("run", "squad", *TINY, "--max-steps", "3", "--set", "effective_batch_size=2",
+    result = tamer("run", "squad", *TINY, "--max-steps", "3", "--set", "effective_batch_size=2", "--set", "ladder.mode=card",
                    "--set", "ladder.order=[split_micro_batch]", "--inject", "oom:phase=forward", home=tmp_path)
     assert result.returncode == 1
     run_id = run_id_of(result)
@@ -90,3 +91,22 @@ def test_exhausted_ladder_fails_with_what_was_tried(tmp_path):
     kind, message = events(tmp_path, run_id)[-1]
     assert kind == "failed" and "split_micro_batch" in message and "highest" in message
     assert "error:" in result.stderr and "nothing left to try" in result.stderr
+
+
+def test_in_process_split_retries_the_same_step_without_a_restart(tmp_path):
+    """In planner mode an activation OOM halves the micro-batch inside the child: no restart, the same
+    optimizer step is retried with the same samples, and the data order stays that of an uninterrupted run."""
+    result = tamer("run", "squad", *TINY, "--max-steps", "8", "--set", "ladder.mode=planner",
+                   "--inject", "oom:step=5,phase=backward,min_micro_batch=8", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_of(result)
+    (attempt,) = attempts(tmp_path, run_id)
+    assert attempt["outcome"] == "done"
+    split = [json.loads(d) for (d,) in query(tmp_path, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'in_process_split'", (run_id,))]
+    assert [(e["step"], e["phase"], e["old_micro_batch"], e["new_micro_batch"]) for e in split] == [(5, "backward", 8, 4)]
+    geometry = query(tmp_path, "SELECT step, micro_batch_size, grad_accumulation FROM steps WHERE run_id = ? ORDER BY step", (run_id,))
+    assert geometry == [(s, 8, 1) for s in range(1, 5)] + [(s, 4, 2) for s in range(5, 9)]
+    order = SampleOrder(_train_size(tmp_path, run_id), seed=0)
+    assert [i for step in sample_ids(tmp_path, run_id) for i in step] == order.indices(0, 8 * 8)
+    checkpoint_plan = json.loads((tmp_path / "runs" / run_id / "checkpoints" / "step-8" / "manifest.json").read_text())["plan"]
+    assert checkpoint_plan["micro_batch_size"] == 4

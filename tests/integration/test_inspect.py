@@ -30,7 +30,7 @@ from tests.integration.runs import TINY, run_id_of, tamer
 
 RUN_ARGS = ["run", "squad", *TINY, "--max-steps", "12", "--set", "checkpoint_every=4",
             "--inject", "oom:step=6,phase=backward,min_micro_batch=8",
-            "--set", "ladder.order=[gradient_checkpointing,split_micro_batch]"]
+            "--set", "ladder.order=[gradient_checkpointing,split_micro_batch]", "--set", "ladder.mode=card"]
 runner = CliRunner()
 
 

@@ -1,0 +1,194 @@
+"""`tamer plan`: predict the peak memory and speed of candidate plans for a config and a card, without
+a GPU, and show the plan the planner would pick (tamer/planner).
+
+Registered on `tamer.cli.app` when tamer/cli.py imports this module (its last line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.errors import ConfigError, TamerError
+from tamer.plan import DeviceFacts
+from tamer.planner.calibrate import Observation, correction_factor, observations
+from tamer.planner.candidates import (
+    Candidate,
+    PlannerPolicy,
+    assess,
+    best,
+    candidate_plans,
+    change_rank,
+    device_budget,
+    shape_of,
+    usable_bytes,
+)
+from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
+from tamer.units import parse_size
+
+
+def _gib(num_bytes: int | float | None) -> str:
+    return "-" if num_bytes is None else f"{num_bytes / GIB:.1f}"
+
+
+def _dominated(candidate: Candidate, other: Candidate) -> bool:
+    """Whether `other` is at least as fast, as small and as faithful as `candidate`, and better in one
+    (or the same in all three with fewer rungs)."""
+    mine = (candidate.speed, -candidate.estimate.reserved, tuple(-x for x in change_rank(candidate.plan)))
+    theirs = (other.speed, -other.estimate.reserved, tuple(-x for x in change_rank(other.plan)))
+    if mine == theirs:
+        return len(other.plan.rungs) < len(candidate.plan.rungs)
+    return all(b >= a for a, b in zip(mine, theirs))
+
+
+def worth_showing(candidates: list[Candidate]) -> list[Candidate]:
+    """The best plan that fits for each kind of model change (full, LoRA, int8 ...), and the plans
+    faster than the chosen one that do not fit and that no other beats on speed, peak and model
+    change at once (what more memory would buy). Everything undominated when nothing fits."""
+    chosen = best(candidates)
+    if chosen is None:
+        return [c for c in candidates if not any(_dominated(c, other) for other in candidates)]
+    by_change: dict[tuple[int, int], list[Candidate]] = {}
+    for candidate in candidates:
+        by_change.setdefault(change_rank(candidate.plan), []).append(candidate)
+    shown = [picked for group in by_change.values() if (picked := best(group)) is not None]
+    faster = [c for c in candidates if c.fits != "yes" and c.speed > chosen.speed]
+    shown += [c for c in faster if not any(_dominated(c, other) for other in faster)]
+    return shown
+
+
+def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
+    """The card: NVML's if there is one (its memory unless --gpu-mem), else one assumed from the options."""
+    from tamer.daemon.probe import _bitsandbytes_installed, _nvml_facts
+
+    found = _nvml_facts()
+    total = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else None
+    if found:
+        return DeviceFacts(kind="cuda", name=found["name"], total_memory=total or found["total_memory"],
+                           compute_capability=tuple(found["compute_capability"]),
+                           bf16=found["bf16"] if bf16 is None else bf16, fp16=True, bitsandbytes=_bitsandbytes_installed())
+    return DeviceFacts(kind="cuda", name="GPU (assumed)", total_memory=total, bf16=True if bf16 is None else bf16,
+                       fp16=True, bitsandbytes=_bitsandbytes_installed())
+
+
+def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation]:
+    from tamer.state.db import Database
+    from tamer.state.home import Home
+
+    path = Home.resolve(home).db_path
+    if not path.exists():
+        return []
+    db = Database(path, create=False)
+    try:
+        return observations(db, shape, facts.name)
+    finally:
+        db.close()
+
+
+@app.command("plan")
+def plan_command(
+    recipe: Annotated[str, typer.Argument(help="Recipe to plan for (squad).")] = "squad",
+    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b or tiny.")] = "llama-3.2-1b",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set micro_batch_size=4 (repeatable).")] = None,
+    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="The card's memory, e.g. 16GiB (default: the GPU's, via NVML).")] = None,
+    gpu_mem_cap: Annotated[Optional[str], typer.Option("--gpu-mem-cap", help="Cap PyTorch's allocator, as `tamer run --gpu-mem-cap` (default: the config's).")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")] = None,
+    supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (default: 16).")] = None,
+    logits: Annotated[str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")] = "supervised",
+    padded: Annotated[bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")] = True,
+    allow_lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Whether LoRA (and int8 base weights) may be used.")] = True,
+    allow_quantization: Annotated[bool, typer.Option("--int8/--no-int8", help="Whether int8 base weights may be used.")] = True,
+    allow_pure_bf16: Annotated[bool, typer.Option("--pure-bf16/--no-pure-bf16", help="Whether pure bf16 weights (no fp32 master copy) may be used.")] = False,
+    min_micro_batch: Annotated[int, typer.Option(help="Smallest micro-batch to split down to.")] = 1,
+    safety_margin: Annotated[float, typer.Option(help="Fraction of the memory kept free (after the CUDA context).")] = 0.10,
+    show_all: Annotated[bool, typer.Option("--all", help="List every candidate, not only those no other beats.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict peak memory and speed of candidate plans, and show the plan the planner would pick.
+
+    No GPU needed: the memory of the card comes from NVML or --gpu-mem. Past attempts of the same
+    model on the same card (in --home) show how far off the predictions were.
+
+    Example: tamer plan squad --preset llama-3.2-1b --gpu-mem 15GiB
+    """
+    from tamer.config import build_config
+
+    try:
+        if recipe != "squad":
+            raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+        if logits not in ("supervised", "all"):
+            raise ConfigError(f"--logits {logits}: expected supervised or all")
+        run_config = build_config(preset, config, {}, set_ or [])
+        facts = _device(gpu_mem, bf16)
+        if facts.total_memory is None and gpu_mem_cap is None and run_config.gpu_mem_cap is None:
+            raise ConfigError("no GPU found through NVML: pass --gpu-mem SIZE (the card's memory, e.g. 16GiB)")
+        cap = gpu_mem_cap or run_config.gpu_mem_cap
+        budget = device_budget(facts.total_memory, parse_size(cap, "--gpu-mem-cap") if cap else None)
+        policy = PlannerPolicy(allow_lora=allow_lora, allow_quantization=allow_quantization, allow_pure_bf16=allow_pure_bf16,
+                               min_micro_batch=min_micro_batch, safety_margin=safety_margin)
+        workload = Workload.from_config(run_config, sequence_length=seq_len, supervised_per_sequence=supervised_per_sequence,
+                                        logits_tokens=logits, padded=padded)
+        shape = shape_of(run_config)
+        past = _past(home, shape, facts)
+        correction = correction_factor(past)
+        candidates = assess(candidate_plans(run_config, facts, policy), shape, workload, facts, budget, policy,
+                            correction=correction)
+    except TamerError as error:
+        _fail(error)
+    chosen = best(candidates)
+    shown = candidates if show_all else worth_showing(candidates)
+    shown = sorted(shown, key=lambda c: (-c.speed, c.estimate.reserved))
+    fitting = [c.speed for c in candidates if c.fits == "yes"]
+    reference = max(fitting) if fitting else max(c.speed for c in candidates)
+    usable = usable_bytes(budget, policy.safety_margin)
+    if as_json:
+        _print_json({
+            "device": facts.to_dict(), "budget": budget, "usable": usable, "correction": correction,
+            "workload": workload.__dict__, "parameters": shape.parameters,
+            "candidates": [{**c.to_dict(), "relative_speed": c.speed / reference} for c in shown],
+            "chosen": chosen.to_dict() if chosen else None,
+            "past_attempts": [o.to_dict() for o in past],
+        })
+        return
+    positions = (f"{workload.supervised_per_sequence} supervised positions per sequence at the LM head"
+                 if workload.logits_tokens == "supervised" else "every position at the LM head")
+    console.print(f"{run_config.model}: {shape.parameters:,} parameters; {run_config.effective_batch_size} sequences x "
+                  f"{workload.sequence_length} tokens per step, {positions}", highlight=False)
+    console.print(f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
+                  f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
+                  + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""), highlight=False)
+    table = Table("#", "plan", "peak GiB", "peak in", "fits", "speed", "model")
+    for index, candidate in enumerate(shown, 1):
+        fits = candidate.fits if candidate.excluded is None else f"{candidate.fits} (excluded)"
+        mark = " <-" if candidate is chosen else ""
+        table.add_row(f"{index}{mark}", candidate.plan.describe(), _gib(candidate.estimate.reserved), candidate.estimate.where(),
+                      fits, f"{candidate.speed / reference:.2f}x", candidate.change)
+    console.print(table)
+    console.print(f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
+                  + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved", highlight=False)
+    if chosen is None:
+        console.print("chosen: none predicted to fit with the margin; the card ladder would take over", highlight=False)
+    else:
+        phases = ", ".join(f"{name} {_gib(chosen.estimate.reserved_in(name))}" for name in chosen.estimate.phases)
+        console.print(f"chosen: {chosen.plan.describe()}", highlight=False)
+        console.print(f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
+                      f"peak reserved by phase (GiB): {phases}"
+                      + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
+                      highlight=False)
+    if past:
+        history = Table("run", "attempt", "plan", "outcome", "predicted GiB", "measured GiB", "error")
+        for o in past:
+            error = f"{(o.predicted.reserved - o.measured_reserved) / o.measured_reserved:+.0%}" if o.measured_reserved else "-"
+            if not o.trained and o.measured_reserved:
+                error += " (OOM: measured is a lower bound)"
+            history.add_row(o.run_id, str(o.attempt), o.plan.describe(), o.outcome or "-", _gib(o.predicted.reserved),
+                            _gib(o.measured_reserved), error)
+        console.print("past attempts of this model on this card:")
+        console.print(history)

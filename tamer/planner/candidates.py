@@ -1,0 +1,389 @@
+"""Candidate plans under a policy, their predicted memory and speed, and the choice among them.
+
+    choose(config, facts, budget_bytes, policy, exclude, oom_hint) -> Choice | None
+
+Candidates are built from the registry's rungs with `tamer.strategies.ladder.apply_rung` (so each
+plan lists the rungs it corresponds to, prerequisites first, as the card ladder would), over:
+checkpointing on/off, fp32 / autocast / bf16 weights (a LoRA base in bf16 is always allowed, a pure
+bf16 full fine-tune only by policy), full fine-tune / LoRA / int8 base + LoRA,
+AdamW / 8-bit AdamW / paged 8-bit AdamW, chunked loss on/off, and the micro-batch halved down to the
+policy's minimum. Expandable segments are always on for CUDA: free, and the first attempt starts a
+process anyway. Pure bf16 weights and non-paged 8-bit AdamW have no rung yet: those plan fields are
+set directly and no rung is listed for them.
+
+The choice: among candidates predicted to fit with the safety margin, the fastest; candidates within
+`SPEED_TIE` of it count as equally fast, and among those the one that changes the model least wins
+(full fine-tune > LoRA > int8 base; fp32 master weights > pure bf16), then the lowest peak, then the
+fewest rungs. None when nothing is predicted to fit confidently: the caller falls back to the card
+ladder.
+
+After an OOM (`oom_hint`: Outcome.to_dict() plus "plan", the failed plan), the failing phase's
+estimate is raised for every candidate until the failed plan would not fit (its non-weight components
+multiplied by one factor), and a candidate is never picked when its raised estimate for that phase
+reaches the failed plan's measured peak there. An OOM in the optimizer step therefore never leads to a
+plan that only shrinks the micro-batch: the optimizer phase does not depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tamer.errors import ConfigError
+from tamer.plan import DeviceFacts, Plan
+from tamer.planner.estimate import (
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    PHASES,
+    Estimate,
+    ModelShape,
+    Workload,
+    chunking_applies,
+    estimate,
+)
+from tamer.planner.speed import relative_speed
+from tamer.strategies import registry
+from tamer.strategies.ladder import apply_rung
+
+SPEED_TIE = 0.02
+"""Candidates this close to the fastest (relative) count as equally fast: the model is not finer."""
+
+NEED_OVERSHOOT = 1.01
+"""After an OOM, the failed phase's estimate is raised to this much above the memory it could not get."""
+
+
+@dataclass(frozen=True)
+class PlannerPolicy:
+    """What the planner may change about training to fit the card."""
+
+    allow_lora: bool = True
+    """LoRA adapters instead of a full fine-tune (changes what is trained)."""
+    allow_quantization: bool = True
+    """int8 base weights (bitsandbytes; needs LoRA)."""
+    allow_pure_bf16: bool = False
+    """Pure bf16 weights and optimizer states (no fp32 master copy): fastest, but updates smaller
+    than bf16's resolution are lost."""
+    min_micro_batch: int = 1
+    """Smallest micro-batch the planner may split down to."""
+    safety_margin: float = 0.10
+    """Fraction of the budget (after the CUDA context) kept free: a plan fits when its predicted
+    peak reserved is within the rest."""
+    rungs: tuple[str, ...] | None = None
+    """Rungs the planner may use (e.g. the config's ladder.order + chunked_loss); None = all registered."""
+
+    def __post_init__(self) -> None:
+        if self.min_micro_batch < 1:
+            raise ConfigError(f"planner.min_micro_batch: must be >= 1, got {self.min_micro_batch}")
+        if not 0.0 <= self.safety_margin < 1.0:
+            raise ConfigError(f"planner.safety_margin: must be in [0, 1), got {self.safety_margin}")
+        for name in self.rungs or ():
+            if name not in registry.names():
+                raise ConfigError(f"planner.rungs: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan with its prediction against a budget."""
+
+    plan: Plan
+    estimate: Estimate
+    speed: float
+    """Expected tokens/s relative to the reference plan (tamer/planner/speed.py)."""
+    fits: str
+    """`yes` (within the margin), `tight` (within the budget but not the margin) or `no`."""
+    excluded: str | None = None
+    """Why it may not be chosen although it may fit (failed before, steered away after an OOM)."""
+
+    @property
+    def change(self) -> str:
+        return model_change(self.plan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_dict(),
+            "description": self.plan.describe(),
+            "key": plan_key(self.plan),
+            "reserved": self.estimate.reserved,
+            "device": self.estimate.device,
+            "peak_phase": self.estimate.peak_phase,
+            "dominant": self.estimate.phases[self.estimate.peak_phase].dominant(),
+            "pageable": self.estimate.pageable,
+            "fits": self.fits,
+            "speed": self.speed,
+            "change": self.change,
+            "excluded": self.excluded,
+        }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The plan the planner picked, what it predicts for it, and why."""
+
+    plan: Plan
+    predicted: Estimate
+    reason: str
+    speed: float
+    candidates: list[Candidate] = field(default_factory=list, repr=False)
+
+
+def plan_key(plan: Plan) -> str:
+    """What makes two plans train the same way (not the rungs' history nor the eval batch)."""
+    data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name not in ("rungs", "eval_batch_size")}
+    return json.dumps(data, sort_keys=True)
+
+
+def effective_key(plan: Plan, workload: Workload) -> str:
+    """plan_key() with a chunked loss that does not chunk (fewer positions than one slice) counted as
+    no chunked loss: the two train identically, so one failing rules out the other."""
+    return plan_key(plan.replace(chunked_loss=chunking_applies(plan, workload)))
+
+
+def _plan_of_key(key: str) -> Plan:
+    return Plan.from_dict({**json.loads(key), "eval_batch_size": 1})
+
+
+def model_change(plan: Plan) -> str:
+    """How much the plan changes what is trained: full, full (bf16 weights), LoRA or LoRA on int8."""
+    if plan.quantization:
+        return f"LoRA, {plan.quantization} base"
+    if plan.lora:
+        return "LoRA" + (", bf16 base" if plan.weights_dtype == "bf16" else "")
+    return "full" + (", bf16 weights" if plan.weights_dtype == "bf16" else "")
+
+
+def change_rank(plan: Plan) -> tuple[int, int]:
+    """Smaller changes the model less: full > LoRA > int8 base; fp32 master weights > pure bf16."""
+    level = 2 if plan.quantization else 1 if plan.lora else 0
+    return level, 1 if plan.weights_dtype == "bf16" and not plan.quantization else 0
+
+
+def device_budget(total_memory: int | None, gpu_mem_cap: int | None = None) -> int:
+    """Device bytes the child may use, CUDA context included: the card's memory, or a cap on PyTorch's
+    allocator (as RunConfig.gpu_mem_cap) plus the context, whichever is smaller."""
+    if gpu_mem_cap is not None:
+        capped = gpu_mem_cap + CUDA_CONTEXT_BYTES
+        return min(total_memory, capped) if total_memory else capped
+    if total_memory is None:
+        raise ConfigError("the device's memory is unknown: pass --gpu-mem SIZE (e.g. 16GiB) or a gpu_mem_cap")
+    return total_memory
+
+
+def usable_bytes(budget_bytes: int, safety_margin: float) -> int:
+    """Bytes PyTorch's allocator may reserve under `budget_bytes` with the margin kept free."""
+    return int((budget_bytes - CUDA_CONTEXT_BYTES) * (1 - safety_margin))
+
+
+def base_plan(config: Any, facts: DeviceFacts) -> Plan:
+    """The user's batch geometry and `start_rungs`, as the supervisor's first plan."""
+    plan = Plan(
+        micro_batch_size=config.micro_batch_size,
+        grad_accumulation=config.grad_accumulation,
+        eval_batch_size=config.eval_batch_size,
+    )
+    for name in config.start_rungs:
+        plan = apply_rung(plan, name, facts)
+    return plan
+
+
+def _micro_batch_splits(micro_batch_size: int, minimum: int) -> list[int]:
+    """How many times the micro-batch can be halved exactly while staying >= minimum: [0, 1, ...]."""
+    splits = [0]
+    while micro_batch_size % 2 == 0 and micro_batch_size // 2 >= minimum:
+        micro_batch_size //= 2
+        splits.append(splits[-1] + 1)
+    return splits
+
+
+def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> list[Plan]:
+    """Every distinct plan the policy allows, built from rungs (see the module docstring)."""
+    allowed = set(policy.rungs) if policy.rungs is not None else set(registry.names())
+    start = base_plan(config, facts)
+    models = ["full"]
+    if policy.allow_lora:
+        models.append("lora")
+        if policy.allow_quantization and facts.bitsandbytes:
+            models.append("int8")
+    optimizers = ["adamw"] + (["adamw_8bit", "paged_adamw_8bit"] if facts.bitsandbytes else [])
+    splits = _micro_batch_splits(start.micro_batch_size, policy.min_micro_batch)
+    plans: dict[str, Plan] = {}
+    for precision, checkpointing, model, optimizer, chunked, split in itertools.product(
+        ("fp32", "autocast", "bf16"), (False, True), models, optimizers, (False, True), splits
+    ):
+        if precision == "bf16" and not _bf16_weights_allowed(model, facts, policy):
+            continue
+        rungs = ["expandable_segments"] if facts.kind == "cuda" and "expandable_segments" in allowed else []
+        rungs += ["gradient_checkpointing"] if checkpointing else []
+        rungs += ["mixed_precision"] if precision == "autocast" else []
+        rungs += {"full": [], "lora": ["lora"], "int8": ["lora", "quantize_8bit"]}[model]
+        rungs += ["paged_adamw_8bit"] if optimizer == "paged_adamw_8bit" else []
+        rungs += ["chunked_loss"] if chunked else []
+        rungs += ["split_micro_batch"] * split
+        if not set(rungs) <= allowed:
+            continue
+        plan = start
+        if precision == "bf16":
+            plan = plan.replace(weights_dtype="bf16")
+        if optimizer == "adamw_8bit":
+            plan = plan.replace(optimizer="adamw_8bit")
+        for name in rungs:
+            plan = apply_rung(plan, name, facts)
+        plans.setdefault(plan_key(plan), plan)
+    return list(plans.values())
+
+
+def _bf16_weights_allowed(model: str, facts: DeviceFacts, policy: PlannerPolicy) -> bool:
+    """bf16 weights: for a full fine-tune only when the policy allows pure bf16 (no fp32 master copy);
+    under LoRA always (the base is frozen and the adapters stay fp32); never for int8, whose
+    unquantized parts are upcast to fp32 anyway."""
+    if not facts.bf16 or model == "int8":
+        return False
+    return model == "lora" or policy.allow_pure_bf16
+
+
+def _hints(oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    if oom_hint is None:
+        return []
+    if isinstance(oom_hint, Mapping):
+        return [oom_hint]
+    return list(oom_hint)
+
+
+def _measured_need(hint: Mapping[str, Any], limit: int) -> int:
+    """Bytes the failed phase needed at least: more than the allocator could have (it did not fit),
+    and what PyTorch held when it failed plus what it asked for, when the OOM message says so."""
+    sizes = hint.get("sizes") or {}
+    held, asked = sizes.get("allocated_by_pytorch"), sizes.get("tried_to_allocate")
+    return max(limit, held + asked) if held is not None and asked is not None else limit
+
+
+def _failed_plan(hint: Mapping[str, Any]) -> Plan:
+    raw = hint["plan"]
+    return raw if isinstance(raw, Plan) else Plan.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class _Steering:
+    """What one OOM teaches: the phase, the factor for its estimates, the reserved bytes it needed."""
+
+    phase: str
+    factor: float
+    need: int
+
+
+def _steering(hint: Mapping[str, Any], shape: ModelShape, workload: Workload, correction: float, limit: int) -> _Steering | None:
+    if hint.get("plan") is None:
+        return None
+    failed = _failed_plan(hint)
+    predicted = estimate(shape, failed, workload).with_correction(correction)
+    phase = hint.get("phase") if hint.get("phase") in PHASES else predicted.peak_phase
+    need = _measured_need(hint, limit)
+    phase_estimate = predicted.phases[phase]
+    varying = phase_estimate.total - phase_estimate.static
+    need_allocated = NEED_OVERSHOOT * need / ((1 + predicted.fragmentation) * correction)
+    factor = max(1.0, (need_allocated - phase_estimate.static) / varying) if varying > 0 else 1.0
+    return _Steering(phase=phase, factor=factor, need=need)
+
+
+def assess(
+    plans: list[Plan],
+    shape: ModelShape,
+    workload: Workload,
+    facts: DeviceFacts,
+    budget_bytes: int,
+    policy: PlannerPolicy,
+    exclude: Iterable[str] = (),
+    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
+    correction: float = 1.0,
+) -> list[Candidate]:
+    """Each plan's estimate (corrected and steered), speed and fit against `budget_bytes`."""
+    limit = budget_bytes - CUDA_CONTEXT_BYTES
+    usable = usable_bytes(budget_bytes, policy.safety_margin)
+    steerings: dict[str, _Steering] = {}
+    for hint in _hints(oom_hint):
+        steering = _steering(hint, shape, workload, correction, limit)
+        if steering is None:
+            continue
+        earlier = steerings.get(steering.phase)
+        if earlier is not None:  # several OOMs in one phase: the strongest evidence of each kind
+            steering = _Steering(steering.phase, max(steering.factor, earlier.factor), max(steering.need, earlier.need))
+        steerings[steering.phase] = steering
+    failed = [_plan_of_key(key) for key in exclude] + [_failed_plan(h) for h in _hints(oom_hint) if h.get("plan") is not None]
+    excluded_keys = {effective_key(plan, workload) for plan in failed}
+    distinct: dict[str, Plan] = {}
+    for plan in sorted(plans, key=lambda plan: len(plan.rungs)):  # of equivalent plans, the one with fewer rungs
+        distinct.setdefault(effective_key(plan, workload), plan)
+    candidates = []
+    for key, plan in distinct.items():
+        predicted = estimate(shape, plan, workload).with_correction(correction)
+        excluded = "failed before" if key in excluded_keys else None
+        for steering in steerings.values():
+            predicted = predicted.with_phase_scaled(steering.phase, steering.factor)
+            if excluded is None and predicted.reserved_in(steering.phase) >= steering.need:
+                excluded = (f"after the OOM in {steering.phase}: predicted {predicted.reserved_in(steering.phase) / GIB:.1f} GiB "
+                            f"there, not below the {steering.need / GIB:.1f} GiB that failed")
+        fits = "yes" if predicted.reserved <= usable else "tight" if predicted.reserved <= limit else "no"
+        paging = predicted.pageable > 0 and predicted.reserved + predicted.pageable > limit
+        candidates.append(Candidate(plan, predicted, relative_speed(plan, workload, facts, paging), fits, excluded))
+    return candidates
+
+
+def _preference(candidate: Candidate) -> tuple[Any, ...]:
+    return change_rank(candidate.plan), candidate.estimate.reserved, len(candidate.plan.rungs)
+
+
+def best(candidates: list[Candidate]) -> Candidate | None:
+    """The fastest candidate that fits with the margin and is not excluded; near-ties go to the one
+    that changes the model least, then the lowest peak, then the fewest rungs."""
+    eligible = [c for c in candidates if c.fits == "yes" and c.excluded is None]
+    if not eligible:
+        return None
+    fastest = max(c.speed for c in eligible)
+    tied = [c for c in eligible if c.speed >= fastest * (1 - SPEED_TIE)]
+    return min(tied, key=_preference)
+
+
+def shape_of(config: Any) -> ModelShape:
+    if not config.architecture:
+        raise ConfigError(
+            f"the planner needs the model's architecture (LlamaConfig fields) for {config.model}; "
+            "use a preset that has one or set `architecture` in the config"
+        )
+    return ModelShape.from_architecture(config.architecture)
+
+
+def choose(
+    config: Any,
+    facts: DeviceFacts,
+    budget_bytes: int | None = None,
+    policy: PlannerPolicy | None = None,
+    exclude: Iterable[str] = (),
+    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
+    *,
+    workload: Workload | None = None,
+    correction: float = 1.0,
+) -> Choice | None:
+    """The plan to try next for `config` on a device with `budget_bytes` (default: the card's memory,
+    CUDA context included; see device_budget), or None when no candidate is predicted to fit with the
+    margin. `exclude`: plan_key() of plans that failed; `oom_hint`: the last OOM (or several), each an
+    Outcome.to_dict() with "plan" added; `correction`: calibrate.correction_factor()."""
+    policy = policy or PlannerPolicy()
+    budget = budget_bytes if budget_bytes is not None else device_budget(facts.total_memory)
+    workload = workload or Workload.from_config(config)
+    candidates = assess(candidate_plans(config, facts, policy), shape_of(config), workload, facts, budget, policy,
+                        exclude, oom_hint, correction)
+    chosen = best(candidates)
+    if chosen is None:
+        return None
+    usable = usable_bytes(budget, policy.safety_margin)
+    predicted = chosen.estimate
+    reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "
+              f"of {usable / GIB:.1f} GiB usable ({budget / GIB:.1f} GiB - {CUDA_CONTEXT_BYTES / GIB:.1f} GiB CUDA context, "
+              f"{policy.safety_margin:.0%} margin); model: {chosen.change}")
+    steered = [h.get("phase") for h in _hints(oom_hint) if h.get("plan") is not None]
+    if steered:
+        reason += f"; steered by the OOM in {', '.join(str(phase) for phase in steered)}"
+    return Choice(plan=chosen.plan, predicted=predicted, reason=reason, speed=chosen.speed, candidates=candidates)
