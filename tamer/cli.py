@@ -96,6 +96,7 @@ def run(
     host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
     inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
     memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Train a recipe under supervision; prints the run id first, exits 0 when the run completes.
@@ -116,6 +117,12 @@ def run(
         resolved = Home.resolve(home)
         run_id = create_run(resolved, run_config)
         typer.echo(run_id)
+        if detach:
+            from tamer.daemon.queue import detach_run
+
+            pid = detach_run(resolved, run_id)
+            err_console.print(f"supervisor pid {pid} runs it in the background; `tamer status {run_id}` follows it", highlight=False)
+            raise typer.Exit(0)
         code = _supervise(resolved, run_id)
         _report_end(resolved, run_id, code)
     except TamerError as error:
@@ -262,3 +269,4 @@ def main() -> None:
     app()
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
 from tamer import commands_plan  # noqa: E402,F401
+from tamer import commands_queue  # noqa: E402,F401

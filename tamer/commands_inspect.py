@@ -177,7 +177,7 @@ def sql(
     as_json: JsonOption = False,
 ) -> None:
     """Run a read-only SQL query on the database (tables runs, attempts, steps, evals, events; see
-    docs/inspect.md). Writes, ATTACH and several statements are refused with exit code 2.
+    the README). Writes, ATTACH and several statements are refused with exit code 2.
 
     Example: tamer sql "SELECT attempt, outcome, phase, plan_summary FROM attempts WHERE outcome != 'done'"
     """

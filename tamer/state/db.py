@@ -126,6 +126,24 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["run_id", "time"])
 
 
+@migrations()
+def m002_queue(db: sqlite_utils.Database) -> None:
+    """The daemon's queue: one row per `tamer submit` (tamer/daemon/queue.py). A run in it is the
+    daemon's to start, or to resume when its supervisor died; runs.status gains `cancelled` (taken
+    off the queue before it started)."""
+    db["queue"].create(
+        {
+            "run_id": str,
+            "submitted_at": float,
+            "claimed_at": float,  # when a daemon began starting it; cleared if that daemon died first
+            "daemon_pid": int,  # the daemon that started (or last resumed) it
+        },
+        pk="run_id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["queue"].create_index(["submitted_at"])
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")

@@ -1,0 +1,201 @@
+"""The `tamer` commands for unattended operation: submit, daemon, queue, cancel, status and stop.
+
+Registered on tamer.cli's app when tamer/cli.py imports this module (its last lines). The logic lives
+in tamer/daemon/queue.py and tamer/inspect/status.py; here are only options, output and error handling,
+with cli.py's conventions: `--json`, `--home`, one-line `error: ...` and the exit code of the error's
+kind. The README ("Unattended overnight operation") tells the whole story.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tamer.cli import HomeOption, JsonOption, _fail, _preflight, _print_json, app, console, err_console
+from tamer.errors import ConfigError, TamerError
+from tamer.inspect import display
+from tamer.state.home import Home
+
+RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the run to checkpoint and stop.")]
+PIPED_TABLE_WIDTH = 200
+
+
+def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]) -> Any:
+    """The checked RunConfig from `tamer run`'s options (None = not given), preflight included."""
+    from tamer.config import build_config
+
+    if recipe != "squad":
+        raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+    run_config = build_config(preset, config_file, options, overrides or [])
+    _preflight(run_config)
+    return run_config
+
+
+@app.command()
+def submit(
+    recipe: Annotated[str, typer.Argument(help="Recipe to train (squad).")] = "squad",
+    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")] = "llama-3.2-1b",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    gpu_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")] = None,
+    host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
+    inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Queue a run for the daemon (`tamer daemon`); prints the run id. Other config keys: --set or --config.
+
+    Example: tamer submit squad --preset tiny --max-steps 30
+    """
+    from tamer.daemon.queue import daemon_pid
+    from tamer.daemon.queue import submit as submit_run
+
+    try:
+        options = {"model": model, "data": data, "max_steps": max_steps, "gpu_mem_cap": gpu_mem_cap,
+                   "host_mem_cap": host_mem_cap, "inject": inject or None}
+        run_config = build_run_config(recipe, preset, config, set_, options)
+        resolved = Home.resolve(home)
+        run_id, position = submit_run(resolved, run_config)
+    except TamerError as error:
+        _fail(error)
+    typer.echo(run_id)
+    waiting = "" if daemon_pid(resolved) else "; no daemon serves this home: start one with `tamer daemon --detach`"
+    err_console.print(f"queued at position {position}{waiting}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def daemon(
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background (log: HOME/daemon.log); print its pid and return.")] = False,
+    poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at an empty queue.")] = 5.0,
+    exit_when_empty: Annotated[bool, typer.Option("--exit-when-empty", help="Exit 0 once the queue is empty (cron, tests).")] = False,
+    print_systemd_unit: Annotated[bool, typer.Option("--print-systemd-unit", help="Print a systemd user unit that runs the daemon, and exit.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Run the queued jobs one after another, oldest first; on start, first resume the jobs whose
+    supervisor died with a previous daemon. SIGTERM/SIGINT: the running job checkpoints and stops, exit 143/130.
+
+    Example: tamer daemon --detach
+    """
+    from tamer.daemon.queue import Daemon, detach_daemon, systemd_unit
+    from tamer.logs import configure_logging
+
+    resolved = Home.resolve(home)
+    if print_systemd_unit:
+        typer.echo(systemd_unit(resolved), nl=False)
+        return
+    try:
+        if detach:
+            pid = detach_daemon(resolved, poll, exit_when_empty)
+            typer.echo(pid)
+            err_console.print(f"daemon started in the background; log {resolved.root / 'daemon.log'}", highlight=False, soft_wrap=True)
+            return
+        configure_logging(None, console=True, process="daemon")
+        code = Daemon(resolved, poll, exit_when_empty).serve()
+    except TamerError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
+@app.command("queue")
+def queue_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Running runs, then the queued ones in the order the daemon will start them.
+
+    Example: tamer queue --json
+    """
+    from tamer.daemon.queue import daemon_pid, queue_listing
+    from tamer.state.db import Database
+
+    try:
+        resolved = Home.resolve(home)
+        db = Database(resolved.db_path, create=False)
+        rows = queue_listing(db)
+        db.close()
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("position", "id", "status", "steps", "submitted")
+    for row in rows:
+        table.add_row(str(row["position"] or "-"), row["id"], row["status"], f"{row['steps_done']}/{row['total_steps'] or '?'}",
+                      display.when(row["submitted_at"]))
+    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
+    pid = daemon_pid(resolved)
+    err_console.print(f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`", highlight=False)
+
+
+@app.command()
+def cancel(run_id: RunArgument, timeout: TimeoutOption = 300.0, home: HomeOption = None) -> None:
+    """Take a queued run off the queue (status cancelled), or stop a running one at a checkpoint.
+
+    Example: tamer cancel squad-20261125-201500-ab12
+    """
+    from tamer.daemon.queue import cancel as cancel_run
+
+    try:
+        run = cancel_run(Home.resolve(home), run_id, timeout)
+    except TamerError as error:
+        _fail(error)
+    _print_end(run)
+
+
+@app.command()
+def stop(run_id: RunArgument, timeout: TimeoutOption = 300.0, home: HomeOption = None) -> None:
+    """Stop a running run gracefully: it checkpoints at the next step boundary; waits and prints its final status.
+
+    Example: tamer stop squad-20261125-201500-ab12 --timeout 600
+    """
+    from tamer.daemon.queue import stop as stop_run
+
+    try:
+        run = stop_run(Home.resolve(home), run_id, timeout)
+    except TamerError as error:
+        _fail(error)
+    _print_end(run)
+
+
+def _print_end(run: dict[str, Any]) -> None:
+    reason = f" ({run['failure_reason']})" if run["failure_reason"] else ""
+    typer.echo(f"run {run['id']} {run['status']} at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}{reason}")
+
+
+@app.command()
+def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or unique prefix (default: the newest run).")] = None,
+           home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Where a run stands: state, step, loss, tokens/s, last event and ETA.
+
+    Example: tamer status squad-20261125-201500-ab12 --json
+    """
+    from tamer.inspect.status import run_status
+    from tamer.state.db import Database
+
+    try:
+        db = Database(Home.resolve(home).db_path, create=False)
+        facts = run_status(db, run_id)
+        db.close()
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json(facts)
+        return
+    parts = [f"[bold]{facts['id']}[/bold]", facts["status"] + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
+             f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
+    if facts["tokens_per_s"]:
+        parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
+    if facts["seconds_per_step"]:
+        parts.append(f"{facts['seconds_per_step']:.2f} s/step")
+    if facts["eta_seconds"] is not None:
+        parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
+    console.print("  ".join(parts), highlight=False)
+    event = facts["last_event"]
+    if event:
+        console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False)
+    if facts["failure_reason"]:
+        console.print(f"reason: {facts['failure_reason']}", highlight=False)

@@ -1,0 +1,66 @@
+"""`tamer status`: where one run stands now: state, step, loss, speed, last event and time to go.
+
+Speed and ETA come from the last RECENT_STEPS steps of the newest attempt, by wall clock between step
+rows, so checkpoints and evaluations in that window count too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tamer.errors import StateError
+from tamer.state.db import Database
+
+RECENT_STEPS = 10
+
+
+def newest_run_id(db: Database) -> str:
+    row = db.conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+    if row is None:
+        raise StateError(f"no runs in {db.path} yet; start one with `tamer run squad` or `tamer submit squad`")
+    return row[0]
+
+
+def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
+    """The state of `run_id` (default: the newest run) as plain data."""
+    from tamer.daemon.queue import queue_position
+
+    run = db.run(run_id or newest_run_id(db))
+    recent = list(db.db.query(
+        """SELECT step, wall_time, step_time, tokens_per_s FROM steps WHERE run_id = ?
+           AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step DESC LIMIT ?""",
+        [run["id"], run["id"], RECENT_STEPS],
+    ))[::-1]
+    seconds_per_step = _seconds_per_step(recent)
+    speeds = [row["tokens_per_s"] for row in recent if row["tokens_per_s"]]
+    step, total = run["steps_done"] or 0, run["total_steps"]
+    eta = max(total - step, 0) * seconds_per_step if run["status"] == "running" and total and seconds_per_step else None
+    event = db.conn.execute("SELECT time, kind, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run["id"]]).fetchone()
+    attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run["id"]]).fetchone()[0]
+    return {
+        "id": run["id"],
+        "status": run["status"],
+        "step": step,
+        "total_steps": total,
+        "loss": run["final_loss"],
+        "validation_loss": run["final_eval_loss"],
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "seconds_per_step": seconds_per_step,
+        "eta_seconds": eta,
+        "eta_at": time.time() + eta if eta is not None else None,
+        "attempt": attempt,
+        "queue_position": queue_position(db, run["id"]) if run["status"] == "queued" else None,
+        "supervisor_pid": run["supervisor_pid"] if run["status"] == "running" else None,
+        "created_at": run["created_at"],
+        "started_at": run["started_at"],
+        "ended_at": run["ended_at"],
+        "failure_reason": run["failure_reason"],
+        "last_event": {"time": event[0], "kind": event[1], "message": event[2]} if event else None,
+    }
+
+
+def _seconds_per_step(recent: list[dict[str, Any]]) -> float | None:
+    if len(recent) >= 2 and recent[-1]["step"] > recent[0]["step"]:
+        return (recent[-1]["wall_time"] - recent[0]["wall_time"]) / (recent[-1]["step"] - recent[0]["step"])
+    return recent[-1]["step_time"] if recent else None
