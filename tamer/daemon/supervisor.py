@@ -79,18 +79,6 @@ def create_run(home: Home, config: RunConfig) -> str:
     return run_id
 
 
-def initial_plan(config: RunConfig, facts: DeviceFacts) -> Plan:
-    """The first plan: the user's batch geometry, plus any `start_rungs` (with their prerequisites)."""
-    plan = Plan(
-        micro_batch_size=config.micro_batch_size,
-        grad_accumulation=config.grad_accumulation,
-        eval_batch_size=config.eval_batch_size,
-    )
-    for name in config.start_rungs:
-        plan = ladder.apply_rung(plan, name, facts)
-    return plan
-
-
 class RunLock:
     """An exclusive flock on `runs/<id>/lock`: one supervisor per run."""
 
@@ -185,13 +173,13 @@ class Supervisor:
         if self.config.start_plan is not None:
             return Plan.from_dict({"eval_batch_size": self.config.eval_batch_size, **self.config.start_plan}), "start_plan from the config"
         if self.config.start_rungs or not self._planning():
-            return initial_plan(self.config, self.facts), "first plan" + (
+            return ladder.initial_plan(self.config, self.facts), "first plan" + (
                 f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
         choice = self._planner_choice()
         if choice is None:
             self.db.event(self.run_id, "planner", "no plan is predicted to fit with the margin: starting from the user's plan, "
                           "escalating by measurement (card order)")
-            return initial_plan(self.config, self.facts), "first plan (the planner had no confident fit)"
+            return ladder.initial_plan(self.config, self.facts), "first plan (the planner had no confident fit)"
         return choice.plan, "planner: " + choice.reason
 
     def _planning(self) -> bool:

@@ -47,7 +47,7 @@ from tamer.planner.estimate import (
 )
 from tamer.planner.speed import relative_speed
 from tamer.strategies import registry
-from tamer.strategies.ladder import apply_rung
+from tamer.strategies.ladder import apply_rung, initial_plan
 
 SPEED_TIE = 0.02
 """Candidates this close to the fastest (relative) count as equally fast: the model is not finer."""
@@ -177,18 +177,6 @@ def usable_bytes(budget_bytes: int, safety_margin: float) -> int:
     return int((budget_bytes - CUDA_CONTEXT_BYTES) * (1 - safety_margin))
 
 
-def base_plan(config: Any, facts: DeviceFacts) -> Plan:
-    """The user's batch geometry and `start_rungs`, as the supervisor's first plan."""
-    plan = Plan(
-        micro_batch_size=config.micro_batch_size,
-        grad_accumulation=config.grad_accumulation,
-        eval_batch_size=config.eval_batch_size,
-    )
-    for name in config.start_rungs:
-        plan = apply_rung(plan, name, facts)
-    return plan
-
-
 def _micro_batch_splits(micro_batch_size: int, minimum: int) -> list[int]:
     """How many times the micro-batch can be halved exactly while staying >= minimum: [0, 1, ...]."""
     splits = [0]
@@ -201,7 +189,7 @@ def _micro_batch_splits(micro_batch_size: int, minimum: int) -> list[int]:
 def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> list[Plan]:
     """Every distinct plan the policy allows, built from rungs (see the module docstring)."""
     allowed = set(policy.rungs) if policy.rungs is not None else set(registry.names())
-    start = base_plan(config, facts)
+    start = initial_plan(config, facts)
     models = ["full"]
     if policy.allow_lora:
         models.append("lora")

@@ -89,6 +89,18 @@ def apply_rung(plan: Plan, name: str, facts: DeviceFacts) -> Plan:
     return plan
 
 
+def initial_plan(config: Any, facts: DeviceFacts) -> Plan:
+    """The user's batch geometry (RunConfig) plus its `start_rungs`, each with its prerequisites."""
+    plan = Plan(
+        micro_batch_size=config.micro_batch_size,
+        grad_accumulation=config.grad_accumulation,
+        eval_batch_size=config.eval_batch_size,
+    )
+    for name in config.start_rungs:
+        plan = apply_rung(plan, name, facts)
+    return plan
+
+
 def describe_ladder(order: list[str]) -> list[dict[str, Any]]:
     """Each rung of `order` as plain data, for `tamer strategies`."""
     return [

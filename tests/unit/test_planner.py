@@ -26,7 +26,7 @@ from tamer.planner import (
     plan_key,
     relative_speed,
 )
-from tamer.planner.candidates import base_plan
+from tamer.strategies.ladder import initial_plan as base_plan
 from tamer.planner.estimate import GIB, ModelShape, fp32_logits_bytes
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung
