@@ -31,6 +31,17 @@ err_console = Console(stderr=True)
 
 HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $TAMER_HOME or ~/.tamer).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Options shared by `run` and `submit`.
+RecipeArgument = Annotated[str, typer.Argument(help="Recipe to train (squad).")]
+PresetOption = Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")]
+ModelOption = Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")]
+DataOption = Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")]
+MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")]
+GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")]
+HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
+InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
 
 
 def _fail(error: TamerError) -> None:
@@ -81,20 +92,20 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[str, typer.Argument(help="Recipe to train (squad).")] = "squad",
-    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")] = "llama-3.2-1b",
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")] = None,
+    recipe: RecipeArgument = "squad",
+    preset: PresetOption = "llama-3.2-1b",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: ModelOption = None,
+    data: DataOption = None,
     init: Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_steps: MaxStepsOption = None,
     micro_batch_size: Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order and init.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
-    gpu_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")] = None,
-    host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
-    inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
+    gpu_mem_cap: GpuMemCapOption = None,
+    host_mem_cap: HostMemCapOption = None,
+    inject: InjectOption = None,
     memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
     home: HomeOption = None,
@@ -103,17 +114,13 @@ def run(
 
     Example: tamer run squad --preset tiny --max-steps 30
     """
-    from tamer.config import build_config
     from tamer.daemon.supervisor import create_run
 
     try:
-        if recipe != "squad":
-            raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
         options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
                    "inject": inject or None, "memory_snapshot": memory_snapshot or None}
-        run_config = build_config(preset, config, options, set_ or [])
-        _preflight(run_config)
+        run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id = create_run(resolved, run_config)
         typer.echo(run_id)
@@ -128,6 +135,17 @@ def run(
     except TamerError as error:
         _fail(error)
     raise typer.Exit(code)
+
+
+def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]) -> Any:
+    """The checked RunConfig from `run`/`submit` options (None = not given), preflight included."""
+    from tamer.config import build_config
+
+    if recipe != "squad":
+        raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+    run_config = build_config(preset, config_file, options, overrides or [])
+    _preflight(run_config)
+    return run_config
 
 
 def _preflight(config: Any) -> None:

@@ -8,15 +8,33 @@ kind. The README ("Unattended overnight operation") tells the whole story.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tamer.cli import HomeOption, JsonOption, _fail, _preflight, _print_json, app, console, err_console
-from tamer.errors import ConfigError, TamerError
+from tamer.cli import (
+    ConfigOption,
+    DataOption,
+    GpuMemCapOption,
+    HomeOption,
+    HostMemCapOption,
+    InjectOption,
+    JsonOption,
+    MaxStepsOption,
+    ModelOption,
+    PresetOption,
+    RecipeArgument,
+    SetOption,
+    _fail,
+    _print_json,
+    app,
+    build_run_config,
+    console,
+    err_console,
+)
+from tamer.errors import TamerError
 from tamer.inspect import display
 from tamer.state.home import Home
 
@@ -25,29 +43,18 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait
 PIPED_TABLE_WIDTH = 200
 
 
-def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]) -> Any:
-    """The checked RunConfig from `tamer run`'s options (None = not given), preflight included."""
-    from tamer.config import build_config
-
-    if recipe != "squad":
-        raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
-    run_config = build_config(preset, config_file, options, overrides or [])
-    _preflight(run_config)
-    return run_config
-
-
 @app.command()
 def submit(
-    recipe: Annotated[str, typer.Argument(help="Recipe to train (squad).")] = "squad",
-    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")] = "llama-3.2-1b",
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
-    gpu_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")] = None,
-    host_mem_cap: Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")] = None,
-    inject: Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")] = None,
+    recipe: RecipeArgument = "squad",
+    preset: PresetOption = "llama-3.2-1b",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: ModelOption = None,
+    data: DataOption = None,
+    max_steps: MaxStepsOption = None,
+    gpu_mem_cap: GpuMemCapOption = None,
+    host_mem_cap: HostMemCapOption = None,
+    inject: InjectOption = None,
     home: HomeOption = None,
 ) -> None:
     """Queue a run for the daemon (`tamer daemon`); prints the run id. Other config keys: --set or --config.

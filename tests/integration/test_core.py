@@ -3,7 +3,6 @@ killed anywhere (child, or supervisor and child) resumes to bit-identical weight
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
