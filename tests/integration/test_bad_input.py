@@ -74,3 +74,13 @@ def test_foreign_database_is_refused_without_writing(tmp_path):
     result = tamer("runs", home=tmp_path)
     assert result.returncode == 5 and "not a tamer one" in result.stderr
     assert (tmp_path / "tamer.db").read_bytes() == before
+
+
+def test_corrupt_database_is_refused_without_writing(tmp_path):
+    """A database file that is not SQLite at all gives a clear one-line error and is left byte-for-byte unchanged."""
+    (tmp_path / "tamer.db").write_bytes(b"not a database " * 512)
+    before = (tmp_path / "tamer.db").read_bytes()
+    result = tamer("runs", home=tmp_path)
+    assert result.returncode == 5 and "not a usable tamer database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "tamer.db").read_bytes() == before
