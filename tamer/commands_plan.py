@@ -63,16 +63,16 @@ def worth_showing(candidates: list[Candidate]) -> list[Candidate]:
 
 def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
     """The card: NVML's if there is one (its memory unless --gpu-mem), else one assumed from the options."""
-    from tamer.daemon.probe import _bitsandbytes_installed, _nvml_facts
+    from tamer.daemon.probe import bitsandbytes_installed, nvml_facts
 
-    found = _nvml_facts()
+    found = nvml_facts()
     total = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else None
     if found:
         return DeviceFacts(kind="cuda", name=found["name"], total_memory=total or found["total_memory"],
                            compute_capability=tuple(found["compute_capability"]),
-                           bf16=found["bf16"] if bf16 is None else bf16, fp16=True, bitsandbytes=_bitsandbytes_installed())
+                           bf16=found["bf16"] if bf16 is None else bf16, fp16=True, bitsandbytes=bitsandbytes_installed())
     return DeviceFacts(kind="cuda", name="GPU (assumed)", total_memory=total, bf16=True if bf16 is None else bf16,
-                       fp16=True, bitsandbytes=_bitsandbytes_installed())
+                       fp16=True, bitsandbytes=bitsandbytes_installed())
 
 
 def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation]:

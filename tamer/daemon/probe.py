@@ -21,11 +21,11 @@ else:
 """
 
 
-def _bitsandbytes_installed() -> bool:
+def bitsandbytes_installed() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def _nvml_facts() -> dict | None:
+def nvml_facts() -> dict | None:
     try:
         import pynvml
 
@@ -58,9 +58,9 @@ def _subprocess_facts() -> dict | None:
 
 def device_facts(device: str) -> DeviceFacts:
     """Facts about the device a child will train on (`device` as in RunConfig: auto, cpu, cuda)."""
-    bitsandbytes = _bitsandbytes_installed()
+    bitsandbytes = bitsandbytes_installed()
     if device != "cpu":
-        found = _nvml_facts() or _subprocess_facts()
+        found = nvml_facts() or _subprocess_facts()
         if found:
             return DeviceFacts(
                 kind="cuda",

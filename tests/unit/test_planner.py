@@ -483,7 +483,7 @@ def test_plan_command_prints_the_choice_as_json(monkeypatch):
     """`tamer plan --gpu-mem 15GiB --json` lists candidates and the full fine-tune it would pick."""
     from tamer import cli
 
-    monkeypatch.setattr("tamer.daemon.probe._nvml_facts", lambda: None)
+    monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
     result = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "15GiB", "--json",
                                           "--home", "/nonexistent-tamer-home"])
     assert result.exit_code == 0, result.output
@@ -498,7 +498,7 @@ def test_plan_command_needs_a_memory_size_without_a_gpu(monkeypatch):
     """Without NVML and without --gpu-mem, `tamer plan` exits 2 and says to pass --gpu-mem."""
     from tamer import cli
 
-    monkeypatch.setattr("tamer.daemon.probe._nvml_facts", lambda: None)
+    monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
     result = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "tiny"])
     assert result.exit_code == 2
     assert "--gpu-mem" in result.output
