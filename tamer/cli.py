@@ -41,6 +41,7 @@ DataOption = Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (d
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")]
 GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")]
 HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
+GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
 InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
 
 
@@ -105,6 +106,10 @@ def run(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
+    gpus: GpusOption = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="Machines in a multi-node run (torchrun --nnodes); each runs tamer on a shared run folder.")] = None,
+    node_rank: Annotated[Optional[int], typer.Option(help="This machine's rank in a static multi-node rendezvous (torchrun --node-rank).")] = None,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="host:port of the multi-node rendezvous (torchrun --rdzv-endpoint).")] = None,
     inject: InjectOption = None,
     memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
@@ -119,7 +124,8 @@ def run(
     try:
         options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
-                   "inject": inject or None, "memory_snapshot": memory_snapshot or None}
+                   "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus,
+                   "distributed.nnodes": nnodes, "distributed.node_rank": node_rank, "distributed.rdzv_endpoint": rdzv_endpoint}
         run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id = create_run(resolved, run_config)

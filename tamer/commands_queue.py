@@ -19,6 +19,7 @@ from tamer.cli import (
     DataOption,
     GpuMemCapOption,
     HomeOption,
+    GpusOption,
     HostMemCapOption,
     InjectOption,
     JsonOption,
@@ -54,6 +55,7 @@ def submit(
     max_steps: MaxStepsOption = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
+    gpus: GpusOption = None,
     inject: InjectOption = None,
     home: HomeOption = None,
 ) -> None:
@@ -66,7 +68,7 @@ def submit(
 
     try:
         options = {"model": model, "data": data, "max_steps": max_steps, "gpu_mem_cap": gpu_mem_cap,
-                   "host_mem_cap": host_mem_cap, "inject": inject or None}
+                   "host_mem_cap": host_mem_cap, "inject": inject or None, "distributed.nproc_per_node": gpus}
         run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id, position = submit_run(resolved, run_config)

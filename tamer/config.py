@@ -28,6 +28,7 @@ CARD_LADDER = (
     "expandable_segments",
     "gradient_checkpointing",
     "mixed_precision",
+    "fsdp",
     "quantize_8bit",
     "lora",
     "paged_adamw_8bit",
@@ -171,6 +172,43 @@ class WatchdogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes (one per GPU) through torchrun. One node: `nproc_per_node` (`--gpus`) is enough;
+    several nodes: every node runs tamer with the same run folder (shared filesystem) and these options."""
+
+    nproc_per_node: int = 1
+    """Processes (GPUs) on this node; > 1 launches the child through torch.distributed.run."""
+    nnodes: int = 1
+    """Machines in the job (torchrun --nnodes)."""
+    node_rank: int | None = None
+    """This machine's rank (torchrun --node-rank); only with nnodes > 1 and a static rendezvous."""
+    rdzv_endpoint: str | None = None
+    """host:port of the rendezvous (torchrun --rdzv-endpoint); needed when nnodes > 1."""
+    rdzv_id: str | None = None
+    """Rendezvous id (torchrun --rdzv-id); default: the run id."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Collective backend: auto = nccl on CUDA, gloo on CPU."""
+    timeout: float = 600.0
+    """Seconds a collective may wait for a peer before the group fails (outcome dist_failure)."""
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"distributed.nproc_per_node: must be >= 1, got {self.nproc_per_node}")
+        if self.nnodes < 1:
+            raise ConfigError(f"distributed.nnodes: must be >= 1, got {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError("distributed.rdzv_endpoint: several nodes need a rendezvous host:port (--rdzv-endpoint)")
+        if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"distributed.node_rank: must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.timeout <= 0:
+            raise ConfigError(f"distributed.timeout: must be > 0 seconds, got {self.timeout}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+@dataclass
 class RunConfig:
     """One training run, as the user asked for it."""
 
@@ -248,6 +286,7 @@ class RunConfig:
     ladder: LadderConfig = field(default_factory=LadderConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
@@ -258,6 +297,12 @@ class RunConfig:
             raise ConfigError(
                 f"micro_batch_size: {self.micro_batch_size} does not divide effective_batch_size "
                 f"{self.effective_batch_size}; pick a divisor"
+            )
+        world = self.distributed.world_size
+        if self.effective_batch_size % world:
+            raise ConfigError(
+                f"effective_batch_size: {self.effective_batch_size} sequences cannot be shared evenly by {world} processes; "
+                f"use a multiple of {world} or fewer GPUs"
             )
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
@@ -276,11 +321,11 @@ class RunConfig:
             from tamer.plan import Plan
 
             try:
-                plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, **self.start_plan})
+                plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan})
             except TypeError as error:
                 raise ConfigError(f"start_plan: not a plan ({error}); copy one from `tamer plan --json`") from None
             if plan.effective_batch_size != self.effective_batch_size:
-                raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation = {plan.effective_batch_size}, "
+                raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
                                   f"but effective_batch_size is {self.effective_batch_size}")
         if self.restart_backoff < 0 or self.restart_backoff_max < 0:
             raise ConfigError("restart_backoff: must be >= 0 seconds")
@@ -301,6 +346,13 @@ class RunConfig:
     def grad_accumulation(self) -> int:
         return self.effective_batch_size // self.micro_batch_size
 
+    def rank_geometry(self) -> tuple[int, int]:
+        """(micro-batch, accumulation) of each process's first plan: its share of the effective batch
+        (effective / world size) cut into micro-batches no larger than `micro_batch_size`."""
+        share = self.effective_batch_size // self.distributed.world_size
+        micro = max(size for size in range(1, min(share, self.micro_batch_size) + 1) if share % size == 0)
+        return micro, share // micro
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -309,7 +361,7 @@ class RunConfig:
         data = self.to_dict()
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
-                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan"):
+                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

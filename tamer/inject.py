@@ -15,7 +15,7 @@ Keys: `step` (optimizer step about to run, 1-based; default any), `phase` (load,
 optimizer, checkpoint, eval; default forward; a checkpoint fault fires
 mid-write, after the weights are written), `min_micro_batch` (only while the micro-batch is at
 least this), `attempt` (only in this attempt number), `once` (fire in the first attempt that reaches
-it only: later attempts pass).
+it only: later attempts pass), `rank` (only in this process of a multi-GPU run; default every rank).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ class Fault:
     attempt: int | None = None
     once: bool = False
     seconds: float = 5.0
+    rank: int | None = None
 
-    def matches(self, phase: str, step: int | None, micro_batch_size: int | None, attempt: int) -> bool:
-        """Whether this fault fires at this point of this attempt."""
+    def matches(self, phase: str, step: int | None, micro_batch_size: int | None, attempt: int, rank: int = 0) -> bool:
+        """Whether this fault fires at this point of this attempt, in this rank."""
         if phase != self.phase:
             return False
         if self.step is not None and step != self.step:
@@ -49,6 +50,8 @@ class Fault:
         if self.attempt is not None and attempt != self.attempt:
             return False
         if self.once and attempt != 1:
+            return False
+        if self.rank is not None and rank != self.rank:
             return False
         return True
 
@@ -72,12 +75,12 @@ def parse_fault(text: str) -> Fault:
                 values["seconds"] = float(raw)
             except ValueError:
                 raise ConfigError(f"inject '{text}': seconds must be a number, got '{raw}'") from None
-        elif key in ("step", "min_micro_batch", "attempt"):
+        elif key in ("step", "min_micro_batch", "attempt", "rank"):
             if not raw.isdigit():
                 raise ConfigError(f"inject '{text}': {key} must be a whole number, got '{raw}'")
             values[key] = int(raw)
         else:
-            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, once, seconds")
+            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, rank, once, seconds")
     return Fault(kind=kind, **values)  # type: ignore[arg-type]
 
 

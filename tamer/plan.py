@@ -4,7 +4,8 @@ The supervisor and the strategies only ever build and compare plans; only the ch
 torch objects. A plan is JSON-serialisable so it can be stored on the attempt row and in
 `runs/<id>/plans/attempt-<n>.json`.
 
-The effective batch (micro-batch x accumulation) is the user's and never changes across plans.
+The effective batch (micro-batch x accumulation x world size) is the user's and never changes across
+plans. With several processes (torchrun) micro-batch and accumulation are per process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ AutocastDtype = Literal["fp16", "bf16"]
 WeightsDtype = Literal["fp32", "bf16"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 Quantization = Literal["int8"]
+Parallel = Literal["ddp", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,16 @@ class Plan:
     lora: bool = False
     optimizer: Optimizer = "adamw"
     chunked_loss: bool = False
+    world_size: int = 1
+    """Processes training together (torchrun), each on its own share of every optimizer step."""
+    parallel: Parallel = "ddp"
+    """With world_size > 1: `ddp` (every process holds the whole model; gradients all-reduced) or `fsdp`
+    (parameters, gradients and optimizer states sharded across the processes)."""
     rungs: tuple[str, ...] = ()
 
     @property
     def effective_batch_size(self) -> int:
-        return self.micro_batch_size * self.grad_accumulation
+        return self.micro_batch_size * self.grad_accumulation * self.world_size
 
     def replace(self, **changes: Any) -> Plan:
         return dataclasses.replace(self, **changes)
@@ -92,6 +99,8 @@ class Plan:
     def describe(self) -> str:
         """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""
         parts = [f"micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
+        if self.world_size > 1:
+            parts = [f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
         if self.quantization:
             parts.append(f"{self.quantization} base")
         parts.append(f"{self.weights_dtype} weights")

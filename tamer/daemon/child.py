@@ -5,6 +5,12 @@ The supervisor writes the plan to `RUN_DIR/plans/attempt-N.json` and starts this
 an error a restart cannot fix, or the exception with its phase, step, micro-batch and memory peaks —
 then exits with a code the supervisor classifies (tamer/daemon/outcome.py). It dies with the
 supervisor (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy.
+
+Under torchrun (several processes) each rank writes `exit-rank<r>.json` and its pid to `pid-rank<r>`,
+and dies with the torchrun agent. SIGTERM keeps its default action there: torchrun sends it to every
+rank when one fails, and a rank blocked in a collective must die at once, not wait for the collective
+(a Python handler would only run after it returned). A user's stop reaches the ranks as the `stop`
+file in the attempt folder instead, which every rank checks after each step.
 """
 
 from __future__ import annotations
@@ -14,11 +20,20 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-EXIT_EXCEPTION = 10
+from tamer.daemon.outcome import CHILD_EXCEPTION_EXIT as EXIT_EXCEPTION
+
+STOP_FILE = "stop"
+"""In the attempt folder: the supervisor's request that every rank checkpoint and stop after the current step."""
+
+
+def heartbeat_name(rank: int) -> str:
+    """Each rank's heartbeat file in the attempt folder (the supervisor watches the stalest)."""
+    return "heartbeat" if rank == 0 else f"heartbeat-rank{rank}"
 
 
 def die_with_parent(expected_parent: int) -> None:
@@ -33,33 +48,41 @@ def die_with_parent(expected_parent: int) -> None:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
+    """The exit report, with the rank and the time (a group's first failure is its root cause)."""
     from tamer.state.checkpoints import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, report)
+    write_json_atomic(path, {**report, "rank": int(os.environ.get("RANK", 0)), "time": time.time()})
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir, attempt = Path(argv[0]), int(argv[1])
-    if os.environ.get("TAMER_SUPERVISOR_PID"):
-        die_with_parent(int(os.environ["TAMER_SUPERVISOR_PID"]))
+    parent = os.environ.get("TAMER_PARENT_PID") or os.environ.get("TAMER_SUPERVISOR_PID")
+    if parent:
+        die_with_parent(int(parent))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    attempt_dir = run_dir / "attempts" / str(attempt)
     stop_flag = {"stop": False}
 
     def request_stop(signum: int, frame: Any) -> None:
         stop_flag["stop"] = True
         stop_flag["signal"] = signum
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    if world_size > 1:
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        (attempt_dir / f"pid-rank{rank}").write_text(str(os.getpid()))
+    else:
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
 
     from tamer.logs import configure_logging
 
-    configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}")
+    configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
     from tamer.engine.trainer import StopRequested, Trainer
     from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, TamerError
 
-    report_path = run_dir / "attempts" / str(attempt) / "exit.json"
+    report_path = attempt_dir / ("exit.json" if world_size == 1 else f"exit-rank{rank}.json")
     trainer: Trainer | None = None
     try:
         trainer = Trainer(run_dir, attempt, stop_flag)
@@ -70,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.save_checkpoint()
         signum = stop_flag.get("signal", signal.SIGTERM)
         write_report(report_path, {"status": "stopped", "signal": signum, "step": trainer.state.step})
+        if world_size > 1:
+            return 0  # a non-zero status would make torchrun kill the ranks still writing their reports
         return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
     except TamerError as error:
         write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
@@ -97,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return EXIT_EXCEPTION
     write_report(report_path, {"status": "done", "step": trainer.state.step})
+    from tamer.engine import distributed
+
+    distributed.shutdown()
     return 0
 
 

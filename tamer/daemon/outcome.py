@@ -30,7 +30,11 @@ OutcomeKind = Literal[
     "data_error",
     "model_error",
     "lost",
+    "dist_failure",
 ]
+
+CHILD_EXCEPTION_EXIT = 10
+"""The child's exit status after an exception it reported."""
 
 MESSAGE_LIMIT = 300
 
@@ -130,6 +134,8 @@ class Outcome:
     """Peaks from the child's report (torch.cuda.memory_stats and host RSS), passed through."""
     retryable: bool = True
     escalate: bool = False
+    rank: int | None = None
+    """In a multi-process run, the rank whose failure this is (None: one process, or no rank to blame)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,3 +265,109 @@ def detect_oom_kill(before: dict[str, int] | None, after: dict[str, int] | None)
     if before is None or after is None:
         return False
     return after.get("oom_kill", 0) > before.get("oom_kill", 0)
+
+
+# A rank's error that only says a peer or the network went away (or a collective waited too long): the
+# consequence of another rank's failure, or a distributed failure itself, never a root cause to escalate.
+DIST_ERROR_TYPES = {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}
+DIST_ERROR_MARKERS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "watchdog caught collective operation timeout",
+    "nccl",
+    "gloo",
+    "timed out",
+    "collective",
+    "processgroup",
+    "process group",
+    "rendezvous",
+    "socket",
+)
+
+
+def _rank_status(report: dict[str, Any]) -> int:
+    """The exit status a rank's report implies (torchrun does not pass each rank's status on)."""
+    status = report.get("status")
+    if status == "done":
+        return 0
+    if status == "stopped":
+        return 128 + int(report.get("signal") or signal.SIGTERM)
+    if status == "error":
+        return int(report.get("exit_code") or 1)
+    return CHILD_EXCEPTION_EXIT
+
+
+def _is_dist_error(report: dict[str, Any]) -> bool:
+    text = f"{report.get('exc_type') or ''} {report.get('message') or ''}".lower()
+    return report.get("exc_type") in DIST_ERROR_TYPES or any(marker in text for marker in DIST_ERROR_MARKERS)
+
+
+def _blamed(outcome: Outcome, rank: int, world_size: int) -> Outcome:
+    return dataclasses.replace(outcome, rank=rank, message=one_line(f"rank {rank} of {world_size}: {outcome.message}"))
+
+
+def classify_group(
+    returncode: int | None,
+    reports: dict[int, dict[str, Any]],
+    world_size: int,
+    *,
+    oom_killed: bool = False,
+    hung: bool = False,
+    stop_requested: bool = False,
+) -> Outcome:
+    """The one Outcome of a multi-process attempt: torchrun's exit status (`returncode`) and each rank's
+    report (`reports`, by rank; a rank that died without writing one is missing).
+
+    One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
+    escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
+    without a report, collective timeouts, peers that went away, a failed rendezvous) is `dist_failure`,
+    restarted without escalation.
+    """
+    ranked = {rank: classify(_rank_status(report), report) for rank, report in reports.items()}
+    if returncode == 0 and len(reports) == world_size and all(o.kind == "done" for o in ranked.values()):
+        return Outcome("done", f"finished on {world_size} processes", retryable=False)
+
+    def earliest(ranks: list[int]) -> int:
+        return min(ranks, key=lambda rank: (float(reports[rank].get("time") or float("inf")), rank))
+
+    ooms = [rank for rank, outcome in ranked.items() if outcome.kind in ("cuda_oom", "host_oom")]
+    if ooms:
+        rank = earliest(ooms)
+        return _blamed(ranked[rank], rank, world_size)
+    group_status = returncode if returncode is not None else 1
+    if oom_killed and not stop_requested:
+        return Outcome("host_oom", f"torchrun exited with status {group_status} after the kernel OOM killer fired "
+                       "(memory.events oom_kill rose)", escalate=True)
+    if hung:
+        return Outcome("hang", "a rank's heartbeat stopped; the supervisor killed the group")
+    if stop_requested:
+        steps = [report.get("step") for report in reports.values() if report.get("status") == "stopped"]
+        return Outcome("stopped", "stopped on request" + (f" after step {max(steps)}" if steps else ""), retryable=False,
+                       step=max(steps) if steps else None)
+    errors = [rank for rank, outcome in ranked.items() if outcome.kind in ERROR_KINDS]
+    if errors:
+        rank = earliest(errors)
+        return _blamed(ranked[rank], rank, world_size)
+    failed = [rank for rank, report in reports.items() if report.get("status") == "exception"]
+    if failed:
+        rank = earliest(failed)
+        if not _is_dist_error(reports[rank]):
+            return _blamed(ranked[rank], rank, world_size)
+    missing = [rank for rank in range(world_size) if rank not in reports]
+    if failed:
+        rank = earliest(failed)
+        first = ranked[rank]
+        message = f"rank {rank} of {world_size}: {first.message}"
+        if missing:
+            message += f"; no report from rank {', '.join(map(str, missing))} (lost)"
+        return Outcome("dist_failure", one_line(message), phase=first.phase, step=first.step, rank=rank,
+                       micro_batch_size=first.micro_batch_size, memory_stats=first.memory_stats)
+    if missing and len(missing) < world_size:
+        return Outcome("dist_failure", f"rank {', '.join(map(str, missing))} of {world_size} died without a report "
+                       f"(lost: killed, or crashed hard); torchrun exited with status {group_status}")
+    if not reports:
+        return Outcome("dist_failure", f"torchrun exited with status {group_status} before any rank reported "
+                       "(launch or rendezvous failure; see the attempt's child.log)")
+    return Outcome("dist_failure", f"torchrun exited with status {group_status}; every rank reported "
+                   f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}")

@@ -27,6 +27,7 @@ import tenacity
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
+from tamer.daemon.child import STOP_FILE
 from tamer.daemon.probe import device_facts
 from tamer.errors import (
     EXIT_FAILED,
@@ -171,7 +172,8 @@ class Supervisor:
     def _first_plan(self) -> tuple[Plan, str]:
         """The config's exact start_plan, else the planner's choice, else the user's batch geometry + start_rungs."""
         if self.config.start_plan is not None:
-            return Plan.from_dict({"eval_batch_size": self.config.eval_batch_size, **self.config.start_plan}), "start_plan from the config"
+            start = {"eval_batch_size": self.config.eval_batch_size, "world_size": self.config.distributed.world_size, **self.config.start_plan}
+            return Plan.from_dict(start), "start_plan from the config"
         if self.config.start_rungs or not self._planning():
             return ladder.initial_plan(self.config, self.facts), "first plan" + (
                 f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
@@ -262,8 +264,7 @@ class Supervisor:
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
         write_json_atomic(plan_path, self.plan.to_dict())
-        returncode, report, oom_killed, hung, peak_rss = self._run_child(number)
-        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung)
+        returncode, outcome, report, peak_rss = self._run_child(number)
         stats = outcome.memory_stats or {}
         self.db.update_attempt(
             self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
@@ -314,20 +315,37 @@ class Supervisor:
 
     # --- the child ------------------------------------------------------------------------------
 
-    def _run_child(self, number: int) -> tuple[int, dict | None, bool, bool, int]:
+    def _command(self, number: int) -> list[str]:
+        """The child's command line: the child module, or torchrun launching one per process."""
+        child = ["-m", "tamer.daemon.child", str(self.run_dir), str(number)]
+        if self.plan.world_size == 1:
+            return [sys.executable, *child]
+        spread = self.config.distributed
+        launcher = [sys.executable, "-m", "tamer.daemon.launch", "--nproc-per-node", str(spread.nproc_per_node),
+                    "--nnodes", str(spread.nnodes), "--max-restarts", "0", "--monitor-interval", "0.1"]
+        if spread.nnodes == 1:
+            launcher.append("--standalone")
+        elif spread.node_rank is not None:  # static rendezvous: rank 0's node is the master
+            host, _, port = spread.rdzv_endpoint.rpartition(":")
+            launcher += ["--node-rank", str(spread.node_rank), "--master-addr", host, "--master-port", port]
+        else:
+            launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", spread.rdzv_endpoint, "--rdzv-id", spread.rdzv_id or self.run_id]
+        return launcher + child
+
+    def _run_child(self, number: int) -> tuple[int, outcomes.Outcome, dict | None, int]:
+        """Run attempt `number` to its end: (exit status, its classified outcome, the report behind it, peak host RSS)."""
         attempt_dir = self.run_dir / "attempts" / str(number)
         attempt_dir.mkdir(parents=True, exist_ok=True)
+        self.attempt_dir = attempt_dir
         env = {**os.environ, **self.plan.env, "TAMER_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        env.pop("TAMER_PARENT_PID", None)
         events_before = outcomes.read_memory_events()
         with open(attempt_dir / "child.log", "ab") as child_log:
-            self.child = subprocess.Popen(
-                [sys.executable, "-m", "tamer.daemon.child", str(self.run_dir), str(number)],
-                stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
+            self.child = subprocess.Popen(self._command(number), stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.db.insert_attempt({
             "run_id": self.run_id, "attempt": number, "plan_json": self.plan.to_json(), "plan_summary": self.plan.describe(),
             "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": self.child.pid,
-            "started_at": time.time(),
+            "started_at": time.time(), "world_size": self.plan.world_size,
         })
         self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {self.child.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)
@@ -338,29 +356,51 @@ class Supervisor:
             peak_rss = max(peak_rss, _rss(self.child.pid))
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
-            silence, deadline, phase = self._silence(attempt_dir / "heartbeat", started)
+            silence, deadline, phase = self._silence(attempt_dir, started)
             if silence > deadline and not hung:
                 hung = True
                 self.db.event(self.run_id, "hang", f"no heartbeat for {silence:.0f} s in {phase} (deadline {deadline:.0f} s): killing the child",
                               attempt=number, phase=phase, silence=silence, deadline=deadline)
-                os.kill(self.child.pid, signal.SIGKILL)
+                self._kill_child(attempt_dir)
             time.sleep(POLL_SECONDS)
         if self.progress is not None:
             self.progress.update(self.db, self.run_id, number)
         self.child = None
+        if self.plan.world_size > 1:
+            _kill_ranks(attempt_dir, signal.SIGKILL)  # none should be left; never leave one holding a GPU
+            oom_killed = returncode != 0 and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
+            reports = {}
+            for path in attempt_dir.glob("exit-rank*.json"):
+                reports[int(path.stem.removeprefix("exit-rank"))] = json.loads(path.read_text())
+            outcome = outcomes.classify_group(returncode, reports, self.plan.world_size, oom_killed=oom_killed, hung=hung,
+                                              stop_requested=(attempt_dir / STOP_FILE).exists())
+            return returncode, outcome, reports.get(outcome.rank) if outcome.rank is not None else None, peak_rss
         oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
         report_path = attempt_dir / "exit.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        return returncode, report, oom_killed, hung, peak_rss
+        return returncode, outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung), report, peak_rss
 
-    def _silence(self, heartbeat: Path, started: float) -> tuple[float, float, str]:
-        """(seconds since the child's last heartbeat, the deadline for its phase, the phase)."""
-        try:
-            stamp = heartbeat.stat().st_mtime
-            phase, first_step = (heartbeat.read_text().split() + ["load", "1"])[:2]
-        except (OSError, ValueError):
-            stamp, phase, first_step = started, "load", "1"
-        return time.time() - max(stamp, started), self.config.watchdog.deadline(phase, first_step == "1"), phase
+    def _kill_child(self, attempt_dir: Path) -> None:
+        """SIGKILL the child, and with torchrun every rank too (they run in sessions of their own)."""
+        if self.child is not None and self.child.poll() is None:
+            os.kill(self.child.pid, signal.SIGKILL)
+        _kill_ranks(attempt_dir, signal.SIGKILL)
+
+    def _silence(self, attempt_dir: Path, started: float) -> tuple[float, float, str]:
+        """(seconds since the stalest rank's last heartbeat, the deadline for its phase, the phase)."""
+        beats = sorted(attempt_dir.glob("heartbeat*")) or [attempt_dir / "heartbeat"]
+        worst = (0.0, 1.0, "load")
+        for heartbeat in beats:
+            try:
+                stamp = heartbeat.stat().st_mtime
+                phase, first_step = (heartbeat.read_text().split() + ["load", "1"])[:2]
+            except (OSError, ValueError):
+                stamp, phase, first_step = started, "load", "1"
+            silence = time.time() - max(stamp, started)
+            deadline = self.config.watchdog.deadline(phase, first_step == "1")
+            if silence / deadline > worst[0] / worst[1]:
+                worst = (silence, deadline, phase)
+        return worst
 
     # --- signals and endings --------------------------------------------------------------------
 
@@ -370,7 +410,13 @@ class Supervisor:
             self.stop_signal = signum
             if self.child is not None and self.child.poll() is None:
                 # First signal: the child checkpoints at the next step boundary. A second: kill it.
-                os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
+                if self.plan.world_size > 1:  # ranks learn it from the stop file, all after the same step
+                    if first:
+                        (self.attempt_dir / STOP_FILE).touch()
+                    else:
+                        self._kill_child(self.attempt_dir)
+                else:
+                    os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
 
         return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
 
@@ -396,7 +442,26 @@ class Supervisor:
 
 
 def _rss(pid: int) -> int:
+    """Resident memory of the child and its descendants (torchrun's ranks)."""
     try:
-        return psutil.Process(pid).memory_info().rss
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        for descendant in process.children(recursive=True):
+            try:
+                total += descendant.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
     except psutil.Error:
         return 0
+
+
+def _kill_ranks(attempt_dir: Path, signum: int) -> None:
+    """Signal every rank of a torchrun attempt that is still alive (pids from `pid-rank<r>`)."""
+    for path in attempt_dir.glob("pid-rank*"):
+        try:
+            pid = int(path.read_text())
+            if psutil.Process(pid).cmdline()[-1:] == [attempt_dir.name]:  # still that rank, not a reused pid
+                os.kill(pid, signum)
+        except (ValueError, OSError, psutil.Error):
+            pass

@@ -47,11 +47,12 @@ def fire(fault: Fault) -> None:
 class FaultPlan:
     """The faults of this attempt, checked at every phase boundary."""
 
-    def __init__(self, faults: list[Fault], attempt: int) -> None:
+    def __init__(self, faults: list[Fault], attempt: int, rank: int = 0) -> None:
         self.faults = faults
         self.attempt = attempt
+        self.rank = rank
 
     def check(self, phase: str, step: int | None, micro_batch_size: int | None) -> None:
         for fault in self.faults:
-            if fault.matches(phase, step, micro_batch_size, self.attempt):
+            if fault.matches(phase, step, micro_batch_size, self.attempt, self.rank):
                 fire(fault)

@@ -53,3 +53,23 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size:
         piece = slice(start, start + chunk_size)
         total = total + checkpoint(_head_cross_entropy_sum, head, hidden[piece], targets[piece], use_reentrant=False)
     return total, count
+
+
+class SupervisedLoss(torch.nn.Module):
+    """The model with `loss_sum` as its forward, so a DDP/FSDP wrapper sees (and hooks) the whole
+    computation: forward(input_ids, attention_mask, labels) -> summed loss."""
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int | None) -> None:
+        super().__init__()
+        self.inner = model
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        summed, _ = loss_sum(self.inner, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, self.chunk_size)
+        return summed
+
+
+def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of the causal LM inside `module` (FSDP shards one unit per block)."""
+    inner = module.inner if isinstance(module, SupervisedLoss) else module
+    return list(_causal_lm(inner).model.layers)

@@ -25,10 +25,11 @@ import structlog
 import torch
 
 from tamer.config import RunConfig
-from tamer.engine import memory, snapshot
+from tamer.daemon.child import STOP_FILE, heartbeat_name
+from tamer.engine import distributed, memory, snapshot
 from tamer.engine.faults import FaultPlan
-from tamer.engine.loss import loss_sum
-from tamer.engine.model import build_model, materialize_random_init, pin_base, trainable_parameters
+from tamer.engine.loss import SupervisedLoss
+from tamer.engine.model import build_model, materialize_random_init, pin_base
 from tamer.engine.optim import build_optimizer, build_scheduler, restore_scheduler, warmup_steps
 from tamer.engine.sampling import SampleOrder
 from tamer.inject import parse_faults
@@ -43,6 +44,7 @@ log = structlog.get_logger("tamer.child")
 # Test hook for the negative control of the exact-resume test: names what NOT to restore.
 SKIP_RESTORE_ENV = "TAMER_UNSAFE_SKIP_RESTORE"
 CHUNK_SIZE = 1024
+MEMORY_FIELDS = ("mem_allocated", "mem_reserved", "mem_peak", "device_used", "host_rss")
 
 
 @dataclass
@@ -73,13 +75,16 @@ class Trainer:
         self.run_id: str = spec["run_id"]
         self.config = _config(spec["config"])
         self.plan = Plan.from_dict(json.loads((run_dir / "plans" / f"attempt-{attempt}.json").read_text()))
+        self.group = distributed.from_env()
         self.db = Database(spec["db_path"])
-        self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt)
-        self.heartbeat_path = run_dir / "attempts" / str(attempt) / "heartbeat"
+        self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt, self.group.rank)
+        self.attempt_dir = run_dir / "attempts" / str(attempt)
+        self.heartbeat_path = self.attempt_dir / heartbeat_name(self.group.rank)
+        self.stop_path = self.attempt_dir / STOP_FILE
         self.first_step = True
         self.state = TrainState()
         self.beat("load")
-        self.device = _device(self.config)
+        self.device = _device(self.config, self.group)
         self.skip_restore = set(filter(None, os.environ.get(SKIP_RESTORE_ENV, "").split(",")))
 
     # --- where the attempt is, for reports ------------------------------------------------------
@@ -87,7 +92,7 @@ class Trainer:
     def where(self) -> dict[str, Any]:
         in_flight = self.phase in ("forward", "backward", "optimizer")
         return {"phase": self.phase, "step": self.state.step + 1 if in_flight else self.state.step,
-                "micro_batch_size": self.plan.micro_batch_size}
+                "micro_batch_size": self.plan.micro_batch_size, "rank": self.group.rank}
 
     def beat(self, phase: str) -> None:
         """Say where we are and that we are alive (the supervisor's hang watchdog reads this)."""
@@ -96,18 +101,22 @@ class Trainer:
             heartbeat.write(f"{phase} {int(self.first_step)}")
 
     def event(self, kind: str, message: str, **detail: Any) -> None:
-        log.info(kind, message=message, **detail)
-        self.db.event(self.run_id, kind, message, attempt=self.attempt, **detail)
+        """Log it; rank 0 also records it in the database (one row per event, not one per rank)."""
+        log.info(kind, message=message, rank=self.group.rank, **detail)
+        if self.group.is_main:
+            self.db.event(self.run_id, kind, message, attempt=self.attempt, **detail)
 
     # --- setup ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
         self._set_device_limits()
+        distributed.init(self.group, self.device, self.config.distributed.backend, self.config.distributed.timeout)
         if self.config.memory_snapshot:
             snapshot.start_recording(self.device)
         self.faults.check("load", None, self.plan.micro_batch_size)
         self.tokenizer = squad.load_tokenizer(self.config.tokenizer if self.config.tokenizer else ("bundled" if self.config.init == "random" else None), self.config.model)
-        self.train_examples, self.eval_examples = self._load_examples()
+        with distributed.main_first(self.group):
+            self.train_examples, self.eval_examples = self._load_examples()
         self.order = SampleOrder(len(self.train_examples), self.config.seed)
         steps_per_epoch = len(self.train_examples) // self.config.effective_batch_size
         if steps_per_epoch < 1 and self.config.max_steps is None:
@@ -115,26 +124,41 @@ class Trainer:
 
             raise DataError(f"{len(self.train_examples)} training examples make no full batch of {self.config.effective_batch_size}")
         self.total_steps = self.config.max_steps or self.config.epochs * steps_per_epoch
-        self.db.update_run(self.run_id, total_steps=self.total_steps)
+        if self.group.is_main:
+            self.db.update_run(self.run_id, total_steps=self.total_steps)
 
-        checkpoint, skipped = checkpoints.newest_valid(self.run_dir)
-        for name, reason in skipped:
-            self.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
-        self.base, adapter_dir = self._model_source(checkpoint)
+        checkpoint = self._checkpoint_to_resume()
+        with distributed.main_first(self.group):
+            self.base, adapter_dir = self._model_source(checkpoint)
+        torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
         self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
-        self.parameters = [p for _, p in trainable_parameters(self.model)]
+        self.loss_module = SupervisedLoss(self.model, CHUNK_SIZE if self.plan.chunked_loss else None)
+        self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
+        self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.plan, self.parameters, self.config)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.config, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.autocast_dtype == "fp16" and self.device.type == "cuda" else None
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.db.update_attempt(self.run_id, self.attempt, resumed_from_step=self.state.step)
+        if self.group.is_main:
+            self.db.update_attempt(self.run_id, self.attempt, resumed_from_step=self.state.step)
         self._set_host_limit()
+
+    def _checkpoint_to_resume(self) -> checkpoints.Checkpoint | None:
+        """The newest valid checkpoint; rank 0 verifies it and every rank resumes the same one."""
+        found = None
+        if self.group.is_main:
+            checkpoint, skipped = checkpoints.newest_valid(self.run_dir)
+            for name, reason in skipped:
+                self.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
+            found = (str(checkpoint.path), checkpoint.manifest) if checkpoint else None
+        found = distributed.broadcast(self.group, found)
+        return checkpoints.Checkpoint(Path(found[0]), found[1]) if found else None
 
     def _set_device_limits(self) -> None:
         if self.device.type != "cuda":
             return
-        torch.cuda.set_device(self.device)
+        torch.cuda.set_device(self.device)  # before joining the group: NCCL binds to the current device
         if self.config.gpu_mem_cap:
             cap = parse_size(self.config.gpu_mem_cap)
             total = torch.cuda.get_device_properties(self.device).total_memory
@@ -173,7 +197,7 @@ class Trainer:
         self.event("data", f"{len(train)} training and {len(evaluation)} validation examples; "
                    f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long",
                    train=train_stats, eval=eval_stats)
-        tmp = cache.with_name(cache.name + ".tmp")
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
         torch.save({"train": train, "eval": evaluation}, tmp)
         os.replace(tmp, cache)
         return train, evaluation
@@ -205,7 +229,8 @@ class Trainer:
         old_plan = Plan.from_dict(manifest["plan"])
         same_parameters = old_plan.lora == self.plan.lora
         if old_plan.optimizer == self.plan.optimizer and same_parameters:
-            self.optimizer.load_state_dict(torch.load(checkpoint.path / "optimizer.pt", map_location=self.device, weights_only=False))
+            state = torch.load(checkpoint.path / "optimizer.pt", map_location=self.device, weights_only=False)
+            distributed.load_optimizer_state(self.wrapped, self.optimizer, self.plan, state)
         else:
             why = (f"optimizer changed from {old_plan.optimizer} to {self.plan.optimizer}"
                    if old_plan.optimizer != self.plan.optimizer else "the trainable parameters changed (LoRA)")
@@ -215,7 +240,11 @@ class Trainer:
         if self.scaler is not None and scaler_file.is_file():
             self.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))
         if "rng" not in self.skip_restore:
-            _set_rng_state(torch.load(checkpoint.path / "rng.pt", weights_only=False))
+            rng = torch.load(checkpoint.path / "rng.pt", weights_only=False)
+            if "ranks" in rng:  # one state per rank; a rank the checkpoint did not have keeps the seeded one
+                rng = rng["ranks"][self.group.rank] if self.group.rank < len(rng["ranks"]) else None
+            if rng is not None:
+                _set_rng_state(rng)
         self.event("resume", f"resumed from checkpoint step {checkpoint.step} ({self.state.samples_consumed} samples consumed)",
                    step=checkpoint.step, samples_consumed=self.state.samples_consumed, checkpoint=checkpoint.path.name)
 
@@ -236,25 +265,32 @@ class Trainer:
                 self.evaluate()
         if self.state.checkpoint_step != self.total_steps:
             self.save_checkpoint()
-        if not self._eval_done(self.total_steps):
+        if not distributed.broadcast(self.group, self.group.is_main and self._eval_done(self.total_steps)):
             self.evaluate()
         self.phase = "done"
 
     def _accumulate(self, step: int, sample_ids: list[int], supervised: int) -> tuple[torch.Tensor, int]:
-        """Forward and backward of every micro-batch of one optimizer step; (summed loss, tokens)."""
+        """Forward and backward of every micro-batch of this rank's share of one optimizer step;
+        (this rank's part of the step's loss, its tokens).
+
+        The loss is normalised by the supervised tokens of the whole step (all ranks), and multiplied by
+        the world size because DDP and FSDP average gradients over the ranks: the sum of the ranks'
+        gradients is the one-process gradient of the step."""
         plan = self.plan
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
-        for batch in self.batches(sample_ids, plan.micro_batch_size, self.train_examples):
-            self.beat("forward")
-            self.faults.check("forward", step, plan.micro_batch_size)
-            with self.autocast():
-                summed, _ = loss_sum(self.model, batch.tensors, CHUNK_SIZE if plan.chunked_loss else None)
-            loss = summed / max(1, supervised)
-            self.beat("backward")
-            self.faults.check("backward", step, plan.micro_batch_size)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total_loss += loss.detach()
+        batches = self.batches(sample_ids, plan.micro_batch_size, self.train_examples)
+        for index, batch in enumerate(batches):
+            with distributed.gradient_sync(self.wrapped, plan, sync=index == len(batches) - 1):
+                self.beat("forward")
+                self.faults.check("forward", step, plan.micro_batch_size)
+                with self.autocast():
+                    summed = self.wrapped(**batch.tensors)
+                loss = summed * (plan.world_size / max(1, supervised))
+                self.beat("backward")
+                self.faults.check("backward", step, plan.micro_batch_size)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total_loss += summed.detach() / max(1, supervised)
             tokens += batch.tokens
             del loss, summed  # bitsandbytes int8 layers keep their fp32 inputs alive through these
         return total_loss, tokens
@@ -267,7 +303,10 @@ class Trainer:
         ladder = self.config.ladder
         split = registry.get("split_micro_batch")
         facts = None
+        # Several ranks must run the same number of micro-batches (the gradient all-reduce): an OOM on
+        # one ends the group instead, and the supervisor escalates every rank together.
         allowed = (ladder.mode == "planner" and ladder.in_process_split and "split_micro_batch" in ladder.order
+                   and self.plan.world_size == 1
                    and self.phase in ("forward", "backward")
                    and self.plan.micro_batch_size // 2 >= self.config.planner.min_micro_batch
                    and split.not_applicable(self.plan, facts) is None)
@@ -310,9 +349,10 @@ class Trainer:
         started = time.perf_counter()
         sample_ids = self.order.indices(state.samples_consumed, plan.effective_batch_size)
         supervised = sum(squad.answer_token_count(self.train_examples[i]) for i in sample_ids)
+        mine = distributed.shard_of(self.group, sample_ids)
         while True:
             try:
-                total_loss, tokens = self._accumulate(step, sample_ids, supervised)
+                total_loss, tokens = self._accumulate(step, mine, supervised)
                 break
             except torch.OutOfMemoryError as error:
                 if not self._split_in_process(step, error):
@@ -323,6 +363,8 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -331,17 +373,24 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value = float(total_loss)
+        asked_to_stop = bool(self.stop_flag.get("stop")) or self.stop_path.exists()
+        loss_value, tokens, stops = distributed.all_sum(self.group, [float(total_loss), float(tokens), float(asked_to_stop)], self.device)
+        if stops:  # every rank stops after the same step
+            self.stop_flag["stop"] = True
+        readings = memory.readings(self.device)
+        per_rank = distributed.all_gather(self.group, [readings[name] for name in MEMORY_FIELDS], self.device)
         elapsed = time.perf_counter() - started
         state.step = step
         state.samples_consumed += plan.effective_batch_size
-        self.db.insert_step({
-            "run_id": self.run_id, "attempt": self.attempt, "step": step, "samples_consumed": state.samples_consumed,
-            "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-            "tokens_per_s": tokens / elapsed if elapsed > 0 else None, "step_time": elapsed,
-            "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
-            "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **memory.readings(self.device),
-        })
+        if self.group.is_main:
+            self.db.insert_step({
+                "run_id": self.run_id, "attempt": self.attempt, "step": step, "samples_consumed": state.samples_consumed,
+                "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(tokens),
+                "tokens_per_s": tokens / elapsed if elapsed > 0 else None, "step_time": elapsed,
+                "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
+                "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **_highest(per_rank),
+                "rank_memory_json": json.dumps([dict(zip(MEMORY_FIELDS, row)) for row in per_rank]) if self.group.distributed else None,
+            })
         self.first_step = False
         self.beat("between_steps")
 
@@ -356,18 +405,39 @@ class Trainer:
         base_path = Path(self.base).resolve()
         base = os.path.relpath(base_path, self.run_dir.resolve()) if is_lora and self.run_dir.resolve() in base_path.parents else None
 
+        # Collectives first, on every rank: FSDP gathers weights and optimizer state on rank 0; RNG states
+        # come from every rank. Then rank 0 writes, and the others learn whether it could.
+        full_weights = distributed.full_model_state(self.wrapped, self.model, self.plan)
+        optimizer_state = distributed.optimizer_state(self.wrapped, self.optimizer, self.plan)
+        rng_states = distributed.gather_objects(self.group, _rng_state())
+        rng = {"ranks": rng_states} if self.group.distributed else rng_states[0]
+
         def write(folder: Path) -> None:
             if is_lora:
                 self.model.save_pretrained(folder / "adapter", safe_serialization=True)
             else:
-                self.model.save_pretrained(folder / "model", safe_serialization=True)
+                self.model.save_pretrained(folder / "model", safe_serialization=True, state_dict=full_weights)
             self.faults.check("checkpoint", self.state.step, self.plan.micro_batch_size)
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(optimizer_state, folder / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             if self.scaler is not None:
                 torch.save(self.scaler.state_dict(), folder / "scaler.pt")
-            torch.save(_rng_state(), folder / "rng.pt")
+            torch.save(rng, folder / "rng.pt")
 
+        saved = self._write_checkpoint(write, base) if self.group.is_main else None
+        if not distributed.broadcast(self.group, saved is not None):
+            self.beat("between_steps")
+            return
+        self.state.checkpoint_step = self.state.step
+        if saved is not None:
+            seconds = time.perf_counter() - started
+            self.event("checkpoint", f"checkpoint step {self.state.step} saved in {seconds:.2f} s", step=self.state.step,
+                       path=str(saved.path), seconds=seconds)
+        self.beat("between_steps")
+
+    def _write_checkpoint(self, write: Any, base: str | None) -> checkpoints.Checkpoint | None:
+        """Rank 0: write and verify-hash the checkpoint; None when the disk was full (it goes on without)."""
+        is_lora = self.plan.lora
         try:
             saved = checkpoints.save(self.run_dir, self.state.step, write, {
                 "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": self.state.samples_consumed,
@@ -385,13 +455,8 @@ class Trainer:
                        step=self.state.step, error=str(error))
             if final:
                 raise
-            self.beat("between_steps")
-            return
-        self.state.checkpoint_step = self.state.step
-        seconds = time.perf_counter() - started
-        self.event("checkpoint", f"checkpoint step {self.state.step} saved in {seconds:.2f} s", step=self.state.step,
-                   path=str(saved.path), seconds=seconds)
-        self.beat("between_steps")
+            return None
+        return saved
 
     def _eval_done(self, step: int) -> bool:
         return bool(self.db.conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND step = ?", [self.run_id, step]).fetchone())
@@ -400,17 +465,30 @@ class Trainer:
     def evaluate(self) -> float:
         self.beat("eval")
         self.faults.check("eval", self.state.step, self.plan.micro_batch_size)
-        self.model.eval()
+        self.wrapped.eval()
         total, count = 0.0, 0
         ids = list(range(len(self.eval_examples)))
-        for batch in self.batches(ids, self.plan.eval_batch_size, self.eval_examples):
+        chunks = [ids[i:i + self.plan.eval_batch_size] for i in range(0, len(ids), self.plan.eval_batch_size)]
+        # Every rank runs the same number of forwards (FSDP gathers weights in each): a rank short of a
+        # chunk repeats the first and discards the result.
+        world, rank = self.group.world_size, self.group.rank
+        for round_start in range(0, len(chunks), world):
+            index = round_start + rank
+            chunk = chunks[index] if index < len(chunks) else chunks[0]
+            batch = self.batches(chunk, len(chunk), self.eval_examples)[0]
             self.beat("eval")
             with self.autocast():
-                summed, tokens = loss_sum(self.model, batch.tensors, CHUNK_SIZE if self.plan.chunked_loss else None)
-            total += float(summed)
-            count += tokens
-        self.model.train()
+                summed = self.wrapped(**batch.tensors)
+            if index < len(chunks):
+                total += float(summed)
+                count += int((batch.tensors["labels"][:, 1:] != -100).sum())
+        self.wrapped.train()
+        total, count = distributed.all_sum(self.group, [total, float(count)], self.device)
+        count = int(count)
         eval_loss = total / max(1, count)
+        if not self.group.is_main:
+            self.beat("between_steps")
+            return eval_loss
         self.db.insert_eval({"run_id": self.run_id, "attempt": self.attempt, "step": self.state.step, "eval_loss": eval_loss,
                              "eval_tokens": count, "eval_samples": len(ids), "eval_batch_size": self.plan.eval_batch_size,
                              "wall_time": time.time()})
@@ -429,14 +507,30 @@ def _env_faults() -> list[str]:
     return [item for item in os.environ.get("TAMER_INJECT", "").split(";") if item.strip()]
 
 
-def _device(config: RunConfig) -> torch.device:
+def _device(config: RunConfig, group: distributed.Group) -> torch.device:
     if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         from tamer.errors import ConfigError
 
         raise ConfigError("device: cuda was asked for but torch sees no CUDA GPU; use --set device=cpu or auto")
+    if group.distributed:
+        if group.local_rank >= torch.cuda.device_count():
+            from tamer.errors import ConfigError
+
+            raise ConfigError(f"distributed.nproc_per_node: process {group.local_rank} has no GPU of its own "
+                              f"(this machine has {torch.cuda.device_count()}); use --gpus {torch.cuda.device_count()} or fewer")
+        return torch.device("cuda", group.local_rank)
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def _highest(per_rank: list[list[int | None]]) -> dict[str, int | None]:
+    """Each memory reading's highest value over the ranks (the rank closest to its limit decides)."""
+    out: dict[str, int | None] = {}
+    for i, name in enumerate(MEMORY_FIELDS):
+        values = [row[i] for row in per_rank if row[i] is not None]
+        out[name] = max(values) if values else None
+    return out
 
 
 def _allocator_settings() -> str | None:

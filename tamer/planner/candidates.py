@@ -4,7 +4,7 @@
 
 Candidates are built from the registry's rungs with `tamer.strategies.ladder.apply_rung` (so each
 plan lists the rungs it corresponds to, prerequisites first, as the card ladder would), over:
-checkpointing on/off, fp32 / autocast / bf16 weights (a LoRA base in bf16 is always allowed, a pure
+DDP / FSDP (with several processes), checkpointing on/off, fp32 / autocast / bf16 weights (a LoRA base in bf16 is always allowed, a pure
 bf16 full fine-tune only by policy), full fine-tune / LoRA / int8 base + LoRA,
 AdamW / 8-bit AdamW / paged 8-bit AdamW, chunked loss on/off, and the micro-batch halved down to the
 policy's minimum. Expandable segments are always on for CUDA: free, and the first attempt starts a
@@ -197,15 +197,19 @@ def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> l
             models.append("int8")
     optimizers = ["adamw"] + (["adamw_8bit", "paged_adamw_8bit"] if facts.bitsandbytes else [])
     splits = _micro_batch_splits(start.micro_batch_size, policy.min_micro_batch)
+    parallels = ["ddp", "fsdp"] if start.world_size > 1 else ["ddp"]
     plans: dict[str, Plan] = {}
-    for precision, checkpointing, model, optimizer, chunked, split in itertools.product(
-        ("fp32", "autocast", "bf16"), (False, True), models, optimizers, (False, True), splits
+    for precision, checkpointing, model, optimizer, chunked, split, parallel in itertools.product(
+        ("fp32", "autocast", "bf16"), (False, True), models, optimizers, (False, True), splits, parallels
     ):
         if precision == "bf16" and not _bf16_weights_allowed(model, facts, policy):
+            continue
+        if parallel == "fsdp" and (model != "full" or optimizer != "adamw"):
             continue
         rungs = ["expandable_segments"] if facts.kind == "cuda" and "expandable_segments" in allowed else []
         rungs += ["gradient_checkpointing"] if checkpointing else []
         rungs += ["mixed_precision"] if precision == "autocast" else []
+        rungs += ["fsdp"] if parallel == "fsdp" else []
         rungs += {"full": [], "lora": ["lora"], "int8": ["lora", "quantize_8bit"]}[model]
         rungs += ["paged_adamw_8bit"] if optimizer == "paged_adamw_8bit" else []
         rungs += ["chunked_loss"] if chunked else []

@@ -33,6 +33,13 @@ alive during one training step, counted tensor by tensor (see `_layer_bytes_per_
   only the supervised positions; `"all"` is the Hugging Face loss over every position (which also
   keeps the head output alive in the model's output). A chunked loss holds one slice of 1,024.
 
+Several processes (plan.world_size > 1): each rank holds its own micro-batches' activations. Under
+DDP the gradients live from the start (they are views into DDP's all-reduce buckets), in every phase.
+Under FSDP (FSDP2, one unit per decoder layer and the root) weights, gradients and optimizer states
+are divided by the world size, plus what is gathered whole: the root's parameters (embeddings, the
+tied head, final norm) and two decoder layers (the one running and the one prefetched); loading is
+not sharded (every rank loads the whole model, then shards it).
+
 Phases: load, forward (end of forward, logits live), backward (the worse of the loss backward and the
 end of backward, when every gradient exists), optimizer. Steady state: from the second step on the
 optimizer states exist in every phase; with accumulation > 1 so do the gradients during forward.
@@ -480,7 +487,8 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     weights = weights_bytes(shape, plan)
     gradients = adapters if plan.lora else d.weights * shape.parameters
     states, pageable, optimizer_workspace = _optimizer_states(shape, plan, workload)
-    gradients_in_forward = gradients if plan.grad_accumulation > 1 else 0
+    ddp_buckets = plan.world_size > 1 and plan.parallel == "ddp"
+    gradients_in_forward = gradients if plan.grad_accumulation > 1 or ddp_buckets else 0
 
     per_layer = tokens * _layer_bytes_per_token(shape, plan, workload)
     int8_inputs = tokens * _int8_inputs_per_token(shape, plan)
@@ -553,6 +561,8 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
             **static, **held, "gradients": gradients, "optimizer_workspace": optimizer_workspace,
         }),
     }
+    if plan.world_size > 1 and plan.parallel == "fsdp":
+        phases = _sharded(phases, shape, plan)
     expandable = "expandable_segments" in " ".join(plan.env.values())
     return Estimate(
         plan=plan,
@@ -560,3 +570,25 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
         fragmentation=FRAGMENTATION_EXPANDABLE if expandable else FRAGMENTATION,
         pageable=pageable,
     )
+
+
+def _sharded(phases: dict[str, PhaseEstimate], shape: ModelShape, plan: Plan) -> dict[str, PhaseEstimate]:
+    """The phases of one FSDP rank: model state divided by the world size, plus what is gathered whole
+    (the root's parameters and two decoder layers), and one layer's gradients before its reduce-scatter."""
+    world = plan.world_size
+    element = _dtypes(plan).weights
+    root = shape.head_parameters * (1 if shape.tie_word_embeddings else 2) + shape.hidden_size
+    layer = (shape.parameters - root) // shape.num_layers
+    gathered = element * (root + 2 * layer)
+    out = {"load": phases["load"]}
+    for name in ("forward", "backward", "optimizer"):
+        components = dict(phases[name].components)
+        components["weights"] = components["weights"] // world + (gathered if name != "optimizer" else 0)
+        for part in ("optimizer_states", "optimizer_workspace"):
+            if part in components:
+                components[part] //= world
+        if components.get("gradients"):
+            unsharded = element * layer if name == "backward" else 0
+            components["gradients"] = components["gradients"] // world + unsharded
+        out[name] = PhaseEstimate(name, components)
+    return out

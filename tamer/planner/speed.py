@@ -18,6 +18,7 @@ the ratio of two plans the anchors measured in one run on one H100 (Llama-3.2-1B
 | fp32 without autocast | 0.3 | tamer's own step on an H100 (this planner's check, 2026-11-25): fp32 + checkpointing 5,635 vs bf16 autocast + checkpointing 19,583 tok/s |
 | tokens per micro-batch | 4,096: 1.0, 2,048: 0.764, 1,024: 0.325 | the seed's recipe at micro-batch 8 / 4 / 2: 6,297 / 4,812 / 2,045; halves again per halving below |
 | paging | 0.8 | a guess: paged optimizer state that does not fit beside the peak moves to the host every step |
+| FSDP | 0.85 | a guess, per process, vs DDP: an all-gather per layer in forward and backward, mostly overlapped with compute |
 
 With these, the anchors' plans come out in the order measured (tests/unit/test_planner.py).
 
@@ -42,6 +43,7 @@ PURE_BF16 = 1.05
 FP16_AUTOCAST = 0.97
 FP32_MATH = 0.3
 PAGING = 0.8
+FSDP = 0.85
 MICRO_BATCH_TOKENS = {4096: 1.0, 2048: 0.764, 1024: 0.325}
 """Throughput by tokens per micro-batch (log-linear between the points, halving below the smallest)."""
 
@@ -88,4 +90,6 @@ def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: b
         speed *= INT8_BASE
     if paging:
         speed *= PAGING
+    if plan.world_size > 1 and plan.parallel == "fsdp":
+        speed *= FSDP
     return speed * micro_batch_factor(plan.micro_batch_size * workload.sequence_length)

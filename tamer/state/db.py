@@ -144,6 +144,14 @@ def m002_queue(db: sqlite_utils.Database) -> None:
     db["queue"].create_index(["submitted_at"])
 
 
+@migrations()
+def m003_distributed(db: sqlite_utils.Database) -> None:
+    """Multi-GPU runs (torchrun): each attempt's number of processes, and every rank's memory per step
+    (the step's mem_* columns hold the highest value over the ranks)."""
+    db["attempts"].add_column("world_size", int)
+    db["steps"].add_column("rank_memory_json", str)  # JSON list, one {mem_allocated, ..., host_rss} per rank
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")

@@ -90,11 +90,14 @@ def apply_rung(plan: Plan, name: str, facts: DeviceFacts) -> Plan:
 
 
 def initial_plan(config: Any, facts: DeviceFacts) -> Plan:
-    """The user's batch geometry (RunConfig) plus its `start_rungs`, each with its prerequisites."""
+    """The user's batch geometry (RunConfig; per process with several) plus its `start_rungs`, each
+    with its prerequisites."""
+    micro_batch_size, grad_accumulation = config.rank_geometry()
     plan = Plan(
-        micro_batch_size=config.micro_batch_size,
-        grad_accumulation=config.grad_accumulation,
+        micro_batch_size=micro_batch_size,
+        grad_accumulation=grad_accumulation,
         eval_batch_size=config.eval_batch_size,
+        world_size=config.distributed.world_size,
     )
     for name in config.start_rungs:
         plan = apply_rung(plan, name, facts)

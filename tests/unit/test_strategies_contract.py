@@ -19,7 +19,8 @@ each_strategy = pytest.mark.parametrize("strategy", list(STRATEGIES.values()), i
 
 
 def fresh_plan() -> Plan:
-    return Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8)
+    """A full fine-tune on two processes, so every rung (fsdp included) has something to act on."""
+    return Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8, world_size=2)
 
 
 def test_registry_finds_every_card_rung():

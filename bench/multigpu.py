@@ -1,0 +1,116 @@
+"""Multi-GPU benchmark: one run on N GPUs through torchrun under a per-GPU memory cap, against one GPU
+with the same plan, in the same invocation.
+
+    python bench/multigpu.py --model DIR --gpu-mem-cap 15GiB --steps 30 [--gpus 2] [--out DIR]
+    python bench/multigpu.py --preset tiny --device cpu --steps 6 --out /tmp/mg   # CPU plumbing check (gloo)
+
+Every run is `python -m tamer run squad` with the settings of bench/escalation.py (bundled tokenizer and
+data, every batch padded to max_seq_len: 8 sequences x 512 tokens per optimizer step, no checkpoint
+before the end), each in a fresh home:
+
+  (a) N GPUs, tamer's planner (the default): attempts, settled plan, tokens/s.
+  (b) 1 GPU, exactly (a)'s settled plan per process: the same micro-batch, with accumulation x N so the
+      effective batch is the same (start_plan, nothing to escalate to).
+  (c) 1 GPU, (a)'s plan with the micro-batch x N (accumulation as in (a)): the same work per
+      forward as a whole optimizer step of (a).
+  (d) N GPUs, the card ladder (`ladder.mode=card`): real OOMs on every rank, escalated together (fsdp is a
+      rung there). Skipped with --quick.
+
+tokens/s = 8 x 512 padded tokens per optimizer step / median step time after the first 3 steps (rank
+0's wall time for the whole step, gradient all-reduce included). Scaling efficiency = tokens/s(a) /
+(N x tokens/s(b or c)): 1.0 would be N times one GPU. Writes OUT/multigpu.json and prints a markdown table.
+Set NCCL_NVLS_ENABLE=0 on shared hosts (NVLink multicast off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from escalation import WARMUP_STEPS, Benchmark, _gib, _number  # noqa: E402
+
+
+class MultiGpuBenchmark(Benchmark):
+    def save(self) -> None:
+        import json
+        import os
+
+        path = self.out / "multigpu.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.results, indent=2, default=str))
+        os.replace(temporary, path)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out.")
+    parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
+    parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda).")
+    parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator of every process, e.g. 15GiB.")
+    parser.add_argument("--gpus", type=int, default=2, help="Processes (GPUs) of the multi-GPU runs.")
+    parser.add_argument("--steps", type=int, default=30, help="Optimizer steps per run.")
+    parser.add_argument("--home", type=Path, help="Folder for the runs' homes (default OUT/home).")
+    parser.add_argument("--out", type=Path, help="Folder for multigpu.json and the logs (default: a new temporary folder).")
+    parser.add_argument("--quick", action="store_true", help="Skip (d), the card ladder.")
+    parser.add_argument("--extra", default="", help="Raw arguments appended to every `tamer run`.")
+    arguments = parser.parse_args(argv)
+    if arguments.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be more than {WARMUP_STEPS}")
+    return arguments
+
+
+def start_plan(plan: dict[str, Any], **changes: Any) -> str:
+    """`start_plan={...}` for --set, YAML flow style."""
+    fields = {key: value for key, value in {**plan, **changes}.items() if key not in ("rungs", "eval_batch_size")}
+    import json
+
+    return "start_plan=" + json.dumps(fields)
+
+
+def row(result: dict[str, Any], single: float | None, gpus: int) -> str:
+    rate = result.get("tokens_per_second")
+    efficiency = rate / (gpus * single) if rate and single and result.get("gpus", 1) > 1 else None
+    outcomes = ", ".join(f"{a['outcome']}" for a in result.get("attempts", []))
+    return (f"| {result['title']} | {len(result.get('attempts', []))} ({outcomes}) | {result.get('settled_summary', '-')} | "
+            f"{_number(rate)} | {_number(efficiency, 2) if efficiency else '-'} | {_gib(result.get('measured_peak'))} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    bench = MultiGpuBenchmark(arguments)
+    n = arguments.gpus
+    spread = f"distributed.nproc_per_node={n}"
+    multi = bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread])
+    multi["gpus"] = n
+    plan = multi.get("settled_plan")
+    if plan is None:
+        print("the multi-GPU planner run did not train; see", multi["log"])
+        sys.exit(1)
+    same = bench.run("b_single_same_plan", "(b) 1 GPU, same plan, accumulation x N",
+                     [start_plan(plan, world_size=1, parallel="ddp", grad_accumulation=plan["grad_accumulation"] * n),
+                      "ladder.order=[]"])
+    whole = bench.run("c_single_whole_step", "(c) 1 GPU, same plan, micro-batch x N",
+                      [start_plan(plan, world_size=1, parallel="ddp", micro_batch_size=plan["micro_batch_size"] * n),
+                       "ladder.order=[]"])
+    results = [multi, same, whole]
+    if not arguments.quick:
+        card = bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"])
+        card["gpus"] = n
+        results.append(card)
+    bench.save()
+    print()
+    print("| run | attempts | settled plan | tokens/s | scaling vs (b) | peak reserved (max over ranks) |")
+    print("|---|---|---|---|---|---|")
+    for result in results:
+        print(row(result, same.get("tokens_per_second"), n))
+    if whole.get("tokens_per_second") and multi.get("tokens_per_second"):
+        print(f"\nscaling vs (c): {multi['tokens_per_second'] / (n * whole['tokens_per_second']):.2f}")
+    print(f"\n(full results: {bench.out / 'multigpu.json'})")
+
+
+if __name__ == "__main__":
+    main()
