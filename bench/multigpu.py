@@ -1,7 +1,8 @@
 """Multi-GPU benchmark: one run on N GPUs through torchrun under a per-GPU memory cap, against one GPU
 with the same plan, in the same invocation.
 
-    python bench/multigpu.py --model DIR --gpu-mem-cap 15GiB --steps 30 [--gpus 2] [--out DIR]
+    python bench/multigpu.py --model DIR --gpu-mem-cap 15GiB --steps 30 [--gpus 2] [--runs abcd] [--out DIR]
+        [--extra "--set effective_batch_size=32"]
     python bench/multigpu.py --preset tiny --device cpu --steps 6 --out /tmp/mg   # CPU plumbing check (gloo)
 
 Every run is `python -m tamer run squad` with the settings of bench/escalation.py (bundled tokenizer and
@@ -14,7 +15,7 @@ before the end), each in a fresh home:
   (c) 1 GPU, (a)'s plan with the micro-batch x N (accumulation as in (a)): the same work per
       forward as a whole optimizer step of (a).
   (d) N GPUs, the card ladder (`ladder.mode=card`): real OOMs on every rank, escalated together (fsdp is a
-      rung there). Skipped with --quick.
+      rung there).
 
 tokens/s = 8 x 512 padded tokens per optimizer step / median step time after the first 3 steps (rank
 0's wall time for the whole step, gradient all-reduce included). Scaling efficiency = tokens/s(a) /
@@ -55,7 +56,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="Optimizer steps per run.")
     parser.add_argument("--home", type=Path, help="Folder for the runs' homes (default OUT/home).")
     parser.add_argument("--out", type=Path, help="Folder for multigpu.json and the logs (default: a new temporary folder).")
-    parser.add_argument("--quick", action="store_true", help="Skip (d), the card ladder.")
+    parser.add_argument("--runs", default="abcd", help="Which runs, e.g. abc or d ((b) and (c) need (a)).")
     parser.add_argument("--extra", default="", help="Raw arguments appended to every `tamer run`.")
     arguments = parser.parse_args(argv)
     if arguments.steps <= WARMUP_STEPS:
@@ -84,20 +85,29 @@ def main(argv: list[str] | None = None) -> None:
     bench = MultiGpuBenchmark(arguments)
     n = arguments.gpus
     spread = f"distributed.nproc_per_node={n}"
-    multi = bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread])
-    multi["gpus"] = n
-    plan = multi.get("settled_plan")
-    if plan is None:
-        print("the multi-GPU planner run did not train; see", multi["log"])
-        sys.exit(1)
-    same = bench.run("b_single_same_plan", "(b) 1 GPU, same plan, accumulation x N",
-                     [start_plan(plan, world_size=1, parallel="ddp", grad_accumulation=plan["grad_accumulation"] * n),
-                      "ladder.order=[]"])
-    whole = bench.run("c_single_whole_step", "(c) 1 GPU, same plan, micro-batch x N",
-                      [start_plan(plan, world_size=1, parallel="ddp", micro_batch_size=plan["micro_batch_size"] * n),
-                       "ladder.order=[]"])
-    results = [multi, same, whole]
-    if not arguments.quick:
+    results = []
+    same: dict[str, Any] = {}
+    whole: dict[str, Any] = {}
+    multi: dict[str, Any] = {}
+    if "a" in arguments.runs:
+        multi = bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread])
+        multi["gpus"] = n
+        results.append(multi)
+        plan = multi.get("settled_plan")
+        if plan is None:
+            print("the multi-GPU planner run did not train; see", multi["log"])
+            sys.exit(1)
+        if "b" in arguments.runs:
+            same = bench.run("b_single_same_plan", "(b) 1 GPU, same plan, accumulation x N",
+                             [start_plan(plan, world_size=1, parallel="ddp", grad_accumulation=plan["grad_accumulation"] * n),
+                              "ladder.order=[]"])
+            results.append(same)
+        if "c" in arguments.runs:
+            whole = bench.run("c_single_whole_step", "(c) 1 GPU, same plan, micro-batch x N",
+                              [start_plan(plan, world_size=1, parallel="ddp", micro_batch_size=plan["micro_batch_size"] * n),
+                               "ladder.order=[]"])
+            results.append(whole)
+    if "d" in arguments.runs:
         card = bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"])
         card["gpus"] = n
         results.append(card)

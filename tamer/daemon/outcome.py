@@ -315,9 +315,11 @@ def classify_group(
     oom_killed: bool = False,
     hung: bool = False,
     stop_requested: bool = False,
+    died_first: int | None = None,
 ) -> Outcome:
     """The one Outcome of a multi-process attempt: torchrun's exit status (`returncode`) and each rank's
-    report (`reports`, by rank; a rank that died without writing one is missing).
+    report (`reports`, by rank; a rank that died without writing one is missing). `died_first`: the rank
+the supervisor saw exit first, when it saw one (it names a lost rank that wrote nothing).
 
     One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
     escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
@@ -355,6 +357,9 @@ def classify_group(
         if not _is_dist_error(reports[rank]):
             return _blamed(ranked[rank], rank, world_size)
     missing = [rank for rank in range(world_size) if rank not in reports]
+    if died_first in missing and not failed:
+        return Outcome("dist_failure", f"rank {died_first} of {world_size} died first, without a report (killed, or crashed "
+                       f"hard); torchrun then stopped the others and exited with status {group_status}", rank=died_first)
     if failed:
         rank = earliest(failed)
         first = ranked[rank]

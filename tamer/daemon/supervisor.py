@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -352,8 +353,11 @@ class Supervisor:
         peak_rss = 0
         hung = False
         started = time.time()
+        ranks = RankWatch(attempt_dir) if self.plan.world_size > 1 else None
         while (returncode := self.child.poll()) is None:
             peak_rss = max(peak_rss, _rss(self.child.pid))
+            if ranks is not None:
+                ranks.poll()
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
             silence, deadline, phase = self._silence(attempt_dir, started)
@@ -373,7 +377,7 @@ class Supervisor:
             for path in attempt_dir.glob("exit-rank*.json"):
                 reports[int(path.stem.removeprefix("exit-rank"))] = json.loads(path.read_text())
             outcome = outcomes.classify_group(returncode, reports, self.plan.world_size, oom_killed=oom_killed, hung=hung,
-                                              stop_requested=(attempt_dir / STOP_FILE).exists())
+                                              stop_requested=(attempt_dir / STOP_FILE).exists(), died_first=ranks.finish() if ranks else None)
             return returncode, outcome, reports.get(outcome.rank) if outcome.rank is not None else None, peak_rss
         oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
         report_path = attempt_dir / "exit.json"
@@ -454,6 +458,55 @@ def _rss(pid: int) -> int:
         return total
     except psutil.Error:
         return 0
+
+
+class RankWatch:
+    """Which rank of a torchrun attempt exited first, seen from the supervisor's poll loop (the ranks
+    are torchrun's children, so their exit statuses never reach us): names a rank lost without a report."""
+
+    def __init__(self, attempt_dir: Path) -> None:
+        self.attempt_dir = attempt_dir
+        self.pids: dict[int, int] = {}
+        self.died_first: int | None = None
+
+    def poll(self) -> None:
+        if self.died_first is not None:
+            return
+        for path in self.attempt_dir.glob("pid-rank*"):
+            rank = int(path.name.removeprefix("pid-rank"))
+            if rank not in self.pids:
+                try:
+                    self.pids[rank] = int(path.read_text())
+                except ValueError:
+                    continue
+        dead = []
+        for rank, pid in sorted(self.pids.items()):
+            try:
+                alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                alive = False
+            if not alive:
+                dead.append(rank)
+        if len(dead) == 1:
+            self.died_first = dead[0]
+        elif dead:  # several between two polls: torchrun logged the first it saw fail
+            self.died_first = self.first_failure_logged()
+            self.pids.clear()
+
+    def first_failure_logged(self) -> int | None:
+        """The local rank of torchrun's first `failed (exitcode: N) local_rank: R` line in child.log."""
+        try:
+            text = (self.attempt_dir / "child.log").read_text(errors="replace")
+        except OSError:
+            return None
+        match = re.search(r"failed \(exitcode: -?\d+\) local_rank: (\d+)", text)
+        return int(match.group(1)) if match else None
+
+    def finish(self) -> int | None:
+        """After the attempt: the first rank seen to exit, else the one torchrun logged."""
+        if self.died_first is None:
+            self.poll()
+        return self.died_first if self.died_first is not None else self.first_failure_logged()
 
 
 def _kill_ranks(attempt_dir: Path, signum: int) -> None:

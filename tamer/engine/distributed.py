@@ -129,6 +129,11 @@ def wrap(module: torch.nn.Module, plan: Plan, device: torch.device, group: Group
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    # Gradients that exist when DDP is built become views into its all-reduce buckets at once (the
+    # trainer then zeroes them in place, never to None): one copy of the gradients, from the first step on.
+    for parameter in module.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
     # init_sync=False: every rank built the same weights from the same files and seed. Buffers (rotary
     # frequencies) are constants: no broadcast before each forward.
     return DistributedDataParallel(

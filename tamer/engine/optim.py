@@ -10,6 +10,9 @@ import torch
 from tamer.config import RunConfig
 from tamer.plan import Plan
 
+PAGED_MIN_ELEMENTS = 100_000
+"""bitsandbytes pages the moments of tensors at least this large (Optimizer8bit.get_state_buffer)."""
+
 
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
     """AdamW in the flavour the plan names (torch fp32 states, or bitsandbytes 8-bit / paged 8-bit)."""
@@ -23,6 +26,33 @@ def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: Ru
     if plan.optimizer == "paged_adamw_8bit":
         return bnb.optim.PagedAdamW8bit(parameters, **kwargs)
     raise ValueError(f"unknown optimizer {plan.optimizer}")
+
+
+def repage_state(optimizer: torch.optim.Optimizer) -> int:
+    """After load_state_dict: put a bitsandbytes paged optimizer's moments back in paged (managed) memory.
+
+    torch.save keeps a tensor's Python attributes, so moments saved from a paged optimizer load as
+    ordinary device tensors still marked `is_paged`; bitsandbytes then prefetches them as managed memory
+    and its CUDA check ends the process ("Error invalid argument ... pythonInterface.cpp", seen with
+    0.50.2 on an H100). Large moments are copied into fresh paged buffers (as the optimizer would have
+    made them); the mark is dropped from everything else. Returns how many tensors were re-paged."""
+    paged_optimizer = bool(getattr(optimizer, "is_paged", False))
+    repaged = 0
+    for parameter, state in optimizer.state.items():
+        for key, value in list(state.items()):
+            if not isinstance(value, torch.Tensor):
+                continue
+            if paged_optimizer and key in ("state1", "state2") and value.is_cuda and value.numel() >= PAGED_MIN_ELEMENTS:
+                from bitsandbytes import functional
+
+                buffer = functional.get_paged(*value.shape, dtype=value.dtype, device=value.device)
+                buffer.copy_(value)
+                optimizer.page_mng.paged_tensors.append(buffer)
+                state[key] = buffer
+                repaged += 1
+            elif getattr(value, "is_paged", False):
+                value.is_paged = False
+    return repaged
 
 
 def warmup_steps(config: RunConfig, total_steps: int) -> int:

@@ -30,7 +30,7 @@ from tamer.engine import distributed, memory, snapshot
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import build_model, materialize_random_init, pin_base
-from tamer.engine.optim import build_optimizer, build_scheduler, restore_scheduler, warmup_steps
+from tamer.engine.optim import build_optimizer, build_scheduler, repage_state, restore_scheduler, warmup_steps
 from tamer.engine.sampling import SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
@@ -231,6 +231,7 @@ class Trainer:
         if old_plan.optimizer == self.plan.optimizer and same_parameters:
             state = torch.load(checkpoint.path / "optimizer.pt", map_location=self.device, weights_only=False)
             distributed.load_optimizer_state(self.wrapped, self.optimizer, self.plan, state)
+            repage_state(self.optimizer)
         else:
             why = (f"optimizer changed from {old_plan.optimizer} to {self.plan.optimizer}"
                    if old_plan.optimizer != self.plan.optimizer else "the trainable parameters changed (LoRA)")
@@ -372,7 +373,10 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # DDP's gradients are views into its all-reduce buckets, which live anyway: zeroing them in place
+        # keeps them so. Set to None, the next step's first micro-batches (no_sync) would build fresh
+        # gradients beside the buckets, and the synced one copy them in: the gradients twice at the peak.
+        self.optimizer.zero_grad(set_to_none=not (self.plan.world_size > 1 and self.plan.parallel == "ddp"))
         asked_to_stop = bool(self.stop_flag.get("stop")) or self.stop_path.exists()
         loss_value, tokens, stops = distributed.all_sum(self.group, [float(total_loss), float(tokens), float(asked_to_stop)], self.device)
         if stops:  # every rank stops after the same step

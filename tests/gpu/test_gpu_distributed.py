@@ -38,11 +38,12 @@ def test_injected_oom_on_rank_1_ends_the_nccl_group_promptly(tmp_path):
 @two_gpus
 def test_real_ooms_on_both_gpus_escalate_together(tmp_path):
     """323M parameters, full fine-tune with fp32 AdamW under a 4.5 GiB cap per GPU: every rank dies of a
-    real CUDA OOM (DDP replicates the model state); one escalation applies to both and the run finishes."""
+    real CUDA OOM (DDP replicates the model state); one escalation applies to both and the run finishes.
+    The card ladder, literally: the planner would pick a plan that fits at once."""
     config = tmp_path / "gpu.yaml"
     config.write_text(json.dumps({
         "architecture": ARCHITECTURE, "effective_batch_size": 4, "micro_batch_size": 2, "max_seq_len": 256,
-        "ladder": {"order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
+        "ladder": {"mode": "card", "order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
     }))
     home = tmp_path / "home"
     result = tamer("run", "squad", *TINY, "--config", str(config), "--device", "cuda", "--gpus", "2", "--gpu-mem-cap", "4.5GiB",

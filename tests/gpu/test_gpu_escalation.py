@@ -36,3 +36,18 @@ def test_real_cuda_oom_escalates_once_and_finishes(tmp_path):
     assert "paged_adamw_8bit" in json.loads(rows[1]["rungs_applied"])
     peaks = query(tmp_path / "home", "SELECT max(mem_peak), max(device_used) FROM steps WHERE run_id = ?", (run_id,))[0]
     assert peaks[0] < 4.5 * 2**30 and peaks[1] > 0
+
+
+@pytest.mark.gpu
+def test_paged_optimizer_resumes_from_its_checkpoint(tmp_path):
+    """A crash after a checkpoint of a paged 8-bit AdamW run: the next attempt loads the moments (re-paged;
+    bitsandbytes 0.50.2 ended the process with `Error invalid argument ... pythonInterface.cpp` before
+    tamer re-paged them) and finishes."""
+    home = tmp_path / "home"
+    result = tamer("run", "squad", "--preset", "tiny", "--device", "cuda", "--max-steps", "6", "--set", "checkpoint_every=3",
+                   "--set", "start_rungs=[paged_adamw_8bit]", "--set", "ladder.mode=card", "--set", "restart_backoff=0.1",
+                   "--inject", "crash:step=5,once", home=home)
+    assert result.returncode == 0, result.stderr
+    rows = attempts(home, run_id_of(result))
+    assert [r["outcome"] for r in rows] == ["crash", "done"] and rows[1]["resumed_from_step"] == 3
+    assert all(json.loads(r["plan_json"])["optimizer"] == "paged_adamw_8bit" for r in rows)

@@ -196,3 +196,49 @@ def test_planner_shards_when_ddp_cannot_fit_the_full_fine_tune():
     assert choice.plan.effective_batch_size == 8
     ddp_full = [c for c in choice.candidates if c.plan.parallel == "ddp" and not c.plan.lora]
     assert ddp_full and all(c.fits != "yes" for c in ddp_full)
+
+
+def test_a_rank_seen_dying_first_is_named_when_no_rank_reported():
+    """SIGKILL of rank 1, then torchrun's SIGTERM reached rank 0 before it could report: nothing written,
+    but the supervisor saw rank 1 go first."""
+    outcome = classify_group(1, {}, 2, died_first=1)
+    assert (outcome.kind, outcome.rank) == ("dist_failure", 1) and outcome.message.startswith("rank 1 of 2 died first")
+
+
+def test_torchrun_names_the_first_failed_rank_in_the_child_log(tmp_path):
+    """When both ranks are gone between two polls, the rank torchrun's agent saw fail first is taken from
+    its log line (as an H100 pair printed it)."""
+    from tamer.daemon.supervisor import RankWatch
+
+    (tmp_path / "child.log").write_text(
+        "W1125 22:32:30.469000 2464 torch/distributed/run.py:851] *****\n"
+        "E1125 22:32:45.470000 2464 torch/distributed/elastic/multiprocessing/api.py:986] failed (exitcode: -9) "
+        "local_rank: 1 (pid: 2511) of binary: /opt/torch/.venv/bin/python3\n")
+    (tmp_path / "pid-rank0").write_text("999999991")
+    (tmp_path / "pid-rank1").write_text("999999992")
+    watch = RankWatch(tmp_path)
+    watch.poll()
+    assert watch.died_first == 1 and watch.finish() == 1
+
+
+def test_a_paged_mark_saved_with_the_optimizer_state_is_not_trusted_after_loading(tmp_path):
+    """torch.save keeps tensor attributes: moments saved from bitsandbytes' paged AdamW load as ordinary
+    tensors still marked is_paged, and bitsandbytes would prefetch them as managed memory (a CUDA error
+    that ends the process; seen on an H100). On CPU the mark is dropped; on CUDA they are re-paged
+    (tests/gpu/test_gpu_escalation.py::test_paged_optimizer_resumes_from_its_checkpoint)."""
+    import torch
+
+    from tamer.engine.optim import repage_state
+
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.AdamW([parameter])
+    parameter.grad = torch.ones(4)
+    optimizer.step()
+    moment = optimizer.state[parameter]["exp_avg"]
+    moment.is_paged = True
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    loaded = torch.load(tmp_path / "optimizer.pt", weights_only=False)
+    assert loaded["state"][0]["exp_avg"].is_paged  # the cause: the mark survives the round trip
+    optimizer.load_state_dict(loaded)
+    assert repage_state(optimizer) == 0
+    assert not getattr(optimizer.state[parameter]["exp_avg"], "is_paged", False)
