@@ -19,11 +19,12 @@ ARCHITECTURE = {
 @pytest.mark.gpu
 def test_real_cuda_oom_escalates_once_and_finishes(tmp_path):
     """323M parameters with fp32 AdamW need ~5.2 GB before activations: under a 4.5 GiB cap the first
-    attempt dies of a real CUDA OOM in the optimizer step; paged 8-bit AdamW then fits and the run ends done."""
+    attempt dies of a real CUDA OOM in the optimizer step; paged 8-bit AdamW then fits and the run ends done.
+    The card ladder, literally (the planner, the default, would start with a plan that fits)."""
     config = tmp_path / "gpu.yaml"
     config.write_text(json.dumps({
         "architecture": ARCHITECTURE, "effective_batch_size": 2, "micro_batch_size": 2, "max_seq_len": 256,
-        "ladder": {"order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
+        "ladder": {"mode": "card", "order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
     }))
     result = tamer("run", "squad", "--preset", "tiny", "--config", str(config), "--device", "cuda", "--gpu-mem-cap", "4.5GiB",
                    "--max-steps", "6", "--set", "checkpoint_every=3", home=tmp_path / "home")
