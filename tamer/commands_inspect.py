@@ -130,8 +130,10 @@ def steps(
         writer.writeheader()
         writer.writerows(rows)
         return
-    for row in rows:
-        row["batch"] = f"{row['micro_batch_size']} x {row['grad_accumulation']}"
+    world = {attempt["attempt"]: attempt.get("world_size") or 1 for attempt in db.attempts(rows[0]["run_id"])} if rows else {}
+    for row in rows:  # `2 x 4 x 1`: processes x micro-batch x accumulation, with several processes
+        processes = world.get(row["attempt"], 1)
+        row["batch"] = (f"{processes} x " if processes > 1 else "") + f"{row['micro_batch_size']} x {row['grad_accumulation']}"
     # Memory columns that no row has (GPU readings on a CPU run) would only print dashes.
     columns = [column for column in STEP_TABLE_COLUMNS if column not in MEMORY_COLUMNS or any(row[column] is not None for row in rows)]
     table = Table(*columns)

@@ -66,6 +66,9 @@ def test_oom_on_rank_1_stops_both_escalates_once_and_matches_one_process(tmp_pat
     assert memory and all(len(json.loads(per_rank)) == 2 for per_rank, _ in memory)
     assert all(rss == max(entry["host_rss"] for entry in json.loads(per_rank)) for per_rank, rss in memory)
 
+    table = tamer("steps", run_id, home=home, extra_env={"COLUMNS": "200"})
+    assert "2 x 4 x 1" in table.stdout  # processes x micro-batch x accumulation
+
     assert sample_ids(home, run_id) == one_process["samples"]
     weights = final_weights(home, run_id)
     assert weights.keys() == one_process["weights"].keys()
