@@ -357,22 +357,21 @@ the supervisor saw exit first, when it saw one (it names a lost rank that wrote 
         if not _is_dist_error(reports[rank]):
             return _blamed(ranked[rank], rank, world_size)
     missing = [rank for rank in range(world_size) if rank not in reports]
-    if died_first in missing and not failed:
-        return Outcome("dist_failure", f"rank {died_first} of {world_size} died first, without a report (killed, or crashed "
-                       f"hard); torchrun then stopped the others and exited with status {group_status}", rank=died_first)
-    if failed:
-        rank = earliest(failed)
-        first = ranked[rank]
-        message = f"rank {rank} of {world_size}: {first.message}"
-        if missing:
-            message += f"; no report from rank {', '.join(map(str, missing))} (lost)"
-        return Outcome("dist_failure", one_line(message), phase=first.phase, step=first.step, rank=rank,
-                       micro_batch_size=first.micro_batch_size, memory_stats=first.memory_stats)
-    if missing and len(missing) < world_size:
-        return Outcome("dist_failure", f"rank {', '.join(map(str, missing))} of {world_size} died without a report "
-                       f"(lost: killed, or crashed hard); torchrun exited with status {group_status}")
-    if not reports:
-        return Outcome("dist_failure", f"torchrun exited with status {group_status} before any rank reported "
+    first = ranked[earliest(failed)] if failed else None
+    if missing:  # a rank died without a word: it is the one to blame, the others' errors follow from it
+        lost = died_first if died_first in missing else missing[0]
+        message = (f"rank {lost} of {world_size} died without a report (killed, or crashed hard)"
+                   + (f"; rank {', '.join(str(m) for m in missing if m != lost)} too" if len(missing) > 1 else "")
+                   + (f"; then rank {earliest(failed)}: {first.message}" if first else f"; torchrun exited with status {group_status}"))
+        if len(missing) == world_size and died_first not in missing:
+            message = (f"torchrun exited with status {group_status} before any rank reported "
                        "(launch or rendezvous failure; see the attempt's child.log)")
+            lost = None
+        return Outcome("dist_failure", one_line(message), rank=lost, phase=first.phase if first else None,
+                       step=first.step if first else None)
+    if first is not None:
+        rank = earliest(failed)
+        return Outcome("dist_failure", one_line(f"rank {rank} of {world_size}: {first.message}"), phase=first.phase, step=first.step,
+                       rank=rank, micro_batch_size=first.micro_batch_size, memory_stats=first.memory_stats)
     return Outcome("dist_failure", f"torchrun exited with status {group_status}; every rank reported "
                    f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}")

@@ -64,15 +64,16 @@ def test_a_rank_lost_without_a_report_is_a_dist_failure_without_escalation():
     """Rank 1 was SIGKILLed; rank 0 saw its peer vanish: dist_failure, retried on the same plan."""
     outcome = classify_group(1, {0: failed(0, "RuntimeError", GLOO_RESET, at=100.0)}, 2)
     assert outcome.kind == "dist_failure" and outcome.retryable and not outcome.escalate
-    assert "no report from rank 1" in outcome.message
+    assert outcome.rank == 1 and outcome.message.startswith("rank 1 of 2 died without a report")
+    assert "then rank 0: RuntimeError" in outcome.message
 
 
 def test_nccl_remote_error_and_silent_ranks_are_dist_failures():
     assert classify_group(1, {0: failed(0, "DistBackendError", NCCL_REMOTE, at=1.0)}, 2).kind == "dist_failure"
     lost = classify_group(-9, {}, 4)
     assert lost.kind == "dist_failure" and "before any rank reported" in lost.message
-    partly = classify_group(1, {0: {"status": "done", "step": 3, "rank": 0, "time": 1.0}}, 2)
-    assert partly.kind == "dist_failure" and "rank 1 of 2 died without a report" in partly.message
+    partly = classify_group(1, {0: {"status": "done", "step": 3, "rank": 0, "time": 1.0}}, 4)
+    assert partly.kind == "dist_failure" and partly.message.startswith("rank 1 of 4 died without a report (killed, or crashed hard); rank 2, 3 too")
 
 
 def test_a_ranks_own_crash_is_a_crash_of_that_rank():
@@ -202,7 +203,8 @@ def test_a_rank_seen_dying_first_is_named_when_no_rank_reported():
     """SIGKILL of rank 1, then torchrun's SIGTERM reached rank 0 before it could report: nothing written,
     but the supervisor saw rank 1 go first."""
     outcome = classify_group(1, {}, 2, died_first=1)
-    assert (outcome.kind, outcome.rank) == ("dist_failure", 1) and outcome.message.startswith("rank 1 of 2 died first")
+    assert (outcome.kind, outcome.rank) == ("dist_failure", 1) and outcome.message.startswith("rank 1 of 2 died without a report")
+    assert "rank 0 too" in outcome.message
 
 
 def test_torchrun_names_the_first_failed_rank_in_the_child_log(tmp_path):
