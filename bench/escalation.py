@@ -78,23 +78,33 @@ OVERHEAD_TARGET = 0.97
 IN_PROCESS_RECOVERY_TARGET = 1.0
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_arguments(description: str, steps: int, results: str) -> argparse.ArgumentParser:
+    """The options every benchmark of `tamer run`s shares (this one and bench/multigpu.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out.")
     parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
     parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda).")
-    parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator for every run, e.g. 15GiB.")
-    parser.add_argument("--steps", type=int, default=20, help="Optimizer steps per run.")
+    parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator of every run (every process), e.g. 15GiB.")
+    parser.add_argument("--steps", type=int, default=steps, help="Optimizer steps per run.")
     parser.add_argument("--home", type=Path, help="Folder for the runs' homes, one per run under HOME/<time>/ (default OUT/home).")
-    parser.add_argument("--out", type=Path, help="Folder for escalation.json and the logs (default: a new temporary folder).")
-    parser.add_argument("--sweep", type=int, default=4, help="Predicted-to-fit plans in the sweep (d).")
-    parser.add_argument("--quick", action="store_true", help="Skip the baselines (a) and (b).")
+    parser.add_argument("--out", type=Path, help=f"Folder for {results} and the logs (default: a new temporary folder).")
     parser.add_argument("--extra", default="", help="Raw arguments appended to every `tamer run`.")
-    parser.add_argument("--bare-loop", metavar="PLAN_JSON", help=argparse.SUPPRESS)
+    return parser
+
+
+def checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be more than {WARMUP_STEPS} (the warm-up steps left out of throughput)")
     return arguments
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = run_arguments(__doc__.splitlines()[0], 20, "escalation.json")
+    parser.add_argument("--sweep", type=int, default=4, help="Predicted-to-fit plans in the sweep (d).")
+    parser.add_argument("--quick", action="store_true", help="Skip the baselines (a) and (b).")
+    parser.add_argument("--bare-loop", metavar="PLAN_JSON", help=argparse.SUPPRESS)
+    return checked(parser, argv)
 
 
 def run_options(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -119,8 +129,10 @@ class Benchmark:
                                                       for name, value in vars(arguments).items()}, "runs": {}}
         self.started = time.time()
 
+    RESULTS = "escalation.json"
+
     def save(self) -> None:
-        path = self.out / "escalation.json"
+        path = self.out / self.RESULTS
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.results, indent=2, default=str))
         os.replace(temporary, path)

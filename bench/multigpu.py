@@ -26,49 +26,30 @@ Set NCCL_NVLS_ENABLE=0 on shared hosts (NVLink multicast off).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from escalation import WARMUP_STEPS, Benchmark, _gib, _number  # noqa: E402
+from escalation import Benchmark, _gib, _number, checked, run_arguments  # noqa: E402
 
 
 class MultiGpuBenchmark(Benchmark):
-    def save(self) -> None:
-        import json
-        import os
-
-        path = self.out / "multigpu.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.results, indent=2, default=str))
-        os.replace(temporary, path)
+    RESULTS = "multigpu.json"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out.")
-    parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
-    parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda).")
-    parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator of every process, e.g. 15GiB.")
+    parser = run_arguments(__doc__.splitlines()[0], 30, "multigpu.json")
     parser.add_argument("--gpus", type=int, default=2, help="Processes (GPUs) of the multi-GPU runs.")
-    parser.add_argument("--steps", type=int, default=30, help="Optimizer steps per run.")
-    parser.add_argument("--home", type=Path, help="Folder for the runs' homes (default OUT/home).")
-    parser.add_argument("--out", type=Path, help="Folder for multigpu.json and the logs (default: a new temporary folder).")
     parser.add_argument("--runs", default="abcd", help="Which runs, e.g. abc or d ((b) and (c) need (a)).")
-    parser.add_argument("--extra", default="", help="Raw arguments appended to every `tamer run`.")
-    arguments = parser.parse_args(argv)
-    if arguments.steps <= WARMUP_STEPS:
-        parser.error(f"--steps must be more than {WARMUP_STEPS}")
-    return arguments
+    return checked(parser, argv)
 
 
 def start_plan(plan: dict[str, Any], **changes: Any) -> str:
     """`start_plan={...}` for --set, YAML flow style."""
     fields = {key: value for key, value in {**plan, **changes}.items() if key not in ("rungs", "eval_batch_size")}
-    import json
-
     return "start_plan=" + json.dumps(fields)
 
 

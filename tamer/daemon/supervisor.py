@@ -472,13 +472,7 @@ class RankWatch:
     def poll(self) -> None:
         if self.died_first is not None:
             return
-        for path in self.attempt_dir.glob("pid-rank*"):
-            rank = int(path.name.removeprefix("pid-rank"))
-            if rank not in self.pids:
-                try:
-                    self.pids[rank] = int(path.read_text())
-                except ValueError:
-                    continue
+        self.pids = {**rank_pids(self.attempt_dir), **self.pids}
         dead = []
         for rank, pid in sorted(self.pids.items()):
             try:
@@ -509,12 +503,22 @@ class RankWatch:
         return self.died_first if self.died_first is not None else self.first_failure_logged()
 
 
-def _kill_ranks(attempt_dir: Path, signum: int) -> None:
-    """Signal every rank of a torchrun attempt that is still alive (pids from `pid-rank<r>`)."""
+def rank_pids(attempt_dir: Path) -> dict[int, int]:
+    """rank -> pid of a torchrun attempt's ranks, from the `pid-rank<r>` files they write at start."""
+    pids = {}
     for path in attempt_dir.glob("pid-rank*"):
         try:
-            pid = int(path.read_text())
+            pids[int(path.name.removeprefix("pid-rank"))] = int(path.read_text())
+        except ValueError:  # being written
+            continue
+    return pids
+
+
+def _kill_ranks(attempt_dir: Path, signum: int) -> None:
+    """Signal every rank of a torchrun attempt that is still alive."""
+    for pid in rank_pids(attempt_dir).values():
+        try:
             if psutil.Process(pid).cmdline()[-1:] == [attempt_dir.name]:  # still that rank, not a reused pid
                 os.kill(pid, signum)
-        except (ValueError, OSError, psutil.Error):
+        except (OSError, psutil.Error):
             pass

@@ -148,16 +148,9 @@ def wrap(module: torch.nn.Module, plan: Plan, device: torch.device, group: Group
 @contextlib.contextmanager
 def gradient_sync(wrapped: torch.nn.Module, plan: Plan, sync: bool) -> Iterator[None]:
     """Accumulating micro-batches skip the gradient all-reduce / reduce-scatter; the last one syncs."""
-    if plan.world_size < 2 or sync:
-        if plan.parallel == "fsdp" and plan.world_size > 1:
-            wrapped.set_requires_gradient_sync(True)
-        yield
-        return
-    if plan.parallel == "fsdp":
-        wrapped.set_requires_gradient_sync(False)
-        yield
-        return
-    with wrapped.no_sync():
+    if plan.world_size > 1 and plan.parallel == "fsdp":
+        wrapped.set_requires_gradient_sync(sync)
+    with wrapped.no_sync() if plan.world_size > 1 and plan.parallel == "ddp" and not sync else contextlib.nullcontext():
         yield
 
 
