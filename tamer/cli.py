@@ -248,7 +248,8 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         console.print(f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}", highlight=False)
     config = json.loads(run_row["config_json"])
     console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
-                                                                       "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap")), highlight=False)
+                                                                       "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap",
+                                                                       "torch_threads") if k in config), highlight=False)
     table = Table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -248,6 +249,10 @@ class RunConfig:
     """Stop after this many optimizer steps."""
     seed: int = 0
     """Seed for data order, random init and RNGs."""
+    torch_threads: int | None = None
+    """CPU threads torch uses in each training process. null = the CPUs this process may use divided by the
+    processes per node, fixed when the run is created. Recorded with the run and reapplied on every attempt:
+    float sums reassociate with the thread count, so bit-exact resume needs the same one."""
     eval_every: int | None = None
     """Validation loss every N optimizer steps (always at the end)."""
     eval_samples: int = 256
@@ -304,6 +309,8 @@ class RunConfig:
                 f"effective_batch_size: {self.effective_batch_size} sequences cannot be shared evenly by {world} processes; "
                 f"use a multiple of {world} or fewer GPUs"
             )
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads: must be >= 1, got {self.torch_threads}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
         if self.keep_checkpoints < 2:
@@ -353,6 +360,13 @@ class RunConfig:
         micro = max(size for size in range(1, min(share, self.micro_batch_size) + 1) if share % size == 0)
         return micro, share // micro
 
+    def with_threads_fixed(self) -> RunConfig:
+        """This config with `torch_threads` decided: the CPUs this process may use, shared by the node's processes."""
+        if self.torch_threads is not None:
+            return self
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return dataclasses.replace(self, torch_threads=max(1, available // self.distributed.nproc_per_node))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -361,7 +375,7 @@ class RunConfig:
         data = self.to_dict()
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
-                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed"):
+                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -65,6 +65,7 @@ def new_run_id(recipe: str) -> str:
 def create_run(home: Home, config: RunConfig) -> str:
     """Register a run (status `queued`) and write its folder; returns its id."""
     db = Database(home.db_path)
+    config = config.with_threads_fixed()
     run_id = new_run_id(config.recipe)
     run_dir = home.run_dir(run_id)
     (run_dir / "plans").mkdir(parents=True)
@@ -339,6 +340,8 @@ class Supervisor:
         attempt_dir.mkdir(parents=True, exist_ok=True)
         self.attempt_dir = attempt_dir
         env = {**os.environ, **self.plan.env, "TAMER_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if self.config.torch_threads:  # also what torchrun would otherwise set to 1 for its ranks, with a warning
+            env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
         env.pop("TAMER_PARENT_PID", None)
         events_before = outcomes.read_memory_events()
         with open(attempt_dir / "child.log", "ab") as child_log:

@@ -74,6 +74,8 @@ class Trainer:
         spec = json.loads((run_dir / "run.json").read_text())
         self.run_id: str = spec["run_id"]
         self.config = _config(spec["config"])
+        if self.config.torch_threads:  # the run's thread count, on every attempt: exact resume depends on it
+            torch.set_num_threads(self.config.torch_threads)
         self.plan = Plan.from_dict(json.loads((run_dir / "plans" / f"attempt-{attempt}.json").read_text()))
         self.group = distributed.from_env()
         self.db = Database(spec["db_path"])
@@ -254,7 +256,7 @@ class Trainer:
     def run(self) -> None:
         self.setup()
         self.event("start", f"attempt {self.attempt} training from step {self.state.step} of {self.total_steps}: {self.plan.describe()}",
-                   plan=self.plan.to_dict(), device=str(self.device))
+                   plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads())
         while self.state.step < self.total_steps:
             if self.stop_flag.get("stop"):
                 raise StopRequested()

@@ -3,6 +3,7 @@ killed anywhere (child, or supervisor and child) resumes to bit-identical weight
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -63,6 +64,10 @@ def test_run_completes_with_a_row_per_step(baseline):
     assert query(home, "SELECT count(*) FROM evals WHERE run_id = ? AND step = ?", (run_id, STEPS)) == [(1,)]
     assert len(sorted((home / "runs" / run_id / "checkpoints").glob("step-*"))) == 2  # keep the last 2
     assert baseline["result"].stdout.splitlines()[0] == run_id  # the run id comes first
+    ((config_json,),) = query(home, "SELECT config_json FROM runs WHERE id = ?", (run_id,))
+    threads = json.loads(config_json)["torch_threads"]
+    (start_detail,) = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))]
+    assert threads >= 1 and start_detail["torch_threads"] == threads  # fixed at creation, applied in the child
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -13,7 +13,10 @@ import torch
 
 from tests.integration.runs import TINY, attempts, events, final_weights, pid_alive, query, run_id_of, sample_ids, start, tamer, wait_for
 
-STEPS = ["--max-steps", "10", "--set", "checkpoint_every=4", "--set", "eval_samples=16"]
+# One torch thread in every process, the reference's included: float sums reassociate with the thread
+# count, and torchrun's ranks would otherwise get one thread against the reference's two (or more).
+THREADS = ["--set", "torch_threads=1"]
+STEPS = ["--max-steps", "10", "--set", "checkpoint_every=4", "--set", "eval_samples=16", *THREADS]
 TWO = ["--gpus", "2"]
 
 
@@ -104,7 +107,7 @@ def test_lost_rank_restarts_without_escalation_and_stop_reaches_every_rank(tmp_p
     both ranks stop after the same step with a checkpoint there; `tamer resume` finishes the run."""
     home = tmp_path / "home"
     process, run_id = start("run", "squad", *TINY, *TWO, "--max-steps", "40", "--set", "checkpoint_every=100", "--set", "eval_samples=16",
-                            "--set", "restart_backoff=0.1", "--inject", "kill:step=3,rank=1,once", home=home)
+                            "--set", "restart_backoff=0.1", *THREADS, "--inject", "kill:step=3,rank=1,once", home=home)
     wait_for(home, "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = 2", (run_id,), lambda r: (r[0][0] or 0) >= 5, timeout=240)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, process.stderr.read()
