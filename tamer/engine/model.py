@@ -122,5 +122,30 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
     return model
 
 
+def should_compile(setting: str, plan: Plan, device: torch.device) -> bool:
+    """Whether the decoder layers are compiled: `on`/`off` as asked; `auto` on one CUDA process with
+    ordinary (not int8) weights, where compiled layers measured faster and leaner."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" and plan.quantization is None and plan.world_size == 1
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile every decoder layer in place (one graph per batch shape, shared by the layers); returns
+    how many. A layer that fails to compile runs eagerly instead of ending the attempt."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per batch shape: room for every bucket
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    get_base = getattr(model, "get_base_model", None)
+    causal_lm = get_base() if callable(get_base) else model
+    layers = list(causal_lm.model.layers)
+    for layer in layers:
+        layer.compile(dynamic=False)
+    return len(layers)
+
+
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

@@ -29,7 +29,7 @@ from tamer.daemon.child import STOP_FILE, heartbeat_name
 from tamer.engine import distributed, memory, snapshot
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
-from tamer.engine.model import build_model, materialize_random_init, pin_base
+from tamer.engine.model import build_model, compile_layers, materialize_random_init, pin_base, should_compile
 from tamer.engine.optim import build_optimizer, build_scheduler, repage_state, restore_scheduler, warmup_steps
 from tamer.engine.sampling import SampleOrder
 from tamer.inject import parse_faults
@@ -134,6 +134,9 @@ class Trainer:
             self.base, adapter_dir = self._model_source(checkpoint)
         torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
         self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+        self.compiled = should_compile(self.config.compile, self.plan, self.device)
+        if self.compiled:
+            compile_layers(self.model)
         self.loss_module = SupervisedLoss(self.model, CHUNK_SIZE if self.plan.chunked_loss else None)
         self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
         self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]
@@ -255,8 +258,10 @@ class Trainer:
 
     def run(self) -> None:
         self.setup()
-        self.event("start", f"attempt {self.attempt} training from step {self.state.step} of {self.total_steps}: {self.plan.describe()}",
-                   plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads())
+        self.event("start", f"attempt {self.attempt} training from step {self.state.step} of {self.total_steps}: {self.plan.describe()}"
+                   + (", compiled layers" if self.compiled else ""),
+                   plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads(),
+                   compiled=self.compiled)
         while self.state.step < self.total_steps:
             if self.stop_flag.get("stop"):
                 raise StopRequested()

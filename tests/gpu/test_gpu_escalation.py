@@ -52,3 +52,20 @@ def test_paged_optimizer_resumes_from_its_checkpoint(tmp_path):
     rows = attempts(home, run_id_of(result))
     assert [r["outcome"] for r in rows] == ["crash", "done"] and rows[1]["resumed_from_step"] == 3
     assert all(json.loads(r["plan_json"])["optimizer"] == "paged_adamw_8bit" for r in rows)
+
+
+@pytest.mark.gpu
+def test_compiled_layers_train_and_resume_exactly_on_cuda(tmp_path):
+    """`compile: auto` compiles the decoder layers of a CUDA run; a crash after a checkpoint resumes under the
+    same compiled plan to the same final loss as an uninterrupted compiled run."""
+    losses = []
+    for label, inject in (("plain", []), ("crash", ["--inject", "crash:step=5,once"])):
+        home = tmp_path / label
+        result = tamer("run", "squad", "--preset", "tiny", "--device", "cuda", "--max-steps", "6", "--set", "checkpoint_every=3",
+                       "--set", "restart_backoff=0.1", *inject, home=home)
+        assert result.returncode == 0, result.stderr
+        run_id = run_id_of(result)
+        starts = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))]
+        assert starts and all(s["compiled"] for s in starts)
+        losses.append(query(home, "SELECT loss FROM steps WHERE run_id = ? AND step = 6", (run_id,))[-1][0])
+    assert losses[0] == losses[1]

@@ -1,0 +1,26 @@
+"""Which plans compile their decoder layers: `auto` only for one CUDA process with ordinary weights."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tamer.engine.model import should_compile  # noqa: E402
+from tamer.plan import Plan  # noqa: E402
+
+PLAN = Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8)
+CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
+
+
+def test_auto_compiles_one_cuda_process_with_ordinary_weights():
+    """auto: CUDA yes; CPU, int8 bases and several processes no."""
+    assert should_compile("auto", PLAN, CUDA)
+    assert not should_compile("auto", PLAN, CPU)
+    assert not should_compile("auto", PLAN.replace(quantization="int8", lora=True), CUDA)
+    assert not should_compile("auto", PLAN.replace(world_size=2), CUDA)
+
+
+def test_on_and_off_are_obeyed():
+    """An explicit on/off wins over the device."""
+    assert should_compile("on", PLAN, CPU) and not should_compile("off", PLAN, CUDA)
