@@ -294,3 +294,4 @@ def main() -> None:
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
 from tamer import commands_plan  # noqa: E402,F401
 from tamer import commands_queue  # noqa: E402,F401
+from tamer import commands_result  # noqa: E402,F401  (registers export, eval, compare)
