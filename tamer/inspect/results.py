@@ -67,3 +67,47 @@ def compare(db: Database, run_ids: list[str]) -> list[dict[str, Any]]:
             "squad_questions": scores["questions"] if scores else None, "squad_step": scores["step"] if scores else None,
         })
     return rows
+
+
+def squad_chart_png(series: dict[str, list[Any]], width: int = 480, height: int = 240) -> bytes:
+    """A small chart of EM and F1 against step, as PNG bytes (for the HTML report)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
+    axes = fig.subplots()
+    axes.plot(series["step"], series["exact_match"], marker="s", label="exact match")
+    axes.plot(series["step"], series["f1"], marker="^", label="F1")
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("optimizer step")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def squad_html(db: Database, run_id: str) -> str:
+    """The report's SQuAD section: the chart, every pass, and where the export is."""
+    import base64
+    import html
+
+    rows = db.squad_scores(run_id)
+    exported = export_location(db, run_id)
+    where = f"<p>Exported model: <code>{html.escape(exported['path'])}</code></p>" if exported else "<p>Not exported.</p>"
+    if not rows:
+        return "<p>No SQuAD evaluation yet (<code>tamer eval RUN</code>).</p>" + where
+    passes: dict[tuple[int, float], dict[str, Any]] = {}
+    for row in rows:
+        passes.setdefault((row["step"], row["wall_time"]), dict(row))[row["metric"]] = row["value"]
+    cells = "".join(
+        f"<tr><td>{p['step']}</td><td>{html.escape(p['plan'] or '-')}</td><td>{p.get('exact_match', 0):.3f}</td>"
+        f"<td>{p.get('f1', 0):.3f}</td><td>{p['questions']}</td><td>{html.escape(p['data'])}</td><td>{p['seconds']:.1f}</td></tr>"
+        for p in passes.values())
+    table = ("<table><tr><th>step</th><th>plan</th><th>exact match</th><th>F1</th><th>questions</th><th>data</th>"
+             f"<th>seconds</th></tr>{cells}</table>")
+    series = squad_series(db, run_id)
+    chart = (f'<img alt="SQuAD exact match and F1 against step" src="data:image/png;base64,'
+             f'{base64.b64encode(squad_chart_png(series)).decode("ascii")}">') if series["step"] else ""
+    return chart + table + where
