@@ -81,6 +81,7 @@ def eval_command(
     step: StepOption = None,
     data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Answer at most this many questions (default: config eval.squad_samples).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Questions decoded together (default: config eval.squad_batch_size); an OOM halves it.")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -92,16 +93,19 @@ def eval_command(
     from tamer.daemon.result import run_result_child
 
     try:
-        if limit is not None and limit < 1:
-            from tamer.errors import ConfigError
+        for name, value in (("--limit", limit), ("--batch-size", batch_size)):
+            if value is not None and value < 1:
+                from tamer.errors import ConfigError
 
-            raise ConfigError(f"--limit {limit}: must be >= 1")
+                raise ConfigError(f"{name} {value}: must be >= 1")
         full_id, run_dir = _run_folder(home, run_id)
         arguments = ["--eval"] + (["--step", str(step)] if step is not None else [])
         if data is not None:
             arguments += ["--data", str(Path(data).expanduser().resolve()) if data != "bundled" else data]
         if limit is not None:
             arguments += ["--limit", str(limit)]
+        if batch_size is not None:
+            arguments += ["--batch-size", str(batch_size)]
         summary = run_result_child(run_dir, arguments)
     except TamerError as error:
         _fail(error)

@@ -417,6 +417,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "eval_samples": 64,
         "checkpoint_every": 10,
+        "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
     },
 }
 

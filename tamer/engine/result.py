@@ -1,6 +1,6 @@
 """The result of a run: a Hugging Face model folder and its SQuAD score, in a child process.
 
-    python -m tamer.engine.result RUN_DIR [--step N] [--eval] [--export DIR] [--data FILE] [--limit N]
+    python -m tamer.engine.result RUN_DIR [--step N] [--eval] [--export DIR] [--data FILE] [--limit N] [--batch-size N]
                                   [--merge-lora | --no-merge-lora] [--dtype auto|bf16|fp16|fp32] [--result FILE]
 
 The supervisor starts it after a run completes (tamer/daemon/result.py), and `tamer export` / `tamer
@@ -214,30 +214,61 @@ def _generate_batch(model: Any, prompts: list[list[int]], pad_id: int, settings:
     return output[:, longest:].tolist()
 
 
-def evaluate(trained: Trained, tokenizer: Any, config: RunConfig, records: list[squad.Record], device: torch.device,
-             limit: int | None) -> dict[str, Any]:
-    """EM and F1 of greedy answers to `records` (the first `limit`, else eval.squad_samples)."""
+def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.Record], device: torch.device,
+             limit: int | None, batch_size: int | None = None) -> dict[str, Any]:
+    """EM and F1 of greedy answers to `records` (the first `limit`, else eval.squad_samples), decoded
+    `batch_size` at a time (else eval.squad_batch_size)."""
     started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     count = limit if limit is not None else config.eval.squad_samples
     prompts, golds = prompts_for(records[:count], tokenizer, config.max_seq_len)
-    answers, batch_size = generate_answers(trained.model, tokenizer, prompts, config.eval.squad_batch_size,
+    answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
                                            config.eval.squad_max_new_tokens, device)
     result = score(answers, golds)
     seconds = time.perf_counter() - started
     return {**result, "seconds": seconds, "batch_size": batch_size,
             "questions_per_second": result["questions"] / seconds if seconds else None,
+            "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], golds[:5])]}
 
 
-def store_scores(db: Database, run_id: str, trained: Trained, result: dict[str, Any], data: str) -> None:
-    attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run_id]).fetchone()[0]
-    common = {"run_id": run_id, "step": trained.checkpoint.step, "attempt": attempt, "plan": trained.plan.describe(),
+def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str) -> None:
+    """Two rows (exact_match, f1) in squad_scores, and a `squad_eval` event."""
+    if attempt is None:
+        attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run_id]).fetchone()[0]
+    common = {"run_id": run_id, "step": step, "attempt": attempt, "plan": plan.describe(),
               "questions": result["questions"], "seconds": result["seconds"], "data": data, "wall_time": time.time()}
     db.insert_squad_scores([{**common, "metric": metric, "value": result[metric]} for metric in ("exact_match", "f1")])
     db.event(run_id, "squad_eval", f"SQuAD EM {result['exact_match']:.3f}, F1 {result['f1']:.3f} on {result['questions']} "
-             f"{data} questions at step {trained.checkpoint.step} ({result['seconds']:.1f} s)",
-             step=trained.checkpoint.step, exact_match=result["exact_match"], f1=result["f1"], questions=result["questions"],
+             f"{data} questions at step {step} ({result['seconds']:.1f} s)", attempt=attempt,
+             step=step, exact_match=result["exact_match"], f1=result["f1"], questions=result["questions"],
              data=data, batch_size=result["batch_size"])
+
+
+def evaluate_during_training(trainer: Any) -> None:
+    """`eval.squad_every`: score the model being trained, in the training child, between steps. One
+    process only: under DDP/FSDP the ranks would have to decode together, so it is skipped there (the
+    end-of-run pass still runs)."""
+    if trainer.group.distributed:
+        if trainer.state.step == trainer.config.eval.squad_every:
+            trainer.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+                          "the run is scored once it ends")
+        return
+    trainer.beat("eval")
+    _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
+    model = trainer.model
+    model.eval()
+    cache_setting = model.config.use_cache
+    model.config.use_cache = True
+    try:
+        with trainer.autocast():
+            result = evaluate(model, trainer.tokenizer, trainer.config, held_out, trainer.device, None)
+    finally:
+        model.config.use_cache = cache_setting
+        model.train()
+    store_scores(trainer.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
+    trainer.beat("between_steps")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, dest="export_dir")
     parser.add_argument("--data")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--dtype", choices=["auto", *DTYPES])
     parser.add_argument("--result", type=Path)
@@ -371,8 +403,8 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_id": run_id, "step": checkpoint.step, "plan": plan.describe(), "device": str(device)}
     if args.evaluate:
         records, label = evaluation_records(config, args.data)
-        result = evaluate(trained, tokenizer, config, records, device, args.limit)
-        store_scores(db, run_id, trained, result, label)
+        result = evaluate(trained.model, tokenizer, config, records, device, args.limit, args.batch_size)
+        store_scores(db, run_id, checkpoint.step, None, plan, result, label)
         summary["eval"] = {**result, "data": label}
     if args.export_dir is not None:
         card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
