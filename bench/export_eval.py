@@ -38,7 +38,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator for training and evaluation, e.g. 15GiB.")
     parser.add_argument("--steps", type=int, default=2, help="Optimizer steps per run (the figures do not depend on it).")
     parser.add_argument("--questions", type=int, default=128, help="Held-out questions per evaluation pass.")
-    parser.add_argument("--batches", default="16,64,128", help="Decoding batch sizes to time, comma-separated.")
+    parser.add_argument("--batches", default="32,128", help="Decoding batch sizes to time, comma-separated.")
     parser.add_argument("--out", type=Path, help="Folder for export_eval.json, the homes and logs (default: a new temporary folder).")
     return parser.parse_args(argv)
 

@@ -32,6 +32,7 @@ import torch
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.errors import DataError, StateError, TamerError
+from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
 from tamer.recipes import squad
 from tamer.recipes.squad_score import score
@@ -40,7 +41,6 @@ from tamer.state.db import Database
 from tamer.units import parse_size
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-HELD_OUT = "held-out"
 
 
 @dataclass
