@@ -312,7 +312,7 @@ def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, d
     run = db.run(run_id)
     attempts = db.attempts(run_id)
     data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(config.data, config.data)
-    held_out = ("validation split" if config.data is None else "questions") + f", {config.eval_samples} seeded picks (seed {config.seed})"
+    held_out = f"{config.eval_samples} seeded picks (seed {config.seed}) of the " + ("validation split" if config.data is None else "questions") + ", never trained on"
     lines = [
         f"# {run_id}: {config.model} fine-tuned on SQuAD by tamer", "",
         f"- Base model: `{config.model}`" + (" (random init)" if config.init == "random" else ""),
