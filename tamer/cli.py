@@ -87,8 +87,27 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
     if run["status"] == "done":
         eval_text = f", validation loss {run['final_eval_loss']:.4f}" if run["final_eval_loss"] is not None else ""
         err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {run['final_loss']:.4f}{eval_text}", highlight=False)
+        _report_result(home, run_id)
     elif run["failure_reason"]:
         err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}", highlight=False, soft_wrap=True)
+
+
+def _report_result(home: Home, run_id: str) -> None:
+    """The SQuAD line and the export folder of a completed run (tamer/inspect/results.py)."""
+    from tamer.inspect.results import export_location, last_squad
+    from tamer.state.db import Database
+
+    db = Database(home.db_path, create=False)
+    scores, exported = last_squad(db, run_id), export_location(db, run_id)
+    failed = [event["message"] for event in db.events(run_id) if event["kind"] == "result_failed"]
+    db.close()
+    if scores:
+        err_console.print(f"SQuAD exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} on {scores['questions']} held-out questions "
+                          f"(step {scores['step']})", highlight=False)
+    if exported:
+        err_console.print(f"model exported to {exported['path']}", highlight=False, soft_wrap=True)
+    if failed:
+        err_console.print(f"[yellow]warning:[/yellow] {failed[-1]}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -200,13 +219,18 @@ def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
         rows = db.runs()
     except TamerError as error:
         _fail(error)
+    from tamer.inspect.results import last_squad
+
+    scores = {r["id"]: last_squad(db, r["id"]) for r in rows}
     if as_json:
-        _print_json([{k: r[k] for k in ("id", "recipe", "preset", "status", "steps_done", "total_steps", "started_at", "ended_at", "final_loss", "failure_reason")} for r in rows])
+        _print_json([{**{k: r[k] for k in ("id", "recipe", "preset", "status", "steps_done", "total_steps", "started_at", "ended_at", "final_loss", "failure_reason")},
+                      "squad": scores[r["id"]]} for r in rows])
         return
-    table = Table("id", "recipe", "status", "steps", "started", "duration", "final loss")
+    table = Table("id", "recipe", "status", "steps", "started", "duration", "final loss", "EM", "F1")
     for r in rows:
         table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", _when(r["started_at"]),
-                      _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-")
+                      _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-",
+                      *(f"{scores[r['id']][metric]:.3f}" if scores[r["id"]] else "-" for metric in ("exact_match", "f1")))
     console.print(table)
 
 
@@ -229,9 +253,13 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     story = timeline(db, run_row["id"])
     events = db.events(run_row["id"])
     checkpoint, _ = checkpoints.newest_valid(Path(run_row["run_dir"]))
+    from tamer.inspect.results import export_location, last_squad, squad_text
+
+    scores, exported = last_squad(db, run_row["id"]), export_location(db, run_row["id"])
     if as_json:
         _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "timeline": story, "events": events,
-                     "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None})
+                     "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None,
+                     "squad": scores, "squad_scores": db.squad_scores(run_row["id"]), "export": exported})
         return
     totals = story["totals"]
     console.print(f"[bold]{run_row['id']}[/bold]  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
@@ -240,6 +268,8 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         console.print(f"reason: {run_row['failure_reason']}", highlight=False)
     console.print(f"final loss {_loss(run_row['final_loss'])}  validation loss {_loss(run_row['final_eval_loss'])} "
                   f"(best {_loss(run_row['best_eval_loss'])})  last checkpoint {checkpoint.path if checkpoint else '-'}", highlight=False)
+    console.print(f"SQuAD {squad_text(scores)}" + (f" on {scores['questions']} held-out questions at step {scores['step']}" if scores else "")
+                  + f"  export {exported['path'] if exported else '-'}", highlight=False, soft_wrap=True)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
                   f"{totals['failures']} failures, {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
@@ -295,3 +325,4 @@ def main() -> None:
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
 from tamer import commands_plan  # noqa: E402,F401
 from tamer import commands_queue  # noqa: E402,F401
+from tamer import commands_result  # noqa: E402,F401  (registers export, eval, compare)

@@ -97,6 +97,41 @@ class LoraConfig:
 
 
 @dataclass
+class EvalConfig:
+    """SQuAD evaluation by generation (tamer/engine/result.py): greedy answers to held-out questions, EM and F1."""
+
+    squad_every: int | None = None
+    """null = once, after the last step (a child process after the run), and on demand with `tamer eval`; N = also every N steps during training (single process only); each pass costs about squad_samples x squad_max_new_tokens decoding steps."""
+    squad_samples: int = 256
+    """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation."""
+    squad_batch_size: int = 16
+    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache."""
+    squad_max_new_tokens: int = 32
+    """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
+
+    def __post_init__(self) -> None:
+        if self.squad_every is not None and self.squad_every < 1:
+            raise ConfigError(f"eval.squad_every: must be >= 1 or null (once at the end), got {self.squad_every}")
+        for name in ("squad_batch_size", "squad_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.squad_samples < 0:
+            raise ConfigError(f"eval.squad_samples: must be >= 0, got {self.squad_samples}")
+
+
+@dataclass
+class ExportConfig:
+    """The Hugging Face model folder written when a run completes (`tamer export` writes one on demand)."""
+
+    enabled: bool = True
+    """Export after the run; costs one copy of the weights on disk (bf16: 2 bytes per parameter) and a few seconds."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Weights dtype of the export; auto = bf16 when training kept fp32 master weights, else the training dtype."""
+    merge_lora: bool = True
+    """Merge LoRA adapters into the base (a standalone model); false = the adapter with a pointer to its base."""
+
+
+@dataclass
 class LadderConfig:
     """The escalation ladder: which memory-saving rungs may be applied after an OOM, in which order."""
 
@@ -296,6 +331,8 @@ class RunConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
@@ -380,7 +417,7 @@ class RunConfig:
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile"):
+                     "compile", "eval", "export"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -399,6 +436,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "eval_samples": 64,
         "checkpoint_every": 10,
+        "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
     },
 }
 

@@ -30,6 +30,7 @@ from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
 from tamer.daemon.child import STOP_FILE
 from tamer.daemon.probe import device_facts
+from tamer.daemon.result import after_run
 from tamer.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -277,7 +278,9 @@ class Supervisor:
         )
         log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=outcome.message)
         if outcome.kind == "done":
-            return self._finish("done", EXIT_OK, None)
+            code = self._finish("done", EXIT_OK, None)
+            after_run(self.db, self.run_id, self.run_dir, self.config, lambda: self.stop_signal is not None)
+            return code
         if outcome.kind == "stopped" or self.stop_signal is not None:
             return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
         if not outcome.retryable:

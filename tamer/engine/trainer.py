@@ -26,7 +26,7 @@ import torch
 
 from tamer.config import RunConfig
 from tamer.daemon.child import STOP_FILE, heartbeat_name
-from tamer.engine import distributed, memory, snapshot
+from tamer.engine import distributed, memory, result, snapshot
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import build_model, compile_layers, materialize_random_init, pin_base, should_compile
@@ -271,6 +271,8 @@ class Trainer:
                 self.save_checkpoint()
             if self.config.eval_every and step % self.config.eval_every == 0 and step != self.total_steps:
                 self.evaluate()
+            if self.config.eval.squad_every and step % self.config.eval.squad_every == 0 and step != self.total_steps:
+                result.evaluate_during_training(self)  # the last step is scored after the run (tamer/daemon/result.py)
         if self.state.checkpoint_step != self.total_steps:
             self.save_checkpoint()
         if not distributed.broadcast(self.group, self.group.is_main and self._eval_done(self.total_steps)):

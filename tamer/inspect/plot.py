@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from tamer.inspect.history import RunRows, failures
+from tamer.inspect.results import squad_series
 from tamer.state.db import Database
 from tamer.units import format_size
 
@@ -33,6 +34,7 @@ MEMORY_SERIES = (  # step column -> legend label and colour; GPU runs draw the f
     ("host_rss", "host RSS", "#1f77b4"),
 )
 TRAIN_COLOUR, EVAL_COLOUR, REDONE_COLOUR, PEAK_COLOUR = "#2ca02c", "#9467bd", "#7f7f7f", "#d62728"
+EM_COLOUR, F1_COLOUR = "#1f77b4", "#ff7f0e"
 
 
 def plot_data(db: Database, run_id: str) -> dict[str, Any]:
@@ -100,6 +102,7 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
         "train": {"step": [row["step"] for row in effective], "loss": [row["loss"] for row in effective]},
         "redone": {"step": [row["step"] for row in redone], "loss": [row["loss"] for row in redone]},
         "eval": {"step": [row["step"] for row in evals], "loss": [row["eval_loss"] for row in evals]},
+        "squad": squad_series(db, run["id"]),
         "memory": memory,
         "cap": cap,
         "failure_peaks": peaks,
@@ -134,6 +137,14 @@ def figure(data: dict[str, Any], width: int = 1200, height: int = 800) -> Any:
         loss_axes.plot(data["eval"]["step"], data["eval"]["loss"], color=EVAL_COLOUR, marker="o", label="validation loss")
     loss_axes.set_ylabel("loss")
     loss_axes.grid(alpha=0.3)
+    squad = data.get("squad") or {"step": []}
+    if squad["step"]:  # SQuAD EM and F1 share the loss panel, on a 0-1 axis of their own
+        score_axes = loss_axes.twinx()
+        score_axes.plot(squad["step"], squad["exact_match"], color=EM_COLOUR, marker="s", label="SQuAD exact match")
+        score_axes.plot(squad["step"], squad["f1"], color=F1_COLOUR, marker="^", label="SQuAD F1")
+        score_axes.set_ylim(0, 1.05)
+        score_axes.set_ylabel("SQuAD EM / F1")
+        score_axes.legend(loc="lower left", bbox_to_anchor=(1.08, 0.0), fontsize="small")
 
     peaks = data["failure_peaks"]
     everything = [value for series in data["memory"].values() for value in series["bytes"]] + peaks["bytes"]
@@ -157,7 +168,7 @@ def figure(data: dict[str, Any], width: int = 1200, height: int = 800) -> Any:
     memory_axes.set_ylim(0, max(everything + ([data["cap"]["bytes"]] if data["cap"] else []), default=scale) / scale * 1.08)
     marker_handles = _draw_markers(loss_axes, memory_axes, data["markers"])
     # Legends outside, on the right: inside they would cover labels or data.
-    loss_axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    loss_axes.legend(loc="upper left", bbox_to_anchor=(1.08 if squad["step"] else 1.01, 1.0), fontsize="small")
     memory_axes.legend(handles=memory_axes.get_legend_handles_labels()[0] + marker_handles, loc="upper left",
                        bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return fig

@@ -17,6 +17,7 @@ from tamer.daemon.outcome import one_line
 from tamer.inspect import display
 from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, timeline
 from tamer.inspect.plot import figure, plot_data
+from tamer.inspect.results import squad_html
 from tamer.state.db import Database
 from tamer.units import format_size
 
@@ -147,6 +148,8 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
 {plan_html}
 <h2>Validation</h2>
 {evals_html}
+<h2>SQuAD by generation</h2>
+{squad_html(db, full_id)}
 <h2>Events</h2>
 {events_html}
 <p class="muted">Written by tamer report at {_escape(display.when(time.time()))}.</p>

@@ -49,7 +49,7 @@ ANSWER_LABEL = "\nAnswer:"
 
 @dataclass
 class Record:
-    """One question with its paragraph and its first reference answer."""
+    """One question with its paragraph and its first reference answer (the one training uses)."""
 
     id: str
     context: str
@@ -57,6 +57,8 @@ class Record:
     answer: str
     answer_start: int
     """Character offset of `answer` in `context`."""
+    gold_answers: tuple[str, ...] = ()
+    """Every reference answer's text, first included (evaluation accepts any of them)."""
 
 
 def load_records(source: str | None, split: str = "train") -> list[Record]:
@@ -167,7 +169,10 @@ def _record(question: Any, context: Any, label: str, where: str) -> Record:
             question_id,
             f"answer {answer_text!r} is not at answer_start {answer_start} of the context (found {found!r})",
         )
-    return Record(question_id, context, question_text, answer_text, answer_start)
+    # The other reference answers only score evaluation: keep their non-empty texts, unchecked.
+    golds = [answer_text] + [other["text"] for other in answers[1:]
+                             if isinstance(other, dict) and isinstance(other.get("text"), str) and other["text"].strip()]
+    return Record(question_id, context, question_text, answer_text, answer_start, tuple(dict.fromkeys(golds)))
 
 
 def _bad_record(label: str, where: str, question_id: str | None, problem: str) -> DataError:

@@ -152,6 +152,29 @@ def m003_distributed(db: sqlite_utils.Database) -> None:
     db["steps"].add_column("rank_memory_json", str)  # JSON list, one {mem_allocated, ..., host_rss} per rank
 
 
+@migrations()
+def m004_squad_scores(db: sqlite_utils.Database) -> None:
+    """SQuAD scores by generation (tamer eval, and after each completed run): one row per metric
+    (exact_match, f1) of one evaluation pass of one checkpoint."""
+    db["squad_scores"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "step": int,
+            "attempt": int,  # the run's last attempt when the checkpoint was evaluated
+            "plan": str,  # the checkpoint's plan summary (what the weights were trained under)
+            "metric": str,  # exact_match or f1, in [0, 1]
+            "value": float,
+            "questions": int,
+            "seconds": float,  # the whole pass: decoding and scoring
+            "data": str,  # which questions: `held-out` (the run's validation slice) or a file
+            "wall_time": float,
+        },
+        pk="id",
+    )
+    db["squad_scores"].create_index(["run_id", "step"])
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
@@ -239,6 +262,10 @@ class Database:
             best = db.execute("SELECT min(eval_loss) FROM evals WHERE run_id = ?", [row["run_id"]]).fetchone()[0]
             db["runs"].update(row["run_id"], {"final_eval_loss": row["eval_loss"], "best_eval_loss": best})
 
+    def insert_squad_scores(self, rows: list[dict[str, Any]]) -> None:
+        with self.write() as db:
+            db["squad_scores"].insert_all(rows)
+
     def event(self, run_id: str, kind: str, message: str, attempt: int | None = None, **detail: Any) -> None:
         with self.write() as db:
             db["events"].insert(
@@ -297,3 +324,6 @@ class Database:
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM events WHERE run_id = ? ORDER BY id", [run_id]))
+
+    def squad_scores(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM squad_scores WHERE run_id = ? ORDER BY id", [run_id]))

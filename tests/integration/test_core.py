@@ -60,7 +60,7 @@ def test_run_completes_with_a_row_per_step(baseline):
     assert (attempt["outcome"], attempt["exit_code"], attempt["last_step"]) == ("done", 0, STEPS)
     kinds = [kind for kind, _ in events(home, run_id)]
     assert kinds[:3] == ["created", "attempt_start", "data"]
-    assert kinds.count("checkpoint") == STEPS // 4 and kinds[-2:] == ["eval", "finish"]
+    assert kinds.count("checkpoint") == STEPS // 4 and kinds[-4:] == ["eval", "finish", "squad_eval", "export"]
     assert query(home, "SELECT count(*) FROM evals WHERE run_id = ? AND step = ?", (run_id, STEPS)) == [(1,)]
     assert len(sorted((home / "runs" / run_id / "checkpoints").glob("step-*"))) == 2  # keep the last 2
     assert baseline["result"].stdout.splitlines()[0] == run_id  # the run id comes first

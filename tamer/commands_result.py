@@ -1,0 +1,151 @@
+"""The `tamer` commands about what a run produced: export, eval and compare.
+
+Registered on tamer.cli's app when tamer/cli.py imports this module. export and eval do their work
+in a child process (tamer/engine/result.py, started through tamer/daemon/result.py) so the CLI never
+imports torch; compare only reads the database (tamer/inspect/results.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.errors import TamerError
+from tamer.inspect import display
+from tamer.state.home import Home
+
+RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
+StepOption = Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the newest valid checkpoint).")]
+PIPED_TABLE_WIDTH = 200
+
+
+def _run_folder(home: Optional[Path], run_id: str) -> tuple[str, Path]:
+    from tamer.state.db import Database
+
+    db = Database(Home.resolve(home).db_path, create=False)
+    run = db.run(run_id)
+    db.close()
+    return run["id"], Path(run["run_dir"])
+
+
+@app.command("export")
+def export_command(
+    run_id: RunArgument,
+    step: StepOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write (default: RUN_DIR/export, or RUN_DIR/export-step-N with --step).")] = None,
+    merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--no-merge-lora", help="LoRA: merge into the base (default, config export.merge_lora) or write the adapter with a pointer to its base.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default, config export.dtype=auto: bf16 when trained with fp32 master weights).")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a Hugging Face model folder (safetensors, config, tokenizer, generation config, model card)
+    from a run's checkpoint; it loads with AutoModelForCausalLM/AutoTokenizer.from_pretrained.
+
+    Example: tamer export squad-20261125-201500-ab12 -o ./squad-model --dtype fp32
+    """
+    from tamer.daemon.result import run_result_child
+
+    try:
+        if dtype is not None and dtype not in ("bf16", "fp16", "fp32"):
+            from tamer.errors import ConfigError
+
+            raise ConfigError(f"--dtype {dtype}: unknown dtype; choose bf16, fp16 or fp32")
+        full_id, run_dir = _run_folder(home, run_id)
+        destination = (output or run_dir / ("export" if step is None else f"export-step-{step}")).expanduser().resolve()
+        arguments = ["--export", str(destination)] + (["--step", str(step)] if step is not None else [])
+        if merge_lora is not None:
+            arguments.append("--merge-lora" if merge_lora else "--no-merge-lora")
+        if dtype is not None:
+            arguments += ["--dtype", dtype]
+        summary = run_result_child(run_dir, arguments)
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json(summary)
+        return
+    exported = summary["export"]
+    what = "LoRA adapter (points at its base)" if exported["adapter_only"] else f"{exported['dtype']} weights"
+    console.print(f"exported {full_id} step {exported['step']} ({what}, {exported['bytes'] / 1e6:.1f} MB, "
+                  f"{exported['seconds']:.1f} s) to", highlight=False)
+    typer.echo(exported["path"])
+
+
+@app.command("eval")
+def eval_command(
+    run_id: RunArgument,
+    step: StepOption = None,
+    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Answer at most this many questions (default: config eval.squad_samples).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Questions decoded together (default: config eval.squad_batch_size); an OOM halves it.")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """SQuAD exact match and F1 of a checkpoint by greedy generation on held-out questions, with the
+    training prompt; the scores are stored (tamer show, runs, report, compare).
+
+    Example: tamer eval squad-20261125-201500-ab12 --limit 200
+    """
+    from tamer.daemon.result import run_result_child
+
+    try:
+        for name, value in (("--limit", limit), ("--batch-size", batch_size)):
+            if value is not None and value < 1:
+                from tamer.errors import ConfigError
+
+                raise ConfigError(f"{name} {value}: must be >= 1")
+        full_id, run_dir = _run_folder(home, run_id)
+        arguments = ["--eval"] + (["--step", str(step)] if step is not None else [])
+        if data is not None:
+            arguments += ["--data", str(Path(data).expanduser().resolve()) if data != "bundled" else data]
+        if limit is not None:
+            arguments += ["--limit", str(limit)]
+        if batch_size is not None:
+            arguments += ["--batch-size", str(batch_size)]
+        summary = run_result_child(run_dir, arguments)
+    except TamerError as error:
+        _fail(error)
+    result = summary["eval"]
+    if as_json:
+        _print_json({"run_id": full_id, "step": summary["step"], "plan": summary["plan"], "device": summary["device"], **result})
+        return
+    console.print(f"{full_id} step {summary['step']}: exact match {result['exact_match']:.3f}, F1 {result['f1']:.3f} on "
+                  f"{result['questions']} {result['data']} questions ({result['seconds']:.1f} s, "
+                  f"{result['questions_per_second'] or 0:.1f} questions/s, batch {result['batch_size']}, {summary['device']})",
+                  highlight=False)
+    for example in result["examples"][:3]:
+        console.print(f"  answered {example['answer']!r}; gold {example['gold'][0]!r}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs side by side: settled plan, steps, tokens, wall time, final and validation loss, SQuAD EM
+    and F1 — what a LoRA or 8-bit plan cost in answer quality.
+
+    Example: tamer compare squad-20261125-201500-ab12 squad-20261126-090000-cd34
+    """
+    from tamer.inspect.results import compare as compare_rows
+    from tamer.state.db import Database
+
+    try:
+        rows = compare_rows(Database(Home.resolve(home).db_path, create=False), run_ids)
+    except TamerError as error:
+        _fail(error)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("run", "status", "plan", "steps", "tokens", "wall time", "final loss", "val loss", "EM", "F1")
+    for row in rows:
+        plan = (row["plan"] or "-") + ("" if row["plan_settled"] else " (not settled)")
+        table.add_row(row["run_id"], row["status"], plan, str(row["steps"]), f"{row['tokens']:,}",
+                      display.seconds(row["wall_seconds"]), display.number(row["final_loss"]),
+                      display.number(row["final_eval_loss"]), display.number(row["exact_match"], 3), display.number(row["f1"], 3))
+    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)

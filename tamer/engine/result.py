@@ -1,0 +1,421 @@
+"""The result of a run: a Hugging Face model folder and its SQuAD score, in a child process.
+
+    python -m tamer.engine.result RUN_DIR [--step N] [--eval] [--export DIR] [--data FILE] [--limit N] [--batch-size N]
+                                  [--merge-lora | --no-merge-lora] [--dtype auto|bf16|fp16|fp32] [--result FILE]
+
+The supervisor starts it after a run completes (tamer/daemon/result.py), and `tamer export` / `tamer
+eval` start it on demand, so the parent side never imports torch. It loads one checkpoint's weights
+(full: `step-N/model`; LoRA: the base the manifest names plus `step-N/adapter`, merged), then:
+
+- `--eval`: greedy answers to held-out questions with the training prompt, batched with left padding
+  and a KV cache, stopping at end-of-sequence or `eval.squad_max_new_tokens`; SQuAD v1.1 EM and F1
+  (tamer/recipes/squad_score.py) go to the `squad_scores` table. An OOM halves the evaluation batch.
+- `--export DIR`: safetensors weights, config, tokenizer, generation config and a model card.
+
+Prints nothing on success but writes a JSON summary to `--result`; a user-fixable error is one line
+on stderr and the exit code of its kind (tamer/errors.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tamer.config import RunConfig, config_from_dict
+from tamer.errors import DataError, StateError, TamerError
+from tamer.inspect.results import HELD_OUT
+from tamer.plan import Plan
+from tamer.recipes import squad
+from tamer.recipes.squad_score import score
+from tamer.state import checkpoints
+from tamer.state.db import Database
+from tamer.units import parse_size
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Trained:
+    """One checkpoint's weights, ready to generate or export."""
+
+    model: Any
+    """The model to evaluate and export: full weights, or LoRA merged into its base."""
+    checkpoint: checkpoints.Checkpoint
+    plan: Plan
+    base: str | None
+    """LoRA: the base the adapter was trained on (a folder of the run, or the hub id); None for full weights."""
+    adapter: Path | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def run_config(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
+    spec = json.loads((run_dir / "run.json").read_text())
+    return spec, config_from_dict(spec["config"])
+
+
+def find_checkpoint(run_dir: Path, step: int | None) -> checkpoints.Checkpoint:
+    """The newest valid checkpoint, or checkpoint `step` (verified)."""
+    if step is None:
+        found, _ = checkpoints.newest_valid(run_dir)
+        if found is None:
+            raise StateError(f"run folder {run_dir} has no valid checkpoint; train it first (tamer resume RUN)")
+        return found
+    path = checkpoints.checkpoint_dir(run_dir) / f"step-{step}"
+    manifest, problem = checkpoints.verify(path) if path.is_dir() else (None, "no such checkpoint")
+    if manifest is None:
+        kept = sorted(int(folder.name[5:]) for folder in checkpoints.checkpoint_dir(run_dir).glob("step-*") if folder.name[5:].isdigit())
+        raise StateError(f"--step {step}: {problem} in {checkpoints.checkpoint_dir(run_dir)}; pick one of the kept steps: "
+                         f"{', '.join(map(str, kept)) or 'none'}")
+    return checkpoints.Checkpoint(path, manifest)
+
+
+def base_of(run_dir: Path, config: RunConfig, manifest: dict[str, Any]) -> str:
+    """The base weights a LoRA checkpoint was trained on (as tamer/engine/trainer.py resolves it)."""
+    return str((run_dir / manifest["base"]).resolve()) if manifest.get("base") else config.model
+
+
+def load_trained(run_dir: Path, config: RunConfig, checkpoint: checkpoints.Checkpoint, device: torch.device,
+                 dtype: torch.dtype, merge: bool = True) -> Trained:
+    """The checkpoint's model in `dtype` on `device`. A LoRA adapter trained on an int8 base is merged
+    into the unquantized base weights (int8 x scale approximates them; merging into int8 would lose the
+    adapter in rounding)."""
+    from transformers import AutoModelForCausalLM
+
+    plan = Plan.from_dict(checkpoint.manifest["plan"])
+    if checkpoint.manifest["kind"] == "full":
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.path / "model", dtype=dtype)
+        return Trained(model.to(device).eval(), checkpoint, plan, None, None)
+    from peft import PeftModel
+
+    base = base_of(run_dir, config, checkpoint.manifest)
+    adapter = checkpoint.path / "adapter"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
+    if merge:
+        model = model.merge_and_unload()
+    return Trained(model.to(device).eval(), checkpoint, plan, base, adapter)
+
+
+def export_dtype(choice: str, plan: Plan) -> str:
+    """`auto`: bf16 when the weights were kept in fp32 (master weights), else the dtype they trained in."""
+    if choice != "auto":
+        return choice
+    return "bf16" if plan.weights_dtype == "fp32" else plan.weights_dtype
+
+
+def pick_device(config: RunConfig) -> torch.device:
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device())
+    if config.gpu_mem_cap:  # the same cap as training: evaluation must fit where training did
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, parse_size(config.gpu_mem_cap) / total), device)
+    return device
+
+
+def load_tokenizer(config: RunConfig) -> Any:
+    return squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions: held-out only
+
+
+def evaluation_records(config: RunConfig, data: str | None) -> tuple[list[squad.Record], str]:
+    """(records, label). Default: the run's validation slice (the `eval_samples` seeded picks that
+    training never sees). Another file: its questions minus any the run trained on (by id)."""
+    train, held_out = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
+    if data is None or (config.data is not None and _same_source(data, config.data)):
+        return held_out, HELD_OUT
+    trained_ids = {record.id for record in train}
+    records = [record for record in squad.load_records(data) if record.id not in trained_ids]
+    if not records:
+        raise DataError(f"--data {data}: every question in it was trained on; evaluate on other questions")
+    return records, data
+
+
+def _same_source(one: str, other: str) -> bool:
+    if "bundled" in (one, other):
+        return one == other
+    return Path(one).expanduser().resolve() == Path(other).expanduser().resolve()
+
+
+def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -> tuple[list[list[int]], list[list[str]]]:
+    """Token ids of each question's prompt, exactly as training built it (BOS, `Context: ...\\nQuestion:
+    ...\\nAnswer:`, the context cut to fit max_seq_len as in training), and its gold answers. A question
+    training would skip as too long is skipped here too."""
+    examples, _ = squad.build_examples(records, tokenizer, max_seq_len)
+    by_id = {record.id: record for record in records}
+    prompts, golds = [], []
+    for example in examples:
+        answer_begins = next(i for i, label in enumerate(example.labels) if label != squad.IGNORE_INDEX)
+        prompts.append(example.input_ids[:answer_begins])
+        record = by_id[example.id]
+        golds.append(list(record.gold_answers or (record.answer,)))
+    return prompts, golds
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy decoding
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+                     device: torch.device) -> tuple[list[str], int]:
+    """Greedy answers to `prompts` (in their order) and the batch size that fitted. Longest prompts
+    go first, so an OOM comes early; it halves the batch for the rest of the pass."""
+    from transformers import GenerationConfig
+
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                                eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
+    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+    answers: list[str] = [""] * len(prompts)
+    position = 0
+    while position < len(order):
+        chunk = order[position:position + batch_size]
+        try:
+            generated = _generate_batch(model, [prompts[index] for index in chunk], pad_id, settings, device)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        for index, tokens in zip(chunk, generated):
+            if eos_id in tokens:
+                tokens = tokens[:tokens.index(eos_id)]
+            answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        position += len(chunk)
+    return answers, batch_size
+
+
+@torch.no_grad()
+def _generate_batch(model: Any, prompts: list[list[int]], pad_id: int, settings: Any, device: torch.device) -> list[list[int]]:
+    """Left-padded so every prompt ends where generation starts; positions come from the attention mask."""
+    longest = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, longest - len(prompt):] = 1
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=settings)
+    return output[:, longest:].tolist()
+
+
+def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.Record], device: torch.device,
+             limit: int | None, batch_size: int | None = None) -> dict[str, Any]:
+    """EM and F1 of greedy answers to `records` (the first `limit`, else eval.squad_samples), decoded
+    `batch_size` at a time (else eval.squad_batch_size)."""
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    count = limit if limit is not None else config.eval.squad_samples
+    prompts, golds = prompts_for(records[:count], tokenizer, config.max_seq_len)
+    answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
+                                           config.eval.squad_max_new_tokens, device)
+    result = score(answers, golds)
+    seconds = time.perf_counter() - started
+    return {**result, "seconds": seconds, "batch_size": batch_size,
+            "questions_per_second": result["questions"] / seconds if seconds else None,
+            "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], golds[:5])]}
+
+
+def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str) -> None:
+    """Two rows (exact_match, f1) in squad_scores, and a `squad_eval` event."""
+    if attempt is None:
+        attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run_id]).fetchone()[0]
+    common = {"run_id": run_id, "step": step, "attempt": attempt, "plan": plan.describe(),
+              "questions": result["questions"], "seconds": result["seconds"], "data": data, "wall_time": time.time()}
+    db.insert_squad_scores([{**common, "metric": metric, "value": result[metric]} for metric in ("exact_match", "f1")])
+    db.event(run_id, "squad_eval", f"SQuAD EM {result['exact_match']:.3f}, F1 {result['f1']:.3f} on {result['questions']} "
+             f"{data} questions at step {step} ({result['seconds']:.1f} s)", attempt=attempt,
+             step=step, exact_match=result["exact_match"], f1=result["f1"], questions=result["questions"],
+             data=data, batch_size=result["batch_size"])
+
+
+def evaluate_during_training(trainer: Any) -> None:
+    """`eval.squad_every`: score the model being trained, in the training child, between steps. One
+    process only: under DDP/FSDP the ranks would have to decode together, so it is skipped there (the
+    end-of-run pass still runs)."""
+    if trainer.group.distributed:
+        if trainer.state.step == trainer.config.eval.squad_every:
+            trainer.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+                          "the run is scored once it ends")
+        return
+    trainer.beat("eval")
+    _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
+    model = trainer.model
+    model.eval()
+    cache_setting = model.config.use_cache
+    model.config.use_cache = True
+    try:
+        with trainer.autocast():
+            result = evaluate(model, trainer.tokenizer, trainer.config, held_out, trainer.device, None)
+    finally:
+        model.config.use_cache = cache_setting
+        model.train()
+    store_scores(trainer.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
+    trainer.beat("between_steps")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merge: bool, card: str) -> dict[str, Any]:
+    """Write the model folder through `destination`.tmp and one rename; returns its description."""
+    from transformers import GenerationConfig
+
+    started = time.perf_counter()
+    tmp = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter_only = trained.adapter is not None and not merge
+    if adapter_only:
+        # The checkpoint's adapter as trained, its config pointing at the base it was trained on.
+        for file in trained.adapter.iterdir():
+            shutil.copy2(file, tmp / file.name)
+        adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = trained.base
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    else:
+        trained.model.config.use_cache = True  # training turned the KV cache off
+        trained.model.to(DTYPES[dtype]).save_pretrained(tmp, safe_serialization=True)
+    GenerationConfig(max_new_tokens=32, do_sample=False, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    if destination.exists():
+        shutil.rmtree(destination)
+    os.replace(tmp, destination)
+    size = sum(file.stat().st_size for file in destination.rglob("*") if file.is_file())
+    return {"path": str(destination), "dtype": None if adapter_only else dtype, "adapter_only": adapter_only,
+            "bytes": size, "seconds": time.perf_counter() - started, "step": trained.checkpoint.step}
+
+
+def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, dtype: str, merge: bool,
+               scores: dict[str, Any] | None) -> str:
+    """README.md of the export: what was trained, on what, under which plans and why, and how well."""
+    run = db.run(run_id)
+    attempts = db.attempts(run_id)
+    data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(config.data, config.data)
+    held_out = f"{config.eval_samples} seeded picks (seed {config.seed}) of the " + ("validation split" if config.data is None else "questions") + ", never trained on"
+    lines = [
+        f"# {run_id}: {config.model} fine-tuned on SQuAD by tamer", "",
+        f"- Base model: `{config.model}`" + (" (random init)" if config.init == "random" else ""),
+        f"- Data: {data}; held out for evaluation: {held_out}",
+        f"- Steps: {trained.checkpoint.step} of {run['total_steps']} (effective batch {config.effective_batch_size}, "
+        f"learning rate {config.learning_rate}, max sequence {config.max_seq_len} tokens)",
+        f"- Checkpoint: `{trained.checkpoint.path}`", "", "## Plans", "",
+    ]
+    for attempt in attempts:
+        lines.append(f"- attempt {attempt['attempt']}: {attempt['plan_summary']} ({attempt['outcome'] or 'running'}); "
+                     f"why: {attempt['reason'] or '-'}")
+    if trained.adapter is not None:
+        how = ("merged into the base weights" if merge else f"kept as an adapter; the base is `{trained.base}`")
+        if trained.plan.quantization == "int8" and merge:
+            how += " (the base trained as int8; the merge uses its unquantized weights)"
+        lines += ["", f"LoRA adapter (r={config.lora.r}, alpha={config.lora.alpha}): {how}."]
+    if merge or trained.adapter is None:
+        lines += ["", f"Weights: {dtype}."]
+        if trained.plan.weights_dtype == "fp32" and dtype != "fp32":
+            lines[-1] += (f" Training kept fp32 master weights; this export rounds them to {dtype} "
+                          "(`tamer export RUN --dtype fp32` keeps the exact trained values).")
+    lines += ["", "## Evaluation", ""]
+    if scores:
+        lines.append(f"SQuAD v1.1 by greedy generation on {scores['questions']} {scores['data']} questions: "
+                     f"exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} (step {scores['step']}).")
+    else:
+        lines.append("Not evaluated yet: `tamer eval " + run_id + "`.")
+    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(FOLDER)", "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+              'prompt = "Context: ...\\nQuestion: ...\\nAnswer:"',
+              "answer = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=32)", "```", ""]
+    return "\n".join(lines)
+
+
+def last_scores(db: Database, run_id: str, step: int) -> dict[str, Any] | None:
+    rows = [row for row in db.squad_scores(run_id) if row["step"] == step]
+    if not rows:
+        return None
+    latest = {row["metric"]: row for row in rows}
+    any_row = next(iter(latest.values()))
+    return {"exact_match": latest.get("exact_match", {}).get("value"), "f1": latest.get("f1", {}).get("value"),
+            "questions": any_row["questions"], "data": any_row["data"], "step": step}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    parser = argparse.ArgumentParser(prog="python -m tamer.engine.result")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--step", type=int)
+    parser.add_argument("--eval", action="store_true", dest="evaluate")
+    parser.add_argument("--export", type=Path, dest="export_dir")
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--dtype", choices=["auto", *DTYPES])
+    parser.add_argument("--result", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        summary = produce(args)
+    except TamerError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return error.exit_code
+    if args.result:
+        checkpoints.write_json_atomic(args.result, summary)
+    return 0
+
+
+def produce(args: argparse.Namespace) -> dict[str, Any]:
+    spec, config = run_config(args.run_dir)
+    run_id = spec["run_id"]
+    db = Database(spec["db_path"], create=False)
+    checkpoint = find_checkpoint(args.run_dir, args.step)
+    plan = Plan.from_dict(checkpoint.manifest["plan"])
+    merge = config.export.merge_lora if args.merge_lora is None else args.merge_lora
+    dtype = export_dtype(args.dtype or config.export.dtype, plan)
+    device = pick_device(config)
+    # Evaluate what is exported, except on CPU where bf16 matmuls are slow: there, in fp32.
+    working_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
+    tokenizer = load_tokenizer(config)
+    trained = load_trained(args.run_dir, config, checkpoint, device, working_dtype, merge=True)
+    summary: dict[str, Any] = {"run_id": run_id, "step": checkpoint.step, "plan": plan.describe(), "device": str(device)}
+    if args.evaluate:
+        records, label = evaluation_records(config, args.data)
+        result = evaluate(trained.model, tokenizer, config, records, device, args.limit, args.batch_size)
+        store_scores(db, run_id, checkpoint.step, None, plan, result, label)
+        summary["eval"] = {**result, "data": label}
+    if args.export_dir is not None:
+        card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
+        exported = export(trained, tokenizer, args.export_dir, dtype, merge, card)
+        db.event(run_id, "export", f"exported step {checkpoint.step} to {exported['path']} "
+                 f"({'adapter' if exported['adapter_only'] else exported['dtype']}, {exported['bytes'] / 1e6:.1f} MB, "
+                 f"{exported['seconds']:.1f} s)", **exported)
+        summary["export"] = exported
+    db.close()
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
