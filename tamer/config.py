@@ -229,7 +229,17 @@ class RunConfig:
     max_seq_len: int = 512
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
     pad_to_max_len: bool = False
-    """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks) instead of to its longest example."""
+    """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
+    batching: Literal["longest", "max_len", "bucket", "packed"] = "packed"
+    """How a micro-batch's samples become tensors (tamer/engine/batching.py): `packed` = one row, no padding but the
+    tail to `batch_multiple`, attention kept within each sample; `bucket` = padded to the longest rounded up to
+    `batch_multiple`; `longest` = padded to the longest (a new shape nearly every step: slow under a memory cap);
+    `max_len` = padded to max_seq_len (2-3x the real tokens). `bucket` and `packed` also group the data order by length."""
+    batch_multiple: int = 64
+    """Row lengths of `bucket` and `packed` are multiples of this: larger = fewer distinct shapes, more padding."""
+    length_window: int = 64
+    """`bucket`/`packed`: samples are grouped by length within windows of this many optimizer steps (1 = only within a
+    step); larger = steps of more similar lengths (less padding), the order farther from a plain shuffle."""
     effective_batch_size: int = 8
     """Sequences per optimizer step; constant across every plan change."""
     micro_batch_size: int = 8
@@ -289,7 +299,8 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
-        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
+        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every",
+                    "batch_multiple", "length_window")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -341,6 +352,11 @@ class RunConfig:
         from tamer.inject import parse_faults
 
         parse_faults(self.inject)
+
+    @property
+    def batching_mode(self) -> str:
+        """The batching in force: `pad_to_max_len: true` means `max_len` whatever `batching` says."""
+        return "max_len" if self.pad_to_max_len else self.batching
 
     @property
     def grad_accumulation(self) -> int:

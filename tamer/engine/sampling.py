@@ -4,6 +4,8 @@ data state.
 Sample `g` (0-based, counted across epochs) is `permutation(epoch)[g % n]` with `epoch = g // n`.
 Optimizer step `k` (1-based) trains samples `[(k-1)*E, k*E)` for effective batch E, however they are
 cut into micro-batches: a micro-batch change keeps the order, a resume from a cursor continues it.
+`LengthGroupedOrder` (the `bucket` and `packed` batching modes) regroups that order by length within
+windows of steps, and stays a pure function of (seed, position).
 """
 
 from __future__ import annotations
@@ -35,3 +37,36 @@ class SampleOrder:
 
     def epoch_of(self, position: int) -> int:
         return position // self.num_examples
+
+
+class LengthGroupedOrder(SampleOrder):
+    """The order of `SampleOrder`, regrouped by length within windows of `window_steps` optimizer steps,
+    so each step holds samples of similar length (few, tight padded or packed shapes).
+
+    Window `w` holds the positions `[w*W*E, (w+1)*W*E)` (E samples per step, W steps per window): their
+    samples are sorted by length (ties by position), cut into W steps of E, and the steps shuffled with a
+    seed of (seed, w). The samples of a window are the same as without grouping, only reordered, so every
+    sample is still trained once per epoch (a window that straddles an epoch boundary mixes the two
+    epochs' samples around that boundary) and sample `g` stays a pure function of (seed, g).
+    """
+
+    def __init__(self, num_examples: int, seed: int, lengths: list[int], step_size: int, window_steps: int) -> None:
+        super().__init__(num_examples, seed)
+        if len(lengths) != num_examples or step_size < 1 or window_steps < 1:
+            raise ValueError("lengths must cover every example; step_size and window_steps must be >= 1")
+        self.lengths = lengths
+        self.step_size = step_size
+        self.window_steps = window_steps
+
+    @lru_cache(maxsize=4)
+    def window(self, index: int) -> tuple[int, ...]:
+        size = self.step_size * self.window_steps
+        plain = super().indices(index * size, size)
+        ranked = sorted(range(size), key=lambda position: (self.lengths[plain[position]], position))
+        steps = [ranked[start:start + self.step_size] for start in range(0, size, self.step_size)]
+        random.Random(f"tamer-window-{self.seed}-{index}").shuffle(steps)
+        return tuple(plain[position] for step in steps for position in step)
+
+    def indices(self, start: int, count: int) -> list[int]:
+        size = self.step_size * self.window_steps
+        return [self.window(position // size)[position % size] for position in range(start, start + count)]
