@@ -92,6 +92,8 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
         )
     elif plan.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+    if plan.gradient_checkpointing and plan.checkpoint_layers is not None:
+        checkpoint_only_first(model, plan.checkpoint_layers)
     if plan.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -120,6 +122,14 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
             parameter.requires_grad_(True)
     model.train()
     return model
+
+
+def checkpoint_only_first(model: Any, count: int) -> None:
+    """Selective activation checkpointing: after transformers enabled it on every decoder layer, turn it
+    off on all but the first `count` (a layer checks its own flag on each call)."""
+    layers = list(model.model.layers)
+    for layer in layers[count:]:
+        layer.gradient_checkpointing = False
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:

@@ -95,3 +95,31 @@ def test_default_packed_batches_are_at_least_90_percent_useful(examples):
         for micro in batching.build(examples, order.indices(step * 8, 8), 8, "packed", 0, 512, 64):
             useful, computed = useful + micro.useful_tokens, computed + micro.computed_tokens
     assert useful / computed >= 0.9
+
+
+def _counted(forward, calls: list[int], index: int):
+    def counting(*args, **kwargs):
+        calls[index] += 1
+        return forward(*args, **kwargs)
+    return counting
+
+
+def test_selective_checkpointing_recomputes_only_k_layers_with_identical_gradients(examples):
+    """Checkpointing 1 of 2 layers reruns only layer 0 in backward and gives bit-identical gradients to checkpointing both."""
+    from tamer.engine.model import checkpoint_only_first
+
+    micro_batches = batching.build(examples, [0, 5, 17], 3, "packed", 0, 512, 64)
+    results = []
+    for count in (None, 1):
+        model = _tiny_model()
+        model.train().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if count is not None:
+            checkpoint_only_first(model, count)
+        calls = [0, 0]
+        for index, layer in enumerate(model.model.layers):  # forward hooks do not fire in the recomputation
+            layer.mlp.forward = _counted(layer.mlp.forward, calls, index)
+        results.append((_gradients(model, micro_batches)[1], calls))
+    (all_layers, all_calls), (first_only, first_calls) = results
+    assert all_calls == [2, 2] and first_calls == [2, 1]
+    for name, gradient in all_layers.items():
+        assert torch.equal(first_only[name], gradient), f"{name} differs"
