@@ -211,6 +211,20 @@ def _lora_tensors(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> tup
     return tuple(found)
 
 
+SQUAD_TOKENS_PER_SEQUENCE = 210
+"""Mean tokens of a SQuAD training example (ANCHORS.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
+COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
+"""Computed / useful tokens by batching mode: ANCHORS.md (padding to the longest 1.6x) and the bundled slice in
+8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
+
+
+def expected_computed_per_sequence(batching: str, max_seq_len: int) -> int:
+    """Tokens computed per SQuAD sequence on average under `batching` (max_len: every position)."""
+    if batching not in COMPUTED_PER_USEFUL:
+        return max_seq_len
+    return min(max_seq_len, round(SQUAD_TOKENS_PER_SEQUENCE * COMPUTED_PER_USEFUL[batching]))
+
+
 @dataclass(frozen=True)
 class Workload:
     """What one micro-batch holds, beyond the plan: sequence length, supervised tokens, LoRA shape."""
@@ -243,6 +257,7 @@ class Workload:
         values = {
             "sequence_length": config.max_seq_len,
             "batching": config.batching_mode,
+            "computed_per_sequence": expected_computed_per_sequence(config.batching_mode, config.max_seq_len),
             "lora_rank": config.lora.r,
             "lora_targets": tuple(config.lora.target_modules),
             "lora_dropout": config.lora.dropout > 0,
