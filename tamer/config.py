@@ -137,6 +137,9 @@ class PlannerConfig:
     """Fraction of the card (after the CUDA context) kept free when judging a fit."""
     supervised_per_sequence: int = 16
     """Supervised (answer + EOS) tokens per sequence assumed when estimating the loss's logits."""
+    selective_checkpointing: bool = True
+    """A plan with activation checkpointing checkpoints only the fewest layers predicted to fit (false: all layers,
+    the most memory saved and the most recomputation)."""
 
 
 @dataclass
