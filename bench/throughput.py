@@ -20,13 +20,14 @@ mode whose shapes change pays each new shape, and that is the point), useful (no
 useful tokens, distinct step sizes in computed tokens (a proxy for shapes), loss after the last step, the
 settled plan and the peak reserved memory. --hf adds the Hugging Face Trainer (full fine-tune, bf16 weights,
 gradient checkpointing, paged 8-bit AdamW, completion-only labels, same cap and questions per step) padded
-to 512, with dynamic padding, and with group_by_length; it needs a GPU. Writes OUT/throughput.json and prints
+to 512, with dynamic padding, and with group_by_length (on CPU too, with --model DIR). Writes OUT/throughput.json and prints
 a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -135,7 +136,9 @@ def hf_run(arguments: argparse.Namespace) -> None:
     from tamer.units import parse_size
 
     mode = arguments.hf_run
-    if arguments.gpu_mem_cap:
+    cuda = torch.cuda.is_available()
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    if arguments.gpu_mem_cap and cuda:
         torch.cuda.set_per_process_memory_fraction(
             min(1.0, parse_size(arguments.gpu_mem_cap) / torch.cuda.get_device_properties(0).total_memory))
     tokenizer = squad.load_tokenizer("bundled", "")
@@ -152,24 +155,28 @@ def hf_run(arguments: argparse.Namespace) -> None:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *_: Any, **__: Any) -> None:
-            torch.cuda.synchronize()
+            synchronize()
             self.started = time.perf_counter()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
-            torch.cuda.synchronize()
+            synchronize()
             step_times.append(time.perf_counter() - self.started)
 
-    model = AutoModelForCausalLM.from_pretrained(arguments.model, dtype=torch.bfloat16).cuda()
+    model = AutoModelForCausalLM.from_pretrained(arguments.model, dtype=torch.bfloat16).to("cuda" if cuda else "cpu")
+    grouping: dict[str, Any] = {}
+    if mode == "hf_group_by_length":  # a flag until transformers 5.x renamed it to a sampling strategy
+        known = {field.name for field in dataclasses.fields(TrainingArguments)}
+        grouping = {"group_by_length": True} if "group_by_length" in known else {"train_sampling_strategy": "group_by_length"}
     training = TrainingArguments(
         output_dir=str(arguments.out / "hf" / mode), per_device_train_batch_size=QUESTIONS_PER_STEP, max_steps=arguments.steps,
         learning_rate=2e-5, bf16=True, gradient_checkpointing=True, optim="paged_adamw_8bit", save_strategy="no",
-        report_to=[], logging_steps=arguments.steps, seed=0, group_by_length=mode == "hf_group_by_length",
-        remove_unused_columns=False, dataloader_num_workers=0)
+        report_to=[], logging_steps=arguments.steps, seed=0, remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not cuda,
+        **grouping)
     trainer = Trainer(model=model, args=training, train_dataset=_ListDataset(rows), data_collator=collate, callbacks=[Timer()])
     output = trainer.train()
     measured = step_times[arguments.warmup:]
     print(json.dumps({"seconds_per_step": sum(measured) / len(measured), "questions_per_second": QUESTIONS_PER_STEP * len(measured) / sum(measured),
-                      "train_loss": output.training_loss, "peak_reserved": torch.cuda.max_memory_reserved()}))
+                      "train_loss": output.training_loss, "peak_reserved": torch.cuda.max_memory_reserved() if cuda else None}))
 
 
 class _ListDataset:
