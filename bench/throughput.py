@@ -17,7 +17,8 @@ dev questions), seed 0, no checkpoint before the end and one small evaluation at
 The first four set planner.selective_checkpointing=false so they differ from each other only by batching.
 Per mode, over the steps after --warmup: questions/s = questions / summed step time (mean, not median: a
 mode whose shapes change pays each new shape, and that is the point), useful (non-pad) tokens/s, computed /
-useful tokens, distinct step sizes in computed tokens (a proxy for shapes), loss after the last step, the
+useful tokens, distinct step sizes in computed tokens (a proxy for shapes) and the mean step time of a size
+seen for the first time vs again (what a new shape costs), loss after the last step, the
 settled plan and the peak reserved memory. --hf adds the Hugging Face Trainer (full fine-tune, bf16 weights,
 gradient checkpointing, paged 8-bit AdamW, completion-only labels, same cap and questions per step) padded
 to 512, with dynamic padding, and with group_by_length (on CPU too, with --model DIR). Writes OUT/throughput.json and prints
@@ -102,7 +103,16 @@ def step_rates(db_path: Path, run_id: str, warmup: int) -> dict[str, Any]:
     seconds = sum(row[1] for row in measured)
     useful = sum(row[2] for row in measured)
     computed = sum(row[3] for row in measured)
+    # A step size (computed tokens) seen for the first time in the run vs again: what a new shape costs.
+    seen: set[int] = set()
+    first, again = [], []
+    for row in rows:
+        if row[0] > warmup:
+            (again if row[3] in seen else first).append(row[1])
+        seen.add(row[3])
     return {
+        "new_size_seconds_per_step": statistics.mean(first) if first else None,
+        "seen_size_seconds_per_step": statistics.mean(again) if again else None,
         "measured_steps": len(measured),
         "seconds_per_step": seconds / len(measured),
         "median_seconds_per_step": statistics.median(row[1] for row in measured),
@@ -220,17 +230,18 @@ def report(benchmark: ThroughputBenchmark) -> None:
     runs = benchmark.results["runs"]
     print()
     print(f"| mode | questions/s | useful tokens/s | s/step (mean / median) | computed / useful | step sizes | "
-          f"loss after step {benchmark.arguments.steps} | peak reserved GiB | plan |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"s/step new size / seen size | loss after step {benchmark.arguments.steps} | peak reserved GiB | plan |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for result in runs.values():
         if "questions_per_second" not in result:
-            print(f"| {result['title']} | failed: {result.get('failure_reason', '-')} | | | | | | | |")
+            print(f"| {result['title']} | failed: {result.get('failure_reason', '-')} | | | | | | | | |")
             continue
         loss = result.get("last_loss", result.get("train_loss"))
         peak = result.get("measured_peak", result.get("peak_reserved"))
         print(f"| {result['title']} | {_number(result.get('questions_per_second'), 1)} | {_number(result.get('useful_tokens_per_second'))} | "
               f"{_number(result.get('seconds_per_step'), 3)} / {_number(result.get('median_seconds_per_step'), 3)} | "
-              f"{_number(result.get('computed_per_useful'), 2)} | {result.get('step_sizes', '-')} | {_number(loss, 4)} | "
+              f"{_number(result.get('computed_per_useful'), 2)} | {result.get('step_sizes', '-')} | "
+              f"{_number(result.get('new_size_seconds_per_step'), 3)} / {_number(result.get('seen_size_seconds_per_step'), 3)} | {_number(loss, 4)} | "
               f"{_gib(peak)} | {result.get('settled_summary', '-')} |")
     print(f"\nrates over steps {benchmark.arguments.warmup + 1}..{benchmark.arguments.steps}; "
           f"{QUESTIONS_PER_STEP} questions per optimizer step; data {benchmark.arguments.data}; results in {benchmark.out}")

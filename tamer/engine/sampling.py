@@ -43,11 +43,12 @@ class LengthGroupedOrder(SampleOrder):
     """The order of `SampleOrder`, regrouped by length within windows of `window_steps` optimizer steps,
     so each step holds samples of similar length (few, tight padded or packed shapes).
 
-    Window `w` holds the positions `[w*W*E, (w+1)*W*E)` (E samples per step, W steps per window): their
-    samples are sorted by length (ties by position), cut into W steps of E, and the steps shuffled with a
-    seed of (seed, w). The samples of a window are the same as without grouping, only reordered, so every
-    sample is still trained once per epoch (a window that straddles an epoch boundary mixes the two
-    epochs' samples around that boundary) and sample `g` stays a pure function of (seed, g).
+    Window `w` holds the positions `[w*W*E, (w+1)*W*E)` (E samples per step, W steps per window). Each
+    epoch's part of a window (a window may straddle an epoch boundary) keeps its own samples: they are
+    sorted by length (ties by position) and cut into the steps that lie wholly inside that part, in
+    length order, and those steps are shuffled with a seed of (seed, w); a step that straddles the epoch
+    boundary takes the rest. So every sample is still trained once per epoch, a window trains exactly the
+    samples it would have trained in the plain order, and sample `g` stays a pure function of (seed, g).
     """
 
     def __init__(self, num_examples: int, seed: int, lengths: list[int], step_size: int, window_steps: int) -> None:
@@ -60,12 +61,23 @@ class LengthGroupedOrder(SampleOrder):
 
     @lru_cache(maxsize=4)
     def window(self, index: int) -> tuple[int, ...]:
-        size = self.step_size * self.window_steps
-        plain = super().indices(index * size, size)
-        ranked = sorted(range(size), key=lambda position: (self.lengths[plain[position]], position))
-        steps = [ranked[start:start + self.step_size] for start in range(0, size, self.step_size)]
-        random.Random(f"tamer-window-{self.seed}-{index}").shuffle(steps)
-        return tuple(plain[position] for step in steps for position in step)
+        size, step = self.step_size * self.window_steps, self.step_size
+        start = index * size
+        plain = super().indices(start, size)
+        shuffler = random.Random(f"tamer-window-{self.seed}-{index}")
+        out: list[int] = []
+        low = 0
+        while low < size:  # one part per epoch the window touches
+            high = min(size, (self.epoch_of(start + low) + 1) * self.num_examples - start)
+            ranked = sorted(plain[low:high], key=lambda example: self.lengths[example])
+            first_step, end_step = -(-low // step), high // step  # the steps wholly inside [low, high)
+            head = first_step * step - low if first_step < end_step else 0
+            whole = max(0, end_step - first_step)
+            middle = [ranked[head + k * step:head + (k + 1) * step] for k in range(whole)]
+            shuffler.shuffle(middle)
+            out += ranked[:head] + [example for chunk in middle for example in chunk] + ranked[head + whole * step:]
+            low = high
+        return tuple(out)
 
     def indices(self, start: int, count: int) -> list[int]:
         size = self.step_size * self.window_steps

@@ -86,6 +86,14 @@ def test_length_grouped_order_is_a_pure_reordering_of_each_window(examples):
     assert spread(grouped) < spread(plain) / 3
 
 
+def test_length_grouped_order_trains_every_sample_once_per_epoch():
+    """With windows that straddle epoch boundaries (50 samples, windows of 24), each epoch's 50 positions hold every sample once."""
+    lengths = [(index * 37) % 101 for index in range(50)]
+    order = LengthGroupedOrder(50, 1, lengths, step_size=8, window_steps=3)
+    for epoch in range(4):
+        assert sorted(order.indices(epoch * 50, 50)) == list(range(50))
+
+
 def test_default_packed_batches_are_at_least_90_percent_useful(examples):
     """Packed micro-batches of 8 in the length-grouped order compute at most 10% padding (padding to the longest: ~64%)."""
     lengths = [len(example.input_ids) for example in examples]
