@@ -273,6 +273,12 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
                   f"{totals['failures']} failures, {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
+    from tamer.inspect.status import token_use
+
+    use = token_use(db.steps(run_row["id"]))
+    if use["padding_fraction"] is not None:
+        console.print(f"tokens: {use['useful_tokens_per_s']:,.0f} useful tokens/s of step time, "
+                      f"{use['padding_fraction']:.1%} of computed tokens were padding", highlight=False)
     if story["settled_plan"]:
         settled = story["settled_plan"]
         console.print(f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}", highlight=False)

@@ -24,6 +24,7 @@ from tamer.planner.candidates import (
     candidate_plans,
     change_rank,
     device_budget,
+    fewest_checkpointed_layers,
     shape_of,
     usable_bytes,
 )
@@ -99,6 +100,7 @@ def plan_command(
     gpu_mem_cap: Annotated[Optional[str], typer.Option("--gpu-mem-cap", help="Cap PyTorch's allocator, as `tamer run --gpu-mem-cap` (default: the config's).")] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")] = None,
+    tokens_per_sequence: Annotated[Optional[int], typer.Option(help="Tokens computed per sequence on average, for speed (default: SQuAD's mean under the config's batching).")] = None,
     supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (default: 16).")] = None,
     logits: Annotated[str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")] = "supervised",
     padded: Annotated[bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")] = True,
@@ -134,7 +136,7 @@ def plan_command(
         policy = PlannerPolicy(allow_lora=allow_lora, allow_quantization=allow_quantization, allow_pure_bf16=allow_pure_bf16,
                                min_micro_batch=min_micro_batch, safety_margin=safety_margin)
         workload = Workload.from_config(run_config, sequence_length=seq_len, supervised_per_sequence=supervised_per_sequence,
-                                        logits_tokens=logits, padded=padded)
+                                        logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
         shape = shape_of(run_config)
         past = _past(home, shape, facts)
         correction = correction_factor(past)
@@ -143,6 +145,10 @@ def plan_command(
     except TamerError as error:
         _fail(error)
     chosen = best(candidates)
+    if chosen is not None:
+        refined = fewest_checkpointed_layers(chosen, shape, workload, facts, budget, policy, correction=correction)
+        if refined is not chosen:
+            candidates, chosen = candidates + [refined], refined
     shown = candidates if show_all else worth_showing(candidates)
     shown = sorted(shown, key=lambda c: (-c.speed, c.estimate.reserved))
     fitting = [c.speed for c in candidates if c.fits == "yes"]
@@ -161,6 +167,9 @@ def plan_command(
                  if workload.logits_tokens == "supervised" else "every position at the LM head")
     console.print(f"{run_config.model}: {shape.parameters:,} parameters; {run_config.effective_batch_size} sequences x "
                   f"{workload.sequence_length} tokens per step, {positions}", highlight=False)
+    computed = workload.computed_per_sequence or workload.sequence_length
+    console.print(f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
+                  f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)", highlight=False)
     console.print(f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
                   f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
                   + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""), highlight=False)

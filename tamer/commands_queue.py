@@ -198,6 +198,8 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
              f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
     if facts["tokens_per_s"]:
         parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
+    if facts["padding_fraction"] is not None:
+        parts.append(f"{facts['useful_tokens_per_s']:,.0f} useful tok/s, {facts['padding_fraction']:.0%} padding")
     if facts["seconds_per_step"]:
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:

@@ -173,6 +173,9 @@ class PlannerConfig:
     """Fraction of the card (after the CUDA context) kept free when judging a fit."""
     supervised_per_sequence: int = 16
     """Supervised (answer + EOS) tokens per sequence assumed when estimating the loss's logits."""
+    selective_checkpointing: bool = True
+    """A plan with activation checkpointing checkpoints only the fewest layers predicted to fit (false: all layers,
+    the most memory saved and the most recomputation)."""
 
 
 @dataclass
@@ -269,7 +272,17 @@ class RunConfig:
     processes. On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
     each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
     pad_to_max_len: bool = False
-    """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks) instead of to its longest example."""
+    """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
+    batching: Literal["longest", "max_len", "bucket", "packed"] = "packed"
+    """How a micro-batch's samples become tensors (tamer/engine/batching.py): `packed` = one row, no padding but the
+    tail to `batch_multiple`, attention kept within each sample; `bucket` = padded to the longest rounded up to
+    `batch_multiple`; `longest` = padded to the longest (a new shape nearly every step: slow under a memory cap);
+    `max_len` = padded to max_seq_len (2-3x the real tokens). `bucket` and `packed` also group the data order by length."""
+    batch_multiple: int = 64
+    """Row lengths of `bucket` and `packed` are multiples of this: larger = fewer distinct shapes, more padding."""
+    length_window: int = 64
+    """`bucket`/`packed`: samples are grouped by length within windows of this many optimizer steps (1 = only within a
+    step); larger = steps of more similar lengths (less padding), the order farther from a plain shuffle."""
     effective_batch_size: int = 8
     """Sequences per optimizer step; constant across every plan change."""
     micro_batch_size: int = 8
@@ -335,7 +348,8 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every")
+        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size", "checkpoint_every",
+                    "batch_multiple", "length_window")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -389,6 +403,11 @@ class RunConfig:
         from tamer.inject import parse_faults
 
         parse_faults(self.inject)
+
+    @property
+    def batching_mode(self) -> str:
+        """The batching in force: `pad_to_max_len: true` means `max_len` whatever `batching` says."""
+        return "max_len" if self.pad_to_max_len else self.batching
 
     @property
     def grad_accumulation(self) -> int:

@@ -56,6 +56,9 @@ class Plan:
     eval_batch_size: int
     env: dict[str, str] = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    checkpoint_layers: int | None = None
+    """With gradient_checkpointing: checkpoint only the first this many decoder layers (None = all); the
+    others keep their activations (more memory, no recomputation). Exact either way."""
     autocast_dtype: AutocastDtype | None = None
     weights_dtype: WeightsDtype = "fp32"
     quantization: Quantization | None = None
@@ -109,7 +112,7 @@ class Plan:
         if self.lora:
             parts.append("LoRA")
         if self.gradient_checkpointing:
-            parts.append("checkpointing")
+            parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
         parts.append(self.optimizer)
         if self.chunked_loss:
             parts.append("chunked loss")

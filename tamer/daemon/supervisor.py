@@ -199,7 +199,8 @@ class Supervisor:
         knobs = self.config.planner
         policy = PlannerPolicy(allow_lora=knobs.allow_lora, allow_quantization=knobs.allow_quantization,
                                allow_pure_bf16=knobs.allow_pure_bf16, min_micro_batch=knobs.min_micro_batch,
-                               safety_margin=knobs.safety_margin, rungs=tuple(self.config.ladder.order) + ("chunked_loss",))
+                               safety_margin=knobs.safety_margin, rungs=tuple(self.config.ladder.order) + ("chunked_loss",),
+                               selective_checkpointing=knobs.selective_checkpointing)
         cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
         shape = shape_of(self.config)
         correction = correction_factor(observations(self.db, shape, self.facts.name))

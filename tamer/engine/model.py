@@ -92,6 +92,8 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
         )
     elif plan.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+    if plan.gradient_checkpointing and plan.checkpoint_layers is not None:
+        checkpoint_only_first(model, plan.checkpoint_layers)
     if plan.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -131,20 +133,29 @@ def should_compile(setting: str, plan: Plan, device: torch.device) -> bool:
 
 
 def compile_layers(model: Any) -> int:
-    """torch.compile every decoder layer in place (one graph per batch shape, shared by the layers); returns
-    how many. A layer that fails to compile runs eagerly instead of ending the attempt."""
+    """torch.compile every decoder layer in place (one graph shared by the layers; after a second sequence
+    length torch recompiles it with a dynamic length, so packed rows of any length reuse it); returns how
+    many. A layer that fails to compile runs eagerly instead of ending the attempt."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    for name in ("recompile_limit", "cache_size_limit"):  # one compile per batch shape: room for every bucket
+    for name in ("recompile_limit", "cache_size_limit"):  # room for the bucket shapes before a dynamic one
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
     get_base = getattr(model, "get_base_model", None)
     causal_lm = get_base() if callable(get_base) else model
     layers = list(causal_lm.model.layers)
     for layer in layers:
-        layer.compile(dynamic=False)
+        layer.compile()
     return len(layers)
+
+
+def checkpoint_only_first(model: Any, count: int) -> None:
+    """Selective activation checkpointing: after transformers enabled it on every decoder layer, turn it
+    off on all but the first `count` (a layer checks its own flag on each call)."""
+    layers = list(model.model.layers)
+    for layer in layers[count:]:
+        layer.gradient_checkpointing = False
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:

@@ -26,12 +26,12 @@ import torch
 
 from tamer.config import RunConfig
 from tamer.daemon.child import STOP_FILE, heartbeat_name
-from tamer.engine import distributed, memory, result, snapshot
+from tamer.engine import batching, distributed, memory, result, snapshot
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import build_model, compile_layers, materialize_random_init, pin_base, should_compile
 from tamer.engine.optim import build_optimizer, build_scheduler, repage_state, restore_scheduler, warmup_steps
-from tamer.engine.sampling import SampleOrder
+from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
 from tamer.recipes import squad
@@ -52,6 +52,7 @@ class Batch:
     tensors: dict[str, torch.Tensor]
     sample_ids: list[int]
     tokens: int
+    computed_tokens: int
 
 
 @dataclass
@@ -119,7 +120,12 @@ class Trainer:
         self.tokenizer = squad.load_tokenizer(self.config.tokenizer if self.config.tokenizer else ("bundled" if self.config.init == "random" else None), self.config.model)
         with distributed.main_first(self.group):
             self.train_examples, self.eval_examples = self._load_examples()
-        self.order = SampleOrder(len(self.train_examples), self.config.seed)
+        if self.config.batching_mode in batching.GROUPED_MODES:
+            self.order: SampleOrder = LengthGroupedOrder(len(self.train_examples), self.config.seed,
+                                                         [len(example.input_ids) for example in self.train_examples],
+                                                         self.config.effective_batch_size, self.config.length_window)
+        else:
+            self.order = SampleOrder(len(self.train_examples), self.config.seed)
         steps_per_epoch = len(self.train_examples) // self.config.effective_batch_size
         if steps_per_epoch < 1 and self.config.max_steps is None:
             from tamer.errors import DataError
@@ -279,16 +285,16 @@ class Trainer:
             self.evaluate()
         self.phase = "done"
 
-    def _accumulate(self, step: int, sample_ids: list[int], supervised: int) -> tuple[torch.Tensor, int]:
+    def _accumulate(self, step: int, sample_ids: list[int], supervised: int) -> tuple[torch.Tensor, int, int]:
         """Forward and backward of every micro-batch of this rank's share of one optimizer step;
-        (this rank's part of the step's loss, its tokens).
+        (this rank's part of the step's loss, its useful tokens, its computed tokens).
 
         The loss is normalised by the supervised tokens of the whole step (all ranks), and multiplied by
         the world size because DDP and FSDP average gradients over the ranks: the sum of the ranks'
         gradients is the one-process gradient of the step."""
         plan = self.plan
         total_loss = torch.zeros((), device=self.device)
-        tokens = 0
+        tokens = computed = 0
         batches = self.batches(sample_ids, plan.micro_batch_size, self.train_examples)
         for index, batch in enumerate(batches):
             with distributed.gradient_sync(self.wrapped, plan, sync=index == len(batches) - 1):
@@ -302,8 +308,9 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total_loss += summed.detach() / max(1, supervised)
             tokens += batch.tokens
+            computed += batch.computed_tokens
             del loss, summed  # bitsandbytes int8 layers keep their fp32 inputs alive through these
-        return total_loss, tokens
+        return total_loss, tokens, computed
 
     def _split_in_process(self, step: int, error: torch.OutOfMemoryError) -> bool:
         """After an activation OOM: free, halve the micro-batch, and let the caller retry the same optimizer
@@ -339,14 +346,11 @@ class Trainer:
         return True
 
     def batches(self, sample_ids: list[int], size: int, examples: list[squad.Example]) -> list[Batch]:
-        out = []
-        for start in range(0, len(sample_ids), size):
-            ids = sample_ids[start:start + size]
-            pad_to = self.config.max_seq_len if self.config.pad_to_max_len else None
-            collated = squad.collate([examples[i] for i in ids], self.tokenizer.pad_token_id, pad_to)
-            tensors = {k: v.to(self.device) for k, v in collated.items() if isinstance(v, torch.Tensor)}
-            out.append(Batch(tensors, ids, int(collated["attention_mask"].sum())))
-        return out
+        config = self.config
+        built = batching.build(examples, sample_ids, size, config.batching_mode, self.tokenizer.pad_token_id,
+                               config.max_seq_len, config.batch_multiple)
+        return [Batch({name: value.to(self.device) for name, value in micro.tensors.items()}, micro.sample_ids,
+                      micro.useful_tokens, micro.computed_tokens) for micro in built]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.plan.autocast_dtype is None:
@@ -362,7 +366,7 @@ class Trainer:
         mine = distributed.shard_of(self.group, sample_ids)
         while True:
             try:
-                total_loss, tokens = self._accumulate(step, mine, supervised)
+                total_loss, tokens, computed = self._accumulate(step, mine, supervised)
                 break
             except torch.OutOfMemoryError as error:
                 if not self._split_in_process(step, error):
@@ -387,7 +391,8 @@ class Trainer:
         # gradients beside the buckets, and the synced one copy them in: the gradients twice at the peak.
         self.optimizer.zero_grad(set_to_none=not (self.plan.world_size > 1 and self.plan.parallel == "ddp"))
         asked_to_stop = bool(self.stop_flag.get("stop")) or self.stop_path.exists()
-        loss_value, tokens, stops = distributed.all_sum(self.group, [float(total_loss), float(tokens), float(asked_to_stop)], self.device)
+        loss_value, tokens, computed, stops = distributed.all_sum(
+            self.group, [float(total_loss), float(tokens), float(computed), float(asked_to_stop)], self.device)
         if stops:  # every rank stops after the same step
             self.stop_flag["stop"] = True
         readings = memory.readings(self.device)
@@ -400,6 +405,7 @@ class Trainer:
                 "run_id": self.run_id, "attempt": self.attempt, "step": step, "samples_consumed": state.samples_consumed,
                 "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(tokens),
                 "tokens_per_s": tokens / elapsed if elapsed > 0 else None, "step_time": elapsed,
+                "useful_tokens": int(tokens), "computed_tokens": int(computed),
                 "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
                 "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **_highest(per_rank),
                 "rank_memory_json": json.dumps([dict(zip(MEMORY_FIELDS, row)) for row in per_rank]) if self.group.distributed else None,

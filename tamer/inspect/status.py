@@ -28,7 +28,7 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
 
     run = db.run(run_id or newest_run_id(db))
     recent = list(db.db.query(
-        """SELECT step, wall_time, step_time, tokens_per_s FROM steps WHERE run_id = ?
+        """SELECT step, wall_time, step_time, tokens_per_s, useful_tokens, computed_tokens FROM steps WHERE run_id = ?
            AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step DESC LIMIT ?""",
         [run["id"], run["id"], RECENT_STEPS],
     ))[::-1]
@@ -47,6 +47,7 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "validation_loss": run["final_eval_loss"],
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         "seconds_per_step": seconds_per_step,
+        **token_use(recent),
         "eta_seconds": eta,
         "eta_at": time.time() + eta if eta is not None else None,
         "attempt": attempt,
@@ -58,6 +59,17 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "failure_reason": run["failure_reason"],
         "last_event": {"time": event[0], "kind": event[1], "message": event[2]} if event else None,
     }
+
+
+def token_use(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Useful (non-pad) tokens per second of step time, and the share of computed tokens that were
+    padding, over step rows with `useful_tokens`, `computed_tokens` and `step_time` (None without counts)."""
+    counted = [row for row in rows if row["useful_tokens"] is not None and row["computed_tokens"]]
+    seconds = sum(row["step_time"] or 0.0 for row in counted)
+    useful = sum(row["useful_tokens"] for row in counted)
+    computed = sum(row["computed_tokens"] for row in counted)
+    return {"useful_tokens_per_s": useful / seconds if seconds else None,
+            "padding_fraction": 1 - useful / computed if computed else None}
 
 
 def _seconds_per_step(recent: list[dict[str, Any]]) -> float | None:

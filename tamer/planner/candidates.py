@@ -74,6 +74,8 @@ class PlannerPolicy:
     peak reserved is within the rest."""
     rungs: tuple[str, ...] | None = None
     """Rungs the planner may use (e.g. the config's ladder.order + chunked_loss); None = all registered."""
+    selective_checkpointing: bool = True
+    """A chosen plan with checkpointing checkpoints only the fewest (first) layers predicted to fit."""
 
     def __post_init__(self) -> None:
         if self.min_micro_batch < 1:
@@ -319,7 +321,7 @@ def assess(
                             f"there, not below the {steering.need / GIB:.1f} GiB that failed")
         fits = "yes" if predicted.reserved <= usable else "tight" if predicted.reserved <= limit else "no"
         paging = predicted.pageable > 0 and predicted.reserved + predicted.pageable > limit
-        candidates.append(Candidate(plan, predicted, relative_speed(plan, workload, facts, paging), fits, excluded))
+        candidates.append(Candidate(plan, predicted, relative_speed(plan, workload, facts, paging, shape.num_layers), fits, excluded))
     return candidates
 
 
@@ -336,6 +338,30 @@ def best(candidates: list[Candidate]) -> Candidate | None:
     fastest = max(c.speed for c in eligible)
     tied = [c for c in eligible if c.speed >= fastest * (1 - SPEED_TIE)]
     return min(tied, key=_preference)
+
+
+def fewest_checkpointed_layers(
+    chosen: Candidate,
+    shape: ModelShape,
+    workload: Workload,
+    facts: DeviceFacts,
+    budget_bytes: int,
+    policy: PlannerPolicy,
+    exclude: Iterable[str] = (),
+    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
+    correction: float = 1.0,
+) -> Candidate:
+    """`chosen` with checkpointing on only its first k decoder layers, for the smallest k predicted to fit
+    with the margin (each layer not recomputed saves its share of the recomputation), unless that is
+    predicted slower (the memory it takes pushes paged optimizer state to the host): then the fastest k;
+    `chosen` itself when it does not checkpoint every layer or no smaller k fits or is faster."""
+    plan = chosen.plan
+    if not plan.gradient_checkpointing or plan.checkpoint_layers is not None:
+        return chosen
+    variants = [plan.replace(checkpoint_layers=count) for count in range(1, shape.num_layers)]
+    assessed = assess(variants, shape, workload, facts, budget_bytes, policy, exclude, oom_hint, correction)
+    fitting = [candidate for candidate in assessed if candidate.fits == "yes" and candidate.excluded is None]
+    return max(fitting + [chosen], key=lambda candidate: candidate.speed)  # the first of equals: the smallest k
 
 
 def shape_of(config: Any) -> ModelShape:
@@ -370,6 +396,8 @@ def choose(
     chosen = best(candidates)
     if chosen is None:
         return None
+    if policy.selective_checkpointing:
+        chosen = fewest_checkpointed_layers(chosen, shape_of(config), workload, facts, budget, policy, exclude, oom_hint, correction)
     usable = usable_bytes(budget, policy.safety_margin)
     predicted = chosen.estimate
     reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "

@@ -211,6 +211,20 @@ def _lora_tensors(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> tup
     return tuple(found)
 
 
+SQUAD_TOKENS_PER_SEQUENCE = 210
+"""Mean tokens of a SQuAD training example (ANCHORS.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
+COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
+"""Computed / useful tokens by batching mode: ANCHORS.md (padding to the longest 1.6x) and the bundled slice in
+8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
+
+
+def expected_computed_per_sequence(batching: str, max_seq_len: int) -> int:
+    """Tokens computed per SQuAD sequence on average under `batching` (max_len: every position)."""
+    if batching not in COMPUTED_PER_USEFUL:
+        return max_seq_len
+    return min(max_seq_len, round(SQUAD_TOKENS_PER_SEQUENCE * COMPUTED_PER_USEFUL[batching]))
+
+
 @dataclass(frozen=True)
 class Workload:
     """What one micro-batch holds, beyond the plan: sequence length, supervised tokens, LoRA shape."""
@@ -225,6 +239,13 @@ class Workload:
     padded: bool = True
     """Batches carry a padding mask: sdpa then repeats K/V to every head (no GQA kernel) and a
     [micro_batch x seq x seq] mask exists. The ANCHORS runs used unpadded fixed-length sequences."""
+    batching: str = "longest"
+    """The config's batching mode (tamer/engine/batching.py). Memory is for the longest micro-batch either way
+    (micro_batch x sequence_length tokens: a length-grouped step can be all long samples); `packed` has one
+    [tokens x tokens] block-diagonal mask instead of a per-row padding mask."""
+    computed_per_sequence: int | None = None
+    """Tokens computed per sequence on average, for speed (bucket/packed: about the mean example length;
+    None = sequence_length). Computed tokens per question decide questions/s on a compute-bound card."""
     lora_rank: int = 16
     lora_targets: tuple[str, ...] = PROJECTIONS
     lora_dropout: bool = True
@@ -235,6 +256,8 @@ class Workload:
         """The workload of a RunConfig: its max_seq_len and LoRA settings, the defaults otherwise."""
         values = {
             "sequence_length": config.max_seq_len,
+            "batching": config.batching_mode,
+            "computed_per_sequence": expected_computed_per_sequence(config.batching_mode, config.max_seq_len),
             "lora_rank": config.lora.r,
             "lora_targets": tuple(config.lora.target_modules),
             "lora_dropout": config.lora.dropout > 0,
@@ -478,6 +501,13 @@ def weights_bytes(shape: ModelShape, plan: Plan) -> int:
     return _dtypes(plan).weights * shape.parameters
 
 
+def checkpointed_layers(plan: Plan, shape: ModelShape) -> int:
+    """Decoder layers whose activations are recomputed in backward: all, none, or the plan's checkpoint_layers."""
+    if not plan.gradient_checkpointing:
+        return 0
+    return shape.num_layers if plan.checkpoint_layers is None else min(plan.checkpoint_layers, shape.num_layers)
+
+
 def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     """Predicted peak memory of one training step under `plan`, per phase."""
     d = _dtypes(plan)
@@ -496,12 +526,18 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     # The previous micro-batch's graph is released only when the next forward returns its loss.
     int8_held_in_forward = int8_held * (2 if plan.grad_accumulation > 1 else 1)
     checkpoint_inputs = tokens * d.residual * hidden
-    layers_saved = shape.num_layers * (checkpoint_inputs if plan.gradient_checkpointing else per_layer)
+    checkpointed = checkpointed_layers(plan, shape)
+    kept_layers = shape.num_layers - checkpointed  # selective checkpointing: these keep their activations
+    layers_saved = checkpointed * checkpoint_inputs + kept_layers * per_layer
     positions = supervised_positions(plan, workload)
     # The final norm's fp32 input and normalised output, the LM head's input, the padding mask.
     outside = tokens * (4 + (0 if d.frozen else d.residual)) * hidden
     outside += positions * _linear_input(d, hidden, 1, d.residual)
-    mask = plan.micro_batch_size * workload.sequence_length**2 if workload.padded else 0
+    mask = 0
+    if workload.batching == "packed":  # one row of the micro-batch's samples: a block-diagonal [row x row] mask
+        mask = tokens**2
+    elif workload.padded:
+        mask = plan.micro_batch_size * workload.sequence_length**2
     activations = layers_saved + outside + mask
 
     # Autocast copies of fp32 weights: cached (trainable) or saved by each linear (frozen) until
@@ -509,8 +545,8 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     head_copy = 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0
     layer_copies = 2 * shape.linear_parameters if d.autocast and d.weights == 4 and not d.int8 else 0
     one_layer_copies = layer_copies // shape.num_layers
-    forward_copies = head_copy + (one_layer_copies if plan.lora and plan.gradient_checkpointing else layer_copies)
-    loss_backward_copies = head_copy + (0 if plan.gradient_checkpointing else layer_copies)
+    forward_copies = head_copy + (one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies)
+    loss_backward_copies = head_copy + kept_layers * one_layer_copies
 
     fp32_logits = fp32_logits_bytes(shape, plan, workload)
     keeps_head_output = workload.logits_tokens == "all" and not plan.chunked_loss

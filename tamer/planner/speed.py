@@ -9,14 +9,14 @@ the ratio of two plans the anchors measured in one run on one H100 (Llama-3.2-1B
 
 | factor | value | from |
 |---|---|---|
-| gradient checkpointing | 0.78 | the forward is rerun in backward (~30% more compute on the layers) |
+| gradient checkpointing | 0.78 | the forward is rerun in backward (~30% more compute on the layers); k of L layers: 1 / (1 + 0.28 k/L) |
 | chunked loss, when it chunks | 1.07 | LoRA + checkpointing 13,030 -> 13,966 tok/s with the loss chunked |
 | LoRA | 0.64 | LoRA on bf16 weights 13,030 vs full fine-tune 20,735 / 1.07: peft's extra small kernels and fp32 adapter casts cost more than the optimizer step saved, at 1B |
 | int8 base weights | 0.52 | the seed's 8-bit + LoRA recipe 6,297 vs the same without int8 (bitsandbytes int8 matmuls) |
 | pure bf16 weights | 1.05 | full fine-tune in pure bf16 26,989 (no checkpointing) vs 20,735 / 0.78 / 1.07 |
 | fp16 autocast | 0.97 | loss scaling (GradScaler) on top of 16-bit math |
 | fp32 without autocast | 0.3 | tamer's own step on an H100 (this planner's check, 2026-11-25): fp32 + checkpointing 5,635 vs bf16 autocast + checkpointing 19,583 tok/s |
-| tokens per micro-batch | 4,096: 1.0, 2,048: 0.764, 1,024: 0.325 | the seed's recipe at micro-batch 8 / 4 / 2: 6,297 / 4,812 / 2,045; halves again per halving below |
+| computed tokens per micro-batch (micro-batch x `computed_per_sequence`) | 4,096: 1.0, 2,048: 0.764, 1,024: 0.325 | the seed's recipe at micro-batch 8 / 4 / 2: 6,297 / 4,812 / 2,045; halves again per halving below |
 | paging | 0.8 | a guess: paged optimizer state that does not fit beside the peak moves to the host every step |
 | FSDP | 0.85 | a guess, per process, vs DDP: an all-gather per layer in forward and backward, mostly overlapped with compute |
 
@@ -76,12 +76,15 @@ def precision_factor(plan: Plan, facts: DeviceFacts) -> float:
     return FP32_MATH if facts.kind == "cuda" else 1.0
 
 
-def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: bool = False) -> float:
+def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: bool = False, num_layers: int | None = None) -> float:
     """Expected tokens/s of `plan` relative to the reference plan (see the module docstring).
-    `paging`: whether paged optimizer state is predicted not to fit on the device beside the peak."""
+    `paging`: whether paged optimizer state is predicted not to fit on the device beside the peak;
+    `num_layers`: the model's decoder layers, for a plan that checkpoints only some of them."""
     speed = precision_factor(plan, facts)
     if plan.gradient_checkpointing:
-        speed *= CHECKPOINTING
+        # The recomputation is per layer: checkpointing k of L layers adds k/L of its cost.
+        share = (plan.checkpoint_layers / num_layers) if plan.checkpoint_layers is not None and num_layers else 1.0
+        speed /= 1 + (1 / CHECKPOINTING - 1) * min(1.0, share)
     if chunking_applies(plan, workload):
         speed *= CHUNKED_LOSS
     if plan.lora:
@@ -92,4 +95,5 @@ def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: b
         speed *= PAGING
     if plan.world_size > 1 and plan.parallel == "fsdp":
         speed *= FSDP
-    return speed * micro_batch_factor(plan.micro_batch_size * workload.sequence_length)
+    per_sequence = workload.computed_per_sequence or workload.sequence_length
+    return speed * micro_batch_factor(plan.micro_batch_size * per_sequence)

@@ -175,6 +175,14 @@ def m004_squad_scores(db: sqlite_utils.Database) -> None:
     db["squad_scores"].create_index(["run_id", "step"])
 
 
+@migrations()
+def m005_token_counts(db: sqlite_utils.Database) -> None:
+    """Tokens per step that matter for speed: useful (the samples' own tokens, as `tokens`) and computed
+    (rows x row length: padding or a packed row's tail included); null on rows written before."""
+    db["steps"].add_column("useful_tokens", int)
+    db["steps"].add_column("computed_tokens", int)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")

@@ -21,12 +21,13 @@ class GradientCheckpointing(Strategy):
         reason = super().not_applicable(plan, facts)
         if reason:
             return reason
-        if plan.gradient_checkpointing:
+        if plan.gradient_checkpointing and plan.checkpoint_layers is None:
             return "gradient checkpointing is already on"
         return None
 
     def apply(self, plan: Plan, facts: DeviceFacts) -> Plan:
-        return plan.with_rung(self.name, gradient_checkpointing=True)
+        # A plan that checkpoints only some layers (the planner's selective checkpointing) gets all of them.
+        return plan.with_rung(self.name, gradient_checkpointing=True, checkpoint_layers=None)
 
 
 STRATEGY = GradientCheckpointing(

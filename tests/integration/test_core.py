@@ -40,6 +40,13 @@ def baseline(tmp_path_factory):
     return {"home": home, "run_id": run_id, "weights": final_weights(home, run_id), "samples": sample_ids(home, run_id), "result": result}
 
 
+def test_default_batches_are_at_least_90_percent_useful_tokens(baseline):
+    """The default (packed, length-grouped) batches of a tiny run compute at most 10% padding, recorded per step."""
+    home, run_id = baseline["home"], baseline["run_id"]
+    ((useful, computed, tokens),) = query(home, "SELECT sum(useful_tokens), sum(computed_tokens), sum(tokens) FROM steps WHERE run_id = ?", (run_id,))
+    assert useful == tokens and useful / computed >= 0.9
+
+
 def assert_same_training(baseline: dict, home, run_id: str) -> None:
     weights = final_weights(home, run_id)
     assert weights.keys() == baseline["weights"].keys()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from tamer.engine.sampling import SampleOrder
+import torch
+
+from tamer.engine.sampling import LengthGroupedOrder
 from tests.integration.runs import TINY, attempts, events, query, run_id_of, sample_ids, tamer
 
 HOST_OOM_CONFIG = """
@@ -16,9 +18,11 @@ pad_to_max_len: true
 """
 
 
-def _train_size(home, run_id) -> int:
-    data = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'data'", (run_id,))]
-    return data[0]["train"]["examples"]
+def _default_order(home, run_id) -> LengthGroupedOrder:
+    """The data order of an uninterrupted run with the default (packed, length-grouped) batches."""
+    (cache,) = (home / "runs" / run_id).glob("examples-*.pt")
+    train = torch.load(cache, weights_only=False)["train"]
+    return LengthGroupedOrder(len(train), 0, [len(example.input_ids) for example in train], step_size=8, window_steps=64)
 
 
 def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
@@ -42,7 +46,7 @@ def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
     assert (final_plan["micro_batch_size"], final_plan["grad_accumulation"]) == (4, 2)
     assert final_plan["quantization"] == "int8" and final_plan["lora"] and final_plan["optimizer"] == "paged_adamw_8bit"
     assert query(tmp_path, "SELECT DISTINCT micro_batch_size * grad_accumulation FROM steps WHERE run_id = ?", (run_id,)) == [(8,)]
-    order = SampleOrder(_train_size(tmp_path, run_id), seed=0)
+    order = _default_order(tmp_path, run_id)
     trained = [i for step in sample_ids(tmp_path, run_id) for i in step]
     assert trained == order.indices(0, 13 * 8)  # the data order of an uninterrupted run, nothing lost or repeated
     kinds = [kind for kind, _ in events(tmp_path, run_id)]
@@ -106,7 +110,7 @@ def test_in_process_split_retries_the_same_step_without_a_restart(tmp_path):
     assert [(e["step"], e["phase"], e["old_micro_batch"], e["new_micro_batch"]) for e in split] == [(5, "backward", 8, 4)]
     geometry = query(tmp_path, "SELECT step, micro_batch_size, grad_accumulation FROM steps WHERE run_id = ? ORDER BY step", (run_id,))
     assert geometry == [(s, 8, 1) for s in range(1, 5)] + [(s, 4, 2) for s in range(5, 9)]
-    order = SampleOrder(_train_size(tmp_path, run_id), seed=0)
+    order = _default_order(tmp_path, run_id)
     assert [i for step in sample_ids(tmp_path, run_id) for i in step] == order.indices(0, 8 * 8)
     checkpoint_plan = json.loads((tmp_path / "runs" / run_id / "checkpoints" / "step-8" / "manifest.json").read_text())["plan"]
     assert checkpoint_plan["micro_batch_size"] == 4

@@ -27,7 +27,8 @@ from tamer.planner import (
     relative_speed,
 )
 from tamer.strategies.ladder import initial_plan as base_plan
-from tamer.planner.estimate import GIB, ModelShape, fp32_logits_bytes
+from tamer.planner.candidates import usable_bytes
+from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, ModelShape, fp32_logits_bytes
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung
 
@@ -326,7 +327,8 @@ def test_choose_picks_the_anchors_full_fine_tune_at_15_gib():
     """For 1B at 15 GiB on an H100, as the anchors measured it, choose() picks the full fine-tune with fp32
     master weights + bf16 autocast + checkpointing + paged 8-bit AdamW + chunked loss (20,735 tok/s)."""
     choice = choose(config_1b(), H100, CAP_15_GIB, workload=ANCHORS_WORKLOAD)
-    assert only_geometry_differs(choice.plan, plan(env=choice.plan.env, **FULL_FT_CHUNKED))
+    assert only_geometry_differs(choice.plan.replace(checkpoint_layers=None), plan(env=choice.plan.env, **FULL_FT_CHUNKED))
+    assert 1 <= choice.plan.checkpoint_layers < LLAMA_1B.num_layers  # selective checkpointing: fewer layers fit
     assert choice.plan.micro_batch_size == 8
     assert choice.plan.rungs == ("expandable_segments", "gradient_checkpointing", "mixed_precision", "paged_adamw_8bit",
                                  "chunked_loss")
@@ -338,7 +340,8 @@ def test_choose_with_tamer_loss_is_at_least_as_fast_as_the_anchors_plan():
     choice = choose(config_1b(), H100, CAP_15_GIB)
     anchors_plan = plan(**FULL_FT_CHUNKED)
     assert not choice.plan.lora and choice.plan.weights_dtype == "fp32" and choice.plan.micro_batch_size == 8
-    assert choice.speed >= relative_speed(anchors_plan, Workload(), H100)
+    # Speeds compare within one workload: the config's (packed batches, fewer tokens per micro-batch) for both.
+    assert choice.speed >= relative_speed(anchors_plan, Workload.from_config(config_1b()), H100)
     assert choice.predicted.reserved <= 0.9 * 15 * GIB
 
 
@@ -368,6 +371,20 @@ def test_choose_skips_excluded_plans():
     assert plan_key(second.plan) != plan_key(first.plan)
 
 
+def test_selective_checkpointing_picks_the_fewest_layers_that_fit():
+    """With room beyond full checkpointing, choose() checkpoints only k < L layers, predicted faster than all
+    layers; one layer fewer would not fit with the margin, or would push the paged optimizer state to the host."""
+    config, workload = config_1b(), Workload.from_config(config_1b())
+    choice = choose(config, H100, CAP_15_GIB, workload=workload)
+    everything = choose(config, H100, CAP_15_GIB, PlannerPolicy(selective_checkpointing=False), workload=workload)
+    k = choice.plan.checkpoint_layers
+    assert everything.plan.checkpoint_layers is None and 1 <= k < LLAMA_1B.num_layers
+    assert choice.speed > everything.speed and choice.predicted.reserved > everything.predicted.reserved
+    usable = usable_bytes(CAP_15_GIB, PlannerPolicy().safety_margin)
+    fewer = estimate(LLAMA_1B, choice.plan.replace(checkpoint_layers=k - 1), workload)
+    assert fewer.reserved > usable or fewer.reserved + fewer.pageable > CAP_15_GIB - CUDA_CONTEXT_BYTES
+
+
 def test_optimizer_oom_is_not_fixed_by_a_smaller_micro_batch():
     """After an OOM in the optimizer step, choose() never returns a plan that only shrinks the micro-batch,
     although without the hint it would; it returns one with a smaller optimizer step, or None."""
@@ -381,11 +398,11 @@ def test_optimizer_oom_is_not_fixed_by_a_smaller_micro_batch():
             "sizes": {"allocated_by_pytorch": 17 * GIB, "tried_to_allocate": 2 * GIB}}
     full_only = PlannerPolicy(allow_lora=False, rungs=no_paging)
     blind = choose(config, H100, budget, full_only, exclude={plan_key(failed)})
-    assert only_geometry_differs(blind.plan, failed) and blind.plan.micro_batch_size < 8
+    assert only_geometry_differs(blind.plan.replace(checkpoint_layers=None), failed) and blind.plan.micro_batch_size < 8
     steered = choose(config, H100, budget, full_only, exclude={plan_key(failed)}, oom_hint=hint)
     assert steered is None
     candidates = choose(config, H100, budget, PlannerPolicy(rungs=no_paging), oom_hint=hint)
-    assert not only_geometry_differs(candidates.plan, failed)
+    assert not only_geometry_differs(candidates.plan.replace(checkpoint_layers=None), failed)
     failed_step = estimate(LLAMA_1B, failed, Workload()).phases["optimizer"].total
     assert estimate(LLAMA_1B, candidates.plan, Workload()).phases["optimizer"].total < failed_step
     for candidate in candidates.candidates:

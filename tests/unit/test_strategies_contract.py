@@ -121,3 +121,12 @@ def test_module_does_not_import_torch(strategy):
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
     assert not any(name == "torch" or name.startswith("torch.") for name in imported)
+
+
+def test_checkpointing_rung_extends_selective_checkpointing_to_every_layer():
+    """A plan checkpointing only some layers can still take the checkpointing rung, which checkpoints them all."""
+    strategy = registry.get("gradient_checkpointing")
+    selective = fresh_plan().replace(gradient_checkpointing=True, checkpoint_layers=4)
+    assert strategy.not_applicable(selective, CUDA) is None
+    assert strategy.apply(selective, CUDA).checkpoint_layers is None
+    assert strategy.not_applicable(selective.replace(checkpoint_layers=None), CUDA) == "gradient checkpointing is already on"
