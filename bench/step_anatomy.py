@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd decoder layers")
+    parser.add_argument("--skip-eager", action="store_true", help="skip the selective-checkpointing rows")
     args = parser.parse_args()
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device(args.device)
     if device.type == "cuda" and args.gpu_mem_cap:
@@ -143,7 +144,7 @@ def main() -> None:
         record(f"fwd+bwd, all layers checkpointed, {name}", fwd_bwd(batches), computed)
     packed = [b for n, b in layouts(examples, tokenizer.pad_token_id).items() if n.startswith("packed")][0]
     layers = list(model.model.layers)
-    for k in (len(layers) // 2, len(layers) // 4, 0):
+    for k in (() if args.skip_eager else (len(layers) // 2, len(layers) // 4, 0)):
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < k
         record(f"fwd+bwd, packed, {k} of {len(layers)} layers checkpointed", fwd_bwd(packed), useful)
@@ -175,10 +176,28 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
             record(f"clip + {label}.step", step)
-            del optimizer
+            del optimizer, step
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+        try:
+            from torchao.optim import AdamW8bit as AoAdamW8bit
+        except ImportError as error:
+            print(f"torchao not importable ({error}); its row is skipped")
+        else:
+            optimizer = AoAdamW8bit(parameters, lr=1e-5)
+            began = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            torch.cuda.synchronize()
+            print(f"first torchao AdamW8bit step (compiles): {time.perf_counter() - began:.1f} s", flush=True)
+
+            def ao_step(optimizer=optimizer):
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+            record("clip + torchao AdamW8bit.step", ao_step)
+            del optimizer
+            torch.cuda.empty_cache()
     print(f"\n8 SQuAD samples: {useful} useful tokens, {supervised} supervised; device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     print("| what | seconds (median) | computed tokens | peak reserved GiB |\n|---|---|---|---|")
     for row in rows:

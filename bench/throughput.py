@@ -12,9 +12,13 @@ dev questions), seed 0, no checkpoint before the end and one small evaluation at
   max_len           every sequence padded to max_seq_len (512)
   bucket            padded to the longest rounded up to 64, length-grouped order
   packed            one row per micro-batch, no padding but the tail to 64, length-grouped order
-  packed_selective  packed, checkpointing only the layers the planner says must be (the new default)
+  packed_selective  packed, checkpointing only the layers the planner says must be
+  bucket_compiled   bucket, with the decoder layers compiled (torch.compile)
+  default           tamer's default: packed + selective checkpointing + compiled layers (compile: auto)
 
-The first four set planner.selective_checkpointing=false so they differ from each other only by batching.
+The first four set planner.selective_checkpointing=false so they differ from each other only by batching;
+all but the last two set compile=off. A second questions/s counts the wall clock from launching `tamer run`
+to its last step (process start, model load, compilation included).
 Per mode, over the steps after --warmup: questions/s = questions / summed step time (mean, not median: a
 mode whose shapes change pays each new shape, and that is the point), useful (non-pad) tokens/s, computed /
 useful tokens, distinct step sizes in computed tokens (a proxy for shapes) and the mean step time of a size
@@ -44,14 +48,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from escalation import Benchmark, _gib, _last_line, _number, run_arguments  # noqa: E402
 
 QUESTIONS_PER_STEP = 8
-COMMON_SETS = ["tokenizer=bundled", "checkpoint_every=100000", "eval_samples=16", "seed=0",
+COMMON_SETS = ["tokenizer=bundled", "checkpoint_every=100000", "eval_samples=16", "seed=0", "export.enabled=false", "eval.squad_samples=0",
                f"effective_batch_size={QUESTIONS_PER_STEP}"]
 MODES = {
-    "longest": ("tamer, padded to the longest (former default)", ["batching=longest", "planner.selective_checkpointing=false"]),
-    "max_len": ("tamer, padded to 512", ["batching=max_len", "planner.selective_checkpointing=false"]),
-    "bucket": ("tamer, buckets of 64, length-grouped", ["batching=bucket", "planner.selective_checkpointing=false"]),
-    "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false"]),
-    "packed_selective": ("tamer, packed + selective checkpointing (default)", []),
+    "longest": ("tamer, padded to the longest (former default)", ["batching=longest", "planner.selective_checkpointing=false", "compile=off"]),
+    "max_len": ("tamer, padded to 512", ["batching=max_len", "planner.selective_checkpointing=false", "compile=off"]),
+    "bucket": ("tamer, buckets of 64, length-grouped", ["batching=bucket", "planner.selective_checkpointing=false", "compile=off"]),
+    "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false", "compile=off"]),
+    "packed_selective": ("tamer, packed + selective checkpointing", ["compile=off"]),
+    "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
+    "default": ("tamer's default: packed + selective checkpointing + compiled layers", []),
 }
 HF_MODES = {
     "hf_max_len": "HF Trainer, padded to 512",
@@ -124,12 +130,26 @@ def step_rates(db_path: Path, run_id: str, warmup: int) -> dict[str, Any]:
     }
 
 
+def wall_rate(db_path: Path, run_id: str, launched: float) -> dict[str, Any]:
+    """Questions per wall-clock second from launching `tamer run` to its last optimizer step: process start,
+    model load, compilation, every step and anything between steps included (what a user's night feels)."""
+    import sqlite3
+
+    connection = sqlite3.connect(str(db_path))
+    steps, last = connection.execute("SELECT count(DISTINCT step), max(wall_time) FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+    connection.close()
+    if not steps or last is None or last <= launched:
+        return {}
+    return {"wall_questions_per_second": QUESTIONS_PER_STEP * steps / (last - launched), "wall_seconds_to_last_step": last - launched}
+
+
 def run_tamer_mode(benchmark: ThroughputBenchmark, label: str) -> dict[str, Any]:
     title, sets = MODES[label]
     result = benchmark.run(label, title, sets)
     run_id = result.get("run_id")
     if run_id:
         result.update(step_rates(benchmark.home / label / "tamer.db", run_id, benchmark.arguments.warmup))
+        result.update(wall_rate(benchmark.home / label / "tamer.db", run_id, result["launched_at"]))
     benchmark.save()
     return result
 
@@ -229,16 +249,17 @@ def run_hf_mode(benchmark: ThroughputBenchmark, label: str) -> dict[str, Any]:
 def report(benchmark: ThroughputBenchmark) -> None:
     runs = benchmark.results["runs"]
     print()
-    print(f"| mode | questions/s | useful tokens/s | s/step (mean / median) | computed / useful | step sizes | "
+    print(f"| mode | questions/s | questions/s, wall clock from launch | useful tokens/s | s/step (mean / median) | computed / useful | step sizes | "
           f"s/step new size / seen size | loss after step {benchmark.arguments.steps} | peak reserved GiB | plan |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for result in runs.values():
         if "questions_per_second" not in result:
-            print(f"| {result['title']} | failed: {result.get('failure_reason', '-')} | | | | | | | | |")
+            print(f"| {result['title']} | failed: {result.get('failure_reason', '-')} | | | | | | | | | |")
             continue
         loss = result.get("last_loss", result.get("train_loss"))
         peak = result.get("measured_peak", result.get("peak_reserved"))
-        print(f"| {result['title']} | {_number(result.get('questions_per_second'), 1)} | {_number(result.get('useful_tokens_per_second'))} | "
+        print(f"| {result['title']} | {_number(result.get('questions_per_second'), 1)} | {_number(result.get('wall_questions_per_second'), 1)} | "
+              f"{_number(result.get('useful_tokens_per_second'))} | "
               f"{_number(result.get('seconds_per_step'), 3)} / {_number(result.get('median_seconds_per_step'), 3)} | "
               f"{_number(result.get('computed_per_useful'), 2)} | {result.get('step_sizes', '-')} | "
               f"{_number(result.get('new_size_seconds_per_step'), 3)} / {_number(result.get('seen_size_seconds_per_step'), 3)} | {_number(loss, 4)} | "
