@@ -20,8 +20,9 @@ MAX_OVERHEAD = 0.02
 """Saves may take at most this fraction of training time."""
 MAX_AT_RISK_SECONDS = 600.0
 """At most this much training between saves (what a failure can cost)."""
-FIRST_SAVE_SECONDS = 60.0
-"""Under `auto`, the first save of an attempt (which measures the cost) comes after this much training."""
+FIRST_SAVE_SECONDS = 30.0
+"""Under `auto`, the first save of an attempt comes this long after it started training (or after a
+failed save): early, since it measures what a save costs, and in the background it costs well under 1 s."""
 INTERVAL_EVENT = "checkpoint_interval"
 NOT_FAILURES = ("done", "stopped", "cuda_oom", "host_oom")
 """Attempt outcomes that do not count as failures for the rate (OOMs end in a new plan, not a lost machine)."""
@@ -60,8 +61,12 @@ def mean_time_between_failures(attempts: list[dict[str, Any]], now: float) -> fl
     failures = sum(1 for a in attempts if a.get("outcome") and a["outcome"] not in NOT_FAILURES)
     if not failures:
         return None
-    exposure = sum(max(0.0, (a.get("ended_at") or now) - (a.get("started_at") or now)) for a in attempts)
+    exposure = sum(max(0.0, _or(a.get("ended_at"), now) - _or(a.get("started_at"), now)) for a in attempts)
     return max(exposure, 1.0) / failures
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def interval_in_force(events: list[dict[str, Any]]) -> str | None:

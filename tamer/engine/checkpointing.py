@@ -269,7 +269,7 @@ class Checkpointer:
             if not self.auto:
                 answer = step % config.checkpoint_every == 0
             elif self.interval is None:
-                answer = self.train_seconds >= checkpoint_policy.FIRST_SAVE_SECONDS and self.committed_step != step
+                answer = since >= checkpoint_policy.FIRST_SAVE_SECONDS
             else:
                 answer = step - self.last_save_step >= self.interval.steps
             if config.checkpoint_every_seconds and since >= config.checkpoint_every_seconds:
@@ -301,13 +301,17 @@ class Checkpointer:
         self.last_save_step, self.last_save_time = step, time.perf_counter()
         if snapshot is not None:
             if self.asynchronous:
-                stall = time.perf_counter() - started
-                self.thread = threading.Thread(target=self._write, args=(snapshot, stall), name="checkpoint-writer", daemon=True)
+                self.thread = threading.Thread(target=self._write, args=(snapshot, time.perf_counter() - started),
+                                               name="checkpoint-writer", daemon=True)
                 self.thread.start()
             else:
                 self._write(snapshot, 0.0)
-                self.outcome.stall = time.perf_counter() - started  # type: ignore[union-attr]
             if wait or not self.asynchronous:
+                if self.thread is not None:
+                    self.thread.join()
+                    self.thread = None
+                if self.outcome is not None:  # the loop waited for all of it: that is its stall
+                    self.outcome.stall = time.perf_counter() - started
                 self.wait()
         if wait:
             trainer.state.checkpoint_step = distributed.broadcast(self.group, self.committed_step)
@@ -462,7 +466,7 @@ class Checkpointer:
     def _choose_interval(self, outcome: Outcome) -> None:
         trainer = self.trainer
         step_seconds = self.train_seconds / self.timed_steps if self.timed_steps else 1.0
-        stall = outcome.stall if self.asynchronous else outcome.stall + outcome.write_seconds
+        stall = outcome.stall  # synchronous: the write included
         mtbf = checkpoint_policy.mean_time_between_failures(trainer.db.attempts(trainer.run_id), time.time())
         self.interval = checkpoint_policy.choose_interval(stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf)
         trainer.event(checkpoint_policy.INTERVAL_EVENT,
@@ -478,3 +482,56 @@ def _disk_full(error: BaseException) -> bool:
 
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- resuming ----------------------------------------------------------------------------------------
+
+
+class ResumeCheck:
+    """The checkpoint to resume from, verified in a thread while the model loads from it (one process).
+
+    `start()` returns the newest checkpoint whose manifest reads and starts hashing its files;
+    `confirm()` waits for that and returns it, or, when it turned out damaged, the newest older one that
+    verifies (the caller then builds the model again). Where the model build would keep files of the
+    checkpoint (a full checkpoint pinned as a LoRA base) or several ranks resume, it verifies first."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.thread: threading.Thread | None = None
+        self.problem: str | None = None
+
+    def start(self) -> checkpoints.Checkpoint | None:
+        trainer = self.trainer
+        if trainer.group.distributed:
+            return trainer._checkpoint_to_resume()
+        candidate, skipped = checkpoints.newest_complete(trainer.run_dir)
+        self._tell(skipped)
+        if candidate is None:
+            return None
+        if candidate.manifest["kind"] == "full" and trainer.plan.lora:
+            return self._older_valid(None)
+        self.thread = threading.Thread(target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True)
+        self.thread.start()
+        return candidate
+
+    def confirm(self, checkpoint: checkpoints.Checkpoint | None) -> checkpoints.Checkpoint | None:
+        if self.thread is None or checkpoint is None:
+            return checkpoint
+        self.thread.join()
+        self.thread = None
+        if self.problem is None:
+            return checkpoint
+        self._tell([(checkpoint.path.name, self.problem)])
+        return self._older_valid(checkpoint.step)
+
+    def _verify(self, path: Path) -> None:
+        self.problem = checkpoints.verify(path)[1]
+
+    def _older_valid(self, below: int | None) -> checkpoints.Checkpoint | None:
+        found, skipped = checkpoints.newest_valid(self.trainer.run_dir, below)
+        self._tell(skipped)
+        return found
+
+    def _tell(self, skipped: list[tuple[str, str]]) -> None:
+        for name, reason in skipped:
+            self.trainer.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)

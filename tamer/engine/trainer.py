@@ -26,7 +26,7 @@ import torch
 from tamer.config import RunConfig
 from tamer.daemon.child import STOP_FILE, heartbeat_name
 from tamer.engine import distributed, memory, snapshot
-from tamer.engine.checkpointing import Checkpointer
+from tamer.engine.checkpointing import Checkpointer, ResumeCheck
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import build_model, materialize_random_init, pin_base
@@ -127,11 +127,17 @@ class Trainer:
         if self.group.is_main:
             self.db.update_run(self.run_id, total_steps=self.total_steps)
 
-        checkpoint = self._checkpoint_to_resume()
-        with distributed.main_first(self.group):
-            self.base, adapter_dir = self._model_source(checkpoint)
-        torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
-        self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+        resume_check = ResumeCheck(self)
+        checkpoint = resume_check.start()
+        while True:  # the checkpoint's files are verified while the model loads from it
+            with distributed.main_first(self.group):
+                self.base, adapter_dir = self._model_source(checkpoint)
+            torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
+            self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+            verified = resume_check.confirm(checkpoint)
+            if verified is checkpoint:
+                break
+            self.model, checkpoint = None, verified  # damaged: load again from an older one
         self.loss_module = SupervisedLoss(self.model, CHUNK_SIZE if self.plan.chunked_loss else None)
         self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
         self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]

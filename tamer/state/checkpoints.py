@@ -170,17 +170,24 @@ def save(run_dir: Path, step: int, write_files: Callable[[Path], dict[str, str] 
     return Checkpoint(final, full_manifest)
 
 
-def verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None) if the checkpoint at `path` is intact, else (None, why not)."""
-    manifest_path = path / MANIFEST
+def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) if the checkpoint at `path` has a readable manifest (its files unchecked), else (None, why not)."""
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         return None, "no manifest (write did not finish)"
     except (OSError, ValueError) as error:
         return None, f"manifest unreadable: {error}"
     if manifest.get("format") not in READABLE_FORMATS or "files" not in manifest:
         return None, "manifest of an unknown format"
+    return manifest, None
+
+
+def verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) if the checkpoint at `path` is intact, else (None, why not)."""
+    manifest, problem = read_manifest(path)
+    if manifest is None:
+        return None, problem
     algorithm = "sha256" if manifest["format"] == 1 else manifest.get("hash", HASH)
     expected = manifest["files"]
     present = {str(p.relative_to(path)) for p in _files(path)}
@@ -204,11 +211,26 @@ def _candidates(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
-def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
-    """The newest checkpoint that verifies, and the (name, reason) of newer ones skipped."""
+def newest_valid(run_dir: Path, below: int | None = None) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
+    """The newest checkpoint that verifies (of steps below `below`, when given), and the (name, reason)
+    of newer ones skipped."""
     skipped = []
     for path in _candidates(run_dir):
+        if below is not None and int(path.name[5:]) >= below:
+            continue
         manifest, problem = verify(path)
+        if manifest is not None:
+            return Checkpoint(path, manifest), skipped
+        skipped.append((path.name, problem or "invalid"))
+    return None, skipped
+
+
+def newest_complete(run_dir: Path) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
+    """The newest checkpoint with a readable manifest, its files not yet verified (resume verifies
+    them while the model loads), and the (name, reason) of newer ones skipped."""
+    skipped = []
+    for path in _candidates(run_dir):
+        manifest, problem = read_manifest(path)
         if manifest is not None:
             return Checkpoint(path, manifest), skipped
         skipped.append((path.name, problem or "invalid"))
