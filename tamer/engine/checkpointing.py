@@ -156,32 +156,85 @@ def state_bytes(value: Any) -> int:
 
 
 class HostBuffers:
-    """Host copies of device state, by position in the state: allocated at the first save (pinned on
-    CUDA, so the copy runs at full bus speed) and reused by every later save of the same shapes."""
+    """Host copies of device state: one slab of host memory (pinned on CUDA, so the copies run at full
+    bus speed; one allocation, since pinning is slow and the pinned allocator rounds each block up to a
+    power of two), cut into a view per tensor. Allocated by `prepare` (ahead of the first save, or at
+    it) and reused by every later save of the same shapes."""
+
+    ALIGN = 64
 
     def __init__(self, pin: bool) -> None:
         self.pin = pin
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.layout: list[tuple[tuple[int, ...], torch.dtype]] = []
+        self.views: list[torch.Tensor] = []
+        self.slab: torch.Tensor | None = None
 
-    def copy(self, value: Any, key: str = "") -> Any:
+    def prepare(self, value: Any) -> None:
+        """Buffers for the tensors of `value` (dicts, lists, tuples of tensors and other leaves)."""
+        self.allocate(layout_of(value))
+
+    def allocate(self, layout: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """Buffers for tensors of these shapes and dtypes, in this order (a no-op when they are the current ones)."""
+        if layout == self.layout:
+            return
+        self.slab, self.views, self.layout = None, [], []
+        offsets, total = [], 0
+        for shape, dtype in layout:
+            offsets.append(total)
+            total += -(-_numel(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
+        slab = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=self.pin)
+        memory = slab.numpy()
+        # Each view gets a storage of its own over its part of the slab (frombuffer): torch.save writes a
+        # tensor's whole storage, and a slice of the slab would drag the slab along into every file.
+        self.views = [torch.frombuffer(memory[offset:offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8).view(dtype).view(shape)
+                      if _numel(shape) else torch.empty(shape, dtype=dtype)
+                      for offset, (shape, dtype) in zip(offsets, layout)]
+        self.slab, self.layout = slab, layout
+
+    def copy(self, value: Any) -> Any:
         """`value` with every tensor copied into its buffer; other leaves deep-copied."""
-        if isinstance(value, torch.Tensor):
-            buffer = self.buffers.get(key)
-            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
-                buffer = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=self.pin)
-                self.buffers[key] = buffer
-            buffer.copy_(value.detach(), non_blocking=self.pin)
-            return buffer
-        if isinstance(value, dict):
-            return {k: self.copy(v, f"{key}/{k}") for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            items = [self.copy(v, f"{key}/{i}") for i, v in enumerate(value)]
-            return items if isinstance(value, list) else tuple(items)
-        return copy.deepcopy(value)
+        self.prepare(value)
+        views = iter(self.views)
+
+        def rebuild(item: Any) -> Any:
+            if isinstance(item, torch.Tensor):
+                view = next(views)
+                view.copy_(item.detach(), non_blocking=self.pin)
+                return view
+            if isinstance(item, dict):
+                return {key: rebuild(inner) for key, inner in item.items()}
+            if isinstance(item, (list, tuple)):
+                items = [rebuild(inner) for inner in item]
+                return items if isinstance(item, list) else tuple(items)
+            return copy.deepcopy(item)
+
+        return rebuild(value)
 
     @property
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+        return 0 if self.slab is None else self.slab.numel()
+
+
+def layout_of(value: Any) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    return [(tuple(t.shape), t.dtype) for t in _tensors(value)]
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a nested state, in the order `HostBuffers.copy` visits them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for inner in value.values() for t in _tensors(inner)]
+    if isinstance(value, (list, tuple)):
+        return [t for inner in value for t in _tensors(inner)]
+    return []
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def host_room(needed: int, capped: bool) -> str | None:
@@ -220,6 +273,7 @@ class Outcome:
     saved: checkpoints.Checkpoint | None = None
     error: BaseException | None = None
     crashes: list[str] = field(default_factory=list)
+    waited: bool = False  # the loop waited for the write (a stop, the end of the run)
 
 
 class Checkpointer:
@@ -239,6 +293,7 @@ class Checkpointer:
         self.interval: checkpoint_policy.Interval | None = None
         self.last_save_step = trainer.state.step
         self.last_save_time = time.perf_counter()
+        self.allocating: threading.Thread | None = None
         self.boundary: float | None = None  # the end of the last step boundary (clock of the step loop)
         self.train_seconds = 0.0
         self.timed_steps = 0
@@ -260,6 +315,8 @@ class Checkpointer:
         if self.boundary is not None:
             self.train_seconds += now - self.boundary
             self.timed_steps += 1
+        else:
+            self.allocate_ahead()
         self.boundary = now
         answer = False
         if self.group.is_main:
@@ -312,6 +369,7 @@ class Checkpointer:
                     self.thread = None
                 if self.outcome is not None:  # the loop waited for all of it: that is its stall
                     self.outcome.stall = time.perf_counter() - started
+                    self.outcome.waited = True
                 self.wait()
         if wait:
             trainer.state.checkpoint_step = distributed.broadcast(self.group, self.committed_step)
@@ -348,28 +406,23 @@ class Checkpointer:
         if not self.group.is_main:
             return None
         is_lora = trainer.plan.lora
+        state = self._live_state(full_weights, optimizer_state)
         if is_lora:
-            from peft import get_peft_model_state_dict
-
-            weights = get_peft_model_state_dict(trainer.model)
             lora_config = copy.deepcopy(trainer.model.peft_config["default"])
             lora_config.inference_mode = True  # as PeftModel.save_pretrained writes it
             model_files = [lora_config]
         else:
-            weights = full_weights if full_weights is not None else trainer.model.state_dict()
             model_config = copy.deepcopy(trainer.model.config)
             model_config.architectures = [type(trainer.model).__name__]
             model_files = [model_config]
             generation = getattr(trainer.model, "generation_config", None)
             if generation is not None:
                 model_files.append(copy.deepcopy(generation))
-        weights = unique_tensors(weights)
-        state = {"weights": weights, "optimizer": optimizer_state}
-        if self.asynchronous and not self.buffers.buffers:
-            why_not = host_room(state_bytes(state), bool(trainer.config.host_mem_cap))
-            if why_not:
-                self.asynchronous = False
-                trainer.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=state_bytes(state))
+        if self.allocating is not None:
+            self.allocating.join()
+            self.allocating = None
+        if self.asynchronous and self.buffers.slab is None:
+            self._check_room(state)
         if self.asynchronous:
             try:
                 if trainer.device.type == "cuda":
@@ -379,7 +432,7 @@ class Checkpointer:
                     torch.cuda.synchronize(trainer.device)  # the copies into pinned memory are done
             except RuntimeError as error:  # pinned memory refused: the snapshot does not fit after all
                 self.asynchronous = False
-                self.buffers.buffers.clear()
+                self.buffers = HostBuffers(pin=False)
                 trainer.event("checkpoint_sync", f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})")
         base = self._lora_base() if is_lora else None
         manifest = {
@@ -391,6 +444,46 @@ class Checkpointer:
         return Snapshot(trainer.state.step, "lora" if is_lora else "full", state["weights"], model_files, state["optimizer"],
                         copy.deepcopy(trainer.scheduler.state_dict()), copy.deepcopy(scaler),
                         {"ranks": rng_states} if self.group.distributed else rng_states[0], manifest, state_bytes(state))
+
+    def _live_state(self, full_weights: dict[str, torch.Tensor] | None, optimizer_state: Any) -> dict[str, Any]:
+        """The weights (or adapters) and optimizer state to snapshot, as references to the live tensors."""
+        model = self.trainer.model
+        if self.trainer.plan.lora:
+            from peft import get_peft_model_state_dict
+
+            weights = get_peft_model_state_dict(model)
+        else:
+            weights = full_weights if full_weights is not None else model.state_dict()
+        return {"weights": unique_tensors(weights), "optimizer": optimizer_state}
+
+    def _check_room(self, state: dict[str, Any]) -> None:
+        """Go synchronous, with an event, when a snapshot of `state` does not fit the host memory."""
+        needed = state_bytes(state)
+        why_not = host_room(needed, bool(self.trainer.config.host_mem_cap))
+        if why_not:
+            self.asynchronous = False
+            self.trainer.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed)
+
+    def allocate_ahead(self) -> None:
+        """After the attempt's first step (the optimizer state exists now): pin the host buffers in a
+        thread, so the first save does not stall for the allocation. Not with FSDP over several ranks
+        (its full state only exists inside the gathering collectives)."""
+        trainer = self.trainer
+        if not (self.asynchronous and self.group.is_main and self.buffers.slab is None and self.allocating is None):
+            return
+        if trainer.plan.parallel == "fsdp" and trainer.plan.world_size > 1:
+            return
+        state = self._live_state(None, trainer.optimizer.state_dict())
+        self._check_room(state)
+        if self.asynchronous:
+            self.allocating = threading.Thread(target=self._allocate, args=(layout_of(state),), name="checkpoint-buffers", daemon=True)
+            self.allocating.start()
+
+    def _allocate(self, layout: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
+        try:
+            self.buffers.allocate(layout)
+        except RuntimeError:  # refused: the first save finds no buffers and tries (and tells) itself
+            self.buffers = HostBuffers(pin=self.buffers.pin)
 
     def _lora_base(self) -> str | None:
         """A LoRA checkpoint names its frozen base when the base lives in this run (random init, or
@@ -450,7 +543,10 @@ class Checkpointer:
         assert outcome.saved is not None
         self.committed_step = outcome.step
         skipped, self.skipped = self.skipped, 0
-        if self.asynchronous:
+        if self.asynchronous and outcome.waited:
+            message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s "
+                       f"(the last one: training waited for its {outcome.write_seconds:.2f} s write)")
+        elif self.asynchronous:
             message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s of training "
                        f"(written in the background in {outcome.write_seconds:.2f} s)")
         else:
@@ -459,7 +555,7 @@ class Checkpointer:
             message += f"; {skipped} save(s) skipped while it was writing"
         trainer.event("checkpoint", message, step=outcome.step, path=str(outcome.saved.path), seconds=outcome.stall,
                       stall=outcome.stall, write_seconds=outcome.write_seconds, asynchronous=self.asynchronous,
-                      bytes=_folder_bytes(outcome.saved.path), skipped=skipped)
+                      bytes=_folder_bytes(outcome.saved.path), skipped=skipped, waited=outcome.waited)
         if self.auto and self.interval is None:
             self._choose_interval(outcome)
 
@@ -499,6 +595,8 @@ class ResumeCheck:
         self.trainer = trainer
         self.thread: threading.Thread | None = None
         self.problem: str | None = None
+        self.replaced: checkpoints.Checkpoint | None = None
+        self.replacement: checkpoints.Checkpoint | None = None
 
     def start(self) -> checkpoints.Checkpoint | None:
         trainer = self.trainer
@@ -515,14 +613,16 @@ class ResumeCheck:
         return candidate
 
     def confirm(self, checkpoint: checkpoints.Checkpoint | None) -> checkpoints.Checkpoint | None:
+        """`checkpoint` once verified, else the newest older one that verifies (asked again: the same answer)."""
         if self.thread is None or checkpoint is None:
-            return checkpoint
+            return self.replacement if self.replaced is checkpoint else checkpoint
         self.thread.join()
         self.thread = None
         if self.problem is None:
             return checkpoint
         self._tell([(checkpoint.path.name, self.problem)])
-        return self._older_valid(checkpoint.step)
+        self.replaced, self.replacement = checkpoint, self._older_valid(checkpoint.step)
+        return self.replacement
 
     def _verify(self, path: Path) -> None:
         self.problem = checkpoints.verify(path)[1]

@@ -133,7 +133,11 @@ class Trainer:
             with distributed.main_first(self.group):
                 self.base, adapter_dir = self._model_source(checkpoint)
             torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
-            self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+            try:
+                self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+            except Exception:
+                if resume_check.confirm(checkpoint) is checkpoint:
+                    raise  # not a damaged checkpoint's doing
             verified = resume_check.confirm(checkpoint)
             if verified is checkpoint:
                 break
