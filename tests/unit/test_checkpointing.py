@@ -151,3 +151,16 @@ def test_a_full_disk_in_the_background_is_an_event_and_training_goes_on(tmp_path
     assert [kind for kind, _ in events] == ["checkpoint_failed"]
     assert "disk full while writing checkpoint step 3" in events[0][1] and "step 2 stays the newest" in events[0][1]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_checkpoint_every_is_auto_by_default_and_an_integer_still_wins():
+    """The default interval is `auto`; `--set checkpoint_every=N` gives N; zero or a word other than auto is a config error."""
+    from tamer.config import build_config
+    from tamer.errors import ConfigError
+
+    assert build_config("tiny", None, {}, ["checkpoint_every=auto"]).checkpoint_every == "auto"
+    assert build_config("llama-3.2-1b", None, {}, []).checkpoint_every == "auto"
+    assert build_config("tiny", None, {}, ["checkpoint_every=7"]).checkpoint_every == 7
+    for bad in ("checkpoint_every=0", "checkpoint_every=often"):
+        with pytest.raises(ConfigError, match="checkpoint_every"):
+            build_config("tiny", None, {}, [bad])
