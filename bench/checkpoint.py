@@ -18,7 +18,8 @@ and the LoRA plan (`start_rungs=[lora]`) - two runs:
 Per run, from its database: the stall of each save (seconds the step loop spent in it: the snapshot when
 in the background; all of it when synchronous or when the loop waits for it, as at the end), the
 background write time, the checkpoint overhead (the saves' stalls over the step loop's time: the
-optimizer steps' step_time plus the stalls), the interval `auto` chose, the checkpoint size, and for the
+optimizer steps' step_time plus the stalls; once for the saves inside the loop, once with the last save,
+whose write every scheme must wait for, included), the interval `auto` chose, the checkpoint size, and for the
 resumed attempt the seconds from its start to its first step, beside attempt 1's (model built from the
 model folder, data tokenized).
 
@@ -72,14 +73,16 @@ def checkpoint_summary(result: dict[str, Any], home: Path) -> dict[str, Any]:
         if event["kind"] == "checkpoint":
             saves.append({"attempt": event["attempt"], "step": detail.get("step"), "stall": detail.get("stall", detail.get("seconds")),
                           "write_seconds": detail.get("write_seconds"), "bytes": detail.get("bytes"), "asynchronous": detail.get("asynchronous"),
-                          "skipped": detail.get("skipped")})
+                          "skipped": detail.get("skipped"), "waited": detail.get("waited")})
     intervals = [e["message"] for e in events if e["kind"] == "checkpoint_interval"]
     stalls = sum(save["stall"] or 0.0 for save in saves)
+    in_loop = sum(save["stall"] or 0.0 for save in saves if not save["waited"] or not save["asynchronous"])
     step_seconds = sum(step["step_time"] or 0.0 for step in steps)
     resumed = [a for a in attempts if a["resumed_from_step"]]
     return {
         "saves": saves, "interval": intervals[-1] if intervals else None,
         "overhead": stalls / (stalls + step_seconds) if step_seconds else None,
+        "overhead_in_loop": in_loop / (in_loop + step_seconds) if step_seconds else None,
         "first_step_seconds_attempt_1": _first_step(attempts[0]) if attempts else None,
         "resume_seconds": _first_step(resumed[0]) if resumed else None,
         "resumed_from_step": resumed[0]["resumed_from_step"] if resumed else None,
@@ -99,15 +102,18 @@ def _seconds(values: list[float | None]) -> str:
     return f"{values[0]:.2f}" if len(values) == 1 else f"{min(values):.2f}-{max(values):.2f}"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def row(result: dict[str, Any]) -> str:
     saves = result.get("saves", [])
     background = [s for s in saves if s["asynchronous"]]
     middle = [s["stall"] for s in saves[:-1]] or [s["stall"] for s in saves]
     size = max((s["bytes"] or 0 for s in saves), default=0)
-    overhead = result.get("overhead")
     return (f"| {result['title']} | {result.get('status', '-')} | {len(saves)} | {_seconds(middle)} | "
             f"{_seconds([s['stall'] for s in saves[-1:]])} | {_seconds([s['write_seconds'] for s in background])} | "
-            f"{'-' if overhead is None else f'{overhead:.1%}'} | {size / 2**30:.2f} | "
+            f"{_percent(result.get('overhead_in_loop'))} | {_percent(result.get('overhead'))} | {size / 2**30:.2f} | "
             f"{_number(result.get('first_step_seconds_attempt_1'), 1)} | {_number(result.get('resume_seconds'), 1)} | "
             f"{result.get('interval') or '-'} |")
 
@@ -117,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     bench = CheckpointBenchmark(arguments)
     bench.progress(f"results in {bench.out}, homes in {bench.home}")
     results = []
+    async_steps = arguments.steps  # bench.run reads the steps of each run from the arguments
     for mode in filter(None, arguments.modes.split(",")):
         name, sets = MODES[mode]
         runs = [
-            (f"{mode}_async", f"{name}, async, auto interval, {arguments.steps} steps", sets + ["checkpoint_every=auto"], None, arguments.steps),
+            (f"{mode}_async", f"{name}, async, auto interval, {async_steps} steps", sets + ["checkpoint_every=auto"], None, async_steps),
             (f"{mode}_sync", f"{name}, sync, every {arguments.sync_every}, {arguments.sync_steps} steps, SIGKILL + resume",
              sets + ["checkpoint_async=false", f"checkpoint_every={arguments.sync_every}"],
              f"kill:phase=forward,step={arguments.sync_every + 2},attempt=1", arguments.sync_steps),
@@ -132,11 +139,11 @@ def main(argv: list[str] | None = None) -> None:
             bench.results["runs"][label] = result
             bench.save()
             results.append(result)
-    bench.arguments.steps = arguments.steps
+    bench.arguments.steps = async_steps
     print()
-    print("| run | status | saves | stall per save (s) | last save, waited (s) | background write (s) | checkpoint overhead | "
-          "size (GiB) | attempt 1 start -> first step (s) | resume: start -> first step (s) | interval in force |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | status | saves | stall per save (s) | last save, waited (s) | background write (s) | overhead, saves in the loop | "
+          "overhead, the last one too | size (GiB) | attempt 1 start -> first step (s) | resume: start -> first step (s) | interval in force |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         print(row(result))
     print(f"\n(full results: {bench.out / 'checkpoint.json'})")
