@@ -389,11 +389,14 @@ class Checkpointer:
         self.poll()
 
     def wait_quietly(self) -> None:
-        """After a failure of the loop: let the write in flight finish; its errors do not hide the failure."""
+        """After a failure of the loop: let the write in flight finish; its errors do not hide the failure,
+        and the failure's report still names the phase it happened in."""
+        phase = self.trainer.phase
         try:
             self.wait()
         except BaseException:
             pass
+        self.trainer.phase = phase
 
     def _snapshot(self) -> Snapshot | None:
         """The collectives on every rank, then rank 0's snapshot (None elsewhere)."""
