@@ -286,6 +286,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
                                                                        "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap",
                                                                        "torch_threads") if k in config), highlight=False)
+    from tamer.checkpoint_policy import interval_in_force
+
+    console.print(f"checkpoints: {interval_in_force(events) or 'no interval chosen yet (auto: after the first save)'}", highlight=False)
     table = Table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"

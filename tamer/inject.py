@@ -13,7 +13,8 @@ A fault is `KIND:key=value,...`, given with `--inject` (repeatable) or `TAMER_IN
 
 Keys: `step` (optimizer step about to run, 1-based; default any), `phase` (load, forward, backward,
 optimizer, checkpoint, eval; default forward; a checkpoint fault fires
-mid-write, after the weights are written), `min_micro_batch` (only while the micro-batch is at
+mid-write, after the weights are written: in the background writer thread when saves are asynchronous,
+so `stall` there is a slow disk that training does not wait for), `min_micro_batch` (only while the micro-batch is at
 least this), `attempt` (only in this attempt number), `once` (fire in the first attempt that reaches
 it only: later attempts pass), `rank` (only in this process of a multi-GPU run; default every rank).
 """

@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.run()
     except StopRequested:
         assert trainer is not None
-        if trainer.state.checkpoint_step != trainer.state.step:
-            trainer.save_checkpoint()
+        trainer.save_checkpoint()  # waits for a save in flight; writes this step's only if not on disk yet
         signum = stop_flag.get("signal", signal.SIGTERM)
         write_report(report_path, {"status": "stopped", "signal": signum, "step": trainer.state.step})
         if world_size > 1:

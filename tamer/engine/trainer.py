@@ -9,7 +9,6 @@ with its phase (the child's report, tamer/daemon/child.py).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ import torch
 from tamer.config import RunConfig
 from tamer.daemon.child import STOP_FILE, heartbeat_name
 from tamer.engine import batching, distributed, memory, result, snapshot
+from tamer.engine.checkpointing import Checkpointer, ResumeCheck
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import build_model, compile_layers, materialize_random_init, pin_base, should_compile
@@ -135,11 +135,21 @@ class Trainer:
         if self.group.is_main:
             self.db.update_run(self.run_id, total_steps=self.total_steps)
 
-        checkpoint = self._checkpoint_to_resume()
-        with distributed.main_first(self.group):
-            self.base, adapter_dir = self._model_source(checkpoint)
-        torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
-        self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+        resume_check = ResumeCheck(self)
+        checkpoint = resume_check.start()
+        while True:  # the checkpoint's files are verified while the model loads from it
+            with distributed.main_first(self.group):
+                self.base, adapter_dir = self._model_source(checkpoint)
+            torch.manual_seed(self.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
+            try:
+                self.model = build_model(self.config, self.plan, self.device, self.base, adapter_dir)
+            except Exception:
+                if resume_check.confirm(checkpoint) is checkpoint:
+                    raise  # not a damaged checkpoint's doing
+            verified = resume_check.confirm(checkpoint)
+            if verified is checkpoint:
+                break
+            self.model, checkpoint = None, verified  # damaged: load again from an older one
         self.compiled = should_compile(self.config.compile, self.plan, self.device)
         if self.compiled:
             compile_layers(self.model)
@@ -268,19 +278,24 @@ class Trainer:
                    + (", compiled layers" if self.compiled else ""),
                    plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads(),
                    compiled=self.compiled)
-        while self.state.step < self.total_steps:
-            if self.stop_flag.get("stop"):
-                raise StopRequested()
-            self.train_step()
-            step = self.state.step
-            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
-                self.save_checkpoint()
-            if self.config.eval_every and step % self.config.eval_every == 0 and step != self.total_steps:
-                self.evaluate()
-            if self.config.eval.squad_every and step % self.config.eval.squad_every == 0 and step != self.total_steps:
-                result.evaluate_during_training(self)  # the last step is scored after the run (tamer/daemon/result.py)
-        if self.state.checkpoint_step != self.total_steps:
-            self.save_checkpoint()
+        self.checkpointer = Checkpointer(self)
+        self.checkpointer.announce()
+        try:
+            while self.state.step < self.total_steps:
+                if self.stop_flag.get("stop"):
+                    raise StopRequested()
+                self.train_step()
+                step = self.state.step
+                if self.checkpointer.due(step) and step != self.total_steps:
+                    self.save_checkpoint(wait=False)
+                if self.config.eval_every and step % self.config.eval_every == 0 and step != self.total_steps:
+                    self.evaluate()
+                if self.config.eval.squad_every and step % self.config.eval.squad_every == 0 and step != self.total_steps:
+                    result.evaluate_during_training(self)  # the last step is scored after the run (tamer/daemon/result.py)
+        except BaseException:  # a stop or a failure: the save in flight still lands
+            self.checkpointer.wait_quietly()
+            raise
+        self.save_checkpoint()
         if not distributed.broadcast(self.group, self.group.is_main and self._eval_done(self.total_steps)):
             self.evaluate()
         self.phase = "done"
@@ -415,67 +430,10 @@ class Trainer:
 
     # --- checkpoints and evaluation ---------------------------------------------------------------
 
-    def save_checkpoint(self) -> None:
-        self.beat("checkpoint")
-        started = time.perf_counter()
-        is_lora = self.plan.lora
-        # A LoRA checkpoint names its frozen base when the base lives in this run (random init, or
-        # weights trained before LoRA); otherwise the base is the configured model.
-        base_path = Path(self.base).resolve()
-        base = os.path.relpath(base_path, self.run_dir.resolve()) if is_lora and self.run_dir.resolve() in base_path.parents else None
-
-        # Collectives first, on every rank: FSDP gathers weights and optimizer state on rank 0; RNG states
-        # come from every rank. Then rank 0 writes, and the others learn whether it could.
-        full_weights = distributed.full_model_state(self.wrapped, self.model, self.plan)
-        optimizer_state = distributed.optimizer_state(self.wrapped, self.optimizer, self.plan)
-        rng_states = distributed.gather_objects(self.group, _rng_state())
-        rng = {"ranks": rng_states} if self.group.distributed else rng_states[0]
-
-        def write(folder: Path) -> None:
-            if is_lora:
-                self.model.save_pretrained(folder / "adapter", safe_serialization=True)
-            else:
-                self.model.save_pretrained(folder / "model", safe_serialization=True, state_dict=full_weights)
-            self.faults.check("checkpoint", self.state.step, self.plan.micro_batch_size)
-            torch.save(optimizer_state, folder / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
-            if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), folder / "scaler.pt")
-            torch.save(rng, folder / "rng.pt")
-
-        saved = self._write_checkpoint(write, base) if self.group.is_main else None
-        if not distributed.broadcast(self.group, saved is not None):
-            self.beat("between_steps")
-            return
-        self.state.checkpoint_step = self.state.step
-        if saved is not None:
-            seconds = time.perf_counter() - started
-            self.event("checkpoint", f"checkpoint step {self.state.step} saved in {seconds:.2f} s", step=self.state.step,
-                       path=str(saved.path), seconds=seconds)
-        self.beat("between_steps")
-
-    def _write_checkpoint(self, write: Any, base: str | None) -> checkpoints.Checkpoint | None:
-        """Rank 0: write and verify-hash the checkpoint; None when the disk was full (it goes on without)."""
-        is_lora = self.plan.lora
-        try:
-            saved = checkpoints.save(self.run_dir, self.state.step, write, {
-                "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": self.state.samples_consumed,
-                "epoch": self.order.epoch_of(self.state.samples_consumed), "seed": self.config.seed,
-                "plan": self.plan.to_dict(), "config_hash": self.config.config_hash(), "run_id": self.run_id,
-            }, self.config.keep_checkpoints)
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            final = self.state.step == self.total_steps
-            self.event("checkpoint_failed",
-                       f"disk full while writing checkpoint step {self.state.step}: the partial checkpoint was removed, "
-                       f"step {self.state.checkpoint_step or 0} stays the newest; "
-                       + ("the run cannot finish without its final checkpoint" if final else "training continues"),
-                       step=self.state.step, error=str(error))
-            if final:
-                raise
-            return None
-        return saved
+    def save_checkpoint(self, wait: bool = True) -> None:
+        """Checkpoint this step (tamer/engine/checkpointing.py): the training loop stalls only for the
+        snapshot. `wait`: until it is on disk (a stop, the end of the run), and not twice."""
+        self.checkpointer.save(wait)
 
     def _eval_done(self, step: int) -> bool:
         return bool(self.db.conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND step = ?", [self.run_id, step]).fetchone())

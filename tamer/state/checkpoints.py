@@ -1,17 +1,22 @@
 """Checkpoints on disk: atomic save, verification, newest valid, pruning.
 
     checkpoints/step-N.tmp/  <- the writer fills it; every file fsynced
-    manifest.json            <- written last: sha256 of every file, step, cursor, plan, config hash
+    manifest.json            <- written last: a digest of every file, step, cursor, plan, config hash
     checkpoints/step-N/      <- one rename, then the folder is fsynced
 
-A checkpoint counts only if its manifest parses and every file's sha256 matches: a torn write, a
+A checkpoint counts only if its manifest parses and every file's digest matches: a torn write, a
 truncated file or a flipped bit makes it invisible, and resume falls back to the previous one. The
 newest `keep` valid checkpoints are kept (>= 2, so a bad newest one always has a predecessor).
+
+Digests are xxh3-128 (format 2), computed while the bytes are written (`HashingFile`), so a save never
+reads its gigabytes back; files the writer did not hash itself (small config files) are read once.
+Format 1 manifests (sha256, read back after writing) still verify.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+HASH = "xxh3_128"
+BLOCK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,58 @@ class Checkpoint:
         return int(self.manifest["step"])
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def new_hasher(name: str = HASH) -> Any:
+    """A streaming hasher: xxh3-128 (fast, catches any torn write or flipped bit) or sha256 (format 1)."""
+    if name == "sha256":
+        return hashlib.sha256()
+    if name == HASH:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    raise ValueError(f"unknown checkpoint hash {name}")
+
+
+def hash_file(path: Path, name: str = HASH) -> str:
+    digest = new_hasher(name)
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
+        for block in iter(lambda: handle.read(BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(path, "sha256")
+
+
+class HashingFile(io.RawIOBase):
+    """A write-only file that hashes every byte it writes and fsyncs on close: `digest` is then the
+    file's xxh3-128, with no read back. torch.save and the safetensors writer write through it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._handle = open(path, "wb", buffering=0)
+        self._hasher = new_hasher()
+        self.digest: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        written = 0
+        while written < len(view):  # a raw write may be short; the hash must cover exactly what landed
+            count = self._handle.write(view[written:])
+            self._hasher.update(view[written:written + count])
+            written += count
+        return written
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self.digest = self._hasher.hexdigest()
+        super().close()
 
 
 def fsync_path(path: Path) -> None:
@@ -56,12 +110,15 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def hash_folder(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` (manifest excluded), by relative path; fsyncs each one."""
+def hash_folder(folder: Path, known: dict[str, str] | None = None) -> dict[str, str]:
+    """The digest of every file under `folder` (manifest excluded), by relative path; fsyncs each one.
+    `known`: digests the writer took while writing (those files are not read back)."""
+    known = known or {}
     hashes = {}
     for file in _files(folder):
+        name = str(file.relative_to(folder))
         fsync_path(file)
-        hashes[str(file.relative_to(folder))] = sha256_file(file)
+        hashes[name] = known[name] if name in known else hash_file(file)
     for directory in sorted({p.parent for p in _files(folder)} | {folder}):
         fsync_path(directory)
     return hashes
@@ -82,10 +139,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def save(run_dir: Path, step: int, write_files: Callable[[Path], None], manifest: dict[str, Any], keep: int) -> Checkpoint:
-    """Write checkpoint `step` atomically: `write_files(folder)` fills a temporary folder, then the
-    manifest is written last and the folder renamed into place. On any error the temporary folder is
-    removed and the previous checkpoints are untouched."""
+def save(run_dir: Path, step: int, write_files: Callable[[Path], dict[str, str] | None], manifest: dict[str, Any], keep: int) -> Checkpoint:
+    """Write checkpoint `step` atomically: `write_files(folder)` fills a temporary folder (and may return
+    the digests it took while writing, by relative path), then the manifest is written last and the
+    folder renamed into place. On any error the temporary folder is removed and the previous
+    checkpoints are untouched."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -93,8 +151,8 @@ def save(run_dir: Path, step: int, write_files: Callable[[Path], None], manifest
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        write_files(tmp)
-        full_manifest = dict(manifest, step=step, format=FORMAT_VERSION, created_at=time.time(), files=hash_folder(tmp))
+        known = write_files(tmp)
+        full_manifest = dict(manifest, step=step, format=FORMAT_VERSION, hash=HASH, created_at=time.time(), files=hash_folder(tmp, known))
         write_json_atomic(tmp / MANIFEST, full_manifest)
         if final.exists():  # the same step written again after a restart: swap, never a moment with neither
             old = root / f"step-{step}.old"
@@ -112,25 +170,33 @@ def save(run_dir: Path, step: int, write_files: Callable[[Path], None], manifest
     return Checkpoint(final, full_manifest)
 
 
-def verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None) if the checkpoint at `path` is intact, else (None, why not)."""
-    manifest_path = path / MANIFEST
+def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) if the checkpoint at `path` has a readable manifest (its files unchecked), else (None, why not)."""
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         return None, "no manifest (write did not finish)"
     except (OSError, ValueError) as error:
         return None, f"manifest unreadable: {error}"
-    if manifest.get("format") != FORMAT_VERSION or "files" not in manifest:
+    if manifest.get("format") not in READABLE_FORMATS or "files" not in manifest:
         return None, "manifest of an unknown format"
+    return manifest, None
+
+
+def verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) if the checkpoint at `path` is intact, else (None, why not)."""
+    manifest, problem = read_manifest(path)
+    if manifest is None:
+        return None, problem
+    algorithm = "sha256" if manifest["format"] == 1 else manifest.get("hash", HASH)
     expected = manifest["files"]
     present = {str(p.relative_to(path)) for p in _files(path)}
     missing = set(expected) - present
     if missing:
         return None, f"missing files: {', '.join(sorted(missing))}"
     for name, digest in expected.items():
-        if sha256_file(path / name) != digest:
-            return None, f"sha256 mismatch in {name}"
+        if hash_file(path / name, algorithm) != digest:
+            return None, f"{algorithm} mismatch in {name}"
     return manifest, None
 
 
@@ -145,11 +211,26 @@ def _candidates(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
-def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
-    """The newest checkpoint that verifies, and the (name, reason) of newer ones skipped."""
+def newest_valid(run_dir: Path, below: int | None = None) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
+    """The newest checkpoint that verifies (of steps below `below`, when given), and the (name, reason)
+    of newer ones skipped."""
     skipped = []
     for path in _candidates(run_dir):
+        if below is not None and int(path.name[5:]) >= below:
+            continue
         manifest, problem = verify(path)
+        if manifest is not None:
+            return Checkpoint(path, manifest), skipped
+        skipped.append((path.name, problem or "invalid"))
+    return None, skipped
+
+
+def newest_complete(run_dir: Path) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
+    """The newest checkpoint with a readable manifest, its files not yet verified (resume verifies
+    them while the model loads), and the (name, reason) of newer ones skipped."""
+    skipped = []
+    for path in _candidates(run_dir):
+        manifest, problem = read_manifest(path)
         if manifest is not None:
             return Checkpoint(path, manifest), skipped
         skipped.append((path.name, problem or "invalid"))

@@ -97,6 +97,10 @@ def test_sigkill_of_supervisor_and_child_then_resume_exactly(baseline, tmp_path)
     process, run_id = start(*ARGS, home=tmp_path)
     pid = wait_for(tmp_path, "SELECT pid FROM attempts WHERE run_id = ?", (run_id,), lambda r: r and r[0][0])[0][0]
     wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda r: (r[0][0] or 0) >= 9)
+    checkpoint_dir = tmp_path / "runs" / run_id / "checkpoints"
+    deadline = time.time() + 60
+    while not (checkpoint_dir / "step-8" / "manifest.json").exists() and time.time() < deadline:
+        time.sleep(0.05)  # step 8 is written in the background: committed a moment after step 9 may start
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     deadline = time.time() + 10
@@ -104,8 +108,7 @@ def test_sigkill_of_supervisor_and_child_then_resume_exactly(baseline, tmp_path)
         time.sleep(0.05)
     assert not pid_alive(pid), "the child outlived its supervisor"
     assert query(tmp_path, "SELECT status FROM runs WHERE id = ?", (run_id,)) == [("running",)]
-    checkpoint_dir = tmp_path / "runs" / run_id / "checkpoints"
-    newest = max(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    newest = max(checkpoint_dir.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
     assert newest.name == "step-8"
     weights_file = newest / "model" / "model.safetensors"
     with open(weights_file, "r+b") as handle:  # torn after the manifest was written
@@ -113,10 +116,23 @@ def test_sigkill_of_supervisor_and_child_then_resume_exactly(baseline, tmp_path)
     result = tamer("resume", run_id, home=tmp_path)
     assert result.returncode == 0, result.stderr
     kinds = dict(events(tmp_path, run_id))
-    assert "checkpoint_skipped" in kinds and "sha256 mismatch" in kinds["checkpoint_skipped"]
+    assert "checkpoint_skipped" in kinds and "xxh3_128 mismatch" in kinds["checkpoint_skipped"]
     rows = attempts(tmp_path, run_id)
     assert rows[0]["outcome"] == "lost" and rows[0]["last_step"] >= 9 and rows[1]["resumed_from_step"] == 4
     assert "resumed from checkpoint step 4" in kinds["resume"]
+    assert_same_training(baseline, tmp_path, run_id)
+
+
+def test_sigkill_during_a_background_write_keeps_the_previous_checkpoint_and_resumes_exactly(baseline, tmp_path):
+    """SIGKILL while the writer thread is half-way through step 8 (weights written, optimizer not): the
+    half-written folder is never used, the next attempt resumes from step 4 and ends bit-identical."""
+    result = tamer(*ARGS, "--inject", "kill:phase=checkpoint,step=8,attempt=1", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_id = run_id_of(result)
+    rows = attempts(tmp_path, run_id)
+    assert rows[0]["signal"] == signal.SIGKILL and rows[0]["last_step"] >= 8
+    assert rows[1]["resumed_from_step"] == 4 and rows[1]["outcome"] == "done"
+    assert "checkpoint_skipped" not in dict(events(tmp_path, run_id))  # the .tmp folder is no candidate at all
     assert_same_training(baseline, tmp_path, run_id)
 
 

@@ -43,9 +43,10 @@ def test_sigterm_mid_step_checkpoints_and_exits_143(tmp_path):
 
 
 def test_sigterm_mid_checkpoint_finishes_that_checkpoint(tmp_path):
-    """SIGTERM while a checkpoint is being written: the checkpoint completes and verifies, and the run
-    stops right after it without writing another."""
-    process, run_id = start(*BASE, "--max-steps", "40", "--inject", "stall:phase=checkpoint,step=4,seconds=4", home=tmp_path)
+    """SIGTERM while a synchronous checkpoint is being written: the checkpoint completes and verifies, and
+    the run stops right after it without writing another."""
+    process, run_id = start(*BASE, "--max-steps", "40", "--set", "checkpoint_async=false",
+                            "--inject", "stall:phase=checkpoint,step=4,seconds=4", home=tmp_path)
     heartbeat = tmp_path / "runs" / run_id / "attempts" / "1" / "heartbeat"
     deadline = time.time() + 120
     while time.time() < deadline and not (heartbeat.exists() and heartbeat.read_text().startswith("checkpoint")
@@ -56,6 +57,25 @@ def test_sigterm_mid_checkpoint_finishes_that_checkpoint(tmp_path):
     assert query(tmp_path, "SELECT status, steps_done FROM runs WHERE id = ?", (run_id,)) == [("stopped", 4)]
     assert _newest_checkpoint_step(tmp_path, run_id) == 4
     assert not list((tmp_path / "runs" / run_id / "checkpoints").glob("*.tmp"))
+
+
+def test_sigterm_during_a_background_write_waits_for_it_and_saves_the_last_step(tmp_path):
+    """A slow disk stalls the background write of step 4: training goes on meanwhile (the loop does not
+    wait for the disk); SIGTERM then waits for that write, saves the last step too, and both verify."""
+    process, run_id = start(*BASE, "--max-steps", "40", "--inject", "stall:phase=checkpoint,step=4,seconds=8", home=tmp_path)
+    checkpoint_dir = tmp_path / "runs" / run_id / "checkpoints"
+    wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda r: (r[0][0] or 0) >= 6)
+    assert (checkpoint_dir / "step-4.tmp").is_dir() and not (checkpoint_dir / "step-4").exists()  # still writing, training on
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    status, steps_done = query(tmp_path, "SELECT status, steps_done FROM runs WHERE id = ?", (run_id,))[0]
+    assert status == "stopped" and steps_done >= 6
+    assert _newest_checkpoint_step(tmp_path, run_id) == steps_done
+    assert checkpoints.verify(checkpoint_dir / "step-4")[0] is not None
+    assert not list(checkpoint_dir.glob("*.tmp"))
+    saved = [message for kind, message in events(tmp_path, run_id) if kind == "checkpoint"]
+    assert saved[0].startswith("checkpoint step 2 saved") and saved[1].startswith("checkpoint step 4 saved")
+    assert "skipped while it was writing" in saved[1]
 
 
 def test_hung_child_is_killed_and_restarted_and_full_disk_keeps_the_previous_checkpoint(tmp_path):
