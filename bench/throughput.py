@@ -51,11 +51,11 @@ QUESTIONS_PER_STEP = 8
 COMMON_SETS = ["tokenizer=bundled", "checkpoint_every=100000", "eval_samples=16", "seed=0", "export.enabled=false", "eval.squad_samples=0",
                f"effective_batch_size={QUESTIONS_PER_STEP}"]
 MODES = {
-    "longest": ("tamer, padded to the longest (former default)", ["batching=longest", "planner.selective_checkpointing=false", "compile=off"]),
-    "max_len": ("tamer, padded to 512", ["batching=max_len", "planner.selective_checkpointing=false", "compile=off"]),
-    "bucket": ("tamer, buckets of 64, length-grouped", ["batching=bucket", "planner.selective_checkpointing=false", "compile=off"]),
-    "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false", "compile=off"]),
-    "packed_selective": ("tamer, packed + selective checkpointing", ["compile=off"]),
+    "longest": ("tamer, padded to the longest (former default)", ["batching=longest", "planner.selective_checkpointing=false", "compile=false"]),
+    "max_len": ("tamer, padded to 512", ["batching=max_len", "planner.selective_checkpointing=false", "compile=false"]),
+    "bucket": ("tamer, buckets of 64, length-grouped", ["batching=bucket", "planner.selective_checkpointing=false", "compile=false"]),
+    "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false", "compile=false"]),
+    "packed_selective": ("tamer, packed + selective checkpointing", ["compile=false"]),
     "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
     "default": ("tamer's default: packed + selective checkpointing + compiled layers", []),
 }

@@ -267,9 +267,9 @@ class RunConfig:
     """null = `rajpurkar/squad` from the hub; `bundled` = the SQuAD slice shipped with tamer; else a SQuAD v1.1 JSON file."""
     max_seq_len: int = 512
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
-    compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile each decoder layer (static shapes). `auto` = on for CUDA plans without int8 weights or several
-    processes. On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights or several
+    processes). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
     each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
     pad_to_max_len: bool = False
     """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""

@@ -124,11 +124,11 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
     return model
 
 
-def should_compile(setting: str, plan: Plan, device: torch.device) -> bool:
-    """Whether the decoder layers are compiled: `on`/`off` as asked; `auto` on one CUDA process with
+def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> bool:
+    """Whether the decoder layers are compiled: true/false as asked; `auto` on one CUDA process with
     ordinary (not int8) weights, where compiled layers measured faster and leaner."""
     if setting != "auto":
-        return setting == "on"
+        return bool(setting)
     return device.type == "cuda" and plan.quantization is None and plan.world_size == 1
 
 

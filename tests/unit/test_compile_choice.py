@@ -21,6 +21,18 @@ def test_auto_compiles_one_cuda_process_with_ordinary_weights():
     assert not should_compile("auto", PLAN.replace(world_size=2), CUDA)
 
 
-def test_on_and_off_are_obeyed():
-    """An explicit on/off wins over the device."""
-    assert should_compile("on", PLAN, CPU) and not should_compile("off", PLAN, CUDA)
+def test_true_and_false_are_obeyed():
+    """An explicit true/false wins over the device."""
+    assert should_compile(True, PLAN, CPU) and not should_compile(False, PLAN, CUDA)
+
+
+def test_yaml_spellings_of_compile_parse():
+    """`--set compile=off` (YAML's false), `true` and `auto` are accepted; anything else is a config error."""
+    from tamer.config import build_config
+    from tamer.errors import ConfigError
+
+    assert build_config("tiny", sets=["compile=off"]).compile is False
+    assert build_config("tiny", sets=["compile=true"]).compile is True
+    assert build_config("tiny").compile == "auto"
+    with pytest.raises(ConfigError, match="compile"):
+        build_config("tiny", sets=["compile=sometimes"])
