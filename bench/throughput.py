@@ -87,6 +87,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="Steps of each run left out of the rates.")
     parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated tamer modes to run.")
     parser.add_argument("--hf", action="store_true", help="Also run the Hugging Face Trainer baselines (GPU).")
+    parser.add_argument("--hf-modes", default=",".join(HF_MODES), help="Comma-separated HF Trainer baselines to run with --hf.")
     parser.add_argument("--hf-run", metavar="MODE", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.steps <= arguments.warmup:
@@ -282,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.hf:
         if not arguments.model:
             raise SystemExit("--hf needs --model DIR")
-        for label in HF_MODES:
+        for label in arguments.hf_modes.split(","):
+            if label not in HF_MODES:
+                raise SystemExit(f"--hf-modes: unknown mode {label}; choose from {', '.join(HF_MODES)}")
             run_hf_mode(benchmark, label)
     report(benchmark)
 
