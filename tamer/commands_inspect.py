@@ -84,6 +84,8 @@ def history(
                       "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
+            if not row["rungs_applied"] and row["restart_cause"] in ("outside kill", "crash"):
+                then += f" ({row['restart_cause']}, waited {display.seconds(row['waited_seconds'])})"
             table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
                           _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
                           format_size(row["tried_to_allocate"]), display.peak(row), then,

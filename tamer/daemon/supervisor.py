@@ -5,6 +5,8 @@ whole card, and it outlives every child. Restarts after failures that escalation
 hang, a lost child) back off exponentially through tenacity and are bounded by `max_restarts`;
 OOMs restart at once under the ladder's next plan, bounded by the ladder itself. One supervisor per
 run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by kill -9.
+A child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the OOM killer) is restarted
+for as long as the run is wanted, with its own backoff, and never counts as a crash (restarts.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
 from tamer.daemon.child import STOP_FILE
 from tamer.daemon.probe import device_facts
+from tamer.daemon.restarts import OUTSIDE_KILL, RestartPolicy, restart_policy
 from tamer.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -52,10 +54,11 @@ POLL_SECONDS = 0.25
 class AttemptFailed(Exception):
     """An attempt ended in a failure the supervisor restarts from."""
 
-    def __init__(self, outcome: outcomes.Outcome, escalated: bool) -> None:
+    def __init__(self, outcome: outcomes.Outcome, escalated: bool, attempt: int | None = None) -> None:
         super().__init__(outcome.message)
         self.outcome = outcome
         self.escalated = escalated
+        self.attempt = attempt
 
 
 def new_run_id(recipe: str) -> str:
@@ -127,7 +130,9 @@ class Supervisor:
         self.loop_signature: tuple | None = None
         self.loop_count = 0
         self.best_step = -1
-        self._backoff = tenacity.wait_exponential(multiplier=self.config.restart_backoff, max=self.config.restart_backoff_max)
+        self.outside_kills = 0
+        self.signals_sent: set[int] = set()
+        self.restart: RestartPolicy | None = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -233,6 +238,7 @@ class Supervisor:
             retry=tenacity.retry_if_exception_type(AttemptFailed),
             stop=lambda state: self.crash_restarts > self.config.max_restarts or self.stop_signal is not None,
             wait=self._wait,
+            sleep=self._sleep,
             before_sleep=self._before_restart,
             reraise=True,
         )
@@ -250,15 +256,31 @@ class Supervisor:
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(failure, AttemptFailed) and failure.escalated:
+        if isinstance(failure, AttemptFailed) and failure.escalated or self.restart is None:
             return 0.0  # a new plan: waiting would not make it fit better
-        return self._backoff(types.SimpleNamespace(attempt_number=self.crash_restarts))
+        return self.restart.wait_seconds
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait before a restart, ending early when a stop signal comes (outside-kill waits reach 10 minutes)."""
+        deadline = time.monotonic() + seconds
+        while self.stop_signal is None and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_SECONDS, left))
 
     def _before_restart(self, retry_state: tenacity.RetryCallState) -> None:
         seconds = retry_state.next_action.sleep if retry_state.next_action else 0.0
         failure = retry_state.outcome.exception()
-        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}: {self.reason}",
-                      wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict())
+        restart = self.restart if not failure.escalated else None
+        accounting = ""
+        if restart is not None and not restart.counted:
+            accounting = f" (outside kill {self.outside_kills} in a row; not counted toward max_restarts or the crash-loop guard)"
+        elif restart is not None:
+            accounting = f" (restart {self.crash_restarts} of max_restarts {self.config.max_restarts})"
+        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}{accounting}: {self.reason}",
+                      attempt=failure.attempt, wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict(),
+                      cause=restart.cause if restart else "escalation", counted=restart.counted if restart else False)
+        if seconds > 0:
+            self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
+        self.restart = None
 
     def _attempt(self) -> int:
         if self.stop_signal is not None:  # the signal came while waiting to restart
@@ -292,17 +314,30 @@ class Supervisor:
             self.db.event(self.run_id, "escalate", decision.reason, attempt=number, applied=decision.applied,
                           skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict())
         else:
-            self.crash_restarts += 1
-            loop = self._crash_loop(number, outcome)
+            loop = self._count_restart(number, outcome)
             if loop:
                 return self._finish("failed", EXIT_FAILED, loop)
         self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
-        raise AttemptFailed(outcome, escalated=bool(decision.applied))
+        raise AttemptFailed(outcome, escalated=bool(decision.applied), attempt=number)
 
-    def _crash_loop(self, number: int, outcome: outcomes.Outcome) -> str | None:
+    def _count_restart(self, number: int, outcome: outcomes.Outcome) -> str | None:
+        """Account for a same-plan restart and decide its wait (self.restart); why to give up, or None.
+        An outside kill counts only toward its own backoff, which progress resets."""
+        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
+        loop = None
+        if outcome.kind == OUTSIDE_KILL:
+            progressed = (attempt["last_step"] or -1) > self.best_step
+            self.best_step = max(self.best_step, attempt["last_step"] or -1)
+            self.outside_kills = 1 if progressed else self.outside_kills + 1
+        else:
+            self.crash_restarts += 1
+            loop = self._crash_loop(attempt, outcome)
+        self.restart = restart_policy(outcome.kind, self.crash_restarts, self.outside_kills, self.config)
+        return loop
+
+    def _crash_loop(self, attempt: dict[str, Any], outcome: outcomes.Outcome) -> str | None:
         """Why to give up now, or None: the same failure at the same step `crash_loop_limit` times in a
         row with no progress. Also resets the restart budget after a healthy attempt."""
-        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
         if attempt["first_step_at"] and attempt["ended_at"] - attempt["first_step_at"] >= self.config.healthy_seconds:
             self.crash_restarts = 1  # this failure only: the budget is for failures close together
         progressed = (attempt["last_step"] or -1) > self.best_step
@@ -343,6 +378,7 @@ class Supervisor:
         if self.config.torch_threads:  # also what torchrun would otherwise set to 1 for its ranks, with a warning
             env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
         env.pop("TAMER_PARENT_PID", None)
+        self.signals_sent = set()
         events_before = outcomes.read_memory_events()
         with open(attempt_dir / "child.log", "ab") as child_log:
             self.child = subprocess.Popen(self._command(number), stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -385,10 +421,12 @@ class Supervisor:
         oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
         report_path = attempt_dir / "exit.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        return returncode, outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung), report, peak_rss
+        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung, signals_sent=frozenset(self.signals_sent))
+        return returncode, outcome, report, peak_rss
 
     def _kill_child(self, attempt_dir: Path) -> None:
         """SIGKILL the child, and with torchrun every rank too (they run in sessions of their own)."""
+        self.signals_sent.add(signal.SIGKILL)
         if self.child is not None and self.child.poll() is None:
             os.kill(self.child.pid, signal.SIGKILL)
         _kill_ranks(attempt_dir, signal.SIGKILL)
@@ -423,6 +461,7 @@ class Supervisor:
                     else:
                         self._kill_child(self.attempt_dir)
                 else:
+                    self.signals_sent.add(signal.SIGTERM if first else signal.SIGKILL)
                     os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
 
         return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -121,6 +121,7 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     recovered_at = progress if progress is not None and (cut is None or progress <= cut) else None
     window_end = recovered_at or cut or rows.run["ended_at"] or now
     snapshot = rows.event("memory_snapshot", number)
+    restart = rows.event("restart", number) or {}
     return {
         "run_id": rows.run["id"],
         "attempt": number,
@@ -135,6 +136,9 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
         "peak_reserved": attempt["peak_reserved"],
         "peak_host_rss": detail.get("peak_host_rss"),
         "recovery": recovery,
+        # Same-plan restarts: `outside kill` (never counted toward giving up) or `crash`, and the wait before it.
+        "restart_cause": restart.get("cause"),
+        "waited_seconds": restart.get("wait_seconds"),
         "rungs_applied": applied,
         "next_plan": next_attempt["plan_summary"] if next_attempt else None,
         "next_resumed_from_step": rows.resumed_from(next_attempt["attempt"]) if next_attempt else None,
