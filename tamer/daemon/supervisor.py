@@ -7,6 +7,8 @@ OOMs restart at once under the ladder's next plan, bounded by the ladder itself.
 run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by kill -9.
 A child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the OOM killer) is restarted
 for as long as the run is wanted, with its own backoff, and never counts as a crash (restarts.py).
+After an OOM that other processes on the card caused, it watches the card and steps back to the faster
+plan when their memory is back: a stop at the next step boundary and a restart (deescalation.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import tenacity
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
+from tamer.daemon.card import read_card
 from tamer.daemon.child import STOP_FILE
+from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
 from tamer.daemon.restarts import OUTSIDE_KILL, RestartPolicy, restart_policy
 from tamer.errors import (
@@ -41,6 +45,7 @@ from tamer.errors import (
     StateError,
 )
 from tamer.plan import DeviceFacts, Plan
+from tamer.planner.candidates import plan_key
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -52,7 +57,7 @@ POLL_SECONDS = 0.25
 
 
 class AttemptFailed(Exception):
-    """An attempt ended in a failure the supervisor restarts from."""
+    """An attempt ended in a failure the supervisor restarts from (or was stopped to step back)."""
 
     def __init__(self, outcome: outcomes.Outcome, escalated: bool, attempt: int | None = None) -> None:
         super().__init__(outcome.message)
@@ -133,6 +138,7 @@ class Supervisor:
         self.outside_kills = 0
         self.signals_sent: set[int] = set()
         self.restart: RestartPolicy | None = None
+        self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -207,7 +213,10 @@ class Supervisor:
         cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
         shape = shape_of(self.config)
         correction = correction_factor(observations(self.db, shape, self.facts.name))
-        choice = choose(self.config, self.facts, device_budget(self.facts.total_memory, cap), policy,
+        budget = device_budget(self.facts.total_memory, cap)
+        if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
+            budget = min(budget, self.deescalation.squeezed_budget)
+        choice = choose(self.config, self.facts, budget, policy,
                         exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
                         workload=Workload.from_config(self.config, supervised_per_sequence=knobs.supervised_per_sequence),
                         correction=correction)
@@ -277,7 +286,8 @@ class Supervisor:
             accounting = f" (restart {self.crash_restarts} of max_restarts {self.config.max_restarts})"
         self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}{accounting}: {self.reason}",
                       attempt=failure.attempt, wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict(),
-                      cause=restart.cause if restart else "escalation", counted=restart.counted if restart else False)
+                      cause=restart.cause if restart else "deescalation" if self.reason.startswith("de-escalated") else "escalation",
+                      counted=restart.counted if restart else False)
         if seconds > 0:
             self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
         self.restart = None
@@ -290,35 +300,69 @@ class Supervisor:
         write_json_atomic(plan_path, self.plan.to_dict())
         returncode, outcome, report, peak_rss = self._run_child(number)
         stats = outcome.memory_stats or {}
+        training_oom = outcome.kind in ladder.OOM_KINDS and outcome.phase != "eval"
+        card = read_card() if training_oom else None  # what else held the card when ours ran out
+        stepping_back = outcome.kind == "stopped" and self.stop_signal is None and self.deescalation.pending is not None
+        message = f"stopped by tamer to step back to a faster plan at step {self._steps_done()}" if stepping_back else outcome.message
         self.db.update_attempt(
             self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
             signal=-returncode if returncode < 0 else None, outcome=outcome.kind, phase=outcome.phase,
-            micro_batch_size=outcome.micro_batch_size, message=outcome.message,
-            detail_json=json.dumps({**outcome.to_dict(), "peak_host_rss": peak_rss}, default=str),
+            micro_batch_size=outcome.micro_batch_size, message=message,
+            detail_json=json.dumps({**outcome.to_dict(), "peak_host_rss": peak_rss, "card": card.to_dict() if card else None}, default=str),
             peak_allocated=stats.get("peak_allocated"), peak_reserved=stats.get("peak_reserved"),
         )
-        log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=outcome.message)
+        log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=message)
         if outcome.kind == "done":
             return self._finish("done", EXIT_OK, None)
+        if stepping_back:
+            self._step_back(number, outcome)
+        self.deescalation.drop_pending()
         if outcome.kind == "stopped" or self.stop_signal is not None:
             return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
         if not outcome.retryable:
             code = (report or {}).get("exit_code") or EXIT_FAILED
             return self._finish("failed", code, outcome.message)
         self.plan = self._current_plan({"attempt": number, "plan_json": self.plan.to_json()})
+        on_card = self.deescalation.oom(self.plan, card) if training_oom else ""
         decision = self._next_plan(outcome)
         if decision.plan is None:
             peak = self._peak_text()
             return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")
         if decision.escalated or decision.applied:
-            self.db.event(self.run_id, "escalate", decision.reason, attempt=number, applied=decision.applied,
-                          skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict())
+            squeeze = self.deescalation.escalated(number, self.plan, outcome, card) if training_oom else None
+            self.db.event(self.run_id, "escalate", decision.reason + (f"; {on_card}" if on_card else ""), attempt=number,
+                          applied=decision.applied, skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict(),
+                          card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
         else:
             loop = self._count_restart(number, outcome)
             if loop:
                 return self._finish("failed", EXIT_FAILED, loop)
         self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
         raise AttemptFailed(outcome, escalated=bool(decision.applied), attempt=number)
+
+    def _step_back(self, number: int, outcome: outcomes.Outcome) -> None:
+        """The child stopped at a step boundary for a step back: restart at once under the better plan."""
+        better, decision, detail = self.deescalation.take(number)
+        self.failed_plans = [plan for plan in self.failed_plans if plan_key(plan) != decision.squeeze.key]
+        self.oom_hints = [hint for hint in self.oom_hints if plan_key(Plan.from_dict(hint["plan"])) != decision.squeeze.key]
+        self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}", attempt=number,
+                      old_plan=self.plan.to_dict(), new_plan=better.to_dict(), **detail)
+        self.plan, self.reason, self.applied = better, f"de-escalated: {decision.reason}", []
+        self.restart = None
+        raise AttemptFailed(outcome, escalated=True, attempt=number)
+
+    def _predicted_peak(self, plan: Plan) -> int | None:
+        """The planner's predicted peak reserved bytes for `plan`, when it plans for this run."""
+        if not self._planning():
+            return None
+        from tamer.planner.calibrate import correction_factor, observations
+        from tamer.planner.candidates import shape_of
+        from tamer.planner.estimate import Workload, estimate
+
+        shape = shape_of(self.config)
+        workload = Workload.from_config(self.config, supervised_per_sequence=self.config.planner.supervised_per_sequence)
+        correction = correction_factor(observations(self.db, shape, self.facts.name))
+        return estimate(shape, plan, workload).with_correction(correction).reserved
 
     def _count_restart(self, number: int, outcome: outcomes.Outcome) -> str | None:
         """Account for a same-plan restart and decide its wait (self.restart); why to give up, or None.
@@ -399,6 +443,9 @@ class Supervisor:
                 ranks.poll()
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
+            if self.stop_signal is None and self.deescalation.poll(number, attempt_dir, self._child_pids):
+                self.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
+                log.info("deescalate_requested", run_id=self.run_id, attempt=number, reason=self.deescalation.pending.reason)
             silence, deadline, phase = self._silence(attempt_dir, started)
             if silence > deadline and not hung:
                 hung = True
@@ -423,6 +470,16 @@ class Supervisor:
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
         outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung, signals_sent=frozenset(self.signals_sent))
         return returncode, outcome, report, peak_rss
+
+    def _child_pids(self) -> set[int]:
+        """The child and its descendants (torchrun's ranks), as NVML would list them outside a container."""
+        if self.child is None:
+            return set()
+        try:
+            process = psutil.Process(self.child.pid)
+            return {process.pid, *(descendant.pid for descendant in process.children(recursive=True))}
+        except psutil.Error:
+            return set()
 
     def _kill_child(self, attempt_dir: Path) -> None:
         """SIGKILL the child, and with torchrun every rank too (they run in sessions of their own)."""

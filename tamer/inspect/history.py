@@ -168,6 +168,45 @@ def failures(db: Database, run_id: str | None = None, since_seconds: float | Non
     return sorted(rows_out, key=lambda row: row["failed_at"])
 
 
+def _median_rate(rows: RunRows, attempt: int) -> float | None:
+    rates = sorted(row["tokens"] / row["step_time"] for row in rows.steps
+                   if row["attempt"] == attempt and row["tokens"] and row["step_time"])
+    return rates[len(rates) // 2] if rates else None
+
+
+def _deescalations(rows: RunRows) -> list[dict[str, Any]]:
+    """Each step back to a faster plan: when, from which attempt to which, why, and tokens/s on the
+    squeezed plan against the plan stepped back to (its gain, once the next attempt has trained)."""
+    found = []
+    for event in (event for event in rows.events if event["kind"] == "deescalate"):
+        detail, stopped = event["detail"], event["attempt"]
+        following = next((a for a in rows.attempts if a["attempt"] > stopped), None)
+        during = _median_rate(rows, stopped)
+        after = _median_rate(rows, following["attempt"]) if following else None
+        found.append({
+            "run_id": rows.run["id"],
+            "time": event["time"],
+            "attempt": stopped,
+            "next_attempt": following["attempt"] if following else None,
+            "from_plan": next((a["plan_summary"] for a in rows.attempts if a["attempt"] == stopped), None),
+            "to_plan": following["plan_summary"] if following else None,
+            "reason": detail.get("reason"),
+            "tokens_per_s_before_squeeze": detail.get("tokens_per_s_before_squeeze"),
+            "tokens_per_s_squeezed": during,
+            "tokens_per_s_after": after,
+            "gain": after / during if after and during else None,
+        })
+    return found
+
+
+def deescalations(db: Database, run_id: str | None = None, since_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Every step back (de-escalation) of one run or of all runs, oldest first."""
+    now = time.time()
+    run_ids = [db.run(run_id)["id"]] if run_id else [run["id"] for run in db.runs()]
+    found = [row for each in run_ids for row in _deescalations(RunRows.load(db, each))]
+    return sorted((row for row in found if since_seconds is None or row["time"] >= now - since_seconds), key=lambda row: row["time"])
+
+
 def timeline(db: Database, run_id: str) -> dict[str, Any]:
     """A run from start to end: attempts with their plans and outcomes, the failures with their cost,
     the settled plan (the last attempt's), totals, and final and best validation loss."""
@@ -227,6 +266,7 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
                                           "total_steps", "steps_done", "failure_reason")},
         "attempts": attempts,
         "failures": failure_rows,
+        "deescalations": _deescalations(rows),
         "settled_plan": settled,
         "totals": totals,
         "final_loss": run["final_loss"],
