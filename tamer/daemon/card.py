@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,17 @@ def read_card() -> CardView | None:
     if fake:
         return _fake_view(Path(fake))
     return _nvml_view()
+
+
+def settled_card() -> CardView | None:
+    """The card once a child that just exited has given its memory back: the lower of two readings half a
+    second apart (the driver frees a dead process's memory shortly after it is reaped)."""
+    first = read_card()
+    if first is None:
+        return None
+    time.sleep(0.5)
+    second = read_card()
+    return second if second is not None and second.used <= first.used else first
 
 
 def _fake_view(path: Path) -> CardView | None:

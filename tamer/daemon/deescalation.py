@@ -89,15 +89,10 @@ class Deescalation:
             return None
         key = plan_key(failed)
         attempts = self._attempts_of(key)
-        measured = measured_need(outcome.sizes, outcome.memory_stats, self._peak_reserved(attempts))
-        predicted = self.predicted_peak(failed)
-        if predicted:
-            need, source = max(predicted, measured or 0), "planner" if not measured or predicted >= measured else "measured"
-        else:
-            need, source = measured, "measured" if measured else "unknown"
         processes = [{"pid": p.pid, "used": p.used, "name": p.name} for p in card.processes]
-        squeeze = Squeeze(plan=failed.to_dict(), key=key, need=need, need_source=source, others=others, attempt=number,
-                          processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
+        squeeze = Squeeze(plan=failed.to_dict(), key=key, predicted=self.predicted_peak(failed),
+                          measured=measured_need(outcome.sizes, outcome.memory_stats, self._peak_reserved(attempts)),
+                          others=others, attempt=number, processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
         self.squeezes.append(squeeze)
         self._save()
         return squeeze

@@ -6,10 +6,12 @@ the better plan).
 
 - A squeeze: right after the OOM (our child is gone, so all that is used is someone else's) other
   processes held at least `deescalate.min_squeeze`. An OOM on an empty card is the plan's own: no squeeze.
-- What the better plan needs: the planner's predicted peak when it has the model's shape, raised to what
-  was measured (its earlier attempts' peaks; at the OOM, what PyTorch held plus what it asked for).
+- What the better plan needs: the planner's predicted peak when it has the model's shape, and what was
+  measured (its earlier attempts' peaks; at the OOM, what PyTorch held plus what it asked for).
 - Room again: the card's total minus what others hold now (used minus our child's share), capped as the
-  child is (`gpu_mem_cap`), with the planner's safety margin kept free, covers that need.
+  child is (`gpu_mem_cap`), covers the prediction with the planner's safety margin kept free, and the
+  measurement without it (the plan ran at that peak before: a margin on a measurement would rule out a
+  plan that trained fine at 13.9 of 15 GiB).
 - Hysteresis: a plan that OOMs again after a step back waits `deescalate.backoff` (doubling per such OOM)
   before the next step back to it, and is stepped back to at most `deescalate.max_per_plan` times a run.
 """
@@ -35,10 +37,10 @@ class Squeeze:
     """The better plan (Plan.to_dict()) to step back to."""
     key: str
     """Its identity for the hysteresis (planner.plan_key)."""
-    need: int | None
-    """Allocator bytes (peak reserved) the better plan needs; None when nothing told (then the card must empty)."""
-    need_source: str
-    """`planner`, `measured` or `unknown`."""
+    predicted: int | None
+    """The planner's predicted peak reserved bytes for the better plan; None without a planner."""
+    measured: int | None
+    """The least it was measured to need (allocator bytes); None when nothing told. Neither known: the card must empty."""
     others: int
     """Bytes other processes held right after the OOM."""
     attempt: int
@@ -127,18 +129,25 @@ def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_bud
         record = records.get(squeeze.key, PlanRecord())
         if record.steps_back >= max_per_plan or now < record.not_before:
             continue
-        fits = squeeze.need <= usable if squeeze.need is not None else others < min_squeeze
-        if not fits:
+        if not _fits(squeeze, usable, budget - CUDA_CONTEXT_BYTES, others, min_squeeze):
             continue
         gone = [str(p["pid"]) for p in squeeze.processes if p["pid"] not in present]
         still = [str(p["pid"]) for p in squeeze.processes if p["pid"] in present]
-        need = (f"it needs {format_size(squeeze.need)} ({squeeze.need_source}) of {format_size(usable)} usable "
-                f"with the {safety_margin:.0%} margin" if squeeze.need is not None else "its need is unknown and the card is empty")
+        needs = ([f"{format_size(squeeze.predicted)} predicted (of {format_size(usable)} usable with the {safety_margin:.0%} margin)"]
+                 if squeeze.predicted is not None else []) + ([f"{format_size(squeeze.measured)} measured"] if squeeze.measured else [])
+        need = f"it needs {' and '.join(needs)}" if needs else "its need is unknown and the card is empty"
         whose = (f"; gone: pid {', '.join(gone)}" if gone else "") + (f"; still there: pid {', '.join(still)}" if still else "")
         reason = (f"the squeeze of attempt {squeeze.attempt} is over: other processes hold {format_size(others)} "
                   f"(were {format_size(squeeze.others)}), {format_size(budget)} available; {need}{whose}")
         return StepBack(squeeze, index, reason, others, budget)
     return None
+
+
+def _fits(squeeze: Squeeze, usable: int, limit: int, others: int, min_squeeze: int) -> bool:
+    """The prediction within the margin, the measurement within the budget; neither known: others gone."""
+    if squeeze.predicted is None and squeeze.measured is None:
+        return others < min_squeeze
+    return (squeeze.predicted is None or squeeze.predicted <= usable) and (squeeze.measured is None or squeeze.measured <= limit)
 
 
 def after_step_back(record: PlanRecord) -> PlanRecord:

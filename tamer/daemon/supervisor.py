@@ -31,7 +31,7 @@ import tenacity
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
-from tamer.daemon.card import read_card
+from tamer.daemon.card import settled_card
 from tamer.daemon.child import STOP_FILE
 from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
@@ -300,8 +300,8 @@ class Supervisor:
         write_json_atomic(plan_path, self.plan.to_dict())
         returncode, outcome, report, peak_rss = self._run_child(number)
         stats = outcome.memory_stats or {}
-        training_oom = outcome.kind in ladder.OOM_KINDS and outcome.phase != "eval"
-        card = read_card() if training_oom else None  # what else held the card when ours ran out
+        training_oom = outcome.kind == "cuda_oom" and outcome.phase != "eval"
+        card = settled_card() if training_oom else None  # what else held the card when ours ran out
         stepping_back = outcome.kind == "stopped" and self.stop_signal is None and self.deescalation.pending is not None
         message = f"stopped by tamer to step back to a faster plan at step {self._steps_done()}" if stepping_back else outcome.message
         self.db.update_attempt(

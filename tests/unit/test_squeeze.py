@@ -22,8 +22,9 @@ GIB = 1024**3
 MARGIN = 0.10
 
 
-def squeeze(key: str = "fast", need: int | None = 12 * GIB, attempt: int = 1, others: int = 60 * GIB) -> Squeeze:
-    return Squeeze(plan={"micro_batch_size": 8}, key=key, need=need, need_source="planner", others=others, attempt=attempt,
+def squeeze(key: str = "fast", predicted: int | None = 12 * GIB, measured: int | None = None, attempt: int = 1,
+            others: int = 60 * GIB) -> Squeeze:
+    return Squeeze(plan={"micro_batch_size": 8}, key=key, predicted=predicted, measured=measured, others=others, attempt=attempt,
                    processes=[{"pid": 4242, "used": others, "name": "other job"}])
 
 
@@ -52,7 +53,7 @@ def test_step_back_once_the_memory_is_back_and_the_other_process_is_gone():
     """When the other job has left, the card has room for the better plan with the margin: step back, saying why."""
     decision = decide([squeeze()], card(free_gib=71.5), ours=8 * GIB)
     assert decision is not None and decision.index == 0
-    assert decision.others_now < GIB and "gone: pid 4242" in decision.reason and "12.0 GiB" in decision.reason
+    assert decision.others_now < GIB and "gone: pid 4242" in decision.reason and "12.0 GiB predicted" in decision.reason
 
 
 def test_the_cap_bounds_the_room():
@@ -65,7 +66,14 @@ def test_the_margin_is_kept():
     room = 13 * GIB + CUDA_CONTEXT_BYTES  # 13 GiB for the allocator, 11.7 GiB with the 10% margin kept free
     view = CardView(total=80 * GIB, free=room, processes=())
     assert decide([squeeze()], view, ours=0) is None
-    assert decide([squeeze(need=11 * GIB)], view, ours=0) is not None
+    assert decide([squeeze(predicted=11 * GIB)], view, ours=0) is not None
+
+
+def test_a_measured_peak_needs_no_margin():
+    """A plan measured to train at 13.9 GiB steps back into 14 GiB of room; predicted at 13.9 GiB it would not."""
+    view = CardView(total=80 * GIB, free=14 * GIB + CUDA_CONTEXT_BYTES, processes=())
+    assert decide([squeeze(predicted=None, measured=int(13.9 * GIB))], view) is not None
+    assert decide([squeeze(predicted=int(13.9 * GIB))], view) is None
 
 
 def test_our_own_child_does_not_count_as_another_process():
@@ -77,7 +85,7 @@ def test_our_own_child_does_not_count_as_another_process():
 
 def test_the_earliest_squeeze_that_fits_wins():
     """With two squeezes stacked (fast -> middle -> slow), the fastest plan that fits again is chosen."""
-    stacked = [squeeze("fast", need=30 * GIB), squeeze("middle", need=10 * GIB, attempt=2)]
+    stacked = [squeeze("fast", predicted=30 * GIB), squeeze("middle", predicted=10 * GIB, attempt=2)]
     half_free = card(free_gib=20, other_pid=4242, other_gib=60)
     assert decide(stacked, half_free).squeeze.key == "middle"
     assert decide(stacked, card(free_gib=79)).squeeze.key == "fast"
@@ -102,8 +110,8 @@ def test_steps_back_to_one_plan_are_bounded():
 
 def test_unknown_need_waits_for_an_empty_card():
     """Without any measure of the better plan's need, only a card the others have left is enough."""
-    assert decide([squeeze(need=None)], card(free_gib=70, other_pid=4242, other_gib=10)) is None
-    assert decide([squeeze(need=None)], card(free_gib=79.5)) is not None
+    assert decide([squeeze(predicted=None)], card(free_gib=70, other_pid=4242, other_gib=10)) is None
+    assert decide([squeeze(predicted=None)], card(free_gib=79.5)) is not None
 
 
 def test_measured_need_is_what_pytorch_held_plus_what_it_asked_for_or_the_earlier_peak():
