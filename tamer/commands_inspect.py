@@ -166,7 +166,7 @@ def events(
     as_json: JsonOption = False,
 ) -> None:
     """The events of a run, oldest first: created, attempt_start, resume, checkpoint, escalate, restart,
-    eval, finish, ... with their details in --json.
+    deescalate, eval, finish, ... with their details in --json.
 
     Example: tamer events squad-20261125-201500-ab12 --kind escalate,restart --json
     """

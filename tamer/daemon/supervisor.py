@@ -229,7 +229,8 @@ class Supervisor:
         """After an OOM the planner steers (when planning and it has a confident fit), else the ladder."""
         if outcome.escalate and outcome.phase != "eval" and self._planning():
             self.failed_plans.append(self.plan)
-            self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
+            if not self.deescalation.squeezed_budget:  # a squeeze says nothing of the plan's estimate: the budget shrinks instead
+                self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
             choice = self._planner_choice()
             if choice is not None:
                 applied = [rung for rung in choice.plan.rungs if rung not in self.plan.rungs] or ["planner"]
