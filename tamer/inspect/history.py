@@ -174,7 +174,7 @@ def _median_rate(rows: RunRows, attempt: int) -> float | None:
     return rates[len(rates) // 2] if rates else None
 
 
-def _deescalations(rows: RunRows) -> list[dict[str, Any]]:
+def deescalations_of(rows: RunRows) -> list[dict[str, Any]]:
     """Each step back to a faster plan: when, from which attempt to which, why, and tokens/s on the
     squeezed plan against the plan stepped back to (its gain, once the next attempt has trained)."""
     found = []
@@ -203,7 +203,7 @@ def deescalations(db: Database, run_id: str | None = None, since_seconds: float 
     """Every step back (de-escalation) of one run or of all runs, oldest first."""
     now = time.time()
     run_ids = [db.run(run_id)["id"]] if run_id else [run["id"] for run in db.runs()]
-    found = [row for each in run_ids for row in _deescalations(RunRows.load(db, each))]
+    found = [row for each in run_ids for row in deescalations_of(RunRows.load(db, each))]
     return sorted((row for row in found if since_seconds is None or row["time"] >= now - since_seconds), key=lambda row: row["time"])
 
 
@@ -266,7 +266,7 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
                                           "total_steps", "steps_done", "failure_reason")},
         "attempts": attempts,
         "failures": failure_rows,
-        "deescalations": _deescalations(rows),
+        "deescalations": deescalations_of(rows),
         "settled_plan": settled,
         "totals": totals,
         "final_loss": run["final_loss"],
