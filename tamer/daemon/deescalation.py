@@ -1,10 +1,12 @@
 """The supervisor's de-escalation runner: it keeps a run's squeezes, reads the card while an escalated
 plan trains, and turns the decisions of squeeze.py into a stop file and the plan to step back to.
 
-The supervisor calls `oom(...)` after each training OOM (before the next plan is chosen: a squeeze
+The supervisor calls `oom(...)` after each training CUDA OOM (before the next plan is chosen: a squeeze
 shrinks the planner's budget to what the others left), `escalated(...)` once the next plan is known,
-`poll(...)` from its watch loop, and `take(...)` when the child stopped for a step back. The squeezes
-and each plan's step-back record live in `runs/<id>/squeeze.json`, so `tamer resume` keeps them.
+`poll(...)` from its watch loop, and `take(...)` when the child stopped for a step back. A plan is the
+one its attempt started with: a child that halved its micro-batch in process (planner mode) and went on
+is seen in `poll` (its `plan.json` changed), and a squeeze then steps back to the unsplit plan. The
+squeezes and each plan's step-back record live in `runs/<id>/squeeze.json`, so `tamer resume` keeps them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from tamer.daemon.card import CardView, read_card
 from tamer.daemon.child import STOP_FILE
-from tamer.daemon.outcome import Outcome
+from tamer.daemon.outcome import Outcome, parse_oom_message
 from tamer.daemon.squeeze import (
     PlanRecord,
     Squeeze,
@@ -28,6 +30,7 @@ from tamer.daemon.squeeze import (
     budget_now,
     choose_step_back,
     measured_need,
+    others_holding,
     our_share,
     squeeze_at_oom,
 )
@@ -60,20 +63,16 @@ class Deescalation:
         """Device bytes the others left at the last OOM, while the next plan is chosen."""
         self.others_at_oom: int | None = None
         self.polled = 0.0
+        self.split_seen: tuple[int, float] | None = None
 
     # --- at an OOM ------------------------------------------------------------------------------
 
     def oom(self, plan: Plan, card: CardView | None) -> str:
-        """After a training OOM of `plan`: hold the plan off when it was stepped back to, and note whether
-        others squeezed it. Returns a sentence for the escalation event ('' when nothing to say)."""
-        said = []
-        key = plan_key(plan)
-        if self.stepped_back is not None and self.stepped_back.key == key:
-            record = after_oom_again(self.records.get(key, PlanRecord()), time.time(), self.knobs.backoff, self.knobs.backoff_max)
-            self.records[key] = record
-            said.append(f"it ran out of memory again after a step back: no step back to it for "
-                        f"{record.not_before - time.time():.0f} s")
-        self.stepped_back = None
+        """After a training OOM of an attempt that started with `plan`: hold the plan off when it was stepped
+        back to, and note whether others squeezed it. Returns a sentence for the escalation event ('' when
+        nothing to say)."""
+        again = self._oom_again(plan)
+        said = [again] if again else []
         self.others_at_oom = squeeze_at_oom(card, self.min_squeeze) if card is not None else None
         self.squeezed_budget = budget_now(card, self.others_at_oom, self.cap_budget) if card and self.others_at_oom else None
         if card is not None:
@@ -87,15 +86,55 @@ class Deescalation:
         others, self.squeezed_budget = self.others_at_oom, None
         if not (self.knobs.enabled and others and card is not None):
             return None
+        return self._remember(number, failed, outcome.sizes, outcome.memory_stats, card, others)
+
+    def _remember(self, number: int, failed: Plan, sizes: dict[str, int], memory_stats: dict[str, Any], card: CardView,
+                  others: int) -> Squeeze:
         key = plan_key(failed)
         attempts = self._attempts_of(key)
         processes = [{"pid": p.pid, "used": p.used, "name": p.name} for p in card.processes]
         squeeze = Squeeze(plan=failed.to_dict(), key=key, predicted=self.predicted_peak(failed),
-                          measured=measured_need(outcome.sizes, outcome.memory_stats, self._peak_reserved(attempts)),
+                          measured=measured_need(sizes, memory_stats, self._peak_reserved(attempts)),
                           others=others, attempt=number, processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
         self.squeezes.append(squeeze)
         self._save()
         return squeeze
+
+    def _oom_again(self, plan: Plan) -> str:
+        """An attempt that started with `plan` ran out of memory: when it was stepped back to, hold it off for
+        a growing while and say so; '' otherwise. Either way the step back is over."""
+        stepped_back, self.stepped_back = self.stepped_back, None
+        key = plan_key(plan)
+        if stepped_back is None or stepped_back.key != key:
+            return ""
+        record = after_oom_again(self.records.get(key, PlanRecord()), time.time(), self.knobs.backoff, self.knobs.backoff_max)
+        self.records[key] = record
+        self._save()
+        return f"it ran out of memory again after a step back: no step back to it for {record.not_before - time.time():.0f} s"
+
+    def split(self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]]) -> Squeeze | None:
+        """A child that halved its micro-batch in process and went on (its `plan.json` changed): when others
+        held the card then, remember the squeeze of the plan it started with. Cheap when nothing changed."""
+        try:
+            changed = (number, (attempt_dir / "plan.json").stat().st_mtime)
+        except OSError:
+            return None
+        if changed == self.split_seen or not self.knobs.enabled:
+            return None
+        self.split_seen = changed
+        self._oom_again(started)
+        card = read_card()
+        if card is None:
+            return None
+        reserved = self._last_reserved(number)
+        others = others_holding(card, our_share(card, child_pids(), reserved[0] if reserved else None))
+        if others < self.min_squeeze or any(squeeze.key == plan_key(started) for squeeze in self.squeezes):
+            return None
+        splits = [json.loads(detail or "{}") for (detail,) in self.db.conn.execute(
+            "SELECT detail_json FROM events WHERE run_id = ? AND attempt = ? AND kind = 'in_process_split' ORDER BY id",
+            [self.run_id, number])]
+        sizes = parse_oom_message(splits[0].get("error", "")) if splits else {}
+        return self._remember(number, started, sizes, {}, card, others)
 
     # --- while training on an escalated plan ----------------------------------------------------
 

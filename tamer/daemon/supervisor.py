@@ -299,6 +299,7 @@ class Supervisor:
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
         write_json_atomic(plan_path, self.plan.to_dict())
+        started = self.plan  # the child may halve its micro-batch in process: squeezes are of this plan
         returncode, outcome, report, peak_rss = self._run_child(number)
         stats = outcome.memory_stats or {}
         training_oom = outcome.kind == "cuda_oom" and outcome.phase != "eval"
@@ -324,13 +325,13 @@ class Supervisor:
             code = (report or {}).get("exit_code") or EXIT_FAILED
             return self._finish("failed", code, outcome.message)
         self.plan = self._current_plan({"attempt": number, "plan_json": self.plan.to_json()})
-        on_card = self.deescalation.oom(self.plan, card) if training_oom else ""
+        on_card = self.deescalation.oom(started, card) if training_oom else ""
         decision = self._next_plan(outcome)
         if decision.plan is None:
             peak = self._peak_text()
             return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")
         if decision.escalated or decision.applied:
-            squeeze = self.deescalation.escalated(number, self.plan, outcome, card) if training_oom else None
+            squeeze = self.deescalation.escalated(number, started, outcome, card) if training_oom else None
             self.db.event(self.run_id, "escalate", decision.reason + (f"; {on_card}" if on_card else ""), attempt=number,
                           applied=decision.applied, skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict(),
                           card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
@@ -444,6 +445,11 @@ class Supervisor:
                 ranks.poll()
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
+            squeezed = self.deescalation.split(number, attempt_dir, self.plan, self._child_pids)
+            if squeezed is not None:
+                self.db.event(self.run_id, "squeeze", f"the in-process micro-batch split of attempt {number} was a squeeze: other "
+                              f"processes held {format_size(squeezed.others)}; tamer steps back when it passes", attempt=number,
+                              squeeze=squeezed.to_dict())
             if self.stop_signal is None and self.deescalation.poll(number, attempt_dir, self._child_pids):
                 self.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
                 log.info("deescalate_requested", run_id=self.run_id, attempt=number, reason=self.deescalation.pending.reason)
