@@ -96,7 +96,11 @@ class Deescalation:
         squeeze = Squeeze(plan=failed.to_dict(), key=key, predicted=self.predicted_peak(failed),
                           measured=measured_need(sizes, memory_stats, self._peak_reserved(attempts)),
                           others=others, attempt=number, processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
-        self.squeezes.append(squeeze)
+        same = [index for index, earlier in enumerate(self.squeezes) if earlier.key == key]
+        if same:  # squeezed again before stepping back (a split that went on, then an OOM): the newer reading
+            self.squeezes[same[0]] = squeeze
+        else:
+            self.squeezes.append(squeeze)
         self._save()
         return squeeze
 
@@ -128,7 +132,7 @@ class Deescalation:
             return None
         reserved = self._last_reserved(number)
         others = others_holding(card, our_share(card, child_pids(), reserved[0] if reserved else None))
-        if others < self.min_squeeze or any(squeeze.key == plan_key(started) for squeeze in self.squeezes):
+        if others < self.min_squeeze:
             return None
         splits = [json.loads(detail or "{}") for (detail,) in self.db.conn.execute(
             "SELECT detail_json FROM events WHERE run_id = ? AND attempt = ? AND kind = 'in_process_split' ORDER BY id",

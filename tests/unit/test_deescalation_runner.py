@@ -10,10 +10,12 @@ import time
 import pytest
 
 from tamer.config import DeescalateConfig, RunConfig
-from tamer.daemon.card import FAKE_CARD_ENV
+from tamer.daemon.card import FAKE_CARD_ENV, read_card
 from tamer.daemon.child import STOP_FILE
 from tamer.daemon.deescalation import Deescalation
+from tamer.daemon.outcome import Outcome, parse_oom_message
 from tamer.plan import Plan
+from tamer.planner.candidates import plan_key
 from tamer.state.db import Database
 
 RUN_ID = "squad-20260101-000000-cafe"
@@ -79,3 +81,13 @@ def test_an_oom_after_the_step_back_holds_the_plan_off(runner):
     assert "ran out of memory again after a step back" in said
     assert record.ooms_after_step_back == 1 and record.not_before >= time.time() + 599
     assert deescalation.oom(STARTED, None) == ""  # a second OOM is no longer one right after a step back
+
+
+def test_an_exit_oom_after_a_split_squeeze_keeps_one_squeeze_of_the_plan(runner):
+    """A split under a squeeze and then the attempt's own OOM exit (split down to the minimum) leave one squeeze of the unsplit plan."""
+    deescalation, _, attempt_dir = runner
+    deescalation.split(1, attempt_dir, STARTED, set)
+    card = read_card()
+    deescalation.oom(STARTED, card)
+    deescalation.escalated(1, STARTED, Outcome("cuda_oom", "out of memory", phase="backward", sizes=parse_oom_message(OOM_TEXT)), card)
+    assert [squeeze.key for squeeze in deescalation.squeezes] == [plan_key(STARTED)]
