@@ -43,12 +43,17 @@ CONFIG_SETS = ["tokenizer=bundled", "pad_to_max_len=true", "checkpoint_every=100
 FAKE_SQUEEZED = {"total": "80GiB", "free": "6GiB", "processes": [{"pid": 999999, "used": "74GiB", "name": "bench hog (fake)"}]}
 FAKE_EMPTY = {"total": "80GiB", "free": "79.5GiB", "processes": []}
 
+# The other job: its CUDA context comes up first (imports take seconds); on "go" (our child is dead) it
+# takes all the free memory but `leave`, before the restarted child loads, and holds it.
 HOG = """
 import sys, time, torch
 leave, hold, ready = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-torch.cuda.init()
+torch.zeros(1, device="cuda")
+print("warm", flush=True)
+sys.stdin.readline()
 free, total = torch.cuda.mem_get_info()
 block = torch.empty(max(0, free - leave), dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
 open(ready, "w").write(str(block.numel()))
 time.sleep(hold)
 """
@@ -64,7 +69,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hold-seconds", type=float, default=60.0, help="How long the other process holds the memory.")
     parser.add_argument("--before-steps", type=int, default=30, help="Steps of the first plan before the squeeze.")
     parser.add_argument("--after-steps", type=int, default=30, help="Steps of the stepped-back plan before the bench stops the run.")
-    parser.add_argument("--timeout", type=float, default=540.0, help="Give up after this many seconds.")
+    parser.add_argument("--timeout", type=float, default=420.0, help="Give up after this many seconds.")
     parser.add_argument("--out", type=Path, help="Folder for squeeze.json, the home and the logs (default: a new temporary folder).")
     parser.add_argument("--extra", default="", help="Raw arguments appended to `tamer run`.")
     return parser.parse_args(argv)
@@ -142,13 +147,14 @@ class Squeeze:
         hog = None
         try:
             self.wait(f"{self.arguments.before_steps} steps of attempt 1", lambda: self.steps_of(1) >= self.arguments.before_steps, process)
+            hog = self.warm_hog()
             self.marks["squeeze"] = time.time()
             pid = self.attempts()[0][1]
             os.kill(pid, signal.SIGKILL)
             self.progress(f"SIGKILLed the child (pid {pid}): an outside kill")
             while _alive(pid):
                 time.sleep(0.05)
-            hog = self.start_hog()
+            self.hold(hog)
             self.wait("an escalated attempt that trains", lambda: self.escalated_attempt() is not None, process)
             self.progress(f"escalated: attempt {self.escalated_attempt()} trains")
             if self.fake:  # a slow CPU spends the hold loading: hold from here, so the squeezed plan gets steps
@@ -166,8 +172,9 @@ class Squeeze:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=max(60.0, self.deadline_left()))
         finally:
-            if hog is not None:
-                self.end_hog(hog)
+            if hog is not None and hog.poll() is None:  # an error mid-squeeze: free the card at once
+                hog.kill()
+                hog.wait()
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=120)
@@ -181,33 +188,47 @@ class Squeeze:
         temporary.write_text(json.dumps(view))
         os.replace(temporary, self.card)
 
-    def start_hog(self) -> subprocess.Popen | None:
+    def warm_hog(self) -> subprocess.Popen | None:
+        """The other job, started with its CUDA context but holding nothing yet (None on CPU)."""
         if self.fake:
+            return None
+        hog = subprocess.Popen([sys.executable, "-c", HOG, str(_size(self.arguments.leave)), str(self.arguments.hold_seconds),
+                                str(self.out / "hog-ready")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if hog.stdout.readline().strip() != "warm":
+            raise RuntimeError(f"the memory-holding process failed to start (exit {hog.wait()})")
+        return hog
+
+    def hold(self, hog: subprocess.Popen | None) -> None:
+        """The other job takes the card (on CPU: the fake card says so)."""
+        if hog is None:
             self.write_card(FAKE_SQUEEZED)
             self.marks["held"] = time.time()
             self.progress("fake card: another job holds 74 GiB of 80")
-            return None
+            return
         ready = self.out / "hog-ready"
         ready.unlink(missing_ok=True)
-        leave = _size(self.arguments.leave)
-        hog = subprocess.Popen([sys.executable, "-c", HOG, str(leave), str(self.arguments.hold_seconds), str(ready)])
+        hog.stdin.write("go\n")
+        hog.stdin.flush()
         while not ready.exists():
             if hog.poll() is not None:
                 raise RuntimeError(f"the memory-holding process exited with {hog.returncode}")
             time.sleep(0.05)
         self.marks["held"] = time.time()
-        self.progress(f"another process holds {int(ready.read_text()) / GIB:.1f} GiB, leaving {leave / GIB:.1f} GiB free")
-        return hog
+        self.progress(f"another process holds {int(ready.read_text()) / GIB:.1f} GiB, leaving {_size(self.arguments.leave) / GIB:.1f} GiB free")
 
     def wait_hold(self, process: subprocess.Popen) -> None:
         until = self.marks["held"] + self.arguments.hold_seconds
         self.wait("the end of the hold", lambda: time.time() >= until, process)
 
     def end_hog(self, hog: subprocess.Popen | None) -> None:
-        if self.fake:
+        if hog is None:
             self.write_card(FAKE_EMPTY)
             return
-        hog.wait(timeout=self.arguments.hold_seconds + 60)
+        try:
+            hog.wait(timeout=max(1.0, self.marks.get("held", time.time()) + self.arguments.hold_seconds + 30 - time.time()))
+        except subprocess.TimeoutExpired:
+            hog.kill()
+            hog.wait()
 
     # --- what the database says ---------------------------------------------------------------------
 
