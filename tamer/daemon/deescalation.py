@@ -128,10 +128,12 @@ class Deescalation:
         self.split_seen = changed
         self._oom_again(started)
         card = read_card()
-        if card is None:
+        ours = child_pids()
+        # Our child is alive and its share must be known exactly: memory PyTorch does not count (paged
+        # optimizer states, workspaces) would pass for another job's. Without NVML listing it, no squeeze.
+        if card is None or not any(process.pid in ours and process.used is not None for process in card.processes):
             return None
-        reserved = self._last_reserved(number)
-        others = others_holding(card, our_share(card, child_pids(), reserved[0] if reserved else None))
+        others = others_holding(card, our_share(card, ours, None))
         if others < self.min_squeeze:
             return None
         splits = [json.loads(detail or "{}") for (detail,) in self.db.conn.execute(

@@ -24,8 +24,13 @@ STARTED = Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8)
 SPLIT = STARTED.replace(micro_batch_size=4, grad_accumulation=2)
 OOM_TEXT = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 40.00 GiB of which 1.00 GiB is free. "
             "Including non-PyTorch memory, this process has 8.50 GiB memory in use.")
-SQUEEZED = {"total": "40GiB", "free": "1GiB", "processes": [{"pid": 4242, "used": "30GiB"}]}
+CHILD = 777
+SQUEEZED = {"total": "40GiB", "free": "1GiB", "processes": [{"pid": 4242, "used": "30GiB"}, {"pid": CHILD, "used": "9GiB"}]}
 EMPTY = {"total": "40GiB", "free": "39GiB", "processes": []}
+
+
+def child() -> set[int]:
+    return {CHILD}
 
 
 @pytest.fixture
@@ -54,15 +59,15 @@ def test_an_in_process_split_under_a_squeeze_steps_back_to_the_unsplit_plan(runn
     """The split is remembered as a squeeze of the plan the attempt started with (measured from the OOM text);
     once the card empties the child is asked to stop and that unsplit plan comes back."""
     deescalation, card, attempt_dir = runner
-    squeeze = deescalation.split(1, attempt_dir, STARTED, set)
-    assert squeeze is not None and squeeze.plan == STARTED.to_dict() and squeeze.others == 39 * GIB
+    squeeze = deescalation.split(1, attempt_dir, STARTED, child)
+    assert squeeze is not None and squeeze.plan == STARTED.to_dict() and squeeze.others == 30 * GIB  # 39 used less our 9
     assert squeeze.measured == 10 * GIB  # 8.5 GiB in use less the 0.5 GiB context, plus the 2 GiB asked for
-    assert deescalation.split(1, attempt_dir, STARTED, set) is None  # nothing new: no second squeeze
+    assert deescalation.split(1, attempt_dir, STARTED, child) is None  # nothing new: no second squeeze
     time.sleep(0.02)
-    assert deescalation.poll(1, attempt_dir, set) is None and not (attempt_dir / STOP_FILE).exists()
+    assert deescalation.poll(1, attempt_dir, child) is None and not (attempt_dir / STOP_FILE).exists()
     card.write_text(json.dumps(EMPTY))
     time.sleep(0.02)
-    decision = deescalation.poll(1, attempt_dir, set)
+    decision = deescalation.poll(1, attempt_dir, child)
     assert decision is not None and (attempt_dir / STOP_FILE).exists()
     plan, _, detail = deescalation.take(1)
     assert plan == STARTED and deescalation.squeezes == [] and detail["steps_back_to_this_plan"] == 1
@@ -71,10 +76,10 @@ def test_an_in_process_split_under_a_squeeze_steps_back_to_the_unsplit_plan(runn
 def test_an_oom_after_the_step_back_holds_the_plan_off(runner):
     """After stepping back, another OOM of that plan sets a not-before time `deescalate.backoff` ahead and says so."""
     deescalation, card, attempt_dir = runner
-    deescalation.split(1, attempt_dir, STARTED, set)
+    deescalation.split(1, attempt_dir, STARTED, child)
     card.write_text(json.dumps(EMPTY))
     time.sleep(0.02)
-    deescalation.poll(1, attempt_dir, set)
+    deescalation.poll(1, attempt_dir, child)
     deescalation.take(1)
     said = deescalation.oom(STARTED, None)
     record = next(iter(deescalation.records.values()))
@@ -86,8 +91,14 @@ def test_an_oom_after_the_step_back_holds_the_plan_off(runner):
 def test_an_exit_oom_after_a_split_squeeze_keeps_one_squeeze_of_the_plan(runner):
     """A split under a squeeze and then the attempt's own OOM exit (split down to the minimum) leave one squeeze of the unsplit plan."""
     deescalation, _, attempt_dir = runner
-    deescalation.split(1, attempt_dir, STARTED, set)
+    deescalation.split(1, attempt_dir, STARTED, child)
     card = read_card()
     deescalation.oom(STARTED, card)
     deescalation.escalated(1, STARTED, Outcome("cuda_oom", "out of memory", phase="backward", sizes=parse_oom_message(OOM_TEXT)), card)
     assert [squeeze.key for squeeze in deescalation.squeezes] == [plan_key(STARTED)]
+
+
+def test_a_split_is_no_squeeze_when_nvml_does_not_list_our_child(runner):
+    """Without NVML listing our child (a container's pid namespace) its share is unknown: no squeeze is guessed."""
+    deescalation, _, attempt_dir = runner
+    assert deescalation.split(1, attempt_dir, STARTED, lambda: {12345}) is None and deescalation.squeezes == []
