@@ -43,6 +43,8 @@ from tamer.units import format_size, parse_size
 
 
 class Deescalation:
+    """One run's squeezes, step-back records and the step back in progress, for its supervisor."""
+
     def __init__(self, db: Database, run_id: str, run_dir: Path, config: Any, predicted_peak: Callable[[Plan], int | None]) -> None:
         self.db = db
         self.run_id = run_id
