@@ -136,6 +136,12 @@ class Squeeze:
                      "ORDER BY attempt", (self.run_id,))
 
     def execute(self) -> dict[str, Any]:
+        if not self.fake:
+            from tamer.daemon.card import read_card
+
+            if read_card() is None:
+                raise RuntimeError("NVML gives no reading of the card (is nvidia-ml-py installed?): tamer could not see the "
+                                   "other process nor step back; install nvidia-ml-py (a dependency of tamer) and run again")
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.fake:
             self.write_card(FAKE_EMPTY)
