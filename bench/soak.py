@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.runs import final_weights, sample_ids, start  # noqa: E402
 
-COMMON = ["run", "squad", "--preset", "tiny", "--set", "checkpoint_every=10", "--set", "restart_backoff=0",
+COMMON = ["run", "squad", "--preset", "tiny", "--set", "checkpoint_every=10", "--set", "restart_backoff=0", "--set", "kill_backoff=0",
           "--set", "max_restarts=100000", "--set", "crash_loop_limit=1000", "--set", "eval_samples=16"]
 
 

@@ -295,6 +295,10 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
         table.add_row(str(a["attempt"]), a["plan_summary"], seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
     console.print(table)
+    if story["deescalations"]:
+        from tamer.commands_inspect import steps_back_table
+
+        console.print(steps_back_table(story["deescalations"]))
     events_table = Table("time", "attempt", "event", "message", title="events")
     for e in events:
         events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])

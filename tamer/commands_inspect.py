@@ -65,7 +65,7 @@ def history(
 
     Example: tamer history --since 2d --kind cuda_oom,host_oom
     """
-    from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, failures, parse_kinds, parse_since
+    from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, deescalations, failures, parse_kinds, parse_since
 
     try:
         since_seconds = parse_since(since) if since else None
@@ -84,11 +84,16 @@ def history(
                       "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
+            if not row["rungs_applied"] and row["restart_cause"] in ("outside kill", "crash"):
+                then += f" ({row['restart_cause']}, waited {display.seconds(row['waited_seconds'])})"
             table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
                           _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
                           format_size(row["tried_to_allocate"]), display.peak(row), then,
                           display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]))
         _print_table(table)
+    steps_back = deescalations(_open(home), run, since_seconds)
+    if steps_back:
+        _print_table(steps_back_table(steps_back))
     lost_seconds = sum(row["time_lost_seconds"] for row in rows)
     console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}: {display.seconds(lost_seconds)} and "
                   f"{sum(row['steps_lost'] for row in rows)} steps lost", highlight=False)
@@ -97,6 +102,17 @@ def history(
         console.print(f"memory snapshot of {row['run_id']} attempt {row['attempt']}: {row['memory_snapshot']}", highlight=False, soft_wrap=True)
     if snapshots:
         console.print(SNAPSHOT_VIEWER_HINT, highlight=False, soft_wrap=True)
+
+
+def steps_back_table(rows: list[dict[str, Any]]) -> Table:
+    """De-escalations: attempt -> attempt, tokens/s on the squeezed plan and after stepping back, and why."""
+    table = Table("time", "attempts", "tokens/s squeezed", "tokens/s after", "gain", "why", title="steps back (de-escalations)",
+                  title_justify="left")
+    for row in rows:
+        table.add_row(display.when(row["time"]), f"{row['attempt']}->{row['next_attempt'] or '-'}",
+                      display.number(row["tokens_per_s_squeezed"], 0), display.number(row["tokens_per_s_after"], 0),
+                      f"{row['gain']:.2f}x" if row["gain"] else "-", row["reason"] or "-")
+    return table
 
 
 @app.command()
@@ -150,7 +166,7 @@ def events(
     as_json: JsonOption = False,
 ) -> None:
     """The events of a run, oldest first: created, attempt_start, resume, checkpoint, escalate, restart,
-    eval, finish, ... with their details in --json.
+    deescalate, eval, finish, ... with their details in --json.
 
     Example: tamer events squad-20261125-201500-ab12 --kind escalate,restart --json
     """

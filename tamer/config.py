@@ -179,6 +179,36 @@ class PlannerConfig:
 
 
 @dataclass
+class DeescalateConfig:
+    """Stepping back to a faster plan after an OOM caused by other processes on the card (a squeeze)
+    once their memory is back: the supervisor reads the card through NVML (no CUDA) while it trains on
+    the escalated plan, then stops the child at a step boundary (one checkpoint) and restarts it under
+    the better plan."""
+
+    enabled: bool = True
+    """Off: an escalation is for the rest of the run, as before."""
+    poll_seconds: float = 30.0
+    """Seconds between reads of the card's free memory while on an escalated plan (an NVML query: about a millisecond)."""
+    min_squeeze: str = "1GiB"
+    """Other processes must have held at least this much of the card at the OOM for it to count as a squeeze."""
+    backoff: float = 600.0
+    """Seconds before stepping back again to a plan that OOMed after a step back; doubles with each such OOM."""
+    backoff_max: float = 4 * 3600.0
+    """Longest such wait, in seconds."""
+    max_per_plan: int = 3
+    """Step back to one plan at most this many times per run (each costs a checkpoint and a restart)."""
+
+    def __post_init__(self) -> None:
+        if self.poll_seconds <= 0:
+            raise ConfigError(f"deescalate.poll_seconds: must be > 0 seconds, got {self.poll_seconds}")
+        if self.backoff < 0 or self.backoff_max < 0:
+            raise ConfigError("deescalate.backoff: must be >= 0 seconds")
+        if self.max_per_plan < 0:
+            raise ConfigError(f"deescalate.max_per_plan: must be >= 0, got {self.max_per_plan}")
+        parse_size(self.min_squeeze, "deescalate.min_squeeze")
+
+
+@dataclass
 class WatchdogConfig:
     """Hang detection: the child heartbeats every micro-step; a missed deadline gets it SIGKILLed and
     restarted (outcome `hang`, no escalation). Seconds; slow phases get longer deadlines."""
@@ -331,6 +361,12 @@ class RunConfig:
     """The same failure at the same step this many times in a row, with no progress: the run is `failed`."""
     healthy_seconds: float = 600.0
     """An attempt that trained this long resets the restart budget."""
+    kill_backoff: float = 5.0
+    """Seconds before restarting a child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the
+    OOM killer); doubles with each such kill in a row. These restarts never give up and do not count toward
+    max_restarts or crash_loop_limit: an operator's or a scheduler's kill is not a bug."""
+    kill_backoff_max: float = 600.0
+    """Longest wait between restarts after outside kills, in seconds."""
     start_rungs: list[str] = field(default_factory=list)
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
     start_plan: dict[str, Any] | None = None
@@ -352,6 +388,7 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    deescalate: DeescalateConfig = field(default_factory=DeescalateConfig)
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size",
@@ -401,6 +438,8 @@ class RunConfig:
                                   f"but effective_batch_size is {self.effective_batch_size}")
         if self.restart_backoff < 0 or self.restart_backoff_max < 0:
             raise ConfigError("restart_backoff: must be >= 0 seconds")
+        if self.kill_backoff < 0 or self.kill_backoff_max < 0:
+            raise ConfigError("kill_backoff: must be >= 0 seconds")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
@@ -446,7 +485,8 @@ class RunConfig:
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile", "eval", "export", "checkpoint_async", "checkpoint_every_seconds"):
+                     "compile", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
+                     "kill_backoff_max", "deescalate"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -31,6 +31,7 @@ OutcomeKind = Literal[
     "model_error",
     "lost",
     "dist_failure",
+    "outside_kill",
 ]
 
 CHILD_EXCEPTION_EXIT = 10
@@ -61,6 +62,9 @@ CUDA_OOM_TYPES = {"OutOfMemoryError"}
 HOST_OOM_TYPES = {"MemoryError"}
 ERROR_KINDS = {"config_error", "data_error", "model_error"}
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Signals an operator, a job scheduler or a stray `kill` sends: when tamer did not send them, the child was
+# killed from outside, not by a bug in it (a crash ends in SIGSEGV, SIGABRT, SIGBUS or an exception).
+OUTSIDE_KILL_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 _UNIT_BYTES = {"b": 1, "bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _SIZE = r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>bytes|B|KiB|MiB|GiB|TiB)\b"
@@ -183,10 +187,14 @@ def classify(
     *,
     oom_killed: bool = False,
     hung: bool = False,
+    signals_sent: frozenset[int] | None = None,
 ) -> Outcome:
     """The Outcome of a child that exited with `returncode` (as subprocess gives it) after writing
     `report` (None when it wrote none). `oom_killed`: memory.events' oom_kill rose during the attempt
     (see detect_oom_kill). `hung`: the supervisor killed it because its heartbeat stopped.
+    `signals_sent`: the signals tamer sent this child (a stop file counts as SIGTERM); when given, a
+    SIGKILL/SIGTERM/SIGINT/SIGHUP that is not among them is `outside_kill` (also a stop the child made
+    on such a SIGTERM); None keeps the older reading (SIGTERM = stopped, SIGKILL = crash).
 
     Evidence of running out of memory wins over everything else but a clean finish, because an OOM
     often ends in a secondary crash (a SIGABRT at teardown, a dead DataLoader worker).
@@ -216,6 +224,10 @@ def classify(
     if returncode is None:
         return Outcome("lost", "the child's exit status is unknown (its supervisor lost track of it)", **common)
     stopped = signal_number in STOP_SIGNALS or status == "stopped"
+    stop_signal = report.get("signal") if status == "stopped" else signal_number
+    if signals_sent is not None and not oom_killed and not hung and (stopped or returncode < 0) \
+            and stop_signal in OUTSIDE_KILL_SIGNALS and stop_signal not in signals_sent:
+        return _outside_kill(int(stop_signal), status == "stopped", common)
     if oom_killed and returncode != 0 and not stopped:
         killed = f"killed by {signal_name(signal_number)}" if signal_number else f"exited with code {returncode}"
         message = f"{killed} after the kernel OOM killer fired (memory.events oom_kill rose)"
@@ -242,6 +254,15 @@ def classify(
     if status is None:
         return Outcome("crash", f"exited with code {returncode} without a report", retryable=retryable, **common)
     return Outcome("crash", f"exited with code {returncode} after reporting '{status}'", retryable=retryable, **common)
+
+
+def _outside_kill(signal_number: int, checkpointed: bool, common: dict[str, Any]) -> Outcome:
+    name = signal_name(signal_number)
+    if checkpointed:
+        message = f"stopped by a {name} that tamer did not send (it checkpointed first): killed from outside, restarted"
+    else:
+        message = f"killed by {name}, which tamer did not send and the kernel OOM killer did not cause: killed from outside, restarted"
+    return Outcome("outside_kill", message, **common)
 
 
 def read_memory_events(path: str | Path = "/sys/fs/cgroup/memory.events") -> dict[str, int] | None:

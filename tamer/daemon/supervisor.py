@@ -5,6 +5,10 @@ whole card, and it outlives every child. Restarts after failures that escalation
 hang, a lost child) back off exponentially through tenacity and are bounded by `max_restarts`;
 OOMs restart at once under the ladder's next plan, bounded by the ladder itself. One supervisor per
 run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by kill -9.
+A child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the OOM killer) is restarted
+for as long as the run is wanted, with its own backoff, and never counts as a crash (restarts.py).
+After an OOM that other processes on the card caused, it watches the card and steps back to the faster
+plan when their memory is back: a stop at the next step boundary and a restart (deescalation.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,12 @@ import tenacity
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
+from tamer.daemon.card import settled_card
 from tamer.daemon.child import STOP_FILE
+from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
+from tamer.daemon.restarts import OUTSIDE_KILL, RestartPolicy, restart_policy
 from tamer.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,6 +46,7 @@ from tamer.errors import (
     StateError,
 )
 from tamer.plan import DeviceFacts, Plan
+from tamer.planner.candidates import plan_key
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -51,12 +58,13 @@ POLL_SECONDS = 0.25
 
 
 class AttemptFailed(Exception):
-    """An attempt ended in a failure the supervisor restarts from."""
+    """An attempt ended in a failure the supervisor restarts from (or was stopped to step back)."""
 
-    def __init__(self, outcome: outcomes.Outcome, escalated: bool) -> None:
+    def __init__(self, outcome: outcomes.Outcome, escalated: bool, attempt: int | None = None) -> None:
         super().__init__(outcome.message)
         self.outcome = outcome
         self.escalated = escalated
+        self.attempt = attempt
 
 
 def new_run_id(recipe: str) -> str:
@@ -128,7 +136,10 @@ class Supervisor:
         self.loop_signature: tuple | None = None
         self.loop_count = 0
         self.best_step = -1
-        self._backoff = tenacity.wait_exponential(multiplier=self.config.restart_backoff, max=self.config.restart_backoff_max)
+        self.outside_kills = 0
+        self.signals_sent: set[int] = set()
+        self.restart: RestartPolicy | None = None
+        self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -204,7 +215,10 @@ class Supervisor:
         cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
         shape = shape_of(self.config)
         correction = correction_factor(observations(self.db, shape, self.facts.name))
-        choice = choose(self.config, self.facts, device_budget(self.facts.total_memory, cap), policy,
+        budget = device_budget(self.facts.total_memory, cap)
+        if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
+            budget = min(budget, self.deescalation.squeezed_budget)
+        choice = choose(self.config, self.facts, budget, policy,
                         exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
                         workload=Workload.from_config(self.config, supervised_per_sequence=knobs.supervised_per_sequence),
                         correction=correction)
@@ -217,7 +231,8 @@ class Supervisor:
         """After an OOM the planner steers (when planning and it has a confident fit), else the ladder."""
         if outcome.escalate and outcome.phase != "eval" and self._planning():
             self.failed_plans.append(self.plan)
-            self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
+            if not self.deescalation.squeezed_budget:  # a squeeze says nothing of the plan's estimate: the budget shrinks instead
+                self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
             choice = self._planner_choice()
             if choice is not None:
                 applied = [rung for rung in choice.plan.rungs if rung not in self.plan.rungs] or ["planner"]
@@ -235,6 +250,7 @@ class Supervisor:
             retry=tenacity.retry_if_exception_type(AttemptFailed),
             stop=lambda state: self.crash_restarts > self.config.max_restarts or self.stop_signal is not None,
             wait=self._wait,
+            sleep=self._sleep,
             before_sleep=self._before_restart,
             reraise=True,
         )
@@ -252,15 +268,32 @@ class Supervisor:
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(failure, AttemptFailed) and failure.escalated:
+        if isinstance(failure, AttemptFailed) and failure.escalated or self.restart is None:
             return 0.0  # a new plan: waiting would not make it fit better
-        return self._backoff(types.SimpleNamespace(attempt_number=self.crash_restarts))
+        return self.restart.wait_seconds
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait before a restart, ending early when a stop signal comes (outside-kill waits reach 10 minutes)."""
+        deadline = time.monotonic() + seconds
+        while self.stop_signal is None and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_SECONDS, left))
 
     def _before_restart(self, retry_state: tenacity.RetryCallState) -> None:
         seconds = retry_state.next_action.sleep if retry_state.next_action else 0.0
         failure = retry_state.outcome.exception()
-        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}: {self.reason}",
-                      wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict())
+        restart = self.restart if not failure.escalated else None
+        accounting = ""
+        if restart is not None and not restart.counted:
+            accounting = f" (outside kill {self.outside_kills} in a row; not counted toward max_restarts or the crash-loop guard)"
+        elif restart is not None:
+            accounting = f" (restart {self.crash_restarts} of max_restarts {self.config.max_restarts})"
+        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}{accounting}: {self.reason}",
+                      attempt=failure.attempt, wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict(),
+                      cause=restart.cause if restart else "deescalation" if self.reason.startswith("de-escalated") else "escalation",
+                      counted=restart.counted if restart else False)
+        if seconds > 0:
+            self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
+        self.restart = None
 
     def _attempt(self) -> int:
         if self.stop_signal is not None:  # the signal came while waiting to restart
@@ -268,45 +301,93 @@ class Supervisor:
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
         write_json_atomic(plan_path, self.plan.to_dict())
+        started = self.plan  # the child may halve its micro-batch in process: squeezes are of this plan
         returncode, outcome, report, peak_rss = self._run_child(number)
         stats = outcome.memory_stats or {}
+        training_oom = outcome.kind == "cuda_oom" and outcome.phase != "eval"
+        card = settled_card() if training_oom else None  # what else held the card when ours ran out
+        stepping_back = outcome.kind == "stopped" and self.stop_signal is None and self.deescalation.pending is not None
+        message = f"stopped by tamer to step back to a faster plan at step {self._steps_done()}" if stepping_back else outcome.message
         self.db.update_attempt(
             self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
             signal=-returncode if returncode < 0 else None, outcome=outcome.kind, phase=outcome.phase,
-            micro_batch_size=outcome.micro_batch_size, message=outcome.message,
-            detail_json=json.dumps({**outcome.to_dict(), "peak_host_rss": peak_rss}, default=str),
+            micro_batch_size=outcome.micro_batch_size, message=message,
+            detail_json=json.dumps({**outcome.to_dict(), "peak_host_rss": peak_rss, "card": card.to_dict() if card else None}, default=str),
             peak_allocated=stats.get("peak_allocated"), peak_reserved=stats.get("peak_reserved"),
         )
-        log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=outcome.message)
+        log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=message)
         if outcome.kind == "done":
             code = self._finish("done", EXIT_OK, None)
             after_run(self.db, self.run_id, self.run_dir, self.config, lambda: self.stop_signal is not None)
             return code
+        if stepping_back:
+            self._step_back(number, outcome)
+        self.deescalation.drop_pending()
         if outcome.kind == "stopped" or self.stop_signal is not None:
             return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
         if not outcome.retryable:
             code = (report or {}).get("exit_code") or EXIT_FAILED
             return self._finish("failed", code, outcome.message)
         self.plan = self._current_plan({"attempt": number, "plan_json": self.plan.to_json()})
+        on_card = self.deescalation.oom(started, card) if training_oom else ""
         decision = self._next_plan(outcome)
         if decision.plan is None:
             peak = self._peak_text()
             return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")
         if decision.escalated or decision.applied:
-            self.db.event(self.run_id, "escalate", decision.reason, attempt=number, applied=decision.applied,
-                          skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict())
+            squeeze = self.deescalation.escalated(number, started, outcome, card) if training_oom else None
+            self.db.event(self.run_id, "escalate", decision.reason + (f"; {on_card}" if on_card else ""), attempt=number,
+                          applied=decision.applied, skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict(),
+                          card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
         else:
-            self.crash_restarts += 1
-            loop = self._crash_loop(number, outcome)
+            loop = self._count_restart(number, outcome)
             if loop:
                 return self._finish("failed", EXIT_FAILED, loop)
         self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
-        raise AttemptFailed(outcome, escalated=bool(decision.applied))
+        raise AttemptFailed(outcome, escalated=bool(decision.applied), attempt=number)
 
-    def _crash_loop(self, number: int, outcome: outcomes.Outcome) -> str | None:
+    def _step_back(self, number: int, outcome: outcomes.Outcome) -> None:
+        """The child stopped at a step boundary for a step back: restart at once under the better plan."""
+        better, decision, detail = self.deescalation.take(number)
+        self.failed_plans = [plan for plan in self.failed_plans if plan_key(plan) != decision.squeeze.key]
+        self.oom_hints = [hint for hint in self.oom_hints if plan_key(Plan.from_dict(hint["plan"])) != decision.squeeze.key]
+        self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}", attempt=number,
+                      old_plan=self.plan.to_dict(), new_plan=better.to_dict(), **detail)
+        self.plan, self.reason, self.applied = better, f"de-escalated: {decision.reason}", []
+        self.restart = None
+        raise AttemptFailed(outcome, escalated=True, attempt=number)
+
+    def _predicted_peak(self, plan: Plan) -> int | None:
+        """The planner's predicted peak reserved bytes for `plan`, when it plans for this run."""
+        if not self._planning():
+            return None
+        from tamer.planner.calibrate import correction_factor, observations
+        from tamer.planner.candidates import shape_of
+        from tamer.planner.estimate import Workload, estimate
+
+        shape = shape_of(self.config)
+        workload = Workload.from_config(self.config, supervised_per_sequence=self.config.planner.supervised_per_sequence)
+        correction = correction_factor(observations(self.db, shape, self.facts.name))
+        return estimate(shape, plan, workload).with_correction(correction).reserved
+
+    def _count_restart(self, number: int, outcome: outcomes.Outcome) -> str | None:
+        """Account for a same-plan restart and decide its wait (self.restart); why to give up, or None.
+        An outside kill counts only toward its own backoff, which progress resets."""
+        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
+        loop = None
+        if outcome.kind == OUTSIDE_KILL:
+            progressed = (attempt["last_step"] or -1) > self.best_step
+            self.best_step = max(self.best_step, attempt["last_step"] or -1)
+            self.outside_kills = 1 if progressed else self.outside_kills + 1
+        else:
+            self.crash_restarts += 1
+            loop = self._crash_loop(attempt, outcome)
+        self.restart = restart_policy(outcome.kind, self.crash_restarts, self.outside_kills, self.config)
+        return loop
+
+    def _crash_loop(self, attempt: dict[str, Any], outcome: outcomes.Outcome) -> str | None:
         """Why to give up now, or None: the same failure at the same step `crash_loop_limit` times in a
         row with no progress. Also resets the restart budget after a healthy attempt."""
-        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
         if attempt["first_step_at"] and attempt["ended_at"] - attempt["first_step_at"] >= self.config.healthy_seconds:
             self.crash_restarts = 1  # this failure only: the budget is for failures close together
         progressed = (attempt["last_step"] or -1) > self.best_step
@@ -347,6 +428,7 @@ class Supervisor:
         if self.config.torch_threads:  # also what torchrun would otherwise set to 1 for its ranks, with a warning
             env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
         env.pop("TAMER_PARENT_PID", None)
+        self.signals_sent = set()
         events_before = outcomes.read_memory_events()
         with open(attempt_dir / "child.log", "ab") as child_log:
             self.child = subprocess.Popen(self._command(number), stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -367,6 +449,14 @@ class Supervisor:
                 ranks.poll()
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
+            squeezed = self.deescalation.split(number, attempt_dir, self.plan, self._child_pids)
+            if squeezed is not None:
+                self.db.event(self.run_id, "squeeze", f"the in-process micro-batch split of attempt {number} was a squeeze: other "
+                              f"processes held {format_size(squeezed.others)}; tamer steps back when it passes", attempt=number,
+                              squeeze=squeezed.to_dict())
+            if self.stop_signal is None and self.deescalation.poll(number, attempt_dir, self._child_pids):
+                self.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
+                log.info("deescalate_requested", run_id=self.run_id, attempt=number, reason=self.deescalation.pending.reason)
             silence, deadline, phase = self._silence(attempt_dir, started)
             if silence > deadline and not hung:
                 hung = True
@@ -389,10 +479,22 @@ class Supervisor:
         oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
         report_path = attempt_dir / "exit.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        return returncode, outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung), report, peak_rss
+        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung, signals_sent=frozenset(self.signals_sent))
+        return returncode, outcome, report, peak_rss
+
+    def _child_pids(self) -> set[int]:
+        """The child and its descendants (torchrun's ranks), as NVML would list them outside a container."""
+        if self.child is None:
+            return set()
+        try:
+            process = psutil.Process(self.child.pid)
+            return {process.pid, *(descendant.pid for descendant in process.children(recursive=True))}
+        except psutil.Error:
+            return set()
 
     def _kill_child(self, attempt_dir: Path) -> None:
         """SIGKILL the child, and with torchrun every rank too (they run in sessions of their own)."""
+        self.signals_sent.add(signal.SIGKILL)
         if self.child is not None and self.child.poll() is None:
             os.kill(self.child.pid, signal.SIGKILL)
         _kill_ranks(attempt_dir, signal.SIGKILL)
@@ -427,6 +529,7 @@ class Supervisor:
                     else:
                         self._kill_child(self.attempt_dir)
                 else:
+                    self.signals_sent.add(signal.SIGTERM if first else signal.SIGKILL)
                     os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
 
         return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}

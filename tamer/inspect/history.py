@@ -121,6 +121,7 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     recovered_at = progress if progress is not None and (cut is None or progress <= cut) else None
     window_end = recovered_at or cut or rows.run["ended_at"] or now
     snapshot = rows.event("memory_snapshot", number)
+    restart = rows.event("restart", number) or {}
     return {
         "run_id": rows.run["id"],
         "attempt": number,
@@ -135,6 +136,9 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
         "peak_reserved": attempt["peak_reserved"],
         "peak_host_rss": detail.get("peak_host_rss"),
         "recovery": recovery,
+        # Same-plan restarts: `outside kill` (never counted toward giving up) or `crash`, and the wait before it.
+        "restart_cause": restart.get("cause"),
+        "waited_seconds": restart.get("wait_seconds"),
         "rungs_applied": applied,
         "next_plan": next_attempt["plan_summary"] if next_attempt else None,
         "next_resumed_from_step": rows.resumed_from(next_attempt["attempt"]) if next_attempt else None,
@@ -162,6 +166,45 @@ def failures(db: Database, run_id: str | None = None, since_seconds: float | Non
                 continue
             rows_out.append(_failure(rows, attempt, now))
     return sorted(rows_out, key=lambda row: row["failed_at"])
+
+
+def _median_rate(rows: RunRows, attempt: int) -> float | None:
+    rates = sorted(row["tokens"] / row["step_time"] for row in rows.steps
+                   if row["attempt"] == attempt and row["tokens"] and row["step_time"])
+    return rates[len(rates) // 2] if rates else None
+
+
+def deescalations_of(rows: RunRows) -> list[dict[str, Any]]:
+    """Each step back to a faster plan: when, from which attempt to which, why, and tokens/s on the
+    squeezed plan against the plan stepped back to (its gain, once the next attempt has trained)."""
+    found = []
+    for event in (event for event in rows.events if event["kind"] == "deescalate"):
+        detail, stopped = event["detail"], event["attempt"]
+        following = next((a for a in rows.attempts if a["attempt"] > stopped), None)
+        during = _median_rate(rows, stopped)
+        after = _median_rate(rows, following["attempt"]) if following else None
+        found.append({
+            "run_id": rows.run["id"],
+            "time": event["time"],
+            "attempt": stopped,
+            "next_attempt": following["attempt"] if following else None,
+            "from_plan": next((a["plan_summary"] for a in rows.attempts if a["attempt"] == stopped), None),
+            "to_plan": following["plan_summary"] if following else None,
+            "reason": detail.get("reason"),
+            "tokens_per_s_before_squeeze": detail.get("tokens_per_s_before_squeeze"),
+            "tokens_per_s_squeezed": during,
+            "tokens_per_s_after": after,
+            "gain": after / during if after and during else None,
+        })
+    return found
+
+
+def deescalations(db: Database, run_id: str | None = None, since_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Every step back (de-escalation) of one run or of all runs, oldest first."""
+    now = time.time()
+    run_ids = [db.run(run_id)["id"]] if run_id else [run["id"] for run in db.runs()]
+    found = [row for each in run_ids for row in deescalations_of(RunRows.load(db, each))]
+    return sorted((row for row in found if since_seconds is None or row["time"] >= now - since_seconds), key=lambda row: row["time"])
 
 
 def timeline(db: Database, run_id: str) -> dict[str, Any]:
@@ -223,6 +266,7 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
                                           "total_steps", "steps_done", "failure_reason")},
         "attempts": attempts,
         "failures": failure_rows,
+        "deescalations": deescalations_of(rows),
         "settled_plan": settled,
         "totals": totals,
         "final_loss": run["final_loss"],

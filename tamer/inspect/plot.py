@@ -1,5 +1,5 @@
 """The picture of a run (`tamer plot`, and the image in `tamer report`): loss and memory against step,
-with a vertical marker at each OOM or other failure, escalation and restart.
+with a vertical marker at each OOM or other failure, escalation, step back (de-escalation) and restart.
 
 `plot_data(db, run_id)` computes everything drawn (testable without drawing); `figure(data, width,
 height)` draws it with matplotlib (Agg, no pyplot) and returns the Figure.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tamer.inspect.history import RunRows, failures
+from tamer.inspect.history import RunRows, deescalations_of, failures
 from tamer.inspect.results import squad_series
 from tamer.state.db import Database
 from tamer.units import format_size
@@ -19,11 +19,12 @@ DOTS_PER_INCH = 100
 LABEL_LINE_POINTS = 9  # one line of an x-small marker label, in points
 LABEL_CHARACTER_POINTS = 4.4  # an average x-small character's width, in points
 # Marker kind -> how it is drawn; failure kinds not listed (crash, hang, lost...) draw as "failure".
-MARKER_GROUPS = {"cuda_oom": "oom", "host_oom": "oom", "escalate": "escalate", "restart": "restart"}
+MARKER_GROUPS = {"cuda_oom": "oom", "host_oom": "oom", "escalate": "escalate", "deescalate": "deescalate", "restart": "restart"}
 MARKER_STYLES = {  # group -> (colour, line style, legend text)
     "oom": ("#d62728", "-", "out of memory"),
     "failure": ("#8c564b", "-", "other failure (crash, hang, ...)"),
     "escalate": ("#ff7f0e", "--", "escalation (new plan)"),
+    "deescalate": ("#2ca02c", "--", "step back to a faster plan (the squeeze passed)"),
     "restart": ("#1f77b4", ":", "restart from a checkpoint"),
 }
 OOM_NAMES = {"cuda_oom": "CUDA OOM", "host_oom": "host OOM"}
@@ -85,6 +86,10 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
         if peak:
             peaks["step"].append(step)
             peaks["bytes"].append(peak)
+    for step_back in deescalations_of(rows):
+        stopped_at = next((a["last_step"] for a in rows.attempts if a["attempt"] == step_back["attempt"]), None)
+        if stopped_at is not None:
+            markers.append({"step": stopped_at, "kind": "deescalate", "label": f"  step back: attempt {step_back['next_attempt'] or '-'}"})
     peaks["label"] = "peak reserved of the failed attempt" if device == "cuda" else "peak host RSS of the failed attempt"
     for attempt in rows.attempts[1:]:
         resumed = rows.resumed_from(attempt["attempt"])

@@ -27,7 +27,7 @@ from tests.integration.runs import (
 )
 
 STEPS = 16
-ARGS = ["run", "squad", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_every=4", "--set", "restart_backoff=0"]
+ARGS = ["run", "squad", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_every=4", "--set", "restart_backoff=0", "--set", "kill_backoff=0"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_sigkill_of_the_child_resumes_exactly(baseline, tmp_path, seed):
     reached = kill_child_at_step(tmp_path, run_id, 1, kill_step)
     assert process.wait(timeout=300) == 0, process.stderr.read()
     rows = attempts(tmp_path, run_id)
-    assert rows[0]["signal"] == signal.SIGKILL and rows[0]["outcome"] == "crash"
+    assert rows[0]["signal"] == signal.SIGKILL and rows[0]["outcome"] == "outside_kill"
     assert rows[1]["resumed_from_step"] <= reached and rows[1]["resumed_from_step"] % 4 == 0 and rows[-1]["outcome"] == "done"
     assert_same_training(baseline, tmp_path, run_id)
 
