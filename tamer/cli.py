@@ -242,7 +242,8 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                   f"(best {_loss(run_row['best_eval_loss'])})  last checkpoint {checkpoint.path if checkpoint else '-'}", highlight=False)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
-                  f"{totals['failures']} failures, {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
+                  f"{totals['failures']} failures" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
+                  + f", {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
     if story["settled_plan"]:
         settled = story["settled_plan"]
         console.print(f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}", highlight=False)
@@ -254,7 +255,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"
         steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
-        table.add_row(str(a["attempt"]), a["plan_summary"], seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
+        plan = a["plan_summary"] + "".join(f"; from step {split['step']}: micro-batch {split['micro_batch_size']} x {split['grad_accumulation']} (OOM in "
+                                           f"{split['phase']}, split in process)" for split in a["splits_in_process"])
+        table.add_row(str(a["attempt"]), plan, seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
     console.print(table)
     events_table = Table("time", "attempt", "event", "message", title="events")
     for e in events:

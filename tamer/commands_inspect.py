@@ -84,13 +84,17 @@ def history(
                       "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
+            if row["in_process"]:
+                then += " in process"
             table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
                           _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
                           format_size(row["tried_to_allocate"]), display.peak(row), then,
                           display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]))
         _print_table(table)
     lost_seconds = sum(row["time_lost_seconds"] for row in rows)
-    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}: {display.seconds(lost_seconds)} and "
+    in_process = sum(1 for row in rows if row["in_process"])
+    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}"
+                  + (f" ({in_process} recovered in process)" if in_process else "") + f": {display.seconds(lost_seconds)} and "
                   f"{sum(row['steps_lost'] for row in rows)} steps lost", highlight=False)
     snapshots = [row for row in rows if row["memory_snapshot"]]
     for row in snapshots:

@@ -8,6 +8,9 @@ Definitions (also in the README, "Looking back at a run"):
   no second is counted twice;
 - steps lost: steps the failed attempt completed that a later attempt redid from a checkpoint;
 - time training: the first computation of each optimizer step (`step_time`); a redone step is lost time.
+An OOM the child recovered from itself (`in_process_split`: micro-batch halved, same step retried) is a
+failure too, with its own row: its time lost is its step's work up to the retry (steps lost 0), and
+the plan in force from then on is the split one.
 Pure queries, no torch.
 """
 
@@ -20,13 +23,17 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from tamer.daemon.outcome import OutcomeKind
+from tamer.daemon.outcome import OutcomeKind, parse_oom_message
 from tamer.errors import ConfigError
+from tamer.plan import Plan
 from tamer.state.db import Database
 
 OUTCOME_KINDS = typing.get_args(OutcomeKind)
 # Outcomes that are not failures: shown by `tamer history` only when asked for with --kind.
 NOT_FAILURES = ("done", "stopped")
+IN_PROCESS_SPLIT = "in_process_split"
+# The outcome of an in-process split: the child catches only torch.OutOfMemoryError there.
+IN_PROCESS_OUTCOME = "cuda_oom"
 SNAPSHOT_VIEWER_HINT = (
     "view a memory snapshot by dropping the file on https://pytorch.org/memory_viz, or offline: "
     "python -m torch.cuda._memory_viz trace_plot SNAPSHOT -o snapshot.html"
@@ -124,6 +131,7 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     return {
         "run_id": rows.run["id"],
         "attempt": number,
+        "in_process": False,
         "failed_at": failed_at,
         "outcome": attempt["outcome"],
         "phase": attempt["phase"],
@@ -146,6 +154,80 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     }
 
 
+def splits(rows: RunRows, attempt: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The in-process splits of `attempt`, oldest first, each as (its event, the plan dict in force after it)."""
+    plan = json.loads(attempt["plan_json"] or "{}")
+    out = []
+    for event in rows.events:
+        if event["kind"] != IN_PROCESS_SPLIT or event["attempt"] != attempt["attempt"]:
+            continue
+        old, new = int(event["detail"]["old_micro_batch"]), int(event["detail"]["new_micro_batch"])
+        plan = {**plan, "micro_batch_size": new, "grad_accumulation": int(plan.get("grad_accumulation", 1)) * old // new,
+                "rungs": [*plan.get("rungs", []), "split_micro_batch"]}
+        out.append((event, plan))
+    return out
+
+
+def describe_plan(plan: dict[str, Any], fallback: str | None) -> str | None:
+    """A plan dict as `Plan.describe()` words; `fallback` when the dict is not a whole plan."""
+    try:
+        return Plan.from_dict(plan).describe()
+    except TypeError:
+        return fallback
+
+
+def _in_process_failures(rows: RunRows, attempt: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per OOM the child recovered from by halving its micro-batch: where, what it tried to
+    allocate, and the work of the step thrown away (its start until the retry began)."""
+    number = attempt["attempt"]
+    own_steps = [row for row in rows.steps if row["attempt"] == number]
+    out = []
+    for event, plan_after in splits(rows, attempt):
+        detail = event["detail"]
+        step = int(detail["step"])
+        failed_at = float(detail.get("failed_at") or event["time"])
+        done = next((row for row in own_steps if row["step"] == step), None)
+        before = [row["wall_time"] for row in own_steps if row["step"] < step]
+        if done is not None and done["step_time"] is not None:
+            started = done["wall_time"] - done["step_time"]
+        else:
+            started = max(before) if before else failed_at
+        error = detail.get("error") or ""
+        out.append({
+            "run_id": rows.run["id"],
+            "attempt": number,
+            "in_process": True,
+            "failed_at": failed_at,
+            "outcome": IN_PROCESS_OUTCOME,
+            "phase": detail.get("phase"),
+            "step": step,
+            "micro_batch_size": detail["old_micro_batch"],
+            "tried_to_allocate": parse_oom_message(error).get("tried_to_allocate"),
+            "peak_allocated": None,
+            "peak_reserved": None,
+            "peak_host_rss": None,
+            "recovery": "split in process",
+            "rungs_applied": ["split_micro_batch"],
+            "next_plan": describe_plan(plan_after, None),
+            "next_resumed_from_step": None,
+            "steps_lost": 0,
+            "time_lost_seconds": max(0.0, event["time"] - started),
+            "recovered_at": done["wall_time"] if done is not None else None,
+            "message": event["message"],
+            "memory_snapshot": None,
+        })
+    return out
+
+
+def _all_failures(rows: RunRows, now: float, kinds: list[str] | None) -> list[dict[str, Any]]:
+    """The failed attempts and the in-process recoveries of one run, oldest first."""
+    found = [_failure(rows, attempt, now) for attempt in rows.attempts if _is_failure(attempt, kinds)]
+    if kinds is None or IN_PROCESS_OUTCOME in kinds:
+        for attempt in rows.attempts:
+            found.extend(_in_process_failures(rows, attempt))
+    return sorted(found, key=lambda row: row["failed_at"])
+
+
 def failures(db: Database, run_id: str | None = None, since_seconds: float | None = None,
              kinds: list[str] | None = None) -> list[dict[str, Any]]:
     """Every failed attempt (or every attempt ending in one of `kinds`) of one run or of all runs,
@@ -155,28 +237,31 @@ def failures(db: Database, run_id: str | None = None, since_seconds: float | Non
     rows_out: list[dict[str, Any]] = []
     for each_run in run_ids:
         rows = RunRows.load(db, each_run)
-        for attempt in rows.attempts:
-            if not _is_failure(attempt, kinds):
-                continue
-            if since_seconds is not None and attempt["ended_at"] < now - since_seconds:
-                continue
-            rows_out.append(_failure(rows, attempt, now))
+        rows_out.extend(row for row in _all_failures(rows, now, kinds)
+                        if since_seconds is None or row["failed_at"] >= now - since_seconds)
     return sorted(rows_out, key=lambda row: row["failed_at"])
 
 
 def timeline(db: Database, run_id: str) -> dict[str, Any]:
     """A run from start to end: attempts with their plans and outcomes, the failures with their cost,
-    the settled plan (the last attempt's), totals, and final and best validation loss."""
+    the settled plan (the last attempt's, as its steps ran after any in-process split), totals, and final and best validation loss."""
     now = time.time()
     rows = RunRows.load(db, run_id)
     run = rows.run
-    failure_rows = [_failure(rows, attempt, now) for attempt in rows.attempts if _is_failure(attempt, None)]
+    failure_rows = _all_failures(rows, now, None)
+    plans_after = {attempt["attempt"]: splits(rows, attempt) for attempt in rows.attempts}
     attempts = [{
         "attempt": attempt["attempt"],
         "started_at": attempt["started_at"],
         "ended_at": attempt["ended_at"],
         "seconds": (attempt["ended_at"] or now) - attempt["started_at"],
         "plan_summary": attempt["plan_summary"],
+        # The plan its last steps ran with: the one it started with unless it split in process.
+        "plan_at_end": (describe_plan(plans_after[attempt["attempt"]][-1][1], attempt["plan_summary"])
+                        if plans_after[attempt["attempt"]] else attempt["plan_summary"]),
+        "splits_in_process": [{"step": event["detail"]["step"], "phase": event["detail"].get("phase"),
+                               "micro_batch_size": plan["micro_batch_size"], "grad_accumulation": plan["grad_accumulation"]}
+                              for event, plan in plans_after[attempt["attempt"]]],
         "rungs_applied": json.loads(attempt["rungs_applied"] or "[]"),
         "reason": attempt["reason"],
         "resumed_from_step": rows.resumed_from(attempt["attempt"]),
@@ -194,11 +279,14 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
         if row["step"] not in latest or row["attempt"] >= latest[row["step"]]["attempt"]:
             latest[row["step"]] = row
     wall = ((run["ended_at"] or now) - run["started_at"]) if run["started_at"] else 0.0
-    training = sum(row["step_time"] or 0.0 for row in first_computation.values())
+    # A step retried in process timed its thrown-away work too: that part is lost, not training.
+    thrown_away = sum(row["time_lost_seconds"] for row in failure_rows if row["in_process"] and row["recovered_at"] is not None)
+    training = max(0.0, sum(row["step_time"] or 0.0 for row in first_computation.values()) - thrown_away)
     lost = sum(row["time_lost_seconds"] for row in failure_rows)
     totals = {
         "attempts": len(attempts),
         "failures": len(failure_rows),
+        "recovered_in_process": sum(1 for row in failure_rows if row["in_process"]),
         "steps": len(latest),
         "total_steps": run["total_steps"],
         "samples": run["samples_consumed"],
@@ -215,7 +303,11 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
     if rows.attempts:
         last = rows.attempts[-1]
         plan = json.loads(last["plan_json"])
-        settled = {"attempt": last["attempt"], "summary": last["plan_summary"], "rungs": plan.get("rungs", []),
+        summary = last["plan_summary"]
+        if plans_after[last["attempt"]]:
+            plan = plans_after[last["attempt"]][-1][1]
+            summary = describe_plan(plan, summary)
+        settled = {"attempt": last["attempt"], "summary": summary, "rungs": plan.get("rungs", []),
                    "settled": run["status"] == "done", "plan": plan}
     evals = list(db.db.query("SELECT step, eval_loss FROM evals WHERE run_id = ? ORDER BY eval_loss LIMIT 1", [run["id"]]))
     return {
