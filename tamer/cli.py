@@ -7,6 +7,7 @@ Errors a user can fix print one line, `error: ...`, and exit with the code of th
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from tamer import output
 from tamer.errors import ConfigError, TamerError
 from tamer.state.home import Home
 
@@ -23,8 +24,9 @@ app = typer.Typer(
     name="tamer",
     help="Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -43,6 +45,28 @@ GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GP
 HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
 GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
 InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tamer import __version__
+
+        typer.echo(f"tamer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.
+
+    Example: tamer run squad --preset tiny --max-steps 30
+    """
+    output.unwrap_when_piped(console, err_console)
+    if home is not None:  # `tamer --home DIR CMD`: as if TAMER_HOME were set; a command's own --home still wins
+        os.environ["TAMER_HOME"] = str(home)
 
 
 def _fail(error: TamerError) -> None:
@@ -134,7 +158,7 @@ def run(
             from tamer.daemon.queue import detach_run
 
             pid = detach_run(resolved, run_id)
-            err_console.print(f"supervisor pid {pid} runs it in the background; `tamer status {run_id}` follows it", highlight=False)
+            err_console.print(f"supervisor pid {pid} runs it in the background; `tamer status {run_id}` follows it", highlight=False, soft_wrap=True)
             raise typer.Exit(0)
         code = _supervise(resolved, run_id)
         _report_end(resolved, run_id, code)
@@ -203,11 +227,11 @@ def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         _print_json([{k: r[k] for k in ("id", "recipe", "preset", "status", "steps_done", "total_steps", "started_at", "ended_at", "final_loss", "failure_reason")} for r in rows])
         return
-    table = Table("id", "recipe", "status", "steps", "started", "duration", "final loss")
+    table = output.table("id", "recipe", "status", "steps", "started", "duration", "final loss")
     for r in rows:
         table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", _when(r["started_at"]),
                       _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-")
-    console.print(table)
+    output.print_table(console, table)
 
 
 @app.command()
@@ -251,18 +275,18 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
                                                                        "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap",
                                                                        "torch_threads") if k in config), highlight=False)
-    table = Table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
+    table = output.table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"
         steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
         plan = a["plan_summary"] + "".join(f"; from step {split['step']}: micro-batch {split['micro_batch_size']} x {split['grad_accumulation']} (OOM in "
                                            f"{split['phase']}, split in process)" for split in a["splits_in_process"])
         table.add_row(str(a["attempt"]), plan, seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
-    console.print(table)
-    events_table = Table("time", "attempt", "event", "message", title="events")
+    output.print_table(console, table)
+    events_table = output.table("time", "attempt", "event", "message", title="events")
     for e in events:
         events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
-    console.print(events_table)
+    output.print_table(console, events_table)
 
 
 def _loss(value: float | None) -> str:
@@ -270,31 +294,44 @@ def _loss(value: float | None) -> str:
 
 
 @app.command()
-def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], typer.Option("--config", help="Show this config's ladder.")] = None) -> None:
-    """The memory-saving rungs of the escalation ladder, in order, with what each saves and costs.
+def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], typer.Option("--config", help="Show this config's ladder.")] = None,
+               home: HomeOption = None) -> None:
+    """Every memory-saving rung: those of the ladder (ladder.order) first, in order, then the others
+    (marked `-`: the card ladder never applies them), with what each saves and costs.
 
     Example: tamer strategies --json
     """
     from tamer.config import build_config
+    from tamer.strategies import registry
     from tamer.strategies.ladder import describe_ladder
 
     try:
+        Home.resolve(home)
         order = build_config("tiny", config).ladder.order
     except TamerError as error:
         _fail(error)
-    rows = describe_ladder(order)
+    others = [name for name in registry.names() if name not in order]
+    rows = ([{**row, "position": index} for index, row in enumerate(describe_ladder(order), 1)]
+            + [{**row, "position": None} for row in describe_ladder(others)])
     if as_json:
         _print_json(rows)
         return
-    table = Table("#", "rung", "saves / costs", "exact", "new process", "requires")
-    for index, row in enumerate(rows, 1):
-        table.add_row(str(index), row["name"], row["summary"], "yes" if row["exact"] else "no",
+    table = output.table("#", "rung", "saves / costs", "exact", "new process", "requires")
+    for row in rows:
+        table.add_row(str(row["position"] or "-"), row["name"], row["summary"], "yes" if row["exact"] else "no",
                       "yes" if row["new_process"] else "no", ", ".join(row["requires"]) or "-")
-    console.print(table)
+    output.print_table(console, table)
+    if others:
+        console.print("# -: not in ladder.order, so the card ladder never applies it (the planner may still choose chunked_loss)",
+                      highlight=False)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except TamerError as error:  # one raised outside a command's own handling (e.g. an unusable home)
+        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
 from tamer import commands_plan  # noqa: E402,F401
 from tamer import commands_queue  # noqa: E402,F401
