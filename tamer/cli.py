@@ -93,26 +93,36 @@ def _supervise(home: Home, run_id: str) -> int:
     """Run the supervisor in this process, with a progress bar on a terminal."""
     from tamer.daemon.supervisor import Supervisor
     from tamer.logs import configure_logging
-    from tamer.progress import RunProgress
+    from tamer.progress import PlainProgress, RunProgress
 
     configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
     if console.is_terminal:
         with RunProgress(console) as progress:
             return Supervisor(home, run_id, progress).supervise()
-    return Supervisor(home, run_id).supervise()
+    return Supervisor(home, run_id, PlainProgress()).supervise()
 
 
 def _report_end(home: Home, run_id: str, code: int) -> None:
+    """The last line of a run: how it ended, where its checkpoint is, and the next useful command."""
+    from tamer.state import checkpoints
     from tamer.state.db import Database
 
     db = Database(home.db_path, create=False)
     run = db.run(run_id)
     db.close()
+    checkpoint, _ = checkpoints.newest_valid(Path(run["run_dir"]))
+    where = f"; checkpoint {checkpoint.path}" if checkpoint else ""
     if run["status"] == "done":
-        eval_text = f", validation loss {run['final_eval_loss']:.4f}" if run["final_eval_loss"] is not None else ""
-        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {run['final_loss']:.4f}{eval_text}", highlight=False)
+        validated = json.loads(run["config_json"] or "{}").get("eval_samples", 1) > 0
+        eval_text = f", validation loss {run['final_eval_loss']:.4f}" if validated and run["final_eval_loss"] is not None else ""
+        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {_loss(run['final_loss'])}{eval_text}{where}; "
+                          f"next: tamer show {run_id}", highlight=False, soft_wrap=True)
+    elif run["status"] == "stopped":
+        err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}{where}; "
+                          f"continue with: tamer resume {run_id}", highlight=False, soft_wrap=True)
     elif run["failure_reason"]:
-        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}; what happened: tamer show {run_id}",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -262,8 +272,14 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                   f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}", highlight=False)
     if run_row["failure_reason"]:
         console.print(f"reason: {run_row['failure_reason']}", highlight=False)
-    console.print(f"final loss {_loss(run_row['final_loss'])}  validation loss {_loss(run_row['final_eval_loss'])} "
-                  f"(best {_loss(run_row['best_eval_loss'])})  last checkpoint {checkpoint.path if checkpoint else '-'}", highlight=False)
+    for earlier in story["resumed_after"]:
+        console.print(f"earlier: {earlier['status']} at {_when(earlier['ended_at'])} ({earlier['reason']}); "
+                      f"resumed at {_when(earlier['resumed_at'])}", highlight=False)
+    validated = json.loads(run_row["config_json"] or "{}").get("eval_samples", 1) > 0
+    validation = (f"validation loss {_loss(run_row['final_eval_loss'])} (best {_loss(run_row['best_eval_loss'])})" if validated
+                  else "no validation (eval_samples 0)")
+    console.print(f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}",
+                  highlight=False)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
                   f"{totals['failures']} failures" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")

@@ -1,4 +1,4 @@
-"""The `tamer` commands that read runs back: history, steps, events, sql, plot, report and doctor.
+"""The `tamer` commands that read runs back: history, steps, events, logs, sql, plot, report and doctor.
 
 Registered on tamer.cli's app when tamer/cli.py imports this module (its last line). The logic lives
 in tamer/inspect/; here are only options, tables and error handling, with cli.py's conventions:
@@ -173,6 +173,31 @@ def events(
     for row in rows:
         table.add_row(display.when(row["time"]), _cell("attempt", row["attempt"]), row["kind"], row["message"])
     _print_table(table)
+
+
+@app.command()
+def logs(
+    run_id: RunArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run is no longer running or queued.")] = False,
+    every: Annotated[int, typer.Option(help="Only every Nth step line (events are all printed).", min=1)] = 1,
+    home: HomeOption = None,
+) -> None:
+    """A run's events and step lines (step, loss, tok/s, memory, ETA) in time order, from the database:
+    the lines a piped `tamer run` prints, for any run, also one the daemon or --detach runs.
+
+    Example: tamer logs squad-20261125-201500-ab12 -f --every 10
+    """
+    from tamer.progress import follow as follow_run
+
+    try:
+        db = _open(home)
+        full_id = db.run(run_id)["id"]
+    except TamerError as error:
+        _fail(error)
+    try:
+        follow_run(db, full_id, sys.stdout, follow, every_steps=every)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -21,10 +21,12 @@ import re
 import time
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tamer.daemon.outcome import OutcomeKind, parse_oom_message
 from tamer.errors import ConfigError
+from tamer.inject import PHASES
 from tamer.plan import Plan
 from tamer.state.db import Database
 
@@ -95,6 +97,35 @@ class RunRows:
         return 0 if self.event("start", attempt) is not None else None
 
 
+# Phases in which the failed step was under way; after the others the last completed step is the one meant.
+IN_STEP_PHASES = ("forward", "backward", "optimizer")
+HEARTBEAT_PHASES = (*PHASES, "between_steps")
+
+
+def last_heartbeat(run: dict[str, Any], attempt: int) -> str | None:
+    """The phase rank 0 of `attempt` last reported in its heartbeat file (`phase first_step`), if any:
+    what a child killed without a word (SIGKILL) was doing."""
+    try:
+        phase = (Path(run["run_dir"]) / "attempts" / str(attempt) / "heartbeat").read_text().split()[0]
+    except (OSError, IndexError, TypeError):
+        return None
+    return phase if phase in HEARTBEAT_PHASES else None
+
+
+def where_it_ended(rows: RunRows, attempt: dict[str, Any]) -> tuple[str | None, int | None, int]:
+    """(phase, step, last step reached) of an ended attempt: from its report, else from its last
+    heartbeat. The step is None when it never began training (killed while loading)."""
+    detail = _json(attempt["detail_json"])
+    phase = attempt["phase"] or last_heartbeat(rows.run, attempt["attempt"])
+    reached = attempt["last_step"] if attempt["last_step"] is not None else (attempt["resumed_from_step"] or 0)
+    if detail.get("step") is not None:
+        return phase, detail["step"], reached
+    began = rows.event("start", attempt["attempt"]) is not None or rows.event("resume", attempt["attempt"]) is not None
+    if phase == "load" or not began:
+        return phase, None, reached
+    return phase, reached + 1 if phase in IN_STEP_PHASES or phase is None else reached, reached
+
+
 def _is_failure(attempt: dict[str, Any], kinds: list[str] | None) -> bool:
     if attempt["ended_at"] is None or attempt["outcome"] is None:
         return False
@@ -121,7 +152,7 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     redone = {row["step"] for row in rows.steps if row["attempt"] > number and row["step"] in own_steps}
 
     failed_at = attempt["ended_at"]
-    reached = attempt["last_step"] if attempt["last_step"] is not None else (attempt["resumed_from_step"] or 0)
+    phase, step, reached = where_it_ended(rows, attempt)
     # The next failure or stop ends this failure's window: its own row counts the time after it.
     cut = next((other["ended_at"] for other in later if other["ended_at"] is not None and other["outcome"] != "done"), None)
     progress = next((row["wall_time"] for row in rows.steps if row["wall_time"] > failed_at and row["step"] > reached), None)
@@ -134,9 +165,10 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
         "in_process": False,
         "failed_at": failed_at,
         "outcome": attempt["outcome"],
-        "phase": attempt["phase"],
-        # The step it failed in: from its report, else the one after the last it completed.
-        "step": detail["step"] if detail.get("step") is not None else reached + 1,
+        "phase": phase,
+        # The step it failed in: from its report, else from its heartbeat; None before training began.
+        "step": step,
+        "reached_step": reached,
         "micro_batch_size": attempt["micro_batch_size"],
         "tried_to_allocate": (detail.get("sizes") or {}).get("tried_to_allocate"),
         "peak_allocated": attempt["peak_allocated"],
@@ -201,6 +233,7 @@ def _in_process_failures(rows: RunRows, attempt: dict[str, Any]) -> list[dict[st
             "outcome": IN_PROCESS_OUTCOME,
             "phase": detail.get("phase"),
             "step": step,
+            "reached_step": step - 1,
             "micro_batch_size": detail["old_micro_batch"],
             "tried_to_allocate": parse_oom_message(error).get("tried_to_allocate"),
             "peak_allocated": None,
@@ -267,7 +300,7 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
         "resumed_from_step": rows.resumed_from(attempt["attempt"]),
         "last_step": attempt["last_step"],
         "outcome": attempt["outcome"],
-        "phase": attempt["phase"],
+        "phase": where_it_ended(rows, attempt)[0] if attempt["ended_at"] is not None else attempt["phase"],
         "micro_batch_size": attempt["micro_batch_size"],
         "message": attempt["message"],
     } for attempt in rows.attempts]
@@ -309,11 +342,22 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
             summary = describe_plan(plan, summary)
         settled = {"attempt": last["attempt"], "summary": summary, "rungs": plan.get("rungs", []),
                    "settled": run["status"] == "done", "plan": plan}
+    # A run that ended (a crash-loop give-up, a stop) and was then resumed (`tamer resume`, the daemon):
+    # each ending with the resume that followed it, which the run's final status alone would hide.
+    endings = {"failed": "failed", "stopped": "stopped", "finish": "done"}
+    reopened = []
+    for index, event in enumerate(rows.events):
+        if event["kind"] in endings:
+            resume = next((later for later in rows.events[index + 1:] if later["kind"] == "resume_run"), None)
+            if resume is not None:
+                reopened.append({"status": endings[event["kind"]], "ended_at": event["time"], "reason": event["message"],
+                                 "resumed_at": resume["time"]})
     evals = list(db.db.query("SELECT step, eval_loss FROM evals WHERE run_id = ? ORDER BY eval_loss LIMIT 1", [run["id"]]))
     return {
         "run": {key: run[key] for key in ("id", "recipe", "preset", "status", "created_at", "started_at", "ended_at",
                                           "total_steps", "steps_done", "failure_reason")},
         "attempts": attempts,
+        "resumed_after": reopened,
         "failures": failure_rows,
         "settled_plan": settled,
         "totals": totals,

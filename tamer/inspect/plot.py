@@ -71,7 +71,7 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
     peaks: dict[str, list[Any]] = {"step": [], "bytes": []}
     failure_rows = failures(db, run["id"])
     for failure in failure_rows:
-        step = failure["step"]
+        step = failure["step"] if failure["step"] is not None else failure["reached_step"]  # killed while loading
         where = [failure["phase"], f"micro-batch {failure['micro_batch_size']}" if failure["micro_batch_size"] else None]
         where_text = f" ({', '.join(part for part in where if part)})" if any(where) else ""
         name = OOM_NAMES.get(failure["outcome"], failure["outcome"])

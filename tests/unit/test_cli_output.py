@@ -18,7 +18,7 @@ PIPED = {"COLUMNS": "80", "TTY_COMPATIBLE": "0"}
 READING_COMMANDS = [
     ["runs"], ["show", RUN_ID], ["strategies"], ["history"], ["steps", RUN_ID], ["events", RUN_ID],
     ["sql", "SELECT * FROM attempts"], ["doctor"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["queue"], ["status", RUN_ID],
-    ["--version"],
+    ["logs", RUN_ID], ["--version"],
 ]
 ALL_COMMANDS = sorted(typer.main.get_command(app).commands)
 
