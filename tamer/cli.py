@@ -95,11 +95,18 @@ def _supervise(home: Home, run_id: str) -> int:
     from tamer.logs import configure_logging
     from tamer.progress import PlainProgress, RunProgress
 
+    from tamer.state.db import Database
+
     configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
     if console.is_terminal:
         with RunProgress(console) as progress:
-            return Supervisor(home, run_id, progress).supervise()
-    return Supervisor(home, run_id, PlainProgress()).supervise()
+            code = Supervisor(home, run_id, progress).supervise()
+            progress.finish(Database(home.db_path, create=False), run_id)
+            return code
+    progress = PlainProgress()
+    code = Supervisor(home, run_id, progress).supervise()
+    progress.finish(Database(home.db_path, create=False), run_id)
+    return code
 
 
 def _report_end(home: Home, run_id: str, code: int) -> None:
@@ -118,8 +125,9 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
         err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {_loss(run['final_loss'])}{eval_text}{where}; "
                           f"next: tamer show {run_id}", highlight=False, soft_wrap=True)
     elif run["status"] == "stopped":
-        err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}{where}; "
-                          f"continue with: tamer resume {run_id}", highlight=False, soft_wrap=True)
+        resumes = f"from checkpoint step {checkpoint.step} ({checkpoint.path})" if checkpoint else "from step 0 (no checkpoint)"
+        err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
+                          f"`tamer resume {run_id}` continues {resumes}", highlight=False, soft_wrap=True)
     elif run["failure_reason"]:
         err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}; what happened: tamer show {run_id}",
                           highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ in tamer/inspect/; here are only options, tables and error handling, with cli.py
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -296,7 +297,8 @@ def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
         resolved = Home.resolve(home)
     except TamerError as error:
         _fail(error)
-    facts = {**diagnose(), "home": str(resolved.root)}
+    with contextlib.redirect_stdout(sys.stderr):  # what third-party imports print (bitsandbytes) stays off stdout
+        facts = {**diagnose(), "home": str(resolved.root)}
     if as_json:
         _print_json(facts)
         return

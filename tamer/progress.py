@@ -80,6 +80,14 @@ class _Reader:
             self.last_event_id = events[-1]["id"]
         return events
 
+    def update(self, db: Database, run_id: str, attempt: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, db: Database, run_id: str) -> None:
+        """The lines of what the supervisor recorded after its child's last poll (the run's end)."""
+        attempts = db.attempts(run_id)
+        self.update(db, run_id, attempts[-1]["attempt"] if attempts else 0)
+
     def setting(self, run: dict[str, Any], key: str, default: Any) -> Any:
         if self.config is None:
             self.config = json.loads(run["config_json"] or "{}")

@@ -92,3 +92,30 @@ def test_unusable_home_is_one_line_exit_5(where, tmp_path):
         result = CliRunner().invoke(app, ["--home", str(home), *args], env={"TAMER_HOME": None})
         assert result.exit_code == 5, (args, result.output)
         assert result.output.count("\n") == 1 and result.output.startswith("error: home ")
+
+
+def test_doctor_keeps_third_party_prints_off_stdout(recorded_home, monkeypatch):
+    """What a library prints while doctor inspects it goes to stderr, so `tamer doctor --json | jq` works."""
+    import json
+
+    import tamer.inspect.doctor as doctor
+
+    real = doctor.diagnose
+
+    def noisy() -> dict:
+        print("bitsandbytes: a warning printed on import")
+        return real()
+
+    monkeypatch.setattr(doctor, "diagnose", noisy)
+    result = CliRunner().invoke(app, ["doctor", "--json", "--home", str(recorded_home)])
+    assert result.exit_code == 0
+    assert "warning printed" not in result.stdout and "warning printed" in result.stderr
+    assert json.loads(result.stdout)["home"] == str(recorded_home)
+
+
+def test_logs_prints_events_and_step_lines(recorded_home):
+    """`tamer logs` interleaves the run's events and its step lines in time order."""
+    lines = _invoke(["logs", RUN_ID], recorded_home, PIPED).splitlines()
+    kinds = [line.split()[1] if line.split()[1] == "step" else line.split()[3].rstrip(":") for line in lines]
+    assert kinds == ["start", "step", "step", "in_process_split", "step", "step", "checkpoint"]
+    assert "step 3/4 loss 9.7000" in lines[4] and "tok/s" in lines[4] and "ETA" in lines[4]
