@@ -270,10 +270,11 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
 
     story = timeline(db, run_row["id"])
     events = db.events(run_row["id"])
-    checkpoint, _ = checkpoints.newest_valid(Path(run_row["run_dir"]))
+    checkpoint, skipped = checkpoints.newest_valid(Path(run_row["run_dir"]))
     if as_json:
         _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "timeline": story, "events": events,
-                     "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None})
+                     "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None,
+                     "invalid_checkpoints": [{"name": name, "reason": reason} for name, reason in skipped]})
         return
     totals = story["totals"]
     console.print(f"[bold]{run_row['id']}[/bold]  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
@@ -288,9 +289,12 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                   else "no validation (eval_samples 0)")
     console.print(f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}",
                   highlight=False)
+    for name, reason in skipped:
+        console.print(f"[yellow]warning:[/yellow] checkpoint {name} is not valid ({reason}); "
+                      + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left"), highlight=False)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
-                  f"{totals['failures']} failures" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
+                  f"{totals['failures']} failure{'' if totals['failures'] == 1 else 's'}" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
                   + f", {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
     if story["settled_plan"]:
         settled = story["settled_plan"]

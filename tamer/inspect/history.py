@@ -116,7 +116,8 @@ def where_it_ended(rows: RunRows, attempt: dict[str, Any]) -> tuple[str | None, 
     """(phase, step, last step reached) of an ended attempt: from its report, else from its last
     heartbeat. The step is None when it never began training (killed while loading)."""
     detail = _json(attempt["detail_json"])
-    phase = attempt["phase"] or last_heartbeat(rows.run, attempt["attempt"])
+    failed = attempt["outcome"] not in NOT_FAILURES
+    phase = attempt["phase"] or (last_heartbeat(rows.run, attempt["attempt"]) if failed else None)
     reached = attempt["last_step"] if attempt["last_step"] is not None else (attempt["resumed_from_step"] or 0)
     if detail.get("step") is not None:
         return phase, detail["step"], reached

@@ -51,6 +51,11 @@ def home(tmp_path):
     _killed_attempt(db, tmp_path, 2, 10, "load 1", began=False)
     _event(db, None, 20, "failed", "crash loop: crash 3 times in a row with no progress")
     _event(db, None, 100, "resume_run", "supervisor resumed the run")
+    db.insert_attempt({"run_id": RUN_ID, "attempt": 3, "plan_json": "{}", "plan_summary": "micro-batch 8 x 1", "rungs_applied": "[]",
+                       "reason": "resumed by `tamer resume`", "started_at": START + 101, "resumed_from_step": 0})
+    (tmp_path / "runs" / RUN_ID / "attempts" / "3").mkdir()
+    (tmp_path / "runs" / RUN_ID / "attempts" / "3" / "heartbeat").write_text("between_steps 0")
+    db.update_attempt(RUN_ID, 3, ended_at=START + 199, outcome="done", phase=None, last_step=4)
     _event(db, None, 200, "finish", "run finished: 4 steps")
     db.update_run(RUN_ID, status="done", ended_at=START + 200, failure_reason=None)
     db.close()
@@ -77,3 +82,17 @@ def test_give_up_then_resume_is_in_the_story(home):
     assert result.exit_code == 0, result.output
     assert "earlier: failed at" in result.output and "crash loop" in result.output
     assert "no validation (eval_samples 0)" in result.output
+
+
+def test_show_warns_about_an_invalid_newest_checkpoint(home):
+    """A newest checkpoint that does not verify is named with a warning instead of silently passed over."""
+    (home / "runs" / RUN_ID / "checkpoints" / "step-4").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["show", RUN_ID, "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert "warning: checkpoint step-4 is not valid" in result.output and "no valid checkpoint is left" in result.output
+
+
+def test_a_finished_attempt_has_no_phase(home):
+    """Only failures take their phase from the heartbeat: a finished attempt shows none."""
+    story = timeline(Database(home / "tamer.db", create=False), RUN_ID)
+    assert [attempt["phase"] for attempt in story["attempts"]] == ["backward", "load", None]

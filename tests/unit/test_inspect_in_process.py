@@ -65,7 +65,7 @@ def test_show_and_history_commands_count_it(recorded_home):
     runner = CliRunner()
     shown = runner.invoke(app, ["show", RUN_ID, "--home", str(recorded_home)])
     assert shown.exit_code == 0, shown.output
-    assert "1 failures (1 recovered in process)" in shown.output
+    assert "1 failure (1 recovered in process)" in shown.output
     assert "settled plan (attempt 1): micro-batch 4 x 2" in shown.output
     listed = runner.invoke(app, ["history", "--home", str(recorded_home)])
     assert listed.exit_code == 0, listed.output
