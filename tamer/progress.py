@@ -18,7 +18,8 @@ import time
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Column
 
 from tamer.inspect import display
 from tamer.state.db import Database
@@ -55,8 +56,9 @@ def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int 
     total = run["total_steps"]
     eta = (total - newest["step"]) * seconds_per_step if total and seconds_per_step else None
     reserved, rss = newest["mem_reserved"], newest["host_rss"]
-    memory = f"{format_size(reserved)} reserved" if reserved is not None else (f"{format_size(rss)} RSS" if rss is not None else "-")
-    return {**newest, "total": total, "tokens_per_s": speed, "eta_seconds": eta, "memory": memory}
+    size = format_size(reserved if reserved is not None else rss)
+    memory = f"{size} reserved" if reserved is not None else (f"{size} RSS" if rss is not None else "-")
+    return {**newest, "total": total, "tokens_per_s": speed, "eta_seconds": eta, "memory": memory, "memory_size": size}
 
 
 def step_line(facts: dict[str, Any]) -> str:
@@ -130,13 +132,13 @@ class RunProgress(_Reader):
 
     def __init__(self, console: Console) -> None:
         super().__init__()
+        # Narrow enough for 80 columns; text that still does not fit folds rather than ending in `…`.
         self.progress = Progress(
-            TextColumn("[bold]attempt {task.fields[attempt]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("[bold]attempt {task.fields[attempt]}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=8),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[status]}", table_column=Column(overflow="fold")),
+            TextColumn("ETA {task.fields[eta]}", table_column=Column(overflow="fold")),
             console=console,
             transient=False,
         )
@@ -162,7 +164,7 @@ class RunProgress(_Reader):
             self.progress.update(self.task, total=run["total_steps"], status=self.status, eta="-", **fields)
             return
         speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
-        status = f"loss {display.number(facts['loss'])}  {speed}  mem {facts['memory']}"
+        status = f"loss {display.number(facts['loss'])}  {speed}  {facts['memory_size']}"
         self.progress.update(self.task, completed=facts["step"], total=run["total_steps"], status=status,
                              eta=display.seconds(facts["eta_seconds"]), **fields)
 
