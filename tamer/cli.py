@@ -45,6 +45,11 @@ GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GP
 HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
 GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
 InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
+InitOption = Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")]
+MicroBatchOption = Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")]
+SeedOption = Annotated[Optional[int], typer.Option(help="Seed for data order and init.")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
+MemorySnapshotOption = Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")]
 
 
 def _print_version(value: bool) -> None:
@@ -141,11 +146,11 @@ def run(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
-    init: Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")] = None,
+    init: InitOption = None,
     max_steps: MaxStepsOption = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data order and init.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    micro_batch_size: MicroBatchOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
     gpus: GpusOption = None,
@@ -153,7 +158,7 @@ def run(
     node_rank: Annotated[Optional[int], typer.Option(help="This machine's rank in a static multi-node rendezvous (torchrun --node-rank).")] = None,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="host:port of the multi-node rendezvous (torchrun --rdzv-endpoint).")] = None,
     inject: InjectOption = None,
-    memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
+    memory_snapshot: MemorySnapshotOption = False,
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
     home: HomeOption = None,
 ) -> None:

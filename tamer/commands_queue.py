@@ -16,16 +16,21 @@ from tamer import output
 from tamer.cli import (
     ConfigOption,
     DataOption,
+    DeviceOption,
     GpuMemCapOption,
     HomeOption,
     GpusOption,
     HostMemCapOption,
+    InitOption,
     InjectOption,
     JsonOption,
     MaxStepsOption,
+    MemorySnapshotOption,
+    MicroBatchOption,
     ModelOption,
     PresetOption,
     RecipeArgument,
+    SeedOption,
     SetOption,
     _fail,
     _print_json,
@@ -50,11 +55,16 @@ def submit(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
+    init: InitOption = None,
     max_steps: MaxStepsOption = None,
+    micro_batch_size: MicroBatchOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
     gpus: GpusOption = None,
     inject: InjectOption = None,
+    memory_snapshot: MemorySnapshotOption = False,
     home: HomeOption = None,
 ) -> None:
     """Queue a run for the daemon (`tamer daemon`); prints the run id. Other config keys: --set or --config.
@@ -65,8 +75,9 @@ def submit(
     from tamer.daemon.queue import submit as submit_run
 
     try:
-        options = {"model": model, "data": data, "max_steps": max_steps, "gpu_mem_cap": gpu_mem_cap,
-                   "host_mem_cap": host_mem_cap, "inject": inject or None, "distributed.nproc_per_node": gpus}
+        options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
+                   "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
+                   "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus}
         run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id, position = submit_run(resolved, run_config)

@@ -119,3 +119,11 @@ def test_logs_prints_events_and_step_lines(recorded_home):
     kinds = [line.split()[1] if line.split()[1] == "step" else line.split()[3].rstrip(":") for line in lines]
     assert kinds == ["start", "step", "step", "in_process_split", "step", "step", "checkpoint"]
     assert "step 3/4 loss 9.7000" in lines[4] and "tok/s" in lines[4] and "ETA" in lines[4]
+
+
+def test_submit_takes_the_options_of_run_that_suit_a_queued_job():
+    """Every option of `tamer run` but --detach and the multi-node ones is an option of `tamer submit`."""
+    commands = typer.main.get_command(app).commands
+    options = {name: {opt for param in commands[name].params for opt in param.opts} for name in ("run", "submit")}
+    not_for_the_queue = {"--detach", "--nnodes", "--node-rank", "--rdzv-endpoint"}
+    assert options["run"] - not_for_the_queue <= options["submit"]
