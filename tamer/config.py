@@ -390,7 +390,7 @@ class RunConfig:
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile"):
+                     "compile", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
