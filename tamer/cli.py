@@ -103,12 +103,17 @@ def _supervise(home: Home, run_id: str) -> int:
     from tamer.state.db import Database
 
     configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
+    # A resumed run (`tamer resume`, the daemon, --detach) shows only what happens from now on.
+    db = Database(home.db_path, create=False)
+    resumed = bool(db.attempts(run_id))
+    after = (max((event["id"] for event in db.events(run_id)), default=0), time.time()) if resumed else (0, 0.0)
+    db.close()
     if console.is_terminal:
-        with RunProgress(console) as progress:
+        with RunProgress(console, *after) as progress:
             code = Supervisor(home, run_id, progress).supervise()
             progress.finish(Database(home.db_path, create=False), run_id)
             return code
-    progress = PlainProgress()
+    progress = PlainProgress(None, *after)
     code = Supervisor(home, run_id, progress).supervise()
     progress.finish(Database(home.db_path, create=False), run_id)
     return code

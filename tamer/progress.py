@@ -69,11 +69,24 @@ def step_line(facts: dict[str, Any]) -> str:
             f"(attempt {facts['attempt']})")
 
 
-class _Reader:
-    """What is new in the database since the last look: events after the last one seen."""
+def attempt_end_line(attempt: dict[str, Any]) -> str:
+    """How an attempt ended, as one line: `12:37:16 attempt 2 ended: crash in backward at step 5: killed by SIGKILL`."""
+    step = json.loads(attempt["detail_json"] or "{}").get("step")
+    where = (f" in {attempt['phase']}" if attempt["phase"] else "") + (f" at step {step}" if step is not None else "")
+    message = " ".join(str(attempt["message"] or "").split())
+    return (f"{time.strftime('%H:%M:%S', time.localtime(attempt['ended_at']))} attempt {attempt['attempt']} ended: "
+            f"{attempt['outcome']}{where}" + (f": {message}" if message else ""))
 
-    def __init__(self) -> None:
-        self.last_event_id = 0
+
+class _Reader:
+    """What is new in the database since the last look: events after the last one seen, and attempts
+    that ended (a failure's own words: outcome, phase, step, message). `after_event_id`: events up to
+    it were shown before (a resumed run); attempts that ended before `after_time` likewise."""
+
+    def __init__(self, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        self.last_event_id = after_event_id
+        self.after_time = after_time
+        self.reported_attempts: set[int] = set()
         self.config: dict[str, Any] | None = None
 
     def new_events(self, db: Database, run_id: str) -> list[dict[str, Any]]:
@@ -81,6 +94,19 @@ class _Reader:
         if events:
             self.last_event_id = events[-1]["id"]
         return events
+
+    def new_lines(self, db: Database, run_id: str) -> list[tuple[float, str, dict[str, Any] | None]]:
+        """(time, line, the event or None) of everything new, oldest first."""
+        lines: list[tuple[float, str, dict[str, Any] | None]] = [(event["time"], event_line(event), event)
+                                                                  for event in self.new_events(db, run_id)]
+        for attempt in db.attempts(run_id):
+            number = attempt["attempt"]
+            if attempt["ended_at"] is None or number in self.reported_attempts or attempt["ended_at"] < self.after_time:
+                continue
+            self.reported_attempts.add(number)
+            if attempt["outcome"] != "done":
+                lines.append((attempt["ended_at"], attempt_end_line(attempt), None))
+        return sorted(lines, key=lambda line: line[0])
 
     def update(self, db: Database, run_id: str, attempt: int) -> None:
         raise NotImplementedError
@@ -99,8 +125,8 @@ class _Reader:
 class PlainProgress(_Reader):
     """Plain lines for logs: every event, and a step line every N seconds or steps."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__()
+    def __init__(self, stream: TextIO | None = None, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        super().__init__(after_event_id, after_time)
         self.stream = stream
         self.printed_step: tuple[int, int] | None = None
         self.printed_at = 0.0
@@ -112,8 +138,8 @@ class PlainProgress(_Reader):
 
     def update(self, db: Database, run_id: str, attempt: int) -> None:
         run = db.run(run_id)
-        for event in self.new_events(db, run_id):
-            self._write(event_line(event))
+        for _, line, _ in self.new_lines(db, run_id):
+            self._write(line)
         facts = step_facts(db, run, attempt)
         if facts is None or (facts["attempt"], facts["step"]) == self.printed_step:
             return
@@ -130,8 +156,8 @@ class PlainProgress(_Reader):
 class RunProgress(_Reader):
     """The terminal's bar; each event printed above it as it arrives."""
 
-    def __init__(self, console: Console) -> None:
-        super().__init__()
+    def __init__(self, console: Console, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        super().__init__(after_event_id, after_time)
         # Narrow enough for 80 columns; text that still does not fit folds rather than ending in `…`.
         self.progress = Progress(
             TextColumn("[bold]attempt {task.fields[attempt]}", table_column=Column(no_wrap=True)),
@@ -154,9 +180,9 @@ class RunProgress(_Reader):
 
     def update(self, db: Database, run_id: str, attempt: int) -> None:
         run = db.run(run_id)
-        for event in self.new_events(db, run_id):
-            self.progress.console.print(event_line(event), highlight=False, markup=False, soft_wrap=True)
-            if event["attempt"] == attempt and event["kind"] in SETUP_STATUS:
+        for _, line, event in self.new_lines(db, run_id):
+            self.progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            if event is not None and event["attempt"] == attempt and event["kind"] in SETUP_STATUS:
                 self.status = SETUP_STATUS[event["kind"]]
         facts = step_facts(db, run, attempt)
         fields: dict[str, Any] = {"attempt": attempt}
@@ -177,7 +203,7 @@ def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll
     printed_step: tuple[int, int] | None = None
     while True:
         run = db.run(run_id)
-        items: list[tuple[float, str]] = [(event["time"], event_line(event)) for event in reader.new_events(db, run_id)]
+        items: list[tuple[float, str]] = [(moment, line) for moment, line, _ in reader.new_lines(db, run_id)]
         after = printed_step or (0, 0)
         rows = list(db.db.query("SELECT attempt, step FROM steps WHERE run_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)) "
                                 "ORDER BY attempt, step", [run_id, after[0], after[0], after[1]]))

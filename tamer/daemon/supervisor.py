@@ -259,6 +259,8 @@ class Supervisor:
         failure = retry_state.outcome.exception()
         self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}: {self.reason}",
                       wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict())
+        if self.progress is not None:  # show the failure and the restart now, not after the backoff
+            self.progress.finish(self.db, self.run_id)
 
     def _attempt(self) -> int:
         if self.stop_signal is not None:  # the signal came while waiting to restart

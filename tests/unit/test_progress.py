@@ -71,3 +71,22 @@ def test_terminal_progress_names_the_setup_phase(recorded_home):
     with RunProgress(console) as progress:
         progress.update(db, RUN_ID, 1)
     assert "first step (warming up)" in console.export_text()
+
+
+def test_a_failed_attempt_gets_its_own_line(recorded_home):
+    """An attempt that ended in a failure is a line with its outcome, phase, step and message."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash", phase="backward", message="killed by SIGKILL", detail_json=json.dumps({"step": 5}))
+    stream = io.StringIO()
+    PlainProgress(stream).update(db, RUN_ID, 1)
+    assert "attempt 1 ended: crash in backward at step 5: killed by SIGKILL" in stream.getvalue()
+
+
+def test_a_resumed_run_shows_only_what_comes_next(recorded_home):
+    """Given the last event id and the time it resumed, the reader prints no earlier event or attempt end."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash")
+    last = max(event["id"] for event in db.events(RUN_ID))
+    stream = io.StringIO()
+    PlainProgress(stream, last, time.time()).finish(db, RUN_ID)
+    assert " ended: " not in stream.getvalue() and "in_process_split" not in stream.getvalue()
