@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column
 
 from tamer.inspect import display
+from tamer.inspect.history import last_heartbeat
 from tamer.state.db import Database
 from tamer.units import format_size
 
@@ -69,10 +70,12 @@ def step_line(facts: dict[str, Any]) -> str:
             f"(attempt {facts['attempt']})")
 
 
-def attempt_end_line(attempt: dict[str, Any]) -> str:
-    """How an attempt ended, as one line: `12:37:16 attempt 2 ended: crash in backward at step 5: killed by SIGKILL`."""
+def attempt_end_line(attempt: dict[str, Any], run: dict[str, Any]) -> str:
+    """How an attempt ended, as one line: `12:37:16 attempt 2 ended: crash in backward at step 5: killed by SIGKILL`
+    (a child killed without a report: the phase of its last heartbeat)."""
     step = json.loads(attempt["detail_json"] or "{}").get("step")
-    where = (f" in {attempt['phase']}" if attempt["phase"] else "") + (f" at step {step}" if step is not None else "")
+    phase = attempt["phase"] or last_heartbeat(run, attempt["attempt"])
+    where = (f" in {phase}" if phase else "") + (f" at step {step}" if step is not None else "")
     message = " ".join(str(attempt["message"] or "").split())
     return (f"{time.strftime('%H:%M:%S', time.localtime(attempt['ended_at']))} attempt {attempt['attempt']} ended: "
             f"{attempt['outcome']}{where}" + (f": {message}" if message else ""))
@@ -105,7 +108,7 @@ class _Reader:
                 continue
             self.reported_attempts.add(number)
             if attempt["outcome"] != "done":
-                lines.append((attempt["ended_at"], attempt_end_line(attempt), None))
+                lines.append((attempt["ended_at"], attempt_end_line(attempt, db.run(run_id)), None))
         return sorted(lines, key=lambda line: line[0])
 
     def update(self, db: Database, run_id: str, attempt: int) -> None:

@@ -90,3 +90,15 @@ def test_a_resumed_run_shows_only_what_comes_next(recorded_home):
     stream = io.StringIO()
     PlainProgress(stream, last, time.time()).finish(db, RUN_ID)
     assert " ended: " not in stream.getvalue() and "in_process_split" not in stream.getvalue()
+
+
+def test_a_killed_attempt_line_names_its_heartbeat_phase(recorded_home):
+    """A child killed without a report is said to have ended in the phase of its last heartbeat."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash", phase=None, message="killed by SIGKILL", detail_json="{}")
+    folder = recorded_home / "runs" / RUN_ID / "attempts" / "1"
+    folder.mkdir(parents=True)
+    (folder / "heartbeat").write_text("optimizer 0")
+    stream = io.StringIO()
+    PlainProgress(stream).update(db, RUN_ID, 1)
+    assert "attempt 1 ended: crash in optimizer: killed by SIGKILL" in stream.getvalue()
