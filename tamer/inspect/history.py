@@ -133,6 +133,14 @@ def _is_failure(attempt: dict[str, Any], kinds: list[str] | None) -> bool:
     return attempt["outcome"] in kinds if kinds else attempt["outcome"] not in NOT_FAILURES
 
 
+def _micro_batch_in_force(rows: RunRows, attempt: dict[str, Any]) -> int | None:
+    """The micro-batch an attempt was running when it ended without saying (a SIGKILL): its plan's,
+    or the last one it split down to in process."""
+    split = splits(rows, attempt)
+    plan = split[-1][1] if split else json.loads(attempt["plan_json"] or "{}")
+    return plan.get("micro_batch_size")
+
+
 def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, Any]:
     """One failed attempt: where it failed, what came next, and what it cost."""
     number = attempt["attempt"]
@@ -170,7 +178,7 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
         # The step it failed in: from its report, else from its heartbeat; None before training began.
         "step": step,
         "reached_step": reached,
-        "micro_batch_size": attempt["micro_batch_size"],
+        "micro_batch_size": attempt["micro_batch_size"] or _micro_batch_in_force(rows, attempt),
         "tried_to_allocate": (detail.get("sizes") or {}).get("tried_to_allocate"),
         "peak_allocated": attempt["peak_allocated"],
         "peak_reserved": attempt["peak_reserved"],

@@ -25,7 +25,7 @@ def _event(db: Database, attempt: int | None, at: float, kind: str, message: str
 
 
 def _killed_attempt(db: Database, home, number: int, started: float, heartbeat: str, began: bool) -> None:
-    db.insert_attempt({"run_id": RUN_ID, "attempt": number, "plan_json": "{}", "plan_summary": "micro-batch 8 x 1",
+    db.insert_attempt({"run_id": RUN_ID, "attempt": number, "plan_json": json.dumps({"micro_batch_size": 8}), "plan_summary": "micro-batch 8 x 1",
                        "rungs_applied": "[]", "reason": "first plan", "started_at": START + started, "resumed_from_step": 0})
     folder = home / "runs" / RUN_ID / "attempts" / str(number)
     folder.mkdir(parents=True)
@@ -65,7 +65,7 @@ def home(tmp_path):
 def test_sigkill_phase_comes_from_the_heartbeat(home):
     """A child killed in backward, which wrote no report, is recorded in backward at the step it was computing."""
     killed = failures(Database(home / "tamer.db", create=False), RUN_ID)[0]
-    assert (killed["phase"], killed["step"]) == ("backward", 2)
+    assert (killed["phase"], killed["step"], killed["micro_batch_size"]) == ("backward", 2, 8)
 
 
 def test_kill_before_training_has_no_step(home):
