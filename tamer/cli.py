@@ -7,6 +7,7 @@ Errors a user can fix print one line, `error: ...`, and exit with the code of th
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from tamer import output
 from tamer.errors import ConfigError, TamerError
 from tamer.state.home import Home
 
@@ -23,8 +24,9 @@ app = typer.Typer(
     name="tamer",
     help="Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -43,6 +45,33 @@ GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GP
 HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
 GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
 InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
+InitOption = Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")]
+MicroBatchOption = Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")]
+SeedOption = Annotated[Optional[int], typer.Option(help="Seed for data order and init.")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
+MemorySnapshotOption = Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tamer import __version__
+
+        typer.echo(f"tamer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.
+
+    Example: tamer run squad --preset tiny --max-steps 30
+    """
+    output.unwrap_when_piped(console, err_console)
+    if home is not None:  # `tamer --home DIR CMD`: as if TAMER_HOME were set; a command's own --home still wins
+        os.environ["TAMER_HOME"] = str(home)
 
 
 def _fail(error: TamerError) -> None:
@@ -69,27 +98,50 @@ def _supervise(home: Home, run_id: str) -> int:
     """Run the supervisor in this process, with a progress bar on a terminal."""
     from tamer.daemon.supervisor import Supervisor
     from tamer.logs import configure_logging
-    from tamer.progress import RunProgress
+    from tamer.progress import PlainProgress, RunProgress
+
+    from tamer.state.db import Database
 
     configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
+    # A resumed run (`tamer resume`, the daemon, --detach) shows only what happens from now on.
+    db = Database(home.db_path, create=False)
+    resumed = bool(db.attempts(run_id))
+    after = (max((event["id"] for event in db.events(run_id)), default=0), time.time()) if resumed else (0, 0.0)
+    db.close()
     if console.is_terminal:
-        with RunProgress(console) as progress:
-            return Supervisor(home, run_id, progress).supervise()
-    return Supervisor(home, run_id).supervise()
+        with RunProgress(console, *after) as progress:
+            code = Supervisor(home, run_id, progress).supervise()
+            progress.finish(Database(home.db_path, create=False), run_id)
+            return code
+    progress = PlainProgress(None, *after)
+    code = Supervisor(home, run_id, progress).supervise()
+    progress.finish(Database(home.db_path, create=False), run_id)
+    return code
 
 
 def _report_end(home: Home, run_id: str, code: int) -> None:
+    """The last line of a run: how it ended, where its checkpoint is, and the next useful command."""
+    from tamer.state import checkpoints
     from tamer.state.db import Database
 
     db = Database(home.db_path, create=False)
     run = db.run(run_id)
     db.close()
+    checkpoint, _ = checkpoints.newest_valid(Path(run["run_dir"]))
+    where = f"; checkpoint {checkpoint.path}" if checkpoint else ""
     if run["status"] == "done":
-        eval_text = f", validation loss {run['final_eval_loss']:.4f}" if run["final_eval_loss"] is not None else ""
-        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {run['final_loss']:.4f}{eval_text}", highlight=False)
+        validated = json.loads(run["config_json"] or "{}").get("eval_samples", 1) > 0
+        eval_text = f", validation loss {run['final_eval_loss']:.4f}" if validated and run["final_eval_loss"] is not None else ""
+        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {_loss(run['final_loss'])}{eval_text}{where}; "
+                          f"next: tamer show {run_id}", highlight=False, soft_wrap=True)
         _report_result(home, run_id)
+    elif run["status"] == "stopped":
+        resumes = f"from checkpoint step {checkpoint.step} ({checkpoint.path})" if checkpoint else "from step 0 (no checkpoint)"
+        err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
+                          f"`tamer resume {run_id}` continues {resumes}", highlight=False, soft_wrap=True)
     elif run["failure_reason"]:
-        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}; what happened: tamer show {run_id}",
+                          highlight=False, soft_wrap=True)
 
 
 def _report_result(home: Home, run_id: str) -> None:
@@ -118,11 +170,11 @@ def run(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
-    init: Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")] = None,
+    init: InitOption = None,
     max_steps: MaxStepsOption = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for data order and init.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    micro_batch_size: MicroBatchOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
     gpus: GpusOption = None,
@@ -130,7 +182,7 @@ def run(
     node_rank: Annotated[Optional[int], typer.Option(help="This machine's rank in a static multi-node rendezvous (torchrun --node-rank).")] = None,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="host:port of the multi-node rendezvous (torchrun --rdzv-endpoint).")] = None,
     inject: InjectOption = None,
-    memory_snapshot: Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")] = False,
+    memory_snapshot: MemorySnapshotOption = False,
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
     home: HomeOption = None,
 ) -> None:
@@ -153,7 +205,7 @@ def run(
             from tamer.daemon.queue import detach_run
 
             pid = detach_run(resolved, run_id)
-            err_console.print(f"supervisor pid {pid} runs it in the background; `tamer status {run_id}` follows it", highlight=False)
+            err_console.print(f"supervisor pid {pid} runs it in the background; `tamer status {run_id}` follows it", highlight=False, soft_wrap=True)
             raise typer.Exit(0)
         code = _supervise(resolved, run_id)
         _report_end(resolved, run_id, code)
@@ -226,12 +278,12 @@ def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
         _print_json([{**{k: r[k] for k in ("id", "recipe", "preset", "status", "steps_done", "total_steps", "started_at", "ended_at", "final_loss", "failure_reason")},
                       "squad": scores[r["id"]]} for r in rows])
         return
-    table = Table("id", "recipe", "status", "steps", "started", "duration", "final loss", "EM", "F1")
+    table = output.table("id", "recipe", "status", "steps", "started", "duration", "final loss", "EM", "F1")
     for r in rows:
         table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", _when(r["started_at"]),
                       _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-",
                       *(f"{scores[r['id']][metric]:.3f}" if scores[r["id"]] else "-" for metric in ("exact_match", "f1")))
-    console.print(table)
+    output.print_table(console, table)
 
 
 @app.command()
@@ -252,13 +304,14 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
 
     story = timeline(db, run_row["id"])
     events = db.events(run_row["id"])
-    checkpoint, _ = checkpoints.newest_valid(Path(run_row["run_dir"]))
+    checkpoint, skipped = checkpoints.newest_valid(Path(run_row["run_dir"]))
     from tamer.inspect.results import export_location, last_squad, squad_text
 
     scores, exported = last_squad(db, run_row["id"]), export_location(db, run_row["id"])
     if as_json:
         _print_json({"run": run_row, "config": json.loads(run_row["config_json"]), "timeline": story, "events": events,
                      "evals": db.evals(run_row["id"]), "last_checkpoint": str(checkpoint.path) if checkpoint else None,
+                     "invalid_checkpoints": [{"name": name, "reason": reason} for name, reason in skipped],
                      "squad": scores, "squad_scores": db.squad_scores(run_row["id"]), "export": exported})
         return
     totals = story["totals"]
@@ -266,13 +319,23 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                   f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}", highlight=False)
     if run_row["failure_reason"]:
         console.print(f"reason: {run_row['failure_reason']}", highlight=False)
-    console.print(f"final loss {_loss(run_row['final_loss'])}  validation loss {_loss(run_row['final_eval_loss'])} "
-                  f"(best {_loss(run_row['best_eval_loss'])})  last checkpoint {checkpoint.path if checkpoint else '-'}", highlight=False)
+    for earlier in story["resumed_after"]:
+        console.print(f"earlier: {earlier['status']} at {_when(earlier['ended_at'])} ({earlier['reason']}); "
+                      f"resumed at {_when(earlier['resumed_at'])}", highlight=False)
+    validated = json.loads(run_row["config_json"] or "{}").get("eval_samples", 1) > 0
+    validation = (f"validation loss {_loss(run_row['final_eval_loss'])} (best {_loss(run_row['best_eval_loss'])})" if validated
+                  else "no validation (eval_samples 0)")
+    console.print(f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}",
+                  highlight=False)
+    for name, reason in skipped:
+        console.print(f"[yellow]warning:[/yellow] checkpoint {name} is not valid ({reason}); "
+                      + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left"), highlight=False)
     console.print(f"SQuAD {squad_text(scores)}" + (f" on {scores['questions']} held-out questions at step {scores['step']}" if scores else "")
                   + f"  export {exported['path'] if exported else '-'}", highlight=False, soft_wrap=True)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
                   f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
-                  f"{totals['failures']} failures, {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
+                  f"{totals['failures']} failure{'' if totals['failures'] == 1 else 's'}" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
+                  + f", {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
     from tamer.inspect.status import token_use
 
     use = token_use(db.steps(run_row["id"]))
@@ -289,20 +352,22 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     from tamer.checkpoint_policy import interval_in_force
 
     console.print(f"checkpoints: {interval_in_force(events) or 'no interval chosen yet (auto: after the first save)'}", highlight=False)
-    table = Table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
+    table = output.table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"
         steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
-        table.add_row(str(a["attempt"]), a["plan_summary"], seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
-    console.print(table)
+        plan = a["plan_summary"] + "".join(f"; from step {split['step']}: micro-batch {split['micro_batch_size']} x {split['grad_accumulation']} (OOM in "
+                                           f"{split['phase']}, split in process)" for split in a["splits_in_process"])
+        table.add_row(str(a["attempt"]), plan, seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
+    output.print_table(console, table)
     if story["deescalations"]:
         from tamer.commands_inspect import steps_back_table
 
-        console.print(steps_back_table(story["deescalations"]))
-    events_table = Table("time", "attempt", "event", "message", title="events")
+        output.print_table(console, steps_back_table(story["deescalations"]))
+    events_table = output.table("time", "attempt", "event", "message", title="events")
     for e in events:
         events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
-    console.print(events_table)
+    output.print_table(console, events_table)
 
 
 def _loss(value: float | None) -> str:
@@ -310,31 +375,44 @@ def _loss(value: float | None) -> str:
 
 
 @app.command()
-def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], typer.Option("--config", help="Show this config's ladder.")] = None) -> None:
-    """The memory-saving rungs of the escalation ladder, in order, with what each saves and costs.
+def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], typer.Option("--config", help="Show this config's ladder.")] = None,
+               home: HomeOption = None) -> None:
+    """Every memory-saving rung: those of the ladder (ladder.order) first, in order, then the others
+    (marked `-`: the card ladder never applies them), with what each saves and costs.
 
     Example: tamer strategies --json
     """
     from tamer.config import build_config
+    from tamer.strategies import registry
     from tamer.strategies.ladder import describe_ladder
 
     try:
+        Home.resolve(home)
         order = build_config("tiny", config).ladder.order
     except TamerError as error:
         _fail(error)
-    rows = describe_ladder(order)
+    others = [name for name in registry.names() if name not in order]
+    rows = ([{**row, "position": index} for index, row in enumerate(describe_ladder(order), 1)]
+            + [{**row, "position": None} for row in describe_ladder(others)])
     if as_json:
         _print_json(rows)
         return
-    table = Table("#", "rung", "saves / costs", "exact", "new process", "requires")
-    for index, row in enumerate(rows, 1):
-        table.add_row(str(index), row["name"], row["summary"], "yes" if row["exact"] else "no",
+    table = output.table("#", "rung", "saves / costs", "exact", "new process", "requires")
+    for row in rows:
+        table.add_row(str(row["position"] or "-"), row["name"], row["summary"], "yes" if row["exact"] else "no",
                       "yes" if row["new_process"] else "no", ", ".join(row["requires"]) or "-")
-    console.print(table)
+    output.print_table(console, table)
+    if others:
+        console.print("# -: not in ladder.order, so the card ladder never applies it (the planner may still choose chunked_loss)",
+                      highlight=False)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except TamerError as error:  # one raised outside a command's own handling (e.g. an unusable home)
+        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
 from tamer import commands_inspect  # noqa: E402,F401  (registers history, steps, events, sql, plot, report, doctor)
 from tamer import commands_plan  # noqa: E402,F401
 from tamer import commands_queue  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The `tamer` commands that read runs back: history, steps, events, sql, plot, report and doctor.
+"""The `tamer` commands that read runs back: history, steps, events, logs, sql, plot, report and doctor.
 
 Registered on tamer.cli's app when tamer/cli.py imports this module (its last line). The logic lives
 in tamer/inspect/; here are only options, tables and error handling, with cli.py's conventions:
@@ -7,6 +7,7 @@ in tamer/inspect/; here are only options, tables and error handling, with cli.py
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tamer import output
 from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
 from tamer.inspect import display
@@ -28,11 +29,10 @@ STEP_TABLE_COLUMNS = ("attempt", "step", "samples_consumed", "loss", "lr", "grad
                       "batch", "mem_allocated", "mem_reserved", "device_used", "host_rss")
 MEMORY_COLUMNS = {"mem_allocated", "mem_reserved", "mem_peak", "device_used", "host_rss"}
 NUMBER_FORMATS = {"loss": "{:.4f}", "lr": "{:.3g}", "grad_norm": "{:.3f}", "tokens_per_s": "{:.0f}", "step_time": "{:.3f}"}
-PIPED_TABLE_WIDTH = 200  # piped output (a file, a pager, a test) has no terminal width to fit; don't wrap at 80
 
 
 def _print_table(table: Table) -> None:
-    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
+    output.print_table(console, table)
 
 
 def _open(home: Optional[Path]) -> Any:
@@ -80,12 +80,14 @@ def history(
         console.print("No failures recorded" + (" matching these filters." if run or since or kind else "."), highlight=False)
         return
     for each_run in dict.fromkeys(row["run_id"] for row in rows):
-        table = Table("failed at", "attempt", "outcome", "phase", "step", "micro-batch", "tried to allocate", "peak",
+        table = output.table("failed at", "attempt", "outcome", "phase", "step", "micro-batch", "tried to allocate", "peak",
                       "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
             if not row["rungs_applied"] and row["restart_cause"] in ("outside kill", "crash"):
                 then += f" ({row['restart_cause']}, waited {display.seconds(row['waited_seconds'])})"
+            if row["in_process"]:
+                then += " in process"
             table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
                           _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
                           format_size(row["tried_to_allocate"]), display.peak(row), then,
@@ -95,7 +97,9 @@ def history(
     if steps_back:
         _print_table(steps_back_table(steps_back))
     lost_seconds = sum(row["time_lost_seconds"] for row in rows)
-    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}: {display.seconds(lost_seconds)} and "
+    in_process = sum(1 for row in rows if row["in_process"])
+    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}"
+                  + (f" ({in_process} recovered in process)" if in_process else "") + f": {display.seconds(lost_seconds)} and "
                   f"{sum(row['steps_lost'] for row in rows)} steps lost", highlight=False)
     snapshots = [row for row in rows if row["memory_snapshot"]]
     for row in snapshots:
@@ -152,7 +156,7 @@ def steps(
         row["batch"] = (f"{processes} x " if processes > 1 else "") + f"{row['micro_batch_size']} x {row['grad_accumulation']}"
     # Memory columns that no row has (GPU readings on a CPU run) would only print dashes.
     columns = [column for column in STEP_TABLE_COLUMNS if column not in MEMORY_COLUMNS or any(row[column] is not None for row in rows)]
-    table = Table(*columns)
+    table = output.table(*columns)
     for row in rows:
         table.add_row(*(_cell(column, row[column]) for column in columns))
     _print_table(table)
@@ -182,10 +186,35 @@ def events(
         _print_json([{**{k: v for k, v in row.items() if k != "detail_json"},
                       "detail": json.loads(row["detail_json"]) if row["detail_json"] else None} for row in rows])
         return
-    table = Table("time", "attempt", "event", "message")
+    table = output.table("time", "attempt", "event", "message")
     for row in rows:
         table.add_row(display.when(row["time"]), _cell("attempt", row["attempt"]), row["kind"], row["message"])
     _print_table(table)
+
+
+@app.command()
+def logs(
+    run_id: RunArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run is no longer running or queued.")] = False,
+    every: Annotated[int, typer.Option(help="Only every Nth step line (events are all printed).", min=1)] = 1,
+    home: HomeOption = None,
+) -> None:
+    """A run's events and step lines (step, loss, tok/s, memory, ETA) in time order, from the database:
+    the lines a piped `tamer run` prints, for any run, also one the daemon or --detach runs.
+
+    Example: tamer logs squad-20261125-201500-ab12 -f --every 10
+    """
+    from tamer.progress import follow as follow_run
+
+    try:
+        db = _open(home)
+        full_id = db.run(run_id)["id"]
+    except TamerError as error:
+        _fail(error)
+    try:
+        follow_run(db, full_id, sys.stdout, follow, every_steps=every)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -208,7 +237,7 @@ def sql(
     if as_json:
         _print_json([dict(zip(columns, row)) for row in rows])
         return
-    table = Table(*columns)
+    table = output.table(*columns)
     for row in rows:
         table.add_row(*("NULL" if value is None else str(value) for value in row))
     _print_table(table)
@@ -271,7 +300,7 @@ def report(
 
 
 @app.command()
-def doctor(as_json: JsonOption = False) -> None:
+def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """What this machine offers for training: each GPU (NVML: total, used, free, other processes), what
     torch can get and what its CUDA context costs, allocator settings, bf16, bitsandbytes, and why
     nvidia-smi and torch report different numbers. Works without a GPU; exits 0.
@@ -280,7 +309,12 @@ def doctor(as_json: JsonOption = False) -> None:
     """
     from tamer.inspect.doctor import diagnose
 
-    facts = diagnose()
+    try:
+        resolved = Home.resolve(home)
+    except TamerError as error:
+        _fail(error)
+    with contextlib.redirect_stdout(sys.stderr):  # what third-party imports print (bitsandbytes) stays off stdout
+        facts = {**diagnose(), "home": str(resolved.root)}
     if as_json:
         _print_json(facts)
         return
@@ -295,7 +329,7 @@ def _print_doctor(facts: dict[str, Any]) -> None:
     if not nvml["available"]:
         console.print(f"[bold]GPUs[/bold]: no NVIDIA GPU found: NVML could not start ({nvml['reason']}).", highlight=False, soft_wrap=True)
     else:
-        table = Table("gpu", "name", "total", "used", "free", "other processes")
+        table = output.table("gpu", "name", "total", "used", "free", "other processes")
         for gpu in nvml["gpus"]:
             others = [f"{p['pid']} {p['name']} {format_size(p['used'])}" for p in gpu["processes"] if not p["this_process"]]
             table.add_row(str(gpu["index"]), gpu["name"], format_size(gpu["total"]), format_size(gpu["used"]),
@@ -307,7 +341,7 @@ def _print_doctor(facts: dict[str, Any]) -> None:
     if not torch_facts["cuda_available"]:
         console.print("CUDA is not available to torch: tamer trains on the CPU here (device auto picks cpu).", highlight=False)
     else:
-        table = Table("device", "name", "capability", "total", "free for this process", "CUDA context cost", "bf16")
+        table = output.table("device", "name", "capability", "total", "free for this process", "CUDA context cost", "bf16")
         for device in torch_facts["devices"]:
             table.add_row(str(device["index"]), device["name"], device["capability"], format_size(device["total"]),
                           format_size(device["free_for_this_process"]), format_size(device["context_overhead"]),
@@ -324,4 +358,5 @@ def _print_doctor(facts: dict[str, Any]) -> None:
     else:
         console.print(f"[bold]bitsandbytes[/bold]: not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
                       "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here", highlight=False, soft_wrap=True)
+    console.print(f"[bold]Home[/bold]: {facts['home']}", highlight=False)
     console.print(f"[bold]Why nvidia-smi and torch differ[/bold]: {facts['explanation']}", highlight=False, soft_wrap=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
+from tamer import output
 from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
@@ -173,13 +173,13 @@ def plan_command(
     console.print(f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
                   f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
                   + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""), highlight=False)
-    table = Table("#", "plan", "peak GiB", "peak in", "fits", "speed", "model")
+    table = output.table("#", "plan", "peak GiB", "peak in", "fits", "speed", "model")
     for index, candidate in enumerate(shown, 1):
         fits = candidate.fits if candidate.excluded is None else f"{candidate.fits} (excluded)"
         mark = " <-" if candidate is chosen else ""
         table.add_row(f"{index}{mark}", candidate.plan.describe(), _gib(candidate.estimate.reserved), candidate.estimate.where(),
                       fits, f"{candidate.speed / reference:.2f}x", candidate.change)
-    console.print(table)
+    output.print_table(console, table)
     console.print(f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
                   + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved", highlight=False)
     if chosen is None:
@@ -192,7 +192,7 @@ def plan_command(
                       + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
                       highlight=False)
     if past:
-        history = Table("run", "attempt", "plan", "outcome", "predicted GiB", "measured GiB", "error")
+        history = output.table("run", "attempt", "plan", "outcome", "predicted GiB", "measured GiB", "error")
         for o in past:
             error = f"{(o.predicted.reserved - o.measured_reserved) / o.measured_reserved:+.0%}" if o.measured_reserved else "-"
             if not o.trained and o.measured_reserved:
@@ -200,4 +200,4 @@ def plan_command(
             history.add_row(o.run_id, str(o.attempt), o.plan.describe(), o.outcome or "-", _gib(o.predicted.reserved),
                             _gib(o.measured_reserved), error)
         console.print("past attempts of this model on this card:")
-        console.print(history)
+        output.print_table(console, history)

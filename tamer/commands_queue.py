@@ -11,22 +11,26 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from tamer import output
 from tamer.cli import (
     ConfigOption,
     DataOption,
+    DeviceOption,
     GpuMemCapOption,
     HomeOption,
     GpusOption,
     HostMemCapOption,
+    InitOption,
     InjectOption,
     JsonOption,
     MaxStepsOption,
+    MemorySnapshotOption,
+    MicroBatchOption,
     ModelOption,
     PresetOption,
     RecipeArgument,
+    SeedOption,
     SetOption,
     _fail,
     _print_json,
@@ -41,7 +45,6 @@ from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the run to checkpoint and stop.")]
-PIPED_TABLE_WIDTH = 200
 
 
 @app.command()
@@ -52,11 +55,16 @@ def submit(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
+    init: InitOption = None,
     max_steps: MaxStepsOption = None,
+    micro_batch_size: MicroBatchOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = None,
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
     gpus: GpusOption = None,
     inject: InjectOption = None,
+    memory_snapshot: MemorySnapshotOption = False,
     home: HomeOption = None,
 ) -> None:
     """Queue a run for the daemon (`tamer daemon`); prints the run id. Other config keys: --set or --config.
@@ -67,8 +75,9 @@ def submit(
     from tamer.daemon.queue import submit as submit_run
 
     try:
-        options = {"model": model, "data": data, "max_steps": max_steps, "gpu_mem_cap": gpu_mem_cap,
-                   "host_mem_cap": host_mem_cap, "inject": inject or None, "distributed.nproc_per_node": gpus}
+        options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
+                   "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
+                   "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus}
         run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id, position = submit_run(resolved, run_config)
@@ -131,11 +140,11 @@ def queue_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("position", "id", "status", "steps", "submitted")
+    table = output.table("position", "id", "status", "steps", "submitted")
     for row in rows:
         table.add_row(str(row["position"] or "-"), row["id"], row["status"], f"{row['steps_done']}/{row['total_steps'] or '?'}",
                       display.when(row["submitted_at"]))
-    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
+    output.print_table(console, table)
     pid = daemon_pid(resolved)
     err_console.print(f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`", highlight=False)
 
@@ -204,9 +213,9 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:
         parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
-    console.print("  ".join(parts), highlight=False)
+    console.print("  ".join(parts), highlight=False, soft_wrap=True)
     event = facts["last_event"]
     if event:
-        console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False)
+        console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False, soft_wrap=True)
     if facts["failure_reason"]:
         console.print(f"reason: {facts['failure_reason']}", highlight=False)

@@ -11,9 +11,11 @@ it is trained, and only the plan changes when tamer recovers from out-of-memory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -381,6 +383,10 @@ class RunConfig:
     """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
     inject: list[str] = field(default_factory=list)
     """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
+    progress_every_seconds: float = 30.0
+    """Without a terminal (piped, nohup, systemd): print a progress line at least this often while steps advance; costs nothing."""
+    progress_every_steps: int = 50
+    """Without a terminal: also print a progress line every N optimizer steps."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
@@ -392,7 +398,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size",
-                    "batch_multiple", "length_window")
+                    "batch_multiple", "length_window", "progress_every_seconds", "progress_every_steps")
         if self.checkpoint_every != "auto":
             positive += ("checkpoint_every",)
         if self.checkpoint_every_seconds is not None and self.checkpoint_every_seconds <= 0:
@@ -426,11 +432,14 @@ class RunConfig:
         for index, name in enumerate(self.start_rungs):
             if name not in registry.names():
                 raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+            if name not in self.ladder.order and name != "chunked_loss":  # the planner may always chunk the loss
+                raise ConfigError(f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
+                                  "add it to ladder.order or drop it from start_rungs")
         if self.start_plan is not None:
             from tamer.plan import Plan
 
-            try:
-                plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan})
+            try:  # strict: an unknown key or a wrong value is an error, never silently ignored
+                plan = _build(Plan, {"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
             except TypeError as error:
                 raise ConfigError(f"start_plan: not a plan ({error}); copy one from `tamer plan --json`") from None
             if plan.effective_batch_size != self.effective_batch_size:
@@ -445,8 +454,8 @@ class RunConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         for name in ("gpu_mem_cap", "host_mem_cap"):
-            if getattr(self, name) is not None:
-                parse_size(getattr(self, name), name)
+            if getattr(self, name) is not None and parse_size(getattr(self, name), name) <= 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap")
         if self.init == "random" and not self.architecture:
             raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
         from tamer.inject import parse_faults
@@ -486,7 +495,7 @@ class RunConfig:
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
                      "compile", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
-                     "kill_backoff_max", "deescalate"):
+                     "kill_backoff_max", "deescalate", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -508,6 +517,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
     },
 }
+
+
+# Other trainers' names for tamer's keys: refused with the tamer key to use rather than accepted as
+# aliases, so that each setting has one name (and a batch is never set twice, as in HF).
+FOREIGN_NAMES = {
+    "gradient_accumulation_steps": "tamer derives accumulation as effective_batch_size / micro_batch_size: set effective_batch_size "
+                                   "(sequences per optimizer step)",
+    "per_device_train_batch_size": "use micro_batch_size (the first plan's micro-batch, which tamer may halve) and "
+                                   "effective_batch_size (sequences per optimizer step, which never changes)",
+    "num_train_epochs": "use epochs",
+    "num_epochs": "use epochs",
+    "sequence_len": "use max_seq_len",
+    "lr": "use learning_rate",
+    "lora_r": "use lora: {r: ...}",
+    "lora_alpha": "use lora: {alpha: ...}",
+    "lora_dropout": "use lora: {dropout: ...}",
+}
+_FLOAT_SPELLING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _type_name(tp: Any) -> str:
@@ -550,6 +577,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_SPELLING.match(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
     if tp is Any:
         return value
     if tp in (int, float, str, bool) and (type(value) is not tp):
@@ -562,7 +591,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key; known keys: {', '.join(sorted(names))}")
+            if not prefix and key in FOREIGN_NAMES:
+                raise ConfigError(f"{key}: not a tamer key (Hugging Face / axolotl spelling); {FOREIGN_NAMES[key]}")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{prefix}{key}: unknown key; {hint}known keys: {', '.join(sorted(names))}")
     values = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
     return cls(**values)
 
@@ -623,6 +656,9 @@ def build_config(
     """The validated RunConfig for a preset, a YAML file, CLI options (None = not given) and --set items."""
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset}: unknown preset; choose one of {', '.join(PRESETS)}")
+    if preset == "tiny" and (options or {}).get("model") is not None:
+        raise ConfigError(f"--model {options['model']}: the tiny preset trains its own random tiny model and would ignore it; "
+                          "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)")
     data: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     data["preset"] = preset
     if config_file is not None:

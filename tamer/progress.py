@@ -1,31 +1,178 @@
-"""The progress bar `tamer run` shows on a terminal: steps, loss, tokens/s, memory, attempt."""
+"""What `tamer run` and `tamer resume` show while a run trains, and what `tamer logs` prints.
+
+The supervisor polls `update(db, run_id, attempt)` a few times a second; everything shown is read
+back from the database, so a terminal, a log file and `tamer logs -f` tell the same story:
+- on a terminal (`RunProgress`): a bar with smoothed tok/s, memory and ETA, a status word while the
+  child sets up (tokenizing, loading the model), and a line above the bar for every event (an OOM with
+  its phase and size, the rung applied, a restart and why, a checkpoint saved, an evaluation);
+- not on a terminal (`PlainProgress`: piped, nohup, systemd): one plain line every
+  `progress_every_seconds` or `progress_every_steps` (config) with step, loss, tok/s, memory and ETA,
+  and one line per event, written whole to stderr (stdout carries only the run id).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+import time
+from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Column
 
+from tamer.inspect import display
+from tamer.inspect.history import last_heartbeat
 from tamer.state.db import Database
 from tamer.units import format_size
 
+# Steps averaged for tok/s and seconds per step: single steps swing (checkpoints, evaluation, shapes).
+SMOOTHING_STEPS = 10
+# What the child is doing before its first step, after the last event it wrote.
+SETUP_STATUS = {"attempt_start": "starting (tokenizing)", "allocator": "tokenizing", "host_mem_cap": "tokenizing",
+                "data": "loading the model", "resume": "loading the checkpoint", "start": "first step (warming up)"}
+DEFAULT_EVERY_SECONDS = 30.0
+DEFAULT_EVERY_STEPS = 50
 
-class RunProgress:
-    """Reads the newest step row of the attempt and redraws the bar (the supervisor polls it)."""
 
-    def __init__(self, console: Console) -> None:
+def event_line(event: dict[str, Any]) -> str:
+    """One event as one line: `12:37:16 attempt 1 in_process_split: CUDA OOM in backward ...`."""
+    attempt = f"attempt {event['attempt']} " if event["attempt"] is not None else ""
+    message = " ".join(str(event["message"] or "").split())
+    return f"{time.strftime('%H:%M:%S', time.localtime(event['time']))} {attempt}{event['kind']}: {message}"
+
+
+def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int | None = None) -> dict[str, Any] | None:
+    """The newest step of `attempt` (or its step `up_to_step`), with tok/s and ETA smoothed over the steps before it."""
+    rows = [dict(row) for row in db.db.query(
+        "SELECT attempt, step, loss, tokens, step_time, wall_time, mem_reserved, host_rss FROM steps "
+        f"WHERE run_id = ? AND attempt = ? AND step <= ? ORDER BY step DESC LIMIT {SMOOTHING_STEPS}",
+        [run["id"], attempt, up_to_step if up_to_step is not None else 2**62])]
+    if not rows:
+        return None
+    newest = rows[0]
+    timed = sum(row["step_time"] or 0.0 for row in rows)
+    speed = sum(row["tokens"] or 0 for row in rows) / timed if timed > 0 else None
+    seconds_per_step = (rows[0]["wall_time"] - rows[-1]["wall_time"]) / (len(rows) - 1) if len(rows) > 1 else newest["step_time"]
+    total = run["total_steps"]
+    eta = (total - newest["step"]) * seconds_per_step if total and seconds_per_step else None
+    reserved, rss = newest["mem_reserved"], newest["host_rss"]
+    size = format_size(reserved if reserved is not None else rss)
+    memory = f"{size} reserved" if reserved is not None else (f"{size} RSS" if rss is not None else "-")
+    return {**newest, "total": total, "tokens_per_s": speed, "eta_seconds": eta, "memory": memory, "memory_size": size}
+
+
+def step_line(facts: dict[str, Any]) -> str:
+    """One progress line: `12:37:16 step 40/120 loss 9.9931 1,234 tok/s mem 573.4 MiB RSS ETA 3 min 05 s (attempt 1)`."""
+    speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
+    return (f"{time.strftime('%H:%M:%S', time.localtime(facts['wall_time']))} step {facts['step']}/{facts['total'] or '?'} "
+            f"loss {display.number(facts['loss'])} {speed} mem {facts['memory']} ETA {display.seconds(facts['eta_seconds'])} "
+            f"(attempt {facts['attempt']})")
+
+
+def attempt_end_line(attempt: dict[str, Any], run: dict[str, Any]) -> str:
+    """How an attempt ended, as one line: `12:37:16 attempt 2 ended: crash in backward at step 5: killed by SIGKILL`
+    (a child killed without a report: the phase of its last heartbeat)."""
+    step = json.loads(attempt["detail_json"] or "{}").get("step")
+    phase = attempt["phase"] or last_heartbeat(run, attempt["attempt"])
+    where = (f" in {phase}" if phase else "") + (f" at step {step}" if step is not None else "")
+    message = " ".join(str(attempt["message"] or "").split())
+    return (f"{time.strftime('%H:%M:%S', time.localtime(attempt['ended_at']))} attempt {attempt['attempt']} ended: "
+            f"{attempt['outcome']}{where}" + (f": {message}" if message else ""))
+
+
+class _Reader:
+    """What is new in the database since the last look: events after the last one seen, and attempts
+    that ended (a failure's own words: outcome, phase, step, message). `after_event_id`: events up to
+    it were shown before (a resumed run); attempts that ended before `after_time` likewise."""
+
+    def __init__(self, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        self.last_event_id = after_event_id
+        self.after_time = after_time
+        self.reported_attempts: set[int] = set()
+        self.config: dict[str, Any] | None = None
+
+    def new_events(self, db: Database, run_id: str) -> list[dict[str, Any]]:
+        events = list(db.db.query("SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id", [run_id, self.last_event_id]))
+        if events:
+            self.last_event_id = events[-1]["id"]
+        return events
+
+    def new_lines(self, db: Database, run_id: str) -> list[tuple[float, str, dict[str, Any] | None]]:
+        """(time, line, the event or None) of everything new, oldest first."""
+        lines: list[tuple[float, str, dict[str, Any] | None]] = [(event["time"], event_line(event), event)
+                                                                  for event in self.new_events(db, run_id)]
+        for attempt in db.attempts(run_id):
+            number = attempt["attempt"]
+            if attempt["ended_at"] is None or number in self.reported_attempts or attempt["ended_at"] < self.after_time:
+                continue
+            self.reported_attempts.add(number)
+            if attempt["outcome"] != "done":
+                lines.append((attempt["ended_at"], attempt_end_line(attempt, db.run(run_id)), None))
+        return sorted(lines, key=lambda line: line[0])
+
+    def update(self, db: Database, run_id: str, attempt: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, db: Database, run_id: str) -> None:
+        """The lines of what the supervisor recorded after its child's last poll (the run's end)."""
+        attempts = db.attempts(run_id)
+        self.update(db, run_id, attempts[-1]["attempt"] if attempts else 0)
+
+    def setting(self, run: dict[str, Any], key: str, default: Any) -> Any:
+        if self.config is None:
+            self.config = json.loads(run["config_json"] or "{}")
+        return self.config.get(key) or default
+
+
+class PlainProgress(_Reader):
+    """Plain lines for logs: every event, and a step line every N seconds or steps."""
+
+    def __init__(self, stream: TextIO | None = None, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        super().__init__(after_event_id, after_time)
+        self.stream = stream
+        self.printed_step: tuple[int, int] | None = None
+        self.printed_at = 0.0
+
+    def _write(self, line: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    def update(self, db: Database, run_id: str, attempt: int) -> None:
+        run = db.run(run_id)
+        for _, line, _ in self.new_lines(db, run_id):
+            self._write(line)
+        facts = step_facts(db, run, attempt)
+        if facts is None or (facts["attempt"], facts["step"]) == self.printed_step:
+            return
+        every_seconds = float(self.setting(run, "progress_every_seconds", DEFAULT_EVERY_SECONDS))
+        every_steps = int(self.setting(run, "progress_every_steps", DEFAULT_EVERY_STEPS))
+        last_step = self.printed_step[1] if self.printed_step and self.printed_step[0] == attempt else None
+        due = (last_step is None or facts["step"] - last_step >= every_steps or time.time() - self.printed_at >= every_seconds
+               or facts["step"] == run["total_steps"])
+        if due:
+            self._write(step_line(facts))
+            self.printed_step, self.printed_at = (facts["attempt"], facts["step"]), time.time()
+
+
+class RunProgress(_Reader):
+    """The terminal's bar; each event printed above it as it arrives."""
+
+    def __init__(self, console: Console, after_event_id: int = 0, after_time: float = 0.0) -> None:
+        super().__init__(after_event_id, after_time)
+        # Narrow enough for 80 columns; text that still does not fit folds rather than ending in `…`.
         self.progress = Progress(
-            TextColumn("[bold]attempt {task.fields[attempt]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  {task.fields[speed]} tok/s  mem {task.fields[memory]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("[bold]attempt {task.fields[attempt]}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=8),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[status]}", table_column=Column(overflow="fold")),
+            TextColumn("ETA {task.fields[eta]}", table_column=Column(overflow="fold")),
             console=console,
             transient=False,
         )
-        self.task = self.progress.add_task("train", total=None, attempt="-", loss="-", speed="-", memory="-")
+        self.task = self.progress.add_task("train", total=None, attempt="-", status="starting", eta="-")
+        self.status = "starting"
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -36,14 +183,44 @@ class RunProgress:
 
     def update(self, db: Database, run_id: str, attempt: int) -> None:
         run = db.run(run_id)
-        row = db.conn.execute(
-            "SELECT step, loss, tokens_per_s, mem_reserved, host_rss FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step DESC LIMIT 1",
-            [run_id, attempt],
-        ).fetchone()
+        for _, line, event in self.new_lines(db, run_id):
+            self.progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            if event is not None and event["attempt"] == attempt and event["kind"] in SETUP_STATUS:
+                self.status = SETUP_STATUS[event["kind"]]
+        facts = step_facts(db, run, attempt)
         fields: dict[str, Any] = {"attempt": attempt}
-        if row:
-            step, loss, speed, reserved, rss = row
-            fields.update(loss=f"{loss:.4f}", speed=f"{speed:,.0f}" if speed else "-", memory=format_size(reserved if reserved is not None else rss))
-            self.progress.update(self.task, completed=step, total=run["total_steps"], **fields)
-        else:
-            self.progress.update(self.task, total=run["total_steps"], **fields)
+        if facts is None:
+            self.progress.update(self.task, total=run["total_steps"], status=self.status, eta="-", **fields)
+            return
+        speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
+        status = f"loss {display.number(facts['loss'])}  {speed}  {facts['memory_size']}"
+        self.progress.update(self.task, completed=facts["step"], total=run["total_steps"], status=status,
+                             eta=display.seconds(facts["eta_seconds"]), **fields)
+
+
+def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll_seconds: float = 1.0,
+           every_steps: int = 1) -> None:
+    """`tamer logs`: the run's events and step lines in time order, then (with keep_following) new ones
+    as they come until the run is no longer running or queued."""
+    reader = _Reader()
+    printed_step: tuple[int, int] | None = None
+    while True:
+        run = db.run(run_id)
+        items: list[tuple[float, str]] = [(moment, line) for moment, line, _ in reader.new_lines(db, run_id)]
+        after = printed_step or (0, 0)
+        rows = list(db.db.query("SELECT attempt, step FROM steps WHERE run_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)) "
+                                "ORDER BY attempt, step", [run_id, after[0], after[0], after[1]]))
+        for row in rows:
+            if row["step"] % every_steps and row["step"] != run["total_steps"]:
+                continue
+            facts = step_facts(db, run, row["attempt"], row["step"])
+            items.append((facts["wall_time"], step_line(facts)))
+        if rows:
+            printed_step = (rows[-1]["attempt"], rows[-1]["step"])
+        for _, line in sorted(items, key=lambda item: item[0]):
+            stream.write(line + "\n")
+        stream.flush()
+        if not keep_following or run["status"] not in ("running", "queued", "created"):
+            return
+        time.sleep(poll_seconds)
+

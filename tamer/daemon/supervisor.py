@@ -294,6 +294,8 @@ class Supervisor:
         if seconds > 0:
             self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
         self.restart = None
+        if self.progress is not None:  # show the failure and the restart now, not after the backoff
+            self.progress.finish(self.db, self.run_id)
 
     def _attempt(self) -> int:
         if self.stop_signal is not None:  # the signal came while waiting to restart

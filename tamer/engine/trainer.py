@@ -171,7 +171,7 @@ class Trainer:
         if self.group.is_main:
             checkpoint, skipped = checkpoints.newest_valid(self.run_dir)
             for name, reason in skipped:
-                self.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
+                self.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); " + ("using an older one" if checkpoint else "no valid checkpoint left: training starts over"), checkpoint=name, reason=reason)
             found = (str(checkpoint.path), checkpoint.manifest) if checkpoint else None
         found = distributed.broadcast(self.group, found)
         return checkpoints.Checkpoint(Path(found[0]), found[1]) if found else None

@@ -74,12 +74,15 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
     peaks: dict[str, list[Any]] = {"step": [], "bytes": []}
     failure_rows = failures(db, run["id"])
     for failure in failure_rows:
-        step = failure["step"]
+        step = failure["step"] if failure["step"] is not None else failure["reached_step"]  # killed while loading
         where = [failure["phase"], f"micro-batch {failure['micro_batch_size']}" if failure["micro_batch_size"] else None]
         where_text = f" ({', '.join(part for part in where if part)})" if any(where) else ""
         name = OOM_NAMES.get(failure["outcome"], failure["outcome"])
-        markers.append({"step": step, "kind": failure["outcome"], "label": f"{name} in attempt {failure['attempt']}{where_text}"})
-        if failure["rungs_applied"]:
+        how = ", recovered in process" if failure["in_process"] else ""
+        markers.append({"step": step, "kind": failure["outcome"], "label": f"{name} in attempt {failure['attempt']}{where_text}{how}"})
+        if failure["in_process"]:
+            markers.append({"step": step, "kind": "escalate", "label": "  split in process: +split_micro_batch"})
+        elif failure["rungs_applied"]:
             markers.append({"step": step, "kind": "escalate", "label": "  escalate: +" + ", +".join(failure["rungs_applied"])})
         # The failed attempt's own peak: its last moments left no step row to read memory from.
         peak = failure["peak_reserved"] if device == "cuda" else failure["peak_host_rss"]

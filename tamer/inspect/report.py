@@ -98,7 +98,7 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
     ])
     attempts = _table(
         ["attempt", "started", "seconds", "plan", "rungs added", "resumed at step", "last step", "outcome", "phase", "message"],
-        [[a["attempt"], display.when(a["started_at"]), display.seconds(a["seconds"]), a["plan_summary"],
+        [[a["attempt"], display.when(a["started_at"]), display.seconds(a["seconds"]), _plan_text(a),
           ", ".join(a["rungs_applied"]) or "-", a["resumed_from_step"], a["last_step"], a["outcome"] or "running",
           a["phase"], one_line(a["message"], MESSAGE_LENGTH)] for a in story["attempts"]],
         _columns({0, 2, 5, 6}, {1}),
@@ -157,8 +157,17 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
 """
 
 
+def _plan_text(attempt: dict[str, Any]) -> str:
+    """The plan an attempt started with, and the one it ended with when it split in process."""
+    if attempt["plan_at_end"] == attempt["plan_summary"]:
+        return attempt["plan_summary"]
+    return f"{attempt['plan_summary']}; after an in-process split: {attempt['plan_at_end']}"
+
+
 def _then(failure: dict[str, Any]) -> str:
     """What the supervisor did after a failure, in a few words."""
+    if failure["in_process"]:
+        return f"split in process: {failure['next_plan'] or '+split_micro_batch'}"
     if failure["rungs_applied"]:
         return "escalated: +" + ", +".join(failure["rungs_applied"])
     return failure["recovery"]

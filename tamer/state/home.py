@@ -6,6 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tamer.errors import StateError
+
+# Kernel pseudo-filesystems: files there are not storage.
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+FIX = "pass --home or set TAMER_HOME to a writable folder"
+
 
 @dataclass(frozen=True)
 class Home:
@@ -13,9 +19,10 @@ class Home:
 
     @classmethod
     def resolve(cls, override: str | Path | None = None) -> Home:
-        """`--home` if given, else $TAMER_HOME, else ~/.tamer."""
-        root = override or os.environ.get("TAMER_HOME") or Path.home() / ".tamer"
-        return cls(Path(root).expanduser().resolve())
+        """`--home` if given, else $TAMER_HOME, else ~/.tamer; a StateError if it cannot hold a home."""
+        root = Path(override or os.environ.get("TAMER_HOME") or Path.home() / ".tamer").expanduser().resolve()
+        _check_usable(root)
+        return cls(root)
 
     @property
     def db_path(self) -> Path:
@@ -23,3 +30,17 @@ class Home:
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
+
+
+def _check_usable(root: Path) -> None:
+    """A home must be (or be creatable as) a writable folder on real storage."""
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if root == pseudo or pseudo in root.parents:
+            raise StateError(f"home {root}: under {pseudo}, a kernel pseudo-filesystem, not storage; {FIX}")
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == root else f"would be inside {existing}, a file"
+        raise StateError(f"home {root}: {what}, not a folder; {FIX}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == root else f" (its nearest existing folder {existing})"
+        raise StateError(f"home {root}{where}: not writable by this user; {FIX}")

@@ -1,0 +1,129 @@
+"""No identifier is ever cut with `…`: every command's output, at 80 columns on a terminal and piped,
+keeps run ids, rung names, plan text and numbers whole (cells fold instead). Also the root options:
+`--version`, `--home` before the subcommand, and one-line errors for a home that cannot be one."""
+
+from __future__ import annotations
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from tamer.cli import app
+
+RUN_ID = "squad-20260101-000000-beef"
+TERMINAL_80 = {"COLUMNS": "80", "TTY_COMPATIBLE": "1"}
+PIPED = {"COLUMNS": "80", "TTY_COMPATIBLE": "0"}
+# Commands that read the recorded run; the others (run, submit, daemon, ...) start work and are
+# checked through their --help here and through real runs in tests/integration.
+READING_COMMANDS = [
+    ["runs"], ["show", RUN_ID], ["strategies"], ["history"], ["steps", RUN_ID], ["events", RUN_ID],
+    ["sql", "SELECT * FROM attempts"], ["doctor"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["queue"], ["status", RUN_ID],
+    ["logs", RUN_ID], ["--version"],
+]
+ALL_COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def _invoke(args: list[str], home, environment: dict[str, str]):
+    result = CliRunner().invoke(app, ["--home", str(home), *args], env={**environment, "TAMER_HOME": None})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("environment", [TERMINAL_80, PIPED], ids=["terminal-80", "piped"])
+@pytest.mark.parametrize("args", READING_COMMANDS, ids=lambda args: args[0])
+def test_reading_commands_never_ellipsize(args, environment, recorded_home):
+    """The output of each reading command has no `…`, and a run id it prints is printed whole."""
+    output = _invoke(args, recorded_home, environment)
+    assert "…" not in output
+    if args[0] in ("runs", "show", "history", "status"):
+        assert RUN_ID in output
+
+
+@pytest.mark.parametrize("environment", [TERMINAL_80, PIPED], ids=["terminal-80", "piped"])
+@pytest.mark.parametrize("name", ALL_COMMANDS)
+def test_help_never_ellipsizes(name, environment, recorded_home):
+    """Every command's --help, at 80 columns and piped, has no `…` and shows --json as a plain flag."""
+    output = _invoke([name, "--help"], recorded_home, environment)
+    assert "…" not in output
+    assert "<bool>" not in output
+
+
+def test_plot_and_report_write_files(recorded_home, tmp_path):
+    """plot and report print only the path they wrote, whole, at 80 columns."""
+    for name, suffix in (("plot", "png"), ("report", "html")):
+        path = tmp_path / f"a-long-folder-name-{'x' * 60}" / f"{RUN_ID}.{suffix}"
+        path.parent.mkdir(exist_ok=True)
+        output = _invoke([name, RUN_ID, "-o", str(path)], recorded_home, TERMINAL_80)
+        assert output.strip() == str(path) and path.exists()
+
+
+def test_piped_text_lines_are_not_wrapped(recorded_home):
+    """Piped, `tamer show` prints its header and totals each on one line, however long."""
+    lines = _invoke(["show", RUN_ID], recorded_home, PIPED).splitlines()
+    assert any(line.startswith(RUN_ID) and "duration" in line for line in lines)
+    assert any(line.startswith("totals:") and "setup/checkpoints/eval" in line for line in lines)
+
+
+def test_version():
+    """`tamer --version` prints the package version."""
+    from tamer import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"tamer {__version__}"
+
+
+def test_home_before_or_after_the_subcommand(recorded_home, tmp_path):
+    """--home works before the subcommand, and a command's own --home wins over it."""
+    runner = CliRunner()
+    before = runner.invoke(app, ["--home", str(recorded_home), "runs", "--json"], env={"TAMER_HOME": None})
+    assert RUN_ID in before.output
+    overridden = runner.invoke(app, ["--home", str(tmp_path / "elsewhere"), "runs", "--json", "--home", str(recorded_home)],
+                               env={"TAMER_HOME": None})
+    assert RUN_ID in overridden.output
+
+
+@pytest.mark.parametrize("where", ["file", "inside-file", "proc"])
+def test_unusable_home_is_one_line_exit_5(where, tmp_path):
+    """A home that is a file, inside a file, or under /proc ends in one `error:` line and exit code 5."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    home = {"file": afile, "inside-file": afile / "home", "proc": "/proc/tamer-home"}[where]
+    for args in (["runs"], ["status"], ["doctor"], ["strategies"]):
+        result = CliRunner().invoke(app, ["--home", str(home), *args], env={"TAMER_HOME": None})
+        assert result.exit_code == 5, (args, result.output)
+        assert result.output.count("\n") == 1 and result.output.startswith("error: home ")
+
+
+def test_doctor_keeps_third_party_prints_off_stdout(recorded_home, monkeypatch):
+    """What a library prints while doctor inspects it goes to stderr, so `tamer doctor --json | jq` works."""
+    import json
+
+    import tamer.inspect.doctor as doctor
+
+    real = doctor.diagnose
+
+    def noisy() -> dict:
+        print("bitsandbytes: a warning printed on import")
+        return real()
+
+    monkeypatch.setattr(doctor, "diagnose", noisy)
+    result = CliRunner().invoke(app, ["doctor", "--json", "--home", str(recorded_home)])
+    assert result.exit_code == 0
+    assert "warning printed" not in result.stdout and "warning printed" in result.stderr
+    assert json.loads(result.stdout)["home"] == str(recorded_home)
+
+
+def test_logs_prints_events_and_step_lines(recorded_home):
+    """`tamer logs` interleaves the run's events and its step lines in time order."""
+    lines = _invoke(["logs", RUN_ID], recorded_home, PIPED).splitlines()
+    kinds = [line.split()[1] if line.split()[1] == "step" else line.split()[3].rstrip(":") for line in lines]
+    assert kinds == ["start", "step", "step", "in_process_split", "step", "step", "checkpoint"]
+    assert "step 3/4 loss 9.7000" in lines[4] and "tok/s" in lines[4] and "ETA" in lines[4]
+
+
+def test_submit_takes_the_options_of_run_that_suit_a_queued_job():
+    """Every option of `tamer run` but --detach and the multi-node ones is an option of `tamer submit`."""
+    commands = typer.main.get_command(app).commands
+    options = {name: {opt for param in commands[name].params for opt in param.opts} for name in ("run", "submit")}
+    not_for_the_queue = {"--detach", "--nnodes", "--node-rank", "--rdzv-endpoint"}
+    assert options["run"] - not_for_the_queue <= options["submit"]

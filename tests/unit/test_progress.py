@@ -1,0 +1,104 @@
+"""The live output of a run, read from the database: plain lines when not on a terminal (a step line per
+interval, every event once) and, on a terminal, event lines above the bar with a status word in setup."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+from rich.console import Console
+
+from tamer.progress import PlainProgress, RunProgress
+from tamer.state.db import Database
+
+RUN_ID = "squad-20260101-000000-beef"
+
+
+def _with_every(recorded_home, steps: int, seconds: float) -> Database:
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_run(RUN_ID, config_json=json.dumps({"progress_every_steps": steps, "progress_every_seconds": seconds}))
+    return db
+
+
+def test_plain_progress_prints_each_event_once_and_steps_per_interval(recorded_home):
+    """Polled twice, PlainProgress prints every event once and a step line for the newest step, unwrapped."""
+    db = _with_every(recorded_home, steps=2, seconds=3600)
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    progress.update(db, RUN_ID, 1)
+    progress.update(db, RUN_ID, 1)
+    lines = stream.getvalue().splitlines()
+    assert sum("in_process_split: CUDA OOM in backward at micro-batch 8" in line for line in lines) == 1
+    assert sum("checkpoint: checkpoint step 4 saved" in line for line in lines) == 1
+    step_lines = [line for line in lines if " step 4/4 loss " in line]
+    assert len(step_lines) == 1 and "tok/s mem 500.0 MiB RSS ETA" in step_lines[0]
+
+
+def test_plain_progress_waits_for_the_interval(recorded_home):
+    """After a step line, the next comes only once progress_every_steps more steps are done."""
+    db = _with_every(recorded_home, steps=50, seconds=3600)
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    progress.printed_step, progress.printed_at = (1, 2), time.time()  # as if step 2 were just printed
+    with db.write() as tables:
+        tables.execute("DELETE FROM steps WHERE step = 4")
+    progress.update(db, RUN_ID, 1)
+    assert "step 3/4" not in stream.getvalue()
+    progress.printed_at -= 3600  # an interval later the step line is due
+    progress.update(db, RUN_ID, 1)
+    assert "step 3/4" in stream.getvalue()
+
+
+def test_terminal_progress_prints_events_above_the_bar(recorded_home):
+    """On a terminal the events are lines above the bar, and the bar shows smoothed tok/s at the newest step."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, record=True)
+    with RunProgress(console) as progress:
+        progress.update(db, RUN_ID, 1)
+    text = console.export_text()
+    assert "in_process_split: CUDA OOM in backward" in text
+    assert "4/4" in text and "tok/s" in text
+
+
+def test_terminal_progress_names_the_setup_phase(recorded_home):
+    """Before the first step the bar says what the child is doing (from its last event), not `loss -`."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    with db.write() as tables:
+        tables.execute("DELETE FROM steps")
+        tables.execute("DELETE FROM events WHERE kind != 'start'")
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, record=True)
+    with RunProgress(console) as progress:
+        progress.update(db, RUN_ID, 1)
+    assert "first step (warming up)" in console.export_text()
+
+
+def test_a_failed_attempt_gets_its_own_line(recorded_home):
+    """An attempt that ended in a failure is a line with its outcome, phase, step and message."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash", phase="backward", message="killed by SIGKILL", detail_json=json.dumps({"step": 5}))
+    stream = io.StringIO()
+    PlainProgress(stream).update(db, RUN_ID, 1)
+    assert "attempt 1 ended: crash in backward at step 5: killed by SIGKILL" in stream.getvalue()
+
+
+def test_a_resumed_run_shows_only_what_comes_next(recorded_home):
+    """Given the last event id and the time it resumed, the reader prints no earlier event or attempt end."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash")
+    last = max(event["id"] for event in db.events(RUN_ID))
+    stream = io.StringIO()
+    PlainProgress(stream, last, time.time()).finish(db, RUN_ID)
+    assert " ended: " not in stream.getvalue() and "in_process_split" not in stream.getvalue()
+
+
+def test_a_killed_attempt_line_names_its_heartbeat_phase(recorded_home):
+    """A child killed without a report is said to have ended in the phase of its last heartbeat."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    db.update_attempt(RUN_ID, 1, outcome="crash", phase=None, message="killed by SIGKILL", detail_json="{}")
+    folder = recorded_home / "runs" / RUN_ID / "attempts" / "1"
+    folder.mkdir(parents=True)
+    (folder / "heartbeat").write_text("optimizer 0")
+    stream = io.StringIO()
+    PlainProgress(stream).update(db, RUN_ID, 1)
+    assert "attempt 1 ended: crash in optimizer: killed by SIGKILL" in stream.getvalue()
