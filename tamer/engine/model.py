@@ -133,20 +133,18 @@ def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> boo
 
 
 def compile_layers(model: Any) -> int:
-    """torch.compile every decoder layer in place (one graph shared by the layers; after a second sequence
-    length torch recompiles it with a dynamic length, so packed rows of any length reuse it); returns how
-    many. A layer that fails to compile runs eagerly instead of ending the attempt."""
+    """torch.compile every decoder layer in place with dynamic shapes from the first call: one graph shared by
+    the layers and by every batch shape, whatever shape an attempt happens to start with, so a resumed
+    attempt runs the same kernels as an uninterrupted one (exact resume). Returns how many. A layer that
+    fails to compile runs eagerly instead of ending the attempt."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    for name in ("recompile_limit", "cache_size_limit"):  # room for the bucket shapes before a dynamic one
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 64)
     get_base = getattr(model, "get_base_model", None)
     causal_lm = get_base() if callable(get_base) else model
     layers = list(causal_lm.model.layers)
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=True)
     return len(layers)
 
 
