@@ -106,8 +106,9 @@ class EvalConfig:
     """null = once, after the last step (a child process after the run), and on demand with `tamer eval`; N = also every N steps during training (single process only); each pass costs about squad_samples x squad_max_new_tokens decoding steps."""
     squad_samples: int = 256
     """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation."""
-    squad_batch_size: int = 16
-    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache."""
+    squad_batch_size: int = 64
+    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
+    The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
     squad_max_new_tokens: int = 32
     """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
 
