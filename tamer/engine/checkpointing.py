@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from tamer import checkpoint_policy
-from tamer.engine import distributed
+from tamer.engine import distributed, memory
 from tamer.state import checkpoints
 
 SAFETENSORS_DTYPES = {
@@ -246,18 +246,11 @@ def host_room(needed: int, capped: bool) -> str | None:
         return f"the snapshot needs {needed / 2**30:.1f} GiB of host memory and {available / 2**30:.1f} GiB is available"
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if capped and soft != resource.RLIM_INFINITY:
-        room = soft - _vm_size()
+        room = soft - memory.vm_size()
         if room < needed + HOST_MARGIN_BYTES:
             return f"the snapshot needs {needed / 2**30:.1f} GiB and host_mem_cap leaves {room / 2**30:.1f} GiB"
     return None
 
-
-def _vm_size() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 # --- the background save ---------------------------------------------------------------------------

@@ -63,3 +63,12 @@ def peak_stats(device: torch.device) -> dict[str, int]:
             num_ooms=int(raw.get("num_ooms", 0)),
         )
     return stats
+
+
+def vm_size() -> int:
+    """This process's virtual address space in bytes (what RLIMIT_AS limits, for `host_mem_cap`)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")

@@ -193,7 +193,7 @@ class Trainer:
         """`host_mem_cap`: the address space may grow by at most this much beyond what setup mapped."""
         if not self.config.host_mem_cap:
             return
-        current = _vm_size()
+        current = memory.vm_size()
         limit = current + parse_size(self.config.host_mem_cap)
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
@@ -517,13 +517,6 @@ def _allocator_settings() -> str | None:
     except Exception:
         return None
 
-
-def _vm_size() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
 
 
 def _rng_state() -> dict[str, Any]:
