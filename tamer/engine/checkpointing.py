@@ -183,10 +183,10 @@ class HostBuffers:
             offsets.append(total)
             total += -(-_numel(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
         slab = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=self.pin)
-        memory = slab.numpy()
+        raw = slab.numpy()
         # Each view gets a storage of its own over its part of the slab (frombuffer): torch.save writes a
         # tensor's whole storage, and a slice of the slab would drag the slab along into every file.
-        self.views = [torch.frombuffer(memory[offset:offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8).view(dtype).view(shape)
+        self.views = [torch.frombuffer(raw[offset:offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8).view(dtype).view(shape)
                       if _numel(shape) else torch.empty(shape, dtype=dtype)
                       for offset, (shape, dtype) in zip(offsets, layout)]
         self.slab, self.layout = slab, layout
