@@ -130,11 +130,11 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
     checkpoint, _ = checkpoints.newest_valid(Path(run["run_dir"]))
     where = f"; checkpoint {checkpoint.path}" if checkpoint else ""
     if run["status"] == "done":
+        _report_result(home, run_id)  # the score and the export first: the last line names the next command
         validated = json.loads(run["config_json"] or "{}").get("eval_samples", 1) > 0
         eval_text = f", validation loss {run['final_eval_loss']:.4f}" if validated and run["final_eval_loss"] is not None else ""
         err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {_loss(run['final_loss'])}{eval_text}{where}; "
                           f"next: tamer show {run_id}", highlight=False, soft_wrap=True)
-        _report_result(home, run_id)
     elif run["status"] == "stopped":
         resumes = f"from checkpoint step {checkpoint.step} ({checkpoint.path})" if checkpoint else "from step 0 (no checkpoint)"
         err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
