@@ -14,10 +14,11 @@ dev questions), seed 0, no checkpoint before the end and one small evaluation at
   packed            one row per micro-batch, no padding but the tail to 64, length-grouped order
   packed_selective  packed, checkpointing only the layers the planner says must be
   bucket_compiled   bucket, with the decoder layers compiled (torch.compile)
+  packed_compiled   packed, compiled layers, every layer checkpointed (what selective checkpointing saves)
   default           tamer's default: packed + selective checkpointing + compiled layers (compile: auto)
 
 The first four set planner.selective_checkpointing=false so they differ from each other only by batching;
-all but the last two set compile=off. A second questions/s counts the wall clock from launching `tamer run`
+bucket_compiled, packed_compiled and default compile; the others set compile=off. A second questions/s counts the wall clock from launching `tamer run`
 to its last step (process start, model load, compilation included).
 Per mode, over the steps after --warmup: questions/s = questions / summed step time (mean, not median: a
 mode whose shapes change pays each new shape, and that is the point), useful (non-pad) tokens/s, computed /
@@ -57,6 +58,7 @@ MODES = {
     "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false", "compile=false"]),
     "packed_selective": ("tamer, packed + selective checkpointing", ["compile=false"]),
     "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
+    "packed_compiled": ("tamer, packed + compiled layers, all layers checkpointed", ["planner.selective_checkpointing=false"]),
     "default": ("tamer's default: packed + selective checkpointing + compiled layers", []),
 }
 HF_MODES = {
