@@ -231,10 +231,11 @@ def _preflight(config: Any) -> None:
 
     if config.data not in (None, "bundled"):
         squad.load_records(config.data)
-    if config.init == "pretrained" and (config.model.startswith((".", "/", "~")) and not Path(config.model).expanduser().exists()):
-        from tamer.errors import ModelError
+    from tamer.hub import check_sources
 
-        raise ModelError(f"--model {config.model}: no such folder; pass a hub id or a local model folder")
+    if check_sources(config):  # hub unreachable, all it needs cached: its children must not wait on the network
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        typer.echo("note: the hub is unreachable; using the cached copies of the model, tokenizer and data (HF_HUB_OFFLINE=1)", err=True)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tamer.errors import DataError, ModelError
+from tamer.hub import HUB_DATASET, hub_error
 
 # datasets and transformers are imported where they are used: both are slow to import, and a
 # caller that only reads a data file needs neither.
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 BUNDLED_DATA = Path(str(files("tamer.recipes") / "data" / "squad_v1.1_slice.json"))
 BUNDLED_TOKENIZER = Path(str(files("tamer.recipes") / "data" / "tokenizer_mistral_v1"))
-HUB_DATASET = "rajpurkar/squad"
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 
 CONTEXT_LABEL = "Context:"
@@ -257,44 +257,7 @@ def _pretrained_tokenizer(name: str, described: str, local_hint: str) -> PreTrai
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
     except (OSError, ValueError) as error:
-        raise _hub_error(error, described, local_hint) from None
-
-
-def _hub_error(error: BaseException, described: str, local_hint: str) -> ModelError:
-    """A ModelError that says why the hub refused, found in the chain of `error`'s causes."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    causes = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in causes:
-        causes.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    status_codes = {
-        getattr(getattr(cause, "response", None), "status_code", None)
-        for cause in causes
-        if isinstance(cause, HfHubHTTPError)
-    }
-    if any(isinstance(cause, GatedRepoError) for cause in causes) or status_codes & {401, 403}:
-        return ModelError(
-            f"{described} is gated: accept its licence on the hub and log in (set HF_TOKEN or run "
-            f"`hf auth login`), or pass {local_hint} to a local copy"
-        )
-    if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
-        return ModelError(
-            f"{described} was not found on the hub (a private repository also needs HF_TOKEN); "
-            f"check the name, or pass {local_hint} to a local copy"
-        )
-    if any(isinstance(cause, LocalEntryNotFoundError) for cause in causes):
-        return ModelError(
-            f"{described}: could not reach the hub and there is no cached copy; pass {local_hint} to a local copy"
-        )
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelError(f"{described}: the tokenizer could not be loaded ({reason}); pass {local_hint} to a local copy")
+        raise hub_error(error, described, local_hint) from None
 
 
 # ---------------------------------------------------------------------------------------------
