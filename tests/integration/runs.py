@@ -15,7 +15,10 @@ import sqlite3
 from safetensors.torch import load_file
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-TINY = ["--preset", "tiny"]
+# The result child (EM/F1 + export after a run, ~5 s of start-up per run here) is left out of runs whose
+# test is not about it; tests/integration/test_result.py and test_core.py's baseline keep it.
+NO_RESULT = ["--set", "eval.squad_samples=0", "--set", "export.enabled=false"]
+TINY = ["--preset", "tiny", *NO_RESULT]
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ ARGS = ["run", "squad", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_e
 def baseline(tmp_path_factory):
     """One uninterrupted run, the reference for every resume test."""
     home = tmp_path_factory.mktemp("baseline")
-    result = tamer(*ARGS, home=home)
+    result = tamer(*ARGS, "--set", "eval.squad_samples=16", "--set", "export.enabled=true", home=home)  # with the result child
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     return {"home": home, "run_id": run_id, "weights": final_weights(home, run_id), "samples": sample_ids(home, run_id), "result": result}

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from tamer.cli import app
 from tamer.daemon.queue import lock_holder
 from tamer.recipes.squad import BUNDLED_DATA
-from tests.integration.runs import attempts, env, events, pid_alive, query, start, tamer, wait_for
+from tests.integration.runs import TINY, attempts, env, events, pid_alive, query, start, tamer, wait_for
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ def fast(tmp_path_factory) -> list[str]:
     small = {"version": document.get("version"), "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:8]}]}
     path = tmp_path_factory.mktemp("data") / "squad-small.json"
     path.write_text(json.dumps(small))
-    return ["--preset", "tiny", "--data", str(path), "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "max_seq_len=128",
+    return [*TINY, "--data", str(path), "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "max_seq_len=128",
             "--set", "eval_samples=8", "--set", "effective_batch_size=2", "--set", "micro_batch_size=2"]
 
 

@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from tests.integration.runs import TINY, query, run_id_of, tamer
+from tests.integration.runs import query, run_id_of, tamer
 from tests.integration.synthetic_qa import write_copy_task
 
-SHORT = ["run", "squad", *TINY, "--max-steps", "4", "--set", "checkpoint_every=4", "--set", "eval_samples=8",
+WITH_RESULT = ["--preset", "tiny"]  # runs.TINY leaves the result child out
+SHORT = ["run", "squad", *WITH_RESULT, "--max-steps", "4", "--set", "checkpoint_every=4", "--set", "eval_samples=8",
          "--set", "max_seq_len=128", "--set", "eval.squad_samples=4", "--set", "eval.squad_max_new_tokens=4"]
 TEXT = "Context: The river runs north.\nQuestion: Which way does the river run?\nAnswer:"
 
@@ -138,7 +139,7 @@ def test_a_copy_task_is_learned_as_tamer_eval_measures_it(tmp_path):
     early checkpoint near 0 and the final one at EM >= 0.9; eval.squad_every scores during training."""
     data = write_copy_task(tmp_path / "copy.json", 400)
     home = tmp_path / "home"
-    run = tamer("run", "squad", *TINY, "--data", str(data), "--max-steps", "160", "--set", "effective_batch_size=16",
+    run = tamer("run", "squad", *WITH_RESULT, "--data", str(data), "--max-steps", "160", "--set", "effective_batch_size=16",
                 "--set", "learning_rate=0.003", "--set", "warmup_ratio=0.02", "--set", "max_seq_len=32",
                 "--set", "eval_samples=40", "--set", "checkpoint_every=10", "--set", "keep_checkpoints=16",
                 "--set", "eval.squad_every=80", "--set", "eval.squad_samples=40", "--set", "eval.squad_max_new_tokens=4",
