@@ -1,5 +1,5 @@
 """What the device is, learnt without initialising CUDA in the supervisor: NVML first, else a short
-probe in a throwaway process."""
+probe in a throwaway process (it imports torch: seconds), tried only where an NVIDIA driver is present."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tamer.plan import DeviceFacts
 
@@ -48,6 +49,14 @@ def nvml_facts() -> dict | None:
         return None
 
 
+# What an NVIDIA driver leaves on a machine (and WSL's GPU bridge): without any of them CUDA cannot work.
+DRIVER_TRACES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/dxg")
+
+
+def nvidia_driver_present() -> bool:
+    return any(Path(trace).exists() for trace in DRIVER_TRACES)
+
+
 def _subprocess_facts() -> dict | None:
     try:
         done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
@@ -60,7 +69,7 @@ def device_facts(device: str) -> DeviceFacts:
     """Facts about the device a child will train on (`device` as in RunConfig: auto, cpu, cuda)."""
     bitsandbytes = bitsandbytes_installed()
     if device != "cpu":
-        found = nvml_facts() or _subprocess_facts()
+        found = nvml_facts() or (_subprocess_facts() if nvidia_driver_present() else None)
         if found:
             return DeviceFacts(
                 kind="cuda",

@@ -520,3 +520,19 @@ def test_plan_command_needs_a_memory_size_without_a_gpu(monkeypatch):
     result = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "tiny"])
     assert result.exit_code == 2
     assert "--gpu-mem" in result.output
+
+
+def test_no_nvidia_driver_means_cpu_without_the_torch_probe(monkeypatch):
+    """Where no NVIDIA driver is present, device facts say cpu at once: the throwaway probe (a torch import,
+    seconds per run) is not started; with a driver but no NVML, the probe decides."""
+    from tamer.daemon import probe
+
+    monkeypatch.setattr(probe, "nvml_facts", lambda: None)
+    monkeypatch.setattr(probe, "nvidia_driver_present", lambda: False)
+    monkeypatch.setattr(probe, "_subprocess_facts", lambda: pytest.fail("probed although no driver is present"))
+    assert probe.device_facts("auto").kind == "cpu"
+    found = {"name": "NVIDIA T4", "total_memory": 16 << 30, "compute_capability": [7, 5], "bf16": False}
+    monkeypatch.setattr(probe, "nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(probe, "_subprocess_facts", lambda: found)
+    facts = probe.device_facts("auto")
+    assert (facts.kind, facts.name, facts.total_memory) == ("cuda", "NVIDIA T4", 16 << 30)
