@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def produce(args: argparse.Namespace) -> dict[str, Any]:
     spec, config = run_config(args.run_dir)
+    if config.torch_threads:  # the run's thread count, as in training (fixed when the run was created)
+        torch.set_num_threads(config.torch_threads)
     run_id = spec["run_id"]
     db = Database(spec["db_path"], create=False)
     checkpoint = find_checkpoint(args.run_dir, args.step)

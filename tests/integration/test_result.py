@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from tests.integration.runs import query, run_id_of, tamer
+from tests.integration.runs import ONE_THREAD, query, run_id_of, tamer
 from tests.integration.synthetic_qa import write_copy_task
 
-WITH_RESULT = ["--preset", "tiny"]  # runs.TINY leaves the result child out
+WITH_RESULT = ["--preset", "tiny", *ONE_THREAD]  # runs.TINY leaves the result child out
 SHORT = ["run", "squad", *WITH_RESULT, "--max-steps", "4", "--set", "checkpoint_every=4", "--set", "eval_samples=8",
          "--set", "max_seq_len=128", "--set", "eval.squad_samples=4", "--set", "eval.squad_max_new_tokens=4"]
 TEXT = "Context: The river runs north.\nQuestion: Which way does the river run?\nAnswer:"
