@@ -10,6 +10,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # `pytest -m "not slow"`: everything but the tests that start real training processes
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
     try:
         import torch
 
