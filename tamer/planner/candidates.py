@@ -20,8 +20,13 @@ ladder.
 After an OOM (`oom_hint`: Outcome.to_dict() plus "plan", the failed plan), the failing phase's
 estimate is raised for every candidate until the failed plan would not fit (its non-weight components
 multiplied by one factor), and a candidate is never picked when its raised estimate for that phase
-reaches the failed plan's measured peak there. An OOM in the optimizer step therefore never leads to a
-plan that only shrinks the micro-batch: the optimizer phase does not depend on it.
+reaches the failed plan's measured peak there. Only the components not known exactly from the
+parameter count are raised (activations, logits, workspaces, autocast copies; not weights, gradients
+or optimizer states): the shortfall the OOM measured is charged to what the estimate could have got
+wrong. An OOM in the optimizer step therefore never leads to a plan that only shrinks the micro-batch:
+the optimizer phase does not depend on it. And after an OOM the choice keeps the model if it can: the
+fastest candidate among those that change it least (a full fine-tune that fits — smaller micro-batch,
+more checkpointing, FSDP — before LoRA, LoRA before an int8 base), not the fastest overall.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from tamer.errors import ConfigError
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.estimate import (
     CUDA_CONTEXT_BYTES,
+    EXACT_COMPONENTS,
     GIB,
     PHASES,
+    STATIC_COMPONENTS,
     Estimate,
     ModelShape,
     Workload,
@@ -266,6 +273,8 @@ class _Steering:
     phase: str
     factor: float
     need: int
+    kept: tuple[str, ...] = EXACT_COMPONENTS
+    """The components the factor leaves alone."""
 
 
 def _steering(hint: Mapping[str, Any], shape: ModelShape, workload: Workload, correction: float, limit: int) -> _Steering | None:
@@ -276,10 +285,14 @@ def _steering(hint: Mapping[str, Any], shape: ModelShape, workload: Workload, co
     phase = hint.get("phase") if hint.get("phase") in PHASES else predicted.peak_phase
     need = _measured_need(hint, limit)
     phase_estimate = predicted.phases[phase]
-    varying = phase_estimate.total - phase_estimate.static
+    # The shortfall goes to the components not known exactly; a phase made only of exact ones (an
+    # optimizer step without workspace) puts it on everything but the weights.
+    kept = EXACT_COMPONENTS if phase_estimate.total > phase_estimate.sum_of(EXACT_COMPONENTS) else STATIC_COMPONENTS
+    fixed = phase_estimate.sum_of(kept)
+    varying = phase_estimate.total - fixed
     need_allocated = NEED_OVERSHOOT * need / ((1 + predicted.fragmentation) * correction)
-    factor = max(1.0, (need_allocated - phase_estimate.static) / varying) if varying > 0 else 1.0
-    return _Steering(phase=phase, factor=factor, need=need)
+    factor = max(1.0, (need_allocated - fixed) / varying) if varying > 0 else 1.0
+    return _Steering(phase=phase, factor=factor, need=need, kept=kept)
 
 
 def assess(
@@ -303,7 +316,8 @@ def assess(
             continue
         earlier = steerings.get(steering.phase)
         if earlier is not None:  # several OOMs in one phase: the strongest evidence of each kind
-            steering = _Steering(steering.phase, max(steering.factor, earlier.factor), max(steering.need, earlier.need))
+            steering = _Steering(steering.phase, max(steering.factor, earlier.factor), max(steering.need, earlier.need),
+                                 steering.kept if len(steering.kept) < len(earlier.kept) else earlier.kept)
         steerings[steering.phase] = steering
     failed = [_plan_of_key(key) for key in exclude] + [_failed_plan(h) for h in _hints(oom_hint) if h.get("plan") is not None]
     excluded_keys = {effective_key(plan, workload) for plan in failed}
@@ -315,7 +329,7 @@ def assess(
         predicted = estimate(shape, plan, workload).with_correction(correction)
         excluded = "failed before" if key in excluded_keys else None
         for steering in steerings.values():
-            predicted = predicted.with_phase_scaled(steering.phase, steering.factor)
+            predicted = predicted.with_phase_scaled(steering.phase, steering.factor, steering.kept)
             if excluded is None and predicted.reserved_in(steering.phase) >= steering.need:
                 excluded = (f"after the OOM in {steering.phase}: predicted {predicted.reserved_in(steering.phase) / GIB:.1f} GiB "
                             f"there, not below the {steering.need / GIB:.1f} GiB that failed")
@@ -329,12 +343,16 @@ def _preference(candidate: Candidate) -> tuple[Any, ...]:
     return change_rank(candidate.plan), candidate.estimate.reserved, len(candidate.plan.rungs)
 
 
-def best(candidates: list[Candidate]) -> Candidate | None:
+def best(candidates: list[Candidate], keep_model: bool = False) -> Candidate | None:
     """The fastest candidate that fits with the margin and is not excluded; near-ties go to the one
-    that changes the model least, then the lowest peak, then the fewest rungs."""
+    that changes the model least, then the lowest peak, then the fewest rungs. `keep_model` (after an
+    OOM): only among the candidates that change the model least (full > LoRA > int8 base), fastest first."""
     eligible = [c for c in candidates if c.fits == "yes" and c.excluded is None]
     if not eligible:
         return None
+    if keep_model:
+        least = min(change_rank(c.plan)[0] for c in eligible)
+        eligible = [c for c in eligible if change_rank(c.plan)[0] == least]
     fastest = max(c.speed for c in eligible)
     tied = [c for c in eligible if c.speed >= fastest * (1 - SPEED_TIE)]
     return min(tied, key=_preference)
@@ -393,7 +411,8 @@ def choose(
     workload = workload or Workload.from_config(config)
     candidates = assess(candidate_plans(config, facts, policy), shape_of(config), workload, facts, budget, policy,
                         exclude, oom_hint, correction)
-    chosen = best(candidates)
+    steered = [h.get("phase") for h in _hints(oom_hint) if h.get("plan") is not None]
+    chosen = best(candidates, keep_model=bool(steered))
     if chosen is None:
         return None
     if policy.selective_checkpointing:
@@ -403,7 +422,7 @@ def choose(
     reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "
               f"of {usable / GIB:.1f} GiB usable ({budget / GIB:.1f} GiB - {CUDA_CONTEXT_BYTES / GIB:.1f} GiB CUDA context, "
               f"{policy.safety_margin:.0%} margin); model: {chosen.change}")
-    steered = [h.get("phase") for h in _hints(oom_hint) if h.get("plan") is not None]
     if steered:
-        reason += f"; steered by the OOM in {', '.join(str(phase) for phase in steered)}"
+        reason += (f"; steered by the OOM in {', '.join(str(phase) for phase in steered)} "
+                   "(the fastest plan that changes the model least)")
     return Choice(plan=chosen.plan, predicted=predicted, reason=reason, speed=chosen.speed, candidates=candidates)

@@ -96,7 +96,10 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 PHASES = ("load", "forward", "backward", "optimizer")
 STATIC_COMPONENTS = ("weights", "adapters")
-"""Components known exactly from the parameter count; a phase's other components may be scaled."""
+"""The model itself: what a memory-saving rung cannot attack (PhaseEstimate.dominant looks past them)."""
+EXACT_COMPONENTS = (*STATIC_COMPONENTS, "gradients", "optimizer_states", "embedding_gradient")
+"""Components known exactly from the parameter count and dtypes; after an OOM only the others (activations,
+logits, workspaces, autocast copies: what depends on kernels and the allocator) are scaled."""
 
 LogitsTokens = Literal["all", "supervised"]
 
@@ -286,10 +289,13 @@ class PhaseEstimate:
         varying = {name: size for name, size in self.components.items() if name not in STATIC_COMPONENTS and size}
         return max(varying, key=varying.__getitem__) if varying else "weights"
 
-    def scaled(self, factor: float) -> PhaseEstimate:
-        """This phase with every non-static component multiplied by `factor`."""
+    def sum_of(self, names: tuple[str, ...]) -> int:
+        return sum(self.components.get(name, 0) for name in names)
+
+    def scaled(self, factor: float, kept: tuple[str, ...] = EXACT_COMPONENTS) -> PhaseEstimate:
+        """This phase with every component but `kept` multiplied by `factor`."""
         return PhaseEstimate(self.name, {
-            name: size if name in STATIC_COMPONENTS else round(size * factor) for name, size in self.components.items()
+            name: size if name in kept else round(size * factor) for name, size in self.components.items()
         })
 
 
@@ -332,9 +338,9 @@ class Estimate:
         phase = self.peak_phase
         return f"{phase}: {self.phases[phase].dominant().replace('_', ' ')}"
 
-    def with_phase_scaled(self, phase: str, factor: float) -> Estimate:
+    def with_phase_scaled(self, phase: str, factor: float, kept: tuple[str, ...] = EXACT_COMPONENTS) -> Estimate:
         phases = dict(self.phases)
-        phases[phase] = phases[phase].scaled(factor)
+        phases[phase] = phases[phase].scaled(factor, kept)
         return dataclasses.replace(self, phases=phases)
 
     def with_correction(self, correction: float) -> Estimate:

@@ -27,7 +27,7 @@ from tamer.planner import (
     relative_speed,
 )
 from tamer.strategies.ladder import initial_plan as base_plan
-from tamer.planner.candidates import usable_bytes
+from tamer.planner.candidates import model_change, usable_bytes
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, ModelShape, fp32_logits_bytes
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung
@@ -536,3 +536,34 @@ def test_no_nvidia_driver_means_cpu_without_the_torch_probe(monkeypatch):
     monkeypatch.setattr(probe, "_subprocess_facts", lambda: found)
     facts = probe.device_facts("auto")
     assert (facts.kind, facts.name, facts.total_memory) == ("cuda", "NVIDIA T4", 16 << 30)
+
+
+def test_a_backward_oom_of_a_two_gpu_full_fine_tune_keeps_a_full_fine_tune():
+    """The 2-GPU case measured on two H200s: one backward OOM ("tried to allocate 1.96 GiB") on the chosen
+    full fine-tune leads to another full fine-tune predicted to fit (FSDP, a smaller micro-batch or more
+    checkpointing), not to LoRA; weights, gradients and optimizer states are not what the OOM disproved."""
+    config = config_1b(**{"distributed.nproc_per_node": 2, "pad_to_max_len": "true"})
+    first = choose(config, H100, CAP_15_GIB)
+    assert first.plan.world_size == 2 and model_change(first.plan) == "full"
+    hint = {"kind": "cuda_oom", "phase": "backward", "plan": first.plan.to_dict(),
+            "sizes": {"allocated_by_pytorch": int(11.6 * GIB), "tried_to_allocate": int(1.96 * GIB)}}
+    steered = choose(config, H100, CAP_15_GIB, oom_hint=hint)
+    assert model_change(steered.plan) == "full" and plan_key(steered.plan) != plan_key(first.plan)
+    assert steered.predicted.reserved <= usable_bytes(CAP_15_GIB, PlannerPolicy().safety_margin)
+    assert "changes the model least" in steered.reason
+
+
+def test_after_an_oom_a_fitting_full_fine_tune_wins_over_a_faster_lora():
+    """best(): without an OOM the fastest fitting candidate wins (here LoRA); after one (keep_model), the
+    fastest among those that change the model least (the full fine-tune)."""
+    from tamer.planner.candidates import Candidate, best
+
+    config = config_1b()
+    full = base_plan(config, H100)
+    lora = full.replace(lora=True, weights_dtype="bf16")
+    workload = Workload()
+    candidates = [Candidate(full, estimate(LLAMA_1B, full, workload), 0.3, "yes"),
+                  Candidate(lora, estimate(LLAMA_1B, lora, workload), 0.5, "yes")]
+    assert best(candidates).plan == lora
+    assert best(candidates, keep_model=True).plan == full
+    assert best([candidates[1]], keep_model=True).plan == lora  # no full fine-tune fits: LoRA it is
