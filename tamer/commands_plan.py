@@ -149,6 +149,11 @@ def plan_command(
         refined = fewest_checkpointed_layers(chosen, shape, workload, facts, budget, policy, correction=correction)
         if refined is not chosen:
             candidates, chosen = candidates + [refined], refined
+    note = None
+    if chosen is not None:
+        from tamer.planner.world import compare_with_one_gpu
+
+        note = compare_with_one_gpu(run_config, facts, budget, policy, workload, chosen.plan, chosen.speed, shape)
     shown = candidates if show_all else worth_showing(candidates)
     shown = sorted(shown, key=lambda c: (-c.speed, c.estimate.reserved))
     fitting = [c.speed for c in candidates if c.fits == "yes"]
@@ -160,6 +165,7 @@ def plan_command(
             "workload": workload.__dict__, "parameters": shape.parameters,
             "candidates": [{**c.to_dict(), "relative_speed": c.speed / reference} for c in shown],
             "chosen": chosen.to_dict() if chosen else None,
+            "world_size": note.to_dict() if note else None,
             "past_attempts": [o.to_dict() for o in past],
         })
         return
@@ -191,6 +197,8 @@ def plan_command(
                       f"peak reserved by phase (GiB): {phases}"
                       + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
                       highlight=False)
+        if note is not None:
+            console.print(f"  {note.text(run_config.effective_batch_size)}", highlight=False, soft_wrap=True)
     if past:
         history = output.table("run", "attempt", "plan", "outcome", "predicted GiB", "measured GiB", "error")
         for o in past:
