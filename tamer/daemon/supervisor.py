@@ -51,7 +51,7 @@ from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
 from tamer.strategies import ladder
-from tamer.units import format_size, parse_size
+from tamer.units import format_size
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25
@@ -83,8 +83,8 @@ def create_run(home: Home, config: RunConfig) -> str:
         "id": run_id, "recipe": config.recipe, "preset": config.preset, "status": "queued",
         "config_json": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
         "run_dir": str(run_dir), "created_at": time.time(), "steps_done": 0, "samples_consumed": 0,
-        "gpu_mem_cap": parse_size(config.gpu_mem_cap) if config.gpu_mem_cap else None,
-        "host_mem_cap": parse_size(config.host_mem_cap) if config.host_mem_cap else None,
+        "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
+        "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
     db.event(run_id, "created", f"run created from preset {config.preset}", config=config.to_dict())
     db.close()
@@ -207,20 +207,15 @@ class Supervisor:
         from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
         from tamer.planner.estimate import Workload
 
-        knobs = self.config.planner
-        policy = PlannerPolicy(allow_lora=knobs.allow_lora, allow_quantization=knobs.allow_quantization,
-                               allow_pure_bf16=knobs.allow_pure_bf16, min_micro_batch=knobs.min_micro_batch,
-                               safety_margin=knobs.safety_margin, rungs=tuple(self.config.ladder.order) + ("chunked_loss",),
-                               selective_checkpointing=knobs.selective_checkpointing)
-        cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
+        policy = PlannerPolicy.from_config(self.config)
         shape = shape_of(self.config)
         correction = correction_factor(observations(self.db, shape, self.facts.name))
-        budget = device_budget(self.facts.total_memory, cap)
+        budget = device_budget(self.facts.total_memory, self.config.gpu_mem_cap)
         if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
             budget = min(budget, self.deescalation.squeezed_budget)
         choice = choose(self.config, self.facts, budget, policy,
                         exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
-                        workload=Workload.from_config(self.config, supervised_per_sequence=knobs.supervised_per_sequence),
+                        workload=Workload.from_config(self.config, supervised_per_sequence=policy.supervised_per_sequence),
                         correction=correction)
         if choice is not None:
             self.db.event(self.run_id, "planner", choice.reason, plan=choice.plan.to_dict(), predicted=choice.predicted.to_dict(),
