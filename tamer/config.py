@@ -59,7 +59,7 @@ class LoraConfig(Schema):
     """Adapter rank: memory and capacity grow with it."""
     alpha: int = 32
     """Scaling numerator (the update is scaled by alpha / r)."""
-    dropout: Number = Field(0.05, ge=0.0, lt=1.0)
+    dropout: Number = Field(0.05, ge=0, lt=1)
     """Dropout on the adapter input."""
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -136,7 +136,7 @@ class PlannerConfig(Schema):
     """Pure bf16 weights and optimizer states: fastest, but small updates are lost to rounding."""
     min_micro_batch: int = Field(1, ge=1)
     """Smallest micro-batch the planner may split down to."""
-    safety_margin: Number = Field(0.10, ge=0.0, lt=1.0)
+    safety_margin: Number = Field(0.10, ge=0, lt=1)
     """Fraction of the card (after the CUDA context) kept free when judging a fit."""
     supervised_per_sequence: int = Field(16, ge=1)
     """Supervised (answer + EOS) tokens per sequence assumed when estimating the loss's logits."""
@@ -266,7 +266,7 @@ class RunConfig(Schema):
     """Peak AdamW learning rate."""
     weight_decay: Number = 0.0
     """AdamW weight decay."""
-    warmup_ratio: Number = Field(0.03, ge=0.0, lt=1.0)
+    warmup_ratio: Number = Field(0.03, ge=0, lt=1)
     """Fraction of the optimizer steps spent warming up (linear) before the cosine decay."""
     max_grad_norm: Number = 1.0
     """Gradient clipping norm."""

@@ -100,6 +100,11 @@ def _literal_values(annotation: Any) -> list[Any]:
     return [value for argument in typing.get_args(annotation) for value in _literal_values(argument)]
 
 
+def _plain(number: Any) -> Any:
+    """`0` for a bound pydantic hands over as `0.0`."""
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
 def describe(error: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
     """The first of pydantic's errors as tamer's one line: the key's path, what was wrong, what to give."""
     # an unknown key is the likeliest mistake (a misspelt key also leaves its intended one missing)
@@ -132,11 +137,11 @@ def describe(error: ValidationError, cls: type[BaseModel], prefix: str = "") -> 
     if kind in ("greater_than", "greater_than_equal", "less_than"):
         bounds = {type(m): m for m in (field.metadata if field is not None else [])}
         if annotated_types.Ge in bounds and annotated_types.Lt in bounds:
-            return f"{path}: must be in [{bounds[annotated_types.Ge].ge}, {bounds[annotated_types.Lt].lt}), got {value}"
+            return f"{path}: must be in [{_plain(bounds[annotated_types.Ge].ge)}, {_plain(bounds[annotated_types.Lt].lt)}), got {value}"
         extra = field.json_schema_extra if field is not None and isinstance(field.json_schema_extra, dict) else {}
         unit = f" {extra['unit']}" if "unit" in extra else ""
         sign, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt")}[kind]
-        return f"{path}: must be {sign} {context[bound]}{unit}, got {value}"
+        return f"{path}: must be {sign} {_plain(context[bound])}{unit}, got {value}"
     if kind == "value_error":
         return f"{path}: {context['error']}"
     return f"{path}: {detail['msg']}"
