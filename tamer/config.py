@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from tamer.errors import ConfigError
-from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, PRESETS, TINY_ARCHITECTURE
+from tamer.presets import PRESETS
 from tamer.schema import Number, Schema, Seconds
 from tamer.units import ByteSize
 

@@ -13,7 +13,6 @@ plan when their memory is back: a stop at the next step boundary and a restart (
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -42,7 +41,6 @@ from tamer.errors import (
     EXIT_OK,
     EXIT_STOPPED_INT,
     EXIT_STOPPED_TERM,
-    LockedError,
     StateError,
 )
 from tamer.plan import DeviceFacts, Plan
@@ -50,6 +48,7 @@ from tamer.planner.candidates import plan_key
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
+from tamer.state.lock import PidLock
 from tamer.strategies import ladder
 from tamer.units import format_size
 
@@ -91,34 +90,6 @@ def create_run(home: Home, config: RunConfig) -> str:
     return run_id
 
 
-class RunLock:
-    """An exclusive flock on `runs/<id>/lock`: one supervisor per run."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "lock"
-        self.handle: Any = None
-
-    def acquire(self, run_id: str) -> None:
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise LockedError(f"run {run_id} is already supervised by pid {holder}; wait for it, or stop it with `tamer stop {run_id}`") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
-
-
 class Supervisor:
     def __init__(self, home: Home, run_id: str, progress: Any = None) -> None:
         self.home = home
@@ -128,7 +99,8 @@ class Supervisor:
         self.run_dir = Path(self.run["run_dir"])
         self.config = config_from_dict(json.loads(self.run["config_json"]))
         self.progress = progress
-        self.lock = RunLock(self.run_dir)
+        self.lock = PidLock(self.run_dir / "lock", f"run {self.run_id} is already supervised by pid {{holder}}; "
+                                                   f"wait for it, or stop it with `tamer stop {self.run_id}`")
         self.child: subprocess.Popen | None = None
         self.stop_signal: int | None = None
         self.crash_restarts = 0
@@ -147,7 +119,7 @@ class Supervisor:
         """Run attempts until the run is done, failed or stopped; returns the exit code."""
         if self.run["status"] == "done":
             raise StateError(f"run {self.run_id} already finished; `tamer show {self.run_id}` has its results")
-        self.lock.acquire(self.run_id)
+        self.lock.acquire()
         previous_handlers = self._install_signal_handlers()
         try:
             self._prepare()
