@@ -1,8 +1,9 @@
 """RunConfig: what the user asked for, validated, from a preset + YAML + `--set key=value`.
 
-Precedence: preset < YAML file (`--config`) < command-line options < `--set`. Every key is checked
-at construction: an unknown key or a wrong type is a one-line ConfigError naming the key's path
-(`lora.r: expected an integer, got 'big'`).
+Precedence: preset (tamer/presets.py) < YAML file (`--config`) < command-line options < `--set`.
+Every structure is a strict schema (tamer/schema.py, pydantic): an unknown key or a wrong type is a
+one-line ConfigError naming the key's path (`lora.r: expected an integer, got 'big'`); bounds are
+declared on the keys, checks across keys live in validators; sizes are parsed once (ByteSize).
 
 The config is what the user wants (effective batch, data, schedule); the plan (tamer/plan.py) is how
 it is trained, and only the plan changes when tamer recovers from out-of-memory.

@@ -40,11 +40,13 @@ class DeviceFacts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceFacts:
+        """Facts from their to_dict() (JSON) form, strictly: an unknown key or a wrong value is a ConfigError."""
+        from tamer.schema import validate
+
         data = dict(data)
         if data.get("compute_capability") is not None:
             data["compute_capability"] = tuple(data["compute_capability"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return validate(cls, data, "device.")
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,10 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """An outcome from its to_dict() form, strictly: an unknown key or a wrong value is a ConfigError."""
+        from tamer.schema import validate
+
+        return validate(cls, data, "outcome.")
 
 
 def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
