@@ -1,7 +1,8 @@
-"""Strict schemas for what users and stored rows give tamer (the config, a start plan), on pydantic v2.
+"""Strict schemas for what users and stored rows give tamer, on pydantic v2: the config (tamer/config.py),
+and the plans, device facts and outcomes read back from JSON (their from_dict).
 
     RunConfig.from_mapping(data)            # -> a validated RunConfig, or a one-line ConfigError
-    validate(Plan, data, "start_plan.")     # a dataclass checked by the same rules (schema_of(Plan))
+    validate(Plan, data, "start_plan.")     # -> a Plan (a dataclass) checked by the same rules
 
 Every structure is a `Schema`: unknown keys are errors, values are never converted from another type
 (an integer is not taken for a boolean, nor a string for an integer) except numbers written as
@@ -39,7 +40,6 @@ Seconds = Annotated[Number, Field(gt=0, json_schema_extra={"unit": "seconds"})]
 
 _TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
                "dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list"}
-
 
 STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
