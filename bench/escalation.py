@@ -304,7 +304,6 @@ def bare_loop(arguments: argparse.Namespace) -> None:
     from tamer.engine.sampling import SampleOrder
     from tamer.engine.trainer import CHUNK_SIZE
     from tamer.recipes import squad
-    from tamer.units import parse_size
 
     config = build_config(arguments.preset, None, run_options(arguments), CONFIG_SETS)
     plan = Plan.from_dict(json.loads(arguments.bare_loop))
@@ -314,7 +313,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
         if config.gpu_mem_cap:
             total = torch.cuda.get_device_properties(device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, parse_size(config.gpu_mem_cap) / total), device)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_mem_cap / total), device)
     tokenizer = squad.load_tokenizer(config.tokenizer, config.model)
     train_records, _ = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
     examples, _ = squad.build_examples(train_records, tokenizer, config.max_seq_len)

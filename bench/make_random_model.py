@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tamer.config import PRESETS
+from tamer.presets import PRESETS
 
 
 def main() -> None:

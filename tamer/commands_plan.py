@@ -18,13 +18,14 @@ from tamer.plan import DeviceFacts
 from tamer.planner.calibrate import Observation, correction_factor, observations
 from tamer.planner.candidates import (
     Candidate,
+    Choice,
     PlannerPolicy,
     assess,
     best,
     candidate_plans,
     change_rank,
+    choose,
     device_budget,
-    fewest_checkpointed_layers,
     shape_of,
     usable_bytes,
 )
@@ -60,6 +61,19 @@ def worth_showing(candidates: list[Candidate]) -> list[Candidate]:
     faster = [c for c in candidates if c.fits != "yes" and c.speed > chosen.speed]
     shown += [c for c in faster if not any(_dominated(c, other) for other in faster)]
     return shown
+
+
+def _chosen(run_config: Any, facts: DeviceFacts, budget: int, policy: PlannerPolicy, workload: Workload, correction: float,
+            choice: Choice | None) -> tuple[list[Candidate], Candidate | None]:
+    """Every candidate and the one the supervisor would start from (the planner's choice, layers refined)."""
+    if choice is None:
+        shape = shape_of(run_config)
+        return assess(candidate_plans(run_config, facts, policy), shape, workload, facts, budget, policy, correction=correction), None
+    chosen = next((c for c in choice.candidates if c.plan == choice.plan), None)
+    if chosen is None:  # the choice with fewer checkpointed layers is not among the candidates assessed
+        chosen = Candidate(plan=choice.plan, estimate=choice.predicted, speed=choice.speed, fits="yes")
+        return choice.candidates + [chosen], chosen
+    return choice.candidates, chosen
 
 
 def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
@@ -101,22 +115,24 @@ def plan_command(
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")] = None,
     tokens_per_sequence: Annotated[Optional[int], typer.Option(help="Tokens computed per sequence on average, for speed (default: SQuAD's mean under the config's batching).")] = None,
-    supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (default: 16).")] = None,
+    supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (sets planner.supervised_per_sequence; default: the config's).")] = None,
     logits: Annotated[str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")] = "supervised",
     padded: Annotated[bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")] = True,
-    allow_lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Whether LoRA (and int8 base weights) may be used.")] = True,
-    allow_quantization: Annotated[bool, typer.Option("--int8/--no-int8", help="Whether int8 base weights may be used.")] = True,
-    allow_pure_bf16: Annotated[bool, typer.Option("--pure-bf16/--no-pure-bf16", help="Whether pure bf16 weights (no fp32 master copy) may be used.")] = False,
-    min_micro_batch: Annotated[int, typer.Option(help="Smallest micro-batch to split down to.")] = 1,
-    safety_margin: Annotated[float, typer.Option(help="Fraction of the memory kept free (after the CUDA context).")] = 0.10,
+    allow_lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="Whether LoRA (and int8 base weights) may be used (sets planner.allow_lora; default: the config's).")] = None,
+    allow_quantization: Annotated[Optional[bool], typer.Option("--int8/--no-int8", help="Whether int8 base weights may be used (sets planner.allow_quantization; default: the config's).")] = None,
+    allow_pure_bf16: Annotated[Optional[bool], typer.Option("--pure-bf16/--no-pure-bf16", help="Whether pure bf16 weights (no fp32 master copy) may be used (sets planner.allow_pure_bf16; default: the config's).")] = None,
+    min_micro_batch: Annotated[Optional[int], typer.Option(help="Smallest micro-batch to split down to (sets planner.min_micro_batch; default: the config's).")] = None,
+    safety_margin: Annotated[Optional[float], typer.Option(help="Fraction of the memory kept free after the CUDA context (sets planner.safety_margin; default: the config's).")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List every candidate, not only those no other beats.")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Predict peak memory and speed of candidate plans, and show the plan the planner would pick.
 
-    No GPU needed: the memory of the card comes from NVML or --gpu-mem. Past attempts of the same
-    model on the same card (in --home) show how far off the predictions were.
+    No GPU needed: the memory of the card comes from NVML or --gpu-mem. The planner's knobs and the
+    rungs it may use are the config's (`planner`, `ladder.order`), as `tamer run` uses them; the
+    options above override them. Past attempts of the same model on the same card (in --home) show how
+    far off the predictions were.
 
     Example: tamer plan squad --preset llama-3.2-1b --gpu-mem 15GiB
     """
@@ -127,28 +143,24 @@ def plan_command(
             raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
         if logits not in ("supervised", "all"):
             raise ConfigError(f"--logits {logits}: expected supervised or all")
-        run_config = build_config(preset, config, {}, set_ or [])
+        overrides = {"gpu_mem_cap": gpu_mem_cap, "planner.allow_lora": allow_lora, "planner.allow_quantization": allow_quantization,
+                     "planner.allow_pure_bf16": allow_pure_bf16, "planner.min_micro_batch": min_micro_batch,
+                     "planner.safety_margin": safety_margin, "planner.supervised_per_sequence": supervised_per_sequence}
+        run_config = build_config(preset, config, overrides, set_ or [])
         facts = _device(gpu_mem, bf16)
-        if facts.total_memory is None and gpu_mem_cap is None and run_config.gpu_mem_cap is None:
+        if facts.total_memory is None and run_config.gpu_mem_cap is None:
             raise ConfigError("no GPU found through NVML: pass --gpu-mem SIZE (the card's memory, e.g. 16GiB)")
-        cap = gpu_mem_cap or run_config.gpu_mem_cap
-        budget = device_budget(facts.total_memory, parse_size(cap, "--gpu-mem-cap") if cap else None)
-        policy = PlannerPolicy(allow_lora=allow_lora, allow_quantization=allow_quantization, allow_pure_bf16=allow_pure_bf16,
-                               min_micro_batch=min_micro_batch, safety_margin=safety_margin)
-        workload = Workload.from_config(run_config, sequence_length=seq_len, supervised_per_sequence=supervised_per_sequence,
+        budget = device_budget(facts.total_memory, run_config.gpu_mem_cap)
+        policy = PlannerPolicy.from_config(run_config)
+        workload = Workload.from_config(run_config, sequence_length=seq_len, supervised_per_sequence=policy.supervised_per_sequence,
                                         logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
         shape = shape_of(run_config)
         past = _past(home, shape, facts)
         correction = correction_factor(past)
-        candidates = assess(candidate_plans(run_config, facts, policy), shape, workload, facts, budget, policy,
-                            correction=correction)
+        choice = choose(run_config, facts, budget, policy, workload=workload, correction=correction)
     except TamerError as error:
         _fail(error)
-    chosen = best(candidates)
-    if chosen is not None:
-        refined = fewest_checkpointed_layers(chosen, shape, workload, facts, budget, policy, correction=correction)
-        if refined is not chosen:
-            candidates, chosen = candidates + [refined], refined
+    candidates, chosen = _chosen(run_config, facts, budget, policy, workload, correction, choice)
     note = None
     if chosen is not None:
         from tamer.planner.world import compare_with_one_gpu
@@ -188,6 +200,9 @@ def plan_command(
     output.print_table(console, table)
     console.print(f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
                   + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved", highlight=False)
+    if run_config.ladder.mode == "card":
+        console.print("ladder.mode is card: `tamer run` starts from the config's first plan and escalates in ladder.order; "
+                      "it does not use the pick below", highlight=False)
     if chosen is None:
         console.print("chosen: none predicted to fit with the margin; the card ladder would take over", highlight=False)
     else:

@@ -1,8 +1,9 @@
 """RunConfig: what the user asked for, validated, from a preset + YAML + `--set key=value`.
 
-Precedence: preset < YAML file (`--config`) < command-line options < `--set`. Every key is checked
-at construction: an unknown key or a wrong type is a one-line ConfigError naming the key's path
-(`lora.r: expected an integer, got 'big'`).
+Precedence: preset (tamer/presets.py) < YAML file (`--config`) < command-line options < `--set`.
+Every structure is a strict schema (tamer/schema.py, pydantic): an unknown key or a wrong type is a
+one-line ConfigError naming the key's path (`lora.r: expected an integer, got 'big'`); bounds are
+declared on the keys, checks across keys live in validators; sizes are parsed once (ByteSize).
 
 The config is what the user wants (effective batch, data, schedule); the plan (tamer/plan.py) is how
 it is trained, and only the plan changes when tamer recovers from out-of-memory.
@@ -10,22 +11,19 @@ it is trained, and only the plan changes when tamer recovers from out-of-memory.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 import os
-import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from tamer.errors import ConfigError
-from tamer.units import parse_size
+from tamer.presets import PRESETS
+from tamer.schema import Number, Schema, Seconds
+from tamer.units import ByteSize
 
 CARD_LADDER = (
     "expandable_segments",
@@ -38,92 +36,59 @@ CARD_LADDER = (
     "split_micro_batch",
 )
 
-LLAMA_3_2_1B_ARCHITECTURE: dict[str, Any] = {
-    "vocab_size": 128256,
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 16,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 64,
-    "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "factor": 32.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    "tie_word_embeddings": True,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
-
-TINY_ARCHITECTURE: dict[str, Any] = {
-    "vocab_size": 32000,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
+# Other trainers' names for tamer's keys: refused with the tamer key to use rather than accepted as
+# aliases, so that each setting has one name (and a batch is never set twice, as in HF).
+FOREIGN_NAMES = {
+    "gradient_accumulation_steps": "tamer derives accumulation as effective_batch_size / micro_batch_size: set effective_batch_size "
+                                   "(sequences per optimizer step)",
+    "per_device_train_batch_size": "use micro_batch_size (the first plan's micro-batch, which tamer may halve) and "
+                                   "effective_batch_size (sequences per optimizer step, which never changes)",
+    "num_train_epochs": "use epochs",
+    "num_epochs": "use epochs",
+    "sequence_len": "use max_seq_len",
+    "lr": "use learning_rate",
+    "lora_r": "use lora: {r: ...}",
+    "lora_alpha": "use lora: {alpha: ...}",
+    "lora_dropout": "use lora: {dropout: ...}",
 }
 
 
-@dataclass
-class LoraConfig:
+class LoraConfig(Schema):
     """LoRA adapters (peft), used once the `lora` rung is applied."""
 
-    r: int = 16
+    r: int = Field(16, ge=1)
     """Adapter rank: memory and capacity grow with it."""
     alpha: int = 32
     """Scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.05
+    dropout: Number = Field(0.05, ge=0, lt=1)
     """Dropout on the adapter input."""
-    target_modules: list[str] = field(
+    target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     """Linear layers that get adapters (default: all linear projections of a Llama block)."""
 
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r: must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
 
-
-@dataclass
-class EvalConfig:
+class EvalConfig(Schema):
     """SQuAD evaluation by generation (tamer/engine/result.py): greedy answers to held-out questions, EM and F1."""
 
     squad_every: int | None = None
     """null = once, after the last step (a child process after the run), and on demand with `tamer eval`; N = also every N steps during training (single process only); each pass costs about squad_samples x squad_max_new_tokens decoding steps."""
-    squad_samples: int = 256
+    squad_samples: int = Field(256, ge=0)
     """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation."""
-    squad_batch_size: int = 64
+    squad_batch_size: int = Field(64, ge=1)
     """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
     The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
-    squad_max_new_tokens: int = 32
+    squad_max_new_tokens: int = Field(32, ge=1)
     """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _every(self) -> EvalConfig:
         if self.squad_every is not None and self.squad_every < 1:
             raise ConfigError(f"eval.squad_every: must be >= 1 or null (once at the end), got {self.squad_every}")
-        for name in ("squad_batch_size", "squad_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.squad_samples < 0:
-            raise ConfigError(f"eval.squad_samples: must be >= 0, got {self.squad_samples}")
+        return self
 
 
-@dataclass
-class ExportConfig:
+class ExportConfig(Schema):
     """The Hugging Face model folder written when a run completes (`tamer export` writes one on demand)."""
 
     enabled: bool = True
@@ -134,11 +99,10 @@ class ExportConfig:
     """Merge LoRA adapters into the base (a standalone model); false = the adapter with a pointer to its base."""
 
 
-@dataclass
-class LadderConfig:
+class LadderConfig(Schema):
     """The escalation ladder: which memory-saving rungs may be applied after an OOM, in which order."""
 
-    order: list[str] = field(default_factory=lambda: list(CARD_LADDER))
+    order: list[str] = Field(default_factory=lambda: list(CARD_LADDER))
     """Rungs allowed, in the order the card ladder tries them; leave one out to forbid it."""
     mode: Literal["planner", "card"] = "planner"
     """`planner`: pick the fastest plan predicted to fit (first plan and after every OOM), falling back to
@@ -147,7 +111,8 @@ class LadderConfig:
     """In planner mode, a CUDA OOM in forward/backward halves the micro-batch inside the child and retries
     the same optimizer step (no restart, same samples) when split_micro_batch is allowed."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _known_rungs(self) -> LadderConfig:
         from tamer.strategies import registry
 
         known = registry.names()
@@ -158,10 +123,10 @@ class LadderConfig:
                 )
         if len(set(self.order)) != len(self.order):
             raise ConfigError("ladder.order: a rung is listed twice; list each once")
+        return self
 
 
-@dataclass
-class PlannerConfig:
+class PlannerConfig(Schema):
     """What the planner (`ladder.mode: planner`) may change to fit the card."""
 
     allow_lora: bool = True
@@ -170,19 +135,18 @@ class PlannerConfig:
     """int8 base weights (needs LoRA)."""
     allow_pure_bf16: bool = False
     """Pure bf16 weights and optimizer states: fastest, but small updates are lost to rounding."""
-    min_micro_batch: int = 1
+    min_micro_batch: int = Field(1, ge=1)
     """Smallest micro-batch the planner may split down to."""
-    safety_margin: float = 0.10
+    safety_margin: Number = Field(0.10, ge=0, lt=1)
     """Fraction of the card (after the CUDA context) kept free when judging a fit."""
-    supervised_per_sequence: int = 16
+    supervised_per_sequence: int = Field(16, ge=1)
     """Supervised (answer + EOS) tokens per sequence assumed when estimating the loss's logits."""
     selective_checkpointing: bool = True
     """A plan with activation checkpointing checkpoints only the fewest layers predicted to fit (false: all layers,
     the most memory saved and the most recomputation)."""
 
 
-@dataclass
-class DeescalateConfig:
+class DeescalateConfig(Schema):
     """Stepping back to a faster plan after an OOM caused by other processes on the card (a squeeze)
     once their memory is back: the supervisor reads the card through NVML (no CUDA) while it trains on
     the escalated plan, then stops the child at a step boundary (one checkpoint) and restarts it under
@@ -190,47 +154,32 @@ class DeescalateConfig:
 
     enabled: bool = True
     """Off: an escalation is for the rest of the run, as before."""
-    poll_seconds: float = 30.0
+    poll_seconds: Seconds = 30.0
     """Seconds between reads of the card's free memory while on an escalated plan (an NVML query: about a millisecond)."""
-    min_squeeze: str = "1GiB"
+    min_squeeze: ByteSize = ByteSize("1GiB")
     """Other processes must have held at least this much of the card at the OOM for it to count as a squeeze."""
-    backoff: float = 600.0
+    backoff: Number = Field(600.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Seconds before stepping back again to a plan that OOMed after a step back; doubles with each such OOM."""
-    backoff_max: float = 4 * 3600.0
+    backoff_max: Number = Field(4 * 3600.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Longest such wait, in seconds."""
-    max_per_plan: int = 3
+    max_per_plan: int = Field(3, ge=0)
     """Step back to one plan at most this many times per run (each costs a checkpoint and a restart)."""
 
-    def __post_init__(self) -> None:
-        if self.poll_seconds <= 0:
-            raise ConfigError(f"deescalate.poll_seconds: must be > 0 seconds, got {self.poll_seconds}")
-        if self.backoff < 0 or self.backoff_max < 0:
-            raise ConfigError("deescalate.backoff: must be >= 0 seconds")
-        if self.max_per_plan < 0:
-            raise ConfigError(f"deescalate.max_per_plan: must be >= 0, got {self.max_per_plan}")
-        parse_size(self.min_squeeze, "deescalate.min_squeeze")
 
-
-@dataclass
-class WatchdogConfig:
+class WatchdogConfig(Schema):
     """Hang detection: the child heartbeats every micro-step; a missed deadline gets it SIGKILLed and
     restarted (outcome `hang`, no escalation). Seconds; slow phases get longer deadlines."""
 
-    step_timeout: float = 600.0
+    step_timeout: Seconds = 600.0
     """Longest silence during training (between micro-steps)."""
-    load_timeout: float = 1800.0
+    load_timeout: Seconds = 1800.0
     """Model load, tokenizing and setup, until the first step starts."""
-    first_step_timeout: float = 1800.0
+    first_step_timeout: Seconds = 1800.0
     """The first optimizer step of an attempt (kernel autotuning, allocator warm-up)."""
-    checkpoint_timeout: float = 1800.0
+    checkpoint_timeout: Seconds = 1800.0
     """Writing one checkpoint."""
-    eval_timeout: float = 3600.0
+    eval_timeout: Seconds = 3600.0
     """One evaluation pass."""
-
-    def __post_init__(self) -> None:
-        for name, value in dataclasses.asdict(self).items():
-            if value <= 0:
-                raise ConfigError(f"watchdog.{name}: must be > 0 seconds, got {value}")
 
     def deadline(self, phase: str, first_step: bool) -> float:
         """Seconds of silence allowed in `phase`."""
@@ -243,14 +192,13 @@ class WatchdogConfig:
         return self.first_step_timeout if first_step else self.step_timeout
 
 
-@dataclass
-class DistributedConfig:
+class DistributedConfig(Schema):
     """Several processes (one per GPU) through torchrun. One node: `nproc_per_node` (`--gpus`) is enough;
     several nodes: every node runs tamer with the same run folder (shared filesystem) and these options."""
 
-    nproc_per_node: int = 1
+    nproc_per_node: int = Field(1, ge=1)
     """Processes (GPUs) on this node; > 1 launches the child through torch.distributed.run."""
-    nnodes: int = 1
+    nnodes: int = Field(1, ge=1)
     """Machines in the job (torchrun --nnodes)."""
     node_rank: int | None = None
     """This machine's rank (torchrun --node-rank); only with nnodes > 1 and a static rendezvous."""
@@ -260,28 +208,23 @@ class DistributedConfig:
     """Rendezvous id (torchrun --rdzv-id); default: the run id."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Collective backend: auto = nccl on CUDA, gloo on CPU."""
-    timeout: float = 600.0
+    timeout: Seconds = 600.0
     """Seconds a collective may wait for a peer before the group fails (outcome dist_failure)."""
 
-    def __post_init__(self) -> None:
-        if self.nproc_per_node < 1:
-            raise ConfigError(f"distributed.nproc_per_node: must be >= 1, got {self.nproc_per_node}")
-        if self.nnodes < 1:
-            raise ConfigError(f"distributed.nnodes: must be >= 1, got {self.nnodes}")
+    @model_validator(mode="after")
+    def _nodes(self) -> DistributedConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("distributed.rdzv_endpoint: several nodes need a rendezvous host:port (--rdzv-endpoint)")
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"distributed.node_rank: must be in [0, {self.nnodes}), got {self.node_rank}")
-        if self.timeout <= 0:
-            raise ConfigError(f"distributed.timeout: must be > 0 seconds, got {self.timeout}")
+        return self
 
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Schema):
     """One training run, as the user asked for it."""
 
     recipe: Literal["squad"] = "squad"
@@ -298,7 +241,7 @@ class RunConfig:
     """Hub id or directory of the tokenizer; null = the model's; `bundled` = the Mistral-v1 tokenizer shipped with tamer."""
     data: str | None = None
     """null = `rajpurkar/squad` from the hub; `bundled` = the SQuAD slice shipped with tamer; else a SQuAD v1.1 JSON file."""
-    max_seq_len: int = 512
+    max_seq_len: int = Field(512, ge=1)
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights or several
@@ -311,30 +254,30 @@ class RunConfig:
     tail to `batch_multiple`, attention kept within each sample; `bucket` = padded to the longest rounded up to
     `batch_multiple`; `longest` = padded to the longest (a new shape nearly every step: slow under a memory cap);
     `max_len` = padded to max_seq_len (2-3x the real tokens). `bucket` and `packed` also group the data order by length."""
-    batch_multiple: int = 64
+    batch_multiple: int = Field(64, ge=1)
     """Row lengths of `bucket` and `packed` are multiples of this: larger = fewer distinct shapes, more padding."""
-    length_window: int = 64
+    length_window: int = Field(64, ge=1)
     """`bucket`/`packed`: samples are grouped by length within windows of this many optimizer steps (1 = only within a
     step); larger = steps of more similar lengths (less padding), the order farther from a plain shuffle."""
-    effective_batch_size: int = 8
+    effective_batch_size: int = Field(8, ge=1)
     """Sequences per optimizer step; constant across every plan change."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward in the first plan (accumulation = effective / micro)."""
-    learning_rate: float = 2e-5
+    learning_rate: Number = Field(2e-5, gt=0)
     """Peak AdamW learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: Number = 0.0
     """AdamW weight decay."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: Number = Field(0.03, ge=0, lt=1)
     """Fraction of the optimizer steps spent warming up (linear) before the cosine decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Number = 1.0
     """Gradient clipping norm."""
-    epochs: int = 1
+    epochs: int = Field(1, ge=1)
     """Passes over the training data (unless max_steps comes first)."""
-    max_steps: int | None = None
+    max_steps: Annotated[int, Field(ge=1)] | None = None
     """Stop after this many optimizer steps."""
     seed: int = 0
     """Seed for data order, random init and RNGs."""
-    torch_threads: int | None = None
+    torch_threads: Annotated[int, Field(ge=1)] | None = None
     """CPU threads torch uses in each training process. null = the CPUs this process may use divided by the
     processes per node, fixed when the run is created. Recorded with the run and reapplied on every attempt:
     float sums reassociate with the thread count, so bit-exact resume needs the same one."""
@@ -342,71 +285,66 @@ class RunConfig:
     """Validation loss every N optimizer steps (always at the end)."""
     eval_samples: int = 256
     """Size of the held-out validation slice."""
-    eval_batch_size: int = 8
+    eval_batch_size: int = Field(8, ge=1)
     """Sequences per evaluation forward."""
-    checkpoint_every: int | Literal["auto"] = "auto"
+    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """Checkpoint every N optimizer steps (and at the end); `auto`: chosen from the measured cost of a
     save and the run's failure rate, so saves take <= 2% of training and <= 10 min of work is at risk."""
-    checkpoint_every_seconds: float | None = None
+    checkpoint_every_seconds: Annotated[Number, Field(gt=0)] | None = None
     """Also checkpoint when this many seconds passed since the last save (with `auto` or an integer)."""
     checkpoint_async: bool = True
     """Write checkpoints in the background: training stalls only to copy the state to host memory,
     which costs host RAM the size of a checkpoint (falls back to synchronous when it does not fit)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = Field(2, ge=2)
     """How many checkpoints to keep (>= 2, so a torn one always has a predecessor)."""
-    max_restarts: int = 10
+    max_restarts: int = Field(10, ge=0)
     """Restarts after failures that escalation cannot fix (crash, hang) before the run is `failed`."""
-    restart_backoff: float = 2.0
+    restart_backoff: Number = Field(2.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Seconds before the first such restart; doubles each time (exponential backoff)."""
-    restart_backoff_max: float = 120.0
+    restart_backoff_max: Number = Field(120.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Longest wait between restarts, in seconds."""
-    crash_loop_limit: int = 3
+    crash_loop_limit: int = Field(3, ge=2)
     """The same failure at the same step this many times in a row, with no progress: the run is `failed`."""
-    healthy_seconds: float = 600.0
+    healthy_seconds: Number = 600.0
     """An attempt that trained this long resets the restart budget."""
-    kill_backoff: float = 5.0
+    kill_backoff: Number = Field(5.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Seconds before restarting a child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the
     OOM killer); doubles with each such kill in a row. These restarts never give up and do not count toward
     max_restarts or crash_loop_limit: an operator's or a scheduler's kill is not a bug."""
-    kill_backoff_max: float = 600.0
+    kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Longest wait between restarts after outside kills, in seconds."""
-    start_rungs: list[str] = field(default_factory=list)
+    start_rungs: list[str] = Field(default_factory=list)
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
     start_plan: dict[str, Any] | None = None
     """The exact first plan (Plan fields, as `tamer plan --json` prints them); overrides the planner and start_rungs."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: `auto` = the GPU when there is one."""
-    gpu_mem_cap: str | None = None
+    gpu_mem_cap: ByteSize | None = None
     """Cap the child's GPU memory (e.g. `15GiB`) with set_per_process_memory_fraction."""
-    host_mem_cap: str | None = None
+    host_mem_cap: ByteSize | None = None
     """Cap the child's address space growth after setup (RLIMIT_AS), e.g. `2GiB`: a real host OOM on purpose."""
     memory_snapshot: bool = False
     """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
-    inject: list[str] = field(default_factory=list)
+    inject: list[str] = Field(default_factory=list)
     """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
-    progress_every_seconds: float = 30.0
+    progress_every_seconds: Number = Field(30.0, ge=1)
     """Without a terminal (piped, nohup, systemd): print a progress line at least this often while steps advance; costs nothing."""
-    progress_every_steps: int = 50
+    progress_every_steps: int = Field(50, ge=1)
     """Without a terminal: also print a progress line every N optimizer steps."""
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    ladder: LadderConfig = field(default_factory=LadderConfig)
-    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    deescalate: DeescalateConfig = field(default_factory=DeescalateConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    ladder: LadderConfig = Field(default_factory=LadderConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig)
 
-    def __post_init__(self) -> None:
-        positive = ("max_seq_len", "effective_batch_size", "micro_batch_size", "epochs", "eval_batch_size",
-                    "batch_multiple", "length_window", "progress_every_seconds", "progress_every_steps")
-        if self.checkpoint_every != "auto":
-            positive += ("checkpoint_every",)
-        if self.checkpoint_every_seconds is not None and self.checkpoint_every_seconds <= 0:
-            raise ConfigError(f"checkpoint_every_seconds: must be > 0, got {self.checkpoint_every_seconds}")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+    FOREIGN_NAMES = FOREIGN_NAMES
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        """Checks across keys (each key's own bounds are declared on it)."""
         if self.effective_batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"micro_batch_size: {self.micro_batch_size} does not divide effective_batch_size "
@@ -418,16 +356,6 @@ class RunConfig:
                 f"effective_batch_size: {self.effective_batch_size} sequences cannot be shared evenly by {world} processes; "
                 f"use a multiple of {world} or fewer GPUs"
             )
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(f"torch_threads: must be >= 1, got {self.torch_threads}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
-        if self.keep_checkpoints < 2:
-            raise ConfigError(f"keep_checkpoints: must be >= 2, got {self.keep_checkpoints}")
-        if self.crash_loop_limit < 2:
-            raise ConfigError(f"crash_loop_limit: must be >= 2, got {self.crash_loop_limit}")
-        if self.max_restarts < 0:
-            raise ConfigError(f"max_restarts: must be >= 0, got {self.max_restarts}")
         from tamer.strategies import registry
 
         for index, name in enumerate(self.start_rungs):
@@ -439,29 +367,20 @@ class RunConfig:
         if self.start_plan is not None:
             from tamer.plan import Plan
 
-            try:  # strict: an unknown key or a wrong value is an error, never silently ignored
-                plan = _build(Plan, {"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
-            except TypeError as error:
-                raise ConfigError(f"start_plan: not a plan ({error}); copy one from `tamer plan --json`") from None
+            # strict: an unknown key or a wrong value is an error, never silently ignored
+            plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
             if plan.effective_batch_size != self.effective_batch_size:
                 raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
                                   f"but effective_batch_size is {self.effective_batch_size}")
-        if self.restart_backoff < 0 or self.restart_backoff_max < 0:
-            raise ConfigError("restart_backoff: must be >= 0 seconds")
-        if self.kill_backoff < 0 or self.kill_backoff_max < 0:
-            raise ConfigError("kill_backoff: must be >= 0 seconds")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         for name in ("gpu_mem_cap", "host_mem_cap"):
-            if getattr(self, name) is not None and parse_size(getattr(self, name), name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap")
         if self.init == "random" and not self.architecture:
             raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
         from tamer.inject import parse_faults
 
         parse_faults(self.inject)
+        return self
 
     @property
     def batching_mode(self) -> str:
@@ -484,10 +403,11 @@ class RunConfig:
         if self.torch_threads is not None:
             return self
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return dataclasses.replace(self, torch_threads=max(1, available // self.distributed.nproc_per_node))
+        return self.model_copy(update={"torch_threads": max(1, available // self.distributed.nproc_per_node)})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (sizes as written), as stored in the runs table; `config_from_dict` reads it back."""
+        return self.model_dump()
 
     def config_hash(self) -> str:
         """Hash of what decides the training result (not restarts, caps or injected faults)."""
@@ -499,106 +419,6 @@ class RunConfig:
                      "kill_backoff_max", "deescalate", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "llama-3.2-1b": {
-        "model": "meta-llama/Llama-3.2-1B",
-        "architecture": LLAMA_3_2_1B_ARCHITECTURE,
-    },
-    "tiny": {
-        "model": "tiny-llama",
-        "init": "random",
-        "architecture": TINY_ARCHITECTURE,
-        "tokenizer": "bundled",
-        "data": "bundled",
-        "learning_rate": 1e-3,
-        "eval_samples": 64,
-        "checkpoint_every": 10,
-        "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
-    },
-}
-
-
-# Other trainers' names for tamer's keys: refused with the tamer key to use rather than accepted as
-# aliases, so that each setting has one name (and a batch is never set twice, as in HF).
-FOREIGN_NAMES = {
-    "gradient_accumulation_steps": "tamer derives accumulation as effective_batch_size / micro_batch_size: set effective_batch_size "
-                                   "(sequences per optimizer step)",
-    "per_device_train_batch_size": "use micro_batch_size (the first plan's micro-batch, which tamer may halve) and "
-                                   "effective_batch_size (sequences per optimizer step, which never changes)",
-    "num_train_epochs": "use epochs",
-    "num_epochs": "use epochs",
-    "sequence_len": "use max_seq_len",
-    "lr": "use learning_rate",
-    "lora_r": "use lora: {r: ...}",
-    "lora_alpha": "use lora: {alpha: ...}",
-    "lora_dropout": "use lora: {dropout: ...}",
-}
-_FLOAT_SPELLING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping", list: "a list"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """`value` checked against the annotation `tp`; nested dataclasses are built from mappings."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        others = [a for a in args if a is not type(None)]
-        errors = []
-        for candidate in others:
-            try:
-                return _coerce(value, candidate, path)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: expected one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return _build(tp, value, path + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        return [_coerce(item, args[0], f"{path}[{i}]") for i, item in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _FLOAT_SPELLING.match(value.strip()):
-        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
-    if tp is Any:
-        return value
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            if not prefix and key in FOREIGN_NAMES:
-                raise ConfigError(f"{key}: not a tamer key (Hugging Face / axolotl spelling); {FOREIGN_NAMES[key]}")
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"{prefix}{key}: unknown key; {hint}known keys: {', '.join(sorted(names))}")
-    values = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
-    return cls(**values)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -679,9 +499,9 @@ def build_config(
         _set_path(data, key, value)
     if "micro_batch_size" not in data and "effective_batch_size" in data:
         data["micro_batch_size"] = data["effective_batch_size"]
-    return _build(RunConfig, data)
+    return RunConfig.from_mapping(data)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """A RunConfig from its stored dict (as in the runs table)."""
-    return _build(RunConfig, data)
+    return RunConfig.from_mapping(data)

@@ -40,11 +40,13 @@ class DeviceFacts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceFacts:
+        """Facts from their to_dict() (JSON) form, strictly: an unknown key or a wrong value is a ConfigError."""
+        from tamer.schema import validate
+
         data = dict(data)
         if data.get("compute_capability") is not None:
             data["compute_capability"] = tuple(data["compute_capability"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return validate(cls, data, "device.")
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,14 @@ class Plan:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
+    def from_dict(cls, data: dict[str, Any], prefix: str = "plan.") -> Plan:
+        """A plan from its JSON form, strictly: an unknown key or a wrong value is a one-line ConfigError."""
+        from tamer.schema import validate
+
         data = dict(data)
-        data["rungs"] = tuple(data.get("rungs", ()))
-        data["env"] = dict(data.get("env", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if isinstance(data.get("rungs"), list):
+            data["rungs"] = tuple(data["rungs"])
+        return validate(cls, data, prefix)
 
     def describe(self) -> str:
         """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""

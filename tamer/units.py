@@ -1,12 +1,20 @@
-"""Byte sizes as people write them: `15GiB`, `512MiB`, `16GB`, `1.5G`, or a plain number of bytes."""
+"""Byte sizes as people write them: `15GiB`, `512MiB`, `16GB`, `1.5G`, or a plain number of bytes.
+
+The one parser of sizes: config values (`ByteSize`, parsed once when the config is validated), the
+sizes in CUDA's out-of-memory messages (tamer/daemon/outcome.py) and command-line options.
+"""
+
+from __future__ import annotations
 
 import re
+from typing import Any
 
 from tamer.errors import ConfigError
 
 _UNITS = {
     "": 1,
     "b": 1,
+    "bytes": 1,
     "k": 1024,
     "kb": 1000,
     "kib": 1024,
@@ -31,7 +39,43 @@ def parse_size(text: str | int | float, what: str = "size") -> int:
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise ConfigError(f"{what}: '{text}' is not a size; write e.g. 15GiB, 512MiB or 16GB")
-    return int(float(match.group(1)) * _UNITS[unit])
+    return round(float(match.group(1)) * _UNITS[unit])
+
+
+class ByteSize(int):
+    """A number of bytes that remembers how it was written: arithmetic sees bytes; `str()` and the stored
+    config see the spelling (`15GiB`), so a config round-trips as the user wrote it."""
+
+    text: str
+
+    def __new__(cls, value: str | int | float, what: str = "size") -> ByteSize:
+        size = super().__new__(cls, parse_size(value, what))
+        size.text = value if isinstance(value, str) else str(int(value))
+        return size
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"ByteSize({self.text!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda size: size.text))
+
+    @classmethod
+    def _validate(cls, value: Any) -> ByteSize:
+        if isinstance(value, ByteSize):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expected a size such as 15GiB, got {value!r}")
+        try:
+            return cls(value)
+        except ConfigError:  # pydantic reports a ValueError under the key's path
+            raise ValueError(f"'{value}' is not a size; write e.g. 15GiB, 512MiB or 16GB") from None
 
 
 def format_size(num_bytes: int | float | None) -> str:

@@ -39,7 +39,7 @@ from tamer.planner.candidates import plan_key
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
-from tamer.units import format_size, parse_size
+from tamer.units import format_size
 
 
 class Deescalation:
@@ -49,8 +49,8 @@ class Deescalation:
         self.db = db
         self.run_id = run_id
         self.knobs = config.deescalate
-        self.min_squeeze = parse_size(self.knobs.min_squeeze)
-        self.cap_budget = parse_size(config.gpu_mem_cap) + CUDA_CONTEXT_BYTES if config.gpu_mem_cap else None
+        self.min_squeeze = self.knobs.min_squeeze
+        self.cap_budget = config.gpu_mem_cap + CUDA_CONTEXT_BYTES if config.gpu_mem_cap else None
         self.safety_margin = config.planner.safety_margin
         self.predicted_peak = predicted_peak
         self.path = run_dir / "squeeze.json"

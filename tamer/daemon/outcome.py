@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from tamer.errors import ERROR_BY_EXIT_CODE, EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES
 from tamer.inject import PHASES
+from tamer.units import parse_size
 
 OutcomeKind = Literal[
     "done",
@@ -66,7 +67,6 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # killed from outside, not by a bug in it (a crash ends in SIGSEGV, SIGABRT, SIGBUS or an exception).
 OUTSIDE_KILL_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
-_UNIT_BYTES = {"b": 1, "bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _SIZE = r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>bytes|B|KiB|MiB|GiB|TiB)\b"
 # Both torch formats: the new one (2.1+) in sentences, the old one in a parenthesis. torch 2.1
 # spelled "capacty", hence `capac\w*`.
@@ -89,7 +89,7 @@ _OTHER_PROCESS = re.compile(rf"process \d+ has {_SIZE} memory in use", re.IGNORE
 
 
 def _bytes(match: re.Match[str]) -> int:
-    return round(float(match.group("value")) * _UNIT_BYTES[match.group("unit").lower()])
+    return parse_size(match.group("value") + match.group("unit"))
 
 
 def parse_oom_message(text: str) -> dict[str, int]:
@@ -146,8 +146,10 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """An outcome from its to_dict() form, strictly: an unknown key or a wrong value is a ConfigError."""
+        from tamer.schema import validate
+
+        return validate(cls, data, "outcome.")
 
 
 def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:

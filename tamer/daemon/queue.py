@@ -23,7 +23,6 @@ Processes and signals: daemon -> supervisor (`tamer resume`, new session, PR_SET
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
 
 from tamer.config import RunConfig
@@ -51,6 +49,7 @@ from tamer.errors import (
 )
 from tamer.state.db import Database
 from tamer.state.home import Home
+from tamer.state.lock import PidLock, lock_holder
 
 log = structlog.get_logger("tamer.daemon")
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -99,64 +98,6 @@ def systemd_unit(home: Home) -> str:
 
 
 # --- locks ------------------------------------------------------------------------------------------
-
-
-def lock_holder(path: Path) -> int | None:
-    """The pid written in the flock file `path` while a live process holds it; None when it is free.
-
-    A process that has just taken the lock may not have written its pid yet: then this waits a moment.
-    """
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            handle = open(path)
-        except FileNotFoundError:
-            return None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = handle.read().strip()
-            else:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                return None
-        if text.isdigit() and psutil.pid_exists(int(text)):
-            return int(text)
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
-
-
-class DaemonLock:
-    """An exclusive flock on `HOME/daemon.lock` holding the daemon's pid: one daemon per home."""
-
-    def __init__(self, home: Home) -> None:
-        self.home = home
-        self.path = daemon_lock_path(home)
-        self.handle: Any = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise LockedError(f"a tamer daemon (pid {holder}) already serves {self.home.root}; one daemon per home: "
-                              f"stop it first (kill -TERM {holder}, or systemctl --user stop tamer)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self.handle = handle
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
 
 
 def daemon_lock_path(home: Home) -> Path:
@@ -283,7 +224,8 @@ class Daemon:
         self.home = home
         self.poll_seconds = poll_seconds
         self.exit_when_empty = exit_when_empty
-        self.lock = DaemonLock(home)
+        self.lock = PidLock(daemon_lock_path(home), f"a tamer daemon (pid {{holder}}) already serves {home.root}; one daemon per home: "
+                                                    "stop it first (kill -TERM {holder}, or systemctl --user stop tamer)")
         self.job: subprocess.Popen | None = None
         self.stop_signal: int | None = None
 

@@ -13,7 +13,6 @@ plan when their memory is back: a stop at the next step boundary and a restart (
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -42,7 +41,6 @@ from tamer.errors import (
     EXIT_OK,
     EXIT_STOPPED_INT,
     EXIT_STOPPED_TERM,
-    LockedError,
     StateError,
 )
 from tamer.plan import DeviceFacts, Plan
@@ -50,8 +48,9 @@ from tamer.planner.candidates import plan_key
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
+from tamer.state.lock import PidLock
 from tamer.strategies import ladder
-from tamer.units import format_size, parse_size
+from tamer.units import format_size
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25
@@ -83,40 +82,12 @@ def create_run(home: Home, config: RunConfig) -> str:
         "id": run_id, "recipe": config.recipe, "preset": config.preset, "status": "queued",
         "config_json": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
         "run_dir": str(run_dir), "created_at": time.time(), "steps_done": 0, "samples_consumed": 0,
-        "gpu_mem_cap": parse_size(config.gpu_mem_cap) if config.gpu_mem_cap else None,
-        "host_mem_cap": parse_size(config.host_mem_cap) if config.host_mem_cap else None,
+        "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
+        "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
     db.event(run_id, "created", f"run created from preset {config.preset}", config=config.to_dict())
     db.close()
     return run_id
-
-
-class RunLock:
-    """An exclusive flock on `runs/<id>/lock`: one supervisor per run."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "lock"
-        self.handle: Any = None
-
-    def acquire(self, run_id: str) -> None:
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise LockedError(f"run {run_id} is already supervised by pid {holder}; wait for it, or stop it with `tamer stop {run_id}`") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
 
 
 class Supervisor:
@@ -128,7 +99,8 @@ class Supervisor:
         self.run_dir = Path(self.run["run_dir"])
         self.config = config_from_dict(json.loads(self.run["config_json"]))
         self.progress = progress
-        self.lock = RunLock(self.run_dir)
+        self.lock = PidLock(self.run_dir / "lock", f"run {self.run_id} is already supervised by pid {{holder}}; "
+                                                   f"wait for it, or stop it with `tamer stop {self.run_id}`")
         self.child: subprocess.Popen | None = None
         self.stop_signal: int | None = None
         self.crash_restarts = 0
@@ -147,7 +119,7 @@ class Supervisor:
         """Run attempts until the run is done, failed or stopped; returns the exit code."""
         if self.run["status"] == "done":
             raise StateError(f"run {self.run_id} already finished; `tamer show {self.run_id}` has its results")
-        self.lock.acquire(self.run_id)
+        self.lock.acquire()
         previous_handlers = self._install_signal_handlers()
         try:
             self._prepare()
@@ -207,20 +179,15 @@ class Supervisor:
         from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
         from tamer.planner.estimate import Workload
 
-        knobs = self.config.planner
-        policy = PlannerPolicy(allow_lora=knobs.allow_lora, allow_quantization=knobs.allow_quantization,
-                               allow_pure_bf16=knobs.allow_pure_bf16, min_micro_batch=knobs.min_micro_batch,
-                               safety_margin=knobs.safety_margin, rungs=tuple(self.config.ladder.order) + ("chunked_loss",),
-                               selective_checkpointing=knobs.selective_checkpointing)
-        cap = parse_size(self.config.gpu_mem_cap) if self.config.gpu_mem_cap else None
+        policy = PlannerPolicy.from_config(self.config)
         shape = shape_of(self.config)
         correction = correction_factor(observations(self.db, shape, self.facts.name))
-        budget = device_budget(self.facts.total_memory, cap)
+        budget = device_budget(self.facts.total_memory, self.config.gpu_mem_cap)
         if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
             budget = min(budget, self.deescalation.squeezed_budget)
         choice = choose(self.config, self.facts, budget, policy,
                         exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
-                        workload=Workload.from_config(self.config, supervised_per_sequence=knobs.supervised_per_sequence),
+                        workload=Workload.from_config(self.config, supervised_per_sequence=policy.supervised_per_sequence),
                         correction=correction)
         if choice is not None:
             self.db.event(self.run_id, "planner", choice.reason, plan=choice.plan.to_dict(), predicted=choice.predicted.to_dict(),

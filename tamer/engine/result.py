@@ -38,7 +38,6 @@ from tamer.recipes import squad
 from tamer.recipes.squad_score import score
 from tamer.state import checkpoints
 from tamer.state.db import Database
-from tamer.units import parse_size
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,7 +119,7 @@ def pick_device(config: RunConfig) -> torch.device:
     device = torch.device("cuda", torch.cuda.current_device())
     if config.gpu_mem_cap:  # the same cap as training: evaluation must fit where training did
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, parse_size(config.gpu_mem_cap) / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, config.gpu_mem_cap / total), device)
     return device
 
 

@@ -37,7 +37,6 @@ from tamer.plan import Plan
 from tamer.recipes import squad
 from tamer.state import checkpoints
 from tamer.state.db import Database
-from tamer.units import parse_size
 
 log = structlog.get_logger("tamer.child")
 
@@ -181,7 +180,7 @@ class Trainer:
             return
         torch.cuda.set_device(self.device)  # before joining the group: NCCL binds to the current device
         if self.config.gpu_mem_cap:
-            cap = parse_size(self.config.gpu_mem_cap)
+            cap = self.config.gpu_mem_cap
             total = torch.cuda.get_device_properties(self.device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), self.device)
         settings = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
@@ -194,7 +193,7 @@ class Trainer:
         if not self.config.host_mem_cap:
             return
         current = memory.vm_size()
-        limit = current + parse_size(self.config.host_mem_cap)
+        limit = current + self.config.host_mem_cap
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
         self.event("host_mem_cap", f"address space capped at {limit} bytes ({self.config.host_mem_cap} above setup)", limit=limit)

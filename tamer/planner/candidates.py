@@ -38,6 +38,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ConfigDict, model_validator
+
+from tamer.config import PlannerConfig, RunConfig
 from tamer.errors import ConfigError
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.estimate import (
@@ -63,35 +66,28 @@ NEED_OVERSHOOT = 1.01
 """After an OOM, the failed phase's estimate is raised to this much above the memory it could not get."""
 
 
-@dataclass(frozen=True)
-class PlannerPolicy:
-    """What the planner may change about training to fit the card."""
+class PlannerPolicy(PlannerConfig):
+    """What the planner may change about training to fit the card: the config's `planner` knobs (declared
+    once, in PlannerConfig) and the rungs its ladder allows. `tamer run` and `tamer plan` both build it
+    with `from_config`, so both pick the same plan."""
 
-    allow_lora: bool = True
-    """LoRA adapters instead of a full fine-tune (changes what is trained)."""
-    allow_quantization: bool = True
-    """int8 base weights (bitsandbytes; needs LoRA)."""
-    allow_pure_bf16: bool = False
-    """Pure bf16 weights and optimizer states (no fp32 master copy): fastest, but updates smaller
-    than bf16's resolution are lost."""
-    min_micro_batch: int = 1
-    """Smallest micro-batch the planner may split down to."""
-    safety_margin: float = 0.10
-    """Fraction of the budget (after the CUDA context) kept free: a plan fits when its predicted
-    peak reserved is within the rest."""
+    model_config = ConfigDict(frozen=True)
+
     rungs: tuple[str, ...] | None = None
     """Rungs the planner may use (e.g. the config's ladder.order + chunked_loss); None = all registered."""
-    selective_checkpointing: bool = True
-    """A chosen plan with checkpointing checkpoints only the fewest (first) layers predicted to fit."""
 
-    def __post_init__(self) -> None:
-        if self.min_micro_batch < 1:
-            raise ConfigError(f"planner.min_micro_batch: must be >= 1, got {self.min_micro_batch}")
-        if not 0.0 <= self.safety_margin < 1.0:
-            raise ConfigError(f"planner.safety_margin: must be in [0, 1), got {self.safety_margin}")
+    @model_validator(mode="after")
+    def _known_rungs(self) -> PlannerPolicy:
         for name in self.rungs or ():
             if name not in registry.names():
                 raise ConfigError(f"planner.rungs: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+        return self
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PlannerPolicy:
+        """The policy of a RunConfig: its planner knobs, and its ladder.order plus chunked_loss (which the
+        planner may always use: it changes no result)."""
+        return cls(**dict(config.planner), rungs=(*config.ladder.order, "chunked_loss"))
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def compare_with_one_gpu(config: Any, facts: DeviceFacts, budget: int, policy: A
 
     sequences = config.effective_batch_size
     compute, communication = step_seconds(plan, speed, shape, workload, sequences)
-    alone_config = dataclasses.replace(config, distributed=dataclasses.replace(config.distributed, nproc_per_node=1, nnodes=1))
+    alone_config = config.model_copy(update={"distributed": config.distributed.model_copy(update={"nproc_per_node": 1, "nnodes": 1})})
     single = choose(alone_config, facts, budget, policy, workload=workload)
     single_seconds = sum(step_seconds(single.plan, single.speed, shape, workload, sequences)) if single else None
     return WorldSizeNote(plan.world_size, compute, communication, gradient_bytes(shape, plan, workload),

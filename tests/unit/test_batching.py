@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tamer.config import TINY_ARCHITECTURE
+from tamer.presets import TINY_ARCHITECTURE
 from tamer.engine import batching
 from tamer.engine.loss import loss_sum
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder

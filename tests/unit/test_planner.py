@@ -12,7 +12,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from tamer.config import CARD_LADDER, LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE, build_config
+from tamer.config import CARD_LADDER, build_config
+from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner import (
     PlannerPolicy,

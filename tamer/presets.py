@@ -1,0 +1,67 @@
+"""Presets: the starting configs `--preset NAME` names, as plain config keys (tamer/config.py validates them).
+
+    tamer run squad --preset tiny        # a two-layer random Llama on the bundled SQuAD slice, CPU-sized
+
+A preset is the first layer of a config: the YAML file (`--config`), command-line options and `--set`
+go over it. Adding one is adding an entry to PRESETS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LLAMA_3_2_1B_ARCHITECTURE: dict[str, Any] = {
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "tie_word_embeddings": True,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+TINY_ARCHITECTURE: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        "model": "meta-llama/Llama-3.2-1B",
+        "architecture": LLAMA_3_2_1B_ARCHITECTURE,
+    },
+    "tiny": {
+        "model": "tiny-llama",
+        "init": "random",
+        "architecture": TINY_ARCHITECTURE,
+        "tokenizer": "bundled",
+        "data": "bundled",
+        "learning_rate": 1e-3,
+        "eval_samples": 64,
+        "checkpoint_every": 10,
+        "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
+    },
+}

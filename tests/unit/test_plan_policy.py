@@ -1,0 +1,68 @@
+"""The planner policy is declared once (the config's `planner` and `ladder.order`): `tamer plan` and the
+supervisor build it the same way and so pick the same first plan; `tamer plan`'s flags override the config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tamer.config import build_config
+from tamer.errors import ConfigError
+from tamer.planner.candidates import PlannerPolicy
+
+# Without checkpointing and LoRA in the config, the 1B model needs another plan at 15 GiB than the default
+# policy's (checked below, so that the comparison can fail).
+SETS = ["planner.allow_lora=false", "ladder.order=[expandable_segments, mixed_precision, paged_adamw_8bit, split_micro_batch]",
+        "gpu_mem_cap=15GiB"]
+
+
+def _tamer_plan(monkeypatch, *arguments: str) -> dict:
+    from tamer import cli
+
+    monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
+    sets = [item for value in SETS for item in ("--set", value)]
+    result = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "80GiB", "--json",
+                                          "--home", "/nonexistent-tamer-home", *sets, *arguments])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_policy_comes_from_the_config():
+    """from_config carries every planner knob and allows exactly ladder.order plus chunked_loss."""
+    config = build_config("llama-3.2-1b", sets=SETS + ["planner.min_micro_batch=2", "planner.safety_margin=0.2"])
+    policy = PlannerPolicy.from_config(config)
+    assert (policy.allow_lora, policy.min_micro_batch, policy.safety_margin) == (False, 2, 0.2)
+    assert policy.rungs == ("expandable_segments", "mixed_precision", "paged_adamw_8bit", "split_micro_batch", "chunked_loss")
+
+
+def test_tamer_plan_and_the_supervisor_pick_the_same_first_plan(tmp_path, monkeypatch):
+    """For one config and card, the plan `tamer plan` marks as chosen is the supervisor's first plan."""
+    from tamer.commands_plan import _device
+    from tamer.daemon.supervisor import Supervisor, create_run
+    from tamer.state.db import Database
+    from tamer.state.home import Home
+
+    shown = _tamer_plan(monkeypatch)["chosen"]["plan"]
+    default_policy = _tamer_plan(monkeypatch, "--lora", "--set", "ladder.order=[gradient_checkpointing, lora, mixed_precision]")
+    assert default_policy["chosen"]["plan"] != shown  # the config's policy decides the pick
+    home = Home.resolve(tmp_path)
+    run_id = create_run(home, build_config("llama-3.2-1b", sets=SETS))
+    database = Database(home.db_path, create=False)
+    database.update_run(run_id, device_json=json.dumps(_device("80GiB", None).to_dict()))
+    database.close()
+    supervisor = Supervisor(home, run_id)
+    supervisor._prepare()
+    assert supervisor.plan.to_dict() == shown
+    assert not shown["lora"] and not shown["gradient_checkpointing"]
+
+
+def test_tamer_plan_flags_override_the_config(monkeypatch):
+    """--safety-margin sets planner.safety_margin (as --set does) over the config's; a bad value gets the key's message."""
+    from_config = _tamer_plan(monkeypatch)["usable"]
+    from_flag = _tamer_plan(monkeypatch, "--safety-margin", "0.5")["usable"]
+    assert from_flag < from_config
+    assert _tamer_plan(monkeypatch, "--set", "planner.safety_margin=0.5")["usable"] == from_flag
+    with pytest.raises(ConfigError, match="planner.safety_margin: must be in \\[0, 1\\), got 1.5"):
+        build_config("llama-3.2-1b", options={"planner.safety_margin": 1.5})
