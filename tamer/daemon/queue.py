@@ -36,7 +36,6 @@ import psutil
 import structlog
 
 from tamer.config import RunConfig
-from tamer.daemon.child import die_with_parent
 from tamer.daemon.supervisor import create_run
 from tamer.errors import (
     ERROR_BY_EXIT_CODE,
@@ -49,6 +48,7 @@ from tamer.errors import (
     StateError,
     TamerError,
 )
+from tamer.protocol import die_with_parent
 from tamer.state.db import Database
 from tamer.state.home import Home
 
