@@ -298,6 +298,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
     prints one JSON line: the wall-clock end of each step and the peak reserved bytes."""
     import torch
 
+    from tamer.engine.collate import pad_batch
     from tamer.engine.loss import loss_sum
     from tamer.engine.model import build_model, materialize_random_init, trainable_parameters
     from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
@@ -337,7 +338,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
         total_loss = torch.zeros((), device=device)
         for start in range(0, len(sample_ids), plan.micro_batch_size):
             chunk = [examples[index] for index in sample_ids[start:start + plan.micro_batch_size]]
-            collated = squad.collate(chunk, tokenizer.pad_token_id, config.max_seq_len)
+            collated = pad_batch(chunk, tokenizer.pad_token_id, config.max_seq_len)
             batch = {key: value.to(device) for key, value in collated.items() if isinstance(value, torch.Tensor)}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 summed, _ = loss_sum(model, batch, CHUNK_SIZE if plan.chunked_loss else None)
