@@ -54,6 +54,7 @@ from typing import Any
 from tamer.config import build_config, config_from_dict
 from tamer.plan import Plan
 from tamer.planner import ModelShape, Workload, estimate
+from tamer.protocol import PLAN_FILE, attempt_dir
 from tamer.state.db import Database
 
 GIB = 2**30
@@ -239,7 +240,7 @@ def steps_of(steps: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
 
 def settled_plan(run_dir: Path, attempt: dict[str, Any]) -> Plan:
     """The plan an attempt ended with: the child rewrites attempts/<n>/plan.json when it splits in process."""
-    updated = run_dir / "attempts" / str(attempt["attempt"]) / "plan.json"
+    updated = attempt_dir(run_dir, attempt["attempt"]) / PLAN_FILE
     return Plan.from_dict(json.loads(updated.read_text() if updated.is_file() else attempt["plan_json"]))
 
 
