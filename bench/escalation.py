@@ -54,6 +54,7 @@ from typing import Any
 from tamer.config import build_config, config_from_dict
 from tamer.plan import Plan
 from tamer.planner import ModelShape, Workload, estimate
+from tamer.protocol import PLAN_FILE, attempt_dir
 from tamer.state.db import Database
 
 GIB = 2**30
@@ -239,7 +240,7 @@ def steps_of(steps: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
 
 def settled_plan(run_dir: Path, attempt: dict[str, Any]) -> Plan:
     """The plan an attempt ended with: the child rewrites attempts/<n>/plan.json when it splits in process."""
-    updated = run_dir / "attempts" / str(attempt["attempt"]) / "plan.json"
+    updated = attempt_dir(run_dir, attempt["attempt"]) / PLAN_FILE
     return Plan.from_dict(json.loads(updated.read_text() if updated.is_file() else attempt["plan_json"]))
 
 
@@ -298,6 +299,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
     prints one JSON line: the wall-clock end of each step and the peak reserved bytes."""
     import torch
 
+    from tamer.engine.collate import pad_batch
     from tamer.engine.loss import loss_sum
     from tamer.engine.model import build_model, materialize_random_init, trainable_parameters
     from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
@@ -336,7 +338,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
         total_loss = torch.zeros((), device=device)
         for start in range(0, len(sample_ids), plan.micro_batch_size):
             chunk = [examples[index] for index in sample_ids[start:start + plan.micro_batch_size]]
-            collated = squad.collate(chunk, tokenizer.pad_token_id, config.max_seq_len)
+            collated = pad_batch(chunk, tokenizer.pad_token_id, config.max_seq_len)
             batch = {key: value.to(device) for key, value in collated.items() if isinstance(value, torch.Tensor)}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 summed, _ = loss_sum(model, batch, CHUNK_SIZE if plan.chunked_loss else None)

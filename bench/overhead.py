@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tamer.config import build_config
+from tamer.engine.collate import pad_batch
 from tamer.engine.loss import loss_sum
 from tamer.engine.model import build_model, materialize_random_init
 from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
@@ -64,7 +65,7 @@ def bare_loop(args: argparse.Namespace, workdir: Path) -> float:
         ids = order.indices(step * plan.effective_batch_size, plan.effective_batch_size)
         supervised = sum(squad.answer_token_count(examples[i]) for i in ids)
         for start in range(0, len(ids), plan.micro_batch_size):
-            batch = squad.collate([examples[i] for i in ids[start:start + plan.micro_batch_size]], tokenizer.pad_token_id)
+            batch = pad_batch([examples[i] for i in ids[start:start + plan.micro_batch_size]], tokenizer.pad_token_id)
             summed, _ = loss_sum(model, batch)
             (summed / supervised).backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)

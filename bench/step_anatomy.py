@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tamer.config import PRESETS
+from tamer.engine.collate import pad_batch
 from tamer.engine.loss import SupervisedLoss
 from tamer.recipes import squad
 from tamer.units import parse_size
@@ -57,9 +58,9 @@ def layouts(examples: list[squad.Example], pad_id: int) -> dict[str, list[dict[s
     """The same samples as one micro-batch in each layout (a list of micro-batches each)."""
     longest = max(len(e.input_ids) for e in examples)
     out = {
-        "padded 8 x 512": [squad.collate(examples, pad_id, 512)],
-        f"padded to longest (8 x {longest})": [squad.collate(examples, pad_id, None)],
-        f"bucket of 64 (8 x {-(-longest // 64) * 64})": [squad.collate(examples, pad_id, -(-longest // 64) * 64)],
+        "padded 8 x 512": [pad_batch(examples, pad_id, 512)],
+        f"padded to longest (8 x {longest})": [pad_batch(examples, pad_id, None)],
+        f"bucket of 64 (8 x {-(-longest // 64) * 64})": [pad_batch(examples, pad_id, -(-longest // 64) * 64)],
     }
     ids, labels, positions = [], [], []
     for example in examples:

@@ -165,6 +165,7 @@ def hf_run(arguments: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
+    from tamer.engine.collate import pad_batch
     from tamer.recipes import squad
     from tamer.units import parse_size
 
@@ -181,7 +182,7 @@ def hf_run(arguments: argparse.Namespace) -> None:
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         chosen = [squad.Example(0, "", feature["input_ids"], feature["labels"], False) for feature in features]
-        batch = squad.collate(chosen, tokenizer.pad_token_id, 512 if mode == "hf_max_len" else None)
+        batch = pad_batch(chosen, tokenizer.pad_token_id, 512 if mode == "hf_max_len" else None)
         return {name: batch[name] for name in ("input_ids", "attention_mask", "labels")}
 
     step_times: list[float] = []

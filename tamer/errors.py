@@ -4,17 +4,22 @@ The CLI prints `error: <message>` on one line and exits with the code; the child
 same code so that the supervisor knows not to retry what a restart cannot fix.
 """
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # the run ended `failed` (ladder exhausted, restart budget spent, ...)
-EXIT_CONFIG = 2  # bad config, YAML, --set, preset, option value
-EXIT_DATA = 3  # missing or malformed data file
-EXIT_MODEL = 4  # missing, gated or unloadable model / tokenizer
-EXIT_STATE = 5  # unknown run, corrupt or foreign database
-EXIT_LOCKED = 6  # another supervisor holds the run
-EXIT_STOPPED_INT = 130  # stopped by SIGINT
-EXIT_STOPPED_TERM = 143  # stopped by SIGTERM
+from tamer.protocol import (  # the exit codes are part of the supervisor-child contract; re-exported here
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_STATE,
+    EXIT_STOPPED_INT,
+    EXIT_STOPPED_TERM,
+    NOT_RETRYABLE_EXIT_CODES,
+)
 
-NOT_RETRYABLE_EXIT_CODES = frozenset({EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, EXIT_STATE})
+__all__ = ["EXIT_CONFIG", "EXIT_DATA", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_MODEL", "EXIT_OK", "EXIT_STATE", "EXIT_STOPPED_INT",
+           "EXIT_STOPPED_TERM", "NOT_RETRYABLE_EXIT_CODES", "ConfigError", "DataError", "ERROR_BY_EXIT_CODE", "LockedError",
+           "ModelError", "StateError", "TamerError"]
 
 
 class TamerError(Exception):

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tamer.errors import ConfigError
+from tamer.protocol import PHASES
 
 KINDS = ("oom", "host_oom", "crash", "kill", "segv", "hang", "enospc", "stall")
-PHASES = ("load", "forward", "backward", "optimizer", "checkpoint", "eval")
 
 
 @dataclass(frozen=True)

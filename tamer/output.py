@@ -1,4 +1,4 @@
-"""Printing for people and for pipes, shared by every `tamer` command (tamer/cli.py, commands_*.py).
+"""Printing for people and for pipes, shared by every `tamer` command (tamer/cli/).
 
 Identifiers (run ids, rung names, plan text, losses) are never cut with `…`: a table cell folds onto
 a second line instead when a terminal is too narrow, and run ids and rung names stay whole. When stdout is not a terminal (a file, a

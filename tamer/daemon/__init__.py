@@ -1,1 +1,4 @@
-"""The supervisor and the child it runs: spawn, watch, classify each exit, and train."""
+"""The supervisor side: spawn the child (tamer/engine/child.py), watch it, classify each exit, choose the next plan.
+
+Nothing here imports torch or tamer.engine (tests/unit/test_architecture.py); the contract with the child is tamer/protocol.py.
+"""

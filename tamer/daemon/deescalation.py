@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from tamer.daemon.card import CardView, read_card
-from tamer.daemon.child import STOP_FILE
 from tamer.daemon.outcome import Outcome, parse_oom_message
 from tamer.daemon.squeeze import (
     PlanRecord,
@@ -35,6 +34,7 @@ from tamer.daemon.squeeze import (
     squeeze_at_oom,
 )
 from tamer.plan import Plan
+from tamer.protocol import PLAN_FILE, STOP_FILE
 from tamer.planner.candidates import plan_key
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES
 from tamer.state.checkpoints import write_json_atomic
@@ -122,7 +122,7 @@ class Deescalation:
         """A child that halved its micro-batch in process and went on (its `plan.json` changed): when others
         held the card then, remember the squeeze of the plan it started with. Cheap when nothing changed."""
         try:
-            changed = (number, (attempt_dir / "plan.json").stat().st_mtime)
+            changed = (number, (attempt_dir / PLAN_FILE).stat().st_mtime)
         except OSError:
             return None
         if changed == self.split_seen or not self.knobs.enabled:

@@ -14,29 +14,11 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tamer.errors import ERROR_BY_EXIT_CODE, EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES
-from tamer.inject import PHASES
+from tamer.errors import ERROR_BY_EXIT_CODE
+from tamer.protocol import EXIT_CONFIG, EXIT_DATA, EXIT_EXCEPTION, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES, PHASES, OutcomeKind
 from tamer.units import parse_size
-
-OutcomeKind = Literal[
-    "done",
-    "cuda_oom",
-    "host_oom",
-    "crash",
-    "hang",
-    "stopped",
-    "config_error",
-    "data_error",
-    "model_error",
-    "lost",
-    "dist_failure",
-    "outside_kill",
-]
-
-CHILD_EXCEPTION_EXIT = 10
-"""The child's exit status after an exception it reported."""
 
 MESSAGE_LIMIT = 300
 
@@ -318,7 +300,7 @@ def _rank_status(report: dict[str, Any]) -> int:
         return 128 + int(report.get("signal") or signal.SIGTERM)
     if status == "error":
         return int(report.get("exit_code") or 1)
-    return CHILD_EXCEPTION_EXIT
+    return EXIT_EXCEPTION
 
 
 def _is_dist_error(report: dict[str, Any]) -> bool:

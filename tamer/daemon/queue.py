@@ -34,7 +34,6 @@ from typing import Any
 import structlog
 
 from tamer.config import RunConfig
-from tamer.daemon.child import die_with_parent
 from tamer.daemon.supervisor import create_run
 from tamer.errors import (
     ERROR_BY_EXIT_CODE,
@@ -47,6 +46,7 @@ from tamer.errors import (
     StateError,
     TamerError,
 )
+from tamer.protocol import die_with_parent
 from tamer.state.db import Database
 from tamer.state.home import Home
 from tamer.state.lock import PidLock, lock_holder

@@ -31,7 +31,6 @@ import tenacity
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
 from tamer.daemon.card import settled_card
-from tamer.daemon.child import STOP_FILE
 from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
@@ -44,6 +43,7 @@ from tamer.errors import (
     StateError,
 )
 from tamer.plan import DeviceFacts, Plan
+from tamer.protocol import STOP_FILE
 from tamer.planner.candidates import plan_key
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
@@ -373,11 +373,11 @@ class Supervisor:
 
     def _command(self, number: int) -> list[str]:
         """The child's command line: the child module, or torchrun launching one per process."""
-        child = ["-m", "tamer.daemon.child", str(self.run_dir), str(number)]
+        child = ["-m", "tamer.engine.child", str(self.run_dir), str(number)]
         if self.plan.world_size == 1:
             return [sys.executable, *child]
         spread = self.config.distributed
-        launcher = [sys.executable, "-m", "tamer.daemon.launch", "--nproc-per-node", str(spread.nproc_per_node),
+        launcher = [sys.executable, "-m", "tamer.engine.launch", "--nproc-per-node", str(spread.nproc_per_node),
                     "--nnodes", str(spread.nnodes), "--max-restarts", "0", "--monitor-interval", "0.1"]
         if spread.nnodes == 1:
             launcher.append("--standalone")

@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from tamer.engine.collate import pad_batch
 from tamer.recipes import squad
 
 Mode = Literal["longest", "max_len", "bucket", "packed"]
@@ -78,7 +79,7 @@ def collate(examples: list[squad.Example], mode: Mode, pad_id: int, max_seq_len:
         return pack(examples, pad_id, multiple)
     longest = max(len(example.input_ids) for example in examples)
     pad_to = {"longest": None, "max_len": max_seq_len, "bucket": bucket_length(longest, multiple, max_seq_len)}[mode]
-    collated = squad.collate(examples, pad_id, pad_to)
+    collated = pad_batch(examples, pad_id, pad_to)
     return {name: value for name, value in collated.items() if isinstance(value, torch.Tensor)}
 
 

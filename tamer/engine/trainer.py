@@ -3,7 +3,7 @@ valid checkpoint, train, checkpoint, evaluate, and write every step to SQLite.
 
 Reads top to bottom: `Trainer.run()` is setup -> resume -> loop -> final checkpoint and evaluation.
 `phase`, `step` and `micro_batch_size` always say where the attempt is, so a failure can be reported
-with its phase (the child's report, tamer/daemon/child.py).
+with its phase (the child's report, tamer/engine/child.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import structlog
 import torch
 
 from tamer.config import RunConfig
-from tamer.daemon.child import STOP_FILE, heartbeat_name
 from tamer.engine import batching, distributed, memory, result, snapshot
 from tamer.engine.checkpointing import Checkpointer, ResumeCheck
 from tamer.engine.faults import FaultPlan
@@ -34,6 +33,7 @@ from tamer.engine.optim import build_optimizer, build_scheduler, repage_state, r
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
+from tamer.protocol import STOP_FILE, heartbeat_name
 from tamer.recipes import squad
 from tamer.state import checkpoints
 from tamer.state.db import Database

@@ -3,14 +3,17 @@
 Per GPU through NVML: name, total, used, free and the other processes holding memory. From torch: what
 this process can get (`torch.cuda.mem_get_info`), the CUDA context's own cost (NVML used after torch
 initialises a device minus before), the allocator settings in force, bf16 support. Then whether
-bitsandbytes imports and runs a tiny quantize/dequantize. Every probe reports its failure as a fact,
-so the doctor works, and says so, on a machine without a GPU, NVML or bitsandbytes.
+bitsandbytes imports and runs a tiny quantize/dequantize. The torch and bitsandbytes probes run in a
+child process (tamer/engine/doctor.py): the CLI side never imports torch. Every probe reports its
+failure as a fact, so the doctor works, and says so, on a machine without a GPU, NVML or bitsandbytes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ GAP_EXPLANATION = (
     "what is left after the other processes too."
 )
 ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+PROBE_TIMEOUT_SECONDS = 300  # importing torch and initialising every GPU, on a slow disk
 
 
 def _error_text(error: BaseException) -> str:
@@ -96,84 +100,22 @@ def _gpu_processes(handle: Any) -> list[dict[str, Any]]:
     return list(processes.values())
 
 
-def _nvml_used(uuid: str) -> int | None:
-    try:
-        import pynvml
-
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByUUID(uuid)).used)
-    except Exception:
-        return None
-
-
-def torch_facts(nvml: dict[str, Any]) -> dict[str, Any]:
-    """What torch sees; on each CUDA device, initialising it measures the context's cost through NVML."""
-    import torch
-
-    facts: dict[str, Any] = {
-        "version": torch.__version__,
-        "cuda_build": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "cpu_bf16": _cpu_bf16(torch),
-        "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES},
-        "devices": [],
-    }
-    if not facts["cuda_available"]:
-        return facts
-    by_uuid = {gpu["uuid"]: gpu for gpu in nvml.get("gpus", [])}
-    for index in range(torch.cuda.device_count()):
-        properties = torch.cuda.get_device_properties(index)
-        uuid = str(properties.uuid)
-        uuid = uuid if uuid.startswith("GPU-") else "GPU-" + uuid
-        before = by_uuid[uuid]["used"] if uuid in by_uuid else None
-        free, total = torch.cuda.mem_get_info(index)  # creates this process's context on the device
-        after = _nvml_used(uuid)
-        facts["devices"].append({
-            "index": index, "name": properties.name, "uuid": uuid, "capability": f"{properties.major}.{properties.minor}",
-            "total": total, "free_for_this_process": free,
-            "context_overhead": after - before if before is not None and after is not None else None,
-            "bf16": torch.cuda.is_bf16_supported(),
-        })
-    facts["allocator_backend"] = torch.cuda.memory.get_allocator_backend()
-    getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    try:
-        facts["allocator_in_force"] = getter() if getter else None
-    except Exception as error:
-        facts["allocator_in_force"] = _error_text(error)
-    return facts
-
-
-def _cpu_bf16(torch: Any) -> bool:
-    try:
-        torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)
-        return True
-    except Exception:
-        return False
-
-
-def bitsandbytes_facts(cuda: bool) -> dict[str, Any]:
-    """Whether bitsandbytes imports and round-trips a tiny blockwise 8-bit quantization (on the GPU when there is one)."""
-    try:
-        import bitsandbytes
-        import bitsandbytes.functional as functional
-        import torch
-
-        values = torch.linspace(-1, 1, 256, device="cuda" if cuda else "cpu")
-        quantized, state = functional.quantize_blockwise(values)
-        error = float((functional.dequantize_blockwise(quantized, state) - values).abs().max())
-    except Exception as error:
-        return {"usable": False, "reason": _error_text(error)}
-    return {"usable": error < 0.05, "version": bitsandbytes.__version__, "device": "cuda" if cuda else "cpu",
-            "round_trip_error": error}
-
-
 def diagnose() -> dict[str, Any]:
     """All the doctor's facts, as plain data (what `tamer doctor --json` prints)."""
     nvml = nvml_facts()  # before torch touches CUDA: the baseline for the context's cost
-    torch_part = torch_facts(nvml)
-    return {
-        "host": host_facts(),
-        "nvml": nvml,
-        "torch": torch_part,
-        "bitsandbytes": bitsandbytes_facts(torch_part["cuda_available"]),
-        "explanation": GAP_EXPLANATION,
-    }
+    return {"host": host_facts(), "nvml": nvml, **torch_side_facts(nvml), "explanation": GAP_EXPLANATION}
+
+
+def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
+    """`torch` and `bitsandbytes` facts from `python -m tamer.engine.doctor`: the CLI never imports torch,
+    and a fresh process is also what measures the CUDA context's cost. What the child prints goes to stderr."""
+    command = [sys.executable, "-m", "tamer.engine.doctor", json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])})]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS)
+        sys.stderr.write(done.stderr)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as error:
+        reason = f"the torch probe ({' '.join(command[:3])}) failed: {_error_text(error)}"
+        return {"torch": {"version": None, "cuda_build": None, "cuda_available": False, "cpu_bf16": False, "error": reason,
+                          "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES}, "devices": []},
+                "bitsandbytes": {"usable": False, "reason": reason}}

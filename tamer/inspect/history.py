@@ -19,18 +19,16 @@ from __future__ import annotations
 import json
 import re
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamer.daemon.outcome import OutcomeKind, parse_oom_message
+from tamer.daemon.outcome import parse_oom_message
 from tamer.errors import ConfigError
-from tamer.inject import PHASES
 from tamer.plan import Plan
+from tamer.protocol import HEARTBEAT, HEARTBEAT_PHASES, IN_STEP_PHASES, OUTCOME_KINDS, attempt_dir
 from tamer.state.db import Database
 
-OUTCOME_KINDS = typing.get_args(OutcomeKind)
 # Outcomes that are not failures: shown by `tamer history` only when asked for with --kind.
 NOT_FAILURES = ("done", "stopped")
 IN_PROCESS_SPLIT = "in_process_split"
@@ -97,16 +95,11 @@ class RunRows:
         return 0 if self.event("start", attempt) is not None else None
 
 
-# Phases in which the failed step was under way; after the others the last completed step is the one meant.
-IN_STEP_PHASES = ("forward", "backward", "optimizer")
-HEARTBEAT_PHASES = (*PHASES, "between_steps")
-
-
 def last_heartbeat(run: dict[str, Any], attempt: int) -> str | None:
     """The phase rank 0 of `attempt` last reported in its heartbeat file (`phase first_step`), if any:
     what a child killed without a word (SIGKILL) was doing."""
     try:
-        phase = (Path(run["run_dir"]) / "attempts" / str(attempt) / "heartbeat").read_text().split()[0]
+        phase = (attempt_dir(Path(run["run_dir"]), attempt) / HEARTBEAT).read_text().split()[0]
     except (OSError, IndexError, TypeError):
         return None
     return phase if phase in HEARTBEAT_PHASES else None
@@ -124,6 +117,7 @@ def where_it_ended(rows: RunRows, attempt: dict[str, Any]) -> tuple[str | None, 
     began = rows.event("start", attempt["attempt"]) is not None or rows.event("resume", attempt["attempt"]) is not None
     if phase == "load" or not began:
         return phase, None, reached
+    # In-step phases: the failed step was under way; after the others the last completed step is the one meant.
     return phase, reached + 1 if phase in IN_STEP_PHASES or phase is None else reached, reached
 
 

@@ -6,7 +6,7 @@ fastest plan that fits, instead of climbing the card ladder one OOM at a time.
 - candidates.py: the plans a policy allows, and `choose()`, steered by past OOMs.
 - calibrate.py: measured vs predicted peaks of past attempts, and the correction they imply.
 
-`tamer plan` (tamer/commands_plan.py) prints the candidates and the choice.
+`tamer plan` (tamer/cli/commands_plan.py) prints the candidates and the choice.
 """
 
 from tamer.planner.calibrate import Observation, correction_factor, observations

@@ -1,13 +1,15 @@
 """The SQuAD recipe: questions in, padded batches with answer-only labels out.
 
 Read top to bottom: load the records (hub, a local SQuAD v1.1 JSON file, or the bundled slice), hold
-some out for evaluation, load the tokenizer, turn each record into a prompt plus target, and collate.
+some out for evaluation, load the tokenizer, and turn each record into a prompt plus target. No torch
+here: the supervisor checks data with it before a run starts; the child pads examples into tensors
+(tamer/engine/collate.py).
 
     records = load_records("bundled")
     train_records, eval_records = split_train_eval(records, eval_samples=64, seed=0)
     tokenizer = load_tokenizer("bundled", model="tiny-llama")
     examples, stats = build_examples(train_records, tokenizer, max_seq_len=512)
-    batch = collate(examples[:8], pad_id=tokenizer.pad_token_id)
+    batch = pad_batch(examples[:8], pad_id=tokenizer.pad_token_id)  # tamer/engine/collate.py
 
 Each example reads `Context: {context}\\nQuestion: {question}\\nAnswer: {answer}</s>`; the loss covers
 the answer and the end-of-sequence token only. An example longer than `max_seq_len` loses context
@@ -22,8 +24,6 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from tamer.errors import DataError, ModelError
 from tamer.hub import HUB_DATASET, hub_error
@@ -427,33 +427,7 @@ def _assemble(
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches
-
-
-def collate(examples: list[Example], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
-    """A batch right-padded to the longest example (or to `pad_to`): int64 `input_ids`,
-    `attention_mask` (0 on padding) and `labels` (IGNORE_INDEX on padding), plus `sample_ids`, the
-    examples' indexes as a list."""
-    if not examples:
-        raise ValueError("collate: no examples")
-    longest = max(len(example.input_ids) for example in examples)
-    if pad_to is not None and pad_to < longest:
-        raise ValueError(f"collate: pad_to {pad_to} is shorter than the longest example ({longest} tokens)")
-    length = longest if pad_to is None else pad_to
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.int64)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.int64)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.int64)
-    for row, example in enumerate(examples):
-        size = len(example.input_ids)
-        input_ids[row, :size] = torch.tensor(example.input_ids, dtype=torch.int64)
-        attention_mask[row, :size] = 1
-        labels[row, :size] = torch.tensor(example.labels, dtype=torch.int64)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "sample_ids": [example.index for example in examples],
-    }
+# Batches (padded into tensors in the child: tamer/engine/collate.py)
 
 
 def answer_token_count(example: Example) -> int:

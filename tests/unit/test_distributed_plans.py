@@ -151,12 +151,12 @@ def test_torchrun_command_lines(tmp_path):
         supervisor.plan = initial_plan(supervisor.config, CUDA)
         commands.append(supervisor._command(1))
     standalone, c10d, static, single = commands
-    assert standalone[1:3] == ["-m", "tamer.daemon.launch"] and "--standalone" in standalone
+    assert standalone[1:3] == ["-m", "tamer.engine.launch"] and "--standalone" in standalone
     assert standalone[standalone.index("--max-restarts") + 1] == "0"
-    assert standalone[-4:-2] == ["-m", "tamer.daemon.child"] and standalone[-1] == "1"
+    assert standalone[-4:-2] == ["-m", "tamer.engine.child"] and standalone[-1] == "1"
     assert c10d[c10d.index("--rdzv-endpoint") + 1] == "node0:29400" and "--standalone" not in c10d
     assert static[static.index("--node-rank") + 1] == "1" and static[static.index("--master-addr") + 1] == "node0"
-    assert single[1:3] == ["-m", "tamer.daemon.child"]
+    assert single[1:3] == ["-m", "tamer.engine.child"]
 
 
 # --- the fsdp rung and the planner ---------------------------------------------------------------------

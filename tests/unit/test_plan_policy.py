@@ -39,7 +39,7 @@ def test_policy_comes_from_the_config():
 
 def test_tamer_plan_and_the_supervisor_pick_the_same_first_plan(tmp_path, monkeypatch):
     """For one config and card, the plan `tamer plan` marks as chosen is the supervisor's first plan."""
-    from tamer.commands_plan import _device
+    from tamer.cli.commands_plan import _device
     from tamer.daemon.supervisor import Supervisor, create_run
     from tamer.state.db import Database
     from tamer.state.home import Home

@@ -13,6 +13,7 @@ import pytest
 import torch
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+from tamer.engine.collate import pad_batch
 from tamer.errors import DataError, ModelError
 from tamer.recipes import squad
 from tamer.recipes.squad import IGNORE_INDEX, Example, Record
@@ -451,10 +452,10 @@ def make_example(index: int, input_ids: list[int], labels: list[int]) -> Example
     return Example(index=index, id=f"q{index}", input_ids=input_ids, labels=labels, truncated=False)
 
 
-def test_collate_right_pads_to_the_longest():
+def test_pad_batch_right_pads_to_the_longest():
     """Shorter rows get pad ids, attention 0 and ignored labels on the right; sample ids list the indexes."""
     examples = [make_example(4, [1, 5, 6], [-100, -100, 6]), make_example(9, [1, 7], [-100, 7])]
-    batch = squad.collate(examples, pad_id=0)
+    batch = pad_batch(examples, pad_id=0)
     assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, -100, 6], [-100, 7, -100]]
@@ -462,14 +463,14 @@ def test_collate_right_pads_to_the_longest():
     assert batch["sample_ids"] == [4, 9]
 
 
-def test_collate_pads_to_a_fixed_length():
+def test_pad_batch_pads_to_a_fixed_length():
     """pad_to pads every row to that length and refuses one shorter than the longest example."""
     examples = [make_example(0, [1, 5, 6], [-100, -100, 6])]
-    batch = squad.collate(examples, pad_id=2, pad_to=5)
+    batch = pad_batch(examples, pad_id=2, pad_to=5)
     assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 2]]
     assert batch["labels"].tolist() == [[-100, -100, 6, -100, -100]]
     with pytest.raises(ValueError, match="shorter than the longest"):
-        squad.collate(examples, pad_id=2, pad_to=2)
+        pad_batch(examples, pad_id=2, pad_to=2)
 
 
 def test_answer_token_count_skips_the_first_position():

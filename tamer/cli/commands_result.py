@@ -1,7 +1,7 @@
 """The `tamer` commands about what a run produced: export, eval and compare.
 
-Registered on tamer.cli's app when tamer/cli.py imports this module. export and eval do their work
-in a child process (tamer/engine/result.py, started through tamer/daemon/result.py) so the CLI never
+Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module. export and
+eval do their work in a child process (tamer/engine/result.py, started through tamer/daemon/result.py) so the CLI never
 imports torch; compare only reads the database (tamer/inspect/results.py).
 """
 
@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import TamerError
 from tamer.inspect import display
 from tamer.state.home import Home

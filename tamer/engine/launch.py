@@ -1,4 +1,4 @@
-"""`python -m tamer.daemon.launch TORCHRUN_ARGS...`: torchrun (torch.distributed.run) as the child of a
+"""`python -m tamer.engine.launch TORCHRUN_ARGS...`: torchrun (torch.distributed.run) as the child of a
 supervisor, for runs on several GPUs.
 
 It only adds what supervision needs: it dies with the supervisor (PR_SET_PDEATHSIG), and it names
@@ -13,14 +13,15 @@ from __future__ import annotations
 import os
 import sys
 
-from tamer.daemon.child import die_with_parent
+from tamer import protocol
+from tamer.protocol import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if os.environ.get("TAMER_SUPERVISOR_PID"):
-        die_with_parent(int(os.environ["TAMER_SUPERVISOR_PID"]))
-    os.environ["TAMER_PARENT_PID"] = str(os.getpid())
+    if os.environ.get(protocol.SUPERVISOR_PID_VARIABLE):
+        die_with_parent(int(os.environ[protocol.SUPERVISOR_PID_VARIABLE]))
+    os.environ[protocol.PARENT_PID_VARIABLE] = str(os.getpid())
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 

@@ -1,10 +1,11 @@
-"""`python -m tamer.daemon.child RUN_DIR ATTEMPT`: one attempt of a run, in its own process.
+"""`python -m tamer.engine.child RUN_DIR ATTEMPT`: one attempt of a run, in its own process.
 
 The supervisor writes the plan to `RUN_DIR/plans/attempt-N.json` and starts this. The child trains
 (tamer/engine/trainer.py) and, however it ends, writes `RUN_DIR/attempts/N/exit.json` — done, stopped,
 an error a restart cannot fix, or the exception with its phase, step, micro-batch and memory peaks —
 then exits with a code the supervisor classifies (tamer/daemon/outcome.py). It dies with the
-supervisor (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy.
+supervisor (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy. The attempt folder's files, the
+report's keys and the exit codes are the contract in tamer/protocol.py.
 
 Under torchrun (several processes) each rank writes `exit-rank<r>.json` and its pid to `pid-rank<r>`,
 and dies with the torchrun agent. SIGTERM keeps its default action there: torchrun sends it to every
@@ -15,7 +16,6 @@ file in the attempt folder instead, which every rank checks after each step.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import signal
@@ -25,29 +25,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tamer.daemon.outcome import CHILD_EXCEPTION_EXIT as EXIT_EXCEPTION
-
-STOP_FILE = "stop"
-"""In the attempt folder: the supervisor's request that every rank checkpoint and stop after the current step."""
+from tamer import protocol
+from tamer.protocol import EXIT_EXCEPTION, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, ExitReport, die_with_parent
 
 
-def heartbeat_name(rank: int) -> str:
-    """Each rank's heartbeat file in the attempt folder (the supervisor watches the stalest)."""
-    return "heartbeat" if rank == 0 else f"heartbeat-rank{rank}"
-
-
-def die_with_parent(expected_parent: int) -> None:
-    """Ask the kernel to SIGKILL us when the supervisor dies (Linux); if it already died, go now."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != expected_parent:
-        os._exit(1)
-
-
-def write_report(path: Path, report: dict[str, Any]) -> None:
+def write_report(path: Path, report: ExitReport) -> None:
     """The exit report, with the rank and the time (a group's first failure is its root cause)."""
     from tamer.state.checkpoints import write_json_atomic
 
@@ -58,11 +40,11 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir, attempt = Path(argv[0]), int(argv[1])
-    parent = os.environ.get("TAMER_PARENT_PID") or os.environ.get("TAMER_SUPERVISOR_PID")
+    parent = os.environ.get(protocol.PARENT_PID_VARIABLE) or os.environ.get(protocol.SUPERVISOR_PID_VARIABLE)
     if parent:
         die_with_parent(int(parent))
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    attempt_dir = run_dir / "attempts" / str(attempt)
+    attempt_dir = protocol.attempt_dir(run_dir, attempt)
     stop_flag = {"stop": False}
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -71,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if world_size > 1:
         attempt_dir.mkdir(parents=True, exist_ok=True)
-        (attempt_dir / f"pid-rank{rank}").write_text(str(os.getpid()))
+        (attempt_dir / protocol.pid_file_name(rank)).write_text(str(os.getpid()))
     else:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
@@ -80,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
     from tamer.engine.trainer import StopRequested, Trainer
-    from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, TamerError
+    from tamer.errors import TamerError
 
-    report_path = attempt_dir / ("exit.json" if world_size == 1 else f"exit-rank{rank}.json")
+    report_path = attempt_dir / protocol.exit_report_name(rank, world_size)
     trainer: Trainer | None = None
     try:
         trainer = Trainer(run_dir, attempt, stop_flag)
@@ -100,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except BaseException as error:  # every failure is reported, then classified by the supervisor
         _lift_address_space_limit()
-        report: dict[str, Any] = {
+        report: ExitReport = {
             "status": "exception",
             "exc_type": type(error).__name__,
             "message": str(error),
@@ -108,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if trainer is not None:
             report.update(trainer.where())
-            _dump_memory_snapshot(trainer, error, run_dir / "attempts" / str(attempt) / "memory-snapshot.pickle", report)
+            _dump_memory_snapshot(trainer, error, attempt_dir / protocol.MEMORY_SNAPSHOT, report)
             try:
                 from tamer.engine import memory
 
@@ -127,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report: dict[str, Any]) -> None:
+def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report: ExitReport) -> None:
     """With `memory_snapshot` on, a CUDA OOM leaves the allocator's history for PyTorch's memory_viz."""
     import torch
 

@@ -1,7 +1,7 @@
 """The `tamer` commands that read runs back: history, steps, events, logs, sql, plot, report and doctor.
 
-Registered on tamer.cli's app when tamer/cli.py imports this module (its last line). The logic lives
-in tamer/inspect/; here are only options, tables and error handling, with cli.py's conventions:
+Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module. The logic lives
+in tamer/inspect/; here are only options, tables and error handling, with common.py's conventions:
 `--json` everywhere, `--home`, one-line `error: ...` and the exit code of the error's kind.
 """
 
@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from tamer import output
-from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
 from tamer.inspect import display
 from tamer.state.home import Home

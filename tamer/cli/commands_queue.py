@@ -1,8 +1,8 @@
 """The `tamer` commands for unattended operation: submit, daemon, queue, cancel, status and stop.
 
-Registered on tamer.cli's app when tamer/cli.py imports this module (its last lines). The logic lives
+Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module. The logic lives
 in tamer/daemon/queue.py and tamer/inspect/status.py; here are only options, output and error handling,
-with cli.py's conventions: `--json`, `--home`, one-line `error: ...` and the exit code of the error's
+with common.py's conventions: `--json`, `--home`, one-line `error: ...` and the exit code of the error's
 kind. The README ("Unattended overnight operation") tells the whole story.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli import (
+from tamer.cli.common import (
     ConfigOption,
     DataOption,
     DeviceOption,

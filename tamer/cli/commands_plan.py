@@ -1,7 +1,7 @@
 """`tamer plan`: predict the peak memory and speed of candidate plans for a config and a card, without
 a GPU, and show the plan the planner would pick (tamer/planner).
 
-Registered on `tamer.cli.app` when tamer/cli.py imports this module (its last line).
+Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
 from tamer.planner.calibrate import Observation, correction_factor, observations

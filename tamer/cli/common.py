@@ -1,0 +1,123 @@
+"""What every `tamer` command shares: the typer app, the option declarations, the one error handler
+and the output helpers. The command modules (tamer/cli/commands_*.py) import from here, never from
+the package (tamer/cli/__init__.py imports them to register their commands on `app`).
+
+Errors a user can fix print one line, `error: ...`, and exit with the code of their kind
+(tamer/errors.py): 2 config, 3 data, 4 model, 5 state, 6 locked; 1 when a run ends `failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from tamer import output
+from tamer.errors import ConfigError, TamerError
+
+app = typer.Typer(
+    name="tamer",
+    help="Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $TAMER_HOME or ~/.tamer).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Options shared by `run` and `submit`.
+RecipeArgument = Annotated[str, typer.Argument(help="Recipe to train (squad).")]
+PresetOption = Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")]
+ModelOption = Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")]
+DataOption = Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")]
+MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")]
+GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")]
+HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
+GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
+InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
+InitOption = Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")]
+MicroBatchOption = Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")]
+SeedOption = Annotated[Optional[int], typer.Option(help="Seed for data order and init.")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
+MemorySnapshotOption = Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tamer import __version__
+
+        typer.echo(f"tamer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.
+
+    Example: tamer run squad --preset tiny --max-steps 30
+    """
+    output.unwrap_when_piped(console, err_console)
+    if home is not None:  # `tamer --home DIR CMD`: as if TAMER_HOME were set; a command's own --home still wins
+        os.environ["TAMER_HOME"] = str(home)
+
+
+def _fail(error: TamerError) -> None:
+    err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(error.exit_code)
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if not start:
+        return "-"
+    seconds = int((end or time.time()) - start)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _loss(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]) -> Any:
+    """The checked RunConfig from `run`/`submit` options (None = not given), preflight included."""
+    from tamer.config import build_config
+
+    if recipe != "squad":
+        raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+    run_config = build_config(preset, config_file, options, overrides or [])
+    _preflight(run_config)
+    return run_config
+
+
+def _preflight(config: Any) -> None:
+    """Checks that cost milliseconds and catch bad input before a run is registered."""
+    from tamer.recipes import squad
+
+    if config.data not in (None, "bundled"):
+        squad.load_records(config.data)
+    from tamer.hub import check_sources
+
+    if check_sources(config):  # hub unreachable, all it needs cached: its children must not wait on the network
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        typer.echo("note: the hub is unreachable; using the cached copies of the model, tokenizer and data (HF_HUB_OFFLINE=1)", err=True)
