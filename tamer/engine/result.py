@@ -36,7 +36,7 @@ from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
 from tamer.recipes import squad
 from tamer.recipes.squad_score import score
-from tamer.state import checkpoints
+from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 from tamer.units import parse_size
 
@@ -236,7 +236,7 @@ def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.
 def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str) -> None:
     """Two rows (exact_match, f1) in squad_scores, and a `squad_eval` event."""
     if attempt is None:
-        attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run_id]).fetchone()[0]
+        attempt = queries.last_attempt_number(db, run_id)
     common = {"run_id": run_id, "step": step, "attempt": attempt, "plan": plan.describe(),
               "questions": result["questions"], "seconds": result["seconds"], "data": data, "wall_time": time.time()}
     db.insert_squad_scores([{**common, "metric": metric, "value": result[metric]} for metric in ("exact_match", "f1")])

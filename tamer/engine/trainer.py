@@ -35,7 +35,7 @@ from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
 from tamer.recipes import squad
-from tamer.state import checkpoints
+from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 from tamer.units import parse_size
 
@@ -436,7 +436,7 @@ class Trainer:
         self.checkpointer.save(wait)
 
     def _eval_done(self, step: int) -> bool:
-        return bool(self.db.conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND step = ?", [self.run_id, step]).fetchone())
+        return queries.eval_recorded(self.db, self.run_id, step)
 
     @torch.no_grad()
     def evaluate(self) -> float:
