@@ -252,10 +252,10 @@ def evaluate_during_training(trainer: Any) -> None:
     end-of-run pass still runs)."""
     if trainer.group.distributed:
         if trainer.state.step == trainer.config.eval.squad_every:
-            trainer.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+            trainer.report.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
                           "the run is scored once it ends")
         return
-    trainer.beat("eval")
+    trainer.report.beat("eval")
     _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
     model = trainer.model
     model.eval()
@@ -267,8 +267,8 @@ def evaluate_during_training(trainer: Any) -> None:
     finally:
         model.config.use_cache = cache_setting
         model.train()
-    store_scores(trainer.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
-    trainer.beat("between_steps")
+    store_scores(trainer.report.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
+    trainer.report.beat("between_steps")
 
 
 # ---------------------------------------------------------------------------------------------
