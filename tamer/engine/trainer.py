@@ -34,6 +34,7 @@ from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
 from tamer.state.db import Database
+from tamer.strategies.split_micro_batch import split_in_process
 
 CHUNK_SIZE = 1024
 
@@ -182,21 +183,11 @@ class Trainer:
         return total_loss, tokens, computed
 
     def _split_in_process(self, step: int, error: torch.OutOfMemoryError) -> bool:
-        """After an activation OOM: free, halve the micro-batch, and let the caller retry the same optimizer
-        step with the same samples (planner mode with in_process_split). False: let the OOM end the child."""
-        from tamer.strategies import registry
-
-        ladder = self.config.ladder
-        split = registry.get("split_micro_batch")
-        facts = None
-        # Several ranks must run the same number of micro-batches (the gradient all-reduce): an OOM on
-        # one ends the group instead, and the supervisor escalates every rank together.
-        allowed = (ladder.mode == "planner" and ladder.in_process_split and "split_micro_batch" in ladder.order
-                   and self.plan.world_size == 1
-                   and self.report.phase in ("forward", "backward")
-                   and self.plan.micro_batch_size // 2 >= self.config.planner.min_micro_batch
-                   and split.not_applicable(self.plan, facts) is None)
-        if not allowed:
+        """After an activation OOM, when the plan allows it (the ladder decided, tamer/strategies/ladder.py
+        `for_child`): free, halve the micro-batch, and let the caller retry the same optimizer step with the
+        same samples. False: let the OOM end the child."""
+        halved = split_in_process(self.plan, self.report.phase)
+        if halved is None:
             return False
         failed_at = time.time()
         phase, old = self.report.phase, self.plan
@@ -204,7 +195,7 @@ class Trainer:
         error.__traceback__ = None  # its frames hold the activations
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.plan = split.apply(old, facts)
+        self.plan = halved
         self.report.plan_changed(self.plan)
         self.report.event("in_process_split", f"CUDA OOM in {phase} at micro-batch {old.micro_batch_size}: micro-batch halved to "
                    f"{self.plan.micro_batch_size} in process, retrying step {step} with the same samples",
