@@ -73,6 +73,10 @@ class Plan:
     """With world_size > 1: `ddp` (every process holds the whole model; gradients all-reduced) or `fsdp`
     (parameters, gradients and optimizer states sharded across the processes)."""
     rungs: tuple[str, ...] = ()
+    in_process_split_down_to: int | None = None
+    """Set by the ladder for the child (tamer/strategies/ladder.py, `for_child`): after a CUDA OOM in
+    forward or backward the child may halve its micro-batch in process, down to this size, and retry the
+    step (tamer/strategies/split_micro_batch.py, `split_in_process`); None: the OOM ends the child."""
 
     @property
     def effective_batch_size(self) -> int:

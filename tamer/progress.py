@@ -23,6 +23,7 @@ from rich.table import Column
 
 from tamer.inspect import display
 from tamer.inspect.history import last_heartbeat
+from tamer.state import queries
 from tamer.state.db import Database
 from tamer.units import format_size
 
@@ -44,10 +45,7 @@ def event_line(event: dict[str, Any]) -> str:
 
 def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int | None = None) -> dict[str, Any] | None:
     """The newest step of `attempt` (or its step `up_to_step`), with tok/s and ETA smoothed over the steps before it."""
-    rows = [dict(row) for row in db.db.query(
-        "SELECT attempt, step, loss, tokens, step_time, wall_time, mem_reserved, host_rss FROM steps "
-        f"WHERE run_id = ? AND attempt = ? AND step <= ? ORDER BY step DESC LIMIT {SMOOTHING_STEPS}",
-        [run["id"], attempt, up_to_step if up_to_step is not None else 2**62])]
+    rows = queries.recent_steps(db, run["id"], attempt, up_to_step if up_to_step is not None else 2**62, SMOOTHING_STEPS)
     if not rows:
         return None
     newest = rows[0]
@@ -93,7 +91,7 @@ class _Reader:
         self.config: dict[str, Any] | None = None
 
     def new_events(self, db: Database, run_id: str) -> list[dict[str, Any]]:
-        events = list(db.db.query("SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id", [run_id, self.last_event_id]))
+        events = queries.events_after(db, run_id, self.last_event_id)
         if events:
             self.last_event_id = events[-1]["id"]
         return events
@@ -208,8 +206,7 @@ def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll
         run = db.run(run_id)
         items: list[tuple[float, str]] = [(moment, line) for moment, line, _ in reader.new_lines(db, run_id)]
         after = printed_step or (0, 0)
-        rows = list(db.db.query("SELECT attempt, step FROM steps WHERE run_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)) "
-                                "ORDER BY attempt, step", [run_id, after[0], after[0], after[1]]))
+        rows = queries.steps_after(db, run_id, after[0], after[1])
         for row in rows:
             if row["step"] % every_steps and row["step"] != run["total_steps"]:
                 continue

@@ -21,6 +21,7 @@ from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
 from tamer.inspect import display
+from tamer.state import queries
 from tamer.state.home import Home
 from tamer.units import format_size
 
@@ -145,7 +146,7 @@ def steps(
         _print_json(rows)
         return
     if as_csv:
-        columns = list(rows[0]) if rows else list(db.db["steps"].columns_dict)
+        columns = list(rows[0]) if rows else queries.step_columns(db)
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

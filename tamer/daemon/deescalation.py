@@ -37,6 +37,7 @@ from tamer.plan import Plan
 from tamer.protocol import PLAN_FILE, STOP_FILE
 from tamer.planner.candidates import plan_key
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES
+from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.units import format_size
@@ -138,9 +139,7 @@ class Deescalation:
         others = others_holding(card, our_share(card, ours, None))
         if others < self.min_squeeze:
             return None
-        splits = [json.loads(detail or "{}") for (detail,) in self.db.conn.execute(
-            "SELECT detail_json FROM events WHERE run_id = ? AND attempt = ? AND kind = 'in_process_split' ORDER BY id",
-            [self.run_id, number])]
+        splits = queries.in_process_split_details(self.db, self.run_id, number)
         sizes = parse_oom_message(splits[0].get("error", "")) if splits else {}
         return self._remember(number, started, sizes, {}, card, others)
 
@@ -194,27 +193,19 @@ class Deescalation:
     def _peak_reserved(self, attempts: list[int]) -> int | None:
         if not attempts:
             return None
-        marks = ",".join("?" * len(attempts))
-        row = self.db.conn.execute(f"SELECT max(mem_reserved) FROM steps WHERE run_id = ? AND attempt IN ({marks})",
-                                   [self.run_id, *attempts]).fetchone()
         peaks = [a["peak_reserved"] for a in self.db.attempts(self.run_id) if a["attempt"] in attempts and a["peak_reserved"]]
-        known = [value for value in [row[0], *peaks] if value]
+        known = [value for value in [queries.highest_reserved(self.db, self.run_id, attempts), *peaks] if value]
         return max(known) if known else None
 
     def median_tokens_per_s(self, attempts: list[int]) -> float | None:
         if not attempts:
             return None
-        marks = ",".join("?" * len(attempts))
-        rates = [rate for (rate,) in self.db.conn.execute(
-            f"SELECT tokens_per_s FROM steps WHERE run_id = ? AND attempt IN ({marks}) AND tokens_per_s IS NOT NULL",
-            [self.run_id, *attempts])]
+        rates = queries.tokens_per_second(self.db, self.run_id, attempts)
         return statistics.median(rates) if rates else None
 
     def _last_reserved(self, number: int) -> tuple[int | None] | None:
         """(PyTorch's reserved bytes at the attempt's last step,), or None before its first step."""
-        row = self.db.conn.execute("SELECT mem_reserved FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step DESC LIMIT 1",
-                                   [self.run_id, number]).fetchone()
-        return (row[0],) if row else None
+        return queries.last_step_reserved(self.db, self.run_id, number)
 
     def _save(self) -> None:
         write_json_atomic(self.path, {"squeezes": [squeeze.to_dict() for squeeze in self.squeezes],

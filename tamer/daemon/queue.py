@@ -47,6 +47,7 @@ from tamer.errors import (
     TamerError,
 )
 from tamer.protocol import die_with_parent
+from tamer.state import queries
 from tamer.state.db import Database
 from tamer.state.home import Home
 from tamer.state.lock import PidLock, lock_holder
@@ -56,9 +57,6 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 WAIT_SECONDS = 0.2  # polling interval while waiting on a run's status or a lock
 START_TIMEOUT_SECONDS = 60.0  # how long `--detach` and `cancel` wait for a starting process to take its lock
 SUPERVISOR_LOG = "supervisor.log"  # in the run folder: stdout and stderr of a daemon's or a detached supervisor
-
-NEXT_IN_QUEUE = """SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id
-                   WHERE r.status = 'queued' AND q.claimed_at IS NULL ORDER BY q.submitted_at, r.created_at LIMIT 1"""
 
 SYSTEMD_UNIT = """\
 # tamer's queue daemon as a systemd user service. Install:
@@ -122,8 +120,7 @@ def submit(home: Home, config: RunConfig) -> tuple[str, int]:
     run_id = create_run(home, config)
     db = Database(home.db_path)
     try:
-        with db.write() as writer:
-            writer["queue"].insert({"run_id": run_id, "submitted_at": time.time()})
+        queries.enqueue(db, run_id, time.time())
         db.event(run_id, "submitted", "added to the queue")
         return run_id, queue_position(db, run_id) or 0
     finally:
@@ -132,8 +129,7 @@ def submit(home: Home, config: RunConfig) -> tuple[str, int]:
 
 def waiting_runs(db: Database) -> list[dict[str, Any]]:
     """The queue's runs not started yet, next first."""
-    return list(db.db.query("""SELECT r.*, q.submitted_at, q.claimed_at FROM queue q JOIN runs r ON r.id = q.run_id
-                               WHERE r.status = 'queued' ORDER BY q.submitted_at, r.created_at"""))
+    return queries.waiting_runs(db)
 
 
 def queue_position(db: Database, run_id: str) -> int | None:
@@ -144,9 +140,7 @@ def queue_position(db: Database, run_id: str) -> int | None:
 
 def queue_listing(db: Database) -> list[dict[str, Any]]:
     """Running runs (submitted or not), then the waiting ones in the order the daemon will start them."""
-    running = list(db.db.query("""SELECT r.*, coalesce(q.submitted_at, r.created_at) AS submitted_at FROM runs r
-                                  LEFT JOIN queue q ON q.run_id = r.id WHERE r.status = 'running' ORDER BY r.started_at"""))
-    rows = [{**run, "position": None} for run in running]
+    rows = [{**run, "position": None} for run in queries.running_runs(db)]
     rows += [{**run, "position": index} for index, run in enumerate(waiting_runs(db), 1)]
     return [{"position": r["position"], "id": r["id"], "status": r["status"], "steps_done": r["steps_done"] or 0,
              "total_steps": r["total_steps"], "submitted_at": r["submitted_at"], "supervisor_pid": r["supervisor_pid"]} for r in rows]
@@ -160,14 +154,7 @@ def cancel(home: Home, run_id: str, timeout: float) -> dict[str, Any]:
         run = db.run(run_id)
         run_id = run["id"]
         if run["status"] == "queued":
-            with db.write() as writer:
-                cancelled = writer.execute(
-                    """UPDATE runs SET status = 'cancelled', ended_at = ?, failure_reason = 'cancelled before it started'
-                       WHERE id = ? AND status = 'queued'
-                       AND NOT EXISTS (SELECT 1 FROM queue WHERE run_id = ? AND claimed_at IS NOT NULL)""",
-                    [time.time(), run_id, run_id],
-                ).rowcount
-            if cancelled:
+            if queries.cancel_unclaimed(db, run_id, time.time()):
                 db.event(run_id, "cancelled", "cancelled before it started; the daemon will not start it")
                 return db.run(run_id)
             # The daemon is starting it this moment: wait until its supervisor holds it, then stop it.
@@ -264,21 +251,13 @@ class Daemon:
 
     def _release_stale_claims(self) -> None:
         """A run claimed but still `queued` was being started when the previous daemon died: it waits again."""
-        with self.db.write() as writer:
-            writer.execute("""UPDATE queue SET claimed_at = NULL WHERE claimed_at IS NOT NULL
-                              AND run_id IN (SELECT id FROM runs WHERE status = 'queued')""")
+        queries.release_stale_claims(self.db)
 
     def _orphans(self) -> list[str]:
-        rows = self.db.db.query("""SELECT r.* FROM queue q JOIN runs r ON r.id = q.run_id
-                                   WHERE r.status = 'running' ORDER BY q.submitted_at""")
-        return [run["id"] for run in rows if supervisor_pid(run) is None]
+        return [run["id"] for run in queries.running_queued_runs(self.db) if supervisor_pid(run) is None]
 
     def _claim_next(self) -> str | None:
-        with self.db.write() as writer:
-            row = writer.execute(NEXT_IN_QUEUE).fetchone()
-            if row is not None:
-                writer.execute("UPDATE queue SET claimed_at = ? WHERE run_id = ?", [time.time(), row[0]])
-        return row[0] if row else None
+        return queries.claim_next(self.db, time.time())
 
     def _idle(self) -> None:
         deadline = time.monotonic() + self.poll_seconds
@@ -293,8 +272,7 @@ class Daemon:
             if self.stop_signal is not None:
                 self._unclaim(run_id)
                 return
-            with self.db.write() as writer:
-                writer.execute("UPDATE queue SET daemon_pid = ? WHERE run_id = ?", [os.getpid(), run_id])
+            queries.set_queue_daemon(self.db, run_id, os.getpid())
             with open(log_path, "ab") as output:
                 self.job = subprocess.Popen(
                     [sys.executable, "-m", "tamer", "resume", run_id, "--home", str(self.home.root)],
@@ -323,8 +301,7 @@ class Daemon:
                                                 f"the next daemon start resumes it, or `tamer resume {run_id}`")
 
     def _unclaim(self, run_id: str) -> None:
-        with self.db.write() as writer:
-            writer.execute("UPDATE queue SET claimed_at = NULL WHERE run_id = ?", [run_id])
+        queries.unclaim(self.db, run_id)
 
 
 def _job_setup(daemon: int) -> Any:

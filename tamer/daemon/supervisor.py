@@ -269,6 +269,7 @@ class Supervisor:
             return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
+        self.plan = ladder.for_child(self.plan, self.config)
         write_json_atomic(plan_path, self.plan.to_dict())
         started = self.plan  # the child may halve its micro-batch in process: squeezes are of this plan
         returncode, outcome, report, peak_rss = self._run_child(number)

@@ -43,6 +43,7 @@ import torch
 
 from tamer import checkpoint_policy
 from tamer.engine import distributed, memory
+from tamer.engine.resume import rng_state
 from tamer.state import checkpoints
 
 SAFETENSORS_DTYPES = {
@@ -299,7 +300,7 @@ class Checkpointer:
         if not self.auto:
             every = f"every {config.checkpoint_every} steps"
             extra = f" and every {config.checkpoint_every_seconds:g} s" if config.checkpoint_every_seconds else ""
-            self.trainer.event(checkpoint_policy.INTERVAL_EVENT, f"checkpoint {every}{extra} (set in the config)",
+            self.trainer.report.event(checkpoint_policy.INTERVAL_EVENT, f"checkpoint {every}{extra} (set in the config)",
                                steps=config.checkpoint_every, seconds=config.checkpoint_every_seconds, rule="config")
 
     def due(self, step: int) -> bool:
@@ -344,7 +345,7 @@ class Checkpointer:
             if distributed.broadcast(self.group, self.group.is_main and self.busy()):
                 self.skipped += 1
                 return
-        trainer.beat("checkpoint")
+        trainer.report.beat("checkpoint")
         started = time.perf_counter()
         snapshot = self._snapshot()
         trainer.state.checkpoint_step = step
@@ -368,7 +369,7 @@ class Checkpointer:
             trainer.state.checkpoint_step = distributed.broadcast(self.group, self.committed_step)
         if self.boundary is not None:
             self.boundary = time.perf_counter()
-        trainer.beat("between_steps")
+        trainer.report.beat("between_steps")
 
     def busy(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
@@ -376,7 +377,7 @@ class Checkpointer:
     def wait(self) -> None:
         """Rank 0: until the save in flight is on disk (or failed), then tell what became of it."""
         if self.thread is not None:
-            self.trainer.beat("checkpoint")
+            self.trainer.report.beat("checkpoint")
             self.thread.join()
             self.thread = None
         self.poll()
@@ -384,21 +385,20 @@ class Checkpointer:
     def wait_quietly(self) -> None:
         """After a failure of the loop: let the write in flight finish; its errors do not hide the failure,
         and the failure's report still names the phase it happened in."""
-        phase = self.trainer.phase
+        phase = self.trainer.report.phase
         try:
             self.wait()
         except BaseException:
             pass
-        self.trainer.phase = phase
+        self.trainer.report.phase = phase
 
     def _snapshot(self) -> Snapshot | None:
         """The collectives on every rank, then rank 0's snapshot (None elsewhere)."""
         trainer = self.trainer
-        from tamer.engine.trainer import _rng_state
 
         full_weights = distributed.full_model_state(trainer.wrapped, trainer.model, trainer.plan)
         optimizer_state = distributed.optimizer_state(trainer.wrapped, trainer.optimizer, trainer.plan)
-        rng_states = distributed.gather_objects(self.group, _rng_state())
+        rng_states = distributed.gather_objects(self.group, rng_state())
         if not self.group.is_main:
             return None
         is_lora = trainer.plan.lora
@@ -429,7 +429,7 @@ class Checkpointer:
             except RuntimeError as error:  # pinned memory refused: the snapshot does not fit after all
                 self.asynchronous = False
                 self.buffers = HostBuffers(pin=False)
-                trainer.event("checkpoint_sync", f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})")
+                trainer.report.event("checkpoint_sync", f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})")
         base = self._lora_base() if is_lora else None
         manifest = {
             "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": trainer.state.samples_consumed,
@@ -458,7 +458,7 @@ class Checkpointer:
         why_not = host_room(needed, bool(self.trainer.config.host_mem_cap))
         if why_not:
             self.asynchronous = False
-            self.trainer.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed)
+            self.trainer.report.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed)
 
     def allocate_ahead(self) -> None:
         """After the attempt's first step (the optimizer state exists now): pin the host buffers in a
@@ -520,7 +520,7 @@ class Checkpointer:
         trainer = self.trainer
         for number, crash in enumerate(outcome.crashes, start=1):
             retried = number < WRITE_ATTEMPTS
-            trainer.event("checkpoint_writer_crashed",
+            trainer.report.event("checkpoint_writer_crashed",
                           f"checkpoint step {outcome.step}: the writer failed ({crash}); "
                           + ("retrying from the same snapshot" if retried else "giving up: the attempt ends and resumes from the previous checkpoint"),
                           step=outcome.step, error=crash, retried=retried)
@@ -528,7 +528,7 @@ class Checkpointer:
             if not _disk_full(outcome.error):
                 raise outcome.error
             final = outcome.step == trainer.total_steps
-            trainer.event("checkpoint_failed",
+            trainer.report.event("checkpoint_failed",
                           f"disk full while writing checkpoint step {outcome.step}: the partial checkpoint was removed, "
                           f"step {self.committed_step or 0} stays the newest; "
                           + ("the run cannot finish without its final checkpoint" if final else "training continues"),
@@ -549,7 +549,7 @@ class Checkpointer:
             message = f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s (synchronous)"
         if skipped:
             message += f"; {skipped} save(s) skipped while it was writing"
-        trainer.event("checkpoint", message, step=outcome.step, path=str(outcome.saved.path), seconds=outcome.stall,
+        trainer.report.event("checkpoint", message, step=outcome.step, path=str(outcome.saved.path), seconds=outcome.stall,
                       stall=outcome.stall, write_seconds=outcome.write_seconds, asynchronous=self.asynchronous,
                       bytes=_folder_bytes(outcome.saved.path), skipped=skipped, waited=outcome.waited)
         if self.auto and self.interval is None:
@@ -559,9 +559,9 @@ class Checkpointer:
         trainer = self.trainer
         step_seconds = self.train_seconds / self.timed_steps if self.timed_steps else 1.0
         stall = outcome.stall  # synchronous: the write included
-        mtbf = checkpoint_policy.mean_time_between_failures(trainer.db.attempts(trainer.run_id), time.time())
+        mtbf = checkpoint_policy.mean_time_between_failures(trainer.report.db.attempts(trainer.run_id), time.time())
         self.interval = checkpoint_policy.choose_interval(stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf)
-        trainer.event(checkpoint_policy.INTERVAL_EVENT,
+        trainer.report.event(checkpoint_policy.INTERVAL_EVENT,
                       f"checkpoint every {self.interval.steps} steps (~{self.interval.seconds:.0f} s, auto): {self.interval.reason}; "
                       f"measured {stall:.2f} s stall and {outcome.write_seconds:.1f} s write per save, {step_seconds:.3f} s per step",
                       steps=self.interval.steps, seconds=self.interval.seconds, rule=self.interval.reason, stall=stall,
@@ -577,57 +577,3 @@ def _folder_bytes(path: Path) -> int:
 
 
 # --- resuming ----------------------------------------------------------------------------------------
-
-
-class ResumeCheck:
-    """The checkpoint to resume from, verified in a thread while the model loads from it (one process).
-
-    `start()` returns the newest checkpoint whose manifest reads and starts hashing its files;
-    `confirm()` waits for that and returns it, or, when it turned out damaged, the newest older one that
-    verifies (the caller then builds the model again). Where the model build would keep files of the
-    checkpoint (a full checkpoint pinned as a LoRA base) or several ranks resume, it verifies first."""
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.thread: threading.Thread | None = None
-        self.problem: str | None = None
-        self.replaced: checkpoints.Checkpoint | None = None
-        self.replacement: checkpoints.Checkpoint | None = None
-
-    def start(self) -> checkpoints.Checkpoint | None:
-        trainer = self.trainer
-        if trainer.group.distributed:
-            return trainer._checkpoint_to_resume()
-        candidate, skipped = checkpoints.newest_complete(trainer.run_dir)
-        self._tell(skipped)
-        if candidate is None:
-            return None
-        if candidate.manifest["kind"] == "full" and trainer.plan.lora:
-            return self._older_valid(None)
-        self.thread = threading.Thread(target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True)
-        self.thread.start()
-        return candidate
-
-    def confirm(self, checkpoint: checkpoints.Checkpoint | None) -> checkpoints.Checkpoint | None:
-        """`checkpoint` once verified, else the newest older one that verifies (asked again: the same answer)."""
-        if self.thread is None or checkpoint is None:
-            return self.replacement if self.replaced is checkpoint else checkpoint
-        self.thread.join()
-        self.thread = None
-        if self.problem is None:
-            return checkpoint
-        self._tell([(checkpoint.path.name, self.problem)])
-        self.replaced, self.replacement = checkpoint, self._older_valid(checkpoint.step)
-        return self.replacement
-
-    def _verify(self, path: Path) -> None:
-        self.problem = checkpoints.verify(path)[1]
-
-    def _older_valid(self, below: int | None) -> checkpoints.Checkpoint | None:
-        found, skipped = checkpoints.newest_valid(self.trainer.run_dir, below)
-        self._tell(skipped)
-        return found
-
-    def _tell(self, skipped: list[tuple[str, str]]) -> None:
-        for name, reason in skipped:
-            self.trainer.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)

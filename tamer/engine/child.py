@@ -120,7 +120,7 @@ def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report
     dumped = snapshot.dump_on_oom(trainer.device, path)
     if dumped:
         report["memory_snapshot"] = dumped
-        trainer.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
+        trainer.report.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
 
 
 def _lift_address_space_limit() -> None:

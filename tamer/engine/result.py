@@ -36,7 +36,7 @@ from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
 from tamer.recipes import squad
 from tamer.recipes.squad_score import score
-from tamer.state import checkpoints
+from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -235,7 +235,7 @@ def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.
 def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str) -> None:
     """Two rows (exact_match, f1) in squad_scores, and a `squad_eval` event."""
     if attempt is None:
-        attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run_id]).fetchone()[0]
+        attempt = queries.last_attempt_number(db, run_id)
     common = {"run_id": run_id, "step": step, "attempt": attempt, "plan": plan.describe(),
               "questions": result["questions"], "seconds": result["seconds"], "data": data, "wall_time": time.time()}
     db.insert_squad_scores([{**common, "metric": metric, "value": result[metric]} for metric in ("exact_match", "f1")])
@@ -251,10 +251,10 @@ def evaluate_during_training(trainer: Any) -> None:
     end-of-run pass still runs)."""
     if trainer.group.distributed:
         if trainer.state.step == trainer.config.eval.squad_every:
-            trainer.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+            trainer.report.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
                           "the run is scored once it ends")
         return
-    trainer.beat("eval")
+    trainer.report.beat("eval")
     _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
     model = trainer.model
     model.eval()
@@ -266,8 +266,8 @@ def evaluate_during_training(trainer: Any) -> None:
     finally:
         model.config.use_cache = cache_setting
         model.train()
-    store_scores(trainer.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
-    trainer.beat("between_steps")
+    store_scores(trainer.report.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
+    trainer.report.beat("between_steps")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tamer.daemon.outcome import parse_oom_message
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.protocol import HEARTBEAT, HEARTBEAT_PHASES, IN_STEP_PHASES, OUTCOME_KINDS, attempt_dir
+from tamer.state import queries
 from tamer.state.db import Database
 
 # Outcomes that are not failures: shown by `tamer history` only when asked for with --kind.
@@ -76,9 +77,7 @@ class RunRows:
     @classmethod
     def load(cls, db: Database, run_id: str) -> RunRows:
         run = db.run(run_id)
-        steps = list(db.db.query(
-            "SELECT attempt, step, wall_time, step_time, tokens, samples_consumed FROM steps WHERE run_id = ? "
-            "ORDER BY wall_time, attempt, step", [run["id"]]))
+        steps = queries.step_timeline(db, run["id"])
         events = [{**event, "detail": _json(event["detail_json"])} for event in db.events(run["id"])]
         return cls(run, db.attempts(run["id"]), steps, events)
 
@@ -398,7 +397,7 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
             if resume is not None:
                 reopened.append({"status": endings[event["kind"]], "ended_at": event["time"], "reason": event["message"],
                                  "resumed_at": resume["time"]})
-    evals = list(db.db.query("SELECT step, eval_loss FROM evals WHERE run_id = ? ORDER BY eval_loss LIMIT 1", [run["id"]]))
+    best = queries.best_eval(db, run["id"])
     return {
         "run": {key: run[key] for key in ("id", "recipe", "preset", "status", "created_at", "started_at", "ended_at",
                                           "total_steps", "steps_done", "failure_reason")},
@@ -411,5 +410,5 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
         "final_loss": run["final_loss"],
         "final_eval_loss": run["final_eval_loss"],
         "best_eval_loss": run["best_eval_loss"],
-        "best_eval_step": evals[0]["step"] if evals else None,
+        "best_eval_step": best["step"] if best else None,
     }

@@ -10,16 +10,17 @@ import time
 from typing import Any
 
 from tamer.errors import StateError
+from tamer.state import queries
 from tamer.state.db import Database
 
 RECENT_STEPS = 10
 
 
 def newest_run_id(db: Database) -> str:
-    row = db.conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
-    if row is None:
+    run_id = queries.newest_run_id(db)
+    if run_id is None:
         raise StateError(f"no runs in {db.path} yet; start one with `tamer run squad` or `tamer submit squad`")
-    return row[0]
+    return run_id
 
 
 def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
@@ -27,17 +28,13 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
     from tamer.daemon.queue import queue_position
 
     run = db.run(run_id or newest_run_id(db))
-    recent = list(db.db.query(
-        """SELECT step, wall_time, step_time, tokens_per_s, useful_tokens, computed_tokens FROM steps WHERE run_id = ?
-           AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step DESC LIMIT ?""",
-        [run["id"], run["id"], RECENT_STEPS],
-    ))[::-1]
+    recent = queries.latest_attempt_steps(db, run["id"], RECENT_STEPS)
     seconds_per_step = _seconds_per_step(recent)
     speeds = [row["tokens_per_s"] for row in recent if row["tokens_per_s"]]
     step, total = run["steps_done"] or 0, run["total_steps"]
     eta = max(total - step, 0) * seconds_per_step if run["status"] == "running" and total and seconds_per_step else None
-    event = db.conn.execute("SELECT time, kind, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run["id"]]).fetchone()
-    attempt = db.conn.execute("SELECT max(attempt) FROM attempts WHERE run_id = ?", [run["id"]]).fetchone()[0]
+    event = queries.last_event(db, run["id"])
+    attempt = queries.last_attempt_number(db, run["id"])
     return {
         "id": run["id"],
         "status": run["status"],
@@ -57,7 +54,7 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],
         "failure_reason": run["failure_reason"],
-        "last_event": {"time": event[0], "kind": event[1], "message": event[2]} if event else None,
+        "last_event": event,
     }
 
 

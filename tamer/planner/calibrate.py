@@ -21,6 +21,7 @@ from tamer.config import config_from_dict
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.planner.estimate import Estimate, ModelShape, Workload, estimate
+from tamer.state import queries
 
 CORRECTION_RANGE = (0.8, 1.5)
 """A correction outside this range means the estimator is wrong for this setup, not slightly off:
@@ -73,12 +74,9 @@ class Observation:
 def _measured(db: Any, run_id: str, attempt: dict[str, Any]) -> tuple[int | None, int | None]:
     reserved, allocated = attempt.get("peak_reserved"), attempt.get("peak_allocated")
     if reserved is None or allocated is None:
-        row = db.conn.execute(
-            "SELECT max(mem_reserved), max(mem_peak) FROM steps WHERE run_id = ? AND attempt = ?",
-            [run_id, attempt["attempt"]],
-        ).fetchone()
-        reserved = reserved if reserved is not None else row[0]
-        allocated = allocated if allocated is not None else row[1]
+        step_reserved, step_peak = queries.step_memory_peaks(db, run_id, attempt["attempt"])
+        reserved = reserved if reserved is not None else step_reserved
+        allocated = allocated if allocated is not None else step_peak
     return reserved, allocated
 
 

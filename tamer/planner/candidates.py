@@ -136,8 +136,10 @@ class Choice:
 
 
 def plan_key(plan: Plan) -> str:
-    """What makes two plans train the same way (not the rungs' history nor the eval batch)."""
-    data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name not in ("rungs", "eval_batch_size")}
+    """What makes two plans train the same way (not the rungs' history, the eval batch nor the child's
+    leave to split in process)."""
+    data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
+            if f.name not in ("rungs", "eval_batch_size", "in_process_split_down_to")}
     return json.dumps(data, sort_keys=True)
 
 

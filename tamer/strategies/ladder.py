@@ -104,6 +104,18 @@ def initial_plan(config: Any, facts: DeviceFacts) -> Plan:
     return plan
 
 
+def for_child(plan: Plan, config: Any) -> Plan:
+    """`plan` as handed to the child, with its leave to split the micro-batch in process after an
+    activation OOM (`in_process_split_down_to`): in planner mode with `ladder.in_process_split`, with
+    split_micro_batch in the order, down to `planner.min_micro_batch`. Never with several processes: they
+    must run the same number of micro-batches (the gradient all-reduce), so an OOM on one ends the group
+    and the supervisor escalates every rank together."""
+    ladder = config.ladder
+    allowed = (ladder.mode == "planner" and ladder.in_process_split and "split_micro_batch" in ladder.order
+               and plan.world_size == 1)
+    return plan.replace(in_process_split_down_to=config.planner.min_micro_batch if allowed else None)
+
+
 def describe_ladder(order: list[str]) -> list[dict[str, Any]]:
     """Each rung of `order` as plain data, for `tamer strategies`."""
     return [

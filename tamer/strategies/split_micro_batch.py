@@ -1,4 +1,8 @@
-"""The `split_micro_batch` rung: halve the micro-batch and double accumulation, keeping the effective batch."""
+"""The `split_micro_batch` rung: halve the micro-batch and double accumulation, keeping the effective batch.
+
+The ladder applies it between attempts; `split_in_process` is the same rung applied inside the child,
+when the plan allows it (`Plan.in_process_split_down_to`, set by tamer/strategies/ladder.py `for_child`).
+"""
 
 from __future__ import annotations
 
@@ -49,3 +53,20 @@ STRATEGY = SplitMicroBatch(
     exact=True,
     repeatable=True,
 )
+
+
+SPLIT_PHASES = ("forward", "backward")
+"""Phases whose OOM a smaller micro-batch can cure in process (activations); one in the optimizer or a
+checkpoint would come back at any micro-batch."""
+
+
+def split_in_process(plan: Plan, phase: str | None) -> Plan | None:
+    """The plan after halving the micro-batch inside the child, after a CUDA OOM in `phase`, when `plan`
+    allows it (its `in_process_split_down_to`) and the micro-batch halves exactly that far; None: the OOM
+    ends the child and the supervisor decides."""
+    floor = plan.in_process_split_down_to
+    if floor is None or phase not in SPLIT_PHASES or plan.micro_batch_size // 2 < floor:
+        return None
+    if STRATEGY.not_applicable(plan, None) is not None:
+        return None
+    return STRATEGY.apply(plan, None)

@@ -108,7 +108,7 @@ def _checkpointer(tmp_path, faults):
         group=SimpleNamespace(is_main=True, distributed=False), device=torch.device("cpu"), run_dir=tmp_path, total_steps=10,
         state=SimpleNamespace(step=0, checkpoint_step=None), plan=SimpleNamespace(micro_batch_size=1),
         faults=SimpleNamespace(check=lambda *args: faults.pop(0)() if faults else None),
-        event=lambda kind, message, **detail: events.append((kind, message)), beat=lambda phase: None,
+        report=SimpleNamespace(event=lambda kind, message, **detail: events.append((kind, message)), beat=lambda phase: None),
     )
     checkpointer = checkpointing.Checkpointer(trainer)
     snapshot = checkpointing.Snapshot(3, "full", {"w": torch.ones(4)}, [], {"state": {}}, {}, None, {}, {"samples_consumed": 24})
