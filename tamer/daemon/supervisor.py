@@ -121,7 +121,6 @@ class Supervisor:
         self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
         self.failure_reason: str | None = None
-        self.state = policies.PolicyState()
         self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
