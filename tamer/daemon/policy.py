@@ -12,7 +12,8 @@ What it holds:
 - the order of the answers: done; a stop tamer asked for to step back; the user's stop; a failure a
   restart cannot fix (bad config, data, model); else the next plan;
 - the next plan after an OOM: the planner's pick (planner mode on CUDA: the injected callable), else
-  the ladder (strategies/ladder.py); a ladder with nothing left fails the run;
+  the ladder (strategies/ladder.py); a ladder with nothing left fails the run. An OOM in eval never
+  asks the planner and never counts as a failed plan: the ladder halves the eval batch alone;
 - for a same-plan restart, the accounting of restarts.py: crashes count toward `max_restarts` (a
   healthy attempt, `healthy_seconds` from its first step to its end, resets that budget) and toward the
   crash-loop guard (the same failure at the same step `crash_loop_limit` times in a row with no
