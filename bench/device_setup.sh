@@ -1,5 +1,5 @@
 # Source this on the lent GPU machine, from the repository root: `. bench/device_setup.sh`.
-# Installs the carried wheels (.whl/: bitsandbytes, tenacity, structlog, sqlite-utils and its deps, typer, rich,
+# Installs the carried wheels (.whl/: bitsandbytes, structlog, sqlite-utils and its deps, typer, rich,
 # shellingham, xxhash, pydantic + pydantic-core + annotated-types + typing-inspection)
 # once per machine, puts tamer on PYTHONPATH, and builds the Llama-3.2-1B-shaped random model at
 # /tmp/llama1b once per machine (bench/make_random_model.py; loaded with from_pretrained like a real one).

@@ -1,6 +1,6 @@
 """How long to wait before restarting a failed attempt with the same plan, and whether the failure
-counts toward giving up. Pure: the supervisor asks `restart_policy(...)` after each failure that the
-ladder did not answer with a new plan, and acts on the answer.
+counts toward giving up. Pure: the policy (policy.py) asks `restart_policy(...)` after each failure
+that the ladder did not answer with a new plan, and the supervisor acts on the answer.
 
 Two kinds of failure, two policies:
 - a crash of our own code (an exception, SIGSEGV, a hang, a lost rank) counts toward `max_restarts`

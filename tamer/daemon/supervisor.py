@@ -1,50 +1,44 @@
-"""The supervisor: spawn the child -> watch it -> classify its exit -> ask the ladder -> respawn.
+"""The supervisor: spawn the child -> watch it -> classify its exit -> ask the policy -> respawn.
 
-It never initialises CUDA (device facts come from NVML or a throwaway probe), so the child gets the
-whole card, and it outlives every child. Restarts after failures that escalation cannot fix (crash,
-hang, a lost child) back off exponentially through tenacity and are bounded by `max_restarts`;
-OOMs restart at once under the ladder's next plan, bounded by the ladder itself. One supervisor per
-run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by kill -9.
-A child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the OOM killer) is restarted
-for as long as the run is wanted, with its own backoff, and never counts as a crash (restarts.py).
-After an OOM that other processes on the card caused, it watches the card and steps back to the faster
-plan when their memory is back: a stop at the next step boundary and a restart (deescalation.py).
+This module is the glue and the record keeper: it runs each attempt through runner.py (which starts,
+watches and signals processes), records everything in the database, and acts on what policy.py decides
+(which decides and runs nothing): finish the run, restart the same plan after a wait, escalate to a plan
+that saves memory, or step back. It never initialises CUDA (device facts come from NVML or a throwaway
+probe), so the child gets the whole card, and it outlives every child. Restarts after failures that
+escalation cannot fix (crash, hang, a lost child) back off exponentially and are bounded by
+`max_restarts`; OOMs restart at once under the ladder's next plan, bounded by the ladder itself. One
+supervisor per run: an flock on `runs/<id>/lock`, which the kernel drops when its holder dies, even by
+kill -9. A child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the OOM killer) is
+restarted for as long as the run is wanted, with its own backoff, and never counts as a crash
+(restarts.py). After an OOM that other processes on the card caused, it watches the card and steps back
+to the faster plan when their memory is back: a stop at the next step boundary and a restart
+(deescalation.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
-import subprocess
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
-import tenacity
 
 from tamer.config import RunConfig, config_from_dict
 from tamer.daemon import outcome as outcomes
+from tamer.daemon import policy as policies
 from tamer.daemon.card import settled_card
 from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
-from tamer.daemon.restarts import OUTSIDE_KILL, RestartPolicy, restart_policy
-from tamer.errors import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_STOPPED_INT,
-    EXIT_STOPPED_TERM,
-    StateError,
-)
+from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
+from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, StateError
 from tamer.plan import DeviceFacts, Plan
-from tamer.protocol import STOP_FILE
-from tamer.planner.candidates import plan_key
+from tamer.protocol import PLAN_FILE, attempt_dir
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -54,16 +48,6 @@ from tamer.units import format_size
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25
-
-
-class AttemptFailed(Exception):
-    """An attempt ended in a failure the supervisor restarts from (or was stopped to step back)."""
-
-    def __init__(self, outcome: outcomes.Outcome, escalated: bool, attempt: int | None = None) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-        self.escalated = escalated
-        self.attempt = attempt
 
 
 def new_run_id(recipe: str) -> str:
@@ -91,7 +75,13 @@ def create_run(home: Home, config: RunConfig) -> str:
 
 
 class Supervisor:
-    def __init__(self, home: Home, run_id: str, progress: Any = None) -> None:
+    """One run's supervision: attempts until it is done, failed or stopped.
+
+    `child_program` is what the interpreter (or torchrun) runs for each attempt, RUN_DIR and ATTEMPT
+    appended: the child module by default. Tests pass a fake child script that imports no torch; it is no
+    config knob, so a user's run always trains with the real child."""
+
+    def __init__(self, home: Home, run_id: str, progress: Any = None, *, child_program: Sequence[str] = CHILD_PROGRAM) -> None:
         self.home = home
         self.db = Database(home.db_path, create=False)
         self.run = self.db.run(run_id)
@@ -101,16 +91,10 @@ class Supervisor:
         self.progress = progress
         self.lock = PidLock(self.run_dir / "lock", f"run {self.run_id} is already supervised by pid {{holder}}; "
                                                    f"wait for it, or stop it with `tamer stop {self.run_id}`")
-        self.child: subprocess.Popen | None = None
+        self.child_program = child_program
+        self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
-        self.crash_restarts = 0
         self.failure_reason: str | None = None
-        self.loop_signature: tuple | None = None
-        self.loop_count = 0
-        self.best_step = -1
-        self.outside_kills = 0
-        self.signals_sent: set[int] = set()
-        self.restart: RestartPolicy | None = None
         self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -142,9 +126,12 @@ class Supervisor:
             self.facts = device_facts(self.config.device)
             self.db.update_run(self.run_id, device_json=json.dumps(self.facts.to_dict()))
         attempts = self.db.attempts(self.run_id)
-        self.failed_plans = [Plan.from_dict(json.loads(a["plan_json"])) for a in attempts if a["outcome"] in ladder.OOM_KINDS]
-        self.oom_hints = [{**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])}
-                          for a in attempts if a["outcome"] in ladder.OOM_KINDS and a["phase"] != "eval"]
+        self.state = policies.PolicyState(
+            failed_plans=tuple(Plan.from_dict(json.loads(a["plan_json"])) for a in attempts if a["outcome"] in ladder.OOM_KINDS),
+            oom_hints=tuple({**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])}
+                            for a in attempts if a["outcome"] in ladder.OOM_KINDS and a["phase"] != "eval"))
+        self.policy = policies.Policy(policies.Limits.from_config(self.config), self.facts, self.config.ladder.order,
+                                      planner=self._planner_choice if self._planning() else None)
         if attempts:
             self.plan = self._current_plan(attempts[-1])
             self.reason = "resumed by `tamer resume`"
@@ -163,7 +150,7 @@ class Supervisor:
         if self.config.start_rungs or not self._planning():
             return ladder.initial_plan(self.config, self.facts), "first plan" + (
                 f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
-        choice = self._planner_choice()
+        choice = self._planner_choice(self.state.failed_plans, self.state.oom_hints)
         if choice is None:
             self.db.event(self.run_id, "planner", "no plan is predicted to fit with the margin: starting from the user's plan, "
                           "escalating by measurement (card order)")
@@ -173,7 +160,7 @@ class Supervisor:
     def _planning(self) -> bool:
         return self.config.ladder.mode == "planner" and self.facts.kind == "cuda" and bool(self.config.architecture)
 
-    def _planner_choice(self) -> Any:
+    def _planner_choice(self, failed_plans: tuple[Plan, ...], oom_hints: tuple[dict[str, Any], ...]) -> Any:
         """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
         from tamer.planner.calibrate import correction_factor, observations
         from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
@@ -186,7 +173,7 @@ class Supervisor:
         if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
             budget = min(budget, self.deescalation.squeezed_budget)
         choice = choose(self.config, self.facts, budget, policy,
-                        exclude={plan_key(plan) for plan in self.failed_plans}, oom_hint=self.oom_hints or None,
+                        exclude={plan_key(plan) for plan in failed_plans}, oom_hint=list(oom_hints) or None,
                         workload=Workload.from_config(self.config, supervised_per_sequence=policy.supervised_per_sequence),
                         correction=correction)
         if choice is not None:
@@ -194,79 +181,32 @@ class Supervisor:
                           correction=correction)
         return choice
 
-    def _next_plan(self, outcome: outcomes.Outcome) -> ladder.LadderDecision:
-        """After an OOM the planner steers (when planning and it has a confident fit), else the ladder."""
-        if outcome.escalate and outcome.phase != "eval" and self._planning():
-            self.failed_plans.append(self.plan)
-            if not self.deescalation.squeezed_budget:  # a squeeze says nothing of the plan's estimate: the budget shrinks instead
-                self.oom_hints.append({**outcome.to_dict(), "plan": self.plan.to_dict()})
-            choice = self._planner_choice()
-            if choice is not None:
-                applied = [rung for rung in choice.plan.rungs if rung not in self.plan.rungs] or ["planner"]
-                return ladder.LadderDecision(plan=choice.plan, applied=applied, reason=f"{outcome.kind} in {outcome.phase}: planner: {choice.reason}",
-                                             escalated=True)
-        return ladder.next_plan(self.plan, outcome, self.facts, self.config.ladder.order)
-
     def _current_plan(self, attempt: dict[str, Any]) -> Plan:
         """The plan an attempt ended with: the child may have split its micro-batch in process."""
-        updated = self.run_dir / "attempts" / str(attempt["attempt"]) / "plan.json"
+        updated = attempt_dir(self.run_dir, attempt["attempt"]) / PLAN_FILE
         return Plan.from_dict(json.loads(updated.read_text())) if updated.is_file() else Plan.from_dict(json.loads(attempt["plan_json"]))
 
     def _loop(self) -> int:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(AttemptFailed),
-            stop=lambda state: self.crash_restarts > self.config.max_restarts or self.stop_signal is not None,
-            wait=self._wait,
-            sleep=self._sleep,
-            before_sleep=self._before_restart,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._attempt()
-        except AttemptFailed as failure:
-            if self.stop_signal is not None:
+        """Attempt after attempt, each followed by the policy's action, until one ends the run."""
+        while True:
+            if self.stop_signal is not None:  # the signal came while waiting to restart
+                return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
+            number, outcome, action = self._attempt()
+            if isinstance(action, policies.Done):
+                code = self._finish("done", action.exit_code, None)
+                after_run(self.db, self.run_id, self.run_dir, self.config, lambda: self.stop_signal is not None)
+                return code
+            if isinstance(action, policies.Stop):
+                return self._finish("stopped", action.exit_code, f"stopped by the user at step {self._steps_done()}")
+            if isinstance(action, policies.Fail):
+                return self._finish("failed", action.exit_code, action.reason + (f"; {self._peak_text()}" if action.out_of_memory else ""))
+            if self.stop_signal is not None:  # it came after the attempt ended
                 return self._finish("stopped", self._stop_exit_code(), "stopped by signal during a restart")
-            return self._finish("failed", EXIT_FAILED,
-                                f"gave up after {self.crash_restarts - 1} restarts (max_restarts {self.config.max_restarts}): "
-                                f"{failure.outcome.kind}: {failure.outcome.message}")
-        raise AssertionError("unreachable")
+            self._sleep(self._restart(number, outcome, action))
 
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        failure = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(failure, AttemptFailed) and failure.escalated or self.restart is None:
-            return 0.0  # a new plan: waiting would not make it fit better
-        return self.restart.wait_seconds
-
-    def _sleep(self, seconds: float) -> None:
-        """Wait before a restart, ending early when a stop signal comes (outside-kill waits reach 10 minutes)."""
-        deadline = time.monotonic() + seconds
-        while self.stop_signal is None and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(POLL_SECONDS, left))
-
-    def _before_restart(self, retry_state: tenacity.RetryCallState) -> None:
-        seconds = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        failure = retry_state.outcome.exception()
-        restart = self.restart if not failure.escalated else None
-        accounting = ""
-        if restart is not None and not restart.counted:
-            accounting = f" (outside kill {self.outside_kills} in a row; not counted toward max_restarts or the crash-loop guard)"
-        elif restart is not None:
-            accounting = f" (restart {self.crash_restarts} of max_restarts {self.config.max_restarts})"
-        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {failure.outcome.kind}{accounting}: {self.reason}",
-                      attempt=failure.attempt, wait_seconds=seconds, outcome=failure.outcome.kind, plan=self.plan.to_dict(),
-                      cause=restart.cause if restart else "deescalation" if self.reason.startswith("de-escalated") else "escalation",
-                      counted=restart.counted if restart else False)
-        if seconds > 0:
-            self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
-        self.restart = None
-        if self.progress is not None:  # show the failure and the restart now, not after the backoff
-            self.progress.finish(self.db, self.run_id)
-
-    def _attempt(self) -> int:
-        if self.stop_signal is not None:  # the signal came while waiting to restart
-            return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
+    def _attempt(self) -> tuple[int, outcomes.Outcome, policies.Action]:
+        """Run the next attempt to its end, record how it ended, and act on the policy's answer up to the
+        restart: (its number, its outcome, the action)."""
         number = self.db.next_attempt_number(self.run_id)
         plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
         self.plan = ladder.for_child(self.plan, self.config)
@@ -276,7 +216,8 @@ class Supervisor:
         stats = outcome.memory_stats or {}
         training_oom = outcome.kind == "cuda_oom" and outcome.phase != "eval"
         card = settled_card() if training_oom else None  # what else held the card when ours ran out
-        stepping_back = outcome.kind == "stopped" and self.stop_signal is None and self.deescalation.pending is not None
+        stop_signal, pending = self.stop_signal, self.deescalation.pending
+        stepping_back = outcome.kind == "stopped" and stop_signal is None and pending is not None
         message = f"stopped by tamer to step back to a faster plan at step {self._steps_done()}" if stepping_back else outcome.message
         self.db.update_attempt(
             self.run_id, number, ended_at=time.time(), exit_code=returncode if returncode >= 0 else None,
@@ -286,46 +227,53 @@ class Supervisor:
             peak_allocated=stats.get("peak_allocated"), peak_reserved=stats.get("peak_reserved"),
         )
         log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=message)
-        if outcome.kind == "done":
-            code = self._finish("done", EXIT_OK, None)
-            after_run(self.db, self.run_id, self.run_dir, self.config, lambda: self.stop_signal is not None)
-            return code
-        if stepping_back:
-            self._step_back(number, outcome)
+        row = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
+        ended = policies.Ended(number, outcome, self._current_plan({"attempt": number, "plan_json": self.plan.to_json()}),
+                               last_step=row["last_step"], first_step_at=row["first_step_at"], ended_at=row["ended_at"],
+                               reported_exit_code=(report or {}).get("exit_code"))
+        # A training OOM goes on to the next plan unless the user stopped the run: note first whether others squeezed it.
+        on_card = self.deescalation.oom(started, card) if training_oom and stop_signal is None else ""
+        step_back = (policies.PendingStepBack(Plan.from_dict(pending.squeeze.plan), pending.squeeze.key, pending.reason)
+                     if pending is not None else None)
+        action, self.state = self.policy.decide(self.state, ended, stop_signal=stop_signal, step_back=step_back,
+                                                squeezed=bool(self.deescalation.squeezed_budget))
+        if isinstance(action, policies.Done):
+            return number, outcome, action
+        if isinstance(action, policies.StepBack):
+            better, decision, detail = self.deescalation.take(number)
+            self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}", attempt=number,
+                          old_plan=started.to_dict(), new_plan=better.to_dict(), **detail)
+            self.plan, self.reason, self.applied = action.plan, action.reason, []
         self.deescalation.drop_pending()
-        if outcome.kind == "stopped" or self.stop_signal is not None:
-            return self._finish("stopped", self._stop_exit_code(), f"stopped by the user at step {self._steps_done()}")
-        if not outcome.retryable:
-            code = (report or {}).get("exit_code") or EXIT_FAILED
-            return self._finish("failed", code, outcome.message)
-        self.plan = self._current_plan({"attempt": number, "plan_json": self.plan.to_json()})
-        on_card = self.deescalation.oom(started, card) if training_oom else ""
-        decision = self._next_plan(outcome)
-        if decision.plan is None:
-            peak = self._peak_text()
-            return self._finish("failed", EXIT_FAILED, f"out of memory and nothing left to try: {decision.reason}; {peak}")
-        if decision.escalated or decision.applied:
+        if isinstance(action, policies.Escalate):
             squeeze = self.deescalation.escalated(number, started, outcome, card) if training_oom else None
-            self.db.event(self.run_id, "escalate", decision.reason + (f"; {on_card}" if on_card else ""), attempt=number,
-                          applied=decision.applied, skipped=decision.skipped, old_plan=self.plan.to_dict(), new_plan=decision.plan.to_dict(),
+            self.db.event(self.run_id, "escalate", action.reason + (f"; {on_card}" if on_card else ""), attempt=number,
+                          applied=action.applied, skipped=action.skipped, old_plan=ended.plan.to_dict(), new_plan=action.plan.to_dict(),
                           card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
-        else:
-            loop = self._count_restart(number, outcome)
-            if loop:
-                return self._finish("failed", EXIT_FAILED, loop)
-        self.plan, self.reason, self.applied = decision.plan, decision.reason, decision.applied
-        raise AttemptFailed(outcome, escalated=bool(decision.applied), attempt=number)
+            self.plan, self.reason, self.applied = action.plan, action.reason, action.applied
+        elif isinstance(action, policies.Restart):
+            self.plan, self.reason, self.applied = action.plan, action.reason, []
+        return number, outcome, action
 
-    def _step_back(self, number: int, outcome: outcomes.Outcome) -> None:
-        """The child stopped at a step boundary for a step back: restart at once under the better plan."""
-        better, decision, detail = self.deescalation.take(number)
-        self.failed_plans = [plan for plan in self.failed_plans if plan_key(plan) != decision.squeeze.key]
-        self.oom_hints = [hint for hint in self.oom_hints if plan_key(Plan.from_dict(hint["plan"])) != decision.squeeze.key]
-        self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}", attempt=number,
-                      old_plan=self.plan.to_dict(), new_plan=better.to_dict(), **detail)
-        self.plan, self.reason, self.applied = better, f"de-escalated: {decision.reason}", []
-        self.restart = None
-        raise AttemptFailed(outcome, escalated=True, attempt=number)
+    def _restart(self, number: int, outcome: outcomes.Outcome, action: policies.Action) -> float:
+        """Record the restart the policy chose (its plan is set): the seconds to wait before it."""
+        same_plan = action if isinstance(action, policies.Restart) else None
+        seconds = same_plan.wait_seconds if same_plan else 0.0  # a new plan: waiting would not make it fit better
+        cause = same_plan.cause if same_plan else "deescalation" if isinstance(action, policies.StepBack) else "escalation"
+        self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {outcome.kind}{same_plan.accounting if same_plan else ''}: "
+                      f"{self.reason}", attempt=number, wait_seconds=seconds, outcome=outcome.kind, plan=self.plan.to_dict(),
+                      cause=cause, counted=same_plan.counted if same_plan else False)
+        if seconds > 0:
+            self.reason = f"{self.reason}; after waiting {seconds:.1f} s"
+        if self.progress is not None:  # show the failure and the restart now, not after the backoff
+            self.progress.finish(self.db, self.run_id)
+        return seconds
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait before a restart, ending early when a stop signal comes (outside-kill waits reach 10 minutes)."""
+        deadline = time.monotonic() + seconds
+        while self.stop_signal is None and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_SECONDS, left))
 
     def _predicted_peak(self, plan: Plan) -> int | None:
         """The planner's predicted peak reserved bytes for `plan`, when it plans for this run."""
@@ -340,150 +288,47 @@ class Supervisor:
         correction = correction_factor(observations(self.db, shape, self.facts.name))
         return estimate(shape, plan, workload).with_correction(correction).reserved
 
-    def _count_restart(self, number: int, outcome: outcomes.Outcome) -> str | None:
-        """Account for a same-plan restart and decide its wait (self.restart); why to give up, or None.
-        An outside kill counts only toward its own backoff, which progress resets."""
-        attempt = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
-        loop = None
-        if outcome.kind == OUTSIDE_KILL:
-            progressed = (attempt["last_step"] or -1) > self.best_step
-            self.best_step = max(self.best_step, attempt["last_step"] or -1)
-            self.outside_kills = 1 if progressed else self.outside_kills + 1
-        else:
-            self.crash_restarts += 1
-            loop = self._crash_loop(attempt, outcome)
-        self.restart = restart_policy(outcome.kind, self.crash_restarts, self.outside_kills, self.config)
-        return loop
-
-    def _crash_loop(self, attempt: dict[str, Any], outcome: outcomes.Outcome) -> str | None:
-        """Why to give up now, or None: the same failure at the same step `crash_loop_limit` times in a
-        row with no progress. Also resets the restart budget after a healthy attempt."""
-        if attempt["first_step_at"] and attempt["ended_at"] - attempt["first_step_at"] >= self.config.healthy_seconds:
-            self.crash_restarts = 1  # this failure only: the budget is for failures close together
-        progressed = (attempt["last_step"] or -1) > self.best_step
-        self.best_step = max(self.best_step, attempt["last_step"] or -1)
-        signature = (outcome.kind, outcome.step, outcome.phase, outcome.message[:120])
-        self.loop_count = 1 if progressed or signature != self.loop_signature else self.loop_count + 1
-        self.loop_signature = signature
-        if self.loop_count >= self.config.crash_loop_limit:
-            where = f" at step {outcome.step}" if outcome.step is not None else ""
-            return (f"crash loop: {outcome.kind}{where} {self.loop_count} times in a row with no progress: {outcome.message}")
-        return None
-
     # --- the child ------------------------------------------------------------------------------
 
     def _command(self, number: int) -> list[str]:
-        """The child's command line: the child module, or torchrun launching one per process."""
-        child = ["-m", "tamer.engine.child", str(self.run_dir), str(number)]
-        if self.plan.world_size == 1:
-            return [sys.executable, *child]
-        spread = self.config.distributed
-        launcher = [sys.executable, "-m", "tamer.engine.launch", "--nproc-per-node", str(spread.nproc_per_node),
-                    "--nnodes", str(spread.nnodes), "--max-restarts", "0", "--monitor-interval", "0.1"]
-        if spread.nnodes == 1:
-            launcher.append("--standalone")
-        elif spread.node_rank is not None:  # static rendezvous: rank 0's node is the master
-            host, _, port = spread.rdzv_endpoint.rpartition(":")
-            launcher += ["--node-rank", str(spread.node_rank), "--master-addr", host, "--master-port", port]
-        else:
-            launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", spread.rdzv_endpoint, "--rdzv-id", spread.rdzv_id or self.run_id]
-        return launcher + child
+        return command(self.run_dir, number, self.plan, self.config, self.run_id, self.child_program)
 
     def _run_child(self, number: int) -> tuple[int, outcomes.Outcome, dict | None, int]:
         """Run attempt `number` to its end: (exit status, its classified outcome, the report behind it, peak host RSS)."""
-        attempt_dir = self.run_dir / "attempts" / str(number)
-        attempt_dir.mkdir(parents=True, exist_ok=True)
-        self.attempt_dir = attempt_dir
-        env = {**os.environ, **self.plan.env, "TAMER_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        if self.config.torch_threads:  # also what torchrun would otherwise set to 1 for its ranks, with a warning
-            env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
-        env.pop("TAMER_PARENT_PID", None)
-        self.signals_sent = set()
-        events_before = outcomes.read_memory_events()
-        with open(attempt_dir / "child.log", "ab") as child_log:
-            self.child = subprocess.Popen(self._command(number), stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        folder = attempt_dir(self.run_dir, number)
+        folder.mkdir(parents=True, exist_ok=True)
+        process = self.process = AttemptProcess(self._command(number), environment(self.plan, self.config.torch_threads), folder,
+                                                self.plan.world_size, self.config.watchdog)
         self.db.insert_attempt({
             "run_id": self.run_id, "attempt": number, "plan_json": self.plan.to_json(), "plan_summary": self.plan.describe(),
-            "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": self.child.pid,
+            "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": process.pid,
             "started_at": time.time(), "world_size": self.plan.world_size,
         })
-        self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {self.child.pid}): {self.plan.describe()}",
+        self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {process.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)
-        peak_rss = 0
-        hung = False
-        started = time.time()
-        ranks = RankWatch(attempt_dir) if self.plan.world_size > 1 else None
-        while (returncode := self.child.poll()) is None:
-            peak_rss = max(peak_rss, _rss(self.child.pid))
-            if ranks is not None:
-                ranks.poll()
+        while (returncode := process.poll()) is None:
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
-            squeezed = self.deescalation.split(number, attempt_dir, self.plan, self._child_pids)
+            squeezed = self.deescalation.split(number, folder, self.plan, process.child_pids)
             if squeezed is not None:
                 self.db.event(self.run_id, "squeeze", f"the in-process micro-batch split of attempt {number} was a squeeze: other "
                               f"processes held {format_size(squeezed.others)}; tamer steps back when it passes", attempt=number,
                               squeeze=squeezed.to_dict())
-            if self.stop_signal is None and self.deescalation.poll(number, attempt_dir, self._child_pids):
-                self.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
+            if self.stop_signal is None and self.deescalation.poll(number, folder, process.child_pids):
+                process.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
                 log.info("deescalate_requested", run_id=self.run_id, attempt=number, reason=self.deescalation.pending.reason)
-            silence, deadline, phase = self._silence(attempt_dir, started)
-            if silence > deadline and not hung:
-                hung = True
+            overdue = process.overdue()
+            if overdue is not None:
+                silence, deadline, phase = overdue
                 self.db.event(self.run_id, "hang", f"no heartbeat for {silence:.0f} s in {phase} (deadline {deadline:.0f} s): killing the child",
                               attempt=number, phase=phase, silence=silence, deadline=deadline)
-                self._kill_child(attempt_dir)
+                process.kill()
             time.sleep(POLL_SECONDS)
         if self.progress is not None:
             self.progress.update(self.db, self.run_id, number)
-        self.child = None
-        if self.plan.world_size > 1:
-            _kill_ranks(attempt_dir, signal.SIGKILL)  # none should be left; never leave one holding a GPU
-            oom_killed = returncode != 0 and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
-            reports = {}
-            for path in attempt_dir.glob("exit-rank*.json"):
-                reports[int(path.stem.removeprefix("exit-rank"))] = json.loads(path.read_text())
-            outcome = outcomes.classify_group(returncode, reports, self.plan.world_size, oom_killed=oom_killed, hung=hung,
-                                              stop_requested=(attempt_dir / STOP_FILE).exists(), died_first=ranks.finish() if ranks else None)
-            return returncode, outcome, reports.get(outcome.rank) if outcome.rank is not None else None, peak_rss
-        oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(events_before, outcomes.read_memory_events())
-        report_path = attempt_dir / "exit.json"
-        report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=hung, signals_sent=frozenset(self.signals_sent))
-        return returncode, outcome, report, peak_rss
-
-    def _child_pids(self) -> set[int]:
-        """The child and its descendants (torchrun's ranks), as NVML would list them outside a container."""
-        if self.child is None:
-            return set()
-        try:
-            process = psutil.Process(self.child.pid)
-            return {process.pid, *(descendant.pid for descendant in process.children(recursive=True))}
-        except psutil.Error:
-            return set()
-
-    def _kill_child(self, attempt_dir: Path) -> None:
-        """SIGKILL the child, and with torchrun every rank too (they run in sessions of their own)."""
-        self.signals_sent.add(signal.SIGKILL)
-        if self.child is not None and self.child.poll() is None:
-            os.kill(self.child.pid, signal.SIGKILL)
-        _kill_ranks(attempt_dir, signal.SIGKILL)
-
-    def _silence(self, attempt_dir: Path, started: float) -> tuple[float, float, str]:
-        """(seconds since the stalest rank's last heartbeat, the deadline for its phase, the phase)."""
-        beats = sorted(attempt_dir.glob("heartbeat*")) or [attempt_dir / "heartbeat"]
-        worst = (0.0, 1.0, "load")
-        for heartbeat in beats:
-            try:
-                stamp = heartbeat.stat().st_mtime
-                phase, first_step = (heartbeat.read_text().split() + ["load", "1"])[:2]
-            except (OSError, ValueError):
-                stamp, phase, first_step = started, "load", "1"
-            silence = time.time() - max(stamp, started)
-            deadline = self.config.watchdog.deadline(phase, first_step == "1")
-            if silence / deadline > worst[0] / worst[1]:
-                worst = (silence, deadline, phase)
-        return worst
+        self.process = None
+        outcome, report = process.finish(returncode)
+        return returncode, outcome, report, process.peak_rss
 
     # --- signals and endings --------------------------------------------------------------------
 
@@ -491,16 +336,8 @@ class Supervisor:
         def forward(signum: int, frame: Any) -> None:
             first = self.stop_signal is None
             self.stop_signal = signum
-            if self.child is not None and self.child.poll() is None:
-                # First signal: the child checkpoints at the next step boundary. A second: kill it.
-                if self.plan.world_size > 1:  # ranks learn it from the stop file, all after the same step
-                    if first:
-                        (self.attempt_dir / STOP_FILE).touch()
-                    else:
-                        self._kill_child(self.attempt_dir)
-                else:
-                    self.signals_sent.add(signal.SIGTERM if first else signal.SIGKILL)
-                    os.kill(self.child.pid, signal.SIGTERM if first else signal.SIGKILL)
+            if self.process is not None:  # first signal: a checkpoint at the next step boundary; a second: kill
+                self.process.request_stop(first)
 
         return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
 
@@ -525,80 +362,3 @@ class Supervisor:
         return code
 
 
-def _rss(pid: int) -> int:
-    """Resident memory of the child and its descendants (torchrun's ranks)."""
-    try:
-        process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for descendant in process.children(recursive=True):
-            try:
-                total += descendant.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return 0
-
-
-class RankWatch:
-    """Which rank of a torchrun attempt exited first, seen from the supervisor's poll loop (the ranks
-    are torchrun's children, so their exit statuses never reach us): names a rank lost without a report."""
-
-    def __init__(self, attempt_dir: Path) -> None:
-        self.attempt_dir = attempt_dir
-        self.pids: dict[int, int] = {}
-        self.died_first: int | None = None
-
-    def poll(self) -> None:
-        if self.died_first is not None:
-            return
-        self.pids = {**rank_pids(self.attempt_dir), **self.pids}
-        dead = []
-        for rank, pid in sorted(self.pids.items()):
-            try:
-                alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.Error:
-                alive = False
-            if not alive:
-                dead.append(rank)
-        if len(dead) == 1:
-            self.died_first = dead[0]
-        elif dead:  # several between two polls: torchrun logged the first it saw fail
-            self.died_first = self.first_failure_logged()
-            self.pids.clear()
-
-    def first_failure_logged(self) -> int | None:
-        """The local rank of torchrun's first `failed (exitcode: N) local_rank: R` line in child.log."""
-        try:
-            text = (self.attempt_dir / "child.log").read_text(errors="replace")
-        except OSError:
-            return None
-        match = re.search(r"failed \(exitcode: -?\d+\) local_rank: (\d+)", text)
-        return int(match.group(1)) if match else None
-
-    def finish(self) -> int | None:
-        """After the attempt: the first rank seen to exit, else the one torchrun logged."""
-        if self.died_first is None:
-            self.poll()
-        return self.died_first if self.died_first is not None else self.first_failure_logged()
-
-
-def rank_pids(attempt_dir: Path) -> dict[int, int]:
-    """rank -> pid of a torchrun attempt's ranks, from the `pid-rank<r>` files they write at start."""
-    pids = {}
-    for path in attempt_dir.glob("pid-rank*"):
-        try:
-            pids[int(path.name.removeprefix("pid-rank"))] = int(path.read_text())
-        except ValueError:  # being written
-            continue
-    return pids
-
-
-def _kill_ranks(attempt_dir: Path, signum: int) -> None:
-    """Signal every rank of a torchrun attempt that is still alive."""
-    for pid in rank_pids(attempt_dir).values():
-        try:
-            if psutil.Process(pid).cmdline()[-1:] == [attempt_dir.name]:  # still that rank, not a reused pid
-                os.kill(pid, signum)
-        except (OSError, psutil.Error):
-            pass

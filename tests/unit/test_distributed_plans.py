@@ -210,7 +210,7 @@ def test_a_rank_seen_dying_first_is_named_when_no_rank_reported():
 def test_torchrun_names_the_first_failed_rank_in_the_child_log(tmp_path):
     """When both ranks are gone between two polls, the rank torchrun's agent saw fail first is taken from
     its log line (as an H100 pair printed it)."""
-    from tamer.daemon.supervisor import RankWatch
+    from tamer.daemon.runner import RankWatch
 
     (tmp_path / "child.log").write_text(
         "W1125 22:32:30.469000 2464 torch/distributed/run.py:851] *****\n"
