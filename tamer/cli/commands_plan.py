@@ -132,7 +132,10 @@ def plan_command(
     No GPU needed: the memory of the card comes from NVML or --gpu-mem. The planner's knobs and the
     rungs it may use are the config's (`planner`, `ladder.order`), as `tamer run` uses them; the
     options above override them. Past attempts of the same model on the same card (in --home) show how
-    far off the predictions were.
+    far off the predictions were. This is the first attempt's choice; after an OOM the supervisor
+    chooses again with the failing phase's unknowns (activations, logits, workspaces) raised by the
+    shortfall it measured, and keeps the model if it can (a full fine-tune that fits before LoRA). With
+    several GPUs it also compares the step time with one GPU's (the gradient all-reduce).
 
     Example: tamer plan squad --preset llama-3.2-1b --gpu-mem 15GiB
     """
