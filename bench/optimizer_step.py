@@ -1,0 +1,165 @@
+"""What the optimizer step of the planner's 1B plan costs, and whether bitsandbytes' per-tensor sync is why.
+
+    python bench/optimizer_step.py [--iters 20] [--out DIR]          # on the GPU machine
+    python bench/optimizer_step.py --preset tiny --iters 3            # plumbing check (CPU if no CUDA)
+
+bitsandbytes (0.45-0.50) synchronizes the device after every parameter's update kernel
+(`Optimizer8bit.step` -> `sync_gpu(p)`: 146 waits per step on a 1B model). `unsynced` below runs the same
+kernels in the same order without those waits, to measure what they cost. Answer on an H200
+(bench/results/optimizer-step-h200-2026-12-03.md): little; the kernels themselves take ~35 ms. The
+model is the preset's shape with fp32 master weights built on the device, gradients random (fixed seed).
+Per row: median device time of the call (CUDA events, after 3 warm-ups) and host time until the call
+returns. Then a bit-identity check: two copies of the same weights and moments stepped 3 times with
+the same gradients by each flavour must be torch.equal (weights and 8-bit moments). No memory cap: the
+cap changes what fits, not how fast a kernel runs. Prints a markdown table; --out writes optimizer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tamer.config import PRESETS
+
+
+def unsynced(paged: bool) -> type[torch.optim.Optimizer]:
+    """bitsandbytes' (paged) AdamW8bit whose step does not synchronize after every tensor (the paged
+    flavour once at the end, as bitsandbytes does): same kernels, same order, same stream."""
+    import bitsandbytes as bnb
+
+    base = bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit
+
+    class Unsynced(base):  # type: ignore[misc, valid-type]
+        @torch.no_grad()
+        def step(self, closure=None):  # noqa: ANN001, ANN201
+            if not self.initialized:
+                self.check_overrides()
+                self.to_gpu()
+                self.initialized = True
+            last = None
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, parameter in enumerate(group["params"]):
+                    if parameter.grad is None:
+                        continue
+                    if len(self.state[parameter]) == 0:
+                        self.init_state(group, parameter, gindex, pindex)
+                    self.prefetch_state(parameter)
+                    self.update_step(group, parameter, gindex, pindex)
+                    last = parameter
+            if self.is_paged and last is not None and last.device.type == "cuda":
+                torch.cuda.synchronize(last.device)
+
+    return Unsynced
+
+
+def timed(device: torch.device, fn, iters: int) -> tuple[float, float]:
+    """(median device seconds, median host seconds until fn returns) over iters runs after 3 warm-ups."""
+    for _ in range(3):
+        fn()
+    device_times, host_times = [], []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            began = time.perf_counter()
+            fn()
+            host_times.append(time.perf_counter() - began)
+            end.record()
+            torch.cuda.synchronize(device)
+            device_times.append(start.elapsed_time(end) / 1000)
+        else:
+            began = time.perf_counter()
+            fn()
+            host_times.append(time.perf_counter() - began)
+            device_times.append(host_times[-1])
+    return statistics.median(device_times), statistics.median(host_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="llama-3.2-1b", choices=sorted(PRESETS))
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    import bitsandbytes as bnb
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(0)
+    with device:
+        model = LlamaForCausalLM(LlamaConfig(**PRESETS[args.preset]["architecture"]))
+    parameters = list(model.parameters())
+    generator = torch.Generator(device).manual_seed(1)
+    for parameter in parameters:
+        parameter.grad = torch.randn(parameter.shape, device=device, generator=generator) * 1e-3
+    count = sum(p.numel() for p in parameters)
+    flavours = {
+        "bitsandbytes AdamW8bit": bnb.optim.AdamW8bit,
+        "AdamW8bit without the per-tensor sync": unsynced(False),
+        "bitsandbytes PagedAdamW8bit": bnb.optim.PagedAdamW8bit,
+        "PagedAdamW8bit without the per-tensor sync": unsynced(True),
+    }
+    rows = []
+    seconds, host = timed(device, lambda: torch.nn.utils.clip_grad_norm_(parameters, 1.0), args.iters)
+    rows.append({"what": "clip_grad_norm_ (foreach)", "device_s": seconds, "host_s": host})
+    for name, cls in flavours.items():
+        optimizer = cls(parameters, lr=1e-5, weight_decay=0.0)
+        seconds, host = timed(device, optimizer.step, args.iters)
+        rows.append({"what": f"{name}.step", "device_s": seconds, "host_s": host})
+        print(rows[-1], flush=True)
+        del optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    identical = {}
+    originals = [p.detach().clone() for p in parameters]
+    for paged in (False, True):
+        stock = bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit
+        results = []
+        for cls in (stock, unsynced(paged)):
+            with torch.no_grad():
+                for parameter, original in zip(parameters, originals):
+                    parameter.copy_(original)
+            optimizer = cls(parameters, lr=1e-3, weight_decay=0.01)
+            for _ in range(3):
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            results.append(([p.detach().clone() for p in parameters],
+                             [v.clone() for p in parameters for v in optimizer.state[p].values() if isinstance(v, torch.Tensor)]))
+            del optimizer
+        (w0, s0), (w1, s1) = results
+        identical["paged" if paged else "plain"] = all(torch.equal(a, b) for a, b in zip(w0 + s0, w1 + s1))
+        moved = any(not torch.equal(a, b) for a, b in zip(w0, originals))
+        assert moved, "the optimizer did not change the weights: the check would prove nothing"
+        del results, w0, s0, w1, s1
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n{args.preset}: {count / 1e9:.3f} B parameters in {len(parameters)} tensors, fp32; device {name}; "
+          f"torch {torch.__version__}, bitsandbytes {bnb.__version__}")
+    print("| what | device s (median) | host s until return | speed-up vs bitsandbytes |\n|---|---|---|---|")
+    stock_time = {}
+    for row in rows:
+        ratio = "-"
+        if row["what"].startswith("bitsandbytes"):
+            stock_time["Paged" in row["what"]] = row["device_s"]
+        elif "without" in row["what"]:
+            ratio = f"{stock_time['Paged' in row['what']] / row['device_s']:.2f}x"
+        print(f"| {row['what']} | {row['device_s']:.4f} | {row['host_s']:.4f} | {ratio} |")
+    print(f"bit-identical after 3 steps (weights and moments): {identical}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "optimizer.json").write_text(json.dumps(
+            {"device": name, "parameters": count, "tensors": len(parameters), "rows": rows, "identical": identical}, indent=1))
+    if not all(identical.values()):
+        raise SystemExit("the unsynced step is not bit-identical to bitsandbytes'")
+
+
+if __name__ == "__main__":
+    main()
