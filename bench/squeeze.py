@@ -44,17 +44,24 @@ FAKE_SQUEEZED = {"total": "80GiB", "free": "6GiB", "processes": [{"pid": 999999,
 FAKE_EMPTY = {"total": "80GiB", "free": "79.5GiB", "processes": []}
 
 # The other job: its CUDA context comes up first (imports take seconds); on "go" (our child is dead) it
-# takes all the free memory but `leave`, before the restarted child loads, and holds it.
+# takes all the free memory but `leave` (topping up while the dead child's memory comes back), before the
+# restarted child loads, and holds it.
 HOG = """
 import sys, time, torch
 leave, hold, ready = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 torch.zeros(1, device="cuda")
 print("warm", flush=True)
 sys.stdin.readline()
-free, total = torch.cuda.mem_get_info()
-block = torch.empty(max(0, free - leave), dtype=torch.uint8, device="cuda")
-torch.cuda.synchronize()
-open(ready, "w").write(str(block.numel()))
+# A dead child's memory comes back to the driver a moment after its process is gone: top up for 4 s
+# (the restarted child waits out a 5 s backoff and loads for seconds more before it allocates).
+blocks, until = [], time.time() + 4.0
+while time.time() < until:
+    free, total = torch.cuda.mem_get_info()
+    if free > leave + 2**26:
+        blocks.append(torch.empty(free - leave, dtype=torch.uint8, device="cuda"))
+        torch.cuda.synchronize()
+    time.sleep(0.1)
+open(ready, "w").write(str(sum(block.numel() for block in blocks)))
 time.sleep(hold)
 """
 
@@ -242,11 +249,13 @@ class Squeeze:
         return query(self.db, "SELECT time, attempt, kind, message, detail_json FROM events WHERE run_id = ? ORDER BY id", (self.run_id,))
 
     def escalated_attempt(self) -> int | None:
-        escalations = [attempt for _, attempt, kind, _, _ in self.events() if kind == "escalate"]
-        if not escalations:
-            return None
-        following = escalations[-1] + 1
-        return following if self.steps_of(following) > 0 else None
+        """The attempt that trains the squeezed plan: the one after an escalation, or the attempt itself
+        when the OOM was answered by an in-process micro-batch split (seen on an H200, 2026-12-03)."""
+        for _, attempt, kind, _, _ in reversed(self.events()):
+            if kind in ("escalate", "in_process_split"):
+                squeezed = attempt + 1 if kind == "escalate" else attempt
+                return squeezed if self.steps_of(squeezed) > 0 else None
+        return None
 
     def stepped_back_attempt(self) -> int | None:
         steps_back = [attempt for _, attempt, kind, _, _ in self.events() if kind == "deescalate"]
