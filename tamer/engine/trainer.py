@@ -270,7 +270,11 @@ class Trainer:
         self.checkpointer.save(wait)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | None:
+        """Loss on the held-out examples, recorded as an eval row; None (and no row) when nothing is held out
+        (`eval_samples: 0`): a loss of 0 over 0 tokens would read as a perfect model."""
+        if not self.eval_examples:
+            return None
         self.report.beat("eval")
         self.faults.check("eval", self.state.step, self.plan.micro_batch_size)
         self.wrapped.eval()
