@@ -134,8 +134,10 @@ def describe_ladder(order: list[str]) -> list[dict[str, Any]]:
 
 
 def _where(plan: Plan, outcome: Outcome) -> str:
-    """`cuda_oom in backward at micro-batch 8`: the opening of every reason."""
+    """`cuda_oom in backward at micro-batch 8` (`cuda_oom in eval at eval batch 16`): the opening of every reason."""
     phase = f" in {outcome.phase}" if outcome.phase else ""
+    if outcome.phase == "eval":  # evaluation runs eval_batch_size sequences at once, not the micro-batch
+        return f"{outcome.kind}{phase} at eval batch {plan.eval_batch_size}"
     micro_batch_size = outcome.micro_batch_size or plan.micro_batch_size
     return f"{outcome.kind}{phase} at micro-batch {micro_batch_size}"
 

@@ -164,6 +164,7 @@ def test_eval_oom_halves_only_the_eval_batch():
     assert decision.applied == ["eval_batch_size"]
     assert decision.escalated
     assert decision.plan == plan.replace(eval_batch_size=4)
+    assert decision.reason.startswith("cuda_oom in eval at eval batch 8: halved the eval batch 8 -> 4"), decision.reason
 
 
 def test_eval_oom_at_eval_batch_one_is_exhausted():
