@@ -126,10 +126,11 @@ class Supervisor:
             self.facts = device_facts(self.config.device)
             self.db.update_run(self.run_id, device_json=json.dumps(self.facts.to_dict()))
         attempts = self.db.attempts(self.run_id)
+        # As the policy does live: an OOM in eval says nothing against the training plan (only the eval batch halves).
+        trained_ooms = [a for a in attempts if a["outcome"] in ladder.OOM_KINDS and a["phase"] != "eval"]
         self.state = policies.PolicyState(
-            failed_plans=tuple(Plan.from_dict(json.loads(a["plan_json"])) for a in attempts if a["outcome"] in ladder.OOM_KINDS),
-            oom_hints=tuple({**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])}
-                            for a in attempts if a["outcome"] in ladder.OOM_KINDS and a["phase"] != "eval"))
+            failed_plans=tuple(Plan.from_dict(json.loads(a["plan_json"])) for a in trained_ooms),
+            oom_hints=tuple({**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])} for a in trained_ooms))
         self.policy = policies.Policy(policies.Limits.from_config(self.config), self.facts, self.config.ladder.order,
                                       planner=self._planner_choice if self._planning() else None)
         if attempts:

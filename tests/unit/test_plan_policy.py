@@ -66,3 +66,30 @@ def test_tamer_plan_flags_override_the_config(monkeypatch):
     assert _tamer_plan(monkeypatch, "--set", "planner.safety_margin=0.5")["usable"] == from_flag
     with pytest.raises(ConfigError, match="planner.safety_margin: must be in \\[0, 1\\), got 1.5"):
         build_config("llama-3.2-1b", options={"planner.safety_margin": 1.5})
+
+
+def test_a_resumed_run_holds_only_training_ooms_against_their_plans(tmp_path):
+    """`tamer resume` rebuilds the policy state from the attempts as the live policy keeps it: an OOM in eval
+    halved the eval batch and says nothing against the training plan."""
+    from tamer.daemon.supervisor import Supervisor, create_run
+    from tamer.plan import DeviceFacts, Plan
+    from tamer.state.db import Database
+    from tamer.state.home import Home
+
+    home = Home.resolve(tmp_path)
+    run_id = create_run(home, build_config("tiny", sets=["device=cpu"]))
+    database = Database(home.db_path, create=False)
+    database.update_run(run_id, device_json=json.dumps(DeviceFacts(kind="cpu", name="cpu", total_memory=2**34).to_dict()))
+    plans = {1: Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8),
+             2: Plan(micro_batch_size=4, grad_accumulation=2, eval_batch_size=8)}
+    for number, phase in ((1, "eval"), (2, "backward")):
+        database.insert_attempt({"run_id": run_id, "attempt": number, "plan_json": json.dumps(plans[number].to_dict()),
+                                 "plan_summary": plans[number].describe(), "rungs_applied": "[]", "reason": "test",
+                                 "started_at": 1000.0 + number, "resumed_from_step": 0})
+        database.update_attempt(run_id, number, ended_at=1000.5 + number, outcome="host_oom", phase=phase, last_step=1,
+                                message="out of memory", detail_json=json.dumps({"phase": phase}))
+    database.close()
+    supervisor = Supervisor(home, run_id)
+    supervisor._prepare()
+    assert supervisor.state.failed_plans == (plans[2],)
+    assert [hint["plan"] for hint in supervisor.state.oom_hints] == [plans[2].to_dict()]
