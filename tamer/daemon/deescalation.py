@@ -92,10 +92,11 @@ class Deescalation:
         return self._remember(number, failed, outcome.sizes, outcome.memory_stats, card, others)
 
     def _remember(self, number: int, failed: Plan, sizes: dict[str, int], memory_stats: dict[str, Any], card: CardView,
-                  others: int) -> Squeeze:
+                  others: int, ours: frozenset[int] | set[int] = frozenset()) -> Squeeze:
+        """`ours`: our live child's processes (an in-process split), which are not among those who squeezed."""
         key = plan_key(failed)
         attempts = self._attempts_of(key)
-        processes = [{"pid": p.pid, "used": p.used, "name": p.name} for p in card.processes]
+        processes = [{"pid": p.pid, "used": p.used, "name": p.name} for p in card.processes if p.pid not in ours]
         squeeze = Squeeze(plan=failed.to_dict(), key=key, predicted=self.predicted_peak(failed),
                           measured=measured_need(sizes, memory_stats, self._peak_reserved(attempts)),
                           others=others, attempt=number, processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
@@ -141,7 +142,7 @@ class Deescalation:
             return None
         splits = queries.in_process_split_details(self.db, self.run_id, number)
         sizes = parse_oom_message(splits[0].get("error", "")) if splits else {}
-        return self._remember(number, started, sizes, {}, card, others)
+        return self._remember(number, started, sizes, {}, card, others, ours)
 
     # --- while training on an escalated plan ----------------------------------------------------
 

@@ -65,10 +65,11 @@ def test_an_in_process_split_under_a_squeeze_steps_back_to_the_unsplit_plan(runn
     assert deescalation.split(1, attempt_dir, STARTED, child) is None  # nothing new: no second squeeze
     time.sleep(0.02)
     assert deescalation.poll(1, attempt_dir, child) is None and not (attempt_dir / STOP_FILE).exists()
-    card.write_text(json.dumps(EMPTY))
+    card.write_text(json.dumps({**EMPTY, "processes": [{"pid": CHILD, "used": "9GiB"}]}))  # the other job left; ours trains on
     time.sleep(0.02)
     decision = deescalation.poll(1, attempt_dir, child)
     assert decision is not None and (attempt_dir / STOP_FILE).exists()
+    assert "gone: pid 4242" in decision.reason and "still there" not in decision.reason, decision.reason  # our child is not a squeezer
     plan, _, detail = deescalation.take(1)
     assert plan == STARTED and deescalation.squeezes == [] and detail["steps_back_to_this_plan"] == 1
 
