@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -193,19 +194,19 @@ class WatchdogConfig(Schema):
 
 
 class DistributedConfig(Schema):
-    """Several processes (one per GPU) through torchrun. One node: `nproc_per_node` (`--gpus`) is enough;
-    several nodes: every node runs tamer with the same run folder (shared filesystem) and these options."""
+    """Several processes (one per GPU) through torchrun. One node: `nproc_per_node` (`--gpus`) is enough.
+    Several nodes: node 0 runs `tamer run` with `nnodes` and `rdzv_endpoint` (its own host:port, where
+    torchrun's static rendezvous listens) and owns the run; the others run `tamer join RUN_DIR --node-rank N`
+    on the same run folder (a shared filesystem)."""
 
     nproc_per_node: int = Field(1, ge=1)
     """Processes (GPUs) on this node; > 1 launches the child through torch.distributed.run."""
     nnodes: int = Field(1, ge=1)
     """Machines in the job (torchrun --nnodes)."""
     node_rank: int | None = None
-    """This machine's rank (torchrun --node-rank); only with nnodes > 1 and a static rendezvous."""
+    """0 (or unset) for `tamer run`: node 0 owns the run; other nodes get theirs from `tamer join --node-rank`."""
     rdzv_endpoint: str | None = None
-    """host:port of the rendezvous (torchrun --rdzv-endpoint); needed when nnodes > 1."""
-    rdzv_id: str | None = None
-    """Rendezvous id (torchrun --rdzv-id); default: the run id."""
+    """host:port of node 0, where the static rendezvous listens (torchrun --master-addr/--master-port); needed when nnodes > 1."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Collective backend: auto = nccl on CUDA, gloo on CPU."""
     timeout: Seconds = 600.0
@@ -217,6 +218,11 @@ class DistributedConfig(Schema):
             raise ConfigError("distributed.rdzv_endpoint: several nodes need a rendezvous host:port (--rdzv-endpoint)")
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"distributed.node_rank: must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.node_rank:
+            raise ConfigError(f"distributed.node_rank: `tamer run` starts node 0, which owns the run; start node {self.node_rank} "
+                              f"with `tamer join RUN_DIR --node-rank {self.node_rank}` on the same run folder")
+        if self.rdzv_endpoint is not None and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint):
+            raise ConfigError(f"distributed.rdzv_endpoint: expected host:port, got {self.rdzv_endpoint!r}")
         return self
 
     @property

@@ -14,7 +14,14 @@ An attempt folder, `RUN_DIR/attempts/N/`, holds:
     pid-rank<r>          each rank's pid under torchrun (the supervisor kills leftover ranks by it)
     stop                 the supervisor's request that every rank checkpoint and stop after this step
     plan.json            the plan the child settled on, when it changed it in-process (a split micro-batch)
-    child.log            the child's stdout and stderr
+    child.log            the child's stdout and stderr (child-node<n>.log: another node's, see below)
+    outcome.json         written by the owning supervisor once the attempt ended: `{"kind": ...}`
+
+Several machines (distributed.nnodes > 1) share the run folder. Node 0's supervisor owns the run: the
+database, the plans (`RUN_DIR/plans/attempt-N.json`, written before attempt N starts), the decisions and,
+through its rank 0, the checkpoints. The other nodes run `tamer join RUN_DIR --node-rank N`
+(tamer/daemon/follower.py): for each plan without an `outcome.json` they launch their share of the ranks
+with torchrun and wait; `RUN_DIR/ended.json` (`{"status": ...}`) tells them the run is over.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ ATTEMPTS_DIR = "attempts"
 EXIT_REPORT = "exit.json"
 STOP_FILE = "stop"
 """In the attempt folder: the supervisor's request that every rank checkpoint and stop after the current step."""
+OUTCOME_FILE = "outcome.json"
+"""In the attempt folder: how the attempt ended, written by node 0's supervisor (other nodes wait for it)."""
+RUN_ENDED = "ended.json"
+"""In the run folder: the run is over (`{"status": "done" | "failed" | "stopped"}`); removed when it resumes."""
 PLAN_FILE = "plan.json"
 """In the attempt folder: the plan the child rewrote in-process; the next attempt starts from it."""
 CHILD_LOG = "child.log"
@@ -43,6 +54,21 @@ PID_FILE_PREFIX = "pid-rank"
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
     """The folder of attempt `attempt` of the run in `run_dir`."""
     return Path(run_dir) / ATTEMPTS_DIR / str(attempt)
+
+
+def plan_file(run_dir: Path, attempt: int) -> Path:
+    """The plan attempt `attempt` starts with, written by the supervisor before it starts the attempt."""
+    return Path(run_dir) / "plans" / f"attempt-{attempt}.json"
+
+
+def node_log_name(node_rank: int) -> str:
+    """The child log of a node's share of the ranks: node 0's is CHILD_LOG."""
+    return CHILD_LOG if node_rank == 0 else f"child-node{node_rank}.log"
+
+
+def local_ranks(node_rank: int, nproc_per_node: int) -> range:
+    """The global ranks torchrun starts on node `node_rank` (static rendezvous: node order)."""
+    return range(node_rank * nproc_per_node, (node_rank + 1) * nproc_per_node)
 
 
 def heartbeat_name(rank: int) -> str:

@@ -131,9 +131,8 @@ def run(
     gpu_mem_cap: GpuMemCapOption = None,
     host_mem_cap: HostMemCapOption = None,
     gpus: GpusOption = None,
-    nnodes: Annotated[Optional[int], typer.Option(help="Machines in a multi-node run (torchrun --nnodes); each runs tamer on a shared run folder.")] = None,
-    node_rank: Annotated[Optional[int], typer.Option(help="This machine's rank in a static multi-node rendezvous (torchrun --node-rank).")] = None,
-    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="host:port of the multi-node rendezvous (torchrun --rdzv-endpoint).")] = None,
+    nnodes: Annotated[Optional[int], typer.Option(help="Machines in a multi-node run; this one is node 0 and owns the run, the others `tamer join` its run folder.")] = None,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="host:port of this machine (node 0), where the other nodes' ranks rendezvous.")] = None,
     inject: InjectOption = None,
     memory_snapshot: MemorySnapshotOption = False,
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
@@ -149,7 +148,7 @@ def run(
         options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
                    "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus,
-                   "distributed.nnodes": nnodes, "distributed.node_rank": node_rank, "distributed.rdzv_endpoint": rdzv_endpoint}
+                   "distributed.nnodes": nnodes, "distributed.rdzv_endpoint": rdzv_endpoint}
         run_config = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id = create_run(resolved, run_config)
@@ -162,6 +161,25 @@ def run(
             raise typer.Exit(0)
         code = _supervise(resolved, run_id)
         _report_end(resolved, run_id, code)
+    except TamerError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
+@app.command()
+def join(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder node 0 printed (`tamer show RUN` names it), on a shared filesystem.")],
+    node_rank: Annotated[int, typer.Option(help="This machine's node rank, 1 .. nnodes-1.")],
+) -> None:
+    """Run this machine's share of a multi-node run that node 0 supervises (`tamer run --nnodes N`).
+
+    Example: tamer join /shared/tamer/runs/squad-20261203-101500-ab12 --node-rank 1
+    """
+    from tamer.daemon.follower import Follower
+
+    try:
+        follower = Follower(run_dir, node_rank, say=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+        code = follower.follow()
     except TamerError as error:
         _fail(error)
     raise typer.Exit(code)

@@ -35,6 +35,8 @@ from tamer.protocol import (
 )
 from tamer.plan import Plan
 
+REMOTE_REPORT_SECONDS = 5.0
+"""How long to wait for the exit reports of other machines' ranks to appear in the shared run folder."""
 CHILD_PROGRAM = ("-m", "tamer.engine.child")
 """What the interpreter (or torchrun) runs for one attempt; RUN_DIR and ATTEMPT follow."""
 
@@ -49,11 +51,9 @@ def command(run_dir: Path, number: int, plan: Plan, config: Any, run_id: str, ch
                 "--nnodes", str(spread.nnodes), "--max-restarts", "0", "--monitor-interval", "0.1"]
     if spread.nnodes == 1:
         launcher.append("--standalone")
-    elif spread.node_rank is not None:  # static rendezvous: rank 0's node is the master
+    else:  # static rendezvous hosted by node 0, so that global rank 0 (rows, checkpoints) runs beside the owning supervisor
         host, _, port = spread.rdzv_endpoint.rpartition(":")
-        launcher += ["--node-rank", str(spread.node_rank), "--master-addr", host, "--master-port", port]
-    else:
-        launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", spread.rdzv_endpoint, "--rdzv-id", spread.rdzv_id or run_id]
+        launcher += ["--node-rank", str(spread.node_rank or 0), "--master-addr", host, "--master-port", port]
     return launcher + child
 
 
@@ -69,20 +69,24 @@ def environment(plan: Plan, torch_threads: int | None) -> dict[str, str]:
 class AttemptProcess:
     """One attempt's child process (with torchrun, the launcher and its ranks), from start to exit."""
 
-    def __init__(self, command_line: list[str], env: dict[str, str], attempt_dir: Path, world_size: int, watchdog: Any) -> None:
+    def __init__(self, command_line: list[str], env: dict[str, str], attempt_dir: Path, world_size: int, watchdog: Any,
+                 local: range | None = None, log_name: str = CHILD_LOG) -> None:
+        """`local`: the global ranks this machine runs (all of them unless the run spans several nodes):
+        only those are watched and killed here, the other nodes' pid files name processes elsewhere."""
         self.attempt_dir = attempt_dir
         self.world_size = world_size
+        self.local = local if local is not None else range(world_size)
         self.watchdog = watchdog
         self.signals_sent: set[int] = set()
         """Signals tamer sent this child (a stop file counts as SIGTERM): any other kill came from outside."""
         self.peak_rss = 0
         self.hung = False
         self.events_before = outcomes.read_memory_events()
-        with open(attempt_dir / CHILD_LOG, "ab") as child_log:
+        with open(attempt_dir / log_name, "ab") as child_log:
             self.popen = subprocess.Popen(command_line, stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = self.popen.pid
         self.started = time.time()
-        self.ranks = RankWatch(attempt_dir) if world_size > 1 else None
+        self.ranks = RankWatch(attempt_dir, self.local) if world_size > 1 else None
 
     def poll(self) -> int | None:
         """The exit status once it exited, else None after noting its memory and its ranks."""
@@ -116,7 +120,7 @@ class AttemptProcess:
         self.signals_sent.add(signal.SIGKILL)
         if self.popen.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
-        _kill_ranks(self.attempt_dir, signal.SIGKILL)
+        _kill_ranks(self.attempt_dir, signal.SIGKILL, self.local)
 
     def request_stop(self, first: bool) -> None:
         """The user's stop: the first asks for a checkpoint at the next step boundary, a second kills."""
@@ -134,9 +138,13 @@ class AttemptProcess:
     def finish(self, returncode: int) -> tuple[outcomes.Outcome, dict | None]:
         """After the exit: its classified outcome and the report behind it."""
         if self.world_size > 1:
-            _kill_ranks(self.attempt_dir, signal.SIGKILL)  # none should be left; never leave one holding a GPU
+            _kill_ranks(self.attempt_dir, signal.SIGKILL, self.local)  # none should be left; never leave one holding a GPU
             oom_killed = returncode != 0 and outcomes.detect_oom_kill(self.events_before, outcomes.read_memory_events())
             reports = read_rank_exit_reports(self.attempt_dir)
+            deadline = time.monotonic() + REMOTE_REPORT_SECONDS
+            while len(self.local) < self.world_size and len(reports) < self.world_size and time.monotonic() < deadline:
+                time.sleep(0.1)  # other nodes' reports reach the shared folder a little later (or never: a lost node)
+                reports = read_rank_exit_reports(self.attempt_dir)
             outcome = outcomes.classify_group(returncode, reports, self.world_size, oom_killed=oom_killed, hung=self.hung,
                                               stop_requested=(self.attempt_dir / STOP_FILE).exists(),
                                               died_first=self.ranks.finish() if self.ranks else None)
@@ -182,15 +190,16 @@ class RankWatch:
     """Which rank of a torchrun attempt exited first, seen from the supervisor's poll loop (the ranks
     are torchrun's children, so their exit statuses never reach us): names a rank lost without a report."""
 
-    def __init__(self, attempt_dir: Path) -> None:
+    def __init__(self, attempt_dir: Path, local: range) -> None:
         self.attempt_dir = attempt_dir
+        self.local = local
         self.pids: dict[int, int] = {}
         self.died_first: int | None = None
 
     def poll(self) -> None:
         if self.died_first is not None:
             return
-        self.pids = {**rank_pids(self.attempt_dir), **self.pids}
+        self.pids = {**{rank: pid for rank, pid in rank_pids(self.attempt_dir).items() if rank in self.local}, **self.pids}
         dead = []
         for rank, pid in sorted(self.pids.items()):
             try:
@@ -221,9 +230,11 @@ class RankWatch:
         return self.died_first if self.died_first is not None else self.first_failure_logged()
 
 
-def _kill_ranks(attempt_dir: Path, signum: int) -> None:
-    """Signal every rank of a torchrun attempt that is still alive."""
-    for pid in rank_pids(attempt_dir).values():
+def _kill_ranks(attempt_dir: Path, signum: int, local: range) -> None:
+    """Signal every rank of a torchrun attempt on this machine that is still alive."""
+    for rank, pid in rank_pids(attempt_dir).items():
+        if rank not in local:
+            continue
         try:
             if psutil.Process(pid).cmdline()[-1:] == [attempt_dir.name]:  # still that rank, not a reused pid
                 os.kill(pid, signum)

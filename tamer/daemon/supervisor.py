@@ -38,7 +38,7 @@ from tamer.daemon.result import after_run
 from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
 from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, StateError
 from tamer.plan import DeviceFacts, Plan
-from tamer.protocol import PLAN_FILE, attempt_dir
+from tamer.protocol import OUTCOME_FILE, PLAN_FILE, RUN_ENDED, attempt_dir, local_ranks, plan_file
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -115,6 +115,7 @@ class Supervisor:
             self.db.close()
 
     def _prepare(self) -> None:
+        (self.run_dir / RUN_ENDED).unlink(missing_ok=True)  # resumed: other nodes' followers keep following
         for attempt in self.db.attempts(self.run_id):
             if attempt["ended_at"] is None:  # its supervisor died (kill -9, reboot): the child died with it
                 self.db.update_attempt(self.run_id, attempt["attempt"], ended_at=time.time(), outcome="lost",
@@ -209,7 +210,7 @@ class Supervisor:
         """Run the next attempt to its end, record how it ended, and act on the policy's answer up to the
         restart: (its number, its outcome, the action)."""
         number = self.db.next_attempt_number(self.run_id)
-        plan_path = self.run_dir / "plans" / f"attempt-{number}.json"
+        plan_path = plan_file(self.run_dir, number)
         self.plan = ladder.for_child(self.plan, self.config)
         write_json_atomic(plan_path, self.plan.to_dict())
         started = self.plan  # the child may halve its micro-batch in process: squeezes are of this plan
@@ -228,6 +229,7 @@ class Supervisor:
             peak_allocated=stats.get("peak_allocated"), peak_reserved=stats.get("peak_reserved"),
         )
         log.info("attempt_end", run_id=self.run_id, attempt=number, outcome=outcome.kind, phase=outcome.phase, message=message)
+        write_json_atomic(attempt_dir(self.run_dir, number) / OUTCOME_FILE, {"kind": outcome.kind})  # other nodes wait for it
         row = next(a for a in self.db.attempts(self.run_id) if a["attempt"] == number)
         ended = policies.Ended(number, outcome, self._current_plan({"attempt": number, "plan_json": self.plan.to_json()}),
                                last_step=row["last_step"], first_step_at=row["first_step_at"], ended_at=row["ended_at"],
@@ -298,8 +300,10 @@ class Supervisor:
         """Run attempt `number` to its end: (exit status, its classified outcome, the report behind it, peak host RSS)."""
         folder = attempt_dir(self.run_dir, number)
         folder.mkdir(parents=True, exist_ok=True)
+        spread = self.config.distributed  # several machines: only node 0's ranks are ours to watch and kill
         process = self.process = AttemptProcess(self._command(number), environment(self.plan, self.config.torch_threads), folder,
-                                                self.plan.world_size, self.config.watchdog)
+                                                self.plan.world_size, self.config.watchdog,
+                                                local=local_ranks(0, spread.nproc_per_node) if spread.nnodes > 1 else None)
         self.db.insert_attempt({
             "run_id": self.run_id, "attempt": number, "plan_json": self.plan.to_json(), "plan_summary": self.plan.describe(),
             "rungs_applied": json.dumps(self.applied), "reason": self.reason, "pid": process.pid,
@@ -356,6 +360,7 @@ class Supervisor:
         return f"highest host memory (RSS): {format_size(max(rss or [0]))}"
 
     def _finish(self, status: str, code: int, reason: str | None) -> int:
+        write_json_atomic(self.run_dir / RUN_ENDED, {"status": status})  # other nodes' followers end with it
         self.db.update_run(self.run_id, status=status, ended_at=time.time(), failure_reason=reason, exit_code=code, supervisor_pid=None)
         kind = {"done": "finish", "failed": "failed", "stopped": "stopped"}[status]
         self.db.event(self.run_id, kind, reason or f"run finished: {self._steps_done()} steps")

@@ -31,8 +31,9 @@ MEMORY_FIELDS = ("mem_allocated", "mem_reserved", "mem_peak", "device_used", "ho
 class Reporter:
     """One attempt's reports from one rank."""
 
-    def __init__(self, db: Database, run_id: str, attempt: int, group: distributed.Group, attempt_dir: Path) -> None:
-        self.db = db
+    def __init__(self, db_path: Path | str, run_id: str, attempt: int, group: distributed.Group, attempt_dir: Path) -> None:
+        self.db_path = db_path
+        self._db: Database | None = None
         self.run_id = run_id
         self.attempt = attempt
         self.group = group
@@ -41,6 +42,14 @@ class Reporter:
         self.plan_path = attempt_dir / PLAN_FILE
         self.first_step = True
         self.phase = "load"
+
+    @property
+    def db(self) -> Database:
+        """The run's database, opened on first use: only rank 0 writes it, so the ranks of other machines
+        (which may not see node 0's home at all) never open it."""
+        if self._db is None:
+            self._db = Database(self.db_path)
+        return self._db
 
     def beat(self, phase: str) -> None:
         """Say where we are and that we are alive (the supervisor's hang watchdog reads this)."""

@@ -33,8 +33,7 @@ from tamer.engine.reporting import Reporter
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.inject import parse_faults
 from tamer.plan import Plan
-from tamer.protocol import attempt_dir
-from tamer.state.db import Database
+from tamer.protocol import attempt_dir, plan_file
 from tamer.strategies.split_micro_batch import split_in_process
 
 CHUNK_SIZE = 1024
@@ -70,10 +69,10 @@ class Trainer:
         self.config = _config(spec["config"])
         if self.config.torch_threads:  # the run's thread count, on every attempt: exact resume depends on it
             torch.set_num_threads(self.config.torch_threads)
-        self.plan = Plan.from_dict(json.loads((run_dir / "plans" / f"attempt-{attempt}.json").read_text()))
+        self.plan = Plan.from_dict(json.loads(plan_file(run_dir, attempt).read_text()))
         self.group = distributed.from_env()
         self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt, self.group.rank)
-        self.report = Reporter(Database(spec["db_path"]), self.run_id, attempt, self.group, attempt_dir(run_dir, attempt))
+        self.report = Reporter(spec["db_path"], self.run_id, attempt, self.group, attempt_dir(run_dir, attempt))
         self.recipe = recipe_for(self.config)
         self.state = TrainState()
         self.report.beat("load")

@@ -125,5 +125,5 @@ def test_submit_takes_the_options_of_run_that_suit_a_queued_job():
     """Every option of `tamer run` but --detach and the multi-node ones is an option of `tamer submit`."""
     commands = typer.main.get_command(app).commands
     options = {name: {opt for param in commands[name].params for opt in param.opts} for name in ("run", "submit")}
-    not_for_the_queue = {"--detach", "--nnodes", "--node-rank", "--rdzv-endpoint"}
+    not_for_the_queue = {"--detach", "--nnodes", "--rdzv-endpoint"}
     assert options["run"] - not_for_the_queue <= options["submit"]

@@ -122,6 +122,10 @@ def test_a_batch_the_processes_cannot_share_is_refused():
         config(**{"distributed.nproc_per_node": 3})
     with pytest.raises(ConfigError, match="rdzv_endpoint"):
         config(**{"distributed.nnodes": 2})
+    with pytest.raises(ConfigError, match="expected host:port, got 'node0'"):
+        config(**{"distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0"})
+    with pytest.raises(ConfigError, match="start node 1 with `tamer join RUN_DIR --node-rank 1`"):
+        config(**{"distributed.nnodes": 2, "distributed.node_rank": 1, "distributed.rdzv_endpoint": "node0:29400"})
     with pytest.raises(ConfigError, match="nproc_per_node: must be >= 1"):
         config(**{"distributed.nproc_per_node": 0})
     with pytest.raises(ConfigError, match="x world_size = 16"):
@@ -136,7 +140,9 @@ def test_the_batch_is_cut_into_contiguous_rank_shares():
 
 
 def test_torchrun_command_lines(tmp_path):
-    """One node: --standalone; several: c10d rendezvous (or static with a node rank); never torchrun's own restarts."""
+    """One node: --standalone; several: a static rendezvous at node 0's endpoint, node 0 from `tamer run`, the
+    others from `tamer join` (the follower); never torchrun's own restarts."""
+    from tamer.daemon.follower import Follower
     from tamer.daemon.supervisor import Supervisor, create_run
     from tamer.state.home import Home
 
@@ -144,18 +150,24 @@ def test_torchrun_command_lines(tmp_path):
     commands = []
     for options in ({"distributed.nproc_per_node": 2},
                     {"distributed.nproc_per_node": 2, "distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"},
-                    {"distributed.nnodes": 2, "distributed.node_rank": 1, "distributed.rdzv_endpoint": "node0:29400"},
                     {}):
         run_id = create_run(home, config(**options))
         supervisor = Supervisor(home, run_id)
         supervisor.plan = initial_plan(supervisor.config, CUDA)
         commands.append(supervisor._command(1))
-    standalone, c10d, static, single = commands
+    standalone, node0, single = commands
+    follower = Follower(home.run_dir(run_id := create_run(home, config(**{"distributed.nproc_per_node": 2, "distributed.nnodes": 2,
+                                                                           "distributed.rdzv_endpoint": "node0:29400"}))), 1)
+    from tamer.daemon.runner import command
+
+    node1 = command(follower.run_dir, 1, initial_plan(follower.config, CUDA), follower.config, run_id)
     assert standalone[1:3] == ["-m", "tamer.engine.launch"] and "--standalone" in standalone
     assert standalone[standalone.index("--max-restarts") + 1] == "0"
     assert standalone[-4:-2] == ["-m", "tamer.engine.child"] and standalone[-1] == "1"
-    assert c10d[c10d.index("--rdzv-endpoint") + 1] == "node0:29400" and "--standalone" not in c10d
-    assert static[static.index("--node-rank") + 1] == "1" and static[static.index("--master-addr") + 1] == "node0"
+    for rank, line in ((0, node0), (1, node1)):
+        assert "--standalone" not in line and line[line.index("--nnodes") + 1] == "2"
+        assert line[line.index("--node-rank") + 1] == str(rank) and line[line.index("--master-addr") + 1] == "node0"
+        assert line[line.index("--master-port") + 1] == "29400"
     assert single[1:3] == ["-m", "tamer.engine.child"]
 
 
@@ -218,9 +230,45 @@ def test_torchrun_names_the_first_failed_rank_in_the_child_log(tmp_path):
         "local_rank: 1 (pid: 2511) of binary: /opt/torch/.venv/bin/python3\n")
     (tmp_path / "pid-rank0").write_text("999999991")
     (tmp_path / "pid-rank1").write_text("999999992")
-    watch = RankWatch(tmp_path)
+    watch = RankWatch(tmp_path, range(2))
     watch.poll()
     assert watch.died_first == 1 and watch.finish() == 1
+
+
+def test_a_node_watches_and_kills_only_its_own_ranks(tmp_path):
+    """With several machines the shared attempt folder holds every node's pid files; another node's pids
+    name processes elsewhere (here: this test's own process, which must survive)."""
+    import os
+    import signal
+
+    from tamer.daemon.runner import RankWatch, _kill_ranks
+
+    (tmp_path / "pid-rank0").write_text("999999991")  # ours, dead
+    (tmp_path / "pid-rank1").write_text(str(os.getpid()))  # node 1's rank: alive somewhere else
+    watch = RankWatch(tmp_path, range(0, 1))
+    watch.poll()
+    assert watch.pids == {0: 999999991} and watch.died_first == 0
+    _kill_ranks(tmp_path, signal.SIGKILL, range(0, 1))  # would kill this process if it counted rank 1
+    watch = RankWatch(tmp_path, range(1, 2))
+    watch.poll()
+    assert watch.pids == {1: os.getpid()} and watch.died_first is None
+
+
+def test_joining_a_run_that_is_not_multi_node_is_refused(tmp_path):
+    from tamer.daemon.follower import Follower
+    from tamer.daemon.supervisor import create_run
+    from tamer.errors import StateError
+    from tamer.state.home import Home
+
+    home = Home.resolve(tmp_path)
+    single = home.run_dir(create_run(home, config()))
+    with pytest.raises(ConfigError, match="distributed.nnodes 1"):
+        Follower(single, 1)
+    two = home.run_dir(create_run(home, config(**{"distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"})))
+    with pytest.raises(ConfigError, match=r"--node-rank: must be in \[1, 1\]"):
+        Follower(two, 2)
+    with pytest.raises(StateError, match="not a tamer run folder"):
+        Follower(tmp_path / "nowhere", 1)
 
 
 def test_a_paged_mark_saved_with_the_optimizer_state_is_not_trusted_after_loading(tmp_path):
