@@ -120,7 +120,7 @@ class Deescalation:
         self._save()
         return f"it ran out of memory again after a step back: no step back to it for {record.not_before - time.time():.0f} s"
 
-    def split(self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]]) -> Squeeze | None:
+    def split(self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]], managed: int = 0) -> Squeeze | None:
         """A child that halved its micro-batch in process and went on (its `plan.json` changed): when others
         held the card then, remember the squeeze of the plan it started with. Cheap when nothing changed."""
         try:
@@ -137,7 +137,7 @@ class Deescalation:
         # optimizer states, workspaces) would pass for another job's. Without NVML listing it, no squeeze.
         if card is None or not any(process.pid in ours and process.used is not None for process in card.processes):
             return None
-        others = others_holding(card, our_share(card, ours, None))
+        others = others_holding(card, our_share(card, ours, None, managed))
         if others < self.min_squeeze:
             return None
         splits = queries.in_process_split_details(self.db, self.run_id, number)
@@ -146,9 +146,10 @@ class Deescalation:
 
     # --- while training on an escalated plan ----------------------------------------------------
 
-    def poll(self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]]) -> StepBack | None:
+    def poll(self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]], managed: int = 0) -> StepBack | None:
         """Every `poll_seconds` once the attempt trains: when a squeezed plan fits again, ask the child to
-        stop at the next step boundary (it checkpoints) and return the decision."""
+        stop at the next step boundary (it checkpoints) and return the decision. `managed`: the child's
+        CUDA managed bytes (paged optimizer state; see squeeze.our_share)."""
         now = time.monotonic()
         if not (self.knobs.enabled and self.squeezes) or self.pending is not None or now - self.polled < self.knobs.poll_seconds:
             return None
@@ -159,7 +160,7 @@ class Deescalation:
         card = read_card()
         if card is None:
             return None
-        ours = our_share(card, child_pids(), reserved[0])
+        ours = our_share(card, child_pids(), reserved[0], managed)
         decision = choose_step_back(self.squeezes, card, ours, self.cap_budget, self.safety_margin, self.records,
                                     time.time(), self.knobs.max_per_plan, self.min_squeeze)
         if decision is not None:

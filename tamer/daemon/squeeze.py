@@ -80,13 +80,18 @@ def others_holding(view: CardView, ours: int) -> int:
     return max(0, view.used - ours)
 
 
-def our_share(view: CardView, our_pids: set[int], reported_reserved: int | None) -> int:
+def our_share(view: CardView, our_pids: set[int], reported_reserved: int | None, managed: int = 0) -> int:
     """Our child's bytes on the card: what NVML lists for its processes, else what its last step
-    reported (PyTorch's reserved memory plus the CUDA context), else 0 (others then look bigger: safe)."""
+    reported (PyTorch's reserved memory plus the CUDA context), else 0 (others then look bigger: safe);
+    plus its CUDA managed memory (`managed`: a paged optimizer's moments) as far as the card's used memory
+    leaves it unattributed. NVML counts resident managed memory in the card's use but in no process's
+    (seen on an H200, 2026-12-03: 3.0 GiB of "others" on an empty card; pynvml#63, nvtop#213): without
+    this a 1B full fine-tune's ~2.5 GB of paged moments would pass for another job's memory on a 16 GB
+    card, and the run would never step back."""
     listed = [process.used for process in view.processes if process.pid in our_pids and process.used is not None]
-    if listed:
-        return sum(listed)
-    return reported_reserved + CUDA_CONTEXT_BYTES if reported_reserved else 0
+    share = sum(listed) if listed else (reported_reserved + CUDA_CONTEXT_BYTES if reported_reserved else 0)
+    unattributed = max(0, view.used - sum(process.used for process in view.processes if process.used is not None))
+    return share + min(managed, unattributed)
 
 
 def squeeze_at_oom(view: CardView | None, min_squeeze: int) -> int | None:

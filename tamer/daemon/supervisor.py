@@ -291,6 +291,17 @@ class Supervisor:
         correction = correction_factor(observations(self.db, shape, self.facts.name))
         return estimate(shape, plan, workload).with_correction(correction).reserved
 
+    def _managed_bytes(self, plan: Plan) -> int:
+        """The child's CUDA managed memory by the planner's estimate: a paged optimizer's moments (0 for the
+        others, or when the model's shape is unknown)."""
+        if plan.optimizer != "paged_adamw_8bit" or not self.config.architecture:
+            return 0
+        from tamer.planner.candidates import shape_of
+        from tamer.planner.estimate import Workload, estimate
+
+        workload = Workload.from_config(self.config, supervised_per_sequence=self.config.planner.supervised_per_sequence)
+        return estimate(shape_of(self.config), plan, workload).pageable
+
     # --- the child ------------------------------------------------------------------------------
 
     def _command(self, number: int) -> list[str]:
@@ -311,15 +322,16 @@ class Supervisor:
         })
         self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {process.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)
+        managed = self._managed_bytes(self.plan)
         while (returncode := process.poll()) is None:
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
-            squeezed = self.deescalation.split(number, folder, self.plan, process.child_pids)
+            squeezed = self.deescalation.split(number, folder, self.plan, process.child_pids, managed)
             if squeezed is not None:
                 self.db.event(self.run_id, "squeeze", f"the in-process micro-batch split of attempt {number} was a squeeze: other "
                               f"processes held {format_size(squeezed.others)}; tamer steps back when it passes", attempt=number,
                               squeeze=squeezed.to_dict())
-            if self.stop_signal is None and self.deescalation.poll(number, folder, process.child_pids):
+            if self.stop_signal is None and self.deescalation.poll(number, folder, process.child_pids, managed):
                 process.signals_sent.add(signal.SIGTERM)  # the stop file: tamer asked it to stop
                 log.info("deescalate_requested", run_id=self.run_id, attempt=number, reason=self.deescalation.pending.reason)
             overdue = process.overdue()

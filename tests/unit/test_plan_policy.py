@@ -93,3 +93,18 @@ def test_a_resumed_run_holds_only_training_ooms_against_their_plans(tmp_path):
     supervisor._prepare()
     assert supervisor.state.failed_plans == (plans[2],)
     assert [hint["plan"] for hint in supervisor.state.oom_hints] == [plans[2].to_dict()]
+
+
+def test_the_supervisor_knows_its_childs_managed_memory(tmp_path):
+    """De-escalation counts a paged optimizer's moments as ours (squeeze.our_share): the planner's estimate
+    says how many bytes live in CUDA managed memory, ~2 bytes per parameter of the 1B model; none for AdamW."""
+    from tamer.daemon.supervisor import Supervisor, create_run
+    from tamer.plan import Plan
+    from tamer.state.home import Home
+
+    home = Home.resolve(tmp_path)
+    supervisor = Supervisor(home, create_run(home, build_config("llama-3.2-1b")))
+    plain = Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8)
+    paged = plain.replace(optimizer="paged_adamw_8bit")
+    assert supervisor._managed_bytes(plain) == 0
+    assert 2.3e9 < supervisor._managed_bytes(paged) < 2.5e9  # 1.236 B parameters x 2 moments x 1 byte, the small ones left out

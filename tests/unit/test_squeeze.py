@@ -83,6 +83,22 @@ def test_our_own_child_does_not_count_as_another_process():
     assert decide([squeeze()], view, ours=our_share(view, set(), None)) is None  # negative control: seen as another job
 
 
+def test_our_paged_optimizer_state_is_ours_though_nvml_lists_it_under_no_process():
+    """A 16 GB card with nobody else on it: our child is listed at 11 GiB, and 2.5 GiB of its paged 8-bit
+    moments (CUDA managed memory) count in the card's use but in no process's. They are ours, as far as the
+    unattributed memory goes; without that they would pass for another job, and the plan (13 GiB predicted)
+    would never fit again."""
+    view = CardView(total=16 * GIB, free=int(2.3 * GIB), processes=(CardProcess(77, 11 * GIB),), source="test")
+    managed = int(2.5 * GIB)
+    ours = our_share(view, {77}, None, managed)
+    assert ours == 11 * GIB + managed  # 11 listed + 2.5 managed (the card leaves 2.7 GiB unattributed)
+    assert decide([squeeze(predicted=13 * GIB)], view, ours=ours) is not None
+    assert decide([squeeze(predicted=13 * GIB)], view, ours=our_share(view, {77}, None)) is None  # the phantom "other job" of before
+    # Only what the card leaves unattributed: evicted to the host, the moments are not on the card to count.
+    evicted = CardView(total=16 * GIB, free=int(4.8 * GIB), processes=(CardProcess(77, 11 * GIB),), source="test")
+    assert our_share(evicted, {77}, None, managed) == 16 * GIB - int(4.8 * GIB)  # 11 listed + the 0.2 GiB unattributed
+
+
 def test_the_earliest_squeeze_that_fits_wins():
     """With two squeezes stacked (fast -> middle -> slow), the fastest plan that fits again is chosen."""
     stacked = [squeeze("fast", predicted=30 * GIB), squeeze("middle", predicted=10 * GIB, attempt=2)]
