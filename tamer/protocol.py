@@ -61,6 +61,12 @@ def plan_file(run_dir: Path, attempt: int) -> Path:
     return Path(run_dir) / "plans" / f"attempt-{attempt}.json"
 
 
+def newest_attempt(run_dir: Path) -> int:
+    """The highest attempt number the supervisor has written a plan for (0 when none yet)."""
+    names = (path.name for path in (Path(run_dir) / "plans").glob("attempt-*.json"))
+    return max((int(name[len("attempt-"):-len(".json")]) for name in names if name[len("attempt-"):-len(".json")].isdigit()), default=0)
+
+
 def node_log_name(node_rank: int) -> str:
     """The child log of a node's share of the ranks: node 0's is CHILD_LOG."""
     return CHILD_LOG if node_rank == 0 else f"child-node{node_rank}.log"

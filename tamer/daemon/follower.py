@@ -13,7 +13,6 @@ group's end; it never opens the database, so node 0's home need not be visible h
 from __future__ import annotations
 
 import json
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from tamer.protocol import (
     RUN_ENDED,
     attempt_dir,
     local_ranks,
+    newest_attempt,
     node_log_name,
     plan_file,
 )
@@ -62,7 +62,6 @@ class Follower:
         self.local = local_ranks(node_rank, spread.nproc_per_node)
         self.say = say
         self.child_program = child_program
-        self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
 
     def follow(self) -> int:
@@ -98,7 +97,7 @@ class Follower:
                 time.sleep(POLL_SECONDS)
             return
         folder.mkdir(parents=True, exist_ok=True)
-        process = self.process = AttemptProcess(
+        process = AttemptProcess(
             command(self.run_dir, number, plan, self.config, self.run_id, self.child_program),
             environment(plan, self.config.torch_threads), folder, plan.world_size, None,
             local=self.local, log_name=node_log_name(self.node_rank))
@@ -113,19 +112,11 @@ class Follower:
                     process.kill()
             time.sleep(POLL_SECONDS)
         process.kill()  # leftover ranks of this node, if any: never leave one holding a GPU
-        self.process = None
         self.say(f"node {self.node_rank}: attempt {number}: this node's ranks exited ({_status(returncode)})")
 
     def _stop(self, signum: int, frame: Any) -> None:
         """A signal to the follower ends this node's part; node 0 sees its ranks lost and decides."""
         self.stop_signal = signum
-
-
-def newest_attempt(run_dir: Path) -> int:
-    """The highest attempt number node 0 has written a plan for (0 when none yet)."""
-    numbers = [int(match.group(1)) for path in (run_dir / "plans").glob("attempt-*.json")
-               if (match := re.fullmatch(r"attempt-(\d+)\.json", path.name))]
-    return max(numbers, default=0)
 
 
 def _status(returncode: int) -> str:
