@@ -1,4 +1,4 @@
-"""What the optimizer step of the planner's 1B plan costs, and whether bitsandbytes' per-tensor sync is why.
+"""What the optimizer step of the planner's 1B plan costs: bitsandbytes' kernels vs tamer's Triton step.
 
     python bench/optimizer_step.py [--iters 20] [--out DIR]          # on the GPU machine
     python bench/optimizer_step.py --preset tiny --iters 3            # plumbing check (CPU if no CUDA)
@@ -12,6 +12,12 @@ Per row: median device time of the call (CUDA events, after 3 warm-ups) and host
 returns. Then a bit-identity check: two copies of the same weights and moments stepped 3 times with
 the same gradients by each flavour must be torch.equal (weights and 8-bit moments). No memory cap: the
 cap changes what fits, not how fast a kernel runs. Prints a markdown table; --out writes optimizer.json.
+
+tamer's Triton step (tamer/engine/adamw8bit.py) is timed alone and as the trainer runs it (total norm +
+clipping factor handed to the kernel, vs clip_grad_norm_ + bitsandbytes' step), with a sweep over its launch
+shape (quantisation blocks per program x warps), and checked against bitsandbytes after 3 steps: weight
+difference in units of one step's largest update, share of 8-bit codes that differ, and each one's distance
+from exact fp32 AdamW (torch.optim.AdamW) from the same start.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import torch
 
 from tamer.config import PRESETS
+from tamer.engine import adamw8bit
 
 
 def unsynced(paged: bool) -> type[torch.optim.Optimizer]:
@@ -81,6 +88,88 @@ def timed(device: torch.device, fn, iters: int) -> tuple[float, float]:
     return statistics.median(device_times), statistics.median(host_times)
 
 
+def sweep(device: torch.device, parameters: list[torch.nn.Parameter], iters: int) -> list[dict]:
+    """The Triton step (not paged) at each launch shape; the module's defaults are restored after."""
+    rows = []
+    defaults = adamw8bit.BLOCKS_PER_PROGRAM, adamw8bit.NUM_WARPS
+    for blocks in (1, 2, 4, 8):
+        for warps in (2, 4, 8):
+            adamw8bit.BLOCKS_PER_PROGRAM, adamw8bit.NUM_WARPS = blocks, warps
+            optimizer = adamw8bit.triton_adamw8bit(False)(parameters, lr=1e-5, weight_decay=0.0)
+            seconds, host = timed(device, optimizer.step, iters)
+            rows.append({"what": f"sweep: Triton AdamW8bit, {blocks} blocks x {warps} warps", "device_s": seconds, "host_s": host})
+            print(rows[-1], flush=True)
+            del optimizer
+            torch.cuda.empty_cache()
+    adamw8bit.BLOCKS_PER_PROGRAM, adamw8bit.NUM_WARPS = defaults
+    return rows
+
+
+def clip_and_step(device: torch.device, parameters: list[torch.nn.Parameter], iters: int) -> list[dict]:
+    """What the trainer runs per step: clipping + the paged 8-bit step, bitsandbytes' way and tamer's."""
+    import bitsandbytes as bnb
+
+    from tamer.engine.optim import clip_gradients
+
+    rows = []
+    saved = [p.grad.clone() for p in parameters]
+    for name, cls in (("clip_grad_norm_ + bitsandbytes PagedAdamW8bit", bnb.optim.PagedAdamW8bit),
+                      ("clip factor in the kernel + tamer Triton PagedAdamW8bit", adamw8bit.triton_adamw8bit(True))):
+        optimizer = cls(parameters, lr=1e-5, weight_decay=0.0)
+
+        def step() -> None:
+            clip_gradients(optimizer, parameters, 1.0)
+            optimizer.step()
+
+        seconds, host = timed(device, step, iters)
+        rows.append({"what": name, "device_s": seconds, "host_s": host})
+        print(rows[-1], flush=True)
+        del optimizer
+        torch.cuda.empty_cache()
+        for parameter, grad in zip(parameters, saved):
+            parameter.grad.copy_(grad)
+    return rows
+
+
+def compare_with_bitsandbytes(parameters: list[torch.nn.Parameter]) -> dict:
+    """Three steps (lr 1e-3, weight decay 0.01) from the same weights with the same gradients by
+    bitsandbytes' AdamW8bit, tamer's Triton AdamW8bit and torch's fp32 AdamW."""
+    import bitsandbytes as bnb
+
+    originals = [p.detach().clone() for p in parameters]
+    finals, codes = {}, {}
+    for name, cls in (("bitsandbytes", bnb.optim.AdamW8bit), ("triton", adamw8bit.triton_adamw8bit(False)),
+                      ("fp32", torch.optim.AdamW)):
+        with torch.no_grad():
+            for parameter, original in zip(parameters, originals):
+                parameter.copy_(original)
+        optimizer = cls(parameters, lr=1e-3, weight_decay=0.01)
+        for _ in range(3):
+            optimizer.step()
+        finals[name] = [p.detach().clone() for p in parameters]
+        codes[name] = [optimizer.state[p]["state1"].clone() for p in parameters
+                       if optimizer.state[p].get("state1", torch.empty(0)).dtype == torch.uint8]
+        del optimizer
+    with torch.no_grad():
+        for parameter, original in zip(parameters, originals):
+            parameter.copy_(original)
+
+    def largest(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(a, b)) / 1e-3
+
+    def mean(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return sum(float((x - y).abs().sum()) for x, y in zip(a, b)) / sum(x.numel() for x in a) / 1e-3
+
+    differing = sum(int((x != y).sum()) for x, y in zip(codes["bitsandbytes"], codes["triton"]))
+    return {
+        "triton_vs_bnb_max_lr_units": largest(finals["triton"], finals["bitsandbytes"]),
+        "triton_vs_bnb_mean_lr_units": mean(finals["triton"], finals["bitsandbytes"]),
+        "bnb_vs_fp32_mean_lr_units": mean(finals["bitsandbytes"], finals["fp32"]),
+        "triton_vs_fp32_mean_lr_units": mean(finals["triton"], finals["fp32"]),
+        "first_moment_codes_differing": differing / sum(x.numel() for x in codes["triton"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="llama-3.2-1b", choices=sorted(PRESETS))
@@ -106,6 +195,17 @@ def main() -> None:
         "PagedAdamW8bit without the per-tensor sync": unsynced(True),
     }
     rows = []
+    if device.type == "cuda" and adamw8bit.unavailable(device) is None:
+        flavours["tamer Triton AdamW8bit"] = adamw8bit.triton_adamw8bit(False)
+        flavours["tamer Triton PagedAdamW8bit"] = adamw8bit.triton_adamw8bit(True)
+        every = type("Prefetching", (adamw8bit.triton_adamw8bit(True),), {"prefetch_every_step": True})
+        flavours["tamer Triton PagedAdamW8bit, prefetching every step"] = every
+        rows += sweep(device, parameters, args.iters)
+        rows += clip_and_step(device, parameters, args.iters)
+        closeness = compare_with_bitsandbytes(parameters)
+        print(closeness, flush=True)
+    else:
+        closeness = {}
     seconds, host = timed(device, lambda: torch.nn.utils.clip_grad_norm_(parameters, 1.0), args.iters)
     rows.append({"what": "clip_grad_norm_ (foreach)", "device_s": seconds, "host_s": host})
     for name, cls in flavours.items():
@@ -149,14 +249,17 @@ def main() -> None:
         ratio = "-"
         if row["what"].startswith("bitsandbytes"):
             stock_time["Paged" in row["what"]] = row["device_s"]
-        elif "without" in row["what"]:
+        elif "without" in row["what"] or row["what"].startswith("tamer Triton"):
             ratio = f"{stock_time['Paged' in row['what']] / row['device_s']:.2f}x"
         print(f"| {row['what']} | {row['device_s']:.4f} | {row['host_s']:.4f} | {ratio} |")
     print(f"bit-identical after 3 steps (weights and moments): {identical}")
+    if closeness:
+        print(f"Triton vs bitsandbytes after 3 steps: {closeness}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "optimizer.json").write_text(json.dumps(
-            {"device": name, "parameters": count, "tensors": len(parameters), "rows": rows, "identical": identical}, indent=1))
+            {"device": name, "parameters": count, "tensors": len(parameters), "rows": rows, "identical": identical,
+             "closeness": closeness}, indent=1))
     if not all(identical.values()):
         raise SystemExit("the unsynced step is not bit-identical to bitsandbytes'")
 

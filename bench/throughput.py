@@ -59,7 +59,8 @@ MODES = {
     "packed_selective": ("tamer, packed + selective checkpointing", ["compile=false"]),
     "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
     "packed_compiled": ("tamer, packed + compiled layers, all layers checkpointed", ["planner.selective_checkpointing=false"]),
-    "default": ("tamer's default: packed + selective checkpointing + compiled layers", []),
+    "default": ("tamer's default: packed + selective checkpointing + compiled layers + Triton 8-bit step", []),
+    "default_bnb": ("the default with bitsandbytes' 8-bit step", ["optimizer_kernel=bitsandbytes"]),
 }
 HF_MODES = {
     "hf_max_len": "HF Trainer, padded to 512",

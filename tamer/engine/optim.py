@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from tamer.config import RunConfig
+from tamer.engine import adamw8bit
 from tamer.plan import Plan
 
 PAGED_MIN_ELEMENTS = 100_000
@@ -15,17 +16,33 @@ PAGED_MIN_ELEMENTS = 100_000
 
 
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW in the flavour the plan names (torch fp32 states, or bitsandbytes 8-bit / paged 8-bit)."""
+    """AdamW in the flavour the plan names (torch fp32 states, or bitsandbytes 8-bit / paged 8-bit; on CUDA
+    with Triton the 8-bit flavours are stepped by tamer's kernel, same state, see tamer.engine.adamw8bit)."""
     kwargs: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
     if plan.optimizer == "adamw":
         return torch.optim.AdamW(parameters, **kwargs)
+    if plan.optimizer not in ("adamw_8bit", "paged_adamw_8bit"):
+        raise ValueError(f"unknown optimizer {plan.optimizer}")
+    paged = plan.optimizer == "paged_adamw_8bit"
+    if config.optimizer_kernel == "auto" and parameters and adamw8bit.unavailable(parameters[0].device) is None:
+        return adamw8bit.triton_adamw8bit(paged)(parameters, **kwargs)
     import bitsandbytes as bnb
 
-    if plan.optimizer == "adamw_8bit":
-        return bnb.optim.AdamW8bit(parameters, **kwargs)
-    if plan.optimizer == "paged_adamw_8bit":
-        return bnb.optim.PagedAdamW8bit(parameters, **kwargs)
-    raise ValueError(f"unknown optimizer {plan.optimizer}")
+    return (bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit)(parameters, **kwargs)
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the gradients to `max_norm` (as torch.nn.utils.clip_grad_norm_) and return their total norm.
+
+    With tamer's Triton 8-bit step the clipping factor is handed to the optimizer as a device tensor
+    and applied inside its kernel: the same arithmetic as clip_grad_norm_ (coefficient
+    max_norm / (norm + 1e-6), at most 1) without a pass that rewrites every gradient."""
+    if not getattr(optimizer, "triton_step", False) or not hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    optimizer.grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return norm
 
 
 def repage_state(optimizer: torch.optim.Optimizer) -> int:

@@ -27,7 +27,7 @@ from tamer.engine.checkpointing import Checkpointer
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
 from tamer.engine.model import compile_layers, should_compile
-from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
+from tamer.engine.optim import build_optimizer, build_scheduler, clip_gradients, warmup_steps
 from tamer.engine.recipe import cached_examples, recipe_for
 from tamer.engine.reporting import Reporter
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
@@ -234,7 +234,7 @@ class Trainer:
         self.faults.check("optimizer", step, plan.micro_batch_size)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        grad_norm = clip_gradients(self.optimizer, self.parameters, self.config.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
