@@ -59,7 +59,8 @@ MODES = {
     "packed_selective": ("tamer, packed + selective checkpointing", ["compile=false"]),
     "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
     "packed_compiled": ("tamer, packed + compiled layers, all layers checkpointed", ["planner.selective_checkpointing=false"]),
-    "default": ("tamer's default: packed + selective checkpointing + compiled layers + Triton 8-bit step", []),
+    "default": ("tamer's default: packed + checkpointing by size + compiled layers + Triton 8-bit step", []),
+    "default_no_size": ("the default without checkpointing by size", ["planner.checkpointing_by_size=false"]),
     "default_bnb": ("the default with bitsandbytes' 8-bit step", ["optimizer_kernel=bitsandbytes"]),
 }
 HF_MODES = {

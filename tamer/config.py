@@ -145,6 +145,9 @@ class PlannerConfig(Schema):
     selective_checkpointing: bool = True
     """A plan with activation checkpointing checkpoints only the fewest layers predicted to fit (false: all layers,
     the most memory saved and the most recomputation)."""
+    checkpointing_by_size: bool = True
+    """With selective checkpointing and `packed`/`bucket` batches on one process: fewer layers checkpointed for micro-batches
+    shorter than the longest, per the memory predicted at each size (Plan.checkpoint_layers_by_tokens)."""
 
 
 class DeescalateConfig(Schema):

@@ -61,6 +61,11 @@ class Plan:
     checkpoint_layers: int | None = None
     """With gradient_checkpointing: checkpoint only the first this many decoder layers (None = all); the
     others keep their activations (more memory, no recomputation). Exact either way."""
+    checkpoint_layers_by_tokens: tuple[tuple[int, int], ...] = ()
+    """With gradient_checkpointing, per micro-batch size in computed tokens: ((up to tokens, layers), ...) in
+    ascending order; a micro-batch of at most `tokens` computed tokens checkpoints only the first `layers`
+    decoder layers, a larger one `checkpoint_layers` (the planner's choice for the longest micro-batch).
+    Packed rows and length buckets vary in size, and a short one fits with fewer layers recomputed."""
     autocast_dtype: AutocastDtype | None = None
     weights_dtype: WeightsDtype = "fp32"
     quantization: Quantization | None = None
@@ -82,6 +87,15 @@ class Plan:
     def effective_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accumulation * self.world_size
 
+    def checkpointed_for(self, tokens: int, num_layers: int) -> int:
+        """Decoder layers checkpointed for a micro-batch of `tokens` computed tokens (0 without checkpointing)."""
+        if not self.gradient_checkpointing:
+            return 0
+        for limit, layers in self.checkpoint_layers_by_tokens:
+            if tokens <= limit:
+                return min(layers, num_layers)
+        return num_layers if self.checkpoint_layers is None else min(self.checkpoint_layers, num_layers)
+
     def replace(self, **changes: Any) -> Plan:
         return dataclasses.replace(self, **changes)
 
@@ -92,6 +106,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["rungs"] = list(self.rungs)
+        data["checkpoint_layers_by_tokens"] = [list(entry) for entry in self.checkpoint_layers_by_tokens]
         return data
 
     def to_json(self) -> str:
@@ -105,6 +120,9 @@ class Plan:
         data = dict(data)
         if isinstance(data.get("rungs"), list):
             data["rungs"] = tuple(data["rungs"])
+        by_tokens = data.get("checkpoint_layers_by_tokens")
+        if isinstance(by_tokens, list):
+            data["checkpoint_layers_by_tokens"] = tuple(tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens)
         return validate(cls, data, prefix)
 
     def describe(self) -> str:
@@ -121,6 +139,8 @@ class Plan:
             parts.append("LoRA")
         if self.gradient_checkpointing:
             parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
+            if self.checkpoint_layers_by_tokens:
+                parts[-1] += " (" + ", ".join(f"{layers} up to {limit:,} tokens" for limit, layers in self.checkpoint_layers_by_tokens) + ")"
         parts.append(self.optimizer)
         if self.chunked_loss:
             parts.append("chunked loss")

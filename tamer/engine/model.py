@@ -140,9 +140,7 @@ def compile_layers(model: Any) -> int:
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    get_base = getattr(model, "get_base_model", None)
-    causal_lm = get_base() if callable(get_base) else model
-    layers = list(causal_lm.model.layers)
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
@@ -154,6 +152,32 @@ def checkpoint_only_first(model: Any, count: int) -> None:
     layers = list(model.model.layers)
     for layer in layers[count:]:
         layer.gradient_checkpointing = False
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers of a causal LM, through a PEFT wrapper if there is one."""
+    get_base = getattr(model, "get_base_model", None)
+    causal_lm = get_base() if callable(get_base) else model
+    return list(causal_lm.model.layers)
+
+
+class LayerCheckpointing:
+    """Checkpoint the first k decoder layers of the next micro-batch, k from the plan's table by size
+    (Plan.checkpoint_layers_by_tokens): a layer reads its flag at each call, outside any compiled region,
+    so switching costs a few attribute writes and no recompilation. Exact: recomputation gives the same
+    activations, so which layers are checkpointed changes memory and time, not the result."""
+
+    def __init__(self, model: Any) -> None:
+        self.layers = decoder_layers(model)
+        self.current: int | None = None
+
+    def for_tokens(self, plan: Plan, tokens: int) -> int:
+        count = plan.checkpointed_for(tokens, len(self.layers))
+        if count != self.current:
+            for index, layer in enumerate(self.layers):
+                layer.gradient_checkpointing = index < count
+            self.current = count
+        return count
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:

@@ -26,7 +26,7 @@ from tamer.engine import batching, distributed, limits, resume, snapshot
 from tamer.engine.checkpointing import Checkpointer
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
-from tamer.engine.model import compile_layers, should_compile
+from tamer.engine.model import LayerCheckpointing, compile_layers, should_compile
 from tamer.engine.optim import build_optimizer, build_scheduler, clip_gradients, warmup_steps
 from tamer.engine.recipe import cached_examples, recipe_for
 from tamer.engine.reporting import Reporter
@@ -114,6 +114,7 @@ class Trainer:
         self.compiled = should_compile(self.config.compile, self.plan, self.device)
         if self.compiled:
             compile_layers(self.model)
+        self.layer_checkpointing = LayerCheckpointing(self.model) if self.plan.checkpoint_layers_by_tokens else None
         self.loss_module = SupervisedLoss(self.model, CHUNK_SIZE if self.plan.chunked_loss else None)
         self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
         self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]
@@ -170,6 +171,8 @@ class Trainer:
             with distributed.gradient_sync(self.wrapped, plan, sync=index == len(batches) - 1):
                 self.report.beat("forward")
                 self.faults.check("forward", step, plan.micro_batch_size)
+                if self.layer_checkpointing is not None:
+                    self.layer_checkpointing.for_tokens(plan, batch.computed_tokens)
                 with self.autocast():
                     summed = self.wrapped(**batch.tensors)
                 loss = summed * (plan.world_size / max(1, supervised))

@@ -52,6 +52,7 @@ from tamer.planner.estimate import (
     Estimate,
     ModelShape,
     Workload,
+    checkpointed_layers,
     chunking_applies,
     estimate,
 )
@@ -136,10 +137,10 @@ class Choice:
 
 
 def plan_key(plan: Plan) -> str:
-    """What makes two plans train the same way (not the rungs' history, the eval batch nor the child's
-    leave to split in process)."""
+    """What makes two plans train the same way (not the rungs' history, the eval batch, the child's leave to
+    split in process, nor the checkpointing table by size, which the planner derives from the rest)."""
     data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
-            if f.name not in ("rungs", "eval_batch_size", "in_process_split_down_to")}
+            if f.name not in ("rungs", "eval_batch_size", "in_process_split_down_to", "checkpoint_layers_by_tokens")}
     return json.dumps(data, sort_keys=True)
 
 
@@ -380,6 +381,48 @@ def fewest_checkpointed_layers(
     return max(fitting + [chosen], key=lambda candidate: candidate.speed)  # the first of equals: the smallest k
 
 
+def checkpointing_by_tokens(
+    chosen: Candidate,
+    shape: ModelShape,
+    workload: Workload,
+    facts: DeviceFacts,
+    budget_bytes: int,
+    policy: PlannerPolicy,
+    exclude: Iterable[str] = (),
+    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
+    correction: float = 1.0,
+    step: int = 64,
+) -> Candidate:
+    """`chosen` with fewer layers checkpointed for shorter micro-batches: packed rows and length buckets vary
+    in size, and the plan's checkpoint_layers is chosen for the longest one (micro-batch x max_seq_len
+    tokens). For each k below it, the most tokens (a multiple of `step`) predicted to fit with the margin
+    when only k layers are checkpointed; entries kept where they raise the limit. Its speed is predicted at
+    the typical micro-batch (workload.computed_per_sequence). One process, length-grouped batching only."""
+    plan = chosen.plan
+    if (not plan.gradient_checkpointing or plan.world_size != 1 or workload.batching not in ("packed", "bucket")
+            or plan.checkpoint_layers_by_tokens):
+        return chosen
+    most = checkpointed_layers(plan, shape)
+    longest = plan.micro_batch_size * workload.sequence_length
+    table: list[tuple[int, int]] = []
+    for layers in range(most):
+        fitting = 0
+        for tokens in range(step, longest, step):
+            sized = dataclasses.replace(workload, sequence_length=-(-tokens // plan.micro_batch_size))
+            [candidate] = assess([plan.replace(checkpoint_layers=layers)], shape, sized, facts, budget_bytes, policy,
+                                 exclude, oom_hint, correction)
+            if candidate.fits != "yes":
+                break
+            fitting = tokens
+        if fitting > (table[-1][0] if table else 0):
+            table.append((fitting, layers))
+    if not table:
+        return chosen
+    improved = plan.replace(checkpoint_layers=most, checkpoint_layers_by_tokens=tuple(table))
+    [candidate] = assess([improved], shape, workload, facts, budget_bytes, policy, (), oom_hint, correction)
+    return dataclasses.replace(candidate, excluded=chosen.excluded)
+
+
 def shape_of(config: Any) -> ModelShape:
     if not config.architecture:
         raise ConfigError(
@@ -415,6 +458,9 @@ def choose(
         return None
     if policy.selective_checkpointing:
         chosen = fewest_checkpointed_layers(chosen, shape_of(config), workload, facts, budget, policy, exclude, oom_hint, correction)
+        if policy.checkpointing_by_size:
+            chosen = checkpointing_by_tokens(chosen, shape_of(config), workload, facts, budget, policy, exclude, oom_hint,
+                                             correction, step=getattr(config, "batch_multiple", 64) or 64)
     usable = usable_bytes(budget, policy.safety_margin)
     predicted = chosen.estimate
     reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "

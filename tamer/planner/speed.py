@@ -82,8 +82,12 @@ def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: b
     `num_layers`: the model's decoder layers, for a plan that checkpoints only some of them."""
     speed = precision_factor(plan, facts)
     if plan.gradient_checkpointing:
-        # The recomputation is per layer: checkpointing k of L layers adds k/L of its cost.
+        # The recomputation is per layer: checkpointing k of L layers adds k/L of its cost (with a table by
+        # size, k of the typical micro-batch).
         share = (plan.checkpoint_layers / num_layers) if plan.checkpoint_layers is not None and num_layers else 1.0
+        if plan.checkpoint_layers_by_tokens and num_layers:
+            typical = plan.micro_batch_size * (workload.computed_per_sequence or workload.sequence_length)
+            share = plan.checkpointed_for(typical, num_layers) / num_layers
         speed /= 1 + (1 / CHECKPOINTING - 1) * min(1.0, share)
     if chunking_applies(plan, workload):
         speed *= CHUNKED_LOSS

@@ -131,3 +131,38 @@ def test_selective_checkpointing_recomputes_only_k_layers_with_identical_gradien
     assert all_calls == [2, 2] and first_calls == [2, 1]
     for name, gradient in all_layers.items():
         assert torch.equal(first_only[name], gradient), f"{name} differs"
+
+
+def test_checkpointing_by_size_switches_layers_per_micro_batch_with_identical_gradients(examples):
+    """A plan's table by size checkpoints no layer for a short packed row and both for a long one, switching
+    between micro-batches of one step, and the step's gradient is bit-identical to checkpointing both always."""
+    from tamer.engine.model import LayerCheckpointing
+    from tamer.plan import Plan
+
+    micro_batches = batching.build(examples, [0, 5, 17, 3, 8, 11, 2], 4, "packed", 0, 512, 64)
+    sizes = [micro.computed_tokens for micro in micro_batches]
+    assert len(set(sizes)) == 2, sizes
+    plan = Plan(micro_batch_size=4, grad_accumulation=2, eval_batch_size=4, gradient_checkpointing=True,
+                checkpoint_layers=None, checkpoint_layers_by_tokens=((min(sizes), 0),))
+    results = []
+    for table in (False, True):
+        model = _tiny_model()
+        model.train().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        calls = [0, 0]
+        for index, layer in enumerate(model.model.layers):
+            layer.mlp.forward = _counted(layer.mlp.forward, calls, index)
+        switch = LayerCheckpointing(model)
+        model.zero_grad(set_to_none=True)
+        supervised = sum(int((micro.tensors["labels"][:, 1:] != squad.IGNORE_INDEX).sum()) for micro in micro_batches)
+        used = []
+        for micro in micro_batches:
+            if table:
+                used.append(switch.for_tokens(plan, micro.computed_tokens))
+            summed, _ = loss_sum(model, micro.tensors)
+            (summed / supervised).backward()
+        results.append(({name: p.grad.clone() for name, p in model.named_parameters()}, calls, used))
+    (always, always_calls, _), (by_size, by_size_calls, used) = results
+    assert sorted(used) == [0, 2]  # the short row: none; the long one: every layer (checkpoint_layers None)
+    assert always_calls == [4, 4] and by_size_calls == [3, 3]  # 2 forwards + 2 recomputations vs 2 + 1
+    for name, gradient in always.items():
+        assert torch.equal(by_size[name], gradient), f"{name} differs"

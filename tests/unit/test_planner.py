@@ -6,6 +6,7 @@ and choose()'s decisions, including after an OOM. Pure arithmetic: no torch, mil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -399,11 +400,11 @@ def test_optimizer_oom_is_not_fixed_by_a_smaller_micro_batch():
             "sizes": {"allocated_by_pytorch": 17 * GIB, "tried_to_allocate": 2 * GIB}}
     full_only = PlannerPolicy(allow_lora=False, rungs=no_paging)
     blind = choose(config, H100, budget, full_only, exclude={plan_key(failed)})
-    assert only_geometry_differs(blind.plan.replace(checkpoint_layers=None), failed) and blind.plan.micro_batch_size < 8
+    assert only_geometry_differs(blind.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed) and blind.plan.micro_batch_size < 8
     steered = choose(config, H100, budget, full_only, exclude={plan_key(failed)}, oom_hint=hint)
     assert steered is None
     candidates = choose(config, H100, budget, PlannerPolicy(rungs=no_paging), oom_hint=hint)
-    assert not only_geometry_differs(candidates.plan.replace(checkpoint_layers=None), failed)
+    assert not only_geometry_differs(candidates.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed)
     failed_step = estimate(LLAMA_1B, failed, Workload()).phases["optimizer"].total
     assert estimate(LLAMA_1B, candidates.plan, Workload()).phases["optimizer"].total < failed_step
     for candidate in candidates.candidates:
@@ -499,7 +500,8 @@ def test_correction_is_applied_by_choose():
 
 
 def test_plan_command_prints_the_choice_as_json(monkeypatch):
-    """`tamer plan --gpu-mem 15GiB --json` lists candidates and the full fine-tune it would pick."""
+    """`tamer plan --gpu-mem 15GiB --json` lists candidates and the full fine-tune it would pick, with fewer
+    layers checkpointed for micro-batches shorter than the longest (none at the typical packed row)."""
     from tamer import cli
 
     monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
@@ -510,7 +512,14 @@ def test_plan_command_prints_the_choice_as_json(monkeypatch):
     assert data["parameters"] == 1_235_814_400
     assert data["chosen"]["change"] == "full"
     assert data["chosen"]["fits"] == "yes"
-    assert any(c["fits"] == "no" for c in data["candidates"])
+    table = data["chosen"]["plan"]["checkpoint_layers_by_tokens"]
+    typical = 8 * data["workload"]["computed_per_sequence"]
+    assert table[0][1] == 0 and table[0][0] >= typical
+    assert [layers for _, layers in table] == sorted(layers for _, layers in table)
+    assert all(tokens <= 8 * 512 for tokens, _ in table)
+    everything = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "15GiB", "--json",
+                                              "--all", "--home", "/nonexistent-tamer-home"])
+    assert any(c["fits"] == "no" for c in json.loads(everything.output)["candidates"])
 
 
 def test_plan_command_needs_a_memory_size_without_a_gpu(monkeypatch):
@@ -588,3 +597,39 @@ def test_tamer_plan_says_when_two_gpus_are_slower_than_one_for_the_batch(monkeyp
     assert "one GPU is predicted faster; use --gpus 1" in text
     large = json.loads(CliRunner().invoke(cli.app, [*base, "--set", "effective_batch_size=64", "--json"]).output)["world_size"]
     assert not large["slower_than_one_gpu"] and large["seconds"] < large["single_gpu_seconds"]
+
+
+def test_checkpointing_table_by_size_is_what_fits_at_each_size():
+    """For packed batches the chosen full fine-tune (15 GiB) carries a table by size: each entry is predicted to
+    fit with its layer count at its size and not with one layer fewer 64 tokens further; the plan's own
+    checkpoint_layers covers the longest micro-batch; the speed is predicted at the typical micro-batch
+    (none recomputed) and is above the same plan without the table."""
+    from tamer.planner.candidates import usable_bytes
+
+    config = config_1b()
+    choice = choose(config, H100, CAP_15_GIB)
+    plan = choice.plan
+    table = plan.checkpoint_layers_by_tokens
+    assert table and table[0][1] == 0 and plan.checkpoint_layers is not None
+    workload = Workload.from_config(config)
+    usable = usable_bytes(CAP_15_GIB, PlannerPolicy().safety_margin)
+
+    def peak(layers: int, tokens: int) -> int:
+        sized = dataclasses.replace(workload, sequence_length=-(-tokens // plan.micro_batch_size))
+        return estimate(LLAMA_1B, plan.replace(checkpoint_layers=layers, checkpoint_layers_by_tokens=()), sized).reserved
+
+    for tokens, layers in table:
+        assert peak(layers, tokens) <= usable
+        if layers > 0:
+            assert peak(layers - 1, tokens) > usable  # the previous entry's count does not fit here
+    assert peak(plan.checkpoint_layers, plan.micro_batch_size * config.max_seq_len) <= usable
+    assert plan.checkpointed_for(plan.micro_batch_size * workload.computed_per_sequence, LLAMA_1B.num_layers) == 0
+    without = plan.replace(checkpoint_layers_by_tokens=())
+    assert choice.speed > relative_speed(without, workload, H100, num_layers=LLAMA_1B.num_layers)
+    assert plan_key(without) == plan_key(plan)  # derived from the rest: one failing rules out the other
+
+
+def test_no_checkpointing_table_for_padded_batches_or_when_turned_off():
+    assert not choose(config_1b(batching="max_len"), H100, CAP_15_GIB).plan.checkpoint_layers_by_tokens
+    off = choose(config_1b(), H100, CAP_15_GIB, PlannerPolicy(checkpointing_by_size=False)).plan
+    assert not off.checkpoint_layers_by_tokens and off.checkpoint_layers is not None
