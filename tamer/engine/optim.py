@@ -24,7 +24,8 @@ def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: Ru
     if plan.optimizer not in ("adamw_8bit", "paged_adamw_8bit"):
         raise ValueError(f"unknown optimizer {plan.optimizer}")
     paged = plan.optimizer == "paged_adamw_8bit"
-    if config.optimizer_kernel == "auto" and parameters and adamw8bit.unavailable(parameters[0].device) is None:
+    sharded = plan.world_size > 1 and plan.parallel == "fsdp"  # DTensor parameters: bitsandbytes' own path
+    if config.optimizer_kernel == "auto" and not sharded and parameters and adamw8bit.unavailable(parameters[0].device) is None:
         return adamw8bit.triton_adamw8bit(paged)(parameters, **kwargs)
     import bitsandbytes as bnb
 
