@@ -163,9 +163,10 @@ def decoder_layers(model: Any) -> list[Any]:
 
 class LayerCheckpointing:
     """Checkpoint the first k decoder layers of the next micro-batch, k from the plan's table by size
-    (Plan.checkpoint_layers_by_tokens): a layer reads its flag at each call, outside any compiled region,
-    so switching costs a few attribute writes and no recompilation. Exact: recomputation gives the same
-    activations, so which layers are checkpointed changes memory and time, not the result."""
+    (Plan.checkpoint_layers_by_tokens): a layer reads its flag at each call (transformers 5.24 reads it inside
+    the compiled function: compiled layers then hold one graph per value, each compiled once), so switching
+    costs a few attribute writes. Exact: recomputation gives the same activations, so which layers are
+    checkpointed changes memory and time, not the result."""
 
     def __init__(self, model: Any) -> None:
         self.layers = decoder_layers(model)
