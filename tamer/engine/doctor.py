@@ -18,9 +18,13 @@ from tamer.inspect.doctor import ALLOCATOR_VARIABLES, _error_text
 
 
 def _nvml_used(uuid: str) -> int | None:
+    """NVML's used memory on the GPU `uuid` now (None if NVML cannot say). NVML is initialised here: this
+    runs in a fresh process, and without nvmlInit every query fails (the context cost then read as unknown,
+    seen on an H200 on 2026-12-03)."""
     try:
         import pynvml
 
+        pynvml.nvmlInit()
         return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByUUID(uuid)).used)
     except Exception:
         return None

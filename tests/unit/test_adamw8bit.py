@@ -117,7 +117,8 @@ SCRIPT = textwrap.dedent('''
 
 def compare(device: str, paged: bool = False) -> dict:
     """Run SCRIPT on `device` (cpu: in Triton's interpreter) and return what it measured."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TAMER_TEST_DEVICE": device, "TAMER_TEST_PAGED": "1" if paged else "0"}
+    path = os.pathsep.join(part for part in (str(ROOT), os.environ.get("PYTHONPATH", "")) if part)
+    env = {**os.environ, "PYTHONPATH": path, "TAMER_TEST_DEVICE": device, "TAMER_TEST_PAGED": "1" if paged else "0"}
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
     finished = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
