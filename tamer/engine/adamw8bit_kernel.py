@@ -15,6 +15,7 @@ def nearest(x, mids_ptr):
         index = tl.where(x > tl.load(mids_ptr + candidate - 1), candidate, index)
     return index
 
+
 @triton.jit
 def adamw8bit(p_ptr, g_ptr, m_ptr, v_ptr, qm_ptr, qv_ptr, mids_m_ptr, mids_v_ptr, am_ptr, av_ptr, scale_ptr,
               n, lr, beta1, beta2, eps, decay, correction1, correction2,
