@@ -38,6 +38,8 @@ def unavailable(device: torch.device) -> str | None:
     """Why the Triton step cannot run on `device` (None: it can)."""
     if device.type != "cuda":
         return "the Triton 8-bit step runs on CUDA devices only"
+    if torch.cuda.get_device_capability(device) < (7, 0):
+        return "Triton needs a GPU of compute capability 7.0 or newer"
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -81,6 +83,10 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
 
     class TritonAdamW8bit(base):  # type: ignore[misc, valid-type]
         triton_step = True
+        fallback_reason: str | None = None
+        """Set when the kernel could not be built or launched (e.g. a Triton that does not support the card:
+        Triton lists compute capability 8.0+, a T4 is 7.5): the step then runs bitsandbytes' kernels on the
+        same state, for the rest of the process, and the trainer records why."""
         prefetch_every_step = False
         """bitsandbytes prefetches every paged moment before every step: ~290 driver calls that held the host
         ~20 ms per step on an H200 (the 8-bit step took 26 ms paged vs 16 ms not). Here the moments are
@@ -127,16 +133,23 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
                         self.init_state(group, parameter, gindex, pindex)
                     if prefetch:
                         self.prefetch_state(parameter)
-                    if state["state1"].dtype == torch.uint8:
+                    if state["state1"].dtype == torch.uint8 and self.fallback_reason is None:
                         parameter.data = parameter.data.contiguous()
                         parameter.grad = parameter.grad.contiguous()
                         state["step"] += 1
-                        update_8bit(parameter, parameter.grad, state, self.get_config(gindex, pindex, group),
-                                    self._midpoints(state), scale)
-                    else:
-                        if scale is not None:
-                            parameter.grad.mul_(scale)
-                        self.update_step(group, parameter, gindex, pindex)
+                        try:
+                            update_8bit(parameter, parameter.grad, state, self.get_config(gindex, pindex, group),
+                                        self._midpoints(state), scale)
+                            continue
+                        except torch.OutOfMemoryError:
+                            raise
+                        except Exception as error:  # the kernel raises before it changes anything
+                            state["step"] -= 1
+                            first_line = (str(error).strip().splitlines() or [""])[0][:300]
+                            self.fallback_reason = f"{type(error).__name__}: {first_line}"
+                    if scale is not None:
+                        parameter.grad.mul_(scale)
+                    self.update_step(group, parameter, gindex, pindex)
             return loss
 
     TritonAdamW8bit.__name__ = TritonAdamW8bit.__qualname__ = "TritonPagedAdamW8bit" if paged else "TritonAdamW8bit"

@@ -119,6 +119,7 @@ class Trainer:
         self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
         self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.plan, self.parameters, self.config)
+        self._fallback_reported = False
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.config, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.autocast_dtype == "fp16" and self.device.type == "cuda" else None
         if checkpoint is not None:
@@ -246,6 +247,11 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if getattr(self.optimizer, "fallback_reason", None) and not self._fallback_reported:
+            self._fallback_reported = True
+            self.report.event("optimizer_fallback", f"the Triton 8-bit AdamW step failed ({self.optimizer.fallback_reason}); "
+                              "bitsandbytes' kernels step the same state from now on (optimizer_kernel: bitsandbytes skips the try)",
+                              step=step, reason=self.optimizer.fallback_reason)
         self.scheduler.step()
         # DDP's gradients are views into its all-reduce buckets, which live anyway: zeroing them in place
         # keeps them so. Set to None, the next step's first micro-batches (no_sync) would build fresh

@@ -164,3 +164,33 @@ def test_checkpoints_load_across_implementations(results: dict) -> None:
     for name in ("triton_then_bnb", "bnb_then_triton"):
         assert results[name] < 1.5 * results["bnb_vs_exact_max_lr_units"]
         assert results[name + "_without_state"] > 4 * results[name]
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_to_bitsandbytes(monkeypatch) -> None:
+    """A Triton that cannot build the kernel for the card (Triton lists compute capability 8.0+; a T4 is 7.5)
+    must not end an unattended run: the step says why and runs bitsandbytes' kernels on the same state,
+    giving bitsandbytes' own result bit for bit."""
+    import bitsandbytes as bnb
+    import torch
+
+    from tamer.engine import adamw8bit
+
+    def broken() -> None:
+        raise RuntimeError("PassManager::run failed\nmore lines")
+
+    monkeypatch.setattr(adamw8bit, "_kernel", broken)
+    torch.manual_seed(0)
+    start = [torch.randn(64, 256), torch.randn(2048)]
+    finals = []
+    for cls in (bnb.optim.AdamW8bit, adamw8bit.triton_adamw8bit(False)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=1e-2, weight_decay=0.1)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+            opt.step()
+        finals.append((params, opt))
+    (reference, _), (fallen_back, optimizer) = finals
+    assert optimizer.fallback_reason == "RuntimeError: PassManager::run failed"
+    assert all(torch.equal(a, b) for a, b in zip(reference, fallen_back))
+    assert optimizer.state[fallen_back[0]]["step"] == 3
