@@ -6,7 +6,8 @@
 bitsandbytes (0.45-0.50) synchronizes the device after every parameter's update kernel
 (`Optimizer8bit.step` -> `sync_gpu(p)`: 146 waits per step on a 1B model). `unsynced` below runs the same
 kernels in the same order without those waits, to measure what they cost. Answer on an H200
-(bench/results/optimizer-step-h200-2026-12-03.md): little; the kernels themselves take ~35 ms. The
+(bench/results/optimizer-step-h200-2026-12-03.md): little; the kernels themselves take ~35 ms (tamer's
+Triton step: ~16 ms, bench/results/throughput-h200-2026-12-03.md). The
 model is the preset's shape with fp32 master weights built on the device, gradients random (fixed seed).
 Per row: median device time of the call (CUDA events, after 3 warm-ups) and host time until the call
 returns. Then a bit-identity check: two copies of the same weights and moments stepped 3 times with
