@@ -100,7 +100,10 @@ class Plan:
         return dataclasses.replace(self, **changes)
 
     def with_rung(self, name: str, **changes: Any) -> Plan:
-        """This plan with `changes` applied and `name` appended to the rungs applied."""
+        """This plan with `changes` applied and `name` appended to the rungs applied. The checkpointing table
+        by size goes: the planner derived it for this plan's memory, which a rung changes (a micro-batch
+        split kept with it would give the halved rows fewer checkpointed layers and spend what it freed)."""
+        changes.setdefault("checkpoint_layers_by_tokens", ())
         return dataclasses.replace(self, rungs=self.rungs + (name,), **changes)
 
     def to_dict(self) -> dict[str, Any]:

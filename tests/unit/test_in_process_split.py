@@ -59,3 +59,14 @@ def test_no_split_without_leave_or_with_an_odd_micro_batch():
 def test_leave_does_not_change_what_a_plan_trains():
     """plan_key ignores the leave: a failed plan still rules out the planner's identical candidate."""
     assert plan_key(for_child(PLAN, config())) == plan_key(PLAN)
+
+
+def test_a_split_drops_the_checkpointing_table_by_size():
+    """The table by size gives short rows fewer checkpointed layers: kept after a split, it would spend the
+    memory the halved micro-batch frees (an OOM says its sizes did not fit). The split plan checkpoints the
+    plan's own layers at every size (every rung drops the table: Plan.with_rung)."""
+    plan = PLAN.replace(in_process_split_down_to=2, gradient_checkpointing=True, checkpoint_layers=8,
+                        checkpoint_layers_by_tokens=((2112, 0), (3072, 4)))
+    assert plan.checkpointed_for(1000, 16) == 0
+    halved = split_in_process(plan, "backward")
+    assert halved.checkpoint_layers_by_tokens == () and halved.checkpointed_for(1000, 16) == 8
