@@ -171,14 +171,18 @@ class LayerCheckpointing:
     def __init__(self, model: Any) -> None:
         self.layers = decoder_layers(model)
         self.current: int | None = None
+        self.used: set[int] = set()
 
-    def for_tokens(self, plan: Plan, tokens: int) -> int:
+    def for_tokens(self, plan: Plan, tokens: int) -> tuple[int, bool]:
+        """(layers checkpointed for a micro-batch of `tokens` computed tokens, whether this count is new)."""
         count = plan.checkpointed_for(tokens, len(self.layers))
         if count != self.current:
             for index, layer in enumerate(self.layers):
                 layer.gradient_checkpointing = index < count
             self.current = count
-        return count
+        new = count not in self.used
+        self.used.add(count)
+        return count, new
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:

@@ -173,7 +173,11 @@ class Trainer:
                 self.report.beat("forward")
                 self.faults.check("forward", step, plan.micro_batch_size)
                 if self.layer_checkpointing is not None:
-                    self.layer_checkpointing.for_tokens(plan, batch.computed_tokens)
+                    layers, new = self.layer_checkpointing.for_tokens(plan, batch.computed_tokens)
+                    if new:
+                        self.report.event("checkpointing_by_size", f"{layers} of {len(self.layer_checkpointing.layers)} decoder layers "
+                                          f"checkpointed for a micro-batch of {batch.computed_tokens:,} tokens (first at step {step})",
+                                          step=step, layers=layers, tokens=batch.computed_tokens)
                 with self.autocast():
                     summed = self.wrapped(**batch.tensors)
                 loss = summed * (plan.world_size / max(1, supervised))
