@@ -143,7 +143,7 @@ class Plan:
         if self.gradient_checkpointing:
             parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
             if self.checkpoint_layers_by_tokens:
-                parts[-1] += " (" + ", ".join(f"{layers} up to {limit:,} tokens" for limit, layers in self.checkpoint_layers_by_tokens) + ")"
+                parts[-1] += " (by size: " + ", ".join(f"{layers} up to {limit:,}" for limit, layers in self.checkpoint_layers_by_tokens) + " tokens)"
         parts.append(self.optimizer)
         if self.chunked_loss:
             parts.append("chunked loss")
