@@ -89,6 +89,19 @@ def timed(device: torch.device, fn, iters: int) -> tuple[float, float]:
     return statistics.median(device_times), statistics.median(host_times)
 
 
+def three_steps(cls: type[torch.optim.Optimizer], parameters: list[torch.nn.Parameter],
+                originals: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The weights reset to `originals`, then three steps (lr 1e-3, weight decay 0.01) of a fresh `cls` with
+    the gradients the parameters hold; returns the optimizer."""
+    with torch.no_grad():
+        for parameter, original in zip(parameters, originals):
+            parameter.copy_(original)
+    optimizer = cls(parameters, lr=1e-3, weight_decay=0.01)
+    for _ in range(3):
+        optimizer.step()
+    return optimizer
+
+
 def sweep(device: torch.device, parameters: list[torch.nn.Parameter], iters: int) -> list[dict]:
     """The Triton step (not paged) at each launch shape; the module's defaults are restored after."""
     rows = []
@@ -141,12 +154,7 @@ def compare_with_bitsandbytes(parameters: list[torch.nn.Parameter]) -> dict:
     finals, codes = {}, {}
     for name, cls in (("bitsandbytes", bnb.optim.AdamW8bit), ("triton", adamw8bit.triton_adamw8bit(False)),
                       ("fp32", torch.optim.AdamW)):
-        with torch.no_grad():
-            for parameter, original in zip(parameters, originals):
-                parameter.copy_(original)
-        optimizer = cls(parameters, lr=1e-3, weight_decay=0.01)
-        for _ in range(3):
-            optimizer.step()
+        optimizer = three_steps(cls, parameters, originals)
         finals[name] = [p.detach().clone() for p in parameters]
         codes[name] = [optimizer.state[p]["state1"].clone() for p in parameters
                        if optimizer.state[p].get("state1", torch.empty(0)).dtype == torch.uint8]
@@ -224,12 +232,7 @@ def main() -> None:
         stock = bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit
         results = []
         for cls in (stock, unsynced(paged)):
-            with torch.no_grad():
-                for parameter, original in zip(parameters, originals):
-                    parameter.copy_(original)
-            optimizer = cls(parameters, lr=1e-3, weight_decay=0.01)
-            for _ in range(3):
-                optimizer.step()
+            optimizer = three_steps(cls, parameters, originals)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             results.append(([p.detach().clone() for p in parameters],
