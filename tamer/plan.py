@@ -128,6 +128,19 @@ class Plan:
             data["checkpoint_layers_by_tokens"] = tuple(tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens)
         return validate(cls, data, prefix)
 
+    def describe_by_size(self, short: bool = False) -> str:
+        """The checkpointing table by size in words: short, `fewer for rows up to 4,032 tokens, none up to 2,112` (what
+        the one-line description carries); else every entry, `0 layers up to 2,112 tokens, 1 up to 2,304, ...`."""
+        table = self.checkpoint_layers_by_tokens
+        if not table:
+            return ""
+        if short:
+            none = [limit for limit, layers in table if layers == 0]
+            return f"fewer for rows up to {table[-1][0]:,} tokens" + (f", none up to {none[-1]:,}" if none else "")
+        first_limit, first_layers = table[0]
+        rest = "".join(f", {layers} up to {limit:,}" for limit, layers in table[1:])
+        return f"{first_layers} layers up to {first_limit:,} tokens{rest}"
+
     def describe(self) -> str:
         """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""
         parts = [f"micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
@@ -143,7 +156,7 @@ class Plan:
         if self.gradient_checkpointing:
             parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
             if self.checkpoint_layers_by_tokens:
-                parts[-1] += " (by size: " + ", ".join(f"{layers} up to {limit:,}" for limit, layers in self.checkpoint_layers_by_tokens) + " tokens)"
+                parts[-1] += f" ({self.describe_by_size(short=True)})"
         parts.append(self.optimizer)
         if self.chunked_loss:
             parts.append("chunked loss")

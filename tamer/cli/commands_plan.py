@@ -215,6 +215,8 @@ def plan_command(
                       f"peak reserved by phase (GiB): {phases}"
                       + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
                       highlight=False)
+        if chosen.plan.checkpoint_layers_by_tokens:
+            console.print(f"  checkpointing by size: {chosen.plan.describe_by_size()}", highlight=False, soft_wrap=True)
         if note is not None:
             console.print(f"  {note.text(run_config.effective_batch_size)}", highlight=False, soft_wrap=True)
     if past:

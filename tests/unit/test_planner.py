@@ -627,6 +627,11 @@ def test_checkpointing_table_by_size_is_what_fits_at_each_size():
     without = plan.replace(checkpoint_layers_by_tokens=())
     assert choice.speed > relative_speed(without, workload, H100, num_layers=LLAMA_1B.num_layers)
     assert plan_key(without) == plan_key(plan)  # derived from the rest: one failing rules out the other
+    none_up_to = max(limit for limit, layers in table if layers == 0)
+    assert f"checkpointing {plan.checkpoint_layers} layers (fewer for rows up to {table[-1][0]:,} tokens, none up to " \
+        f"{none_up_to:,})" in plan.describe()  # one short clause in every attempt's line; the whole table in `tamer plan`
+    assert plan.describe_by_size().startswith(f"0 layers up to {table[0][0]:,} tokens, {table[1][1]} up to {table[1][0]:,}")
+    assert plan.describe_by_size().count(" up to ") == len(table) and without.describe_by_size() == ""
 
 
 def test_no_checkpointing_table_for_padded_batches_or_when_turned_off():
