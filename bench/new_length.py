@@ -6,6 +6,7 @@ dynamo's recompilation count after each call.
     python bench/new_length.py --model /tmp/llama1b [--checkpointed 8] [--lengths 1920,1984,1920,2048,...]
     TORCH_LOGS=recompiles python bench/new_length.py ...   # and why each recompilation happened
     python bench/new_length.py --model /tmp/llama1b --no-compile --profile   # where a new length's time goes
+    python bench/new_length.py --model /tmp/llama1b --no-cudnn-attention     # as tamer runs packed rows
 
 Prints one line per call: length, first time seen or not, seconds, recompilations so far, and the caching
 allocator's device allocations (cudaMalloc / mapped pages) during the call. With --profile, the first new
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="1920,1920,1984,1984,2048,1920,2112,2112,1856,1984,2176,2240,2176,1920")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-cudnn-attention", action="store_true", help="forbid cuDNN's SDPA kernels (tamer's default for packed rows)")
     parser.add_argument("--fixed-mask", action="store_true",
                         help="pass a 4-D block-diagonal bool mask built here instead of position-id packing")
     args = parser.parse_args()
@@ -38,6 +40,8 @@ def main() -> None:
     from tamer.engine.model import checkpoint_only_first, compile_layers
 
     device = torch.device("cuda", 0)
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

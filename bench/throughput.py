@@ -62,6 +62,7 @@ MODES = {
     "default": ("tamer's default: packed + checkpointing by size + compiled layers + Triton 8-bit step", []),
     "default_no_size": ("the default without checkpointing by size", ["planner.checkpointing_by_size=false"]),
     "default_bnb": ("the default with bitsandbytes' 8-bit step", ["optimizer_kernel=bitsandbytes"]),
+    "default_cudnn": ("the default with cuDNN attention (a plan per new length)", ["cudnn_attention=true"]),
 }
 HF_MODES = {
     "hf_max_len": "HF Trainer, padded to 512",

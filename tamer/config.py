@@ -260,6 +260,11 @@ class RunConfig(Schema):
     """Who steps the 8-bit AdamW flavours: `auto` = tamer's Triton kernel on CUDA when triton is installed (bitsandbytes'
     state and arithmetic; the paged step of the 1B plan took 0.016 s instead of 0.048 s on an H200), else bitsandbytes'
     CUDA kernels; `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
+    cudnn_attention: bool | Literal["auto"] = "auto"
+    """Whether PyTorch's attention (SDPA) may use cuDNN's kernels: `auto` = only where every batch has one shape
+    (`batching: max_len`). cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
+    (bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
+    memory-efficient kernel."""
     pad_to_max_len: bool = False
     """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
     batching: Literal["longest", "max_len", "bucket", "packed"] = "packed"
@@ -428,7 +433,7 @@ class RunConfig(Schema):
         for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile", "optimizer_kernel", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
+                     "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
                      "kill_backoff_max", "deescalate", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

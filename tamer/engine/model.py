@@ -132,6 +132,24 @@ def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> boo
     return device.type == "cuda" and plan.quantization is None and plan.world_size == 1
 
 
+def use_cudnn_attention(setting: bool | str, batching_mode: str) -> bool:
+    """`cudnn_attention`: true/false as asked; `auto` only for one batch shape (`max_len`), because cuDNN's
+    attention builds a plan for every new shape (~0.3 s each on an H200, bench/new_length.py)."""
+    if setting != "auto":
+        return bool(setting)
+    return batching_mode == "max_len"
+
+
+def set_cudnn_attention(device: torch.device, enabled: bool) -> str | None:
+    """Allow or forbid cuDNN's SDPA kernels for this process (before layers compile: a compiled graph keeps
+    the kernel chosen when it was traced). Returns what changed, in words, or None (not CUDA, or unchanged)."""
+    if device.type != "cuda" or torch.backends.cuda.cudnn_sdp_enabled() == enabled:
+        return None
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
+    return "cuDNN attention " + ("on" if enabled else "off: batch shapes vary and cuDNN plans each new one; SDPA takes "
+                                 "PyTorch's memory-efficient kernel (cudnn_attention: true keeps cuDNN)")
+
+
 def compile_layers(model: Any) -> int:
     """torch.compile every decoder layer in place with dynamic shapes from the first call: one graph shared by
     the layers and by every batch shape, whatever shape an attempt happens to start with, so a resumed

@@ -26,7 +26,7 @@ from tamer.engine import batching, distributed, limits, resume, snapshot
 from tamer.engine.checkpointing import Checkpointer
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
-from tamer.engine.model import LayerCheckpointing, compile_layers, should_compile
+from tamer.engine.model import LayerCheckpointing, compile_layers, set_cudnn_attention, should_compile, use_cudnn_attention
 from tamer.engine.optim import build_optimizer, build_scheduler, clip_gradients, warmup_steps
 from tamer.engine.recipe import cached_examples, recipe_for
 from tamer.engine.reporting import Reporter
@@ -89,6 +89,9 @@ class Trainer:
 
     def setup(self) -> None:
         limits.set_device_limits(self.device, self.config, self.report.event)
+        attention = set_cudnn_attention(self.device, use_cudnn_attention(self.config.cudnn_attention, self.config.batching_mode))
+        if attention is not None:
+            self.report.event("attention", attention)
         distributed.init(self.group, self.device, self.config.distributed.backend, self.config.distributed.timeout)
         if self.config.memory_snapshot:
             snapshot.start_recording(self.device)

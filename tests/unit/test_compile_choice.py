@@ -36,3 +36,27 @@ def test_yaml_spellings_of_compile_parse():
     assert build_config("tiny").compile == "auto"
     with pytest.raises(ConfigError, match="compile"):
         build_config("tiny", sets=["compile=sometimes"])
+
+
+def test_cudnn_attention_only_for_one_batch_shape():
+    """auto: cuDNN's attention (a plan per new shape) only where batches have one shape; true/false obeyed;
+    the flag is set for CUDA processes before anything compiles and left alone on CPU; the batching mode
+    decides, not the hash of what decides the result."""
+    from tamer.config import build_config
+    from tamer.engine.model import set_cudnn_attention, use_cudnn_attention
+
+    assert use_cudnn_attention("auto", "max_len") and not use_cudnn_attention("auto", "packed")
+    assert not use_cudnn_attention("auto", "bucket") and not use_cudnn_attention("auto", "longest")
+    assert use_cudnn_attention(True, "packed") and not use_cudnn_attention(False, "max_len")
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert set_cudnn_attention(CPU, False) is None and torch.backends.cuda.cudnn_sdp_enabled()
+        said = set_cudnn_attention(CUDA, False)
+        assert said and said.startswith("cuDNN attention off") and not torch.backends.cuda.cudnn_sdp_enabled()
+        assert set_cudnn_attention(CUDA, False) is None  # unchanged: nothing to say
+        assert set_cudnn_attention(CUDA, True) == "cuDNN attention on" and torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+    assert build_config("tiny", sets=["cudnn_attention=true"]).cudnn_attention is True
+    assert build_config("tiny").config_hash() == build_config("tiny", sets=["cudnn_attention=false"]).config_hash()
