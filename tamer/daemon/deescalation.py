@@ -67,6 +67,8 @@ class Deescalation:
         self.others_at_oom: int | None = None
         self.polled = 0.0
         self.split_seen: tuple[int, float] | None = None
+        self.split_reported: int | None = None
+        """The attempt whose split squeeze was last returned: a further split of it updates the reading silently."""
 
     # --- at an OOM ------------------------------------------------------------------------------
 
@@ -122,7 +124,8 @@ class Deescalation:
 
     def split(self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]], managed: int = 0) -> Squeeze | None:
         """A child that halved its micro-batch in process and went on (its `plan.json` changed): when others
-        held the card then, remember the squeeze of the plan it started with. Cheap when nothing changed."""
+        held the card then, remember the squeeze of the plan it started with and return it the first time for
+        this attempt (a split again, 4 -> 2 -> 1, only renews the reading). Cheap when nothing changed."""
         try:
             changed = (number, (attempt_dir / PLAN_FILE).stat().st_mtime)
         except OSError:
@@ -142,7 +145,11 @@ class Deescalation:
             return None
         splits = queries.in_process_split_details(self.db, self.run_id, number)
         sizes = parse_oom_message(splits[0].get("error", "")) if splits else {}
-        return self._remember(number, started, sizes, {}, card, others, ours)
+        squeeze = self._remember(number, started, sizes, {}, card, others, ours)
+        if self.split_reported == number:
+            return None
+        self.split_reported = number
+        return squeeze
 
     # --- while training on an escalated plan ----------------------------------------------------
 

@@ -143,11 +143,26 @@ def use_cudnn_attention(setting: bool | str, batching_mode: str) -> bool:
 def set_cudnn_attention(device: torch.device, enabled: bool) -> str | None:
     """Allow or forbid cuDNN's SDPA kernels for this process (before layers compile: a compiled graph keeps
     the kernel chosen when it was traced). Returns what changed, in words, or None (not CUDA, or unchanged)."""
-    if device.type != "cuda" or torch.backends.cuda.cudnn_sdp_enabled() == enabled:
+    if device.type != "cuda":
+        return None
+    tag_compile_caches("cudnn_sdp", str(int(enabled)))
+    if torch.backends.cuda.cudnn_sdp_enabled() == enabled:
         return None
     torch.backends.cuda.enable_cudnn_sdp(enabled)
     return "cuDNN attention " + ("on" if enabled else "off: batch shapes vary and cuDNN plans each new one; SDPA takes "
                                  "PyTorch's memory-efficient kernel (cudnn_attention: true keeps cuDNN)")
+
+
+def tag_compile_caches(name: str, value: str) -> None:
+    """Put `tamer-name=value` into torch.compile's cache key tag (kept beside a tag of the user's own). torch's
+    on-disk compile caches key a graph without the SDPA backend flags: a layer compiled once with cuDNN's
+    attention was handed to a later run that forbids it (seen on an H200 with torch 2.11)."""
+    config = getattr(getattr(torch, "compiler", None), "config", None)
+    if config is None or not hasattr(config, "cache_key_tag"):
+        return
+    prefix = f"tamer-{name}="
+    kept = [part for part in str(config.cache_key_tag).split(",") if part and not part.startswith(prefix)]
+    config.cache_key_tag = ",".join([*kept, prefix + value])
 
 
 def compile_layers(model: Any) -> int:

@@ -49,14 +49,19 @@ def test_cudnn_attention_only_for_one_batch_shape():
     assert not use_cudnn_attention("auto", "bucket") and not use_cudnn_attention("auto", "longest")
     assert use_cudnn_attention(True, "packed") and not use_cudnn_attention(False, "max_len")
     before = torch.backends.cuda.cudnn_sdp_enabled()
+    tag = torch.compiler.config.cache_key_tag
     try:
+        torch.compiler.config.cache_key_tag = "users-own"
         torch.backends.cuda.enable_cudnn_sdp(True)
         assert set_cudnn_attention(CPU, False) is None and torch.backends.cuda.cudnn_sdp_enabled()
         said = set_cudnn_attention(CUDA, False)
         assert said and said.startswith("cuDNN attention off") and not torch.backends.cuda.cudnn_sdp_enabled()
         assert set_cudnn_attention(CUDA, False) is None  # unchanged: nothing to say
+        assert torch.compiler.config.cache_key_tag == "users-own,tamer-cudnn_sdp=0"  # compiled graphs kept apart
         assert set_cudnn_attention(CUDA, True) == "cuDNN attention on" and torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.compiler.config.cache_key_tag == "users-own,tamer-cudnn_sdp=1"
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+        torch.compiler.config.cache_key_tag = tag
     assert build_config("tiny", sets=["cudnn_attention=true"]).cudnn_attention is True
     assert build_config("tiny").config_hash() == build_config("tiny", sets=["cudnn_attention=false"]).config_hash()

@@ -5,6 +5,7 @@ asks the child to stop and restarts that plan, and an OOM after the step back ho
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -72,6 +73,18 @@ def test_an_in_process_split_under_a_squeeze_steps_back_to_the_unsplit_plan(runn
     assert "gone: pid 4242" in decision.reason and "still there" not in decision.reason, decision.reason  # our child is not a squeezer
     plan, _, detail = deescalation.take(1)
     assert plan == STARTED and deescalation.squeezes == [] and detail["steps_back_to_this_plan"] == 1
+
+
+def test_splitting_again_in_one_attempt_renews_the_squeeze_without_a_second_report(runner):
+    """8 -> 4 -> 2 under one squeeze (seen on an H200: three identical `squeeze` events): the second split
+    renews the remembered reading but returns nothing, so the supervisor records one event per attempt."""
+    deescalation, card, attempt_dir = runner
+    assert deescalation.split(1, attempt_dir, STARTED, child) is not None
+    card.write_text(json.dumps({**SQUEEZED, "processes": [{"pid": 4242, "used": "34GiB"}, {"pid": CHILD, "used": "5GiB"}]}))
+    (attempt_dir / "plan.json").write_text(SPLIT.replace(micro_batch_size=2, grad_accumulation=4).to_json())
+    os.utime(attempt_dir / "plan.json", (time.time() + 5, time.time() + 5))  # a later change, whatever the clock's grain
+    assert deescalation.split(1, attempt_dir, STARTED, child) is None
+    assert len(deescalation.squeezes) == 1 and deescalation.squeezes[0].others == 34 * GIB  # the newer reading
 
 
 def test_an_oom_after_the_step_back_holds_the_plan_off(runner):
