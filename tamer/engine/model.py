@@ -3,10 +3,11 @@ gradient checkpointing, device, dtype."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -134,7 +135,8 @@ def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> boo
 
 def use_cudnn_attention(setting: bool | str, batching_mode: str) -> bool:
     """`cudnn_attention`: true/false as asked; `auto` only for one batch shape (`max_len`), because cuDNN's
-    attention builds a plan for every new shape (~0.3 s each on an H200, bench/new_length.py)."""
+    attention builds a plan for every new shape (~0.3 s each on an H200, bench/new_length.py). `batching_mode`:
+    the config's, or `generate` (decoding with a KV cache meets a new length at every token)."""
     if setting != "auto":
         return bool(setting)
     return batching_mode == "max_len"
@@ -151,6 +153,20 @@ def set_cudnn_attention(device: torch.device, enabled: bool) -> str | None:
     torch.backends.cuda.enable_cudnn_sdp(enabled)
     return "cuDNN attention " + ("on" if enabled else "off: batch shapes vary and cuDNN plans each new one; SDPA takes "
                                  "PyTorch's memory-efficient kernel (cudnn_attention: true keeps cuDNN)")
+
+
+@contextlib.contextmanager
+def cudnn_attention_allowed(device: torch.device, enabled: bool) -> Iterator[None]:
+    """cuDNN's SDPA kernels allowed or forbidden inside the block (CUDA only), as they were after it."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 def tag_compile_caches(name: str, value: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from tamer.config import RunConfig, config_from_dict
+from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.errors import DataError, StateError, TamerError
 from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
@@ -222,8 +223,9 @@ def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.
         torch.cuda.reset_peak_memory_stats(device)
     count = limit if limit is not None else config.eval.squad_samples
     prompts, golds = prompts_for(records[:count], tokenizer, config.max_seq_len)
-    answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
-                                           config.eval.squad_max_new_tokens, device)
+    with cudnn_attention_allowed(device, use_cudnn_attention(config.cudnn_attention, "generate")):
+        answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
+                                               config.eval.squad_max_new_tokens, device)
     result = score(answers, golds)
     seconds = time.perf_counter() - started
     return {**result, "seconds": seconds, "batch_size": batch_size,

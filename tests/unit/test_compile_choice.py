@@ -65,3 +65,27 @@ def test_cudnn_attention_only_for_one_batch_shape():
         torch.compiler.config.cache_key_tag = tag
     assert build_config("tiny", sets=["cudnn_attention=true"]).cudnn_attention is True
     assert build_config("tiny").config_hash() == build_config("tiny", sets=["cudnn_attention=false"]).config_hash()
+
+
+def test_decoding_forbids_cudnn_attention_inside_and_restores_it_after(monkeypatch):
+    """SQuAD evaluation decodes with a KV cache (a new length at every token): under `auto` cuDNN's attention
+    is forbidden while it decodes, whatever training chose, and the flag is as before afterwards."""
+    from tamer.config import build_config
+    from tamer.engine import result
+
+    seen: list[bool] = []
+    monkeypatch.setattr(result, "generate_answers", lambda *args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or ([], 1))
+    monkeypatch.setattr(result, "prompts_for", lambda records, tokenizer, max_seq_len: ([], []))
+    monkeypatch.setattr(result, "score", lambda answers, golds: {"exact_match": 0.0, "f1": 0.0, "questions": 0})
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 0)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        for sets, allowed in (([], False), (["cudnn_attention=true"], True)):
+            result.evaluate(None, None, build_config("tiny", sets=sets), [], CUDA, 0)
+            assert seen[-1] is allowed and torch.backends.cuda.cudnn_sdp_enabled()  # restored after
+        result.evaluate(None, None, build_config("tiny"), [], CPU, 0)
+        assert seen[-1] is True  # CPU: left alone
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
