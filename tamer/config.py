@@ -262,7 +262,7 @@ class RunConfig(Schema):
     CUDA kernels; `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
     cudnn_attention: bool | Literal["auto"] = "auto"
     """Whether PyTorch's attention (SDPA) may use cuDNN's kernels: `auto` = only where every batch has one shape
-    (`batching: max_len`). cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
+    (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
     (bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
     memory-efficient kernel."""
     pad_to_max_len: bool = False
