@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,17 +357,12 @@ def best(candidates: list[Candidate], keep_model: bool = False) -> Candidate | N
     return min(tied, key=_preference)
 
 
-def fewest_checkpointed_layers(
-    chosen: Candidate,
-    shape: ModelShape,
-    workload: Workload,
-    facts: DeviceFacts,
-    budget_bytes: int,
-    policy: PlannerPolicy,
-    exclude: Iterable[str] = (),
-    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
-    correction: float = 1.0,
-) -> Candidate:
+Assessor = Callable[..., list[Candidate]]
+"""`assess` bound to one device, budget, policy, exclusions, OOM hints and correction (see `choose`):
+`assessor(plans, workload=..., exclude=...)`."""
+
+
+def fewest_checkpointed_layers(chosen: Candidate, shape: ModelShape, assessor: Assessor) -> Candidate:
     """`chosen` with checkpointing on only its first k decoder layers, for the smallest k predicted to fit
     with the margin (each layer not recomputed saves its share of the recomputation), unless that is
     predicted slower (the memory it takes pushes paged optimizer state to the host): then the fastest k;
@@ -376,23 +371,12 @@ def fewest_checkpointed_layers(
     if not plan.gradient_checkpointing or plan.checkpoint_layers is not None:
         return chosen
     variants = [plan.replace(checkpoint_layers=count) for count in range(1, shape.num_layers)]
-    assessed = assess(variants, shape, workload, facts, budget_bytes, policy, exclude, oom_hint, correction)
-    fitting = [candidate for candidate in assessed if candidate.fits == "yes" and candidate.excluded is None]
+    fitting = [candidate for candidate in assessor(variants) if candidate.fits == "yes" and candidate.excluded is None]
     return max(fitting + [chosen], key=lambda candidate: candidate.speed)  # the first of equals: the smallest k
 
 
-def checkpointing_by_tokens(
-    chosen: Candidate,
-    shape: ModelShape,
-    workload: Workload,
-    facts: DeviceFacts,
-    budget_bytes: int,
-    policy: PlannerPolicy,
-    exclude: Iterable[str] = (),
-    oom_hint: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
-    correction: float = 1.0,
-    step: int = 64,
-) -> Candidate:
+def checkpointing_by_tokens(chosen: Candidate, shape: ModelShape, workload: Workload, assessor: Assessor,
+                            step: int = 64) -> Candidate:
     """`chosen` with fewer layers checkpointed for shorter micro-batches: packed rows and length buckets vary
     in size, and the plan's checkpoint_layers is chosen for the longest one (micro-batch x max_seq_len
     tokens). For each k below it, the most tokens (a multiple of `step`) predicted to fit with the margin
@@ -409,8 +393,7 @@ def checkpointing_by_tokens(
         fitting = 0
         for tokens in range(step, longest, step):
             sized = dataclasses.replace(workload, sequence_length=-(-tokens // plan.micro_batch_size))
-            [candidate] = assess([plan.replace(checkpoint_layers=layers)], shape, sized, facts, budget_bytes, policy,
-                                 exclude, oom_hint, correction)
+            [candidate] = assessor([plan.replace(checkpoint_layers=layers)], workload=sized)
             if candidate.fits != "yes":
                 break
             fitting = tokens
@@ -419,7 +402,7 @@ def checkpointing_by_tokens(
     if not table:
         return chosen
     improved = plan.replace(checkpoint_layers=most, checkpoint_layers_by_tokens=tuple(table))
-    [candidate] = assess([improved], shape, workload, facts, budget_bytes, policy, (), oom_hint, correction)
+    [candidate] = assessor([improved], exclude=())
     return dataclasses.replace(candidate, excluded=chosen.excluded)
 
 
@@ -450,17 +433,20 @@ def choose(
     policy = policy or PlannerPolicy()
     budget = budget_bytes if budget_bytes is not None else device_budget(facts.total_memory)
     workload = workload or Workload.from_config(config)
-    candidates = assess(candidate_plans(config, facts, policy), shape_of(config), workload, facts, budget, policy,
-                        exclude, oom_hint, correction)
+    shape = shape_of(config)
+
+    def assessor(plans: list[Plan], workload: Workload = workload, exclude: Iterable[str] = exclude) -> list[Candidate]:
+        return assess(plans, shape, workload, facts, budget, policy, exclude, oom_hint, correction)
+
+    candidates = assessor(candidate_plans(config, facts, policy))
     steered = [h.get("phase") for h in _hints(oom_hint) if h.get("plan") is not None]
     chosen = best(candidates, keep_model=bool(steered))
     if chosen is None:
         return None
     if policy.selective_checkpointing:
-        chosen = fewest_checkpointed_layers(chosen, shape_of(config), workload, facts, budget, policy, exclude, oom_hint, correction)
+        chosen = fewest_checkpointed_layers(chosen, shape, assessor)
         if policy.checkpointing_by_size:
-            chosen = checkpointing_by_tokens(chosen, shape_of(config), workload, facts, budget, policy, exclude, oom_hint,
-                                             correction, step=getattr(config, "batch_multiple", 64) or 64)
+            chosen = checkpointing_by_tokens(chosen, shape, workload, assessor, step=getattr(config, "batch_multiple", 64) or 64)
     usable = usable_bytes(budget, policy.safety_margin)
     predicted = chosen.estimate
     reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "
