@@ -152,22 +152,31 @@ class Benchmark:
             command += ["--set", item]
         return command
 
-    def run(self, label: str, title: str, sets: list[str], inject: str | None = None) -> dict[str, Any]:
-        """One `tamer run` with `sets` (and a fault), summarised from its database."""
-        home = self.home / label
-        command = self.tamer_command(home)
+    def command(self, label: str, sets: list[str], inject: str | None = None) -> list[str]:
+        """`tamer run` of `label` (home HOME/label) with `sets`, a fault and --extra."""
+        command = self.tamer_command(self.home / label)
         for item in sets:
             command += ["--set", item]
         command += ["--inject", inject] if inject else []
-        command += shlex.split(self.arguments.extra)
+        return command + shlex.split(self.arguments.extra)
+
+    def run(self, label: str, title: str, sets: list[str], inject: str | None = None) -> dict[str, Any]:
+        """One `tamer run` with `sets` (and a fault), summarised from its database."""
+        command = self.command(label, sets, inject)
         log_path = self.out / "logs" / f"{label}.log"
         launched = time.time()
         with open(log_path, "w") as log:
             finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
-        log_text = finished.stdout
+        return self.record(label, title, command, finished.stdout, finished.returncode, launched)
+
+    def record(self, label: str, title: str, command: list[str], stdout: str, exit_code: int, launched: float) -> dict[str, Any]:
+        """The summary of the finished run of `label` (its home under self.home, its stdout, the run id first)."""
+        home = self.home / label
+        log_path = self.out / "logs" / f"{label}.log"
+        log_text = stdout
         with open(log_path, "a") as log:
             log.write(log_text)
-        result = {"label": label, "title": title, "command": shlex.join(command), "exit_code": finished.returncode,
+        result = {"label": label, "title": title, "command": shlex.join(command), "exit_code": exit_code,
                   "launched_at": launched, "seconds": time.time() - launched, "log": str(log_path)}
         run_id = log_text.split()[0] if log_text.split() else None
         if run_id and (home / "tamer.db").is_file():

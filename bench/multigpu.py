@@ -3,6 +3,7 @@ with the same plan, in the same invocation.
 
     python bench/multigpu.py --model DIR --gpu-mem-cap 15GiB --steps 30 [--gpus 2] [--runs abcd] [--out DIR]
         [--extra "--set effective_batch_size=32"]
+    python bench/multigpu.py --model DIR --gpu-mem-cap 15GiB --steps 30 --runs ad --nodes   # as N machines
     python bench/multigpu.py --preset tiny --device cpu --steps 6 --out /tmp/mg   # CPU plumbing check (gloo)
 
 Every run is `python -m tamer run squad` with the settings of bench/escalation.py (bundled tokenizer and
@@ -21,17 +22,29 @@ tokens/s = 8 x 512 padded tokens per optimizer step / median step time after the
 0's wall time for the whole step, gradient all-reduce included). Scaling efficiency = tokens/s(a) /
 (N x tokens/s(b or c)): 1.0 would be N times one GPU. Writes OUT/multigpu.json and prints a markdown table.
 Set NCCL_NVLS_ENABLE=0 on shared hosts (NVLink multicast off).
+
+--nodes plays (a) and (d) as N machines of one GPU each, the way several hosts run tamer: node 0's `tamer
+run --nnodes N --rdzv-endpoint 127.0.0.1:PORT` owns the run (its home holds the database); nodes 1..N-1 run
+`tamer join RUN_DIR --node-rank i` on its run folder, node i on GPU i (CUDA_VISIBLE_DEVICES). On a host
+with fewer GPUs than nodes every node takes GPU 0 over gloo: a rehearsal of the commands, the database and
+checkpoints, and the recoveries; its tokens/s say nothing about N GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
 
 from escalation import Benchmark, _gib, _number, checked, run_arguments  # noqa: E402
 
@@ -39,11 +52,63 @@ from escalation import Benchmark, _gib, _number, checked, run_arguments  # noqa:
 class MultiGpuBenchmark(Benchmark):
     RESULTS = "multigpu.json"
 
+    def run_nodes(self, label: str, title: str, sets: list[str], nodes: int) -> dict[str, Any]:
+        """`label` as `nodes` machines of one process each, played on this host: node 0 `tamer run --nnodes`
+        (it owns the run: its home, the database), nodes 1.. `tamer join RUN_DIR --node-rank i` on its run
+        folder. Node i takes GPU i; with fewer GPUs than nodes they share GPU 0 over gloo (NCCL refuses two
+        ranks on one device): the commands and recoveries for real, the speed not."""
+        gpus = torch.cuda.device_count() if self.arguments.device != "cpu" else 0
+        shared = 0 < gpus < nodes
+        command = self.command(label, [*sets, *(["distributed.backend=gloo"] if shared else [])])
+        command += ["--nnodes", str(nodes), "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+        log_path = self.out / "logs" / f"{label}.log"
+        launched = time.time()
+        processes: list[subprocess.Popen] = []
+        try:
+            with open(log_path, "w") as log:
+                node0 = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(0, gpus, shared))
+                processes.append(node0)
+                run_id = node0.stdout.readline().strip()
+                for rank in range(1, nodes if run_id else 1):
+                    node_log = open(self.out / "logs" / f"{label}-node{rank}.log", "w")  # noqa: SIM115 - closed with the process
+                    processes.append(subprocess.Popen(
+                        [sys.executable, "-m", "tamer", "join", str(self.home / label / "runs" / run_id), "--node-rank", str(rank)],
+                        stdout=node_log, stderr=node_log, text=True, env=node_env(rank, gpus, shared)))
+                stdout = run_id + "\n" + node0.communicate()[0]
+                for process in processes[1:]:
+                    process.wait(timeout=120)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+        result = self.record(label, title, command, stdout, node0.returncode, launched)
+        result["node_exit_codes"] = [process.returncode for process in processes]
+        result["shared_gpu"] = shared
+        self.save()
+        return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def node_env(rank: int, gpus: int, shared: bool) -> dict[str, str]:
+    """The environment of node `rank`: its one GPU (GPU 0 for every node when they share it)."""
+    environment = dict(os.environ)
+    if gpus:
+        environment["CUDA_VISIBLE_DEVICES"] = "0" if shared else str(rank)
+    return environment
+
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_arguments(__doc__.splitlines()[0], 30, "multigpu.json")
     parser.add_argument("--gpus", type=int, default=2, help="Processes (GPUs) of the multi-GPU runs.")
     parser.add_argument("--runs", default="abcd", help="Which runs, e.g. abc or d ((b) and (c) need (a)).")
+    parser.add_argument("--nodes", action="store_true",
+                        help="Play (a) and (d) as --gpus nodes of one GPU each (tamer run --nnodes + tamer join); GPU i per node, "
+                             "or all on GPU 0 over gloo when the host has fewer GPUs (commands and recoveries, not speed).")
     return checked(parser, argv)
 
 
@@ -71,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     whole: dict[str, Any] = {}
     multi: dict[str, Any] = {}
     if "a" in arguments.runs:
-        multi = bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread])
+        multi = (bench.run_nodes("a_multi_planner", f"(a) {n} nodes of 1 GPU, planner", [], n) if arguments.nodes
+                 else bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread]))
         multi["gpus"] = n
         results.append(multi)
         plan = multi.get("settled_plan")
@@ -89,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                                "ladder.order=[]"])
             results.append(whole)
     if "d" in arguments.runs:
-        card = bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"])
+        card = (bench.run_nodes("d_multi_card", f"(d) {n} nodes of 1 GPU, card ladder", ["ladder.mode=card"], n) if arguments.nodes
+                else bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"]))
         card["gpus"] = n
         results.append(card)
     bench.save()

@@ -77,11 +77,17 @@ def broadcast(group: Group, value: Any) -> Any:
     return box[0]
 
 
+def _collective_device(device: torch.device) -> torch.device:
+    """Where a small collective's tensor lives: `device`, but the host under gloo, whose CUDA support stops at
+    all_reduce and broadcast (two ranks sharing one GPU, where NCCL refuses, run over gloo)."""
+    return torch.device("cpu") if dist.get_backend() == "gloo" else device
+
+
 def all_sum(group: Group, values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over the ranks, in float64."""
     if not group.distributed:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(device))
     dist.all_reduce(tensor)
     return tensor.tolist()
 
@@ -90,7 +96,7 @@ def all_gather(group: Group, values: list[int | None], device: torch.device) -> 
     """Every rank's `values` (integers or None), in rank order."""
     if not group.distributed:
         return [values]
-    tensor = torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.int64, device=device)
+    tensor = torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.int64, device=_collective_device(device))
     out = [torch.empty_like(tensor) for _ in range(group.world_size)]
     dist.all_gather(out, tensor)
     return [[None if v < 0 else int(v) for v in row.tolist()] for row in out]
