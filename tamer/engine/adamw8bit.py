@@ -14,7 +14,8 @@ the other, so a run may resume on a machine without Triton. Only tensors with 8-
 Triton kernel; the small ones (norm weights) keep bitsandbytes' 32-bit update.
 
 Arithmetic: as bitsandbytes' CPU and Triton back ends (decoupled weight decay before the Adam update,
-nearest code by value). The block-wise layout and the dynamic maps are bitsandbytes'; the kernel is
+nearest code by value); a NaN or infinite gradient element is skipped as bitsandbytes' CUDA kernel skips it
+(its weight kept, its moments restarted at 0; the CPU and Triton back ends let it poison the block). The block-wise layout and the dynamic maps are bitsandbytes'; the kernel is
 adapted from its Triton back end (bitsandbytes/backends/triton/kernels_optim.py, MIT licence).
 
 `grad_scale` (a one-element device tensor set before `step`) multiplies every gradient inside the kernel:

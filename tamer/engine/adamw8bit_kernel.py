@@ -25,6 +25,9 @@ def adamw8bit(p_ptr, g_ptr, m_ptr, v_ptr, qm_ptr, qv_ptr, mids_m_ptr, mids_v_ptr
     mask = offsets < n
     row_mask = rows * QBLOCK < n
     g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    # as bitsandbytes' CUDA kernel: a NaN or infinite gradient element leaves its weight as it was and restarts
+    # its moments at 0, so one bad element does not poison its block's absmax and every later step
+    finite = tl.abs(g) <= 3.4028234663852886e38
     if HAS_SCALE:
         g = g * tl.load(scale_ptr)
     p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -34,10 +37,10 @@ def adamw8bit(p_ptr, g_ptr, m_ptr, v_ptr, qm_ptr, qv_ptr, mids_m_ptr, mids_v_ptr
     v_absmax = tl.load(av_ptr + rows, mask=row_mask, other=0.0)
     m = tl.load(qm_ptr + m_codes) * m_absmax[:, None]
     v = tl.load(qv_ptr + v_codes) * v_absmax[:, None]
-    m = tl.where(mask, m * beta1 + (1.0 - beta1) * g, 0.0)
-    v = tl.where(mask, v * beta2 + (1.0 - beta2) * g * g, 0.0)
-    p = p * (1.0 - lr * decay)
-    p = p - (lr / correction1) * (m / (tl.sqrt(v) / correction2 + eps))
+    m = tl.where(mask & finite, m * beta1 + (1.0 - beta1) * g, 0.0)
+    v = tl.where(mask & finite, v * beta2 + (1.0 - beta2) * g * g, 0.0)
+    stepped = p * (1.0 - lr * decay) - (lr / correction1) * (m / (tl.sqrt(v) / correction2 + eps))
+    p = tl.where(finite, stepped, p)
     tl.store(p_ptr + offsets, p.to(p_ptr.dtype.element_ty), mask=mask)
     m_absmax = tl.max(tl.abs(m), axis=1)
     v_absmax = tl.max(v, axis=1)

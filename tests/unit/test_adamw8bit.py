@@ -102,6 +102,29 @@ SCRIPT = textwrap.dedent('''
     out["clip_bitwise"] = all(torch.equal(a, b) for a, b in zip(fused, unfused))
     out["clip_changed_something"] = any(not torch.equal(a, b) for a, b in zip(fused, tri_params))
 
+    # non-finite gradient elements (an overflow in a few elements): skipped as bitsandbytes' CUDA kernel skips
+    # them; the rest of each block steps, nothing becomes NaN
+    bad = [(0, (0, 0), float("nan")), (0, (3, 5), float("inf")), (3, (0, 0), float("-inf"))]
+    runs = {}
+    for name, cls in (("triton", Triton), ("bnb", bnb.optim.AdamW8bit)):
+        params, opt = run(cls, steps=2)
+        before = [p.detach().clone() for p in params]
+        for p, g in zip(params, gradients(2)):
+            p.grad = g.clone()
+        for index, at, value in bad:
+            params[index].grad[at] = value
+        opt.step()
+        runs[name] = (params, opt, before)
+    params, opt, before = runs["triton"]
+    out["nonfinite_weights_kept"] = all(bool(params[i][at] == before[i][at]) for i, at, _ in bad)
+    out["nonfinite_neighbours_moved"] = all(bool(params[i][at[0], at[1] + 1] != before[i][at[0], at[1] + 1]) for i, at, _ in bad)
+    out["nonfinite_moments_zero"] = all(float(dequantized(opt.state[params[i]], k)[at[0] * params[i].shape[1] + at[1]]) == 0.0
+                                        for i, at, _ in bad for k in (1, 2))
+    out["nonfinite_all_finite"] = all(bool(torch.isfinite(p).all()) for p in params) and all(
+        bool(torch.isfinite(opt.state[p][key]).all()) for p in params for key in ("absmax1", "absmax2") if key in opt.state[p])
+    if DEVICE == "cuda":  # bitsandbytes' CPU back end has no such rule; its CUDA kernel is the reference
+        out["nonfinite_vs_bnb_lr_units"] = max(float((a - b).detach().abs().max()) for a, b in zip(params, runs["bnb"][0])) / LR
+
     # checkpoints load both ways: two steps, save, two more by the other implementation
     for name, first, second in (("triton_then_bnb", Triton, bnb.optim.AdamW8bit), ("bnb_then_triton", bnb.optim.AdamW8bit, Triton)):
         half, opt = run(first, steps=2)
@@ -134,8 +157,10 @@ def results() -> dict:
 def check(results: dict) -> None:
     """Every assertion below, for the GPU test (tests/gpu/test_adamw8bit_gpu.py)."""
     for test in (test_weights_match_bitsandbytes_within_quantisation_noise, test_moments_match_bitsandbytes,
-                 test_gradient_scale_in_the_kernel_is_the_same_as_scaled_gradients, test_checkpoints_load_across_implementations):
+                 test_gradient_scale_in_the_kernel_is_the_same_as_scaled_gradients, test_checkpoints_load_across_implementations,
+                 test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_them):
         test(results)
+    assert results["nonfinite_vs_bnb_lr_units"] < 1.5 * results["bnb_vs_exact_max_lr_units"]
 
 
 def test_weights_match_bitsandbytes_within_quantisation_noise(results: dict) -> None:
@@ -194,3 +219,10 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_bitsandbytes(monkeypatch) -
     assert optimizer.fallback_reason == "RuntimeError: PassManager::run failed"
     assert all(torch.equal(a, b) for a, b in zip(reference, fallen_back))
     assert optimizer.state[fallen_back[0]]["step"] == 3
+
+
+def test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_them(results: dict) -> None:
+    """A NaN or inf in a few gradient elements (an overflow) must not poison their 256-element block's absmax
+    and with it every later step: those weights stay, their moments restart at 0, their neighbours step."""
+    assert results["nonfinite_weights_kept"] and results["nonfinite_neighbours_moved"]
+    assert results["nonfinite_moments_zero"] and results["nonfinite_all_finite"]
