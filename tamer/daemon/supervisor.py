@@ -132,7 +132,7 @@ class Supervisor:
         self.state = policies.PolicyState(
             failed_plans=tuple(Plan.from_dict(json.loads(a["plan_json"])) for a in trained_ooms),
             oom_hints=tuple({**json.loads(a["detail_json"] or "{}"), "plan": json.loads(a["plan_json"])} for a in trained_ooms))
-        self.policy = policies.Policy(policies.Limits.from_config(self.config), self.facts, self.config.ladder.order,
+        self.policy = policies.Policy(policies.Limits.from_config(self.config), self.facts, ladder.usable_order(self.config, self.facts),
                                       planner=self._planner_choice if self._planning() else None)
         if attempts:
             self.plan = self._current_plan(attempts[-1])

@@ -58,7 +58,7 @@ from tamer.planner.estimate import (
 )
 from tamer.planner.speed import relative_speed
 from tamer.strategies import registry
-from tamer.strategies.ladder import apply_rung, initial_plan
+from tamer.strategies.ladder import apply_rung, initial_plan, unusable_rungs
 
 SPEED_TIE = 0.02
 """Candidates this close to the fastest (relative) count as equally fast: the model is not finer."""
@@ -197,6 +197,7 @@ def _micro_batch_splits(micro_batch_size: int, minimum: int) -> list[int]:
 def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> list[Plan]:
     """Every distinct plan the policy allows, built from rungs (see the module docstring)."""
     allowed = set(policy.rungs) if policy.rungs is not None else set(registry.names())
+    allowed -= unusable_rungs(config, facts)
     start = initial_plan(config, facts)
     models = ["full"]
     if policy.allow_lora:

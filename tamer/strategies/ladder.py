@@ -89,6 +89,18 @@ def apply_rung(plan: Plan, name: str, facts: DeviceFacts) -> Plan:
     return plan
 
 
+def unusable_rungs(config: Any, facts: DeviceFacts) -> set[str]:
+    """Rungs the run's collective backend cannot run on this device: FSDP needs all-gather and reduce-scatter
+    of CUDA tensors, which gloo lacks (gloo on CUDA: ranks sharing one GPU, where NCCL refuses)."""
+    return {"fsdp"} if config.distributed.backend == "gloo" and facts.kind == "cuda" else set()
+
+
+def usable_order(config: Any, facts: DeviceFacts) -> list[str]:
+    """The config's rung order less `unusable_rungs`."""
+    unusable = unusable_rungs(config, facts)
+    return [name for name in config.ladder.order if name not in unusable]
+
+
 def initial_plan(config: Any, facts: DeviceFacts) -> Plan:
     """The user's batch geometry (RunConfig; per process with several) plus its `start_rungs`, each
     with its prerequisites."""

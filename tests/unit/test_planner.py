@@ -325,6 +325,18 @@ def test_candidates_follow_the_policy():
     assert min(p.micro_batch_size for p in candidate_plans(config, H100, PlannerPolicy(min_micro_batch=4))) == 4
 
 
+def test_fsdp_is_left_out_where_the_backend_cannot_shard():
+    """gloo has no all-gather or reduce-scatter of CUDA tensors (nodes sharing one GPU run over gloo): neither
+    the planner nor the card ladder offers FSDP there; nccl on CUDA and gloo on CPU keep it."""
+    from tamer.strategies.ladder import usable_order
+
+    cpu = DeviceFacts()
+    for backend, facts, offered in (("gloo", H100, False), ("nccl", H100, True), ("auto", H100, True), ("gloo", cpu, True)):
+        config = config_1b(**{"distributed.nproc_per_node": 2, "distributed.backend": backend, "ladder.order": "[fsdp, gradient_checkpointing]"})
+        assert any(p.parallel == "fsdp" for p in candidate_plans(config, facts, PlannerPolicy.from_config(config))) is offered
+        assert ("fsdp" in usable_order(config, facts)) is offered
+
+
 def test_choose_picks_the_anchors_full_fine_tune_at_15_gib():
     """For 1B at 15 GiB on an H100, as the anchors measured it, choose() picks the full fine-tune with fp32
     master weights + bf16 autocast + checkpointing + paged 8-bit AdamW + chunked loss (20,735 tok/s)."""
