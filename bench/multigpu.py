@@ -33,6 +33,7 @@ checkpoints, and the recoveries; its tokens/s say nothing about N GPUs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -65,12 +66,13 @@ class MultiGpuBenchmark(Benchmark):
         launched = time.time()
         processes: list[subprocess.Popen] = []
         try:
-            with open(log_path, "w") as log:
+            with contextlib.ExitStack() as logs:
+                log = logs.enter_context(open(log_path, "w"))
                 node0 = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(0, gpus, shared))
                 processes.append(node0)
                 run_id = node0.stdout.readline().strip()
                 for rank in range(1, nodes if run_id else 1):
-                    node_log = open(self.out / "logs" / f"{label}-node{rank}.log", "w")  # noqa: SIM115 - closed with the process
+                    node_log = logs.enter_context(open(self.out / "logs" / f"{label}-node{rank}.log", "w"))
                     processes.append(subprocess.Popen(
                         [sys.executable, "-m", "tamer", "join", str(self.home / label / "runs" / run_id), "--node-rank", str(rank)],
                         stdout=node_log, stderr=node_log, text=True, env=node_env(rank, gpus, shared)))

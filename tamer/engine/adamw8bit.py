@@ -15,8 +15,9 @@ Triton kernel; the small ones (norm weights) keep bitsandbytes' 32-bit update.
 
 Arithmetic: as bitsandbytes' CPU and Triton back ends (decoupled weight decay before the Adam update,
 nearest code by value); a NaN or infinite gradient element is skipped as bitsandbytes' CUDA kernel skips it
-(its weight kept, its moments restarted at 0; the CPU and Triton back ends let it poison the block). The block-wise layout and the dynamic maps are bitsandbytes'; the kernel is
-adapted from its Triton back end (bitsandbytes/backends/triton/kernels_optim.py, MIT licence).
+(its weight kept, its moments restarted at 0; the CPU and Triton back ends let it poison the block). The
+block-wise layout and the dynamic maps are bitsandbytes'; the kernel is adapted from its Triton back end
+(bitsandbytes/backends/triton/kernels_optim.py, MIT licence).
 
 `grad_scale` (a one-element device tensor set before `step`) multiplies every gradient inside the kernel:
 gradient clipping without a pass that rewrites the gradients and without reading the norm on the host.

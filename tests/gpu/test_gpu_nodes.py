@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.runs import TINY, attempts, events, final_weights, query, run_id_of, sample_ids, tamer
+from tests.integration.runs import TINY, final_steps, final_weights, query, run_id_of, sample_ids, tamer
 from tests.integration.test_distributed import STEPS
-from tests.integration.test_nodes import two_nodes
+from tests.integration.test_nodes import escalated_both_once, two_nodes
 
 CUDA_GLOO = ["--device", "cuda", "--set", "distributed.backend=gloo"]
 
@@ -30,12 +30,7 @@ def test_two_nodes_on_one_gpu_escalate_together_and_match_one_cuda_process(tmp_p
     one_id = run_id_of(reference)
 
     nodes_home, run_id, node0, node1 = two_nodes(tmp_path, *CUDA_GLOO, "--inject", "oom:step=6,phase=backward,rank=1,once")
-    assert node0.returncode == 0, node0.stderr
-    assert node1.returncode == 0, node1.stderr
-    rows = attempts(nodes_home, run_id)
-    assert [r["outcome"] for r in rows] == ["cuda_oom", "done"] and [r["world_size"] for r in rows] == [2, 2]
-    assert rows[0]["message"].startswith("rank 1 of 2: OutOfMemoryError") and rows[1]["resumed_from_step"] == 4
-    assert [kind for kind, _ in events(nodes_home, run_id)].count("escalate") == 1
+    escalated_both_once(nodes_home, run_id, node0, node1)
     per_rank = query(nodes_home, "SELECT rank_memory_json FROM steps WHERE run_id = ? AND attempt = 2", (run_id,))
     assert per_rank and all(len(json.loads(r[0])) == 2 and all(e["mem_peak"] > 0 for e in json.loads(r[0])) for r in per_rank)
     assert "node 1: attempt 2" in node1.stderr and "ended: done" in node1.stderr
@@ -44,7 +39,7 @@ def test_two_nodes_on_one_gpu_escalate_together_and_match_one_cuda_process(tmp_p
     # Not bit-equal on CUDA (gloo's sum of two ranks vs accumulation in one process, atomics in the embedding's
     # backward, bf16 autocast when the planner picks it, then Adam): the two runs must agree to a small part of
     # how far training moved the weights, step by step in loss and at the end in every tensor.
-    losses, expected_losses = step_losses(nodes_home, run_id), step_losses(home, one_id)
+    losses, expected_losses = final_steps(nodes_home, run_id, "loss"), final_steps(home, one_id, "loss")
     torch.testing.assert_close(losses, expected_losses, rtol=1e-2, atol=0.0)
     weights, expected = final_weights(nodes_home, run_id), final_weights(home, one_id)
     initial = load_file(home / "runs" / one_id / "init" / "model.safetensors")
@@ -54,9 +49,3 @@ def test_two_nodes_on_one_gpu_escalate_together_and_match_one_cuda_process(tmp_p
         apart = (weights[name].double() - tensor.double()).norm()
         assert moved > 0 and apart <= 0.1 * moved, f"{name}: runs {apart:.3g} apart, training moved it {moved:.3g}"
 
-
-def step_losses(home, run_id: str) -> list[float]:
-    """The loss of every step as finally trained (a step redone after the OOM replaces the lost one)."""
-    rows = query(home, """SELECT s.loss FROM steps s JOIN (SELECT step, max(attempt) a FROM steps WHERE run_id = ? GROUP BY step) l
-                          ON s.step = l.step AND s.attempt = l.a WHERE s.run_id = ? ORDER BY s.step""", (run_id, run_id))
-    return [loss for loss, in rows]

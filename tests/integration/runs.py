@@ -97,11 +97,16 @@ def final_weights(home: Path, run_id: str) -> dict:
     return weights
 
 
+def final_steps(home: Path, run_id: str, column: str) -> list:
+    """`column` of each optimizer step as finally trained (a step redone after a restart replaces the lost one)."""
+    rows = query(home, f"""SELECT s.{column} FROM steps s JOIN (SELECT step, max(attempt) a FROM steps WHERE run_id = ?
+                           GROUP BY step) l ON s.step = l.step AND s.attempt = l.a WHERE s.run_id = ? ORDER BY s.step""", (run_id, run_id))
+    return [value for value, in rows]
+
+
 def sample_ids(home: Path, run_id: str) -> list[list[int]]:
-    """The samples of each optimizer step as finally trained (a step redone after a restart replaces the lost one)."""
-    rows = query(home, """SELECT s.step, s.sample_ids FROM steps s JOIN (SELECT step, max(attempt) a FROM steps WHERE run_id = ?
-                          GROUP BY step) l ON s.step = l.step AND s.attempt = l.a WHERE s.run_id = ? ORDER BY s.step""", (run_id, run_id))
-    return [json.loads(ids) for _, ids in rows]
+    """The samples of each optimizer step as finally trained."""
+    return [json.loads(ids) for ids in final_steps(home, run_id, "sample_ids")]
 
 
 def attempts(home: Path, run_id: str) -> list[dict]:

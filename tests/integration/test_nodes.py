@@ -44,14 +44,21 @@ def two_nodes(tmp_path: Path, *extra: str) -> tuple[Path, str, subprocess.Comple
             subprocess.CompletedProcess(node1.args, node1.returncode, out1, err1))
 
 
-def test_oom_on_node_1_escalates_both_nodes_once_and_matches_one_process(tmp_path, one_process):  # noqa: F811
-    home, run_id, node0, node1 = two_nodes(tmp_path, "--inject", "oom:step=6,phase=backward,rank=1,once")
+def escalated_both_once(home: Path, run_id: str, node0: subprocess.CompletedProcess, node1: subprocess.CompletedProcess) -> list[dict]:
+    """Both nodes ended well after the OOM injected on node 1 at step 6: one escalation, resumed from step 4.
+    Returns the attempts."""
     assert node0.returncode == 0, node0.stderr
     assert node1.returncode == 0, node1.stderr
     rows = attempts(home, run_id)
     assert [r["outcome"] for r in rows] == ["cuda_oom", "done"] and [r["world_size"] for r in rows] == [2, 2]
     assert rows[0]["message"].startswith("rank 1 of 2: OutOfMemoryError") and rows[1]["resumed_from_step"] == 4
     assert [kind for kind, _ in events(home, run_id)].count("escalate") == 1
+    return rows
+
+
+def test_oom_on_node_1_escalates_both_nodes_once_and_matches_one_process(tmp_path, one_process):  # noqa: F811
+    home, run_id, node0, node1 = two_nodes(tmp_path, "--inject", "oom:step=6,phase=backward,rank=1,once")
+    rows = escalated_both_once(home, run_id, node0, node1)
     first, second = (json.loads(r["plan_json"]) for r in rows)
     assert not first["gradient_checkpointing"] and second["gradient_checkpointing"]
     # Node 1 ran its rank of both attempts with the plan node 0 decided, and wrote nothing but its share.
