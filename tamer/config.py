@@ -331,6 +331,10 @@ class RunConfig(Schema):
     max_restarts or crash_loop_limit: an operator's or a scheduler's kill is not a bug."""
     kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"unit": "seconds"})
     """Longest wait between restarts after outside kills, in seconds."""
+    disk_full_wait: Number = Field(3600.0, ge=0, json_schema_extra={"unit": "seconds"})
+    """When the disk fills up (the child dies of ENOSPC), wait up to this many seconds for space to come back, then
+    resume on the same plan; the run says so as an event. 0 = end the run `failed` at once. A file-size limit
+    (ulimit -f) is never waited for: no time frees it."""
     start_rungs: list[str] = Field(default_factory=list)
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
     start_plan: dict[str, Any] | None = None
@@ -377,6 +381,8 @@ class RunConfig(Schema):
         from tamer.strategies import registry
 
         for index, name in enumerate(self.start_rungs):
+            if name in self.start_rungs[:index]:
+                raise ConfigError(f"start_rungs[{index}]: '{name}' is listed twice; list each rung once")
             if name not in registry.names():
                 raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
             if name not in self.ladder.order and name != "chunked_loss":  # the planner may always chunk the loss
@@ -434,7 +440,7 @@ class RunConfig(Schema):
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
                      "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
-                     "kill_backoff_max", "deescalate", "progress_every_seconds", "progress_every_steps"):
+                     "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

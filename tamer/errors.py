@@ -12,14 +12,15 @@ from tamer.protocol import (  # the exit codes are part of the supervisor-child 
     EXIT_MODEL,
     EXIT_OK,
     EXIT_STATE,
+    EXIT_STORAGE,
     EXIT_STOPPED_INT,
     EXIT_STOPPED_TERM,
     NOT_RETRYABLE_EXIT_CODES,
 )
 
-__all__ = ["EXIT_CONFIG", "EXIT_DATA", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_MODEL", "EXIT_OK", "EXIT_STATE", "EXIT_STOPPED_INT",
+__all__ = ["EXIT_CONFIG", "EXIT_DATA", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_MODEL", "EXIT_OK", "EXIT_STATE", "EXIT_STORAGE", "EXIT_STOPPED_INT",
            "EXIT_STOPPED_TERM", "NOT_RETRYABLE_EXIT_CODES", "ConfigError", "DataError", "ERROR_BY_EXIT_CODE", "LockedError",
-           "ModelError", "StateError", "TamerError"]
+           "ModelError", "OutputError", "StateError", "TamerError"]
 
 
 class TamerError(Exception):
@@ -54,4 +55,11 @@ class LockedError(TamerError):
     kind = "locked"
 
 
-ERROR_BY_EXIT_CODE = {cls.exit_code: cls for cls in (ConfigError, DataError, ModelError, StateError)}
+class OutputError(TamerError):
+    """A file or folder tamer must write cannot be: disk full, file too large, read-only, no permission."""
+
+    exit_code = EXIT_STORAGE
+    kind = "output_error"
+
+
+ERROR_BY_EXIT_CODE = {cls.exit_code: cls for cls in (ConfigError, DataError, ModelError, StateError, OutputError)}

@@ -15,12 +15,19 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
+from rich.text import Text
 
 # Piped output has no terminal width to fit: wide enough that rows of every table stay one line.
 PIPED_TABLE_WIDTH = 200
 # Columns of free text, which wrap at spaces; every other column (ids, rung names, numbers, times)
 # keeps each value on one line.
 PROSE_COLUMNS = frozenset({"message", "plan", "why this plan", "saves / costs", "other processes", "model", "requires"})
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style` followed by `rest` as plain text: no part is read as rich markup, so a message
+    such as `--data [x].json` or `[enforce fail ...]` prints as written."""
+    return Text.assemble((label, style), rest)
 
 
 def table(*headers: str, **options: Any) -> Table:
@@ -39,7 +46,7 @@ def print_table(console: Console, rich_table: Table) -> None:
     width = console.width if console.is_terminal else PIPED_TABLE_WIDTH
     if Measurement.get(console, console.options.update_width(10**4), rich_table).maximum > width:
         rich_table.box, rich_table.show_edge, rich_table.padding = box.SIMPLE_HEAD, False, (0, 1)
-    (console if console.is_terminal else Console(width=width)).print(rich_table, crop=False)
+    (console if console.is_terminal else Console(width=width, markup=False)).print(rich_table, crop=False)
 
 
 def unwrap_when_piped(*consoles: Console) -> None:

@@ -167,6 +167,14 @@ class ExitReport(TypedDict, total=False):
     memory_stats: dict[str, Any]
     memory_stats_error: str
     memory_snapshot: str
+    errno: int
+    """The errno of the first OSError in the exception's chain (ENOSPC: a full disk; EFBIG: a file-size limit)."""
+    disk_free: int
+    """Free bytes on the file system of the run folder when it failed."""
+    file_size_limit: int
+    """The process's file-size limit (ulimit -f) in bytes, when one is set."""
+    address_space_capped: bool
+    """The child ran under an address-space cap (host_mem_cap): an allocator's failure there is a host OOM."""
 
 
 OutcomeKind = Literal[
@@ -182,6 +190,8 @@ OutcomeKind = Literal[
     "lost",
     "dist_failure",
     "outside_kill",
+    "disk_full",
+    "file_too_large",
 ]
 """How the supervisor classifies an attempt's end (tamer/daemon/outcome.py)."""
 OUTCOME_KINDS: tuple[OutcomeKind, ...] = OutcomeKind.__args__  # type: ignore[attr-defined]
@@ -193,8 +203,9 @@ EXIT_DATA = 3  # missing or malformed data file
 EXIT_MODEL = 4  # missing, gated or unloadable model / tokenizer
 EXIT_STATE = 5  # unknown run, corrupt or foreign database
 EXIT_LOCKED = 6  # another supervisor holds the run
+EXIT_STORAGE = 7  # an output cannot be written: disk full, file too large, read-only place, no permission
 EXIT_EXCEPTION = 10  # the child reported an exception (its exit report says which)
 EXIT_STOPPED_INT = 130  # stopped by SIGINT
 EXIT_STOPPED_TERM = 143  # stopped by SIGTERM
 
-NOT_RETRYABLE_EXIT_CODES = frozenset({EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, EXIT_STATE})
+NOT_RETRYABLE_EXIT_CODES = frozenset({EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, EXIT_STATE, EXIT_STORAGE})

@@ -15,6 +15,7 @@ from tamer.cli import commands_inspect  # noqa: F401  (history, steps, events, l
 from tamer.cli import commands_plan  # noqa: F401
 from tamer.cli import commands_queue  # noqa: F401  (submit, daemon, queue, cancel, status, stop)
 from tamer.cli import commands_result  # noqa: F401  (export, eval, compare)
+from tamer import output
 from tamer.cli.common import app, err_console
 from tamer.errors import TamerError
 
@@ -25,5 +26,5 @@ def main() -> None:
     try:
         app()
     except TamerError as error:  # one raised outside a command's own handling (e.g. an unusable home)
-        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err_console.print(output.styled("error:", "red", f" {error}"), highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)

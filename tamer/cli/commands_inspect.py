@@ -253,50 +253,59 @@ def _check_size(width: int, height: int) -> None:
 @app.command()
 def plot(
     run_id: RunArgument,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: RUN.png here).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG file or folder to write to (default: RUN.png here).")] = None,
     width: Annotated[int, typer.Option(help="Image width in pixels.")] = 1200,
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 800,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a file tamer did not write.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Draw loss (train, validation) and memory (allocated, reserved, device used and the cap on GPU;
     host RSS on CPU) against step, with a marked line at each OOM, escalation and restart.
 
+    -o takes a file or a folder (RUN.png inside it); missing folders are created; an earlier plot is
+    replaced, any other file only with --force.
+
     Example: tamer plot squad-20261125-201500-ab12 -o run.png --width 1600 --height 900
     """
-    from tamer.inspect.plot import figure, plot_data
+    from tamer import outputs
+    from tamer.inspect.report import plot_png
 
     try:
         _check_size(width, height)
         db = _open(home)
-        data = plot_data(db, run_id)
+        full_id = db.run(run_id)["id"]
+        path = outputs.output_file(output, f"{full_id}.png", "plot", outputs.PNG_SIGNATURE, force)
+        outputs.write_file_atomic(path, plot_png(db, full_id, width, height), "write the plot")
     except TamerError as error:
         _fail(error)
-    path = output or Path(f"{data['run_id']}.png")
-    figure(data, width, height).savefig(path, format="png")
     typer.echo(str(path))
 
 
 @app.command()
 def report(
     run_id: RunArgument,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: RUN.html here).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file or folder to write to (default: RUN.html here).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a file tamer did not write.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Write one self-contained HTML page about a run (summary, where the time went, the plot, attempts,
     failures, settled plan, validation, events) to open in a browser or send to a colleague.
 
+    -o takes a file or a folder (RUN.html inside it); missing folders are created; an earlier report is
+    replaced, any other file only with --force.
+
     Example: tamer report squad-20261125-201500-ab12 -o run.html
     """
+    from tamer import outputs
     from tamer.inspect.report import render
 
     try:
         db = _open(home)
         full_id = db.run(run_id)["id"]
-        page = render(db, full_id)
+        path = outputs.output_file(output, f"{full_id}.html", "report", outputs.HTML_SIGNATURE, force)
+        outputs.write_file_atomic(path, render(db, full_id).encode("utf-8"), "write the report")
     except TamerError as error:
         _fail(error)
-    path = output or Path(f"{full_id}.html")
-    path.write_text(page, encoding="utf-8")
     typer.echo(str(path))
 
 
@@ -325,20 +334,20 @@ def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
 def _print_doctor(facts: dict[str, Any]) -> None:
     host, nvml, torch_facts, bnb = facts["host"], facts["nvml"], facts["torch"], facts["bitsandbytes"]
     limit = f", cgroup limit {format_size(host['cgroup_memory_limit'])}" if host["cgroup_memory_limit"] else ""
-    console.print(f"[bold]Host[/bold]: {host['platform']}, Python {host['python']}, {host['cpu_count']} CPUs, memory "
-                  f"{format_size(host['memory_total'])} total, {format_size(host['memory_available'])} available{limit}", highlight=False)
+    console.print(output.styled("Host", "bold", f": {host['platform']}, Python {host['python']}, {host['cpu_count']} CPUs, memory "
+                  f"{format_size(host['memory_total'])} total, {format_size(host['memory_available'])} available{limit}"), highlight=False)
     if not nvml["available"]:
-        console.print(f"[bold]GPUs[/bold]: no NVIDIA GPU found: NVML could not start ({nvml['reason']}).", highlight=False, soft_wrap=True)
+        console.print(output.styled("GPUs", "bold", f": no NVIDIA GPU found: NVML could not start ({nvml['reason']})."), highlight=False, soft_wrap=True)
     else:
         table = output.table("gpu", "name", "total", "used", "free", "other processes")
         for gpu in nvml["gpus"]:
             others = [f"{p['pid']} {p['name']} {format_size(p['used'])}" for p in gpu["processes"] if not p["this_process"]]
             table.add_row(str(gpu["index"]), gpu["name"], format_size(gpu["total"]), format_size(gpu["used"]),
                           format_size(gpu["free"]), "\n".join(others) or "none")
-        console.print(f"[bold]GPUs[/bold] (NVML, driver {nvml['driver']}, before this process touched them):", highlight=False)
+        console.print(output.styled("GPUs", "bold", f" (NVML, driver {nvml['driver']}, before this process touched them):"), highlight=False)
         _print_table(table)
-    console.print(f"[bold]torch[/bold] {torch_facts['version']} (CUDA build {torch_facts['cuda_build'] or 'none'}); "
-                  f"CPU bf16 {'yes' if torch_facts['cpu_bf16'] else 'no'}", highlight=False)
+    console.print(output.styled("torch", "bold", f" {torch_facts['version']} (CUDA build {torch_facts['cuda_build'] or 'none'}); "
+                  f"CPU bf16 {'yes' if torch_facts['cpu_bf16'] else 'no'}"), highlight=False)
     if not torch_facts["cuda_available"]:
         console.print("CUDA is not available to torch: tamer trains on the CPU here (device auto picks cpu).", highlight=False)
     else:
@@ -351,13 +360,13 @@ def _print_doctor(facts: dict[str, Any]) -> None:
     settings = ", ".join(f"{name}={value}" if value else f"{name} unset" for name, value in torch_facts["allocator_env"].items())
     in_force = torch_facts.get("allocator_in_force")
     backend = torch_facts.get("allocator_backend")
-    console.print(f"[bold]Allocator[/bold]: {settings}" + (f"; backend {backend}" if backend else "")
-                  + (f"; torch reports: {in_force}" if in_force else ""), highlight=False, soft_wrap=True)
+    console.print(output.styled("Allocator", "bold", f": {settings}" + (f"; backend {backend}" if backend else "")
+                  + (f"; torch reports: {in_force}" if in_force else "")), highlight=False, soft_wrap=True)
     if bnb["usable"]:
-        console.print(f"[bold]bitsandbytes[/bold] {bnb['version']}: usable (8-bit round trip on {bnb['device']}, "
-                      f"error {bnb['round_trip_error']:.3f})", highlight=False)
+        console.print(output.styled("bitsandbytes", "bold", f" {bnb['version']}: usable (8-bit round trip on {bnb['device']}, "
+                      f"error {bnb['round_trip_error']:.3f})"), highlight=False)
     else:
-        console.print(f"[bold]bitsandbytes[/bold]: not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
-                      "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here", highlight=False, soft_wrap=True)
-    console.print(f"[bold]Home[/bold]: {facts['home']}", highlight=False)
-    console.print(f"[bold]Why nvidia-smi and torch differ[/bold]: {facts['explanation']}", highlight=False, soft_wrap=True)
+        console.print(output.styled("bitsandbytes", "bold", f": not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
+                      "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here"), highlight=False, soft_wrap=True)
+    console.print(output.styled("Home", "bold", f": {facts['home']}"), highlight=False)
+    console.print(output.styled("Why nvidia-smi and torch differ", "bold", f": {facts['explanation']}"), highlight=False, soft_wrap=True)

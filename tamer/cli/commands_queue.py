@@ -203,7 +203,7 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
     if as_json:
         _print_json(facts)
         return
-    parts = [f"[bold]{facts['id']}[/bold]", facts["status"] + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
+    parts = [facts["status"] + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
              f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
     if facts["tokens_per_s"]:
         parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
@@ -213,7 +213,7 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:
         parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
-    console.print("  ".join(parts), highlight=False, soft_wrap=True)
+    console.print(output.styled(facts["id"], "bold", "  " + "  ".join(parts)), highlight=False, soft_wrap=True)
     event = facts["last_event"]
     if event:
         console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False, soft_wrap=True)

@@ -40,14 +40,19 @@ def export_command(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write (default: RUN_DIR/export, or RUN_DIR/export-step-N with --step).")] = None,
     merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--no-merge-lora", help="LoRA: merge into the base (default, config export.merge_lora) or write the adapter with a pointer to its base.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default, config export.dtype=auto: bf16 when trained with fp32 master weights).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier tamer export in the -o folder (never a folder of other files).")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write a Hugging Face model folder (safetensors, config, tokenizer, generation config, model card)
     from a run's checkpoint; it loads with AutoModelForCausalLM/AutoTokenizer.from_pretrained.
 
+    The folder must be new or empty; one that holds an earlier tamer export is replaced only with
+    --force, and a folder of other files never is. Missing parent folders are created.
+
     Example: tamer export squad-20261125-201500-ab12 -o ./squad-model --dtype fp32
     """
+    from tamer import outputs
     from tamer.daemon.result import run_result_child
 
     try:
@@ -57,6 +62,7 @@ def export_command(
             raise ConfigError(f"--dtype {dtype}: unknown dtype; choose bf16, fp16 or fp32")
         full_id, run_dir = _run_folder(home, run_id)
         destination = (output or run_dir / ("export" if step is None else f"export-step-{step}")).expanduser().resolve()
+        destination = outputs.export_folder(destination, owned=destination.is_relative_to(run_dir.resolve()), force=force)
         arguments = ["--export", str(destination)] + (["--step", str(step)] if step is not None else [])
         if merge_lora is not None:
             arguments.append("--merge-lora" if merge_lora else "--no-merge-lora")

@@ -93,7 +93,7 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
         err_console.print(f"run {run_id} stopped at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
                           f"`tamer resume {run_id}` continues {resumes}", highlight=False, soft_wrap=True)
     elif run["failure_reason"]:
-        err_console.print(f"[red]error:[/red] run {run_id} {run['status']}: {run['failure_reason']}; what happened: tamer show {run_id}",
+        err_console.print(output.styled("error:", "red", f" run {run_id} {run['status']}: {run['failure_reason']}; what happened: tamer show {run_id}"),
                           highlight=False, soft_wrap=True)
 
 
@@ -112,7 +112,7 @@ def _report_result(home: Home, run_id: str) -> None:
     if exported:
         err_console.print(f"model exported to {exported['path']}", highlight=False, soft_wrap=True)
     if failed:
-        err_console.print(f"[yellow]warning:[/yellow] {failed[-1]}", highlight=False, soft_wrap=True)
+        err_console.print(output.styled("warning:", "yellow", f" {failed[-1]}"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -263,8 +263,8 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                      "squad": scores, "squad_scores": db.squad_scores(run_row["id"]), "export": exported})
         return
     totals = story["totals"]
-    console.print(f"[bold]{run_row['id']}[/bold]  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
-                  f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}", highlight=False)
+    console.print(output.styled(run_row["id"], "bold", f"  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
+                  f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}"), highlight=False)
     if run_row["failure_reason"]:
         console.print(f"reason: {run_row['failure_reason']}", highlight=False)
     for earlier in story["resumed_after"]:
@@ -276,8 +276,8 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     console.print(f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}",
                   highlight=False)
     for name, reason in skipped:
-        console.print(f"[yellow]warning:[/yellow] checkpoint {name} is not valid ({reason}); "
-                      + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left"), highlight=False)
+        console.print(output.styled("warning:", "yellow", f" checkpoint {name} is not valid ({reason}); "
+                      + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left")), highlight=False)
     console.print(f"SQuAD {squad_text(scores)}" + (f" on {scores['questions']} held-out questions at step {scores['step']}" if scores else "")
                   + f"  export {exported['path'] if exported else '-'}", highlight=False, soft_wrap=True)
     console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "

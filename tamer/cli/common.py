@@ -29,8 +29,10 @@ app = typer.Typer(
     # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
     rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+# markup=False: messages carry user text (paths, crash messages) that must print as written, `[x].json` included;
+# styled labels go through output.styled.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $TAMER_HOME or ~/.tamer).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -76,7 +78,7 @@ def root(
 
 
 def _fail(error: TamerError) -> None:
-    err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    err_console.print(output.styled("error:", "red", f" {error}"), highlight=False, soft_wrap=True)
     raise typer.Exit(error.exit_code)
 
 

@@ -10,6 +10,7 @@ with real message texts.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import re
 import signal
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from tamer.errors import ERROR_BY_EXIT_CODE
 from tamer.protocol import EXIT_CONFIG, EXIT_DATA, EXIT_EXCEPTION, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES, PHASES, OutcomeKind
-from tamer.units import parse_size
+from tamer.units import format_size, parse_size
 
 MESSAGE_LIMIT = 300
 
@@ -41,6 +42,16 @@ HOST_OOM_MARKERS = (
     "std::bad_alloc",
     "[errno 12] cannot allocate memory",
 )
+# Under an address-space cap (host_mem_cap) allocators fail in their own words: oneDNN cannot create a
+# primitive because it cannot map its scratch memory.
+CAPPED_HOST_OOM_MARKERS = ("could not create a primitive", "cannot allocate memory", "out of memory")
+# Writes that fail because the disk is full, or because the file grew past the process's limit (ulimit -f):
+# Python's OSError, safetensors' and Rust's io errors, SQLite, torch's zip writer.
+DISK_FULL_MARKERS = ("no space left on device", "disk quota exceeded", "storagefull", "database or disk is full",
+                     "[errno 28]", "[errno 122]")
+FILE_TOO_LARGE_MARKERS = ("file too large", "filetoolarge", "[errno 27]")
+# A write that failed without saying why, while the disk was this close to full, is a full disk.
+NEARLY_FULL_BYTES = 64 * 2**20
 CUDA_OOM_TYPES = {"OutOfMemoryError"}
 HOST_OOM_TYPES = {"MemoryError"}
 ERROR_KINDS = {"config_error", "data_error", "model_error"}
@@ -156,13 +167,45 @@ def _signal_of(returncode: int) -> int | None:
     return None
 
 
-def _oom_kind(exc_type: str | None, message: str) -> OutcomeKind | None:
+def _oom_kind(exc_type: str | None, message: str, capped: bool = False) -> OutcomeKind | None:
     lowered = message.lower()
     if exc_type in CUDA_OOM_TYPES or any(marker in lowered for marker in CUDA_OOM_MARKERS):
         return "cuda_oom"
     if exc_type in HOST_OOM_TYPES or any(marker in lowered for marker in HOST_OOM_MARKERS):
         return "host_oom"
+    if capped and any(marker in lowered for marker in CAPPED_HOST_OOM_MARKERS):
+        return "host_oom"
     return None
+
+
+def _storage_kind(report: dict[str, Any], message: str) -> OutcomeKind | None:
+    """`disk_full` or `file_too_large` when the child's failure was a write the file system refused."""
+    lowered = message.lower()
+    number = report.get("errno")
+    if number == errno.EFBIG or any(marker in lowered for marker in FILE_TOO_LARGE_MARKERS):
+        return "file_too_large"
+    if number in (errno.ENOSPC, errno.EDQUOT) or any(marker in lowered for marker in DISK_FULL_MARKERS):
+        return "disk_full"
+    # Writers that do not say why (torch's zip writer): the facts around the failure do.
+    unexplained_write = any(word in lowered for word in ("write", "serializ", "save"))
+    free = report.get("disk_free")
+    if unexplained_write and free is not None and free < NEARLY_FULL_BYTES:
+        return "disk_full"
+    if unexplained_write and report.get("file_size_limit") is not None:
+        return "file_too_large"
+    return None
+
+
+def _storage_outcome(kind: OutcomeKind, report: dict[str, Any], described: str, common: dict[str, Any]) -> Outcome:
+    if kind == "file_too_large":
+        limit = report.get("file_size_limit")
+        said = f"the file-size limit of this process ({format_size(limit)}, ulimit -f)" if limit else "the file system's largest file"
+        message = (f"a file grew past {said}: {described}; a restart cannot help: raise the limit (ulimit -f unlimited) "
+                   "and `tamer resume RUN`")
+        return Outcome("file_too_large", one_line(message, 2 * MESSAGE_LIMIT), retryable=False, **common)
+    free = report.get("disk_free")
+    said = f" ({format_size(free)} free)" if free is not None else ""
+    return Outcome("disk_full", one_line(f"the disk is full{said}: {described}", 2 * MESSAGE_LIMIT), **common)
 
 
 def classify(
@@ -202,9 +245,12 @@ def classify(
     if status == "done" and returncode == 0:
         return Outcome("done", described or "finished", retryable=False, **common)
     # A TamerError ("error") is the child's own verdict; anything else with a message may be an OOM.
-    oom_kind = _oom_kind(exc_type, full_message) if status not in ("done", "error") else None
+    oom_kind = _oom_kind(exc_type, full_message, bool(report.get("address_space_capped"))) if status not in ("done", "error") else None
     if oom_kind:
         return Outcome(oom_kind, described, sizes=parse_oom_message(full_message), escalate=True, **common)
+    storage_kind = _storage_kind(report, full_message) if status == "exception" else None
+    if storage_kind:
+        return _storage_outcome(storage_kind, report, described, common)
     if returncode is None:
         return Outcome("lost", "the child's exit status is unknown (its supervisor lost track of it)", **common)
     stopped = signal_number in STOP_SIGNALS or status == "stopped"
@@ -219,6 +265,10 @@ def classify(
     if hung:
         killed = f" ({signal_name(signal_number)})" if signal_number else ""
         return Outcome("hang", f"heartbeat stopped; the supervisor killed it{killed}", **common)
+    if signal_number == signal.SIGKILL and signals_sent is not None and signal.SIGKILL in signals_sent:
+        # tamer kills a child only on the user's second stop (a hang is told apart above)
+        return Outcome("stopped", "stopped at once on a second stop request (tamer sent SIGKILL): this step was not "
+                       "checkpointed; a resume starts from the last checkpoint", retryable=False, **common)
     if stopped:
         how = f"by {signal_name(signal_number)}" if signal_number in STOP_SIGNALS else "on request"
         return Outcome("stopped", f"stopped {how}", retryable=False, **common)

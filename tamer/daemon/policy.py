@@ -10,7 +10,8 @@ every case is tested in milliseconds (tests/unit/test_policy.py).
 
 What it holds:
 - the order of the answers: done; a stop tamer asked for to step back; the user's stop; a failure a
-  restart cannot fix (bad config, data, model); else the next plan;
+  restart cannot fix (bad config, data, model, a file-size limit); a full disk (wait for space, same
+  plan); else the next plan;
 - the next plan after an OOM: the planner's pick (planner mode on CUDA: the injected callable), else
   the ladder (strategies/ladder.py); a ladder with nothing left fails the run. An OOM in eval never
   asks the planner and never counts as a failed plan: the ladder halves the eval batch alone;
@@ -32,7 +33,7 @@ from typing import Any
 
 from tamer.daemon.outcome import Outcome
 from tamer.daemon.restarts import OUTSIDE_KILL, restart_policy
-from tamer.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED_INT, EXIT_STOPPED_TERM
+from tamer.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.candidates import plan_key
 from tamer.strategies import ladder
@@ -132,6 +133,15 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class WaitForSpace:
+    """The disk is full: wait for space (the supervisor polls it, up to `disk_full_wait`), then the same plan.
+    A restart into a full disk would only fail again, and a new plan saves no disk."""
+
+    plan: Plan
+    reason: str
+
+
+@dataclass(frozen=True)
 class Escalate:
     """A plan that saves memory, at once: waiting would not make the old one fit."""
 
@@ -149,7 +159,7 @@ class StepBack:
     reason: str
 
 
-Action = Done | Fail | Stop | Restart | Escalate | StepBack
+Action = Done | Fail | Stop | Restart | WaitForSpace | Escalate | StepBack
 
 
 @dataclass(frozen=True)
@@ -188,8 +198,12 @@ class Policy:
             return StepBack(step_back.plan, f"de-escalated: {step_back.reason}"), kept
         if outcome.kind == "stopped" or stop_signal is not None:
             return Stop(EXIT_STOPPED_INT if stop_signal == signal.SIGINT else EXIT_STOPPED_TERM), state
+        if outcome.kind == "file_too_large":
+            return Fail(outcome.message, EXIT_STORAGE), state
         if not outcome.retryable:
             return Fail(outcome.message, ended.reported_exit_code or EXIT_FAILED), state
+        if outcome.kind == "disk_full":
+            return WaitForSpace(ended.plan, outcome.message), state
         decision, state = self._next_plan(state, ended, squeezed)
         if decision.plan is None:
             return Fail(f"out of memory and nothing left to try: {decision.reason}", out_of_memory=True), state

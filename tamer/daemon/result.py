@@ -61,9 +61,9 @@ def run_result_child(run_dir: Path, arguments: list[str], timeout: float | None 
 
 
 def after_run_arguments(config: RunConfig, run_dir: Path) -> list[str]:
-    """What to do once a run completes: evaluate (eval.squad_samples > 0), export (export.enabled)."""
+    """What to do once a run completes: evaluate (held-out questions to score), export (export.enabled)."""
     arguments = []
-    if config.eval.squad_samples > 0:
+    if min(config.eval.squad_samples, config.eval_samples) > 0:  # no held-out questions: nothing to score
         arguments.append("--eval")
     if config.export.enabled:
         arguments += ["--export", str(run_dir / "export")]

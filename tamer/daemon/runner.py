@@ -122,8 +122,8 @@ class AttemptProcess:
             os.kill(self.pid, signal.SIGKILL)
         _kill_ranks(self.attempt_dir, signal.SIGKILL, self.local)
 
-    def request_stop(self, first: bool) -> None:
-        """The user's stop: the first asks for a checkpoint at the next step boundary, a second kills."""
+    def request_stop(self, first: bool, signum: int = signal.SIGTERM) -> None:
+        """The user's stop: the first passes the user's signal on (a checkpoint at the next step boundary), a second kills."""
         if self.popen.poll() is not None:
             return
         if self.world_size > 1:  # ranks learn it from the stop file, all after the same step
@@ -132,8 +132,9 @@ class AttemptProcess:
             else:
                 self.kill()
         else:
-            self.signals_sent.add(signal.SIGTERM if first else signal.SIGKILL)
-            os.kill(self.pid, signal.SIGTERM if first else signal.SIGKILL)
+            sent = signum if first else signal.SIGKILL
+            self.signals_sent.add(sent)
+            os.kill(self.pid, sent)
 
     def finish(self, returncode: int) -> tuple[outcomes.Outcome, dict | None]:
         """After the exit: its classified outcome and the report behind it."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from tamer.daemon.deescalation import Deescalation
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
 from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
-from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, StateError
+from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE, StateError
 from tamer.plan import DeviceFacts, Plan
 from tamer.protocol import OUTCOME_FILE, PLAN_FILE, RUN_ENDED, attempt_dir, local_ranks, plan_file
 from tamer.state.checkpoints import write_json_atomic
@@ -48,6 +49,22 @@ from tamer.units import format_size
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25
+DISK_POLL_SECONDS = 2.0
+SPACE_MARGIN = 64 * 2**20
+SPACE_WITHOUT_CHECKPOINT = 256 * 2**20
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system of `folder` (what an unprivileged writer may use)."""
+    return shutil.disk_usage(folder).free
+
+
+def space_needed(run_dir: Path) -> int:
+    """Room the run needs to go on: its largest checkpoint written so far plus a tenth and a margin (256 MiB
+    before the first one)."""
+    sizes = [sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
+             for folder in (run_dir / "checkpoints").glob("step-*") if folder.is_dir() and not folder.name.endswith(".tmp")]
+    return int(max(sizes) * 1.1) + SPACE_MARGIN if sizes else SPACE_WITHOUT_CHECKPOINT
 
 
 def new_run_id(recipe: str) -> str:
@@ -202,6 +219,10 @@ class Supervisor:
                 return self._finish("stopped", action.exit_code, f"stopped by the user at step {self._steps_done()}")
             if isinstance(action, policies.Fail):
                 return self._finish("failed", action.exit_code, action.reason + (f"; {self._peak_text()}" if action.out_of_memory else ""))
+            if isinstance(action, policies.WaitForSpace):
+                failure = self._wait_for_space(action)
+                if failure is not None:
+                    return self._finish("failed", EXIT_STORAGE, failure)
             if self.stop_signal is not None:  # it came after the attempt ended
                 return self._finish("stopped", self._stop_exit_code(), "stopped by signal during a restart")
             self._sleep(self._restart(number, outcome, action))
@@ -254,7 +275,7 @@ class Supervisor:
                           applied=action.applied, skipped=action.skipped, old_plan=ended.plan.to_dict(), new_plan=action.plan.to_dict(),
                           card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
             self.plan, self.reason, self.applied = action.plan, action.reason, action.applied
-        elif isinstance(action, policies.Restart):
+        elif isinstance(action, (policies.Restart, policies.WaitForSpace)):
             self.plan, self.reason, self.applied = action.plan, action.reason, []
         return number, outcome, action
 
@@ -262,7 +283,8 @@ class Supervisor:
         """Record the restart the policy chose (its plan is set): the seconds to wait before it."""
         same_plan = action if isinstance(action, policies.Restart) else None
         seconds = same_plan.wait_seconds if same_plan else 0.0  # a new plan: waiting would not make it fit better
-        cause = same_plan.cause if same_plan else "deescalation" if isinstance(action, policies.StepBack) else "escalation"
+        cause = (same_plan.cause if same_plan else "deescalation" if isinstance(action, policies.StepBack)
+                 else "disk_full" if isinstance(action, policies.WaitForSpace) else "escalation")
         self.db.event(self.run_id, "restart", f"restarting in {seconds:.1f} s after {outcome.kind}{same_plan.accounting if same_plan else ''}: "
                       f"{self.reason}", attempt=number, wait_seconds=seconds, outcome=outcome.kind, plan=self.plan.to_dict(),
                       cause=cause, counted=same_plan.counted if same_plan else False)
@@ -271,6 +293,35 @@ class Supervisor:
         if self.progress is not None:  # show the failure and the restart now, not after the backoff
             self.progress.finish(self.db, self.run_id)
         return seconds
+
+    def _wait_for_space(self, action: policies.WaitForSpace) -> str | None:
+        """Wait (up to `disk_full_wait`) until the run folder's disk has room for a checkpoint again, telling
+        the user why; the run's failure reason if it never comes, None to restart (or when a stop came)."""
+        needed, wait = space_needed(self.run_dir), self.config.disk_full_wait
+        free = free_bytes(self.run_dir)
+        where = f"{format_size(free)} free where the run writes ({self.run_dir}), a checkpoint needs about {format_size(needed)}"
+        if free >= needed:
+            self.db.event(self.run_id, "disk_full", f"the disk filled up ({action.reason}); {where}: restarting",
+                          free=free, needed=needed)
+            return None
+        if wait <= 0:
+            return f"{action.reason}; {where} (disk_full_wait 0): free space, then `tamer resume {self.run_id}`"
+        self.db.event(self.run_id, "disk_full", f"disk full: {where}; waiting up to {wait:.0f} s for space: free some, "
+                      f"or `tamer stop {self.run_id}`", free=free, needed=needed, wait_seconds=wait)
+        if self.progress is not None:
+            self.progress.finish(self.db, self.run_id)
+        started = time.monotonic()
+        while self.stop_signal is None:
+            free = free_bytes(self.run_dir)
+            if free >= needed:
+                self.db.event(self.run_id, "disk_space", f"{format_size(free)} free again after {time.monotonic() - started:.0f} s: "
+                              "restarting on the same plan", free=free, needed=needed)
+                return None
+            if time.monotonic() - started >= wait:
+                return (f"disk full: {format_size(free)} free after waiting {wait:.0f} s (disk_full_wait), a checkpoint needs "
+                        f"about {format_size(needed)}; free space, then `tamer resume {self.run_id}`")
+            time.sleep(min(DISK_POLL_SECONDS, max(0.0, wait - (time.monotonic() - started))))
+        return None
 
     def _sleep(self, seconds: float) -> None:
         """Wait before a restart, ending early when a stop signal comes (outside-kill waits reach 10 minutes)."""
@@ -354,7 +405,7 @@ class Supervisor:
             first = self.stop_signal is None
             self.stop_signal = signum
             if self.process is not None:  # first signal: a checkpoint at the next step boundary; a second: kill
-                self.process.request_stop(first)
+                self.process.request_stop(first, signum)
 
         return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
 

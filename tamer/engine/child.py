@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -37,6 +38,11 @@ def write_report(path: Path, report: ExitReport) -> None:
     write_json_atomic(path, {**report, "rank": int(os.environ.get("RANK", 0)), "time": time.time()})
 
 
+class StopBeforeTraining(Exception):
+    """A stop signal before the first step: nothing of this attempt needs saving, so it ends at once
+    (loading and tokenizing can take minutes; waiting for a step boundary would look like a hang)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir, attempt = Path(argv[0]), int(argv[1])
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(signum: int, frame: Any) -> None:
         stop_flag["stop"] = True
         stop_flag["signal"] = signum
+        if not stop_flag.get("training"):
+            raise StopBeforeTraining()
 
     if world_size > 1:
         attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -77,17 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         if world_size > 1:
             return 0  # a non-zero status would make torchrun kill the ranks still writing their reports
         return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
+    except StopBeforeTraining:
+        signum = stop_flag.get("signal", signal.SIGTERM)
+        write_report(report_path, {"status": "stopped", "signal": signum, "step": trainer.state.step if trainer else 0})
+        return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
     except TamerError as error:
         write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
         return error.exit_code
     except BaseException as error:  # every failure is reported, then classified by the supervisor
-        _lift_address_space_limit()
+        capped = _lift_address_space_limit()
         report: ExitReport = {
             "status": "exception",
             "exc_type": type(error).__name__,
             "message": str(error),
             "traceback": traceback.format_exc(limit=20),
+            **storage_facts(error, run_dir),
         }
+        if capped:
+            report["address_space_capped"] = True
         if trainer is not None:
             report.update(trainer.where())
             _dump_memory_snapshot(trainer, error, attempt_dir / protocol.MEMORY_SNAPSHOT, report)
@@ -123,10 +138,30 @@ def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report
         trainer.report.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
 
 
-def _lift_address_space_limit() -> None:
-    """After a host OOM under `host_mem_cap`, give the report room to be written."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+def _lift_address_space_limit() -> bool:
+    """After a host OOM under `host_mem_cap`, give the report room to be written; whether a cap was on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    return soft != hard
+
+
+def storage_facts(error: BaseException, run_dir: Path) -> dict[str, Any]:
+    """What the supervisor needs to tell a full disk or a file-size limit from a crash: the errno of the
+    first OSError in the exception's chain, the free bytes where the run writes, and the file-size limit."""
+    facts: dict[str, Any] = {}
+    seen: BaseException | None = error
+    while seen is not None and "errno" not in facts:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            facts["errno"] = seen.errno
+        seen = seen.__cause__ or seen.__context__
+    try:
+        facts["disk_free"] = shutil.disk_usage(run_dir).free
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        facts["file_size_limit"] = soft
+    return facts
 
 
 if __name__ == "__main__":

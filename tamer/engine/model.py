@@ -46,8 +46,11 @@ def materialize_random_init(config: RunConfig, destination: Path) -> None:
     model = LlamaForCausalLM(LlamaConfig(**(config.architecture or {})))
     tmp = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    os.replace(tmp, destination)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        os.replace(tmp, destination)
+    finally:  # a full disk leaves nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pin_base(weights_dir: Path, destination: Path) -> Path:
@@ -56,13 +59,16 @@ def pin_base(weights_dir: Path, destination: Path) -> Path:
         return destination
     tmp = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for file in weights_dir.iterdir():
-        try:
-            os.link(file, tmp / file.name)
-        except OSError:
-            shutil.copy2(file, tmp / file.name)
-    os.replace(tmp, destination)
+    try:
+        tmp.mkdir(parents=True)
+        for file in weights_dir.iterdir():
+            try:
+                os.link(file, tmp / file.name)
+            except OSError:
+                shutil.copy2(file, tmp / file.name)
+        os.replace(tmp, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return destination
 
 

@@ -116,6 +116,9 @@ def cached_examples(recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: 
     examples = recipe.build_examples(tokenizer)
     event("data", examples.summary, **examples.detail)
     tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-    torch.save({"train": examples.train, "eval": examples.evaluation}, tmp)
-    os.replace(tmp, cache)
+    try:
+        torch.save({"train": examples.train, "eval": examples.evaluation}, tmp)
+        os.replace(tmp, cache)
+    finally:  # a full disk leaves nothing half-written behind
+        tmp.unlink(missing_ok=True)
     return examples.train, examples.evaluation

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from tamer import outputs
 from tamer.config import RunConfig, config_from_dict
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.errors import DataError, StateError, TamerError
@@ -137,6 +139,9 @@ def evaluation_records(config: RunConfig, data: str | None) -> tuple[list[squad.
     training never sees). Another file: its questions minus any the run trained on (by id)."""
     train, held_out = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
     if data is None or (config.data is not None and _same_source(data, config.data)):
+        if not held_out:
+            raise DataError("no held-out questions to score: the run holds none out (eval_samples is 0); "
+                            "pass --data FILE with other SQuAD questions")
         return held_out, HELD_OUT
     trained_ids = {record.id for record in train}
     records = [record for record in squad.load_records(data) if record.id not in trained_ids]
@@ -276,32 +281,41 @@ def evaluate_during_training(trainer: Any) -> None:
 # Export
 
 
-def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merge: bool, card: str) -> dict[str, Any]:
-    """Write the model folder through `destination`.tmp and one rename; returns its description."""
+def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merge: bool, card: str, run_id: str) -> dict[str, Any]:
+    """Write the model folder into a fresh hidden folder beside `destination`, then one rename (tamer/outputs.py:
+    only an earlier tamer export or an empty folder is ever replaced); nothing is left behind on a failure."""
     from transformers import GenerationConfig
 
     started = time.perf_counter()
-    tmp = destination.with_name(destination.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    adapter_only = trained.adapter is not None and not merge
-    if adapter_only:
-        # The checkpoint's adapter as trained, its config pointing at the base it was trained on.
-        for file in trained.adapter.iterdir():
-            shutil.copy2(file, tmp / file.name)
-        adapter_config = json.loads((tmp / "adapter_config.json").read_text())
-        adapter_config["base_model_name_or_path"] = trained.base
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    else:
-        trained.model.config.use_cache = True  # training turned the KV cache off
-        trained.model.to(DTYPES[dtype]).save_pretrained(tmp, safe_serialization=True)
-    GenerationConfig(max_new_tokens=32, do_sample=False, bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(tmp, destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tamer-tmp-", dir=destination.parent))
+    except OSError as error:
+        raise outputs.os_problem(error, destination, "create the export folder") from None
+    try:
+        adapter_only = trained.adapter is not None and not merge
+        if adapter_only:
+            # The checkpoint's adapter as trained, its config pointing at the base it was trained on.
+            for file in trained.adapter.iterdir():
+                shutil.copy2(file, tmp / file.name)
+            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+            adapter_config["base_model_name_or_path"] = trained.base
+            (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        else:
+            trained.model.config.use_cache = True  # training turned the KV cache off
+            trained.model.to(DTYPES[dtype]).save_pretrained(tmp, safe_serialization=True)
+        GenerationConfig(max_new_tokens=32, do_sample=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        (tmp / outputs.EXPORT_MARKER).write_text(json.dumps({"run_id": run_id, "step": trained.checkpoint.step,
+                                                             "time": time.time()}))
+        tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary folder
+        outputs.replace_folder(tmp, destination)
+    except OSError as error:
+        raise outputs.os_problem(error, destination, "write the export") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours alone (mkdtemp); gone once renamed
     size = sum(file.stat().st_size for file in destination.rglob("*") if file.is_file())
     return {"path": str(destination), "dtype": None if adapter_only else dtype, "adapter_only": adapter_only,
             "bytes": size, "seconds": time.perf_counter() - started, "step": trained.checkpoint.step}
@@ -395,6 +409,9 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     run_id = spec["run_id"]
     db = Database(spec["db_path"], create=False)
     checkpoint = find_checkpoint(args.run_dir, args.step)
+    if args.export_dir is not None and checkpoint.step == 0 and args.step is None:
+        raise StateError(f"run {run_id} has not trained a step: its only checkpoint, step 0, holds the weights it started "
+                         f"from; train it first (tamer resume {run_id}), or pass --step 0 to export those anyway")
     plan = Plan.from_dict(checkpoint.manifest["plan"])
     merge = config.export.merge_lora if args.merge_lora is None else args.merge_lora
     dtype = export_dtype(args.dtype or config.export.dtype, plan)
@@ -411,7 +428,7 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
         summary["eval"] = {**result, "data": label}
     if args.export_dir is not None:
         card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
-        exported = export(trained, tokenizer, args.export_dir, dtype, merge, card)
+        exported = export(trained, tokenizer, args.export_dir, dtype, merge, card, run_id)
         db.event(run_id, "export", f"exported step {checkpoint.step} to {exported['path']} "
                  f"({'adapter' if exported['adapter_only'] else exported['dtype']}, {exported['bytes'] / 1e6:.1f} MB, "
                  f"{exported['seconds']:.1f} s)", **exported)

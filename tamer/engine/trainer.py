@@ -140,6 +140,7 @@ class Trainer:
                    compiled=self.compiled)
         self.checkpointer = Checkpointer(self)
         self.checkpointer.announce()
+        self.stop_flag["training"] = True  # from here a stop waits for the step boundary and checkpoints
         try:
             while self.state.step < self.total_steps:
                 if self.stop_flag.get("stop"):

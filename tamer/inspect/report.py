@@ -18,6 +18,7 @@ from tamer.inspect import display
 from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, timeline
 from tamer.inspect.plot import figure, plot_data
 from tamer.inspect.results import squad_html
+from tamer.outputs import HTML_SIGNATURE, PNG_SIGNATURE
 from tamer.state.db import Database
 from tamer.units import format_size
 
@@ -57,9 +58,12 @@ def _columns(numbers: set[int], times: set[int]) -> dict[int, str]:
     return {**{index: "number" for index in numbers}, **{index: "nowrap" for index in times}}
 
 
+PNG_METADATA = {"Software": PNG_SIGNATURE.decode()}
+
+
 def plot_png(db: Database, run_id: str, width: int, height: int) -> bytes:
     buffer = io.BytesIO()
-    figure(plot_data(db, run_id), width, height).savefig(buffer, format="png")
+    figure(plot_data(db, run_id), width, height).savefig(buffer, format="png", metadata=PNG_METADATA)
     return buffer.getvalue()
 
 
@@ -132,7 +136,7 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
                          [[display.when(e["time"]), e["attempt"], e["kind"], e["message"]] for e in events], _columns({1}, {0}))
 
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>tamer run {_escape(full_id)}</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8">{HTML_SIGNATURE.decode()}<title>tamer run {_escape(full_id)}</title><style>{STYLE}</style></head>
 <body>
 <h1>tamer run {_escape(full_id)} <span class="status-{_escape(run['status'])}">{_escape(run['status'])}</span></h1>
 {summary}

@@ -167,6 +167,30 @@ def test_report_is_self_contained_and_renders(oom_run, tmp_path):
     assert high - low > 100  # text and the plot drew, not a blank page
 
 
+@pytest.mark.parametrize("command, suffix", [("plot", "png"), ("report", "html")])
+def test_plot_and_report_take_a_folder_or_a_new_path_and_never_overwrite_a_foreign_file(oom_run, tmp_path, command, suffix):
+    """-o of an existing folder writes RUN.SUFFIX inside it; -o under missing folders creates them; tamer's own
+    earlier file is replaced; a file tamer did not write is refused (exit 2, unchanged) unless --force."""
+    run_id = oom_run["run_id"]
+    into_folder = invoke(oom_run, command, run_id, "-o", str(tmp_path))
+    assert into_folder.exit_code == 0, into_folder.output
+    assert (tmp_path / f"{run_id}.{suffix}").stat().st_size > 1000
+    nested = tmp_path / "missing" / "deeper" / f"x.{suffix}"
+    assert invoke(oom_run, command, run_id, "-o", str(nested)).exit_code == 0 and nested.is_file()
+    again = invoke(oom_run, command, run_id, "-o", str(nested))
+    assert again.exit_code == 0, again.output
+    foreign = tmp_path / f"mine.{suffix}"
+    foreign.write_text("my own file")
+    refused = invoke(oom_run, command, run_id, "-o", str(foreign))
+    assert refused.exit_code == 2 and "tamer did not write" in refused.output and "Traceback" not in refused.output
+    assert foreign.read_text() == "my own file"
+    assert invoke(oom_run, command, run_id, "-o", str(foreign), "--force").exit_code == 0
+    assert foreign.read_bytes() != b"my own file"
+    blocked = invoke(oom_run, command, run_id, "-o", str(foreign / f"x.{suffix}"))
+    assert blocked.exit_code == 2 and "is a file, not a folder" in blocked.output
+    assert not [path for path in tmp_path.rglob("*") if ".tmp" in path.name]
+
+
 def test_doctor_without_gpu_prints_cpu_facts_and_exits_0(monkeypatch):
     """Without NVML or CUDA, `doctor` says so plainly, still reports host, torch and bitsandbytes facts, and exits 0."""
     import pynvml

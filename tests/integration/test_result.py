@@ -117,6 +117,40 @@ def test_lora_export_merged_matches_the_unmerged_adapter(lora_run, tmp_path):
     assert torch.allclose(_logits(AutoModelForCausalLM.from_pretrained(adapter_dir).eval(), tokenizer), reference, atol=1e-5)
 
 
+def test_export_never_writes_into_a_folder_it_did_not_create(full_run, tmp_path):
+    """Export into a folder of the user's files is refused (exit 2, one line) and keeps them, --force too; onto a
+    file it is refused; nothing half-written is left beside either."""
+    home, run_id = full_run["home"], full_run["run_id"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for extra in ([], ["--force"]):
+        result = tamer("export", run_id, "-o", str(mine), *extra, home=home)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "not a tamer export" in result.stderr
+    assert [path.name for path in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "model.bin"
+    a_file.write_text("weights of mine")
+    result = tamer("export", run_id, "-o", str(a_file), home=home)
+    assert result.returncode == 2 and "is a file" in result.stderr and a_file.read_text() == "weights of mine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine", "model.bin"]
+
+
+def test_a_second_export_into_one_folder_needs_force(full_run, tmp_path):
+    """Export creates missing parents and marks its folder; exporting there again is refused without --force
+    and replaces the earlier export with it, leaving no temporary or old folder."""
+    home, run_id = full_run["home"], full_run["run_id"]
+    target = tmp_path / "new" / "model"
+    assert tamer("export", run_id, "-o", str(target), home=home).returncode == 0
+    assert json.loads((target / ".tamer-export.json").read_text())["run_id"] == run_id
+    again = tamer("export", run_id, "-o", str(target), home=home)
+    assert again.returncode == 2 and "earlier tamer export" in again.stderr and "--force" in again.stderr
+    forced = tamer("export", run_id, "-o", str(target), "--force", "--dtype", "fp32", home=home)
+    assert forced.returncode == 0, forced.stderr
+    assert "fp32" in (target / "README.md").read_text()
+    assert sorted(path.name for path in target.parent.iterdir()) == ["model"]
+
+
 def test_compare_puts_plans_and_scores_side_by_side(full_run, lora_run):
     """compare --json has one row per run, in the order asked, with its settled plan, EM and F1."""
     result = tamer("compare", full_run["run_id"], lora_run["run_id"], "--json", home=full_run["home"])

@@ -21,8 +21,9 @@ from tamer.daemon.policy import (
     Restart,
     StepBack,
     Stop,
+    WaitForSpace,
 )
-from tamer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED_INT, EXIT_STOPPED_TERM
+from tamer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.candidates import plan_key
 
@@ -286,3 +287,49 @@ def test_every_same_plan_failure_counts(kind):
     """Each failure a restart answers (not an outside kill) counts toward the budget and waits restart_backoff."""
     action, state = Policy(LIMITS, CPU, []).decide(PolicyState(), ended(Outcome(kind, "gone")))
     assert isinstance(action, Restart) and action.counted and state.crash_restarts == 1 and action.wait_seconds == LIMITS.restart_backoff
+
+
+# --- a full disk, a file-size limit ----------------------------------------------------------------------
+
+
+SAFETENSORS_FULL = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+
+
+@pytest.mark.parametrize("report", [
+    {"status": "exception", "exc_type": "OSError", "message": "[Errno 28] No space left on device", "errno": 28, "phase": "load"},
+    {"status": "exception", "exc_type": "SafetensorError", "message": SAFETENSORS_FULL, "phase": "checkpoint"},
+    {"status": "exception", "exc_type": "OperationalError", "message": "database or disk is full", "phase": "forward"},
+    {"status": "exception", "exc_type": "RuntimeError", "message": "PytorchStreamWriter failed writing file data/3: file write failed",
+     "disk_free": 4096, "phase": "checkpoint"},
+])
+def test_a_full_disk_waits_for_space_on_the_same_plan_and_is_never_a_crash(report):
+    """ENOSPC in any of its spellings (or an unexplained write failure on a nearly full disk) is `disk_full`:
+    the policy waits for space and restarts the plan, it neither escalates nor counts a crash."""
+    outcome = classify(10, report, signals_sent=frozenset())
+    assert outcome.kind == "disk_full" and outcome.message.startswith("the disk is full")
+    action, state = Policy(LIMITS, CPU, ["split_micro_batch"]).decide(PolicyState(), ended(outcome))
+    assert isinstance(action, WaitForSpace) and action.plan == PLAN and state.crash_restarts == 0
+
+
+def test_an_unexplained_write_failure_with_room_left_stays_a_crash():
+    """A write failure on a disk with room left is not blamed on the disk."""
+    report = {"status": "exception", "exc_type": "RuntimeError", "message": "file write failed", "disk_free": 50 * GiB}
+    assert classify(10, report).kind == "crash"
+
+
+def test_a_file_size_limit_fails_the_run_at_once_and_says_so():
+    """EFBIG (ulimit -f) is `file_too_large`: not retried, the run fails with exit 7 and names the limit and the fix."""
+    report = {"status": "exception", "exc_type": "OSError", "message": "[Errno 27] File too large", "errno": 27,
+              "file_size_limit": 4 * 2**20, "phase": "checkpoint"}
+    outcome = classify(10, report, signals_sent=frozenset())
+    assert outcome.kind == "file_too_large" and not outcome.retryable
+    assert "4.0 MiB, ulimit -f" in outcome.message and "ulimit -f unlimited" in outcome.message
+    action, _ = Policy(LIMITS, CPU, ["split_micro_batch"]).decide(PolicyState(), ended(outcome))
+    assert isinstance(action, Fail) and action.exit_code == EXIT_STORAGE
+
+
+def test_an_allocator_failure_under_an_address_space_cap_is_a_host_oom():
+    """oneDNN's 'could not create a primitive' under host_mem_cap is a host OOM that escalates; without the cap it is a crash."""
+    report = {"status": "exception", "exc_type": "RuntimeError", "message": "could not create a primitive", "phase": "forward"}
+    assert classify(10, {**report, "address_space_capped": True}).kind == "host_oom"
+    assert classify(10, report).kind == "crash"

@@ -18,9 +18,12 @@ def test_sigkill_tamer_did_not_send_is_an_outside_kill():
     assert "SIGKILL" in outcome.message and "tamer did not send" in outcome.message
 
 
-def test_sigkill_sent_by_tamer_stays_a_crash():
-    """A SIGKILL that tamer itself sent (its record says so) is not blamed on the outside."""
-    assert classify(-signal.SIGKILL, None, signals_sent=frozenset({signal.SIGKILL})).kind == "crash"
+def test_sigkill_sent_by_tamer_is_the_users_second_stop():
+    """A SIGKILL that tamer itself sent (the user's second Ctrl-C) is a stop, not a crash or an outside kill;
+    the same kill after a hang stays a hang."""
+    outcome = classify(-signal.SIGKILL, None, signals_sent=frozenset({signal.SIGINT, signal.SIGKILL}))
+    assert outcome.kind == "stopped" and not outcome.retryable and "second stop request" in outcome.message
+    assert classify(-signal.SIGKILL, None, hung=True, signals_sent=frozenset({signal.SIGKILL})).kind == "hang"
 
 
 def test_oom_killer_still_wins_over_an_outside_kill():
