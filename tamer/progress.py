@@ -23,6 +23,7 @@ from rich.table import Column
 
 from tamer.inspect import display
 from tamer.inspect.history import last_heartbeat
+from tamer.inspect.status import supervised, unsupervised_note
 from tamer.state import queries
 from tamer.state.db import Database
 from tamer.units import format_size
@@ -218,6 +219,10 @@ def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll
             stream.write(line + "\n")
         stream.flush()
         if not keep_following or run["status"] not in ("running", "queued", "created"):
+            return
+        if supervised(run) is False:  # nothing more will come: say so rather than wait in silence
+            stream.write(f"{unsupervised_note(run)}\n")
+            stream.flush()
             return
         time.sleep(poll_seconds)
 

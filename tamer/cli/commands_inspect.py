@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from tamer import output
-from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import ConfigError, TamerError
 from tamer.inspect import display
 from tamer.state import queries
@@ -37,9 +37,7 @@ def _print_table(table: Table) -> None:
 
 
 def _open(home: Optional[Path]) -> Any:
-    from tamer.state.db import Database
-
-    return Database(Home.resolve(home).db_path, create=False)
+    return open_database(home)
 
 
 def _cell(column: str, value: Any) -> str:
@@ -232,7 +230,7 @@ def sql(
     from tamer.inspect.query import run_query
 
     try:
-        columns, rows = run_query(Home.resolve(home).db_path, query)
+        columns, rows = run_query(Home.resolve(home, writable=False).db_path, query)
     except TamerError as error:
         _fail(error)
     if as_json:

@@ -34,6 +34,7 @@ from tamer.cli.common import (
     SetOption,
     _fail,
     _print_json,
+    open_database,
     app,
     build_run_config,
     console,
@@ -185,17 +186,16 @@ def _print_end(run: dict[str, Any]) -> None:
 
 
 @app.command()
-def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or unique prefix (default: the newest run).")] = None,
+def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or unique prefix (default: the running run, else the newest).")] = None,
            home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Where a run stands: state, step, loss, tokens/s, last event and ETA.
 
     Example: tamer status squad-20261125-201500-ab12 --json
     """
     from tamer.inspect.status import run_status
-    from tamer.state.db import Database
 
     try:
-        db = Database(Home.resolve(home).db_path, create=False)
+        db = open_database(home)
         facts = run_status(db, run_id)
         db.close()
     except TamerError as error:
@@ -203,7 +203,7 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
     if as_json:
         _print_json(facts)
         return
-    parts = [facts["status"] + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
+    parts = [facts["status"] + (" (no supervisor)" if facts["supervised"] is False else "") + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
              f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
     if facts["tokens_per_s"]:
         parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
@@ -219,3 +219,5 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
         console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False, soft_wrap=True)
     if facts["failure_reason"]:
         console.print(f"reason: {facts['failure_reason']}", highlight=False)
+    if facts["note"]:
+        console.print(output.styled("warning:", "yellow", f" {facts['note']}"), highlight=False, soft_wrap=True)

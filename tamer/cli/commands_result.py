@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import TamerError
 from tamer.inspect import display
 from tamer.state.home import Home
@@ -139,10 +139,9 @@ def compare(
     Example: tamer compare squad-20261125-201500-ab12 squad-20261126-090000-cd34
     """
     from tamer.inspect.results import compare as compare_rows
-    from tamer.state.db import Database
 
     try:
-        rows = compare_rows(Database(Home.resolve(home).db_path, create=False), run_ids)
+        rows = compare_rows(open_database(home), run_ids)
     except TamerError as error:
         _fail(error)
     if as_json:

@@ -37,6 +37,7 @@ from tamer.cli.common import (
     _fail,
     _loss,
     _print_json,
+    open_database,
     _when,
     app,
     build_run_config,
@@ -212,10 +213,9 @@ def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
     Example: tamer runs --json
     """
-    from tamer.state.db import Database
 
     try:
-        db = Database(Home.resolve(home).db_path, create=False)
+        db = open_database(home)
         rows = db.runs()
     except TamerError as error:
         _fail(error)
@@ -241,10 +241,9 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
     Example: tamer show squad-20261125-201500-ab12
     """
     from tamer.state import checkpoints
-    from tamer.state.db import Database
 
     try:
-        db = Database(Home.resolve(home).db_path, create=False)
+        db = open_database(home)
         run_row = db.run(run_id)
     except TamerError as error:
         _fail(error)

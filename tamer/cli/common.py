@@ -77,6 +77,14 @@ def root(
         os.environ["TAMER_HOME"] = str(home)
 
 
+def open_database(home: Optional[Path]) -> Any:
+    """The database of `home`, opened for reading alone: commands that only look work in a read-only home too."""
+    from tamer.state.db import Database
+    from tamer.state.home import Home
+
+    return Database(Home.resolve(home, writable=False).db_path, create=False, read_only=True)
+
+
 def _fail(error: TamerError) -> None:
     err_console.print(output.styled("error:", "red", f" {error}"), highlight=False, soft_wrap=True)
     raise typer.Exit(error.exit_code)

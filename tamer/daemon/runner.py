@@ -9,7 +9,6 @@ classified by outcome.py. What to do next is policy.py's decision; what to recor
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

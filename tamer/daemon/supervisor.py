@@ -111,6 +111,7 @@ class Supervisor:
         self.child_program = child_program
         self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
+        self.stop_requests = 0
         self.failure_reason: str | None = None
         self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
@@ -374,7 +375,11 @@ class Supervisor:
         self.db.event(self.run_id, "attempt_start", f"attempt {number} (pid {process.pid}): {self.plan.describe()}",
                       attempt=number, plan=self.plan.to_dict(), reason=self.reason)
         managed = self._managed_bytes(self.plan)
+        told_stop = 0  # stop requests already told: each one gets its line at once, not when the child exits
         while (returncode := process.poll()) is None:
+            if self.stop_signal is not None and told_stop < self.stop_requests:
+                told_stop = self.stop_requests
+                self._tell_stop(number, first=told_stop == 1)
             if self.progress is not None:
                 self.progress.update(self.db, self.run_id, number)
             squeezed = self.deescalation.split(number, folder, self.plan, process.child_pids, managed)
@@ -392,6 +397,8 @@ class Supervisor:
                               attempt=number, phase=phase, silence=silence, deadline=deadline)
                 process.kill()
             time.sleep(POLL_SECONDS)
+        if 1 <= told_stop < self.stop_requests:  # a second stop killed it before the loop could say so
+            self._tell_stop(number, first=False)
         if self.progress is not None:
             self.progress.update(self.db, self.run_id, number)
         self.process = None
@@ -400,10 +407,28 @@ class Supervisor:
 
     # --- signals and endings --------------------------------------------------------------------
 
+    def _tell_stop(self, number: int, first: bool) -> None:
+        name = signal.Signals(self.stop_signal).name
+        if not first:
+            message = f"{name} again: killing attempt {number} now, without a checkpoint of this step"
+        elif self._training(number):
+            message = (f"{name}: attempt {number} checkpoints at the end of this step, then the run stops "
+                       "(send it again to stop at once, without that checkpoint)")
+        else:
+            message = f"{name}: attempt {number} is still starting (nothing to checkpoint yet): stopping it now"
+        self.db.event(self.run_id, "stop_requested", message, attempt=number, signal=name)
+        if self.progress is not None:
+            self.progress.update(self.db, self.run_id, number)
+
+    def _training(self, number: int) -> bool:
+        """Whether attempt `number` reached its training loop (its `start` event; before it, the child stops at once)."""
+        return any(event["kind"] == "start" and event["attempt"] == number for event in self.db.events(self.run_id))
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         def forward(signum: int, frame: Any) -> None:
             first = self.stop_signal is None
             self.stop_signal = signum
+            self.stop_requests += 1
             if self.process is not None:  # first signal: a checkpoint at the next step boundary; a second: kill
                 self.process.request_stop(first, signum)
 

@@ -66,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
 
-    from tamer.logs import configure_logging
+    report_path = attempt_dir / protocol.exit_report_name(rank, world_size)
+    try:  # importing torch takes seconds: a stop may come in the middle
+        from tamer.logs import configure_logging
 
-    configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
-    from tamer.engine.trainer import StopRequested, Trainer
+        configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
+        from tamer.engine.trainer import StopRequested, Trainer
+    except StopBeforeTraining:
+        return _stopped_before_training(report_path, stop_flag, 0)
     from tamer.errors import TamerError
 
-    report_path = attempt_dir / protocol.exit_report_name(rank, world_size)
     trainer: Trainer | None = None
     try:
         trainer = Trainer(run_dir, attempt, stop_flag)
@@ -86,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # a non-zero status would make torchrun kill the ranks still writing their reports
         return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
     except StopBeforeTraining:
-        signum = stop_flag.get("signal", signal.SIGTERM)
-        write_report(report_path, {"status": "stopped", "signal": signum, "step": trainer.state.step if trainer else 0})
-        return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
+        return _stopped_before_training(report_path, stop_flag, trainer.state.step if trainer else 0)
     except TamerError as error:
         write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
         return error.exit_code
@@ -122,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
     distributed.shutdown()
     return 0
+
+
+def _stopped_before_training(report_path: Path, stop_flag: dict[str, Any], step: int) -> int:
+    signum = stop_flag.get("signal", signal.SIGTERM)
+    write_report(report_path, {"status": "stopped", "signal": signum, "step": step})
+    return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
 
 
 def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report: ExitReport) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tamer.errors import EXIT_CONFIG, StateError, TamerError
-from tamer.state.db import BUSY_TIMEOUT_SECONDS
+from tamer.state.db import connect_reader
 
 READ_STATEMENTS = ("SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES")
 # Pragmas that only read; those in the first set take a table or index name as their argument.
@@ -64,7 +64,7 @@ def _authorizer(action: int, first: str | None, second: str | None, database: st
 def connect_read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise StateError(f"no tamer database at {path}; start a run first (tamer run squad) or pass --home")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    conn = connect_reader(path)
     conn.execute("PRAGMA query_only = ON")
     conn.set_authorizer(_authorizer)
     return conn

@@ -7,11 +7,13 @@ rows, so checkpoints and evaluations in that window count too.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from tamer.errors import StateError
 from tamer.state import queries
 from tamer.state.db import Database
+from tamer.state.lock import lock_holder
 
 RECENT_STEPS = 10
 
@@ -23,16 +25,30 @@ def newest_run_id(db: Database) -> str:
     return run_id
 
 
+def supervised(run: dict[str, Any]) -> bool | None:
+    """Whether a live supervisor holds the run's lock: None unless the database says it is running. A supervisor
+    killed with -9 (or lost with its machine) leaves the run `running` in the database with nobody behind it."""
+    if run["status"] != "running":
+        return None
+    return lock_holder(Path(run["run_dir"]) / "lock") is not None
+
+
+def unsupervised_note(run: dict[str, Any]) -> str:
+    return (f"nobody supervises run {run['id']}: its supervisor (pid {run['supervisor_pid'] or '?'}) is gone, killed or "
+            f"lost with its machine; `tamer resume {run['id']}` continues it from its last checkpoint")
+
+
 def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
-    """The state of `run_id` (default: the newest run) as plain data."""
+    """The state of `run_id` (default: the running run, else the newest) as plain data."""
     from tamer.daemon.queue import queue_position
 
     run = db.run(run_id or newest_run_id(db))
+    alive = supervised(run)
     recent = queries.latest_attempt_steps(db, run["id"], RECENT_STEPS)
     seconds_per_step = _seconds_per_step(recent)
     speeds = [row["tokens_per_s"] for row in recent if row["tokens_per_s"]]
     step, total = run["steps_done"] or 0, run["total_steps"]
-    eta = max(total - step, 0) * seconds_per_step if run["status"] == "running" and total and seconds_per_step else None
+    eta = max(total - step, 0) * seconds_per_step if alive and total and seconds_per_step else None
     event = queries.last_event(db, run["id"])
     attempt = queries.last_attempt_number(db, run["id"])
     return {
@@ -49,7 +65,9 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "eta_at": time.time() + eta if eta is not None else None,
         "attempt": attempt,
         "queue_position": queue_position(db, run["id"]) if run["status"] == "queued" else None,
-        "supervisor_pid": run["supervisor_pid"] if run["status"] == "running" else None,
+        "supervisor_pid": run["supervisor_pid"] if alive else None,
+        "supervised": alive,
+        "note": unsupervised_note(run) if alive is False else None,
         "created_at": run["created_at"],
         "started_at": run["started_at"],
         "ended_at": run["ended_at"],

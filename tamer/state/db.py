@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -189,13 +190,42 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Database:
-    """The tamer database at `path` (created and migrated on first open)."""
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the database at `path`. On a read-only file system (a finished night on a
+    mounted disk) SQLite cannot create the WAL's shared-memory file, so it opens the file as immutable: nothing
+    can write it there anyway."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+        conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    return conn
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+
+class Database:
+    """The tamer database at `path` (created and migrated on first open; `read_only`: opened for reading alone,
+    which works in a home this user may not write)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists() and not create:
             raise StateError(f"no tamer database at {self.path}; start a run first (tamer run squad) or pass --home")
+        if read_only:
+            try:
+                self.conn = connect_reader(self.path)
+                self.db = sqlite_utils.Database(self.conn)
+                tables = set(self.db.table_names())
+                if "_sqlite_migrations" not in tables or migrations.pending(self.db):
+                    raise StateError(f"{self.path} is not a tamer database of this version (tables: {', '.join(sorted(tables)) or 'none'}); "
+                                     "open it once with a writable home to upgrade it, or point --home elsewhere")
+            except sqlite3.DatabaseError as error:
+                raise StateError(f"{self.path} is not a usable tamer database ({error}); point --home elsewhere") from None
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = _connect(self.path)

@@ -18,10 +18,11 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, override: str | Path | None = None) -> Home:
-        """`--home` if given, else $TAMER_HOME, else ~/.tamer; a StateError if it cannot hold a home."""
+    def resolve(cls, override: str | Path | None = None, *, writable: bool = True) -> Home:
+        """`--home` if given, else $TAMER_HOME, else ~/.tamer; a StateError if it cannot hold a home. `writable=False`:
+        only to be read (runs, show, sql, ...), which a read-only home allows."""
         root = Path(override or os.environ.get("TAMER_HOME") or Path.home() / ".tamer").expanduser().resolve()
-        _check_usable(root)
+        _check_usable(root, writable)
         return cls(root)
 
     @property
@@ -32,7 +33,7 @@ class Home:
         return self.root / "runs" / run_id
 
 
-def _check_usable(root: Path) -> None:
+def _check_usable(root: Path, writable: bool = True) -> None:
     """A home must be (or be creatable as) a writable folder on real storage."""
     for pseudo in PSEUDO_FILESYSTEMS:
         if root == pseudo or pseudo in root.parents:
@@ -41,6 +42,6 @@ def _check_usable(root: Path) -> None:
     if not existing.is_dir():
         what = "is a file" if existing == root else f"would be inside {existing}, a file"
         raise StateError(f"home {root}: {what}, not a folder; {FIX}")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == root else f" (its nearest existing folder {existing})"
         raise StateError(f"home {root}{where}: not writable by this user; {FIX}")

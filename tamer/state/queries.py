@@ -87,8 +87,10 @@ def unclaim(db: Database, run_id: str) -> None:
 
 
 def newest_run_id(db: Database) -> str | None:
-    """The id of the run created last, or None in an empty database."""
-    row = db.conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+    """The id of the run that matters now: the running one started last, else the run created last; None in
+    an empty database (a queued run waits behind a running one, so the running one is what `status` shows)."""
+    row = db.conn.execute("SELECT id FROM runs ORDER BY status = 'running' DESC, "
+                          "CASE WHEN status = 'running' THEN started_at ELSE created_at END DESC LIMIT 1").fetchone()
     return row[0] if row else None
 
 
