@@ -30,7 +30,7 @@ from tamer.planner.candidates import (
     usable_bytes,
 )
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
-from tamer.units import parse_size
+from tamer.units import format_size, parse_size
 
 
 def _gib(num_bytes: int | float | None) -> str:
@@ -81,7 +81,10 @@ def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
     from tamer.daemon.probe import bitsandbytes_installed, nvml_facts
 
     found = nvml_facts()
-    total = parse_size(gpu_mem, "--gpu-mem") if gpu_mem else None
+    total = parse_size(gpu_mem, "--gpu-mem") if gpu_mem is not None else None
+    if total is not None and total <= CUDA_CONTEXT_BYTES:
+        raise ConfigError(f"--gpu-mem {gpu_mem}: a card of {format_size(total)} cannot even hold the CUDA context "
+                          f"({format_size(CUDA_CONTEXT_BYTES)}); give the card's memory, e.g. 16GiB")
     if found:
         return DeviceFacts(kind="cuda", name=found["name"], total_memory=total or found["total_memory"],
                            compute_capability=tuple(found["compute_capability"]),

@@ -19,11 +19,13 @@ DOTS_PER_INCH = 100
 LABEL_LINE_POINTS = 9  # one line of an x-small marker label, in points
 LABEL_CHARACTER_POINTS = 4.4  # an average x-small character's width, in points
 # Marker kind -> how it is drawn; failure kinds not listed (crash, hang, lost...) draw as "failure".
-MARKER_GROUPS = {"cuda_oom": "oom", "host_oom": "oom", "escalate": "escalate", "deescalate": "deescalate", "restart": "restart"}
+MARKER_GROUPS = {"cuda_oom": "oom", "host_oom": "oom", "escalate": "escalate", "split": "split", "deescalate": "deescalate",
+                 "restart": "restart"}
 MARKER_STYLES = {  # group -> (colour, line style, legend text)
     "oom": ("#d62728", "-", "out of memory"),
     "failure": ("#8c564b", "-", "other failure (crash, hang, ...)"),
     "escalate": ("#ff7f0e", "--", "escalation (new plan)"),
+    "split": ("#ff7f0e", ":", "micro-batch halved in process (no restart)"),
     "deescalate": ("#2ca02c", "--", "step back to a faster plan (the squeeze passed)"),
     "restart": ("#1f77b4", ":", "restart from a checkpoint"),
 }
@@ -81,7 +83,7 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
         how = ", recovered in process" if failure["in_process"] else ""
         markers.append({"step": step, "kind": failure["outcome"], "label": f"{name} in attempt {failure['attempt']}{where_text}{how}"})
         if failure["in_process"]:
-            markers.append({"step": step, "kind": "escalate", "label": "  split in process: +split_micro_batch"})
+            markers.append({"step": step, "kind": "split", "label": "  split in process: +split_micro_batch"})
         elif failure["rungs_applied"]:
             markers.append({"step": step, "kind": "escalate", "label": "  escalate: +" + ", +".join(failure["rungs_applied"])})
         # The failed attempt's own peak: its last moments left no step row to read memory from.

@@ -86,3 +86,28 @@ def test_a_file_size_limit_ends_the_run_at_once_naming_ulimit(tmp_path):
     assert result.returncode == 7, result.stderr
     assert [a["outcome"] for a in attempts(home, run_id)] == ["file_too_large"]
     assert "ulimit -f" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_read_only_home_can_be_inspected_but_not_written(tmp_path):
+    """A finished night on a disk mounted read-only: runs, show, status, logs, sql, history and compare work;
+    a new run is refused with one line (exit 5) naming the home."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200M", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        home = mount_point / "home"
+        finished = tamer("run", "squad", *TINY, "--max-steps", "2", "--set", "max_seq_len=64", home=home, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+        run_id = run_id_of(finished)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        for command in (["runs"], ["show", run_id], ["status", run_id], ["logs", run_id], ["history"], ["compare", run_id],
+                        ["sql", "SELECT count(*) FROM steps"], ["runs", "--json"]):
+            result = tamer(*command, home=home)
+            assert result.returncode == 0, (command, result.stderr)
+            assert result.stdout.strip() and "error" not in result.stderr, (command, result.stdout)
+        refused = tamer("run", "squad", *TINY, home=home)
+        assert refused.returncode == 5 and "not writable" in refused.stderr and refused.stderr.count("\n") == 1
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -127,3 +127,32 @@ def test_submit_takes_the_options_of_run_that_suit_a_queued_job():
     options = {name: {opt for param in commands[name].params for opt in param.opts} for name in ("run", "submit")}
     not_for_the_queue = {"--detach", "--nnodes", "--rdzv-endpoint"}
     assert options["run"] - not_for_the_queue <= options["submit"]
+
+
+def test_errors_print_as_written_never_as_rich_markup(tmp_path):
+    """Square brackets in a message (a file named `[x].json`, a C++ `[enforce fail ...]`) reach the user as
+    written: the error line is plain text, not rich markup."""
+    missing = tmp_path / "[x].json"
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "run", "squad", "--preset", "tiny", "--data", str(missing)],
+                                env={"COLUMNS": "200", "TAMER_HOME": None})
+    assert result.exit_code == 3 and f"--data {missing}: no such file" in result.output
+    from tamer.cli.common import _fail
+    from tamer.errors import StateError
+
+    failing = typer.Typer()
+
+    @failing.command()
+    def crash() -> None:
+        _fail(StateError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory"))
+
+    said = CliRunner().invoke(failing, [], env={"COLUMNS": "200"})
+    assert said.exit_code == 5 and "error: [enforce fail at alloc_cpu.cpp:117] data." in said.output
+
+
+@pytest.mark.parametrize("size", ["0", "300MiB"])
+def test_plan_refuses_a_card_smaller_than_the_cuda_context(size, tmp_path):
+    """`tamer plan --gpu-mem 0` is a one-line config error (exit 2), not a plan for a negative budget."""
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "plan", "squad", "--preset", "tiny", "--gpu-mem", size],
+                                env={"COLUMNS": "200", "TAMER_HOME": None})
+    assert result.exit_code == 2 and "cannot even hold the CUDA context" in result.output and "GiB" in result.output
+    assert "-0." not in result.output

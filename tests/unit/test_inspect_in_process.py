@@ -60,6 +60,16 @@ def test_plot_and_report_mark_it(recorded_home):
     assert "split in process" in page and "No failures" not in page
 
 
+def test_the_plot_legend_names_a_split_and_no_escalation(recorded_home):
+    """An in-process split is drawn and listed as a split, never as an escalation (no new plan started)."""
+    from tamer.inspect.plot import figure, plot_data
+
+    data = plot_data(Database(recorded_home / "tamer.db", create=False), RUN_ID)
+    assert [m["kind"] for m in data["markers"] if m["step"] == 3] == ["cuda_oom", "split"]
+    legend = [text.get_text() for axes in figure(data, 600, 400).axes if axes.get_legend() for text in axes.get_legend().get_texts()]
+    assert "micro-batch halved in process (no restart)" in legend and "escalation (new plan)" not in legend
+
+
 def test_show_and_history_commands_count_it(recorded_home):
     """`tamer show` counts the failure and shows the split plan as settled; `tamer history` has its row."""
     runner = CliRunner()
