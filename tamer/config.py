@@ -297,7 +297,8 @@ class RunConfig(Schema):
     """Seed for data order, random init and RNGs."""
     torch_threads: Annotated[int, Field(ge=1)] | None = None
     """CPU threads torch uses in each training process. null = the CPUs this process may use divided by the
-    processes per node, fixed when the run is created. Recorded with the run and reapplied on every attempt:
+    processes per node, less one left to the checkpoint writer and the supervisor (when that leaves at least one),
+    fixed when the run is created. Recorded with the run and reapplied on every attempt:
     float sums reassociate with the thread count, so bit-exact resume needs the same one."""
     eval_every: int | None = None
     """Validation loss every N optimizer steps (always at the end)."""
@@ -427,7 +428,10 @@ class RunConfig(Schema):
         if self.torch_threads is not None:
             return self
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return self.model_copy(update={"torch_threads": max(1, available // self.distributed.nproc_per_node)})
+        share = available // self.distributed.nproc_per_node
+        # One core is left to the background checkpoint writer and the supervisor: on 2 cores, two OpenMP threads
+        # spinning against the writer made CPU steps ~10x slower while a checkpoint was written.
+        return self.model_copy(update={"torch_threads": max(1, share - 1 if share >= 2 else share)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (sizes as written), as stored in the runs table; `config_from_dict` reads it back."""
