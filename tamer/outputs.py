@@ -71,13 +71,18 @@ def output_file(option: Path | str | None, default_name: str, what: str, signatu
     if path.exists() and not force and not _signed(path, signature):
         raise ConfigError(f"-o {path}: a file tamer did not write is there; tamer never overwrites it: give another "
                           f"name, or add --force to replace it")
+    _make_parents(path)
+    return path
+
+
+def _make_parents(path: Path) -> None:
+    """Create the folders above `path`, or say in one line why they cannot be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise ConfigError(f"-o {path}: {_first_file(path.parent)} is a file, not a folder; choose another path") from None
     except OSError as error:
         raise os_problem(error, path.parent, "create the folder") from None
-    return path
 
 
 def _first_file(folder: Path) -> Path:
@@ -134,12 +139,7 @@ def export_folder(option: Path, owned: bool, force: bool) -> Path:
             if not (owned or force):
                 raise ConfigError(f"-o {path}: holds an earlier tamer export (run {earlier.get('run_id')} step "
                                   f"{earlier.get('step')}); add --force to replace it, or give another folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"-o {path}: {_first_file(path.parent)} is a file, not a folder; choose another path") from None
-    except OSError as error:
-        raise os_problem(error, path.parent, "create the folder") from None
+    _make_parents(path)
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{path.parent}: cannot write there (no permission or a read-only file system); "
                           "choose a writable place for -o")
