@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from tamer import output
+from tamer.cli.help import WholeHelpGroup
 from tamer.errors import ConfigError, TamerError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
     rich_markup_mode=None,
+    cls=WholeHelpGroup,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -70,7 +72,7 @@ def root(
 
     Example: tamer run squad --preset tiny --max-steps 30
     """
-    output.unwrap_when_piped(console, err_console)
+    output.configure(console, err_console)
     if home is not None:  # `tamer --home DIR CMD`: as if TAMER_HOME were set; a command's own --home still wins
         os.environ["TAMER_HOME"] = str(home)
 

@@ -1,6 +1,8 @@
 """No identifier is ever cut with `…`: every command's output, at 80 columns on a terminal and piped,
-keeps run ids, rung names, plan text and numbers whole (cells fold instead). Also the root options:
-`--version`, `--home` before the subcommand, and one-line errors for a home that cannot be one."""
+keeps run ids, rung names, plan text and numbers whole, and every table fits 80 and 120 columns (the
+same check on real runs: tests/integration/test_output_widths.py). `--help` lists each command's
+summary whole. Also the root options: `--version`, `--home` before the subcommand, and one-line errors
+for a home that cannot be one."""
 
 from __future__ import annotations
 
@@ -9,10 +11,17 @@ import typer.main
 from typer.testing import CliRunner
 
 from tamer.cli import app
+from tests.output_widths import HEADERS, plain, problems
 
 RUN_ID = "squad-20260101-000000-beef"
 TERMINAL_80 = {"COLUMNS": "80", "TTY_COMPATIBLE": "1"}
 PIPED = {"COLUMNS": "80", "TTY_COMPATIBLE": "0"}
+PIPED_WITHOUT_COLUMNS = {"COLUMNS": None, "TTY_COMPATIBLE": "0"}
+# Commands that print a table (or, status and doctor, only text) from the recorded run.
+TABLE_COMMANDS = [
+    ["runs"], ["show", RUN_ID], ["strategies"], ["history"], ["steps", RUN_ID], ["events", RUN_ID], ["sql", "SELECT * FROM attempts"],
+    ["doctor"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["queue"], ["status", RUN_ID], ["compare", RUN_ID, RUN_ID],
+]
 # Commands that read the recorded run; the others (run, submit, daemon, ...) start work and are
 # checked through their --help here and through real runs in tests/integration.
 READING_COMMANDS = [
@@ -39,6 +48,58 @@ def test_reading_commands_never_ellipsize(args, environment, recorded_home):
         assert RUN_ID in output
 
 
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+@pytest.mark.parametrize("args", TABLE_COMMANDS, ids=lambda args: args[0])
+def test_tables_fit_the_width(args, terminal, width, recorded_home):
+    """At COLUMNS 80 and 120, on a terminal and piped, no line of a table command is wider than that (but
+    a lone path), nothing ends in `…` and no header is broken inside a word."""
+    output = _invoke(args, recorded_home, {"COLUMNS": str(width), "TTY_COMPATIBLE": "1" if terminal else "0"})
+    assert problems(output, width, HEADERS[args[0]]) == []
+
+
+def test_wrapped_text_keeps_values_whole(recorded_home):
+    """At 80 columns `tamer show` wraps its text lines at spaces: the run id and the checkpoint path it
+    names are each whole on one line."""
+    output = _invoke(["show", RUN_ID], recorded_home, TERMINAL_80)
+    assert problems(output, 80) == []
+    lines = plain(output).splitlines()
+    assert any(RUN_ID in line for line in lines)
+    assert any(f"runs/{RUN_ID}/checkpoints/step-4" in line for line in lines)
+
+
+def test_help_lists_every_summary_whole():
+    """`tamer --help` at 80 columns lists each command with its whole first sentence (click would cut it
+    to one line ending in `...`), wrapped at spaces within 80 columns."""
+    commands = typer.main.get_command(app).commands
+    output = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    listing = output[output.index("Commands:"):]
+    assert all(len(line) <= 80 for line in listing.splitlines())
+    joined = " ".join(listing.split())
+    for name, command in commands.items():
+        first_sentence = " ".join(command.help.split("\n\n")[0].split())
+        first_sentence = first_sentence[:first_sentence.find(". ") + 1] if ". " in first_sentence else first_sentence
+        assert f"{name} {first_sentence}" in joined, name
+
+
+def test_help_breaks_no_word_at_a_hyphen():
+    """At every width from 40 to 100 columns, help text and option help wrap at spaces only: `--node-rank`
+    and `micro-batch` stay whole (click's own formatter breaks them after the hyphen at some widths)."""
+    from tamer.cli.help import ClickHelpFormatter, HelpFormatter
+
+    text = "Example: tamer join /shared/tamer/runs/squad-20261203-101500-ab12 --node-rank 1 with a micro-batch of 8"
+
+    def words(formatter_class: type, width: int) -> list[str]:
+        formatter = formatter_class(width=width)
+        formatter.write_text(text)
+        formatter.write_dl([("--gpus <int>", text)])
+        return formatter.getvalue().split()
+
+    for width in range(40, 101):
+        assert "--node-rank" in words(HelpFormatter, width) and "micro-batch" in words(HelpFormatter, width), width
+    assert any("--node-rank" not in words(ClickHelpFormatter, width) for width in range(40, 101))  # what it fixes
+
+
 @pytest.mark.parametrize("environment", [TERMINAL_80, PIPED], ids=["terminal-80", "piped"])
 @pytest.mark.parametrize("name", ALL_COMMANDS)
 def test_help_never_ellipsizes(name, environment, recorded_home):
@@ -58,8 +119,8 @@ def test_plot_and_report_write_files(recorded_home, tmp_path):
 
 
 def test_piped_text_lines_are_not_wrapped(recorded_home):
-    """Piped, `tamer show` prints its header and totals each on one line, however long."""
-    lines = _invoke(["show", RUN_ID], recorded_home, PIPED).splitlines()
+    """Piped without COLUMNS, `tamer show` prints its header and totals each on one line, however long."""
+    lines = _invoke(["show", RUN_ID], recorded_home, PIPED_WITHOUT_COLUMNS).splitlines()
     assert any(line.startswith(RUN_ID) and "duration" in line for line in lines)
     assert any(line.startswith("totals:") and "setup/checkpoints/eval" in line for line in lines)
 
