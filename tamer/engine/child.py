@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tamer.logs import configure_logging
 
-    configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
+    configure_logging(run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
     from tamer.engine.trainer import StopRequested, Trainer
     from tamer.errors import TamerError
 
