@@ -45,14 +45,11 @@ def fit_width(console: Console) -> int | None:
     return console.size.width if console.is_terminal else None
 
 
-def configure(*consoles: Console) -> None:
-    """Before a command prints: a console with no width to fit (piped, no COLUMNS) never wraps a line;
-    the others wrap at the width fit_width gives (rich reads COLUMNS once, when the console is made)."""
+def unwrap_when_piped(*consoles: Console) -> None:
+    """What a console that is not a terminal prints itself (log-like lines: a run's last line, `tamer eval`'s
+    result) keeps each line whole, COLUMNS or not; tables and `say` fit COLUMNS when it is set."""
     for console in consoles:
-        width = fit_width(console)
-        console.soft_wrap = width is None
-        if width is not None:
-            console.width = width
+        console.soft_wrap = not console.is_terminal
 
 
 def line_breaks(text: str, width: int, indent: int = 0) -> list[int]:

@@ -219,7 +219,7 @@ class DaemonLines:
             return attempts[-1]["attempt"] if attempts else 0
 
         if not self.console.is_terminal:
-            plain = PlainProgress(None, *after)
+            plain = PlainProgress(self.console.file, *after)
             yield lambda: plain.update(db, run_id, newest_attempt())
             return
         with RunProgress(self.console, *after) as bar:

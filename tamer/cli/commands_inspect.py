@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
+
 from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
 from tamer.errors import ConfigError, TamerError
@@ -359,6 +361,6 @@ def _print_doctor(facts: dict[str, Any], messages: list[str]) -> None:
         output.say(console, f"[bold]bitsandbytes[/bold]: not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
                             "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here")
     for message in messages:
-        output.say(console, f"  library note, printed as torch and bitsandbytes loaded: {message}", indent="    ")
+        output.say(console, f"  library note, printed as torch and bitsandbytes loaded: {escape(message)}", indent="    ")
     output.say(console, f"[bold]Home[/bold]: {facts['home']}")
     output.say(console, f"[bold]Why nvidia-smi and torch differ[/bold]: {facts['explanation']}")

@@ -72,7 +72,7 @@ def root(
 
     Example: tamer run squad --preset tiny --max-steps 30
     """
-    output.configure(console, err_console)
+    output.unwrap_when_piped(console, err_console)
     if home is not None:  # `tamer --home DIR CMD`: as if TAMER_HOME were set; a command's own --home still wins
         os.environ["TAMER_HOME"] = str(home)
 
