@@ -188,3 +188,67 @@ def test_submit_takes_the_options_of_run_that_suit_a_queued_job():
     options = {name: {opt for param in commands[name].params for opt in param.opts} for name in ("run", "submit")}
     not_for_the_queue = {"--detach", "--nnodes", "--rdzv-endpoint"}
     assert options["run"] - not_for_the_queue <= options["submit"]
+
+
+BITSANDBYTES_NOTE = ("Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository "
+                     "'kernels-community/quantization-bitsandbytes' could not verify publisher trust status.")
+
+
+@pytest.fixture
+def noisy_probe(monkeypatch):
+    """The doctor's torch probe as a child that prints bitsandbytes' import note on stderr."""
+    import json
+    import subprocess
+
+    import tamer.inspect.doctor as doctor
+
+    facts = {"torch": {"version": "2.13.0+cpu", "cuda_build": None, "cuda_available": False, "cpu_bf16": True,
+                       "allocator_env": {"PYTORCH_CUDA_ALLOC_CONF": None}, "devices": []},
+             "bitsandbytes": {"usable": True, "version": "0.50.2", "device": "cpu", "round_trip_error": 0.007}}
+    done = subprocess.CompletedProcess([], 0, stdout=json.dumps(facts) + "\n", stderr=BITSANDBYTES_NOTE + "\n")
+    monkeypatch.setattr(doctor.subprocess, "run", lambda *args, **kwargs: done)
+
+
+def test_doctor_shows_a_library_import_note_as_a_note(noisy_probe, recorded_home):
+    """What bitsandbytes prints on import no longer opens the doctor's output: the report starts with the
+    host, and the note follows the bitsandbytes line, marked as a library's note, within 80 columns."""
+    result = CliRunner().invoke(app, ["--home", str(recorded_home), "doctor"], env=TERMINAL_80)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and result.stdout.startswith("Host: ")
+    lines = plain(result.stdout).splitlines()
+    note = next(index for index, line in enumerate(lines) if "library note" in line)
+    assert lines[note - 1].startswith("bitsandbytes 0.50.2: usable")
+    assert "Failed to load CPU gemm_4bit_forward" in " ".join(" ".join(lines[note:]).split())
+    assert problems(result.stdout, 80) == []
+
+
+def test_doctor_json_is_unchanged_by_the_note(noisy_probe, recorded_home):
+    """With --json the JSON has the same keys as before (no note in it) and the note goes to stderr."""
+    import json
+
+    result = CliRunner().invoke(app, ["--home", str(recorded_home), "doctor", "--json"])
+    assert result.exit_code == 0
+    assert set(json.loads(result.stdout)) == {"host", "nvml", "torch", "bitsandbytes", "explanation", "home"}
+    assert BITSANDBYTES_NOTE in result.stderr
+
+
+def test_plan_past_attempts_table_fits(monkeypatch, recorded_home):
+    """`tamer plan`'s table of past attempts on this card (one of them an OOM, measured as a lower bound)
+    fits 80 columns with its plans whole."""
+    from tamer.config import build_config
+    from tamer.plan import Plan
+    from tamer.planner.calibrate import Observation
+    from tamer.planner.candidates import shape_of
+    from tamer.planner.estimate import Workload, estimate
+
+    shape = shape_of(build_config("tiny"))
+    plans = [Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8),
+             Plan(micro_batch_size=4, grad_accumulation=2, eval_batch_size=8, gradient_checkpointing=True, optimizer="paged_adamw_8bit")]
+    past = [Observation(RUN_ID, number, plan, outcome, "backward", 2**28, None, estimate(shape, plan, Workload()))
+            for number, (plan, outcome) in enumerate(zip(plans, ("cuda_oom", "done")), 1)]
+    monkeypatch.setattr("tamer.cli.commands_plan._past", lambda home, shape, facts: past)
+    output = _invoke(["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], recorded_home, TERMINAL_80)
+    assert "past attempts of this model on this card:" in output
+    headers = HEADERS["plan"] + ("run", "attempt", "outcome", "predicted GiB", "measured GiB", "error")
+    assert problems(output, 80, headers) == []
+    assert "lower bound" in output and f"{RUN_ID}" in output
