@@ -5,12 +5,13 @@ The width to fit (`fit_width`): COLUMNS when it is set (on a terminal, or piped:
 else the terminal's. Piped without COLUMNS nothing is fitted to a screen: text lines stay whole for
 `grep`, `tail -f` and `journalctl`, and tables are laid out PIPED_TABLE_WIDTH columns wide.
 
-Tables (`table`, `print_table`): values (run ids, rung names, numbers, times, paths) are never cut and
-never broken, not even at a space; free-text columns (PROSE_COLUMNS) wrap at spaces; headers wrap only
-at spaces. Nothing ends in `…`. When the columns cannot all fit side by side, the table keeps the
-leading columns that fit and prints the others under each row as an indented `header: value` line
-(the detail layout), so command code orders its columns by importance and never special-cases a width.
-A single word longer than the whole width (a long path) gets a line of its own, whole.
+Tables (`table`, `print_table`): values (run ids, rung names, numbers, times, paths) are never cut and,
+in a column, never broken, not even at a space; free-text columns (PROSE_COLUMNS) wrap at spaces;
+headers wrap only at spaces. Nothing ends in `…`. When the columns cannot all fit side by side, the
+table keeps the leading columns that fit and prints the others under each row as an indented
+`header: value` line (the detail layout, where a long item wraps at spaces), so command code orders
+its columns by importance and never special-cases a width. A single word longer than the whole width
+(a long path) gets a line of its own, whole.
 """
 
 from __future__ import annotations
