@@ -8,14 +8,16 @@ back from the database, so a terminal, a log file and `tamer logs -f` tell the s
 - not on a terminal (`PlainProgress`: piped, nohup, systemd): one plain line every
   `progress_every_seconds` or `progress_every_steps` (config) with step, loss, tok/s, memory and ETA,
   and one line per event, written whole to stderr (stdout carries only the run id).
+`tamer daemon` (`DaemonLines`) prints the same for each job it runs, between lines of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -195,6 +197,34 @@ class RunProgress(_Reader):
         status = f"loss {display.number(facts['loss'])}  {speed}  {facts['memory_size']}"
         self.progress.update(self.task, completed=facts["step"], total=run["total_steps"], status=status,
                              eta=display.seconds(facts["eta_seconds"]), **fields)
+
+
+class DaemonLines:
+    """What `tamer daemon` prints on stderr: a line for what the daemon itself does (`12:00:01 daemon_start:
+    ...`) and, while a job runs, the job's event and progress lines as `tamer run` prints them: above a bar
+    on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def say(self, kind: str, message: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} {kind}: {message}", highlight=False, markup=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def following(self, db: Database, run_id: str) -> Iterator[Callable[[], None]]:
+        """Within, each call of the function it gives prints what the run recorded since it was entered."""
+        after = (max((event["id"] for event in db.events(run_id)), default=0), time.time())
+
+        def newest_attempt() -> int:
+            attempts = db.attempts(run_id)
+            return attempts[-1]["attempt"] if attempts else 0
+
+        if not self.console.is_terminal:
+            plain = PlainProgress(self.console.file, *after)
+            yield lambda: plain.update(db, run_id, newest_attempt())
+            return
+        with RunProgress(self.console, *after) as bar:
+            yield lambda: bar.update(db, run_id, newest_attempt())
 
 
 def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll_seconds: float = 1.0,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
@@ -26,13 +25,14 @@ from tamer.state.home import Home
 from tamer.units import format_size
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
-STEP_TABLE_COLUMNS = ("attempt", "step", "samples_consumed", "loss", "lr", "grad_norm", "tokens_per_s", "step_time",
-                      "batch", "mem_allocated", "mem_reserved", "device_used", "host_rss")
+# In order of importance: on a narrow terminal the last ones go to a detail line under each step.
+STEP_TABLE_COLUMNS = ("attempt", "step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time", "batch", "samples_consumed",
+                      "mem_allocated", "mem_reserved", "device_used", "host_rss")
 MEMORY_COLUMNS = {"mem_allocated", "mem_reserved", "mem_peak", "device_used", "host_rss"}
 NUMBER_FORMATS = {"loss": "{:.4f}", "lr": "{:.3g}", "grad_norm": "{:.3f}", "tokens_per_s": "{:.0f}", "step_time": "{:.3f}"}
 
 
-def _print_table(table: Table) -> None:
+def _print_table(table: output.Table) -> None:
     output.print_table(console, table)
 
 
@@ -76,11 +76,11 @@ def history(
         _print_json(rows)
         return
     if not rows:
-        console.print("No failures recorded" + (" matching these filters." if run or since or kind else "."), highlight=False)
+        output.say(console, "No failures recorded" + (" matching these filters." if run or since or kind else "."))
         return
     for each_run in dict.fromkeys(row["run_id"] for row in rows):
-        table = output.table("failed at", "attempt", "outcome", "phase", "step", "micro-batch", "tried to allocate", "peak",
-                      "then", "time lost", "steps lost", title=f"run {each_run}", title_justify="left")
+        table = output.table("failed at", "attempt", "outcome", "phase", "step", "then", "time lost", "steps lost", "micro-batch",
+                             "tried to allocate", "peak", title=f"run {each_run}")
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
             if not row["rungs_applied"] and row["restart_cause"] in ("outside kill", "crash"):
@@ -88,29 +88,27 @@ def history(
             if row["in_process"]:
                 then += " in process"
             table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
-                          _cell("step", row["step"]), _cell("micro_batch_size", row["micro_batch_size"]),
-                          format_size(row["tried_to_allocate"]), display.peak(row), then,
-                          display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]))
+                          _cell("step", row["step"]), then, display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]),
+                          _cell("micro_batch_size", row["micro_batch_size"]), format_size(row["tried_to_allocate"]), display.peak(row))
         _print_table(table)
     steps_back = deescalations(_open(home), run, since_seconds)
     if steps_back:
         _print_table(steps_back_table(steps_back))
     lost_seconds = sum(row["time_lost_seconds"] for row in rows)
     in_process = sum(1 for row in rows if row["in_process"])
-    console.print(f"{len(rows)} failure{'s' if len(rows) != 1 else ''}"
-                  + (f" ({in_process} recovered in process)" if in_process else "") + f": {display.seconds(lost_seconds)} and "
-                  f"{sum(row['steps_lost'] for row in rows)} steps lost", highlight=False)
+    output.say(console, f"{len(rows)} failure{'s' if len(rows) != 1 else ''}"
+                        + (f" ({in_process} recovered in process)" if in_process else "") + f": {display.seconds(lost_seconds)} and "
+                        f"{sum(row['steps_lost'] for row in rows)} steps lost")
     snapshots = [row for row in rows if row["memory_snapshot"]]
     for row in snapshots:
-        console.print(f"memory snapshot of {row['run_id']} attempt {row['attempt']}: {row['memory_snapshot']}", highlight=False, soft_wrap=True)
+        output.say(console, f"memory snapshot of {row['run_id']} attempt {row['attempt']}: {row['memory_snapshot']}")
     if snapshots:
-        console.print(SNAPSHOT_VIEWER_HINT, highlight=False, soft_wrap=True)
+        output.say(console, SNAPSHOT_VIEWER_HINT)
 
 
-def steps_back_table(rows: list[dict[str, Any]]) -> Table:
+def steps_back_table(rows: list[dict[str, Any]]) -> output.Table:
     """De-escalations: attempt -> attempt, tokens/s on the squeezed plan and after stepping back, and why."""
-    table = Table("time", "attempts", "tokens/s squeezed", "tokens/s after", "gain", "why", title="steps back (de-escalations)",
-                  title_justify="left")
+    table = output.table("time", "attempts", "tokens/s squeezed", "tokens/s after", "gain", "why", title="steps back (de-escalations)")
     for row in rows:
         table.add_row(display.when(row["time"]), f"{row['attempt']}->{row['next_attempt'] or '-'}",
                       display.number(row["tokens_per_s_squeezed"], 0), display.number(row["tokens_per_s_after"], 0),
@@ -323,31 +321,33 @@ def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
         _fail(error)
     with contextlib.redirect_stdout(sys.stderr):  # what third-party imports print (bitsandbytes) stays off stdout
         facts = {**diagnose(), "home": str(resolved.root)}
+    messages = facts.pop("probe_messages")  # what torch and bitsandbytes printed in the probe child
     if as_json:
+        sys.stderr.write("".join(f"{message}\n" for message in messages))
         _print_json(facts)
         return
-    _print_doctor(facts)
+    _print_doctor(facts, messages)
 
 
-def _print_doctor(facts: dict[str, Any]) -> None:
+def _print_doctor(facts: dict[str, Any], messages: list[str]) -> None:
     host, nvml, torch_facts, bnb = facts["host"], facts["nvml"], facts["torch"], facts["bitsandbytes"]
     limit = f", cgroup limit {format_size(host['cgroup_memory_limit'])}" if host["cgroup_memory_limit"] else ""
-    console.print(output.styled("Host", "bold", f": {host['platform']}, Python {host['python']}, {host['cpu_count']} CPUs, memory "
-                  f"{format_size(host['memory_total'])} total, {format_size(host['memory_available'])} available{limit}"), highlight=False)
+    output.say(console, output.styled("Host", "bold", f": {host['platform']}, Python {host['python']}, {host['cpu_count']} CPUs, memory "
+                        f"{format_size(host['memory_total'])} total, {format_size(host['memory_available'])} available{limit}"))
     if not nvml["available"]:
-        console.print(output.styled("GPUs", "bold", f": no NVIDIA GPU found: NVML could not start ({nvml['reason']})."), highlight=False, soft_wrap=True)
+        output.say(console, output.styled("GPUs", "bold", f": no NVIDIA GPU found: NVML could not start ({nvml['reason']})."))
     else:
         table = output.table("gpu", "name", "total", "used", "free", "other processes")
         for gpu in nvml["gpus"]:
             others = [f"{p['pid']} {p['name']} {format_size(p['used'])}" for p in gpu["processes"] if not p["this_process"]]
             table.add_row(str(gpu["index"]), gpu["name"], format_size(gpu["total"]), format_size(gpu["used"]),
                           format_size(gpu["free"]), "\n".join(others) or "none")
-        console.print(output.styled("GPUs", "bold", f" (NVML, driver {nvml['driver']}, before this process touched them):"), highlight=False)
+        output.say(console, output.styled("GPUs", "bold", f" (NVML, driver {nvml['driver']}, before this process touched them):"))
         _print_table(table)
-    console.print(output.styled("torch", "bold", f" {torch_facts['version']} (CUDA build {torch_facts['cuda_build'] or 'none'}); "
-                  f"CPU bf16 {'yes' if torch_facts['cpu_bf16'] else 'no'}"), highlight=False)
+    output.say(console, output.styled("torch", "bold", f" {torch_facts['version']} (CUDA build {torch_facts['cuda_build'] or 'none'}); "
+                        f"CPU bf16 {'yes' if torch_facts['cpu_bf16'] else 'no'}"))
     if not torch_facts["cuda_available"]:
-        console.print("CUDA is not available to torch: tamer trains on the CPU here (device auto picks cpu).", highlight=False)
+        output.say(console, "CUDA is not available to torch: tamer trains on the CPU here (device auto picks cpu).")
     else:
         table = output.table("device", "name", "capability", "total", "free for this process", "CUDA context cost", "bf16")
         for device in torch_facts["devices"]:
@@ -358,13 +358,15 @@ def _print_doctor(facts: dict[str, Any]) -> None:
     settings = ", ".join(f"{name}={value}" if value else f"{name} unset" for name, value in torch_facts["allocator_env"].items())
     in_force = torch_facts.get("allocator_in_force")
     backend = torch_facts.get("allocator_backend")
-    console.print(output.styled("Allocator", "bold", f": {settings}" + (f"; backend {backend}" if backend else "")
-                  + (f"; torch reports: {in_force}" if in_force else "")), highlight=False, soft_wrap=True)
+    output.say(console, output.styled("Allocator", "bold", f": {settings}" + (f"; backend {backend}" if backend else "")
+                        + (f"; torch reports: {in_force}" if in_force else "")))
     if bnb["usable"]:
-        console.print(output.styled("bitsandbytes", "bold", f" {bnb['version']}: usable (8-bit round trip on {bnb['device']}, "
-                      f"error {bnb['round_trip_error']:.3f})"), highlight=False)
+        output.say(console, output.styled("bitsandbytes", "bold", f" {bnb['version']}: usable (8-bit round trip on {bnb['device']}, "
+                            f"error {bnb['round_trip_error']:.3f})"))
     else:
-        console.print(output.styled("bitsandbytes", "bold", f": not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
-                      "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here"), highlight=False, soft_wrap=True)
-    console.print(output.styled("Home", "bold", f": {facts['home']}"), highlight=False)
-    console.print(output.styled("Why nvidia-smi and torch differ", "bold", f": {facts['explanation']}"), highlight=False, soft_wrap=True)
+        output.say(console, output.styled("bitsandbytes", "bold", f": not usable ({bnb.get('reason') or 'round trip too inaccurate'}); "
+                            "the 8-bit rungs (quantize_8bit, paged_adamw_8bit) cannot work here"))
+    for message in messages:
+        output.say(console, f"  library note, printed as torch and bitsandbytes loaded: {message}", indent="    ")
+    output.say(console, output.styled("Home", "bold", f": {facts['home']}"))
+    output.say(console, output.styled("Why nvidia-smi and torch differ", "bold", f": {facts['explanation']}"))

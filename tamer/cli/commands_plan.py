@@ -189,46 +189,46 @@ def plan_command(
         return
     positions = (f"{workload.supervised_per_sequence} supervised positions per sequence at the LM head"
                  if workload.logits_tokens == "supervised" else "every position at the LM head")
-    console.print(f"{run_config.model}: {shape.parameters:,} parameters; {run_config.effective_batch_size} sequences x "
-                  f"{workload.sequence_length} tokens per step, {positions}", highlight=False)
+    output.say(console, f"{run_config.model}: {shape.parameters:,} parameters; {run_config.effective_batch_size} sequences x "
+                        f"{workload.sequence_length} tokens per step, {positions}")
     computed = workload.computed_per_sequence or workload.sequence_length
-    console.print(f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
-                  f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)", highlight=False)
-    console.print(f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
-                  f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
-                  + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""), highlight=False)
-    table = output.table("#", "plan", "peak GiB", "peak in", "fits", "speed", "model")
+    output.say(console, f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
+                        f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)")
+    output.say(console, f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
+                        f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
+                        + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""))
+    table = output.table("#", "peak GiB", "peak in", "fits", "speed", "model", "plan")
     for index, candidate in enumerate(shown, 1):
         fits = candidate.fits if candidate.excluded is None else f"{candidate.fits} (excluded)"
         mark = " <-" if candidate is chosen else ""
-        table.add_row(f"{index}{mark}", candidate.plan.describe(), _gib(candidate.estimate.reserved), candidate.estimate.where(),
-                      fits, f"{candidate.speed / reference:.2f}x", candidate.change)
+        table.add_row(f"{index}{mark}", _gib(candidate.estimate.reserved), candidate.estimate.where(), fits,
+                      f"{candidate.speed / reference:.2f}x", candidate.change, candidate.plan.describe())
     output.print_table(console, table)
-    console.print(f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
-                  + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved", highlight=False)
+    output.say(console, f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
+                        + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved")
     if run_config.ladder.mode == "card":
-        console.print("ladder.mode is card: `tamer run` starts from the config's first plan and escalates in ladder.order; "
-                      "it does not use the pick below", highlight=False)
+        output.say(console, "ladder.mode is card: `tamer run` starts from the config's first plan and escalates in ladder.order; "
+                        "it does not use the pick below")
     if chosen is None:
-        console.print("chosen: none predicted to fit with the margin; the card ladder would take over", highlight=False)
+        output.say(console, "chosen: none predicted to fit with the margin; the card ladder would take over")
     else:
         phases = ", ".join(f"{name} {_gib(chosen.estimate.reserved_in(name))}" for name in chosen.estimate.phases)
-        console.print(f"chosen: {chosen.plan.describe()}", highlight=False)
-        console.print(f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
-                      f"peak reserved by phase (GiB): {phases}"
-                      + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
-                      highlight=False)
+        output.say(console, f"chosen: {chosen.plan.describe()}", indent="  ")
+        output.say(console, f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
+                            f"peak reserved by phase (GiB): {phases}"
+                            + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
+                   indent="  ")
         if chosen.plan.checkpoint_layers_by_tokens:
-            console.print(f"  checkpointing by size: {chosen.plan.describe_by_size()}", highlight=False, soft_wrap=True)
+            output.say(console, f"  checkpointing by size: {chosen.plan.describe_by_size()}", indent="  ")
         if note is not None:
-            console.print(f"  {note.text(run_config.effective_batch_size)}", highlight=False, soft_wrap=True)
+            output.say(console, f"  {note.text(run_config.effective_batch_size)}", indent="  ")
     if past:
-        history = output.table("run", "attempt", "plan", "outcome", "predicted GiB", "measured GiB", "error")
+        history = output.table("run", "attempt", "outcome", "predicted GiB", "measured GiB", "error", "plan")
         for o in past:
             error = f"{(o.predicted.reserved - o.measured_reserved) / o.measured_reserved:+.0%}" if o.measured_reserved else "-"
             if not o.trained and o.measured_reserved:
                 error += " (OOM: measured is a lower bound)"
-            history.add_row(o.run_id, str(o.attempt), o.plan.describe(), o.outcome or "-", _gib(o.predicted.reserved),
-                            _gib(o.measured_reserved), error)
-        console.print("past attempts of this model on this card:")
+            history.add_row(o.run_id, str(o.attempt), o.outcome or "-", _gib(o.predicted.reserved), _gib(o.measured_reserved), error,
+                            o.plan.describe())
+        output.say(console, "past attempts of this model on this card:")
         output.print_table(console, history)

@@ -102,8 +102,9 @@ def daemon(
 
     Example: tamer daemon --detach
     """
-    from tamer.daemon.queue import Daemon, detach_daemon, systemd_unit
+    from tamer.daemon.queue import DAEMON_JSON_LOG, DAEMON_LOG, Daemon, detach_daemon, systemd_unit
     from tamer.logs import configure_logging
+    from tamer.progress import DaemonLines
 
     resolved = Home.resolve(home)
     if print_systemd_unit:
@@ -113,10 +114,11 @@ def daemon(
         if detach:
             pid = detach_daemon(resolved, poll, exit_when_empty)
             typer.echo(pid)
-            err_console.print(f"daemon started in the background; log {resolved.root / 'daemon.log'}", highlight=False, soft_wrap=True)
+            err_console.print(f"daemon started in the background; log {resolved.root / DAEMON_LOG}", highlight=False, soft_wrap=True)
             return
-        configure_logging(None, console=True, process="daemon")
-        code = Daemon(resolved, poll, exit_when_empty).serve()
+        resolved.root.mkdir(parents=True, exist_ok=True)
+        configure_logging(resolved.root / DAEMON_JSON_LOG, process="daemon")
+        code = Daemon(resolved, poll, exit_when_empty, DaemonLines(err_console)).serve()
     except TamerError as error:
         _fail(error)
     raise typer.Exit(code)
@@ -147,7 +149,7 @@ def queue_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
                       display.when(row["submitted_at"]))
     output.print_table(console, table)
     pid = daemon_pid(resolved)
-    err_console.print(f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`", highlight=False)
+    output.say(err_console, f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`")
 
 
 @app.command()
@@ -213,11 +215,11 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:
         parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
-    console.print(output.styled(facts["id"], "bold", "  " + "  ".join(parts)), highlight=False, soft_wrap=True)
+    output.say(console, output.styled(facts["id"], "bold", "  " + "  ".join(parts)))
     event = facts["last_event"]
     if event:
-        console.print(f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}", highlight=False, soft_wrap=True)
+        output.say(console, f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}")
     if facts["failure_reason"]:
-        console.print(f"reason: {facts['failure_reason']}", highlight=False)
+        output.say(console, f"reason: {facts['failure_reason']}")
     if facts["note"]:
-        console.print(output.styled("warning:", "yellow", f" {facts['note']}"), highlight=False, soft_wrap=True)
+        output.say(console, output.styled("warning:", "yellow", f" {facts['note']}"))

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import TamerError
 from tamer.inspect import display
@@ -21,7 +20,6 @@ from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
 StepOption = Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the newest valid checkpoint).")]
-PIPED_TABLE_WIDTH = 200
 
 
 def _run_folder(home: Optional[Path], run_id: str) -> tuple[str, Path]:
@@ -147,10 +145,10 @@ def compare(
     if as_json:
         _print_json(rows)
         return
-    table = Table("run", "status", "plan", "steps", "tokens", "wall time", "final loss", "val loss", "EM", "F1")
+    table = output.table("run", "status", "EM", "F1", "val loss", "final loss", "steps", "tokens", "wall time", "plan")
     for row in rows:
         plan = (row["plan"] or "-") + ("" if row["plan_settled"] else " (not settled)")
-        table.add_row(row["run_id"], row["status"], plan, str(row["steps"]), f"{row['tokens']:,}",
-                      display.seconds(row["wall_seconds"]), display.number(row["final_loss"]),
-                      display.number(row["final_eval_loss"]), display.number(row["exact_match"], 3), display.number(row["f1"], 3))
-    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
+        table.add_row(row["run_id"], row["status"], display.number(row["exact_match"], 3), display.number(row["f1"], 3),
+                      display.number(row["final_eval_loss"]), display.number(row["final_loss"]), str(row["steps"]),
+                      f"{row['tokens']:,}", display.seconds(row["wall_seconds"]), plan)
+    output.print_table(console, table)

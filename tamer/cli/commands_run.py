@@ -56,7 +56,7 @@ def _supervise(home: Home, run_id: str) -> int:
 
     from tamer.state.db import Database
 
-    configure_logging(home.run_dir(run_id) / "log.jsonl", console=False, process="supervisor")
+    configure_logging(home.run_dir(run_id) / "log.jsonl", process="supervisor")
     # A resumed run (`tamer resume`, the daemon, --detach) shows only what happens from now on.
     db = Database(home.db_path, create=False)
     resumed = bool(db.attempts(run_id))
@@ -262,50 +262,49 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
                      "squad": scores, "squad_scores": db.squad_scores(run_row["id"]), "export": exported})
         return
     totals = story["totals"]
-    console.print(output.styled(run_row["id"], "bold", f"  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
-                  f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}"), highlight=False)
+    output.say(console, output.styled(run_row["id"], "bold", f"  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
+                        f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}"))
     if run_row["failure_reason"]:
-        console.print(f"reason: {run_row['failure_reason']}", highlight=False)
+        output.say(console, f"reason: {run_row['failure_reason']}")
     for earlier in story["resumed_after"]:
-        console.print(f"earlier: {earlier['status']} at {_when(earlier['ended_at'])} ({earlier['reason']}); "
-                      f"resumed at {_when(earlier['resumed_at'])}", highlight=False)
+        output.say(console, f"earlier: {earlier['status']} at {_when(earlier['ended_at'])} ({earlier['reason']}); "
+                        f"resumed at {_when(earlier['resumed_at'])}")
     validated = json.loads(run_row["config_json"] or "{}").get("eval_samples", 1) > 0
     validation = (f"validation loss {_loss(run_row['final_eval_loss'])} (best {_loss(run_row['best_eval_loss'])})" if validated
                   else "no validation (eval_samples 0)")
-    console.print(f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}",
-                  highlight=False)
+    output.say(console, f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}")
     for name, reason in skipped:
-        console.print(output.styled("warning:", "yellow", f" checkpoint {name} is not valid ({reason}); "
-                      + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left")), highlight=False)
-    console.print(f"SQuAD {squad_text(scores)}" + (f" on {scores['questions']} held-out questions at step {scores['step']}" if scores else "")
-                  + f"  export {exported['path'] if exported else '-'}", highlight=False, soft_wrap=True)
-    console.print(f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
-                  f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
-                  f"{totals['failures']} failure{'' if totals['failures'] == 1 else 's'}" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
-                  + f", {totals['other_seconds']:.1f} s setup/checkpoints/eval", highlight=False)
+        output.say(console, output.styled("warning:", "yellow", f" checkpoint {name} is not valid ({reason}); "
+                        + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left")))
+    output.say(console, f"SQuAD {squad_text(scores)}" + (f" on {scores['questions']} held-out questions at step {scores['step']}" if scores else "")
+                        + f"  export {exported['path'] if exported else '-'}")
+    output.say(console, f"totals: {totals['steps']} steps ({totals['steps_redone']} redone), {totals['samples'] or 0} samples, "
+                        f"{totals['tokens']:,} tokens; {totals['training_seconds']:.1f} s training, {totals['lost_seconds']:.1f} s lost to "
+                        f"{totals['failures']} failure{'' if totals['failures'] == 1 else 's'}" + (f" ({totals['recovered_in_process']} recovered in process)" if totals["recovered_in_process"] else "")
+                        + f", {totals['other_seconds']:.1f} s setup/checkpoints/eval")
     from tamer.inspect.status import token_use
 
     use = token_use(db.steps(run_row["id"]))
     if use["padding_fraction"] is not None:
-        console.print(f"tokens: {use['useful_tokens_per_s']:,.0f} useful tokens/s of step time, "
-                      f"{use['padding_fraction']:.1%} of computed tokens were padding", highlight=False)
+        output.say(console, f"tokens: {use['useful_tokens_per_s']:,.0f} useful tokens/s of step time, "
+                        f"{use['padding_fraction']:.1%} of computed tokens were padding")
     if story["settled_plan"]:
         settled = story["settled_plan"]
-        console.print(f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}", highlight=False)
+        output.say(console, f"{'settled' if settled['settled'] else 'current'} plan (attempt {settled['attempt']}): {settled['summary']}")
     config = json.loads(run_row["config_json"])
-    console.print("config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
-                                                                       "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap",
-                                                                       "torch_threads") if k in config), highlight=False)
+    output.say(console, "config: " + ", ".join(f"{k}={config[k]}" for k in ("preset", "model", "init", "data", "effective_batch_size",
+                                                                           "micro_batch_size", "max_steps", "gpu_mem_cap", "host_mem_cap",
+                                                                           "torch_threads") if k in config))
     from tamer.checkpoint_policy import interval_in_force
 
-    console.print(f"checkpoints: {interval_in_force(events) or 'no interval chosen yet (auto: after the first save)'}", highlight=False)
-    table = output.table("attempt", "plan", "seconds", "steps", "outcome", "phase", "why this plan", title="attempts")
+    output.say(console, f"checkpoints: {interval_in_force(events) or 'no interval chosen yet (auto: after the first save)'}")
+    table = output.table("attempt", "seconds", "steps", "outcome", "phase", "plan", "why this plan", title="attempts")
     for a in story["attempts"]:
         seconds = f"{a['seconds']:.1f}" if a["ended_at"] else "running"
         steps = f"{a['resumed_from_step'] if a['resumed_from_step'] is not None else '-'}->{a['last_step'] if a['last_step'] is not None else '-'}"
         plan = a["plan_summary"] + "".join(f"; from step {split['step']}: micro-batch {split['micro_batch_size']} x {split['grad_accumulation']} (OOM in "
                                            f"{split['phase']}, split in process)" for split in a["splits_in_process"])
-        table.add_row(str(a["attempt"]), plan, seconds, steps, a["outcome"] or "running", a["phase"] or "-", a["reason"] or "-")
+        table.add_row(str(a["attempt"]), seconds, steps, a["outcome"] or "running", a["phase"] or "-", plan, a["reason"] or "-")
     output.print_table(console, table)
     if story["deescalations"]:
         from tamer.cli.commands_inspect import steps_back_table
@@ -340,11 +339,10 @@ def strategies(as_json: JsonOption = False, config: Annotated[Optional[Path], ty
     if as_json:
         _print_json(rows)
         return
-    table = output.table("#", "rung", "saves / costs", "exact", "new process", "requires")
+    table = output.table("#", "rung", "exact", "new process", "requires", "saves / costs")
     for row in rows:
-        table.add_row(str(row["position"] or "-"), row["name"], row["summary"], "yes" if row["exact"] else "no",
-                      "yes" if row["new_process"] else "no", ", ".join(row["requires"]) or "-")
+        table.add_row(str(row["position"] or "-"), row["name"], "yes" if row["exact"] else "no", "yes" if row["new_process"] else "no",
+                      ", ".join(row["requires"]) or "-", row["summary"])
     output.print_table(console, table)
     if others:
-        console.print("# -: not in ladder.order, so the card ladder never applies it (the planner may still choose chunked_loss)",
-                      highlight=False)
+        output.say(console, "# -: not in ladder.order, so the card ladder never applies it (the planner may still choose chunked_loss)")

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from tamer import output
+from tamer.cli.help import WholeHelpGroup
 from tamer.errors import ConfigError, TamerError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Plain click help: flags show as flags (typer's rich help labels every flag `<bool>`).
     rich_markup_mode=None,
+    cls=WholeHelpGroup,
 )
 # markup=False: messages carry user text (paths, crash messages) that must print as written, `[x].json` included;
 # styled labels go through output.styled.

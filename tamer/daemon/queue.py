@@ -23,13 +23,14 @@ Processes and signals: daemon -> supervisor (`tamer resume`, new session, PR_SET
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import structlog
 
@@ -57,6 +58,9 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 WAIT_SECONDS = 0.2  # polling interval while waiting on a run's status or a lock
 START_TIMEOUT_SECONDS = 60.0  # how long `--detach` and `cancel` wait for a starting process to take its lock
 SUPERVISOR_LOG = "supervisor.log"  # in the run folder: stdout and stderr of a daemon's or a detached supervisor
+DAEMON_LOG = "daemon.log"  # in the home: stdout and stderr of a detached daemon
+DAEMON_JSON_LOG = "daemon.jsonl"  # in the home: the daemon's structlog JSON lines
+FOLLOW_SECONDS = 0.5  # how often the daemon prints what its running job recorded
 
 SYSTEMD_UNIT = """\
 # tamer's queue daemon as a systemd user service. Install:
@@ -207,10 +211,11 @@ def _wait_while(db: Database, run_id: str, status: str, timeout: float) -> dict[
 class Daemon:
     """Runs the queue's jobs one after another; see the module docstring."""
 
-    def __init__(self, home: Home, poll_seconds: float = 5.0, exit_when_empty: bool = False) -> None:
+    def __init__(self, home: Home, poll_seconds: float = 5.0, exit_when_empty: bool = False, lines: Any = None) -> None:
         self.home = home
         self.poll_seconds = poll_seconds
         self.exit_when_empty = exit_when_empty
+        self.lines = lines  # what people read (tamer/progress.py's DaemonLines), or None; structlog logs either way
         self.lock = PidLock(daemon_lock_path(home), f"a tamer daemon (pid {{holder}}) already serves {home.root}; one daemon per home: "
                                                     "stop it first (kill -TERM {holder}, or systemctl --user stop tamer)")
         self.job: subprocess.Popen | None = None
@@ -224,6 +229,7 @@ class Daemon:
         try:
             self._release_stale_claims()
             log.info("daemon_start", home=str(self.home.root), pid=os.getpid())
+            self._say("daemon_start", f"daemon pid {os.getpid()} serves {self.home.root}; {len(waiting_runs(self.db))} queued")
             for run_id in self._orphans():
                 self._run_job(run_id, "resumed: its supervisor died with the previous daemon")
             while self.stop_signal is None:
@@ -239,6 +245,8 @@ class Daemon:
             self.db.close()
             self.lock.release()
         log.info("daemon_end", signal=self.stop_signal)
+        self._say("daemon_end", "the queue is empty" if self.stop_signal is None
+                  else f"stopped by {signal.Signals(self.stop_signal).name}")
         if self.stop_signal is None:
             return EXIT_OK
         return EXIT_STOPPED_INT if self.stop_signal == signal.SIGINT else EXIT_STOPPED_TERM
@@ -264,28 +272,49 @@ class Daemon:
         while self.stop_signal is None and time.monotonic() < deadline:
             time.sleep(min(WAIT_SECONDS, self.poll_seconds))
 
+    def _say(self, kind: str, message: str) -> None:
+        if self.lines is not None:
+            self.lines.say(kind, message)
+
+    def _following(self, run_id: str) -> ContextManager[Callable[[], None]]:
+        """Within, calling what it gives prints what the job recorded since (nothing without `lines`)."""
+        return self.lines.following(self.db, run_id) if self.lines is not None else contextlib.nullcontext(lambda: None)
+
     def _run_job(self, run_id: str, why: str) -> None:
         log_path = self.home.run_dir(run_id) / SUPERVISOR_LOG
-        # Stop signals wait until self.job is set, so one that comes while the job starts still reaches it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            if self.stop_signal is not None:
-                self._unclaim(run_id)
-                return
-            queries.set_queue_daemon(self.db, run_id, os.getpid())
-            with open(log_path, "ab") as output:
-                self.job = subprocess.Popen(
-                    [sys.executable, "-m", "tamer", "resume", run_id, "--home", str(self.home.root)],
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_job_setup(os.getpid()), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        self.db.event(run_id, "daemon_job", f"the daemon (pid {os.getpid()}) started its supervisor (pid {self.job.pid}): {why}")
-        log.info("job_start", run_id=run_id, pid=self.job.pid, why=why)
-        code = self.job.wait()
-        self.job = None
-        self._after_job(run_id, code, log_path)
+        with self._following(run_id) as follow:
+            # Stop signals wait until self.job is set, so one that comes while the job starts still reaches it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                if self.stop_signal is not None:
+                    self._unclaim(run_id)
+                    return
+                queries.set_queue_daemon(self.db, run_id, os.getpid())
+                with open(log_path, "ab") as output:
+                    self.job = subprocess.Popen(
+                        [sys.executable, "-m", "tamer", "resume", run_id, "--home", str(self.home.root)],
+                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                        preexec_fn=_job_setup(os.getpid()), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    )
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            self.db.event(run_id, "daemon_job", f"the daemon (pid {os.getpid()}) started its supervisor (pid {self.job.pid}): {why}")
+            log.info("job_start", run_id=run_id, pid=self.job.pid, why=why)
+            code = self._wait(follow)
+            self.job = None
+            self._after_job(run_id, code, log_path)
+            follow()
+        run = self.db.run(run_id)
+        self._say("job_end", f"run {run_id} {run['status']} at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
+                             f"its supervisor exited with code {code}")
+
+    def _wait(self, follow: Callable[[], None]) -> int:
+        """The job's exit code, once it exits; meanwhile, what it records is printed (follow)."""
+        while True:
+            try:
+                return self.job.wait(timeout=FOLLOW_SECONDS)
+            except subprocess.TimeoutExpired:
+                follow()
 
     def _after_job(self, run_id: str, code: int, log_path: Path) -> None:
         run = self.db.run(run_id)
@@ -324,7 +353,7 @@ def detach_daemon(home: Home, poll_seconds: float, exit_when_empty: bool) -> int
     if holder is not None:
         raise LockedError(f"a tamer daemon (pid {holder}) already serves {home.root}; one daemon per home")
     command = [sys.executable, "-m", "tamer", "daemon", "--home", str(home.root), "--poll", str(poll_seconds)]
-    log_path = home.root / "daemon.log"
+    log_path = home.root / DAEMON_LOG
     process = _spawn(command + (["--exit-when-empty"] if exit_when_empty else []), log_path)
     _await_lock(process, daemon_lock_path(home), "the daemon", log_path)
     return process.pid

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # importing torch takes seconds: a stop may come in the middle
         from tamer.logs import configure_logging
 
-        configure_logging(run_dir / "log.jsonl", console=False, process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
+        configure_logging(run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
         from tamer.engine.trainer import StopRequested, Trainer
     except StopBeforeTraining:
         return _stopped_before_training(report_path, stop_flag, 0)

@@ -101,21 +101,24 @@ def _gpu_processes(handle: Any) -> list[dict[str, Any]]:
 
 
 def diagnose() -> dict[str, Any]:
-    """All the doctor's facts, as plain data (what `tamer doctor --json` prints)."""
+    """All the doctor's facts, as plain data (what `tamer doctor --json` prints, less `probe_messages`)."""
     nvml = nvml_facts()  # before torch touches CUDA: the baseline for the context's cost
     return {"host": host_facts(), "nvml": nvml, **torch_side_facts(nvml), "explanation": GAP_EXPLANATION}
 
 
 def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
     """`torch` and `bitsandbytes` facts from `python -m tamer.engine.doctor`: the CLI never imports torch,
-    and a fresh process is also what measures the CUDA context's cost. What the child prints goes to stderr."""
+    and a fresh process is also what measures the CUDA context's cost. What the child prints while it
+    imports them (bitsandbytes' note about a kernel it could not load) is kept, one line each, in
+    `probe_messages`, for the doctor to show as a note rather than as an error ahead of its report."""
     command = [sys.executable, "-m", "tamer.engine.doctor", json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])})]
+    messages: list[str] = []
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS)
-        sys.stderr.write(done.stderr)
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        messages = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return {**json.loads(done.stdout.strip().splitlines()[-1]), "probe_messages": messages}
     except (subprocess.SubprocessError, ValueError, IndexError) as error:
         reason = f"the torch probe ({' '.join(command[:3])}) failed: {_error_text(error)}"
         return {"torch": {"version": None, "cuda_build": None, "cuda_available": False, "cpu_bf16": False, "error": reason,
                           "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES}, "devices": []},
-                "bitsandbytes": {"usable": False, "reason": reason}}
+                "bitsandbytes": {"usable": False, "reason": reason}, "probe_messages": messages}

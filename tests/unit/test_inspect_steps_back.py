@@ -75,3 +75,19 @@ def test_plot_marks_the_step_back_where_the_stopped_attempt_ended(db):
     """The plot has a `deescalate` marker at step 6, the last step of the attempt stopped to step back."""
     markers = [marker for marker in plot_data(db, RUN_ID)["markers"] if marker["kind"] == "deescalate"]
     assert [marker["step"] for marker in markers] == [6]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_steps_back_table_fits_the_terminal(db, tmp_path, width):
+    """`tamer show` and `tamer history`, with their steps-back table, fit 80 and 120 columns on a terminal."""
+    from typer.testing import CliRunner
+
+    from tamer.cli import app
+    from tests.output_widths import HEADERS, problems
+
+    steps_back = ("time", "attempts", "tokens/s squeezed", "tokens/s after", "gain", "why")
+    for command in (["show", RUN_ID], ["history"]):
+        result = CliRunner().invoke(app, ["--home", str(tmp_path), *command], env={"COLUMNS": str(width), "TTY_COMPATIBLE": "1"})
+        assert result.exit_code == 0, result.output
+        assert "steps back (de-escalations)" in result.output
+        assert problems(result.output, width, HEADERS[command[0]] + steps_back) == [], command

@@ -1,15 +1,17 @@
 """The live output of a run, read from the database: plain lines when not on a terminal (a step line per
-interval, every event once) and, on a terminal, event lines above the bar with a status word in setup."""
+interval, every event once) and, on a terminal, event lines above the bar with a status word in setup.
+Also what `tamer daemon` prints: lines of its own, then each job's lines from when it started the job."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 from rich.console import Console
 
-from tamer.progress import PlainProgress, RunProgress
+from tamer.progress import DaemonLines, PlainProgress, RunProgress
 from tamer.state.db import Database
 
 RUN_ID = "squad-20260101-000000-beef"
@@ -102,3 +104,19 @@ def test_a_killed_attempt_line_names_its_heartbeat_phase(recorded_home):
     stream = io.StringIO()
     PlainProgress(stream).update(db, RUN_ID, 1)
     assert "attempt 1 ended: crash in optimizer: killed by SIGKILL" in stream.getvalue()
+
+
+def test_daemon_lines_show_what_a_job_records_after_the_daemon_starts_it(recorded_home):
+    """DaemonLines prints the daemon's own lines as `HH:MM:SS kind: message` and, of a job, the events
+    recorded once it follows it: the run's earlier events stay unprinted, as in a resumed `tamer run`."""
+    db = Database(recorded_home / "tamer.db", create=False)
+    stream = io.StringIO()
+    lines = DaemonLines(Console(file=stream, force_terminal=False))
+    lines.say("daemon_start", "daemon pid 1 serves /home/me/.tamer; 1 queued")
+    with lines.following(db, RUN_ID) as follow:
+        db.event(RUN_ID, "daemon_job", "the daemon (pid 1) started its supervisor (pid 2): next in the queue")
+        follow()
+    printed = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d daemon_start: daemon pid 1 serves /home/me/.tamer; 1 queued", printed[0])
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d daemon_job: the daemon \(pid 1\) started .*", line) for line in printed)
+    assert not any("in_process_split" in line or "checkpoint:" in line for line in printed)
