@@ -61,9 +61,10 @@ def run_result_child(run_dir: Path, arguments: list[str], timeout: float | None 
 
 
 def after_run_arguments(config: RunConfig, run_dir: Path) -> list[str]:
-    """What to do once a run completes: evaluate (eval.squad_samples > 0), export (export.enabled)."""
+    """What to do once a run completes: evaluate (squad: eval.squad_samples > 0; chat and instruct: eval.em_f1 too;
+    text: never, training recorded its validation loss), export (export.enabled)."""
     arguments = []
-    if config.eval.squad_samples > 0:
+    if config.eval.squad_samples > 0 and (config.recipe == "squad" or config.eval.em_f1):
         arguments.append("--eval")
     if config.export.enabled:
         arguments += ["--export", str(run_dir / "export")]
