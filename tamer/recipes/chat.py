@@ -28,7 +28,7 @@ from typing import Any
 from tamer.errors import DataError
 from tamer.recipes.chat_templates import ChatTemplate, TemplateRefused, refused
 from tamer.recipes.examples import IGNORE_INDEX, Example
-from tamer.recipes.sources import Rows, did_you_mean, looks_like, mapped_columns, row_id, text_value
+from tamer.recipes.sources import Rows, did_you_mean, looks_like, mapped_columns, row_id, row_name, text_value
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool"}
@@ -123,7 +123,7 @@ def build_examples(conversations: list[Conversation], tokenizer: Any, template: 
         try:
             rendered.append(template.assistant_spans(conversation.messages))
         except TemplateRefused as error:
-            raise refused(label, f"row {conversation.id}", error) from None
+            raise refused(label, row_name(conversation.id), error) from None
     encodings = tokenizer.encode_batch([text for text, _ in rendered])
     examples: list[Example] = []
     counts: Counter = Counter()
@@ -134,7 +134,7 @@ def build_examples(conversations: list[Conversation], tokenizer: Any, template: 
         truncated = len(ids) > max_seq_len
         if truncated:
             if overlong == "error":
-                raise DataError(f"{label}: {conversation.id} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
+                raise DataError(f"{label}: {row_name(conversation.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
                                 "raise max_seq_len, or set overlong: truncate or skip")
             if overlong == "skip":
                 counts["skipped_too_long"] += 1

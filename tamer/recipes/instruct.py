@@ -34,7 +34,7 @@ from typing import Any
 
 from tamer.errors import DataError
 from tamer.recipes.examples import IGNORE_INDEX, Example
-from tamer.recipes.sources import Rows, looks_like, mapped_columns, row_id, text_value
+from tamer.recipes.sources import Rows, looks_like, mapped_columns, row_id, row_name, text_value
 
 DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 DEFAULT_TEMPLATE_WITH_INPUT = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -146,7 +146,7 @@ def build_examples(pairs: list[Pair], tokenizer: Any, template: str | None, max_
         truncated = len(ids) > max_seq_len
         if truncated:
             if overlong == "error":
-                raise DataError(f"{label}: {pair.id} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
+                raise DataError(f"{label}: {row_name(pair.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
                                 "raise max_seq_len, or set overlong: truncate or skip")
             if overlong == "skip":
                 counts["skipped_too_long"] += 1

@@ -226,6 +226,11 @@ def row_id(row: dict[str, Any], position: int) -> str:
     return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) else f"row {position}"
 
 
+def row_name(identifier: str) -> str:
+    """How errors name a record: `row 12`, or `row 'abc-1'` for a row with an `id` column."""
+    return identifier if identifier.startswith("row ") else f"row {identifier!r}"
+
+
 def text_value(value: Any) -> str | None:
     """A cell as text: strings as they are, numbers written out (a CSV column of numbers), None for a missing
     cell; anything else (a list, an object) is not text."""
