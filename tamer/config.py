@@ -90,7 +90,8 @@ class EvalConfig(Schema):
     squad_every: int | None = None
     """null = once, after the last step (a child process after the run), and on demand with `tamer eval`; N = also every N steps during training (single process only); each pass costs about squad_samples x squad_max_new_tokens decoding steps."""
     squad_samples: int = Field(256, ge=0)
-    """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation."""
+    """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation.
+    Also the validation rows of a chat or instruct EM/F1 pass (`em_f1`)."""
     squad_batch_size: int = Field(64, ge=1)
     """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
     The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
