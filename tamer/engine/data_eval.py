@@ -60,7 +60,9 @@ def prompts_and_references(prepared: Any, config: Any, limit: int) -> tuple[list
         if len(prompts) == limit:
             break
         if config.recipe == "chat":
-            messages, _ = chat.generation_prompt(record)
+            messages = chat.generation_prompt(record)
+            if messages is None or not record.answers:
+                continue
             ids = tokenizer.ids(prepared.template.render(messages, add_generation_prompt=True))
         else:
             ids = instruct.prompt_ids(record, tokenizer, config.prompt_template)

@@ -155,7 +155,7 @@ def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
     return any(start <= begin < end for start, end in spans)
 
 
-def generation_prompt(conversation: Conversation) -> tuple[list[dict[str, str]], str]:
-    """(the messages before the last assistant reply, that reply): what EM/F1 asks and expects."""
-    last = max(index for index, message in enumerate(conversation.messages) if message["role"] == "assistant")
-    return conversation.messages[:last], conversation.messages[last]["content"]
+def generation_prompt(conversation: Conversation) -> list[dict[str, str]] | None:
+    """The messages before the last assistant reply: what EM/F1 asks (None: no reply to ask for, under train_on: all)."""
+    replies = [index for index, message in enumerate(conversation.messages) if message["role"] == "assistant"]
+    return conversation.messages[:replies[-1]] if replies else None

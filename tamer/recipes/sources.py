@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import json
+import os
 import random
 from dataclasses import dataclass
 from importlib.resources import files
@@ -128,9 +129,10 @@ def _from_files(paths: list[Path], label: str) -> Rows:
     except Exception as error:  # datasets wraps the reader's error (pyarrow, pandas) in its own
         raise DataError(f"{label}: could not be read as {builder} ({_why_unreadable(paths, builder, error)})") from None
     rows = dataset.to_list()
-    if builder == "text":  # one document per file: name each row after its file
+    if builder == "text":  # one document per file: name each row after its file, from the folder given
+        root = paths[0].parent if len(paths) == 1 else Path(os.path.commonpath([str(path) for path in paths]))
         for row, path in zip(rows, paths):
-            row.setdefault("id", str(path.relative_to(paths[0].parent) if len(paths) == 1 else path.name))
+            row.setdefault("id", str(path.relative_to(root)))
     return Rows(rows, list(dataset.column_names), label)
 
 
