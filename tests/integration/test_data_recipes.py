@@ -100,3 +100,17 @@ def test_an_oom_in_a_chat_run_escalates_and_keeps_the_samples(chat_baseline, tmp
     assert [row["outcome"] for row in rows] == ["cuda_oom", "done"] and rows[1]["resumed_from_step"] == 4
     assert "escalate" in dict(events(tmp_path, run_id))
     assert sample_ids(tmp_path, run_id) == chat_baseline["samples"]
+
+
+def test_tamer_eval_and_compare_on_a_chat_run(chat_baseline):
+    """`tamer eval` of a chat run gives the validation loss training recorded for that step (same rows, same model) and,
+    with --em-f1, EM/F1 of the replies; `tamer compare` shows its validation loss."""
+    home, run_id = chat_baseline["home"], chat_baseline["run_id"]
+    result = tamer("eval", run_id, "--em-f1", "--limit", "4", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    ((recorded,),) = query(home, "SELECT eval_loss FROM evals WHERE run_id = ? AND step = ?", (run_id, STEPS))
+    assert abs(scores["eval_loss"] - recorded) < 1e-4 and scores["questions"] == 4 and 0 <= scores["f1"] <= 1
+    assert "validation" in dict(events(home, run_id))
+    compared = json.loads(tamer("compare", run_id, "--json", home=home).stdout)
+    assert compared[0]["final_eval_loss"] == recorded
