@@ -103,16 +103,17 @@ def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
-RECIPES = ("squad", "chat", "instruct", "text")
-
-
 def check_recipe(recipe: str) -> None:
-    """A one-line ConfigError for a recipe name tamer does not have."""
-    if recipe not in RECIPES:
-        import difflib
+    """A one-line ConfigError for a recipe name tamer does not have (the config's `recipe` values)."""
+    import difflib
+    import typing
 
-        close = difflib.get_close_matches(recipe, RECIPES, n=1)
-        raise ConfigError(f"recipe '{recipe}': unknown recipe; choose one of {', '.join(RECIPES)}" + (f"; did you mean {close[0]}?" if close else ""))
+    from tamer.config import RunConfig
+
+    recipes = typing.get_args(RunConfig.model_fields["recipe"].annotation)
+    if recipe not in recipes:
+        close = difflib.get_close_matches(recipe, recipes, n=1)
+        raise ConfigError(f"recipe '{recipe}': unknown recipe; choose one of {', '.join(recipes)}" + (f"; did you mean {close[0]}?" if close else ""))
 
 
 def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None,

@@ -22,7 +22,7 @@ import structlog
 import torch
 
 from tamer.config import DATA_KEYS, RunConfig
-from tamer.recipes import prepare, squad
+from tamer.recipes import prepare, squad, tokens
 from tamer.recipes.examples import scored_tokens
 
 log = structlog.get_logger("tamer.child")
@@ -104,8 +104,7 @@ class DataRecipe:
 
     def load_tokenizer(self) -> Any:
         """transformers' tokenizer of the same files (its pad token pads batches); examples use prepare's own."""
-        config = self.config
-        return squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+        return squad.load_tokenizer(tokens.tokenizer_source(self.config), self.config.model)
 
     def build_examples(self, tokenizer: Any) -> Examples:
         prepared = prepare.prepare(self.config)

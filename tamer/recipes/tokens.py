@@ -91,27 +91,22 @@ def load(name: str | None, model: str) -> TextTokenizer:
 def _hub_folder(repo: str, described: str, hint: str) -> Path:
     """The folder of the hub cache that holds `repo`'s tokenizer files (downloaded when missing)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    folder = None
-    for name in TOKENIZER_FILES:
-        try:
-            folder = Path(hf_hub_download(repo, name, local_files_only=offline_requested())).parent
-        except EntryNotFoundError:
-            continue  # optional files (the chat template file, the special tokens map)
-        except (OSError, ValueError) as error:
-            if name == "tokenizer.json" or not _missing_file(error):
-                raise hub_error(error, described, hint) from None
-    if folder is None:
-        raise ModelError(f"{described} has no tokenizer.json on the hub; tamer needs a fast tokenizer (pass {hint})")
-    return folder
-
-
-def _missing_file(error: BaseException) -> bool:
-    """Whether `error` says only that one file is absent (not the repository, not the network)."""
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    return isinstance(error, EntryNotFoundError) or (isinstance(error, LocalEntryNotFoundError) and "does not exist" in str(error))
+    try:
+        folder = Path(hf_hub_download(repo, TOKENIZER_FILES[0], local_files_only=offline_requested())).parent
+    except LocalEntryNotFoundError as error:  # not cached and no hub (a kind of EntryNotFoundError, so first)
+        raise hub_error(error, described, hint) from None
+    except EntryNotFoundError:
+        raise ModelError(f"{described} has no tokenizer.json on the hub; tamer needs a fast tokenizer (pass {hint})") from None
+    except (OSError, ValueError) as error:
+        raise hub_error(error, described, hint) from None
+    for name in TOKENIZER_FILES[1:]:  # optional: a repository has some of them; offline, those never fetched count as absent
+        try:
+            hf_hub_download(repo, name, local_files_only=offline_requested())
+        except (OSError, ValueError):
+            continue
+    return folder
 
 
 def _from_folder(folder: Path, described: str) -> TextTokenizer:
