@@ -81,9 +81,10 @@ def em_f1(model: Any, tokenizer: Any, config: Any, prepared: Any, device: torch.
     started = time.perf_counter()
     prompts, references = prompts_and_references(prepared, config, limit if limit is not None else config.eval.squad_samples)
     stop = end_of_turn(prepared.template) if prepared.template is not None else ""
+    stop_ids = prepared.tokenizer.ids(stop) if stop else []  # one token (<|eot_id|>, <|im_end|>): decoding stops there too
     with cudnn_attention_allowed(device, use_cudnn_attention(config.cudnn_attention, "generate")):
         answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
-                                               config.eval.squad_max_new_tokens, device)
+                                               config.eval.squad_max_new_tokens, device, stop_ids[0] if len(stop_ids) == 1 else None)
     if stop:
         answers = [answer.split(stop)[0].strip() for answer in answers]
     result = score(answers, references)

@@ -182,14 +182,16 @@ def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                     device: torch.device) -> tuple[list[str], int]:
+                     device: torch.device, also_stop_at: int | None = None) -> tuple[list[str], int]:
     """Greedy answers to `prompts` (in their order) and the batch size that fitted. Longest prompts
-    go first, so an OOM comes early; it halves the batch for the rest of the pass."""
+    go first, so an OOM comes early; it halves the batch for the rest of the pass. Decoding stops at
+    end-of-sequence, and at `also_stop_at` (a chat template's end-of-turn token) when given."""
     from transformers import GenerationConfig
 
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    stops = eos_id if also_stop_at in (None, eos_id) else [eos_id, also_stop_at]
     settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
+                                eos_token_id=stops, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     answers: list[str] = [""] * len(prompts)
     position = 0
@@ -205,8 +207,9 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch
                 torch.cuda.empty_cache()
             continue
         for index, tokens in zip(chunk, generated):
-            if eos_id in tokens:
-                tokens = tokens[:tokens.index(eos_id)]
+            ends = [position for position, token in enumerate(tokens) if token in (eos_id, also_stop_at)]
+            if ends:
+                tokens = tokens[:ends[0]]
             answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         position += len(chunk)
     return answers, batch_size

@@ -52,3 +52,25 @@ def test_the_validation_loss_is_the_mean_over_scored_tokens(tmp_path):
     scored = sum(sum(1 for label in example.labels[1:] if label != -100) for example in prepared.evaluation)
     assert whole["eval_tokens"] == split["eval_tokens"] == scored and abs(whole["eval_loss"] - split["eval_loss"]) < 1e-5
     assert 9 < whole["eval_loss"] < 12  # a random 32k-vocabulary model: about ln(32000) = 10.4
+
+
+def test_decoding_also_stops_at_the_end_of_turn_token():
+    """With an end-of-turn token, generation is told to stop there too and the reply is cut before it; without one
+    (SQuAD) only end-of-sequence stops it."""
+    from tamer.engine.result import generate_answers
+    from tamer.recipes.squad import load_tokenizer
+
+    tokenizer = load_tokenizer("bundled", "tiny")
+    paris, turn_end = tokenizer("Paris", add_special_tokens=False)["input_ids"], 28705
+    seen = []
+
+    class Fixed:
+        def generate(self, input_ids, attention_mask, generation_config):
+            seen.append(generation_config.eos_token_id)
+            new = torch.tensor([paris + [turn_end] + paris] * len(input_ids))
+            return torch.cat([input_ids, new], dim=1)
+
+    answers, _ = generate_answers(Fixed(), tokenizer, [[1, 5, 6]], 4, 8, torch.device("cpu"), also_stop_at=turn_end)
+    assert answers == ["Paris"] and seen[-1] == [tokenizer.eos_token_id, turn_end]
+    answers, _ = generate_answers(Fixed(), tokenizer, [[1, 5, 6]], 4, 8, torch.device("cpu"))
+    assert answers[0].startswith("Paris") and answers[0] != "Paris" and seen[-1] == tokenizer.eos_token_id
