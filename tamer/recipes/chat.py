@@ -134,8 +134,8 @@ def build_examples(conversations: list[Conversation], tokenizer: Any, template: 
         truncated = len(ids) > max_seq_len
         if truncated:
             if overlong == "error":
-                raise DataError(f"{label}: {row_name(conversation.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
-                                "raise max_seq_len, or set overlong: truncate or skip")
+                raise DataError(f"{label}: {row_name(conversation.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} "
+                                "(overlong: error); raise max_seq_len, or set overlong: truncate or skip")
             if overlong == "skip":
                 counts["skipped_too_long"] += 1
                 continue

@@ -177,8 +177,8 @@ def _from_hub(name: str, subset: str | None, split: str, label: str) -> Rows:
         what = f"split '{split}'" if "split" in reason.lower() else f"subset '{subset}'"
         raise DataError(f"{label}: {what}: {reason}") from None
     except OSError as error:
-        raise DataError(f"{label}: could not be loaded ({str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__}); "
-                        "pass a local file") from None
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise DataError(f"{label}: could not be loaded ({reason}); pass a local file") from None
     return Rows(dataset.to_list(), list(dataset.column_names), label)
 
 

@@ -40,4 +40,5 @@ def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.rows(json.loads(BUNDLED_DATA.read_text())["data"][:1], "Be brief.")[0][0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    chat_rows, _ = module.rows(json.loads(BUNDLED_DATA.read_text())["data"][:1], "Be brief.")
+    assert chat_rows[0]["messages"][0] == {"role": "system", "content": "Be brief."}
