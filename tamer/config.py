@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from tamer.errors import ConfigError
-from tamer.presets import PRESETS
+from tamer.presets import PRESETS, RECIPE_DEFAULTS
 from tamer.schema import Number, Schema, Seconds
 from tamer.units import ByteSize
 
@@ -54,6 +54,20 @@ FOREIGN_NAMES = {
 }
 
 
+DATA_KEYS = {
+    "eval_data": ("chat", "instruct", "text"),
+    "split": ("chat", "instruct", "text"),
+    "eval_split": ("chat", "instruct", "text"),
+    "validation_split": ("chat", "instruct", "text"),
+    "columns": ("chat", "instruct", "text"),
+    "chat_template": ("chat",),
+    "train_on": ("chat",),
+    "prompt_template": ("instruct",),
+    "overlong": ("chat", "instruct"),
+}
+"""The keys only some recipes read (tamer/recipes/prepare.py), and which."""
+
+
 class LoraConfig(Schema):
     """LoRA adapters (peft), used once the `lora` rung is applied."""
 
@@ -70,17 +84,22 @@ class LoraConfig(Schema):
 
 
 class EvalConfig(Schema):
-    """SQuAD evaluation by generation (tamer/engine/result.py): greedy answers to held-out questions, EM and F1."""
+    """SQuAD evaluation by generation (tamer/engine/result.py): greedy answers to held-out questions, EM and F1
+    (also the chat and instruct recipes' replies with `em_f1`)."""
 
     squad_every: int | None = None
     """null = once, after the last step (a child process after the run), and on demand with `tamer eval`; N = also every N steps during training (single process only); each pass costs about squad_samples x squad_max_new_tokens decoding steps."""
     squad_samples: int = Field(256, ge=0)
-    """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation."""
+    """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation.
+    Also the validation rows of a chat or instruct EM/F1 pass (`em_f1`)."""
     squad_batch_size: int = Field(64, ge=1)
     """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
     The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
     squad_max_new_tokens: int = Field(32, ge=1)
     """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
+    em_f1: bool = False
+    """chat and instruct: also score exact match and F1 (SQuAD's scorer) of greedy replies to up to squad_samples validation
+    rows after the run and in `tamer eval`, against a row's `answers` or its last assistant turn / completion; for short answers."""
 
     @model_validator(mode="after")
     def _every(self) -> EvalConfig:
@@ -236,8 +255,9 @@ class DistributedConfig(Schema):
 class RunConfig(Schema):
     """One training run, as the user asked for it."""
 
-    recipe: Literal["squad"] = "squad"
-    """Which recipe trains (only `squad` today)."""
+    recipe: Literal["squad", "chat", "instruct", "text"] = "squad"
+    """Which recipe trains: `squad` (SQuAD v1.1 questions), `chat` (conversations with a chat template), `instruct`
+    (prompt/completion pairs), `text` (plain documents); the command's first argument (`tamer run chat`)."""
     preset: str = "llama-3.2-1b"
     """The preset this config started from."""
     model: str = "meta-llama/Llama-3.2-1B"
@@ -249,7 +269,32 @@ class RunConfig(Schema):
     tokenizer: str | None = None
     """Hub id or directory of the tokenizer; null = the model's; `bundled` = the Mistral-v1 tokenizer shipped with tamer."""
     data: str | None = None
-    """null = `rajpurkar/squad` from the hub; `bundled` = the SQuAD slice shipped with tamer; else a SQuAD v1.1 JSON file."""
+    """squad: null = `rajpurkar/squad` from the hub, `bundled` = the SQuAD slice shipped with tamer, else a SQuAD v1.1 JSON
+    file. chat, instruct, text: a .jsonl/.json/.parquet/.csv file (.txt for text), a folder of them, `hub:NAME[:SUBSET]`,
+    or `bundled` (the recipe's sample shipped with tamer)."""
+    eval_data: str | None = None
+    """chat, instruct, text: validation rows from another source (the forms of `data`), every row of it; null = rows held
+    out of `data` (`validation_split`, else `eval_samples`)."""
+    split: str = "train"
+    """chat, instruct, text: the split of a hub dataset (`data: hub:NAME`) to train on."""
+    eval_split: str = "validation"
+    """chat, instruct, text: the split of a hub dataset given as `eval_data`."""
+    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = None
+    """chat, instruct, text: hold out this fraction of `data`'s rows (seeded by `seed`: the same rows on every attempt)
+    instead of `eval_samples` rows."""
+    columns: dict[str, str] | None = None
+    """chat, instruct, text: which of the data's columns hold what, e.g. {prompt: question, completion: answer}. Keys:
+    chat messages, answers; instruct prompt, completion, input, answers; text text."""
+    chat_template: str | None = None
+    """chat: a Jinja template file or a built-in (`chatml`); null = the tokenizer's own (an error when it has none)."""
+    train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
+    """chat: which tokens the loss scores: every assistant turn, every token, or the last assistant turn."""
+    prompt_template: str | None = None
+    """instruct: the text around each prompt, with `{prompt}` and optionally `{input}`; null = `### Instruction:\n{prompt}\n\n
+    ### Response:\n` (and `### Input:\n{input}\n\n` before the response for a row with an input)."""
+    overlong: Literal["truncate", "skip", "error"] = "truncate"
+    """chat, instruct: an example over max_seq_len keeps its first max_seq_len tokens or is skipped (both counted in the
+    `data` event), or is an error before the run is registered."""
     max_seq_len: int = Field(512, ge=1)
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
     compile: bool | Literal["auto"] = "auto"
@@ -405,7 +450,24 @@ class RunConfig(Schema):
         from tamer.inject import parse_faults
 
         parse_faults(self.inject)
+        self._data_keys()
         return self
+
+    def _data_keys(self) -> None:
+        """Keys of the data recipes set where the recipe reads none of them: an error, not a silent no-op."""
+        defaults = type(self).model_fields
+        for name, recipes in DATA_KEYS.items():
+            if self.recipe not in recipes and getattr(self, name) != defaults[name].default:
+                raise ConfigError(f"{name}: applies to the {' and '.join(recipes)} recipe{'s' if len(recipes) > 1 else ''}, "
+                                  f"not {self.recipe}; remove it")
+        if self.eval_data is not None and self.validation_split is not None:
+            raise ConfigError("validation_split: eval_data already gives the validation rows; set one of them")
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ConfigError("prompt_template: has no {prompt} placeholder; write where the prompt goes, e.g. "
+                              "'Question: {prompt}\nAnswer: '")
+        if self.eval.em_f1 and self.recipe not in ("chat", "instruct"):
+            raise ConfigError(f"eval.em_f1: scores chat and instruct replies; the {self.recipe} recipe "
+                              + ("is scored by eval.squad_samples" if self.recipe == "squad" else "has only the validation loss"))
 
     @property
     def batching_mode(self) -> str:
@@ -446,6 +508,9 @@ class RunConfig(Schema):
                      "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
                      "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps"):
             data.pop(name)
+        for name in DATA_KEYS:  # unset, as in every config before these keys existed: the hash stays what it was
+            if data[name] == type(self).model_fields[name].default:
+                data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -510,15 +575,16 @@ def build_config(
                           "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)")
     data: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     data["preset"] = preset
-    if config_file is not None:
-        file_data = load_yaml(config_file)
-        if "preset" in file_data and file_data["preset"] != preset:
-            other = file_data.pop("preset")
-            if other not in PRESETS:
-                raise ConfigError(f"preset: unknown preset '{other}'; choose one of {', '.join(PRESETS)}")
-            data = json.loads(json.dumps(PRESETS[other]))
-            data["preset"] = other
-        data.update(file_data)
+    file_data = load_yaml(config_file) if config_file is not None else {}
+    if "preset" in file_data and file_data["preset"] != preset:
+        other = file_data.pop("preset")
+        if other not in PRESETS:
+            raise ConfigError(f"preset: unknown preset '{other}'; choose one of {', '.join(PRESETS)}")
+        data = json.loads(json.dumps(PRESETS[other]))
+        data["preset"] = other
+    recipe = (options or {}).get("recipe") or file_data.get("recipe") or "squad"
+    data.update(json.loads(json.dumps(RECIPE_DEFAULTS.get(data["preset"], {}).get(recipe, {}))))
+    data.update(file_data)
     for key, value in (options or {}).items():
         if value is not None:
             _set_path(data, key, value)

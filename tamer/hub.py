@@ -3,7 +3,8 @@
 `tamer run` and `tamer submit` call `check_sources(config)` before a run is registered:
 - the model must be a causal language model (its config.json names a `...ForCausalLM` or
   `...LMHeadModel` architecture): a BERT is refused in preflight with one line, never started and retried;
-- without the hub (no network, or HF_HUB_OFFLINE=1) a model, tokenizer or dataset that is not cached
+- without the hub (no network, or HF_HUB_OFFLINE=1) a model, tokenizer or dataset (SQuAD's, or a
+  `hub:NAME` source of the chat, instruct and text recipes) that is not cached
   fails in about PROBE_SECONDS with the usual one-line message, instead of the ~25 s of retries per file
   that huggingface_hub spends on each of them; when everything needed is cached, the run goes on offline.
 The probe is one TCP connection to the hub's host (or to the HTTPS proxy), so it costs milliseconds online.
@@ -23,6 +24,8 @@ from typing import Any
 from tamer.errors import DataError, ModelError
 
 HUB_DATASET = "rajpurkar/squad"
+HUB_SOURCE = "hub:"
+"""How the chat, instruct and text recipes name a hub dataset: `--data hub:NAME[:SUBSET]`."""
 PROBE_SECONDS = 5.0
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -44,15 +47,22 @@ def looks_local(name: str) -> bool:
 
 def needs(config: Any) -> list[HubNeed]:
     """The hub repositories `config` reads: the model (pretrained weights, or its tokenizer), a hub
-    tokenizer, the SQuAD dataset when no --data is given."""
+    tokenizer, the SQuAD dataset when a squad run gives no --data, a `hub:NAME` data or eval_data."""
     wanted = []
     model_needed = config.init == "pretrained" or config.tokenizer is None
     if model_needed and not looks_local(config.model):
         wanted.append(HubNeed(f"model {config.model}", config.model, "model", "--model PATH"))
     if config.tokenizer not in (None, "bundled") and not looks_local(config.tokenizer):
         wanted.append(HubNeed(f"tokenizer {config.tokenizer}", config.tokenizer, "model", "--set tokenizer=PATH"))
-    if config.data is None:
-        wanted.append(HubNeed(f"data {HUB_DATASET}", HUB_DATASET, "dataset", "--data PATH with a local SQuAD v1.1 JSON file (or --data bundled)"))
+    if config.recipe == "squad":
+        if config.data is None:
+            wanted.append(HubNeed(f"data {HUB_DATASET}", HUB_DATASET, "dataset", "--data PATH with a local SQuAD v1.1 JSON file (or --data bundled)"))
+        return wanted
+    for option in ("data", "eval_data"):
+        source = getattr(config, option)
+        if isinstance(source, str) and source.startswith(HUB_SOURCE):
+            name = source[len(HUB_SOURCE):].partition(":")[0]
+            wanted.append(HubNeed(f"{option} {source}", name, "dataset", f"--{option.replace('_', '-')} with a local file"))
     return wanted
 
 

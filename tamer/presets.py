@@ -1,9 +1,11 @@
 """Presets: the starting configs `--preset NAME` names, as plain config keys (tamer/config.py validates them).
 
     tamer run squad --preset tiny        # a two-layer random Llama on the bundled SQuAD slice, CPU-sized
+    tamer run chat --preset tiny         # the same model on the bundled chat sample, rendered with ChatML
 
 A preset is the first layer of a config: the YAML file (`--config`), command-line options and `--set`
-go over it. Adding one is adding an entry to PRESETS.
+go over it. Adding one is adding an entry to PRESETS. RECIPE_DEFAULTS holds a preset's keys for one recipe
+only, applied over the preset when that recipe runs (and under the YAML file and the options).
 """
 
 from __future__ import annotations
@@ -64,4 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 10,
         "eval": {"squad_samples": 16, "squad_max_new_tokens": 16},
     },
+}
+
+RECIPE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # The bundled Mistral-v1 tokenizer has no chat template: the tiny preset's chat runs render ChatML.
+    "tiny": {"chat": {"chat_template": "chatml"}},
 }

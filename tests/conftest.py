@@ -1,12 +1,19 @@
-"""Shared test setup: GPU tests skip cleanly without CUDA; hub access is off for every test."""
+"""Shared test setup: GPU tests skip cleanly without CUDA; hub access is off for every test; the Arrow copies
+`datasets` makes of data files go to a temporary folder (this session's, its processes' too), not the user's cache."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if "HF_DATASETS_CACHE" not in os.environ:
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tamer-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)
 
 
 def pytest_collection_modifyitems(config, items):

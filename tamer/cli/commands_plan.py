@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console
+from tamer.cli.common import DataOption, HomeOption, JsonOption, _fail, _print_json, app, check_recipe, console
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
 from tamer.planner.calibrate import Observation, correction_factor, observations
@@ -109,15 +109,16 @@ def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation
 
 @app.command("plan")
 def plan_command(
-    recipe: Annotated[str, typer.Argument(help="Recipe to plan for (squad).")] = "squad",
+    recipe: Annotated[str, typer.Argument(help="Recipe to plan for: squad, chat, instruct or text (these three measure --data).")] = "squad",
     preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b or tiny.")] = "llama-3.2-1b",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set micro_batch_size=4 (repeatable).")] = None,
+    data: DataOption = None,
     gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="The card's memory, e.g. 16GiB (default: the GPU's, via NVML).")] = None,
     gpu_mem_cap: Annotated[Optional[str], typer.Option("--gpu-mem-cap", help="Cap PyTorch's allocator, as `tamer run --gpu-mem-cap` (default: the config's).")] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")] = None,
-    tokens_per_sequence: Annotated[Optional[int], typer.Option(help="Tokens computed per sequence on average, for speed (default: SQuAD's mean under the config's batching).")] = None,
+    tokens_per_sequence: Annotated[Optional[int], typer.Option(help="Tokens computed per sequence on average, for speed (default: the data's mean, SQuAD's for squad, under the config's batching).")] = None,
     supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (sets planner.supervised_per_sequence; default: the config's).")] = None,
     logits: Annotated[str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")] = "supervised",
     padded: Annotated[bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")] = True,
@@ -145,20 +146,25 @@ def plan_command(
     from tamer.config import build_config
 
     try:
-        if recipe != "squad":
-            raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
+        check_recipe(recipe)
         if logits not in ("supervised", "all"):
             raise ConfigError(f"--logits {logits}: expected supervised or all")
         overrides = {"gpu_mem_cap": gpu_mem_cap, "planner.allow_lora": allow_lora, "planner.allow_quantization": allow_quantization,
                      "planner.allow_pure_bf16": allow_pure_bf16, "planner.min_micro_batch": min_micro_batch,
-                     "planner.safety_margin": safety_margin, "planner.supervised_per_sequence": supervised_per_sequence}
+                     "planner.safety_margin": safety_margin, "planner.supervised_per_sequence": supervised_per_sequence,
+                     "recipe": recipe, "data": data}
         run_config = build_config(preset, config, overrides, set_ or [])
+        measured = None
+        if recipe != "squad":  # sized on this data's token lengths, as `tamer run` plans it
+            from tamer.recipes.prepare import prepare
+
+            measured = prepare(run_config).profile
         facts = _device(gpu_mem, bf16)
         if facts.total_memory is None and run_config.gpu_mem_cap is None:
             raise ConfigError("no GPU found through NVML: pass --gpu-mem SIZE (the card's memory, e.g. 16GiB)")
         budget = device_budget(facts.total_memory, run_config.gpu_mem_cap)
         policy = PlannerPolicy.from_config(run_config)
-        workload = Workload.from_config(run_config, sequence_length=seq_len, supervised_per_sequence=policy.supervised_per_sequence,
+        workload = Workload.from_config(run_config, data=measured, sequence_length=seq_len, supervised_per_sequence=policy.supervised_per_sequence,
                                         logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
         shape = shape_of(run_config)
         past = _past(home, shape, facts)

@@ -16,6 +16,7 @@ from tamer import output
 from tamer.cli.common import (
     ConfigOption,
     DataOption,
+    EvalDataOption,
     DeviceOption,
     GpuMemCapOption,
     HomeOption,
@@ -56,6 +57,7 @@ def submit(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
+    eval_data: EvalDataOption = None,
     init: InitOption = None,
     max_steps: MaxStepsOption = None,
     micro_batch_size: MicroBatchOption = None,
@@ -76,12 +78,12 @@ def submit(
     from tamer.daemon.queue import submit as submit_run
 
     try:
-        options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
+        options = {"model": model, "data": data, "eval_data": eval_data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
                    "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus}
-        run_config = build_run_config(recipe, preset, config, set_, options)
+        run_config, data_profile = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
-        run_id, position = submit_run(resolved, run_config)
+        run_id, position = submit_run(resolved, run_config, data_profile)
     except TamerError as error:
         _fail(error)
     typer.echo(run_id)

@@ -83,14 +83,16 @@ def export_command(
 def eval_command(
     run_id: RunArgument,
     step: StepOption = None,
-    data: Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="squad: a SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out. chat, instruct, text: a source in the recipe's format, every row of it.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Answer at most this many questions (default: config eval.squad_samples).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Questions decoded together (default: config eval.squad_batch_size); an OOM halves it.")] = None,
+    em_f1: Annotated[bool, typer.Option("--em-f1", help="chat, instruct: also exact match and F1 of greedy replies (as eval.em_f1).")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """SQuAD exact match and F1 of a checkpoint by greedy generation on held-out questions, with the
-    training prompt; the scores are stored (tamer show, runs, report, compare).
+    training prompt; the scores are stored (tamer show, runs, report, compare). chat, instruct and text
+    runs: the validation loss, and with --em-f1 (chat, instruct) EM and F1 of the replies.
 
     Example: tamer eval squad-20261125-201500-ab12 --limit 200
     """
@@ -103,9 +105,10 @@ def eval_command(
 
                 raise ConfigError(f"{name} {value}: must be >= 1")
         full_id, run_dir = _run_folder(home, run_id)
-        arguments = ["--eval"] + (["--step", str(step)] if step is not None else [])
+        arguments = ["--eval"] + (["--step", str(step)] if step is not None else []) + (["--em-f1"] if em_f1 else [])
         if data is not None:
-            arguments += ["--data", str(Path(data).expanduser().resolve()) if data != "bundled" else data]
+            local = data != "bundled" and not data.startswith("hub:")
+            arguments += ["--data", str(Path(data).expanduser().resolve()) if local else data]
         if limit is not None:
             arguments += ["--limit", str(limit)]
         if batch_size is not None:
@@ -117,6 +120,11 @@ def eval_command(
     if as_json:
         _print_json({"run_id": full_id, "step": summary["step"], "plan": summary["plan"], "device": summary["device"], **result})
         return
+    if "eval_loss" in result:
+        console.print(f"{full_id} step {summary['step']}: validation loss {result['eval_loss']:.4f} on {result['eval_samples']} "
+                      f"{result['data']} examples ({result['eval_tokens']:,} scored tokens, {summary['device']})", highlight=False)
+        if "exact_match" not in result:
+            return
     console.print(f"{full_id} step {summary['step']}: exact match {result['exact_match']:.3f}, F1 {result['f1']:.3f} on "
                   f"{result['questions']} {result['data']} questions ({result['seconds']:.1f} s, "
                   f"{result['questions_per_second'] or 0:.1f} questions/s, batch {result['batch_size']}, {summary['device']})",

@@ -17,6 +17,7 @@ from tamer import output
 from tamer.cli.common import (
     ConfigOption,
     DataOption,
+    EvalDataOption,
     DeviceOption,
     GpuMemCapOption,
     GpusOption,
@@ -124,6 +125,7 @@ def run(
     set_: SetOption = None,
     model: ModelOption = None,
     data: DataOption = None,
+    eval_data: EvalDataOption = None,
     init: InitOption = None,
     max_steps: MaxStepsOption = None,
     micro_batch_size: MicroBatchOption = None,
@@ -139,20 +141,21 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="Supervise in the background (log: runs/<id>/supervisor.log); print the run id and return.")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Train a recipe under supervision; prints the run id first, exits 0 when the run completes.
+    """Train a recipe under supervision; prints the run id first, exits 0 when the run completes. Recipes:
+    squad (SQuAD v1.1), chat (conversations), instruct (prompt/completion), text (documents) on --data.
 
-    Example: tamer run squad --preset tiny --max-steps 30
+    Example: tamer run chat --preset tiny --max-steps 30
     """
     from tamer.daemon.supervisor import create_run
 
     try:
-        options = {"model": model, "data": data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
+        options = {"model": model, "data": data, "eval_data": eval_data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
                    "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
                    "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus,
                    "distributed.nnodes": nnodes, "distributed.rdzv_endpoint": rdzv_endpoint}
-        run_config = build_run_config(recipe, preset, config, set_, options)
+        run_config, data_profile = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
-        run_id = create_run(resolved, run_config)
+        run_id = create_run(resolved, run_config, data_profile)
         typer.echo(run_id)
         if detach:
             from tamer.daemon.queue import detach_run

@@ -39,12 +39,16 @@ err_console = Console(stderr=True, markup=False)
 HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $TAMER_HOME or ~/.tamer).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 # Options shared by `run` and `submit`.
-RecipeArgument = Annotated[str, typer.Argument(help="Recipe to train (squad).")]
+RecipeArgument = Annotated[str, typer.Argument(help="Recipe to train: squad, chat, instruct or text.")]
 PresetOption = Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")]
 ModelOption = Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")]
-DataOption = Annotated[Optional[str], typer.Option(help="SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub).")]
+DataOption = Annotated[Optional[str], typer.Option(help="squad: a SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub). "
+                                                         "chat, instruct, text: a .jsonl/.json/.parquet/.csv/.txt file, a folder, "
+                                                         "hub:NAME[:SUBSET], or bundled.")]
+EvalDataOption = Annotated[Optional[str], typer.Option("--eval-data", help="chat, instruct, text: validation rows from another "
+                                                                            "source (default: held out of --data).")]
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")]
 GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")]
 HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
@@ -111,25 +115,63 @@ def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
-def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]) -> Any:
-    """The checked RunConfig from `run`/`submit` options (None = not given), preflight included."""
+def check_recipe(recipe: str) -> None:
+    """A one-line ConfigError for a recipe name tamer does not have (the config's `recipe` values)."""
+    import difflib
+    import typing
+
+    from tamer.config import RunConfig
+
+    recipes = typing.get_args(RunConfig.model_fields["recipe"].annotation)
+    if recipe not in recipes:
+        close = difflib.get_close_matches(recipe, recipes, n=1)
+        raise ConfigError(f"recipe '{recipe}': unknown recipe; choose one of {', '.join(recipes)}" + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None,
+                     options: dict[str, Any]) -> tuple[Any, Any]:
+    """(the checked RunConfig, its data's token lengths or None) from `run`/`submit` options (None = not given),
+    preflight included."""
     from tamer.config import build_config
 
+    check_recipe(recipe)
+    run_config = build_config(preset, config_file, {**options, "recipe": recipe}, overrides or [])
     if recipe != "squad":
-        raise ConfigError(f"recipe '{recipe}': unknown recipe; the only recipe is squad")
-    run_config = build_config(preset, config_file, options, overrides or [])
-    _preflight(run_config)
-    return run_config
+        run_config = _absolute_paths(run_config)
+    return run_config, _preflight(run_config)
 
 
-def _preflight(config: Any) -> None:
-    """Checks that cost milliseconds and catch bad input before a run is registered."""
-    from tamer.recipes import squad
+def _absolute_paths(config: Any) -> Any:
+    """Local paths made absolute, so that a queued or detached run reads what was meant from any directory."""
+    from tamer.recipes.chat_templates import BUILT_IN
 
-    if config.data not in (None, "bundled"):
-        squad.load_records(config.data)
+    named = {"bundled", *BUILT_IN}  # names, not paths (a hub:NAME source is never a path either)
+    changed = {name: str(Path(value).expanduser().resolve()) for name in ("data", "eval_data", "chat_template")
+               if isinstance(value := getattr(config, name), str) and value not in named and not value.startswith("hub:")
+               and Path(value).expanduser().exists()}
+    return config.model_copy(update=changed) if changed else config
+
+
+def _preflight(config: Any) -> Any:
+    """Checks that catch bad input before a run is registered: milliseconds for squad; for chat, instruct and
+    text every row is read and tokenized (tamer/recipes/prepare.py), which also measures the token lengths the
+    planner sizes plans on (returned; None for squad, planned on SQuAD's figures)."""
     from tamer.hub import check_sources
 
-    if check_sources(config):  # hub unreachable, all it needs cached: its children must not wait on the network
+    if config.recipe == "squad":
+        from tamer.recipes import squad
+
+        if config.data not in (None, "bundled"):
+            squad.load_records(config.data)
+        _go_offline(check_sources(config))
+        return None
+    _go_offline(check_sources(config))
+    from tamer.recipes.prepare import prepare
+
+    return prepare(config).profile
+
+
+def _go_offline(offline: bool) -> None:
+    if offline:  # hub unreachable, all it needs cached: its children must not wait on the network
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         typer.echo("note: the hub is unreachable; using the cached copies of the model, tokenizer and data (HF_HUB_OFFLINE=1)", err=True)

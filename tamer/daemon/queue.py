@@ -119,9 +119,9 @@ def supervisor_pid(run: dict[str, Any]) -> int | None:
 # --- the queue --------------------------------------------------------------------------------------
 
 
-def submit(home: Home, config: RunConfig) -> tuple[str, int]:
+def submit(home: Home, config: RunConfig, data_profile: Any = None) -> tuple[str, int]:
     """Register a run and append it to the queue; returns its id and its place among the waiting (1 = next)."""
-    run_id = create_run(home, config)
+    run_id = create_run(home, config, data_profile)
     db = Database(home.db_path)
     try:
         queries.enqueue(db, run_id, time.time())

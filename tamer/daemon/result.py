@@ -61,9 +61,11 @@ def run_result_child(run_dir: Path, arguments: list[str], timeout: float | None 
 
 
 def after_run_arguments(config: RunConfig, run_dir: Path) -> list[str]:
-    """What to do once a run completes: evaluate (held-out questions to score), export (export.enabled)."""
+    """What to do once a run completes: evaluate (squad: held-out questions to score; chat and instruct: with
+    eval.em_f1; text: never, training recorded its validation loss), export (export.enabled)."""
     arguments = []
-    if min(config.eval.squad_samples, config.eval_samples) > 0:  # no held-out questions: nothing to score
+    held_out = config.eval_samples > 0 if config.recipe == "squad" else config.eval.em_f1
+    if config.eval.squad_samples > 0 and held_out:  # no held-out questions: nothing to score
         arguments.append("--eval")
     if config.export.enabled:
         arguments += ["--export", str(run_dir / "export")]

@@ -71,14 +71,16 @@ def new_run_id(recipe: str) -> str:
     return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def create_run(home: Home, config: RunConfig) -> str:
-    """Register a run (status `queued`) and write its folder; returns its id."""
+def create_run(home: Home, config: RunConfig, data_profile: Any = None) -> str:
+    """Register a run (status `queued`) and write its folder; returns its id. `data_profile` (the token lengths
+    preflight measured, tamer/recipes/profile.py) goes into run.json, where the planner reads it."""
     db = Database(home.db_path)
     config = config.with_threads_fixed()
     run_id = new_run_id(config.recipe)
     run_dir = home.run_dir(run_id)
     (run_dir / "plans").mkdir(parents=True)
-    write_json_atomic(run_dir / "run.json", {"run_id": run_id, "db_path": str(home.db_path), "config": config.to_dict()})
+    spec = {"run_id": run_id, "db_path": str(home.db_path), "config": config.to_dict()}
+    write_json_atomic(run_dir / "run.json", {**spec, "data_profile": data_profile.to_dict()} if data_profile is not None else spec)
     db.insert_run({
         "id": run_id, "recipe": config.recipe, "preset": config.preset, "status": "queued",
         "config_json": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
@@ -86,7 +88,9 @@ def create_run(home: Home, config: RunConfig) -> str:
         "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
         "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
-    db.event(run_id, "created", f"run created from preset {config.preset}", config=config.to_dict())
+    measured = {"data_profile": data_profile.to_dict()} if data_profile is not None else {}
+    db.event(run_id, "created", f"run created from preset {config.preset}"
+             + (f"; data: {data_profile.describe()}" if data_profile is not None else ""), config=config.to_dict(), **measured)
     db.close()
     return run_id
 
@@ -184,7 +188,6 @@ class Supervisor:
         """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
         from tamer.planner.calibrate import correction_factor, observations
         from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
-        from tamer.planner.estimate import Workload
 
         policy = PlannerPolicy.from_config(self.config)
         shape = shape_of(self.config)
@@ -194,8 +197,7 @@ class Supervisor:
             budget = min(budget, self.deescalation.squeezed_budget)
         choice = choose(self.config, self.facts, budget, policy,
                         exclude={plan_key(plan) for plan in failed_plans}, oom_hint=list(oom_hints) or None,
-                        workload=Workload.from_config(self.config, supervised_per_sequence=policy.supervised_per_sequence),
-                        correction=correction)
+                        workload=self._workload(), correction=correction)
         if choice is not None:
             self.db.event(self.run_id, "planner", choice.reason, plan=choice.plan.to_dict(), predicted=choice.predicted.to_dict(),
                           correction=correction)
@@ -336,12 +338,11 @@ class Supervisor:
             return None
         from tamer.planner.calibrate import correction_factor, observations
         from tamer.planner.candidates import shape_of
-        from tamer.planner.estimate import Workload, estimate
+        from tamer.planner.estimate import estimate
 
         shape = shape_of(self.config)
-        workload = Workload.from_config(self.config, supervised_per_sequence=self.config.planner.supervised_per_sequence)
         correction = correction_factor(observations(self.db, shape, self.facts.name))
-        return estimate(shape, plan, workload).with_correction(correction).reserved
+        return estimate(shape, plan, self._workload()).with_correction(correction).reserved
 
     def _managed_bytes(self, plan: Plan) -> int:
         """The child's CUDA managed memory by the planner's estimate: a paged optimizer's moments (0 for the
@@ -349,10 +350,18 @@ class Supervisor:
         if plan.optimizer != "paged_adamw_8bit" or not self.config.architecture:
             return 0
         from tamer.planner.candidates import shape_of
-        from tamer.planner.estimate import Workload, estimate
+        from tamer.planner.estimate import estimate
 
-        workload = Workload.from_config(self.config, supervised_per_sequence=self.config.planner.supervised_per_sequence)
-        return estimate(shape_of(self.config), plan, workload).pageable
+        return estimate(shape_of(self.config), plan, self._workload()).pageable
+
+    def _workload(self) -> Any:
+        """What the planner sizes a micro-batch on: this run's data as preflight measured it (chat, instruct, text:
+        run.json's data_profile), else SQuAD's figures (tamer/planner/estimate.py)."""
+        from tamer.planner.estimate import Workload
+        from tamer.recipes import profile
+
+        return Workload.from_config(self.config, data=profile.read(self.run_dir),
+                                    supervised_per_sequence=self.config.planner.supervised_per_sequence)
 
     # --- the child ------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from tamer.engine.collate import pad_batch
-from tamer.recipes import squad
+from tamer.recipes.examples import IGNORE_INDEX, Example
 
 Mode = Literal["longest", "max_len", "bucket", "packed"]
 MODES: tuple[str, ...] = ("longest", "max_len", "bucket", "packed")
@@ -53,7 +53,7 @@ def bucket_length(longest: int, multiple: int, max_seq_len: int) -> int:
     return max(longest, min(round_up(longest, multiple), max_seq_len))
 
 
-def pack(examples: list[squad.Example], pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
+def pack(examples: list[Example], pad_id: int, multiple: int) -> dict[str, torch.Tensor]:
     """`examples` in one row of input_ids, labels and restarted position_ids, padded to a multiple of `multiple`."""
     input_ids: list[int] = []
     labels: list[int] = []
@@ -64,7 +64,7 @@ def pack(examples: list[squad.Example], pad_id: int, multiple: int) -> dict[str,
         positions += range(len(example.input_ids))
     padding = round_up(len(input_ids), multiple) - len(input_ids)
     input_ids += [pad_id] * padding
-    labels += [squad.IGNORE_INDEX] * padding
+    labels += [IGNORE_INDEX] * padding
     positions += range(padding)  # a segment of its own: attends only to itself and is never scored
     return {
         "input_ids": torch.tensor([input_ids], dtype=torch.int64),
@@ -73,7 +73,7 @@ def pack(examples: list[squad.Example], pad_id: int, multiple: int) -> dict[str,
     }
 
 
-def collate(examples: list[squad.Example], mode: Mode, pad_id: int, max_seq_len: int, multiple: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], mode: Mode, pad_id: int, max_seq_len: int, multiple: int) -> dict[str, torch.Tensor]:
     """The tensors of one micro-batch in `mode` (see the module docstring)."""
     if mode == "packed":
         return pack(examples, pad_id, multiple)
@@ -83,7 +83,7 @@ def collate(examples: list[squad.Example], mode: Mode, pad_id: int, max_seq_len:
     return {name: value for name, value in collated.items() if isinstance(value, torch.Tensor)}
 
 
-def build(examples: list[squad.Example], sample_ids: list[int], size: int, mode: Mode, pad_id: int,
+def build(examples: list[Example], sample_ids: list[int], size: int, mode: Mode, pad_id: int,
           max_seq_len: int, multiple: int) -> list[MicroBatch]:
     """`sample_ids` cut into micro-batches of `size` samples, in order, each collated in `mode` (on the CPU)."""
     out = []

@@ -1,6 +1,6 @@
 """Examples into tensors: the torch half of a recipe, run only in the child (tamer/engine/).
 
-The recipe (tamer/recipes/squad.py) turns records into token ids and labels without torch, so that
+A recipe (tamer/recipes/) turns records into token ids and labels without torch, so that
 the supervisor can check data before a run starts without importing it; `pad_batch` makes a
 right-padded batch of them, and tamer/engine/batching.py builds the micro-batches of a step on it.
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tamer.recipes.squad import IGNORE_INDEX, Example
+from tamer.recipes.examples import IGNORE_INDEX, Example
 
 
 def pad_batch(examples: list[Example], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The recipe interface: what the training loop needs from a task, the SQuAD recipe, and the examples cache.
+"""The recipe interface: what the training loop needs from a task, the recipes, and the examples cache.
 
 A recipe turns the run's config into a tokenizer and tokenized train and validation examples, counts the
 tokens the loss scores in an example, and may score the model its own way between steps. The loop
-(tamer/engine/trainer.py) sees only `Recipe`; a second task is a class beside `SquadRecipe` and an entry
-in RECIPES under the config's `recipe` name, with no change to the loop. Examples are token ids and
+(tamer/engine/trainer.py) sees only `Recipe`; a task is a class and an entry in RECIPES under the config's
+`recipe` name, with no change to the loop: `SquadRecipe`, and `DataRecipe` for chat, instruct and text
+(their torch-free pipeline, tamer/recipes/prepare.py, is the one preflight ran). Examples are token ids and
 labels (IGNORE_INDEX where not scored); tamer/engine/batching.py pads or packs them into micro-batches.
 """
 
@@ -20,8 +21,9 @@ from typing import Any, Protocol
 import structlog
 import torch
 
-from tamer.config import RunConfig
-from tamer.recipes import squad
+from tamer.config import DATA_KEYS, RunConfig
+from tamer.recipes import prepare, squad, tokens
+from tamer.recipes.examples import scored_tokens
 
 log = structlog.get_logger("tamer.child")
 
@@ -91,7 +93,31 @@ class SquadRecipe:
         result.evaluate_during_training(trainer)
 
 
-RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {"squad": SquadRecipe}
+class DataRecipe:
+    """chat, instruct and text: the user's rows through tamer/recipes/prepare.py; validation loss only in the loop
+    (EM/F1 of replies, `eval.em_f1`, runs after the run in tamer/engine/result.py)."""
+
+    score_every = None
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def load_tokenizer(self) -> Any:
+        """transformers' tokenizer of the same files (its pad token pads batches); examples use prepare's own."""
+        return squad.load_tokenizer(tokens.tokenizer_source(self.config), self.config.model)
+
+    def build_examples(self, tokenizer: Any) -> Examples:
+        prepared = prepare.prepare(self.config)
+        return Examples(prepared.train, prepared.evaluation, prepared.summary, {**prepared.detail, "profile": prepared.profile.to_dict()})
+
+    def supervised_tokens(self, example: Any) -> int:
+        return scored_tokens(example)
+
+    def score(self, trainer: Any) -> None:
+        raise NotImplementedError("score_every is None: the data recipes are not scored during training")
+
+
+RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {"squad": SquadRecipe, **{name: DataRecipe for name in prepare.DATA_RECIPES}}
 
 
 def recipe_for(config: RunConfig) -> Recipe:
@@ -103,9 +129,10 @@ def cached_examples(recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: 
                     event: Callable[..., None]) -> tuple[list[Any], list[Any]]:
     """Tokenized train and eval examples, cached in the run folder so restarts skip tokenizing; `event`
     reports a fresh build (the `data` event)."""
-    key = hashlib.sha256(
-        json.dumps([config.data, config.tokenizer, config.model, config.max_seq_len, config.eval_samples, config.seed]).encode()
-    ).hexdigest()[:16]
+    inputs = [config.data, config.tokenizer, config.model, config.max_seq_len, config.eval_samples, config.seed]
+    if config.recipe != "squad":  # what else decides a data recipe's examples (squad's key stays as it was)
+        inputs += [config.recipe, *(getattr(config, name) for name in DATA_KEYS)]
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     cache = run_dir / f"examples-{key}.pt"
     if cache.is_file():
         try:

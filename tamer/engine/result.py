@@ -1,6 +1,6 @@
 """The result of a run: a Hugging Face model folder and its SQuAD score, in a child process.
 
-    python -m tamer.engine.result RUN_DIR [--step N] [--eval] [--export DIR] [--data FILE] [--limit N] [--batch-size N]
+    python -m tamer.engine.result RUN_DIR [--step N] [--eval [--em-f1]] [--export DIR] [--data FILE] [--limit N] [--batch-size N]
                                   [--merge-lora | --no-merge-lora] [--dtype auto|bf16|fp16|fp32] [--result FILE]
 
 The supervisor starts it after a run completes (tamer/daemon/result.py), and `tamer export` / `tamer
@@ -10,7 +10,11 @@ eval` start it on demand, so the parent side never imports torch. It loads one c
 - `--eval`: greedy answers to held-out questions with the training prompt, batched with left padding
   and a KV cache, stopping at end-of-sequence or `eval.squad_max_new_tokens`; SQuAD v1.1 EM and F1
   (tamer/recipes/squad_score.py) go to the `squad_scores` table. An OOM halves the evaluation batch.
-- `--export DIR`: safetensors weights, config, tokenizer, generation config and a model card.
+  The chat, instruct and text recipes: the validation loss instead, on the run's validation rows or `--data`'s
+  (an event, `validation`), and for chat and instruct with `--em-f1` (or eval.em_f1) EM and F1 of greedy
+  replies (tamer/engine/data_eval.py).
+- `--export DIR`: safetensors weights, config, tokenizer (a chat run's with its chat template), generation
+  config and a model card.
 
 Prints nothing on success but writes a JSON summary to `--result`; a user-fixable error is one line
 on stderr and the exit code of its kind (tamer/errors.py).
@@ -33,7 +37,7 @@ import torch
 from tamer import outputs
 from tamer.config import RunConfig, config_from_dict
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
-from tamer.errors import DataError, StateError, TamerError
+from tamer.errors import ConfigError, DataError, StateError, TamerError
 from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
 from tamer.recipes import squad
@@ -126,7 +130,14 @@ def pick_device(config: RunConfig) -> torch.device:
 
 
 def load_tokenizer(config: RunConfig) -> Any:
-    return squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+    """The run's tokenizer; a chat run's carries the template it trained with, so the export renders as training did."""
+    tokenizer = squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+    if config.recipe == "chat":
+        from tamer.recipes import prepare
+
+        _, template = prepare.setup(config)
+        tokenizer.chat_template = template.text
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,14 +186,16 @@ def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                     device: torch.device) -> tuple[list[str], int]:
+                     device: torch.device, also_stop_at: int | None = None) -> tuple[list[str], int]:
     """Greedy answers to `prompts` (in their order) and the batch size that fitted. Longest prompts
-    go first, so an OOM comes early; it halves the batch for the rest of the pass."""
+    go first, so an OOM comes early; it halves the batch for the rest of the pass. Decoding stops at
+    end-of-sequence, and at `also_stop_at` (a chat template's end-of-turn token) when given."""
     from transformers import GenerationConfig
 
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    stops = eos_id if also_stop_at in (None, eos_id) else [eos_id, also_stop_at]
     settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
+                                eos_token_id=stops, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     answers: list[str] = [""] * len(prompts)
     position = 0
@@ -198,8 +211,9 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch
                 torch.cuda.empty_cache()
             continue
         for index, tokens in zip(chunk, generated):
-            if eos_id in tokens:
-                tokens = tokens[:tokens.index(eos_id)]
+            ends = [position for position, token in enumerate(tokens) if token in (eos_id, also_stop_at)]
+            if ends:
+                tokens = tokens[:ends[0]]
             answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         position += len(chunk)
     return answers, batch_size
@@ -276,6 +290,30 @@ def evaluate_during_training(trainer: Any) -> None:
     trainer.report.beat("between_steps")
 
 
+def evaluate_data(db: Database, run_id: str, config: RunConfig, trained: Trained, tokenizer: Any, device: torch.device,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """chat, instruct, text: the validation loss (an event), and EM/F1 of replies when asked (stored as SQuAD's are)."""
+    from tamer.engine import data_eval
+    from tamer.recipes import prepare
+
+    prepared = prepare.prepare(config) if args.data is None else prepare.prepare_file(config, args.data)
+    label = HELD_OUT if args.data is None else args.data
+    if not prepared.evaluation:
+        raise DataError("nothing to evaluate: the run holds out no validation rows (eval_samples 0); pass --data FILE")
+    step = trained.checkpoint.step
+    loss = data_eval.validation_loss(trained.model, prepared.evaluation, tokenizer.pad_token_id, config, device, args.batch_size)
+    db.event(run_id, "validation", f"validation loss {loss['eval_loss']:.4f} on {loss['eval_samples']} {label} examples at step {step} "
+             f"({loss['seconds']:.1f} s)", step=step, data=label, **loss)
+    result = {**loss, "data": label}
+    if args.em_f1 or config.eval.em_f1:
+        if config.recipe == "text":
+            raise ConfigError("--em-f1: scores chat and instruct replies; the text recipe has only the validation loss")
+        scores = data_eval.em_f1(trained.model, tokenizer, config, prepared, device, args.limit, args.batch_size)
+        store_scores(db, run_id, step, None, trained.plan, scores, label)
+        result.update(scores)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 
@@ -325,10 +363,10 @@ def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, d
     """README.md of the export: what was trained, on what, under which plans and why, and how well."""
     run = db.run(run_id)
     attempts = db.attempts(run_id)
-    data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(config.data, config.data)
-    held_out = f"{config.eval_samples} seeded picks (seed {config.seed}) of the " + ("validation split" if config.data is None else "questions") + ", never trained on"
+    task = "SQuAD" if config.recipe == "squad" else f"{config.recipe} data"
+    data, held_out = _data_described(config)
     lines = [
-        f"# {run_id}: {config.model} fine-tuned on SQuAD by tamer", "",
+        f"# {run_id}: {config.model} fine-tuned on {task} by tamer", "",
         f"- Base model: `{config.model}`" + (" (random init)" if config.init == "random" else ""),
         f"- Data: {data}; held out for evaluation: {held_out}",
         f"- Steps: {trained.checkpoint.step} of {run['total_steps']} (effective batch {config.effective_batch_size}, "
@@ -350,15 +388,41 @@ def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, d
                           "(`tamer export RUN --dtype fp32` keeps the exact trained values).")
     lines += ["", "## Evaluation", ""]
     if scores:
-        lines.append(f"SQuAD v1.1 by greedy generation on {scores['questions']} {scores['data']} questions: "
+        lines.append(f"{'SQuAD v1.1' if config.recipe == 'squad' else 'Exact match and F1 (SQuAD v1.1 scoring)'} by greedy generation "
+                     f"on {scores['questions']} {scores['data']} {'questions' if config.recipe == 'squad' else 'validation rows'}: "
                      f"exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} (step {scores['step']}).")
+    elif config.recipe != "squad" and run["final_eval_loss"] is not None:
+        lines.append(f"Validation loss {run['final_eval_loss']:.4f} (the last one training recorded).")
     else:
         lines.append("Not evaluated yet: `tamer eval " + run_id + "`.")
     lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model = AutoModelForCausalLM.from_pretrained(FOLDER)", "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
-              'prompt = "Context: ...\\nQuestion: ...\\nAnswer:"',
-              "answer = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=32)", "```", ""]
+              "model = AutoModelForCausalLM.from_pretrained(FOLDER)", "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", *USE[config.recipe], "```", ""]
     return "\n".join(lines)
+
+
+USE = {
+    "squad": ['prompt = "Context: ...\\nQuestion: ...\\nAnswer:"',
+              "answer = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=32)"],
+    "chat": ['ids = tokenizer.apply_chat_template([{"role": "user", "content": "..."}], add_generation_prompt=True, return_tensors="pt")',
+             "reply = model.generate(ids, max_new_tokens=128)  # rendered with the chat template it trained with"],
+    "instruct": ['prompt = "### Instruction:\\n...\\n\\n### Response:\\n"  # the prompt_template it trained with',
+                 "completion = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=128)"],
+    "text": ["text = model.generate(**tokenizer('...', return_tensors='pt'), max_new_tokens=128)"],
+}
+"""The model card's example, by recipe."""
+
+
+def _data_described(config: RunConfig) -> tuple[str, str]:
+    """(what the run trained on, what it held out for validation) in the model card's words."""
+    if config.recipe == "squad":
+        data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(config.data, config.data)
+        return data, (f"{config.eval_samples} seeded picks (seed {config.seed}) of the "
+                      + ("validation split" if config.data is None else "questions") + ", never trained on")
+    data = f"the {config.recipe} sample bundled with tamer" if config.data == "bundled" else f"`{config.data}`"
+    if config.eval_data is not None:
+        return data, f"`{config.eval_data}`"
+    share = f"{config.validation_split:.0%} of its rows" if config.validation_split is not None else f"{config.eval_samples} rows"
+    return data, f"{share} (seeded picks, seed {config.seed}), never trained on"
 
 
 def last_scores(db: Database, run_id: str, step: int) -> dict[str, Any] | None:
@@ -383,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--step", type=int)
     parser.add_argument("--eval", action="store_true", dest="evaluate")
+    parser.add_argument("--em-f1", action="store_true", dest="em_f1")
     parser.add_argument("--export", type=Path, dest="export_dir")
     parser.add_argument("--data")
     parser.add_argument("--limit", type=int)
@@ -420,11 +485,13 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = load_tokenizer(config)
     trained = load_trained(args.run_dir, config, checkpoint, device, working_dtype, merge=True)
     summary: dict[str, Any] = {"run_id": run_id, "step": checkpoint.step, "plan": plan.describe(), "device": str(device)}
-    if args.evaluate:
+    if args.evaluate and config.recipe == "squad":
         records, label = evaluation_records(config, args.data)
         result = evaluate(trained.model, tokenizer, config, records, device, args.limit, args.batch_size)
         store_scores(db, run_id, checkpoint.step, None, plan, result, label)
         summary["eval"] = {**result, "data": label}
+    elif args.evaluate:
+        summary["eval"] = evaluate_data(db, run_id, config, trained, tokenizer, device, args)
     if args.export_dir is not None:
         card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
         exported = export(trained, tokenizer, args.export_dir, dtype, merge, card, run_id)

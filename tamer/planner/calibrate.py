@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tamer.config import config_from_dict
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.planner.estimate import Estimate, ModelShape, Workload, estimate
+from tamer.recipes import profile
 from tamer.state import queries
 
 CORRECTION_RANGE = (0.8, 1.5)
@@ -93,7 +95,7 @@ def observations(db: Any, shape: ModelShape, device_name: str) -> list[Observati
             continue  # written by another version of tamer: not comparable
         if not config.architecture or ModelShape.from_architecture(config.architecture) != shape:
             continue
-        workload = Workload.from_config(config)
+        workload = Workload.from_config(config, data=profile.read(Path(run["run_dir"])) if run.get("run_dir") else None)
         for attempt in db.attempts(run["id"]):
             if not attempt.get("plan_json"):
                 continue

@@ -221,11 +221,12 @@ COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
 8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
 
 
-def expected_computed_per_sequence(batching: str, max_seq_len: int) -> int:
-    """Tokens computed per SQuAD sequence on average under `batching` (max_len: every position)."""
+def expected_computed_per_sequence(batching: str, max_seq_len: int, mean_tokens: float = SQUAD_TOKENS_PER_SEQUENCE) -> int:
+    """Tokens computed per sequence on average under `batching` (max_len: every position), for sequences of
+    `mean_tokens` on average (default: SQuAD's)."""
     if batching not in COMPUTED_PER_USEFUL:
         return max_seq_len
-    return min(max_seq_len, round(SQUAD_TOKENS_PER_SEQUENCE * COMPUTED_PER_USEFUL[batching]))
+    return min(max_seq_len, round(mean_tokens * COMPUTED_PER_USEFUL[batching]))
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,11 @@ class Workload:
     """LoRA dropout > 0: peft keeps a dropout mask and a dropped copy of each adapter input."""
 
     @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> Workload:
-        """The workload of a RunConfig: its max_seq_len and LoRA settings, the defaults otherwise."""
+    def from_config(cls, config: Any, data: Any = None, **overrides: Any) -> Workload:
+        """The workload of a RunConfig: its max_seq_len and LoRA settings, the defaults otherwise. `data` (a
+        DataProfile of the run's examples, tamer/recipes/profile.py) sizes it on them: sequences as long as the
+        longest (rounded up to batch_multiple, at most max_seq_len; all of max_seq_len for `max_len` batches),
+        speed at their mean length, and at least their most scored tokens per sequence at the LM head."""
         values = {
             "sequence_length": config.max_seq_len,
             "batching": config.batching_mode,
@@ -265,7 +269,14 @@ class Workload:
             "lora_targets": tuple(config.lora.target_modules),
             "lora_dropout": config.lora.dropout > 0,
         }
+        if data is not None:
+            longest = -(-max(1, data.max_tokens) // config.batch_multiple) * config.batch_multiple
+            if config.batching_mode != "max_len":
+                values["sequence_length"] = min(config.max_seq_len, longest)
+            values["computed_per_sequence"] = expected_computed_per_sequence(config.batching_mode, config.max_seq_len, data.mean_tokens)
         values.update({key: value for key, value in overrides.items() if value is not None})
+        if data is not None:
+            values["supervised_per_sequence"] = max(values.get("supervised_per_sequence", SUPERVISED_PER_SEQUENCE), data.max_scored)
         return cls(**values)
 
 

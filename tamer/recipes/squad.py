@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tamer.errors import DataError, ModelError
 from tamer.hub import HUB_DATASET, hub_error
+from tamer.recipes.examples import IGNORE_INDEX, Example, scored_tokens
 
 # datasets and transformers are imported where they are used: both are slow to import, and a
 # caller that only reads a data file needs neither.
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 BUNDLED_DATA = Path(str(files("tamer.recipes") / "data" / "squad_v1.1_slice.json"))
 BUNDLED_TOKENIZER = Path(str(files("tamer.recipes") / "data" / "tokenizer_mistral_v1"))
-IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 
 CONTEXT_LABEL = "Context:"
 QUESTION_LABEL = "\nQuestion:"
@@ -264,21 +264,6 @@ def _pretrained_tokenizer(name: str, described: str, local_hint: str) -> PreTrai
 # Examples: prompt, target and answer-only labels
 
 
-@dataclass
-class Example:
-    """One tokenized training sequence."""
-
-    index: int
-    """Position in the list `build_examples` returned (the sample id the trainer reports)."""
-    id: str
-    """The SQuAD question id."""
-    input_ids: list[int]
-    labels: list[int]
-    """IGNORE_INDEX over BOS and prompt; the answer's ids and EOS after it (unshifted)."""
-    truncated: bool
-    """Whether context tokens were dropped to fit max_seq_len."""
-
-
 @dataclass(frozen=True)
 class _Template:
     """The fixed pieces of every example, tokenized once."""
@@ -431,6 +416,5 @@ def _assemble(
 
 
 def answer_token_count(example: Example) -> int:
-    """How many tokens the loss scores for `example`. The model predicts token i from position
-    i - 1, so labels are shifted by one and position 0 is never scored: count labels[1:] only."""
-    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+    """How many tokens the loss scores for `example` (labels[1:] that are not IGNORE_INDEX)."""
+    return scored_tokens(example)

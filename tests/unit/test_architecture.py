@@ -165,3 +165,16 @@ def test_supervisor_reaches_the_child_without_importing_torch(tmp_path):
     started = json.loads(report.read_text())
     assert "tamer.engine.child" in started["command"]
     assert started["heavy"] == [], f"the supervisor process imported {started['heavy']} before starting the child"
+
+
+def test_a_chat_run_reaches_the_child_without_importing_torch(tmp_path):
+    """`tamer run chat` reads, renders and tokenizes every row in preflight and plans, all without torch or transformers."""
+    report = tmp_path / "report.json"
+    environment = {**os.environ, "TAMER_HOME": str(tmp_path / "home"), "ARCHITECTURE_REPORT": str(report)}
+    script = SUPERVISOR_UP_TO_THE_CHILD.format(heavy=set(HEAVY))
+    done = subprocess.run([sys.executable, "-c", script, "run", "chat", "--preset", "tiny", "--device", "cpu", "--max-steps", "1"],
+                          env=environment, capture_output=True, text=True, timeout=300)
+    assert report.is_file(), f"the child was never started (exit {done.returncode}): {done.stderr[-2000:]}"
+    started = json.loads(report.read_text())
+    assert started["heavy"] == [], f"the supervisor process imported {started['heavy']} before starting the child"
+    assert json.loads((next((tmp_path / "home" / "runs").iterdir()) / "run.json").read_text())["data_profile"]["examples"] > 0

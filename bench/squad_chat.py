@@ -1,0 +1,77 @@
+"""SQuAD v1.1 as chat and instruct rows, in two halves, to compare `tamer run chat` with `tamer run squad` on the
+same questions.
+
+    python bench/squad_chat.py --data squad_v1.1_dev_subset.json --out /tmp/sc [--system "Answer with a span of the context."]
+
+Writes, for the first half of the questions (whole articles, in file order, until half the questions) and for the rest:
+
+    /tmp/sc/train.json, test.json                     the official SQuAD v1.1 layout (tamer run squad --data, tamer eval --data)
+    /tmp/sc/train.chat.jsonl, test.chat.jsonl         {"id", "messages": [system?, user, assistant], "answers": [...]}
+    /tmp/sc/train.instruct.jsonl, test.instruct.jsonl {"id", "prompt", "completion", "answers": [...]}
+
+The user turn (and the instruct prompt) is `Context: {context}\\nQuestion: {question}`, the assistant turn (the
+completion) the first answer, and `answers` every answer the data lists, which `tamer eval --em-f1` scores against
+as SQuAD's scorer does (the best over the answers). Without --system a template that adds a default system prompt
+when there is none (SmolLM2's) adds it: longer sequences than SQuAD's prompt. For example (SmolLM2-135M-Instruct):
+
+    tamer run squad --model M --data /tmp/sc/train.json --set eval_samples=0 --set eval.squad_samples=0
+    tamer eval SQUAD_RUN --data /tmp/sc/test.json --limit 1000
+    tamer run chat --model M --data /tmp/sc/train.chat.jsonl --eval-data /tmp/sc/test.chat.jsonl \\
+        --set eval.em_f1=true --set eval.squad_samples=1000
+
+(`tamer compare SQUAD_RUN CHAT_RUN` then shows both runs' EM/F1, steps, tokens and wall time.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def halves(document: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The articles up to half of the questions, and the rest."""
+    total = sum(len(paragraph["qas"]) for article in document["data"] for paragraph in article["paragraphs"])
+    first, taken = [], 0
+    for article in document["data"]:
+        if taken >= total / 2:
+            break
+        first.append(article)
+        taken += sum(len(paragraph["qas"]) for paragraph in article["paragraphs"])
+    return first, document["data"][len(first):]
+
+
+def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(chat rows, instruct rows) of every question of `articles`."""
+    chat, instruct = [], []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = list(dict.fromkeys(answer["text"] for answer in qa["answers"] if answer["text"].strip()))
+                prompt = f"Context: {paragraph['context']}\nQuestion: {qa['question'].strip()}"
+                messages = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt}, {"role": "assistant", "content": answers[0]}]
+                chat.append({"id": qa["id"], "messages": messages, "answers": answers})
+                instruct.append({"id": qa["id"], "prompt": prompt, "completion": answers[0], "answers": answers})
+    return chat, instruct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="An official SQuAD v1.1 JSON file.")
+    parser.add_argument("--out", type=Path, required=True, help="Folder to write the halves to (created).")
+    parser.add_argument("--system", help="A system message to open every conversation with (default: none).")
+    args = parser.parse_args()
+    document = json.loads(args.data.read_text(encoding="utf-8"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, articles in zip(("train", "test"), halves(document)):
+        (args.out / f"{name}.json").write_text(json.dumps({"data": articles, "version": document.get("version", "1.1")}))
+        chat, instruct = rows(articles, args.system)
+        for kind, found in (("chat", chat), ("instruct", instruct)):
+            (args.out / f"{name}.{kind}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found), encoding="utf-8")
+        print(f"{name}: {len(articles)} articles, {len(chat)} questions -> {args.out}/{name}.json, .chat.jsonl, .instruct.jsonl")
+
+
+if __name__ == "__main__":
+    main()

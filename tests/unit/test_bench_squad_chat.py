@@ -1,0 +1,44 @@
+"""bench/squad_chat.py turns SQuAD into two halves of chat and instruct rows that the chat and instruct recipes
+train on, with every gold answer kept for EM/F1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tamer.config import build_config
+from tamer.recipes.prepare import prepare
+from tamer.recipes.squad import BUNDLED_DATA, load_records
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "squad_chat.py"
+
+
+def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
+    """Train and test hold whole articles and every question once; a chat row asks the context and question, is
+    answered with the first answer and lists all answers; the chat recipe scores that answer and its end of turn."""
+    subprocess.run([sys.executable, str(BENCH), "--data", str(BUNDLED_DATA), "--out", str(tmp_path)], check=True, capture_output=True)
+    records = {record.id: record for record in load_records(str(BUNDLED_DATA))}
+    halves = [load_records(str(tmp_path / f"{name}.json")) for name in ("train", "test")]
+    assert sorted(r.id for half in halves for r in half) == sorted(records) and halves[0] and halves[1]
+    assert not {r.context for r in halves[0]} & {r.context for r in halves[1]}
+    chat_rows = [json.loads(line) for line in (tmp_path / "test.chat.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in chat_rows] == [r.id for r in halves[1]]
+    first = records[chat_rows[0]["id"]]
+    assert chat_rows[0]["messages"] == [{"role": "user", "content": f"Context: {first.context}\nQuestion: {first.question.strip()}"},
+                                        {"role": "assistant", "content": first.answer}]
+    assert chat_rows[0]["answers"] == list(first.gold_answers)
+    config = build_config("tiny", options={"recipe": "chat", "data": str(tmp_path / "train.chat.jsonl"),
+                                           "eval_data": str(tmp_path / "test.chat.jsonl")})
+    prepared = prepare(config)
+    example = prepared.train[0]
+    scored = prepared.tokenizer.backend.decode([label for label in example.labels if label != -100])
+    answer = records[example.id].answer
+    assert scored == f"{answer}<|im_end|>" and prepared.eval_records[0].answers == tuple(chat_rows[0]["answers"])
+    spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    chat_rows, _ = module.rows(json.loads(BUNDLED_DATA.read_text())["data"][:1], "Be brief.")
+    assert chat_rows[0]["messages"][0] == {"role": "system", "content": "Be brief."}
