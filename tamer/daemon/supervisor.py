@@ -34,10 +34,12 @@ from tamer.daemon import outcome as outcomes
 from tamer.daemon import policy as policies
 from tamer.daemon.card import settled_card
 from tamer.daemon.deescalation import Deescalation
+from tamer.daemon.mirror import RunMirror
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
 from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
 from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE, StateError
+from tamer.notify.messages import redact_config
 from tamer.plan import DeviceFacts, Plan
 from tamer.protocol import OUTCOME_FILE, PLAN_FILE, RUN_ENDED, attempt_dir, local_ranks, plan_file
 from tamer.state.checkpoints import write_json_atomic
@@ -86,7 +88,7 @@ def create_run(home: Home, config: RunConfig) -> str:
         "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
         "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
-    db.event(run_id, "created", f"run created from preset {config.preset}", config=config.to_dict())
+    db.event(run_id, "created", f"run created from preset {config.preset}", config=redact_config(config.to_dict()))
     db.close()
     return run_id
 
@@ -123,10 +125,13 @@ class Supervisor:
             raise StateError(f"run {self.run_id} already finished; `tamer show {self.run_id}` has its results")
         self.lock.acquire()
         previous_handlers = self._install_signal_handlers()
+        mirror = RunMirror.start(self.home, self.run_id, self.config)  # trackers and notifications, from a thread
         try:
             self._prepare()
             return self._loop()
         finally:
+            if mirror is not None:
+                mirror.close()  # the last rows, the ending notification (after evaluation and export)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.lock.release()
