@@ -66,6 +66,7 @@ class WandB:
         if self.run is not None:
             self.run.summary["tamer/status"] = status or "running"
             self.run.finish(exit_code=EXIT_CODES.get(status or "", 1))
+            wandb.teardown()  # wait for wandb's service to write (offline) or upload everything, and end it
 
 
 TRACKER = WandB
