@@ -123,6 +123,9 @@ def build_run_config(recipe: str, preset: str, config_file: Path | None, overrid
 def _preflight(config: Any) -> None:
     """Checks that cost milliseconds and catch bad input before a run is registered."""
     from tamer.recipes import squad
+    from tamer.trackers.base import check_installed
+
+    check_installed(config)  # a tracker configured but not installed
 
     if config.data not in (None, "bundled"):
         squad.load_records(config.data)

@@ -63,6 +63,8 @@ class Notifier:
         self.record_run_id = record_run_id
         self.sleep = sleep
         self.routes: dict[str, _Route] = {}
+        self.results: list[dict[str, Any]] = []
+        """One entry per finished send: target, event, sent (bool), tries, error."""
         for config in configs:
             for target in targets_of(config, home, run_dir):
                 route = self.routes.get(target.name)
@@ -122,8 +124,9 @@ class Notifier:
             self._record(notification, "notify_failed", f"{notification.event} not sent to {route.target.name} after {tries} "
                          f"{'try' if tries == 1 else 'tries'}: {reason}; the run is not affected", target=route.target.name,
                          event=notification.event, tries=tries, error=reason)
-            log.warning("notify_failed", target=route.target.name, notification=notification.event, tries=tries, error=reason)
+            self.results.append({"target": route.target.name, "event": notification.event, "sent": False, "tries": tries, "error": reason})
             return
+        self.results.append({"target": route.target.name, "event": notification.event, "sent": True, "tries": tries, "error": None})
         self._record(notification, "notify_sent", f"{notification.event} sent to {route.target.name}"
                      + (f" after {tries} tries" if tries > 1 else ""), target=route.target.name, event=notification.event, tries=tries)
 
