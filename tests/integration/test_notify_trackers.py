@@ -16,12 +16,12 @@ from tests.receivers import webhook
 from tests.tracker_files import tensorboard_scalars, tensorboard_texts
 
 pytestmark = pytest.mark.slow
-TRACKED = ["--set", "trackers=[tensorboard,mlflow,wandb]", "--set", "tracking.wandb_mode=offline", "--set", "checkpoint_every=2",
+TRACKED = ["--set", "trackers=[tensorboard,mlflow,wandb]", "--set", "tracking.wandb_mode=offline", "--set", "checkpoint_every=4",
            "--set", "restart_backoff=0"]
 
 
 def test_a_killed_and_resumed_run_draws_each_step_once_and_tells_the_webhook(tmp_path, monkeypatch):
-    """Supervisor SIGKILLed at step 5 (its child dies with it), `tamer resume` redoes step 5 from checkpoint 4 and
+    """Supervisor SIGKILLed at step 5 (its child dies with it), `tamer resume` redoes step 5 from checkpoint 4 (saves every 4 steps) and
     finishes: TensorBoard has steps 1-8 once each, MLflow one FINISHED run with the config and both attempts' plans,
     W&B an offline run per session under the tamer run id, and the webhook got `finished` with the final loss."""
     pytest.importorskip("mlflow")
