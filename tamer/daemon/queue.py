@@ -305,6 +305,7 @@ class Daemon:
             reason = f"its supervisor (`tamer resume`) exited with code {code} before it started; {log_path} says why"
             self.db.update_run(run_id, status="failed", ended_at=time.time(), failure_reason=reason)
             self.db.event(run_id, "failed", reason)
+            self.watch.never_started(self.db.run(run_id))
         elif run["status"] == "running" and supervisor_pid(run) is None:
             self.db.event(run_id, "daemon_job", f"its supervisor exited with code {code} and left the run running; "
                                                 f"the next daemon start resumes it, or `tamer resume {run_id}`")

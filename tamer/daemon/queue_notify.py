@@ -1,4 +1,5 @@
-"""The daemon's own notification: its queue ran dry (`queue_empty`), with how each run it worked on ended.
+"""The daemon's own notifications: its queue ran dry (`queue_empty`), with how each run it worked on ended;
+and a job whose supervisor died before it could start the run (`failed`: nobody else can tell).
 
 Targets come from the daemon's notify config (`tamer daemon --notify-config FILE`, else HOME/notify.yaml);
 the runs' own notifications are sent by their supervisors. The send is recorded as an event of the last run
@@ -19,8 +20,7 @@ class QueueWatch:
 
     def __init__(self, home: Home, config: NotifyConfig | None) -> None:
         self.home = home
-        wanted = config is not None and config.has_targets and "queue_empty" in config.events
-        self.notifier = Notifier(home.db_path, [config], str(home.root), None) if wanted else None
+        self.notifier = Notifier(home.db_path, [config], str(home.root), None) if config is not None and config.has_targets else None
         self.worked: list[str] = []
 
     def job_done(self, run_id: str) -> None:
@@ -28,12 +28,17 @@ class QueueWatch:
 
     def empty(self, db: Database) -> None:
         """The queue is empty: notify, if the daemon ran anything since it last said so."""
-        if self.notifier is None or not self.worked:
+        if self.notifier is None or not self.worked or not self.notifier.wants("queue_empty"):
             return
         runs = [db.run(run_id) for run_id in dict.fromkeys(self.worked)]
         self.notifier.record_run_id = self.worked[-1]
         self.notifier.notify(messages.queue_empty(runs))
         self.worked = []
+
+    def never_started(self, run: dict) -> None:
+        """A job's supervisor exited before it started the run (the daemon marked it failed): tell it as failed."""
+        if self.notifier is not None and self.notifier.wants("failed"):
+            self.notifier.notify(messages.run_ended(run, None, None))
 
     def close(self) -> None:
         if self.notifier is not None:

@@ -108,3 +108,18 @@ def test_run_refuses_a_tracker_that_is_not_installed(tmp_path, monkeypatch):
     result = invoke("run", "squad", "--preset", "tiny", "--set", "trackers=[wandb]", "--home", str(tmp_path))
     assert result.exit_code == EXIT_CONFIG and "trackers: wandb is configured but not installed" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_job_that_never_started_is_told_as_failed_by_the_daemon(tmp_path):
+    """A run the daemon had to mark failed (its supervisor exited first) is told as `failed` with the reason."""
+    home = Home.resolve(tmp_path)
+    run_id = create_run(home, build_config("tiny"))
+    db = Database(home.db_path)
+    db.update_run(run_id, status="failed", failure_reason="its supervisor (`tamer resume`) exited with code 5 before it started")
+    with webhook() as receiver:
+        watch = QueueWatch(home, NotifyConfig.from_mapping({"webhook": receiver.url, "events": ["failed"]}))
+        watch.never_started(db.run(run_id))
+        watch.job_done(run_id)
+        watch.empty(db)  # queue_empty is not selected
+        watch.close()
+    assert receiver.events() == ["failed"] and "exited with code 5 before it started" in receiver.bodies[0]["message"]
