@@ -225,9 +225,9 @@ class RunMirror:
         except (OSError, IndexError):
             return None
 
-    def close(self) -> None:
+    def close(self, should_stop: Any = lambda: False) -> None:
         """Stop the thread, forward what is left, send the ending notification and close the trackers; waits a
-        bounded time for the sends (never raises)."""
+        bounded time for the sends, less if `should_stop()` turns true (never raises)."""
         self.stopping.set()
         if self.thread.ident is not None:
             self.thread.join(CLOSE_SECONDS)
@@ -251,7 +251,7 @@ class RunMirror:
         except Exception as error:  # noqa: BLE001 - the database is gone: nothing more to tell
             log.warning("mirror_close_failed", error=str(error))
         finally:
-            self.notifier.close()
+            self.notifier.close(should_stop=should_stop)
             db.close()
 
 

@@ -130,8 +130,9 @@ class Supervisor:
             self._prepare()
             return self._loop()
         finally:
-            if mirror is not None:
-                mirror.close()  # the last rows, the ending notification (after evaluation and export)
+            if mirror is not None:  # the last rows, the ending notification (after evaluation and export)
+                asked = self.stop_requests
+                mirror.close(lambda: self.stop_requests > asked)  # a stop signal now ends the wait for the last sends
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.lock.release()

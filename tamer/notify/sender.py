@@ -33,6 +33,7 @@ WAIT_INITIAL = 0.5  # seconds before the second try; doubles with each
 WAIT_MAX = 8.0  # longest wait between tries
 JITTER = 1.0  # up to this many seconds added to each wait, so that many senders do not retry in step
 CLOSE_MARGIN = 5.0
+CLOSE_POLL_SECONDS = 0.25
 
 
 def retrying(attempts: int, sleep: Callable[[float], Any] = time.sleep) -> Retrying:
@@ -89,9 +90,10 @@ class Notifier:
             route.queue.put(notification)
         return [route.target.name for route in chosen]
 
-    def close(self, timeout: float | None = None) -> bool:
+    def close(self, timeout: float | None = None, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Let every queued notification be sent, waiting at most `timeout` seconds (default: long enough for every
-        try of one notification per target); whether all were. Those still unsent are recorded as failed."""
+        try of one notification per target) or until `should_stop()`; whether all were. Those still unsent are
+        recorded as failed."""
         started = [route for route in self.routes.values() if route.thread is not None]
         if timeout is None:
             timeout = max((route.attempts * (route.timeout + WAIT_MAX + JITTER) for route in started), default=0.0) + CLOSE_MARGIN
@@ -99,11 +101,12 @@ class Notifier:
         for route in started:
             route.queue.put(None)
         for route in started:
-            route.thread.join(max(0.0, deadline - time.monotonic()))
+            while route.thread.is_alive() and time.monotonic() < deadline and not should_stop():
+                route.thread.join(min(CLOSE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         late = [route for route in started if route.thread.is_alive()]
         for route in late:
-            self._record(None, "notify_failed", f"notifications to {route.target.name} still unsent after {timeout:.0f} s when the "
-                         f"supervisor exited: given up", target=route.target.name)
+            self._record(None, "notify_failed", f"notifications to {route.target.name} still unsent when the supervisor exited "
+                         f"(after {timeout:.0f} s, or a second stop signal): given up", target=route.target.name)
         return not late
 
     # --- the worker -----------------------------------------------------------------------------

@@ -374,3 +374,23 @@ def test_nothing_configured_starts_no_mirror(tmp_path, monkeypatch):
     home, run_id = new_home(tmp_path)
     assert RunMirror.start(home, run_id, build_config("tiny")) is None
     assert os.environ.get(settings.ENVIRONMENT) is None
+
+
+def test_close_gives_up_waiting_when_asked_and_records_what_was_not_sent(tmp_path):
+    """A target that never answers: close() returns once should_stop() is true, and the unsent notification is an event."""
+    home, run_id = new_home(tmp_path)
+
+    class Hanging:
+        name = "hanging"
+
+        def send(self, notification) -> None:
+            time.sleep(30)
+
+    notifier = Notifier(home.db_path, [], str(home.root), None, record_run_id=run_id)
+    notifier.routes = {"hanging": sender._Route(Hanging(), {"finished"}, 1, 1)}
+    notifier.notify(messages.run_ended({**RUN, "id": run_id}, None, None))
+    asked = time.monotonic()
+    assert not notifier.close(60, should_stop=lambda: time.monotonic() - asked > 0.5)
+    assert time.monotonic() - asked < 5
+    (failed,) = events(home, run_id, "notify_failed")
+    assert "hanging still unsent" in failed["message"] and "given up" in failed["message"]
