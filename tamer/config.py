@@ -252,6 +252,86 @@ class DistributedConfig(Schema):
         return self.nproc_per_node * self.nnodes
 
 
+NOTIFY_EVENTS = ("finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+_WEBHOOK = re.compile(r"^(https?://\S+|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?)$")
+
+
+class EmailConfig(Schema):
+    """E-mail through SMTP (Python's smtplib). The login comes from the supervisor's environment, never from a
+    file: TAMER_SMTP_USER and TAMER_SMTP_PASSWORD (no login when TAMER_SMTP_USER is unset)."""
+
+    to: list[str] = Field(min_length=1)
+    """Recipients' addresses."""
+    sender: str | None = None
+    """The From address; null = tamer@ this machine's host name."""
+    host: str = "localhost"
+    """SMTP server."""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """SMTP port; null = 465 with `tls: ssl`, 587 with `starttls`, 25 with `none`."""
+    tls: Literal["starttls", "ssl", "none"] = "starttls"
+    """`starttls` upgrades a plain connection (port 587), `ssl` connects over TLS (port 465), `none` sends in clear
+    text (a relay on this machine only)."""
+
+
+class NotifyConfig(Schema):
+    """Being told how the run goes (tamer/notify/): a webhook, a command, e-mail. The supervisor sends, never
+    the training child, from a worker thread: a send that fails is retried with backoff, then recorded as an
+    event; it never blocks or fails the run. `HOME/notify.yaml` (these keys) adds targets for every run of the
+    home and the daemon's queue."""
+
+    webhook: str | None = None
+    """URL that gets a JSON POST per notification (`text` for Slack, `content` for Discord, and the facts as fields);
+    `$NAME` reads the URL from the supervisor's environment variable NAME (a Slack webhook URL is itself the secret:
+    that keeps it out of the config and the database). Events show it redacted."""
+    command: str | None = None
+    """Shell command run per notification with TAMER_RUN_ID, TAMER_STATUS, TAMER_EVENT, TAMER_MESSAGE, TAMER_STEP,
+    TAMER_HOME and TAMER_RUN_DIR in its environment; a non-zero exit is a failed send."""
+    email: EmailConfig | None = None
+    """E-mail through SMTP (see EmailConfig)."""
+    events: list[Literal["finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty"]] = Field(
+        default_factory=lambda: ["finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"])
+    """Which notifications to send: finished (final loss, EM/F1, where the model is), failed (why, what to do next),
+    stopped, escalated (each plan change after an OOM; off by default: a night can have several), deescalated (back
+    to a faster plan), stalled (no optimizer step for `stalled_minutes`), queue_empty (the daemon ran out of work)."""
+    stalled_minutes: Annotated[Number, Field(gt=0)] | None = 30.0
+    """Notify once when no optimizer step was recorded for this many minutes while the run is running (null = never);
+    the watchdog still kills a hung child after its own deadlines."""
+    attempts: int = Field(5, ge=1)
+    """Tries per target and notification before the send is recorded as failed (exponential backoff with jitter)."""
+    timeout: Seconds = 10.0
+    """Seconds one try may take (an HTTP request, an SMTP session, the command)."""
+
+    @model_validator(mode="after")
+    def _targets(self) -> NotifyConfig:
+        if self.webhook is not None and not _WEBHOOK.match(self.webhook):
+            raise ConfigError(f"notify.webhook: expected an http(s) URL or $NAME (an environment variable), got {self.webhook[:40]!r}")
+        if len(set(self.events)) != len(self.events):
+            raise ConfigError("notify.events: an event is listed twice; list each once")
+        return self
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self.webhook or self.command or self.email)
+
+
+class TrackingConfig(Schema):
+    """Where the trackers named in `trackers` write. The supervisor mirrors the database into them (no tracker code
+    in the training process); one tracker run per tamer run, across every attempt and resume."""
+
+    tensorboard_dir: str | None = None
+    """TensorBoard event files' folder; null = RUN_DIR/tensorboard (`tensorboard --logdir HOME/runs` shows every run)."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (a server's http URL, or a folder for a file store); null = the file store HOME/mlruns."""
+    experiment: str = "tamer"
+    """MLflow experiment and W&B project of the runs."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); null = the account's default."""
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"
+    """`auto` = WANDB_MODE when set, else online when WANDB_API_KEY is set, else offline (files under RUN_DIR/wandb,
+    uploaded later with `wandb sync`)."""
+
+
 class RunConfig(Schema):
     """One training run, as the user asked for it."""
 
@@ -407,6 +487,19 @@ class RunConfig(Schema):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    """Notifications of this run (see NotifyConfig); HOME/notify.yaml adds the home's."""
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    """Trackers the supervisor mirrors steps, evaluations and events into (install `tamer[tensorboard]`, `tamer[mlflow]`,
+    `tamer[wandb]`); a missing one is a config error before the run starts."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Where the trackers write (see TrackingConfig)."""
+
+    @model_validator(mode="after")
+    def _trackers_once(self) -> RunConfig:
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ConfigError("trackers: a tracker is listed twice; list each once")
+        return self
 
     FOREIGN_NAMES = FOREIGN_NAMES
 
@@ -506,7 +599,8 @@ class RunConfig(Schema):
                      "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
                      "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
                      "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
-                     "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps"):
+                     "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps",
+                     "notify", "trackers", "tracking"):
             data.pop(name)
         for name in DATA_KEYS:  # unset, as in every config before these keys existed: the hash stays what it was
             if data[name] == type(self).model_fields[name].default:

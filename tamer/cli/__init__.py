@@ -15,6 +15,7 @@ from tamer.cli import commands_inspect  # noqa: F401  (history, steps, events, l
 from tamer.cli import commands_plan  # noqa: F401
 from tamer.cli import commands_queue  # noqa: F401  (submit, daemon, queue, cancel, status, stop)
 from tamer.cli import commands_result  # noqa: F401  (export, eval, compare)
+from tamer.cli import commands_notify  # noqa: F401  (notify test, sync)
 from tamer import output
 from tamer.cli.common import app, err_console
 from tamer.errors import TamerError

@@ -8,6 +8,7 @@ kind. The README ("Unattended overnight operation") tells the whole story.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -97,10 +98,13 @@ def daemon(
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at an empty queue.")] = 5.0,
     exit_when_empty: Annotated[bool, typer.Option("--exit-when-empty", help="Exit 0 once the queue is empty (cron, tests).")] = False,
     print_systemd_unit: Annotated[bool, typer.Option("--print-systemd-unit", help="Print a systemd user unit that runs the daemon, and exit.")] = False,
+    notify_config: Annotated[Optional[Path], typer.Option("--notify-config", help="YAML of notify keys for the whole queue "
+                                                          "(default: HOME/notify.yaml when it exists).")] = None,
     home: HomeOption = None,
 ) -> None:
     """Run the queued jobs one after another, oldest first; on start, first resume the jobs whose
     supervisor died with a previous daemon. SIGTERM/SIGINT: the running job checkpoints and stops, exit 143/130.
+    --notify-config (or HOME/notify.yaml) tells of every job's end and of the empty queue.
 
     Example: tamer daemon --detach
     """
@@ -114,13 +118,17 @@ def daemon(
         return
     try:
         if detach:
-            pid = detach_daemon(resolved, poll, exit_when_empty)
+            if notify_config is not None:
+                from tamer.notify.settings import home_notify
+
+                home_notify(resolved.root, notify_config)  # a bad file: the error here, not in the background log
+            pid = detach_daemon(resolved, poll, exit_when_empty, notify_config)
             typer.echo(pid)
             err_console.print(f"daemon started in the background; log {resolved.root / DAEMON_LOG}", highlight=False, soft_wrap=True)
             return
         resolved.root.mkdir(parents=True, exist_ok=True)
         configure_logging(resolved.root / DAEMON_JSON_LOG, process="daemon")
-        code = Daemon(resolved, poll, exit_when_empty, DaemonLines(err_console)).serve()
+        code = Daemon(resolved, poll, exit_when_empty, DaemonLines(err_console), notify_config).serve()
     except TamerError as error:
         _fail(error)
     raise typer.Exit(code)

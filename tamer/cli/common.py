@@ -157,7 +157,9 @@ def _preflight(config: Any) -> Any:
     text every row is read and tokenized (tamer/recipes/prepare.py), which also measures the token lengths the
     planner sizes plans on (returned; None for squad, planned on SQuAD's figures)."""
     from tamer.hub import check_sources
+    from tamer.trackers.base import check_installed
 
+    check_installed(config)  # a tracker configured but not installed
     if config.recipe == "squad":
         from tamer.recipes import squad
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, ContextManager
 import structlog
 
 from tamer.config import RunConfig
+from tamer.daemon.queue_notify import QueueWatch
 from tamer.daemon.supervisor import create_run
 from tamer.errors import (
     ERROR_BY_EXIT_CODE,
@@ -47,6 +48,7 @@ from tamer.errors import (
     StateError,
     TamerError,
 )
+from tamer.notify import settings as notify_settings
 from tamer.protocol import die_with_parent
 from tamer.state import queries
 from tamer.state.db import Database
@@ -211,8 +213,12 @@ def _wait_while(db: Database, run_id: str, status: str, timeout: float) -> dict[
 class Daemon:
     """Runs the queue's jobs one after another; see the module docstring."""
 
-    def __init__(self, home: Home, poll_seconds: float = 5.0, exit_when_empty: bool = False, lines: Any = None) -> None:
+    def __init__(self, home: Home, poll_seconds: float = 5.0, exit_when_empty: bool = False, lines: Any = None,
+                 notify_config: Path | None = None) -> None:
         self.home = home
+        # the queue's notify config (a bad one is a config error now, not at the first send); jobs get it through the environment
+        self.notify_config = notify_config.resolve() if notify_config else None
+        self.watch = QueueWatch(home, notify_settings.home_notify(home.root, self.notify_config))
         self.poll_seconds = poll_seconds
         self.exit_when_empty = exit_when_empty
         self.lines = lines  # what people read (tamer/progress.py's DaemonLines), or None; structlog logs either way
@@ -235,11 +241,13 @@ class Daemon:
             while self.stop_signal is None:
                 if (run_id := self._claim_next()) is not None:
                     self._run_job(run_id, "next in the queue")
-                elif self.exit_when_empty:
-                    break
                 else:
+                    self.watch.empty(self.db)
+                    if self.exit_when_empty:
+                        break
                     self._idle()
         finally:
+            self.watch.close()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.db.close()
@@ -294,7 +302,9 @@ class Daemon:
                     self.job = subprocess.Popen(
                         [sys.executable, "-m", "tamer", "resume", run_id, "--home", str(self.home.root)],
                         stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                        preexec_fn=_job_setup(os.getpid()), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        preexec_fn=_job_setup(os.getpid()),
+                        env={**os.environ, "PYTHONUNBUFFERED": "1",
+                             **({notify_settings.ENVIRONMENT: str(self.notify_config)} if self.notify_config else {})},
                     )
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -303,6 +313,7 @@ class Daemon:
             code = self._wait(follow)
             self.job = None
             self._after_job(run_id, code, log_path)
+            self.watch.job_done(run_id)
             follow()
         run = self.db.run(run_id)
         self._say("job_end", f"run {run_id} {run['status']} at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
@@ -325,6 +336,7 @@ class Daemon:
             reason = f"its supervisor (`tamer resume`) exited with code {code} before it started; {log_path} says why"
             self.db.update_run(run_id, status="failed", ended_at=time.time(), failure_reason=reason)
             self.db.event(run_id, "failed", reason)
+            self.watch.never_started(self.db.run(run_id))
         elif run["status"] == "running" and supervisor_pid(run) is None:
             self.db.event(run_id, "daemon_job", f"its supervisor exited with code {code} and left the run running; "
                                                 f"the next daemon start resumes it, or `tamer resume {run_id}`")
@@ -346,13 +358,14 @@ def _job_setup(daemon: int) -> Any:
 # --- running in the background ----------------------------------------------------------------------
 
 
-def detach_daemon(home: Home, poll_seconds: float, exit_when_empty: bool) -> int:
+def detach_daemon(home: Home, poll_seconds: float, exit_when_empty: bool, notify_config: Path | None = None) -> int:
     """Start `tamer daemon` in its own session with its output in HOME/daemon.log; returns its pid once it
     holds the daemon lock."""
     holder = daemon_pid(home)
     if holder is not None:
         raise LockedError(f"a tamer daemon (pid {holder}) already serves {home.root}; one daemon per home")
     command = [sys.executable, "-m", "tamer", "daemon", "--home", str(home.root), "--poll", str(poll_seconds)]
+    command += ["--notify-config", str(notify_config.resolve())] if notify_config else []
     log_path = home.root / DAEMON_LOG
     process = _spawn(command + (["--exit-when-empty"] if exit_when_empty else []), log_path)
     _await_lock(process, daemon_lock_path(home), "the daemon", log_path)

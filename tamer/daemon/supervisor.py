@@ -34,10 +34,12 @@ from tamer.daemon import outcome as outcomes
 from tamer.daemon import policy as policies
 from tamer.daemon.card import settled_card
 from tamer.daemon.deescalation import Deescalation
+from tamer.daemon.mirror import RunMirror
 from tamer.daemon.probe import device_facts
 from tamer.daemon.result import after_run
 from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
 from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE, StateError
+from tamer.notify.messages import redact_config
 from tamer.plan import DeviceFacts, Plan
 from tamer.protocol import OUTCOME_FILE, PLAN_FILE, RUN_ENDED, attempt_dir, local_ranks, plan_file
 from tamer.state.checkpoints import write_json_atomic
@@ -90,7 +92,8 @@ def create_run(home: Home, config: RunConfig, data_profile: Any = None) -> str:
     })
     measured = {"data_profile": data_profile.to_dict()} if data_profile is not None else {}
     db.event(run_id, "created", f"run created from preset {config.preset}"
-             + (f"; data: {data_profile.describe()}" if data_profile is not None else ""), config=config.to_dict(), **measured)
+             + (f"; data: {data_profile.describe()}" if data_profile is not None else ""), config=redact_config(config.to_dict()),
+             **measured)
     db.close()
     return run_id
 
@@ -127,10 +130,14 @@ class Supervisor:
             raise StateError(f"run {self.run_id} already finished; `tamer show {self.run_id}` has its results")
         self.lock.acquire()
         previous_handlers = self._install_signal_handlers()
+        mirror = RunMirror.start(self.home, self.run_id, self.config)  # trackers and notifications, from a thread
         try:
             self._prepare()
             return self._loop()
         finally:
+            if mirror is not None:  # the last rows, the ending notification (after evaluation and export)
+                asked = self.stop_requests
+                mirror.close(lambda: self.stop_requests > asked)  # a stop signal now ends the wait for the last sends
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.lock.release()

@@ -184,6 +184,27 @@ def m005_token_counts(db: sqlite_utils.Database) -> None:
     db["steps"].add_column("computed_tokens", int)
 
 
+
+@migrations()
+def m006_forwarded(db: sqlite_utils.Database) -> None:
+    """What the supervisor has forwarded out of the database (tamer/daemon/mirror.py), one row per run and sink
+    (a tracker such as `tensorboard`, or `notify`): the last event id, step, evaluation step and SQuAD score id
+    sent, and the tracker's own run id (W&B, MLflow), so a resumed run continues the same tracker run without
+    drawing a point twice."""
+    db["forwarded"].create(
+        {
+            "run_id": str,
+            "sink": str,
+            "event_id": int,
+            "step": int,
+            "eval_step": int,
+            "score_id": int,
+            "external_id": str,  # the tracker's run id
+            "updated_at": float,
+        },
+        pk=("run_id", "sink"),
+    )
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")

@@ -1,7 +1,7 @@
 """Named queries on the tamer database for the parts outside tamer/state: the queue, the live progress
 lines, `tamer status` and `history`, the planner's calibration, de-escalation and the child.
 
-Imported, never run. Every statement tamer runs lives here or in tamer/state/db.py (a unit test,
+Imported, never run. The supervisor's mirror (tamer/daemon/mirror.py) reads its cursors here too. Every statement tamer runs lives here or in tamer/state/db.py (a unit test,
 tests/unit/test_sql_home.py, fails when SQL text appears elsewhere); the one exception is `tamer sql`,
 which runs the user's own read-only query (tamer/inspect/query.py). Writes use `Database.write()`: one
 short `BEGIN IMMEDIATE` transaction each.
@@ -193,3 +193,49 @@ def best_eval(db: Database, run_id: str) -> dict[str, Any] | None:
     """The step and loss of the run's lowest validation loss, or None before its first evaluation."""
     rows = list(db.db.query("SELECT step, eval_loss FROM evals WHERE run_id = ? ORDER BY eval_loss LIMIT 1", [run_id]))
     return rows[0] if rows else None
+
+
+# --- what the mirror forwarded (tamer/daemon/mirror.py) ---------------------------------------------
+
+
+def forwarded(db: Database, run_id: str, sink: str) -> dict[str, Any] | None:
+    """The forwarding cursor of one sink (a tracker's name, or `notify`) for a run, or None before its first save."""
+    rows = list(db.db.query("SELECT * FROM forwarded WHERE run_id = ? AND sink = ?", [run_id, sink]))
+    return rows[0] if rows else None
+
+
+def save_forwarded(db: Database, run_id: str, sink: str, now: float, **values: Any) -> None:
+    """Store (insert or update) a sink's cursor columns given in `values`."""
+    with db.write() as writer:
+        writer["forwarded"].upsert({"run_id": run_id, "sink": sink, "updated_at": now, **values}, pk=("run_id", "sink"))
+
+
+def new_steps(db: Database, run_id: str, after_step: int) -> list[dict[str, Any]]:
+    """One row per optimizer step above `after_step`, the latest attempt's where a restart redid it, in step order."""
+    return list(db.db.query(
+        """SELECT s.* FROM steps s JOIN (SELECT step, max(attempt) AS attempt FROM steps WHERE run_id = ? AND step > ?
+           GROUP BY step) latest ON s.step = latest.step AND s.attempt = latest.attempt
+           WHERE s.run_id = ? ORDER BY s.step""", [run_id, after_step, run_id]))
+
+
+def new_evals(db: Database, run_id: str, after_step: int) -> list[dict[str, Any]]:
+    """One validation loss per step above `after_step` (the latest attempt's), in step order."""
+    return list(db.db.query(
+        """SELECT e.* FROM evals e JOIN (SELECT step, max(attempt) AS attempt FROM evals WHERE run_id = ? AND step > ?
+           GROUP BY step) latest ON e.step = latest.step AND e.attempt = latest.attempt
+           WHERE e.run_id = ? ORDER BY e.step""", [run_id, after_step, run_id]))
+
+
+def new_squad_scores(db: Database, run_id: str, after_id: int) -> list[dict[str, Any]]:
+    """SQuAD score rows whose id is above `after_id`, oldest first."""
+    return list(db.db.query("SELECT * FROM squad_scores WHERE run_id = ? AND id > ? ORDER BY id", [run_id, after_id]))
+
+
+def last_event_id(db: Database, run_id: str) -> int:
+    """The id of the run's newest event (0 when it has none)."""
+    return db.conn.execute("SELECT coalesce(max(id), 0) FROM events WHERE run_id = ?", [run_id]).fetchone()[0]
+
+
+def last_step_time(db: Database, run_id: str) -> float | None:
+    """When the run's newest step row was written (its wall_time), or None before its first step."""
+    return db.conn.execute("SELECT max(wall_time) FROM steps WHERE run_id = ?", [run_id]).fetchone()[0]
