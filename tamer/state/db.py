@@ -241,9 +241,12 @@ class Database:
                 self.conn = connect_reader(self.path)
                 self.db = sqlite_utils.Database(self.conn)
                 tables = set(self.db.table_names())
-                if "_sqlite_migrations" not in tables or migrations.pending(self.db):
-                    raise StateError(f"{self.path} is not a tamer database of this version (tables: {', '.join(sorted(tables)) or 'none'}); "
-                                     "open it once with a writable home to upgrade it, or point --home elsewhere")
+                if "_sqlite_migrations" not in tables:
+                    raise StateError(f"{self.path} is an SQLite database but not a tamer one (tables: {', '.join(sorted(tables)) or 'none'}); "
+                                     "point --home or TAMER_HOME elsewhere")
+                if migrations.pending(self.db):
+                    raise StateError(f"{self.path} is from an older tamer: open it once with a writable home to upgrade it "
+                                     "(any command that writes, such as `tamer run`), then it can be read here")
             except sqlite3.DatabaseError as error:
                 raise StateError(f"{self.path} is not a usable tamer database ({error}); point --home elsewhere") from None
             return
