@@ -258,8 +258,8 @@ class RunConfig(Schema):
     max_seq_len: int = Field(512, ge=1)
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
     compile: bool | Literal["auto"] = "auto"
-    """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights or several
-    processes). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
+    """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights, LoRA adapters or
+    several processes: adapter-wrapped layers took 78 s to compile on an H100 before the first step). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
     each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
     optimizer_kernel: Literal["auto", "bitsandbytes"] = "auto"
     """Who steps the 8-bit AdamW flavours: `auto` = tamer's Triton kernel on CUDA when triton is installed (bitsandbytes'
