@@ -134,3 +134,16 @@ def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
     db = _compile_heavy_attempt(recorded_home, SMOOTHING_STEPS + 1)
     later = step_facts(db, db.run(RUN_ID), 1)
     assert later["tokens_per_s"] == pytest.approx(2000) and later["eta_seconds"] == pytest.approx((999 - SMOOTHING_STEPS) * 0.5)
+
+
+def test_tamer_status_gives_no_eta_from_a_first_step_alone(recorded_home):
+    """`tamer status` on a running attempt's first step (78 s of compiling) has no ETA; from two steps on, the
+    wall clock between them sets it."""
+    from tamer.inspect.status import run_status
+
+    db = _compile_heavy_attempt(recorded_home, 1)
+    db.update_run(RUN_ID, status="running", steps_done=1)
+    assert run_status(db, RUN_ID)["eta_seconds"] is None
+    db = _compile_heavy_attempt(recorded_home, 3)
+    db.update_run(RUN_ID, status="running", steps_done=3)
+    assert run_status(db, RUN_ID)["eta_seconds"] == pytest.approx(997 * 0.5)
