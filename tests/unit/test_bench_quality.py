@@ -3,7 +3,6 @@ wheel from a GGUF by their first bytes and joins parts in order. No torch, no mo
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import zipfile

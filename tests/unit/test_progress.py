@@ -121,13 +121,14 @@ def _compile_heavy_attempt(home, steps: int) -> Database:
 
 
 def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
-    """On an attempt's first step (78 s of compiling) there is no ETA, not 1,000 x 78 s; from the second on, the ETA
-    and tok/s come from the steps after it, also once the first step falls out of the smoothing window."""
+    """On an attempt's first step (78 s of compiling) there is no ETA, not 1,000 x 78 s, and tok/s is that step's own;
+    from the second on, the ETA and tok/s come from the steps after it, also once the first step falls out of the
+    smoothing window."""
     from tamer.progress import SMOOTHING_STEPS, step_facts
 
     db = _compile_heavy_attempt(recorded_home, 1)
     first = step_facts(db, db.run(RUN_ID), 1)
-    assert first["eta_seconds"] is None and first["tokens_per_s"] is None
+    assert first["eta_seconds"] is None and first["tokens_per_s"] == pytest.approx(1000 / 78)
     db = _compile_heavy_attempt(recorded_home, 3)
     third = step_facts(db, db.run(RUN_ID), 1)
     assert third["eta_seconds"] == pytest.approx(997 * 0.5) and third["tokens_per_s"] == pytest.approx(2000)
