@@ -115,3 +115,15 @@ def test_an_escalation_to_lora_records_the_rate_change(tmp_path):
     (detail,) = details(db, run_id, "escalate")
     assert (detail["old_learning_rate"], detail["new_learning_rate"]) == (1e-3, 2e-4)
     assert db.attempts(run_id)[1]["reason"].endswith("; learning rate 0.001 -> 0.0002 for LoRA adapters")
+
+
+def test_required_rungs_hold_even_where_a_full_fine_tune_fits():
+    """A policy requiring `lora` picks a LoRA plan for the 1B on an 80 GB H100, where its fastest plan is a full
+    fine-tune; requiring a rung no plan here can have (fsdp on one process) leaves nothing to pick."""
+    from tamer.planner import PlannerPolicy, choose, device_budget
+
+    h100 = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, bf16=True, fp16=True)
+    config, budget = build_config("llama-3.2-1b"), device_budget(h100.total_memory)
+    assert not choose(config, h100, budget).plan.lora
+    assert choose(config, h100, budget, PlannerPolicy(required_rungs=("lora",))).plan.lora
+    assert choose(config, h100, budget, PlannerPolicy(required_rungs=("fsdp",))) is None
