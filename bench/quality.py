@@ -212,7 +212,8 @@ def score_folder(bench: Bench, label: str, folder: Path, evaluation: Path) -> di
                  "--model", str(args.model), *shared_options(args)]
     found = bench.own(*arguments, log=f"score-{label}")
     bench.say(f"{label}: EM {found['exact_match']:.3f}, F1 {found['f1']:.3f}")
-    return found
+    return {"exact_match": found["exact_match"], "f1": found["f1"], "questions": found["questions"],
+            "eval_seconds": found["seconds"], "examples": found["examples"]}
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
@@ -251,6 +252,8 @@ def score_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def hf_command(args: argparse.Namespace) -> dict[str, Any]:
     """`hf`: the Hugging Face Trainer's full fine-tune of the same examples, saved to --save and described."""
+    import resource
+
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
@@ -278,17 +281,41 @@ def hf_command(args: argparse.Namespace) -> dict[str, Any]:
         save_strategy="no", report_to=[], dataloader_drop_last=True, remove_unused_columns=False,
     )
     collate = PaddingCollator(tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
+    clock = step_clock()
+    trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate, callbacks=[clock])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     metrics = trainer.train().metrics
     model.config.use_cache = True
     trainer.save_model(str(args.save))
     tokenizer.save_pretrained(str(args.save))
+    paced = len(clock.ends) - 1  # as for tamer's runs: the pace after the first step, which carries the warm-up
     return {"steps": trainer.state.global_step, "train_seconds": metrics.get("train_runtime"), "train_questions": len(dataset),
-            "questions_per_second": metrics.get("train_samples_per_second"),
-            "peak_bytes": torch.cuda.max_memory_reserved() if cuda else None, "peak_kind": "reserved" if cuda else None,
+            "questions_per_second": paced * config.effective_batch_size / (clock.ends[-1] - clock.ends[0]) if paced > 0 else None,
+            "first_step_seconds": clock.ends[0] - clock.began if clock.ends else None,
+            "peak_bytes": torch.cuda.max_memory_reserved() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_kind": "reserved" if cuda else "RSS",
             "plan": "HF Trainer: full FT, fp32 weights" + (", bf16 autocast, fused AdamW" if cuda else ", AdamW") + ", length-grouped, padded to the longest"}
+
+
+def step_clock() -> Any:
+    """A TrainerCallback noting when training began and when each optimizer step ended (after the device finished)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.began, self.ends = 0.0, []
+
+        def on_train_begin(self, *arguments: Any, **keywords: Any) -> None:
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *arguments: Any, **keywords: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+
+    return Clock()
 
 
 class PaddingCollator:
