@@ -13,7 +13,7 @@ reaches, and the Hugging Face Trainer, all scored by tamer's own SQuAD evaluatio
 2. `base`: the model as converted, scored on the first `--limit` evaluation questions.
 3. `tamer`: `tamer run squad --model DIR --data OUT/train.json --set epochs=N` with the defaults (the planner's
    plan on a GPU), then `tamer eval RUN --data OUT/eval.json --limit K`. Every tamer run shares one home
-   (OUT/home), so `tamer compare` lists them side by side.
+   (OUT/home), so `tamer compare RUN ... --data OUT/eval.json` lists them side by side with these scores.
 4. The same run forced (`start_plan`) onto the plans an escalation reaches from the default plan: `lora` (the lora
    rung: LoRA on the full-precision weights, at `lora.learning_rate`, one run per `--lora-rates` entry), `lora-int8`
    (quantize_8bit: LoRA on an int8 base), `fp16` (fp16 autocast with a GradScaler, what a card without bf16 gets).
@@ -131,11 +131,19 @@ def common_sets(args: argparse.Namespace) -> dict[str, Any]:
     return sets
 
 
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def run_config(args: argparse.Namespace, data: Path, extra: dict[str, Any] | None = None) -> Any:
     from tamer.config import build_config
 
     return build_config(PRESET, None, {"model": str(args.model), "data": str(data)}, [
-        f"{key}={json.dumps(value)}" for key, value in {**common_sets(args), **(extra or {})}.items()])
+        f"{key}={json.dumps(value)}" for key, value in merged(common_sets(args), extra or {}).items()])
 
 
 def forced_plans(args: argparse.Namespace, train: Path) -> dict[str, dict[str, Any]]:
@@ -171,7 +179,7 @@ def tamer_run(bench: Bench, label: str, train: Path, evaluation: Path, extra: di
     args = bench.args
     config_file = bench.out / "configs" / f"{label}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump({"model": str(args.model), "data": str(train), **common_sets(args), **extra}))
+    config_file.write_text(yaml.safe_dump({"model": str(args.model), "data": str(train), **merged(common_sets(args), extra)}))
     launched = time.time()
     run_id = bench.tamer("run", "squad", "--preset", PRESET, "--config", str(config_file), log=f"run-{label}").stdout.split()[0]
     wall = time.time() - launched
@@ -358,7 +366,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plans_text(rows: list[dict[str, Any]]) -> str:
-    return "\n".join(f"- {row['label']}: {row.get('plan') or '-'}" + (f" (run {row['run_id']})" if row.get("run_id") else "") for row in rows)
+    """One line per run: the plan it settled on, and its run id (and attempts, when an OOM made more than one)."""
+    lines = []
+    for row in rows:
+        attempts = f", {row['attempts']} attempts" if (row.get("attempts") or 1) > 1 else ""
+        lines.append(f"- {row['label']}: {row.get('plan') or '-'}" + (f" (run {row['run_id']}{attempts})" if row.get("run_id") else ""))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +439,8 @@ def bench_command(args: argparse.Namespace) -> None:
         bench.say(f"hf: trained ({trained['steps']} steps, {trained['wall_seconds']:.0f} s)")
         rows.append({"label": "hf", **trained, **score_folder(bench, "hf", save, eval_file)})
     summary = {"counts": counts, "seed": args.seed, "epochs": args.epochs, "limit": args.limit, "rows": rows,
-               "compare": ["tamer", "compare", *[row["run_id"] for row in rows if row.get("run_id")], "--home", str(bench.home)]}
+               "compare": ["tamer", "compare", *[row["run_id"] for row in rows if row.get("run_id")], "--data", str(eval_file),
+                           "--home", str(bench.home)]}
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2, default=str))
     text = (f"{table(rows)}\n\nSplit by article (seed {args.seed}): {counts['train_articles']} articles / {counts['train_questions']} "
             f"questions train, {counts['eval_articles']} / {counts['eval_questions']} evaluate; the first {args.limit} evaluation "
@@ -434,7 +448,7 @@ def bench_command(args: argparse.Namespace) -> None:
             ".\n\nPlans:\n" + plans_text(rows) + "\n")
     (args.out / "quality.md").write_text(text)
     print("\n" + text)
-    if len(summary["compare"]) > 5:
+    if len(summary["compare"]) > 7:
         print("side by side: " + " ".join(summary["compare"]))
 
 
