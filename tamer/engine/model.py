@@ -128,9 +128,10 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
 def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> bool:
     """Whether the decoder layers are compiled: true/false as asked; `auto` on one CUDA process with ordinary
     weights and no LoRA adapters, where compiled layers measured faster and leaner. Adapter-wrapped layers are
-    left eager under `auto`: peft's wrappers give Dynamo ~4x the operations of a plain layer to compile (230 vs 59
-    captured for SmolLM2-135M's layer, plus a second graph for the first layer, whose input needs no gradient),
-    and the first step of such a plan waited 78 s on an H100 before it trained (issue 25)."""
+    left eager under `auto`: peft's wrappers give Dynamo about twice a plain layer's operations to compile (230 vs
+    118 captured for SmolLM2-135M), plus a second graph for the first layer, whose input needs no gradient; the first
+    step of such a plan waited 78 s on an H100 before it trained (issue 25), and on a CPU compiled LoRA steps were no
+    faster than eager ones (bench/results/compile-lora-cpu-2026-12-06.md)."""
     if setting != "auto":
         return bool(setting)
     return device.type == "cuda" and plan.quantization is None and not plan.lora and plan.world_size == 1
