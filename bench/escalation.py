@@ -53,7 +53,7 @@ from typing import Any
 
 from tamer.config import build_config, config_from_dict
 from tamer.plan import Plan
-from tamer.planner import ModelShape, Workload, estimate
+from tamer.planner import Workload, estimate
 from tamer.protocol import PLAN_FILE, attempt_dir
 from tamer.state.db import Database
 
@@ -265,11 +265,14 @@ def steady_rate(tokens_per_step: int, seconds: list[float]) -> float | None:
 
 
 def predicted_peak(config: Any, plan: Plan) -> int | None:
-    """The planner's predicted peak reserved bytes for `plan` (as `tamer plan` computes it)."""
-    if not config.architecture:
+    """The planner's predicted peak reserved bytes for `plan` (as `tamer plan` computes it, for the shape it plans)."""
+    from tamer.planner.shape import resolve
+
+    shape = resolve(config).shape
+    if shape is None:
         return None
     workload = Workload.from_config(config, supervised_per_sequence=config.planner.supervised_per_sequence)
-    return estimate(ModelShape.from_architecture(config.architecture), plan, workload).reserved
+    return estimate(shape, plan, workload).reserved
 
 
 # --- (d) the sweep's candidates --------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Build a Llama model with seeded random weights and save it like a real checkpoint.
 
     python bench/make_random_model.py OUT_DIR [--preset llama-3.2-1b] [--dtype bf16]
+    python bench/make_random_model.py OUT_DIR --preset llama-3.2-3b     # 3.21 B parameters, 6.4 GB in bf16
+    python bench/make_random_model.py OUT_DIR --preset llama-3.1-8b     # 8.03 B parameters, 16 GB in bf16
 
-A Llama-3.2-1B-shaped model with random weights has the real model's memory and speed, so GPU
-benchmarks and escalation runs need no hub access: train it with `tamer run squad --model OUT_DIR
---set tokenizer=bundled`.
+A model of a preset's shape (tamer/presets.py: each one's published config.json) with random weights has the
+real model's memory and speed, so GPU benchmarks and escalation runs need no hub access: train it with
+`tamer run squad --model OUT_DIR --set tokenizer=bundled` (the planner reads OUT_DIR/config.json).
 """
 
 from __future__ import annotations

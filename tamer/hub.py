@@ -94,6 +94,21 @@ def cached(need: HubNeed) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
+def config_json_on_disk(model: str) -> Path | None:
+    """The config.json of `model` on this machine, without the network: a local folder's, or the hub cache's
+    copy of a hub id's (preflight's `check_causal` puts it there); None when there is none."""
+    if looks_local(model):
+        found = Path(model).expanduser() / "config.json"
+        return found if found.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def check_sources(config: Any, probe_timeout: float = PROBE_SECONDS) -> bool:
     """Refuse, in one line, a model that is not a causal LM and anything the hub would have to send when
     it cannot; True when the run must go offline (hub unreachable, everything needed cached)."""

@@ -6,6 +6,11 @@
 A preset is the first layer of a config: the YAML file (`--config`), command-line options and `--set`
 go over it. Adding one is adding an entry to PRESETS. RECIPE_DEFAULTS holds a preset's keys for one recipe
 only, applied over the preset when that recipe runs (and under the YAML file and the options).
+
+A preset's `architecture` is its model's published config.json (the fields that decide memory): what
+`init: random` builds, and the shape the planner falls back to when the preset's own model's config.json is
+not on this machine. A pretrained model's own config.json comes first (tamer/planner/shape.py), so
+`--model` with another model never plans the preset's shape.
 """
 
 from __future__ import annotations
@@ -35,6 +40,36 @@ LLAMA_3_2_1B_ARCHITECTURE: dict[str, Any] = {
     "eos_token_id": 128001,
 }
 
+LLAMA_3_2_3B_ARCHITECTURE: dict[str, Any] = {
+    **LLAMA_3_2_1B_ARCHITECTURE,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+}
+"""meta-llama/Llama-3.2-3B's config.json: the 1B's rope and vocabulary, tied embeddings, 3.21 B parameters."""
+
+LLAMA_3_1_8B_ARCHITECTURE: dict[str, Any] = {
+    **LLAMA_3_2_1B_ARCHITECTURE,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "tie_word_embeddings": False,
+}
+"""meta-llama/Llama-3.1-8B's config.json: untied embeddings (a separate 0.5 B-parameter LM head), 8.03 B parameters."""
+
 TINY_ARCHITECTURE: dict[str, Any] = {
     "vocab_size": 32000,
     "hidden_size": 64,
@@ -54,6 +89,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-3.2-1b": {
         "model": "meta-llama/Llama-3.2-1B",
         "architecture": LLAMA_3_2_1B_ARCHITECTURE,
+    },
+    "llama-3.2-3b": {
+        "model": "meta-llama/Llama-3.2-3B",
+        "architecture": LLAMA_3_2_3B_ARCHITECTURE,
+    },
+    "llama-3.1-8b": {
+        "model": "meta-llama/Llama-3.1-8B",
+        "architecture": LLAMA_3_1_8B_ARCHITECTURE,
     },
     "tiny": {
         "model": "tiny-llama",

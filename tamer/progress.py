@@ -47,14 +47,21 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int | None = None) -> dict[str, Any] | None:
-    """The newest step of `attempt` (or its step `up_to_step`), with tok/s and ETA smoothed over the steps before it."""
-    rows = queries.recent_steps(db, run["id"], attempt, up_to_step if up_to_step is not None else 2**62, SMOOTHING_STEPS)
+    """The newest step of `attempt` (or its step `up_to_step`), with tok/s and ETA smoothed over the steps before it.
+
+    An attempt's first step carries its warm-up (compiling the layers, allocator growth: 78 s against 0.1 s for
+    the next ones, seen with LoRA-wrapped layers), so it never sets the pace: once later steps exist tok/s leaves it
+    out and the seconds per step count from its end; on the first step alone tok/s is its own and there is no ETA."""
+    rows = queries.recent_steps(db, run["id"], attempt, up_to_step if up_to_step is not None else 2**62, SMOOTHING_STEPS + 1)
     if not rows:
         return None
+    has_first = len(rows) <= SMOOTHING_STEPS  # fewer rows than asked for: the oldest is the attempt's first step
+    rows = rows[:SMOOTHING_STEPS]
     newest = rows[0]
-    timed = sum(row["step_time"] or 0.0 for row in rows)
-    speed = sum(row["tokens"] or 0 for row in rows) / timed if timed > 0 else None
-    seconds_per_step = (rows[0]["wall_time"] - rows[-1]["wall_time"]) / (len(rows) - 1) if len(rows) > 1 else newest["step_time"]
+    paced = rows[:-1] if has_first and len(rows) > 1 else rows
+    timed = sum(row["step_time"] or 0.0 for row in paced)
+    speed = sum(row["tokens"] or 0 for row in paced) / timed if timed > 0 else None
+    seconds_per_step = (rows[0]["wall_time"] - rows[-1]["wall_time"]) / (len(rows) - 1) if len(rows) > 1 else None
     total = run["total_steps"]
     eta = (total - newest["step"]) * seconds_per_step if total and seconds_per_step else None
     reserved, rss = newest["mem_reserved"], newest["host_rss"]

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli.common import DataOption, HomeOption, JsonOption, _fail, _print_json, app, check_recipe, console
+from tamer.cli.common import DataOption, HomeOption, JsonOption, ModelOption, _fail, _print_json, app, check_recipe, console
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
 from tamer.planner.calibrate import Observation, correction_factor, observations
@@ -93,6 +93,19 @@ def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
                        fp16=True, bitsandbytes=bitsandbytes_installed())
 
 
+def _shape_source(run_config: Any) -> Any:
+    """Where the planner's shape comes from (tamer/planner/shape.py); a hub model's config.json is fetched into the hub
+    cache when it is not there yet (as `tamer run`'s preflight does), unless the hub is unreachable."""
+    from tamer.hub import check_causal, looks_local, offline_requested, probe
+    from tamer.planner.shape import resolve
+
+    found = resolve(run_config)
+    if found.shape is None and run_config.init == "pretrained" and not looks_local(run_config.model):
+        check_causal(run_config.model, offline_requested() or probe() is not None)  # fetches config.json, or says why not
+        found = resolve(run_config)
+    return found
+
+
 def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation]:
     from tamer.state.db import Database
     from tamer.state.home import Home
@@ -110,7 +123,8 @@ def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation
 @app.command("plan")
 def plan_command(
     recipe: Annotated[str, typer.Argument(help="Recipe to plan for: squad, chat, instruct or text (these three measure --data).")] = "squad",
-    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b or tiny.")] = "llama-3.2-1b",
+    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b, llama-3.2-3b, llama-3.1-8b or tiny.")] = "llama-3.2-1b",
+    model: ModelOption = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set micro_batch_size=4 (repeatable).")] = None,
     data: DataOption = None,
@@ -153,7 +167,8 @@ def plan_command(
                      "planner.allow_pure_bf16": allow_pure_bf16, "planner.min_micro_batch": min_micro_batch,
                      "planner.safety_margin": safety_margin, "planner.supervised_per_sequence": supervised_per_sequence,
                      "recipe": recipe, "data": data}
-        run_config = build_config(preset, config, overrides, set_ or [])
+        run_config = build_config(preset, config, {"model": model, **overrides}, set_ or [])
+        source = _shape_source(run_config)
         measured = None
         if recipe != "squad":  # sized on this data's token lengths, as `tamer run` plans it
             from tamer.recipes.prepare import prepare
@@ -186,7 +201,7 @@ def plan_command(
     if as_json:
         _print_json({
             "device": facts.to_dict(), "budget": budget, "usable": usable, "correction": correction,
-            "workload": workload.__dict__, "parameters": shape.parameters,
+            "workload": workload.__dict__, "parameters": shape.parameters, "shape": {"origin": source.origin, "text": source.describe()},
             "candidates": [{**c.to_dict(), "relative_speed": c.speed / reference} for c in shown],
             "chosen": chosen.to_dict() if chosen else None,
             "world_size": note.to_dict() if note else None,
@@ -195,8 +210,8 @@ def plan_command(
         return
     positions = (f"{workload.supervised_per_sequence} supervised positions per sequence at the LM head"
                  if workload.logits_tokens == "supervised" else "every position at the LM head")
-    output.say(console, f"{run_config.model}: {shape.parameters:,} parameters; {run_config.effective_batch_size} sequences x "
-                        f"{workload.sequence_length} tokens per step, {positions}")
+    output.say(console, f"{run_config.model}: {source.describe()}")
+    output.say(console, f"{run_config.effective_batch_size} sequences x {workload.sequence_length} tokens per step, {positions}")
     computed = workload.computed_per_sequence or workload.sequence_length
     output.say(console, f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
                         f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)")
@@ -220,6 +235,8 @@ def plan_command(
     else:
         phases = ", ".join(f"{name} {_gib(chosen.estimate.reserved_in(name))}" for name in chosen.estimate.phases)
         output.say(console, f"chosen: {chosen.plan.describe()}", indent="  ")
+        output.say(console, f"  peak learning rate {run_config.learning_rate_for(chosen.plan):g}"
+                            + (" (lora.learning_rate: LoRA adapters)" if chosen.plan.lora else " (learning_rate)"))
         output.say(console, f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
                             f"peak reserved by phase (GiB): {phases}"
                             + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),

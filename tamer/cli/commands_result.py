@@ -136,6 +136,7 @@ def eval_command(
 @app.command()
 def compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
+    data: Annotated[Optional[str], typer.Option(help="EM/F1 of `tamer eval --data FILE` on this file (default: the held-out validation slice).")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -144,10 +145,11 @@ def compare(
 
     Example: tamer compare squad-20261125-201500-ab12 squad-20261126-090000-cd34
     """
-    from tamer.inspect.results import compare as compare_rows
+    from tamer.inspect.results import HELD_OUT, compare as compare_rows
 
     try:
-        rows = compare_rows(open_database(home), run_ids)
+        label = HELD_OUT if data is None else data if data == "bundled" else str(Path(data).expanduser().resolve())  # as `tamer eval` stores it
+        rows = compare_rows(open_database(home), run_ids, label)
     except TamerError as error:
         _fail(error)
     if as_json:

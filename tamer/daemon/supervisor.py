@@ -90,10 +90,13 @@ def create_run(home: Home, config: RunConfig, data_profile: Any = None) -> str:
         "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
         "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
+    from tamer.planner.shape import resolve  # pure arithmetic and a JSON read; imported here to keep start-up light
+
+    shape = resolve(config)
     measured = {"data_profile": data_profile.to_dict()} if data_profile is not None else {}
-    db.event(run_id, "created", f"run created from preset {config.preset}"
+    db.event(run_id, "created", f"run created from preset {config.preset}; {shape.describe()}"
              + (f"; data: {data_profile.describe()}" if data_profile is not None else ""), config=redact_config(config.to_dict()),
-             **measured)
+             shape_origin=shape.origin or None, **measured)
     db.close()
     return run_id
 
@@ -174,30 +177,49 @@ class Supervisor:
                            supervisor_pid=os.getpid(), ended_at=None, failure_reason=None)
 
     def _first_plan(self) -> tuple[Plan, str]:
-        """The config's exact start_plan, else the planner's choice, else the user's batch geometry + start_rungs."""
+        """The first plan and why, with its peak learning rate when it trains LoRA adapters."""
+        plan, reason = self._first_plan_choice()
+        if plan.lora and self.config.learning_rate_for(plan) != self.config.learning_rate:
+            reason += f"; peak learning rate {self.config.learning_rate_for(plan):g} for LoRA adapters (lora.learning_rate)"
+        return plan, reason
+
+    def _first_plan_choice(self) -> tuple[Plan, str]:
+        """The config's exact start_plan, else the planner's choice (the fastest plan with the config's start_rungs),
+        else the user's batch geometry + start_rungs."""
         if self.config.start_plan is not None:
             start = {"eval_batch_size": self.config.eval_batch_size, "world_size": self.config.distributed.world_size, **self.config.start_plan}
             return Plan.from_dict(start), "start_plan from the config"
-        if self.config.start_rungs or not self._planning():
-            return ladder.initial_plan(self.config, self.facts), "first plan" + (
-                f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else "")
+        rungs = f" (start_rungs: {', '.join(self.config.start_rungs)})" if self.config.start_rungs else ""
+        if not self._planning():
+            if self.config.ladder.mode == "planner" and self.facts.kind == "cuda":
+                self.db.event(self.run_id, "planner", f"the planner cannot plan this model: {self.shape_source.describe()}; "
+                              "starting from the user's plan, escalating by measurement (card order)")
+            return ladder.initial_plan(self.config, self.facts), "first plan" + rungs
         choice = self._planner_choice(self.state.failed_plans, self.state.oom_hints)
         if choice is None:
-            self.db.event(self.run_id, "planner", "no plan is predicted to fit with the margin: starting from the user's plan, "
-                          "escalating by measurement (card order)")
-            return ladder.initial_plan(self.config, self.facts), "first plan (the planner had no confident fit)"
-        return choice.plan, "planner: " + choice.reason
+            self.db.event(self.run_id, "planner", "no plan is predicted to fit with the margin: starting from the user's plan"
+                          f"{rungs}, escalating by measurement (card order)")
+            return ladder.initial_plan(self.config, self.facts), "first plan" + rungs + " (the planner had no confident fit)"
+        return choice.plan, "planner: " + choice.reason + rungs
 
     def _planning(self) -> bool:
-        return self.config.ladder.mode == "planner" and self.facts.kind == "cuda" and bool(self.config.architecture)
+        return self.config.ladder.mode == "planner" and self.facts.kind == "cuda" and self._shape() is not None
+
+    def _shape(self) -> Any:
+        """The model's shape for the planner (tamer/planner/shape.py), read once per supervisor; None when unknown."""
+        if not hasattr(self, "shape_source"):
+            from tamer.planner.shape import resolve
+
+            self.shape_source = resolve(self.config)
+        return self.shape_source.shape
 
     def _planner_choice(self, failed_plans: tuple[Plan, ...], oom_hints: tuple[dict[str, Any], ...]) -> Any:
         """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
         from tamer.planner.calibrate import correction_factor, observations
-        from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key, shape_of
+        from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key
 
         policy = PlannerPolicy.from_config(self.config)
-        shape = shape_of(self.config)
+        shape = self._shape()
         correction = correction_factor(observations(self.db, shape, self.facts.name))
         budget = device_budget(self.facts.total_memory, self.config.gpu_mem_cap)
         if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
@@ -275,19 +297,27 @@ class Supervisor:
             return number, outcome, action
         if isinstance(action, policies.StepBack):
             better, decision, detail = self.deescalation.take(number)
-            self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}", attempt=number,
-                          old_plan=started.to_dict(), new_plan=better.to_dict(), **detail)
-            self.plan, self.reason, self.applied = action.plan, action.reason, []
+            rate = self.config.learning_rate_change(ended.plan, action.plan)
+            self.db.event(self.run_id, "deescalate", f"stepped back to {better.describe()}: {decision.reason}" + (f"; {rate}" if rate else ""),
+                          attempt=number, old_plan=started.to_dict(), new_plan=better.to_dict(), **detail, **self._rates(ended.plan, action.plan))
+            self.plan, self.reason, self.applied = action.plan, action.reason + (f"; {rate}" if rate else ""), []
         self.deescalation.drop_pending()
         if isinstance(action, policies.Escalate):
             squeeze = self.deescalation.escalated(number, started, outcome, card) if training_oom else None
-            self.db.event(self.run_id, "escalate", action.reason + (f"; {on_card}" if on_card else ""), attempt=number,
+            rate = self.config.learning_rate_change(ended.plan, action.plan)
+            reason = action.reason + (f"; {rate}" if rate else "")
+            self.db.event(self.run_id, "escalate", reason + (f"; {on_card}" if on_card else ""), attempt=number,
                           applied=action.applied, skipped=action.skipped, old_plan=ended.plan.to_dict(), new_plan=action.plan.to_dict(),
-                          card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None)
-            self.plan, self.reason, self.applied = action.plan, action.reason, action.applied
+                          card=card.to_dict() if card else None, squeeze=squeeze.to_dict() if squeeze else None,
+                          **self._rates(ended.plan, action.plan))
+            self.plan, self.reason, self.applied = action.plan, reason, action.applied
         elif isinstance(action, (policies.Restart, policies.WaitForSpace)):
             self.plan, self.reason, self.applied = action.plan, action.reason, []
         return number, outcome, action
+
+    def _rates(self, old: Plan, new: Plan) -> dict[str, float]:
+        """The peak learning rates before and after a plan change, for the event's details."""
+        return {"old_learning_rate": self.config.learning_rate_for(old), "new_learning_rate": self.config.learning_rate_for(new)}
 
     def _restart(self, number: int, outcome: outcomes.Outcome, action: policies.Action) -> float:
         """Record the restart the policy chose (its plan is set): the seconds to wait before it."""
@@ -344,22 +374,20 @@ class Supervisor:
         if not self._planning():
             return None
         from tamer.planner.calibrate import correction_factor, observations
-        from tamer.planner.candidates import shape_of
         from tamer.planner.estimate import estimate
 
-        shape = shape_of(self.config)
+        shape = self._shape()
         correction = correction_factor(observations(self.db, shape, self.facts.name))
         return estimate(shape, plan, self._workload()).with_correction(correction).reserved
 
     def _managed_bytes(self, plan: Plan) -> int:
         """The child's CUDA managed memory by the planner's estimate: a paged optimizer's moments (0 for the
         others, or when the model's shape is unknown)."""
-        if plan.optimizer != "paged_adamw_8bit" or not self.config.architecture:
+        if plan.optimizer != "paged_adamw_8bit" or self._shape() is None:
             return 0
-        from tamer.planner.candidates import shape_of
         from tamer.planner.estimate import estimate
 
-        return estimate(shape_of(self.config), plan, self._workload()).pageable
+        return estimate(self._shape(), plan, self._workload()).pageable
 
     def _workload(self) -> Any:
         """What the planner sizes a micro-batch on: this run's data as preflight measured it (chat, instruct, text:

@@ -132,11 +132,15 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
 
 
 def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> bool:
-    """Whether the decoder layers are compiled: true/false as asked; `auto` on one CUDA process with
-    ordinary (not int8) weights, where compiled layers measured faster and leaner."""
+    """Whether the decoder layers are compiled: true/false as asked; `auto` on one CUDA process with ordinary
+    weights and no LoRA adapters, where compiled layers measured faster and leaner. Adapter-wrapped layers are
+    left eager under `auto`: peft's wrappers give Dynamo about twice a plain layer's operations to compile (230 vs
+    118 captured for SmolLM2-135M), plus a second graph for the first layer, whose input needs no gradient; the first
+    step of such a plan waited 78 s on an H100 before it trained (issue 25), and on a CPU compiled LoRA steps were no
+    faster than eager ones (bench/results/compile-lora-cpu-2026-12-06.md)."""
     if setting != "auto":
         return bool(setting)
-    return device.type == "cuda" and plan.quantization is None and plan.world_size == 1
+    return device.type == "cuda" and plan.quantization is None and not plan.lora and plan.world_size == 1
 
 
 def use_cudnn_attention(setting: bool | str, batching_mode: str) -> bool:
@@ -187,17 +191,24 @@ def tag_compile_caches(name: str, value: str) -> None:
     config.cache_key_tag = ",".join([*kept, prefix + value])
 
 
-def compile_layers(model: Any) -> int:
+def compile_layers(model: Any, backend: str = "inductor") -> int:
     """torch.compile every decoder layer in place with dynamic shapes from the first call: one graph shared by
     the layers and by every batch shape, whatever shape an attempt happens to start with, so a resumed
     attempt runs the same kernels as an uninterrupted one (exact resume). Returns how many. A layer that
-    fails to compile runs eagerly instead of ending the attempt."""
+    fails to compile runs eagerly instead of ending the attempt.
+
+    Under LoRA (compiled only when `compile: true`) the frozen embedding's output is made to require a gradient
+    first: otherwise the first layer's input does not and the others' does, and Dynamo compiles a second graph
+    for it (the same values either way)."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base) and not getattr(get_base(), "_require_grads_hooks", None):
+        model.enable_input_require_grads()
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, backend=backend)
     return len(layers)
 
 

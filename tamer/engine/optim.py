@@ -17,8 +17,9 @@ PAGED_MIN_ELEMENTS = 100_000
 
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
     """AdamW in the flavour the plan names (torch fp32 states, or bitsandbytes 8-bit / paged 8-bit; on CUDA
-    with Triton the 8-bit flavours are stepped by tamer's kernel, same state, see tamer.engine.adamw8bit)."""
-    kwargs: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
+    with Triton the 8-bit flavours are stepped by tamer's kernel, same state, see tamer.engine.adamw8bit), at the
+    plan's peak learning rate (`lora.learning_rate` for LoRA adapters, else `learning_rate`)."""
+    kwargs: dict[str, Any] = {"lr": config.learning_rate_for(plan), "weight_decay": config.weight_decay}
     if plan.optimizer == "adamw":
         return torch.optim.AdamW(parameters, **kwargs)
     if plan.optimizer not in ("adamw_8bit", "paged_adamw_8bit"):
@@ -89,10 +90,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup))
 
 
-def restore_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:
+def restore_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any], peak_lr: float) -> None:
     """Load a scheduler state and set each group's LR for the restored step (a fresh optimizer after a
-    type change starts at the schedule's current LR, not its first)."""
+    type change starts at the schedule's current LR, not its first). The schedule's position comes from the
+    checkpoint, its peak from this plan (`peak_lr`): a move from a full fine-tune to LoRA continues the same
+    warmup and cosine at the LoRA rate; under the same plan the two are equal, so resume stays exact."""
     scheduler.load_state_dict(state)
+    scheduler.base_lrs = [peak_lr] * len(scheduler.optimizer.param_groups)
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = peak_lr
     for group, base_lr, factor in zip(
         scheduler.optimizer.param_groups, scheduler.base_lrs, (fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas)
     ):

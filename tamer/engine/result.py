@@ -370,7 +370,7 @@ def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, d
         f"- Base model: `{config.model}`" + (" (random init)" if config.init == "random" else ""),
         f"- Data: {data}; held out for evaluation: {held_out}",
         f"- Steps: {trained.checkpoint.step} of {run['total_steps']} (effective batch {config.effective_batch_size}, "
-        f"learning rate {config.learning_rate}, max sequence {config.max_seq_len} tokens)",
+        f"peak learning rate {config.learning_rate_for(trained.plan):g}, max sequence {config.max_seq_len} tokens)",
         f"- Checkpoint: `{trained.checkpoint.path}`", "", "## Plans", "",
     ]
     for attempt in attempts:

@@ -107,7 +107,12 @@ def restore(trainer: Any, checkpoint: checkpoints.Checkpoint) -> None:
         why = (f"optimizer changed from {old_plan.optimizer} to {plan.optimizer}"
                if old_plan.optimizer != plan.optimizer else "the trainable parameters changed (LoRA)")
         trainer.report.event("optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=plan.optimizer)
-    restore_scheduler(trainer.scheduler, torch.load(checkpoint.path / "scheduler.pt", weights_only=False))
+    restore_scheduler(trainer.scheduler, torch.load(checkpoint.path / "scheduler.pt", weights_only=False),
+                      trainer.config.learning_rate_for(plan))
+    change = trainer.config.learning_rate_change(old_plan, plan)
+    if change:
+        trainer.report.event("learning_rate", f"{change}, from step {checkpoint.step} of the same schedule",
+                             old=trainer.config.learning_rate_for(old_plan), new=trainer.config.learning_rate_for(plan))
     scaler_file = checkpoint.path / "scaler.pt"
     if trainer.scaler is not None and scaler_file.is_file():
         trainer.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))

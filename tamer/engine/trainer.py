@@ -134,10 +134,11 @@ class Trainer:
 
     def run(self) -> None:
         self.setup()
+        peak_lr = self.config.learning_rate_for(self.plan)
         self.report.event("start", f"attempt {self.attempt} training from step {self.state.step} of {self.total_steps}: {self.plan.describe()}"
-                   + (", compiled layers" if self.compiled else ""),
+                   + (", compiled layers" if self.compiled else "") + f"; peak learning rate {peak_lr:g}",
                    plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads(),
-                   compiled=self.compiled)
+                   compiled=self.compiled, peak_learning_rate=peak_lr)
         self.checkpointer = Checkpointer(self)
         self.checkpointer.announce()
         self.stop_flag["training"] = True  # from here a stop waits for the step boundary and checkpoints

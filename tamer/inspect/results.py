@@ -22,9 +22,10 @@ def squad_series(db: Database, run_id: str) -> dict[str, list[Any]]:
     return {"step": steps, "exact_match": [by_step[s]["exact_match"] for s in steps], "f1": [by_step[s]["f1"] for s in steps]}
 
 
-def last_squad(db: Database, run_id: str) -> dict[str, Any] | None:
-    """The latest held-out pass: step, exact_match, f1, questions, seconds; None when never evaluated."""
-    rows = [row for row in db.squad_scores(run_id) if row["data"] == HELD_OUT]
+def last_squad(db: Database, run_id: str, data: str = HELD_OUT) -> dict[str, Any] | None:
+    """The latest pass on `data` (the held-out slice, or the file `tamer eval --data` scored): step, exact_match, f1,
+    questions, seconds; None when never evaluated there."""
+    rows = [row for row in db.squad_scores(run_id) if row["data"] == data]
     if not rows:
         return None
     latest = rows[-1]
@@ -49,15 +50,16 @@ def squad_text(scores: dict[str, Any] | None) -> str:
     return f"EM {scores['exact_match']:.3f} F1 {scores['f1']:.3f}"
 
 
-def compare(db: Database, run_ids: list[str]) -> list[dict[str, Any]]:
-    """One row per run: settled plan, steps, tokens, wall time, final and validation loss, EM and F1."""
+def compare(db: Database, run_ids: list[str], data: str = HELD_OUT) -> list[dict[str, Any]]:
+    """One row per run: settled plan, steps, tokens, wall time, final and validation loss, EM and F1 (the latest
+    pass on `data`: the held-out slice, or a file `tamer eval --data` scored)."""
     from tamer.inspect.history import timeline
 
     rows = []
     for run_id in run_ids:
         story = timeline(db, db.run(run_id)["id"])
         run, totals, settled = story["run"], story["totals"], story["settled_plan"]
-        scores = last_squad(db, run["id"])
+        scores = last_squad(db, run["id"], data)
         rows.append({
             "run_id": run["id"], "status": run["status"], "plan": settled["summary"] if settled else None,
             "plan_settled": bool(settled and settled["settled"]), "attempts": totals["attempts"],

@@ -23,6 +23,7 @@ from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.planner.estimate import Estimate, ModelShape, Workload, estimate
 from tamer.recipes import profile
+from tamer.planner.shape import resolve as resolve_shape
 from tamer.state import queries
 
 CORRECTION_RANGE = (0.8, 1.5)
@@ -93,7 +94,7 @@ def observations(db: Any, shape: ModelShape, device_name: str) -> list[Observati
             config = config_from_dict(json.loads(run["config_json"]))
         except ConfigError:
             continue  # written by another version of tamer: not comparable
-        if not config.architecture or ModelShape.from_architecture(config.architecture) != shape:
+        if resolve_shape(config).shape != shape:  # another model, or one whose config.json is gone
             continue
         workload = Workload.from_config(config, data=profile.read(Path(run["run_dir"])) if run.get("run_dir") else None)
         for attempt in db.attempts(run["id"]):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ from tamer.planner.estimate import (
     chunking_applies,
     estimate,
 )
+from tamer.planner.shape import resolve as resolve_shape
 from tamer.planner.speed import relative_speed
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung, initial_plan, unusable_rungs
@@ -76,19 +78,27 @@ class PlannerPolicy(PlannerConfig):
 
     rungs: tuple[str, ...] | None = None
     """Rungs the planner may use (e.g. the config's ladder.order + chunked_loss); None = all registered."""
+    required_rungs: tuple[str, ...] = ()
+    """Rungs every plan it picks must have (the config's start_rungs, repeats counted): the fastest plan with them,
+    not the user's geometry with them applied (which would drop autocast and the like)."""
 
     @model_validator(mode="after")
     def _known_rungs(self) -> PlannerPolicy:
-        for name in self.rungs or ():
+        for name in (*(self.rungs or ()), *self.required_rungs):
             if name not in registry.names():
                 raise ConfigError(f"planner.rungs: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
         return self
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PlannerPolicy:
-        """The policy of a RunConfig: its planner knobs, and its ladder.order plus chunked_loss (which the
-        planner may always use: it changes no result)."""
-        return cls(**dict(config.planner), rungs=(*config.ladder.order, "chunked_loss"))
+        """The policy of a RunConfig: its planner knobs, its ladder.order plus chunked_loss (which the
+        planner may always use: it changes no result), and its start_rungs as required rungs."""
+        return cls(**dict(config.planner), rungs=(*config.ladder.order, "chunked_loss"), required_rungs=tuple(config.start_rungs))
+
+    def allows(self, plan: Plan) -> bool:
+        """Whether `plan` has every required rung (as often as required)."""
+        have = Counter(plan.rungs)
+        return all(have[name] >= count for name, count in Counter(self.required_rungs).items())
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,8 @@ def _micro_batch_splits(micro_batch_size: int, minimum: int) -> list[int]:
 
 
 def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> list[Plan]:
-    """Every distinct plan the policy allows, built from rungs (see the module docstring)."""
+    """Every distinct plan the policy allows, built from rungs (see the module docstring), that has the policy's
+    required rungs."""
     allowed = set(policy.rungs) if policy.rungs is not None else set(registry.names())
     allowed -= unusable_rungs(config, facts)
     start = initial_plan(config, facts)
@@ -232,7 +243,8 @@ def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> l
             plan = plan.replace(optimizer="adamw_8bit")
         for name in rungs:
             plan = apply_rung(plan, name, facts)
-        plans.setdefault(plan_key(plan), plan)
+        if policy.allows(plan):
+            plans.setdefault(plan_key(plan), plan)
     return list(plans.values())
 
 
@@ -340,12 +352,17 @@ def assess(
 
 
 def _preference(candidate: Candidate) -> tuple[Any, ...]:
-    return change_rank(candidate.plan), candidate.estimate.reserved, len(candidate.plan.rungs)
+    # 32-bit AdamW moments before 8-bit ones (quantized, and paged ones live in managed memory): 8-bit AdamW is
+    # for fitting. Its speed is not modelled, so without this a small model that fits with torch AdamW got the
+    # lowest-peak plan, paged 8-bit AdamW (SmolLM2-135M on a 16 GB card, issue 28).
+    eight_bit = candidate.plan.optimizer != "adamw"
+    return change_rank(candidate.plan), eight_bit, candidate.estimate.reserved, len(candidate.plan.rungs)
 
 
 def best(candidates: list[Candidate], keep_model: bool = False) -> Candidate | None:
     """The fastest candidate that fits with the margin and is not excluded; near-ties go to the one
-    that changes the model least, then the lowest peak, then the fewest rungs. `keep_model` (after an
+    that changes the model least, then torch AdamW's 32-bit moments over 8-bit ones, then the lowest peak,
+    then the fewest rungs. `keep_model` (after an
     OOM): only among the candidates that change the model least (full > LoRA > int8 base), fastest first."""
     eligible = [c for c in candidates if c.fits == "yes" and c.excluded is None]
     if not eligible:
@@ -408,12 +425,13 @@ def checkpointing_by_tokens(chosen: Candidate, shape: ModelShape, workload: Work
 
 
 def shape_of(config: Any) -> ModelShape:
-    if not config.architecture:
-        raise ConfigError(
-            f"the planner needs the model's architecture (LlamaConfig fields) for {config.model}; "
-            "use a preset that has one or set `architecture` in the config"
-        )
-    return ModelShape.from_architecture(config.architecture)
+    """The shape `config` trains (tamer/planner/shape.py: the model's config.json, the user's or the preset's
+    architecture), or a ConfigError saying why it is unknown."""
+    found = resolve_shape(config)
+    if found.shape is None:
+        raise ConfigError(f"the planner needs the shape of {config.model}: {found.problem}; pass --model PATH to a local "
+                          "model folder, or set `architecture` (LlamaConfig fields) in the config")
+    return found.shape
 
 
 def choose(

@@ -117,11 +117,15 @@ class ModelShape:
     head_dim: int
     tie_word_embeddings: bool
     attention_bias: bool = False
+    """Biases on q, k, v and o (Llama's `attention_bias`)."""
     mlp_bias: bool = False
+    qkv_bias: bool = False
+    """Biases on q, k and v only: Qwen2 (its config.json does not say so; its model type does)."""
 
     @classmethod
     def from_architecture(cls, architecture: Mapping[str, Any]) -> ModelShape:
-        """The shape of `architecture`; missing keys take LlamaConfig's defaults."""
+        """The shape of `architecture` (LlamaConfig fields, or a Llama/Mistral/Qwen2/Qwen3 config.json); missing keys
+        take LlamaConfig's defaults. Qwen3's per-head q/k norms (2 x head_dim weights a layer) are left out."""
         hidden = int(architecture.get("hidden_size", 4096))
         heads = int(architecture.get("num_attention_heads", 32))
         return cls(
@@ -135,6 +139,7 @@ class ModelShape:
             tie_word_embeddings=bool(architecture.get("tie_word_embeddings", False)),
             attention_bias=bool(architecture.get("attention_bias", False)),
             mlp_bias=bool(architecture.get("mlp_bias", False)),
+            qkv_bias=architecture.get("model_type") == "qwen2",
         )
 
     def key(self) -> str:
@@ -187,7 +192,9 @@ def _tensors(shape: ModelShape) -> tuple[tuple[str, int, bool], ...]:
         for name, (fan_in, fan_out) in shape.projections().items():
             module = f"model.layers.{layer}.{'self_attn' if name[0] in 'qkvo' else 'mlp'}.{name}"
             found.append((f"{module}.weight", fan_in * fan_out, True))
-            if (shape.attention_bias and name[0] in "qkvo") or (shape.mlp_bias and name[0] not in "qkvo"):
+            attention = name[0] in "qkvo"
+            biased = (shape.attention_bias or (shape.qkv_bias and name != "o_proj")) if attention else shape.mlp_bias
+            if biased:
                 found.append((f"{module}.bias", fan_out, False))
         for norm in ("input_layernorm", "post_attention_layernorm"):
             found.append((f"model.layers.{layer}.{norm}.weight", shape.hidden_size, False))

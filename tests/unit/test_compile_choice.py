@@ -14,11 +14,37 @@ CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 
 
 def test_auto_compiles_one_cuda_process_with_ordinary_weights():
-    """auto: CUDA yes; CPU, int8 bases and several processes no."""
+    """auto: CUDA yes; CPU, int8 bases, LoRA adapters and several processes no."""
     assert should_compile("auto", PLAN, CUDA)
     assert not should_compile("auto", PLAN, CPU)
     assert not should_compile("auto", PLAN.replace(quantization="int8", lora=True), CUDA)
+    assert not should_compile("auto", PLAN.replace(lora=True), CUDA)
     assert not should_compile("auto", PLAN.replace(world_size=2), CUDA)
+    assert should_compile(True, PLAN.replace(lora=True), CUDA)
+
+
+def test_compiled_lora_layers_share_one_graph():
+    """With LoRA (compile: true), every decoder layer runs one Dynamo graph, the first included: its input is made to
+    require a gradient, as the others' does (traced with the eager backend: no code generation)."""
+    import torch._dynamo
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tamer.engine.model import compile_layers
+    from tamer.presets import TINY_ARCHITECTURE
+
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(LlamaConfig(**{**TINY_ARCHITECTURE, "num_hidden_layers": 3})),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.config.use_cache = False  # as build_model leaves it: a KV cache would guard each layer apart
+    torch._dynamo.reset()
+    counters.clear()
+    assert compile_layers(model, backend="eager") == 3
+    ids = torch.randint(0, 32000, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
 
 
 def test_true_and_false_are_obeyed():

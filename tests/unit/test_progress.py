@@ -8,6 +8,9 @@ import io
 import json
 import re
 import time
+from pathlib import Path
+
+import pytest
 
 from rich.console import Console
 
@@ -120,3 +123,51 @@ def test_daemon_lines_show_what_a_job_records_after_the_daemon_starts_it(recorde
     assert re.fullmatch(r"\d\d:\d\d:\d\d daemon_start: daemon pid 1 serves /home/me/.tamer; 1 queued", printed[0])
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d daemon_job: the daemon \(pid 1\) started .*", line) for line in printed)
     assert not any("in_process_split" in line or "checkpoint:" in line for line in printed)
+
+
+def _compile_heavy_attempt(home, steps: int) -> Database:
+    """The recorded run's steps replaced: a first step of 78 s (compiling), then `steps - 1` of 0.5 s, of 1,000 total."""
+    db = Database(home / "tamer.db", create=False)
+    db.update_run(RUN_ID, total_steps=1000)
+    with db.write() as tables:
+        tables.execute("DELETE FROM steps")
+    for step in range(1, steps + 1):
+        row = {"run_id": RUN_ID, "attempt": 1, "step": step, "samples_consumed": 8 * step, "loss": 1.0, "lr": 1e-3,
+               "grad_norm": 1.0, "tokens": 1000, "tokens_per_s": None, "step_time": 78.0 if step == 1 else 0.5,
+               "micro_batch_size": 8, "grad_accumulation": 1, "wall_time": 1000.0 + 78.0 + 0.5 * (step - 1), "sample_ids": "[]"}
+        db.insert_step(row)
+    return db
+
+
+def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
+    """On an attempt's first step (78 s of compiling) there is no ETA, not 1,000 x 78 s, and tok/s is that step's own;
+    from the second on, the ETA and tok/s come from the steps after it, also once the first step falls out of the
+    smoothing window."""
+    from tamer.progress import SMOOTHING_STEPS, step_facts
+
+    db = _compile_heavy_attempt(recorded_home, 1)
+    first = step_facts(db, db.run(RUN_ID), 1)
+    assert first["eta_seconds"] is None and first["tokens_per_s"] == pytest.approx(1000 / 78)
+    db = _compile_heavy_attempt(recorded_home, 3)
+    third = step_facts(db, db.run(RUN_ID), 1)
+    assert third["eta_seconds"] == pytest.approx(997 * 0.5) and third["tokens_per_s"] == pytest.approx(2000)
+    db = _compile_heavy_attempt(recorded_home, SMOOTHING_STEPS + 1)
+    later = step_facts(db, db.run(RUN_ID), 1)
+    assert later["tokens_per_s"] == pytest.approx(2000) and later["eta_seconds"] == pytest.approx((999 - SMOOTHING_STEPS) * 0.5)
+
+
+def test_tamer_status_gives_no_eta_from_a_first_step_alone(recorded_home):
+    """`tamer status` on a running attempt's first step (78 s of compiling) has no ETA; from two steps on, the
+    wall clock between them sets it."""
+    from tamer.inspect.status import run_status
+    from tamer.state.lock import PidLock
+
+    db = _compile_heavy_attempt(recorded_home, 1)
+    supervisor = PidLock(Path(db.run(RUN_ID)["run_dir"]) / "lock", "busy")
+    supervisor.acquire()  # a live supervisor: a running run without one has no ETA at all
+    db.update_run(RUN_ID, status="running", steps_done=1)
+    assert run_status(db, RUN_ID)["eta_seconds"] is None
+    db = _compile_heavy_attempt(recorded_home, 3)
+    db.update_run(RUN_ID, status="running", steps_done=3)
+    assert run_status(db, RUN_ID)["eta_seconds"] == pytest.approx(997 * 0.5)
+    supervisor.release()
