@@ -2,6 +2,7 @@
 same questions.
 
     python bench/squad_chat.py --data squad_v1.1_dev_subset.json --out /tmp/sc [--system "Answer with a span of the context."]
+    python bench/squad_chat.py --halves OUT/train.json OUT/eval.json --out /tmp/sc   # halves split already (bench/quality.py)
 
 Writes, for the first half of the questions (whole articles, in file order, until half the questions) and for the rest:
 
@@ -59,13 +60,22 @@ def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="An official SQuAD v1.1 JSON file.")
+    parser.add_argument("--data", type=Path, help="An official SQuAD v1.1 JSON file, halved here.")
+    parser.add_argument("--halves", type=Path, nargs=2, metavar=("TRAIN", "TEST"),
+                        help="Two SQuAD v1.1 files split already (bench/quality.py's train.json and eval.json), converted as they are.")
     parser.add_argument("--out", type=Path, required=True, help="Folder to write the halves to (created).")
     parser.add_argument("--system", help="A system message to open every conversation with (default: none).")
     args = parser.parse_args()
-    document = json.loads(args.data.read_text(encoding="utf-8"))
+    if (args.data is None) == (args.halves is None):
+        parser.error("pass --data FILE or --halves TRAIN TEST")
+    if args.halves:
+        documents = [json.loads(path.read_text(encoding="utf-8")) for path in args.halves]
+        document, parts = documents[0], [documents[0]["data"], documents[1]["data"]]
+    else:
+        document = json.loads(args.data.read_text(encoding="utf-8"))
+        parts = list(halves(document))
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, articles in zip(("train", "test"), halves(document)):
+    for name, articles in zip(("train", "test"), parts):
         (args.out / f"{name}.json").write_text(json.dumps({"data": articles, "version": document.get("version", "1.1")}))
         chat, instruct = rows(articles, args.system)
         for kind, found in (("chat", chat), ("instruct", instruct)):
