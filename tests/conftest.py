@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# pytest-xdist's workers set COLUMNS=80 (and LINES): tables and text fit COLUMNS, so output would depend on how the
+# tests were started. A test that wants a width sets it.
+for name in ("COLUMNS", "LINES"):
+    os.environ.pop(name, None)
 if "HF_DATASETS_CACHE" not in os.environ:
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tamer-tests-datasets-")
     atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)

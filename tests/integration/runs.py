@@ -25,7 +25,9 @@ TINY = ["--preset", "tiny", *NO_RESULT, *ONE_THREAD]
 
 
 def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("TAMER_")}
+    # COLUMNS/LINES: pytest-xdist's workers set COLUMNS=80, which would make piped output fit 80 columns; a test
+    # that wants a width passes it
+    out = {k: v for k, v in os.environ.items() if not k.startswith("TAMER_") and k not in ("COLUMNS", "LINES")}
     out.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
     return out
 
