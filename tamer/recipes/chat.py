@@ -28,7 +28,7 @@ from typing import Any
 from tamer.errors import DataError
 from tamer.recipes.chat_templates import ChatTemplate, TemplateRefused, refused
 from tamer.recipes.examples import IGNORE_INDEX, Example
-from tamer.recipes.sources import Rows, did_you_mean, looks_like, mapped_columns, row_id, row_name, text_value
+from tamer.recipes.sources import Rows, answers_value, did_you_mean, looks_like, mapped_columns, row_id, row_name, text_value
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool"}
@@ -77,7 +77,7 @@ def conversations_of(rows: Rows, columns: dict[str, str] | None, train_on: str) 
             found.append("no_assistant")
             continue
         replies = [message["content"] for message in messages if message["role"] == "assistant"]
-        answers = _answers(row.get(answers_column), f"{rows.label}: row {position}") or tuple(replies[-1:])
+        answers = answers_value(row.get(answers_column), f"{rows.label}: row {position}") or tuple(replies[-1:])
         found.append(Conversation(row_id(row, position), messages, answers))
     return found
 
@@ -105,14 +105,6 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
             raise DataError(f"{where}: message {index} content is {kind}, expected text") from None
         out.append({"role": known[role], "content": text or ""})
     return out
-
-
-def _answers(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise DataError(f"{where}: 'answers' must be a list of texts")
-    return tuple(item for item in value if item.strip())
 
 
 def build_examples(conversations: list[Conversation], tokenizer: Any, template: ChatTemplate, max_seq_len: int, train_on: str,

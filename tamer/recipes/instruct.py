@@ -34,7 +34,7 @@ from typing import Any
 
 from tamer.errors import DataError
 from tamer.recipes.examples import IGNORE_INDEX, Example
-from tamer.recipes.sources import Rows, looks_like, mapped_columns, row_id, row_name, text_value
+from tamer.recipes.sources import Rows, answers_value, looks_like, mapped_columns, row_id, row_name, text_value
 
 DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 DEFAULT_TEMPLATE_WITH_INPUT = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -95,16 +95,8 @@ def pairs_of(rows: Rows, columns: dict[str, str] | None) -> list[Pair | str]:
             found.append("empty")
             continue
         found.append(Pair(row_id(row, position), values["prompt"], values["input"] or "", values["completion"],
-                          _answers(row.get(answers_column), where) or (values["completion"],)))
+                          answers_value(row.get(answers_column), where) or (values["completion"],)))
     return found
-
-
-def _answers(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise DataError(f"{where}: 'answers' must be a list of texts")
-    return tuple(item for item in value if item.strip())
 
 
 def render_prompt(pair: Pair, template: str | None) -> str:

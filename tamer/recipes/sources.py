@@ -233,6 +233,15 @@ def row_name(identifier: str) -> str:
     return identifier if identifier.startswith("row ") else f"row {identifier!r}"
 
 
+def answers_value(value: Any, where: str) -> tuple[str, ...]:
+    """The non-empty reference answers of an `answers` cell (a list of texts; None: none), which EM/F1 scores against."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise DataError(f"{where}: 'answers' must be a list of texts")
+    return tuple(item for item in value if item.strip())
+
+
 def text_value(value: Any) -> str | None:
     """A cell as text: strings as they are, numbers written out (a CSV column of numbers), None for a missing
     cell; anything else (a list, an object) is not text."""
