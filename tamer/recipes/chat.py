@@ -27,7 +27,7 @@ from typing import Any
 
 from tamer.errors import DataError
 from tamer.recipes.chat_templates import ChatTemplate, TemplateRefused, refused
-from tamer.recipes.examples import IGNORE_INDEX, Example
+from tamer.recipes.examples import IGNORE_INDEX, Example, cut_to_length
 from tamer.recipes.sources import Rows, answers_value, did_you_mean, looks_like, mapped_columns, row_id, row_name, text_value
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -124,14 +124,11 @@ def build_examples(conversations: list[Conversation], tokenizer: Any, template: 
         chosen = spans[-1:] if train_on == "last_assistant" else spans
         labels = [token if train_on == "all" or _inside(offset, chosen) else IGNORE_INDEX for token, offset in zip(ids, encoding.offsets)]
         truncated = len(ids) > max_seq_len
-        if truncated:
-            if overlong == "error":
-                raise DataError(f"{label}: {row_name(conversation.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} "
-                                "(overlong: error); raise max_seq_len, or set overlong: truncate or skip")
-            if overlong == "skip":
-                counts["skipped_too_long"] += 1
-                continue
-            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        fitted = cut_to_length(ids, labels, max_seq_len, overlong, f"{label}: {row_name(conversation.id)}")
+        if fitted is None:
+            counts["skipped_too_long"] += 1
+            continue
+        ids, labels = fitted
         if labels:
             labels[0] = IGNORE_INDEX  # packed after another example: never predicted from it
         if not any(label_id != IGNORE_INDEX for label_id in labels):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tamer.errors import DataError
-from tamer.recipes.examples import IGNORE_INDEX, Example
+from tamer.recipes.examples import IGNORE_INDEX, Example, cut_to_length
 from tamer.recipes.sources import Rows, answers_value, looks_like, mapped_columns, row_id, row_name, text_value
 
 DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -136,14 +136,11 @@ def build_examples(pairs: list[Pair], tokenizer: Any, template: str | None, max_
         ids = asked + answer + [eos]
         labels = [IGNORE_INDEX] * len(asked) + answer + [eos]
         truncated = len(ids) > max_seq_len
-        if truncated:
-            if overlong == "error":
-                raise DataError(f"{label}: {row_name(pair.id)} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
-                                "raise max_seq_len, or set overlong: truncate or skip")
-            if overlong == "skip":
-                counts["skipped_too_long"] += 1
-                continue
-            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        fitted = cut_to_length(ids, labels, max_seq_len, overlong, f"{label}: {row_name(pair.id)}")
+        if fitted is None:
+            counts["skipped_too_long"] += 1
+            continue
+        ids, labels = fitted
         labels[0] = IGNORE_INDEX
         if not any(value != IGNORE_INDEX for value in labels):
             counts["skipped_too_long"] += 1
