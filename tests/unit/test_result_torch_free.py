@@ -59,6 +59,11 @@ def test_after_run_evaluates_and_exports_by_default_and_obeys_the_switches(tmp_p
     assert after_run_arguments(build_config("tiny", sets=["eval.squad_samples=0", "export.enabled=false"]), tmp_path) == []
 
 
+def test_a_run_that_holds_no_questions_out_is_not_scored(tmp_path):
+    """eval_samples=0 leaves no held-out questions: the run is exported but not scored (no `EM 0.000 on 0 questions`)."""
+    assert after_run_arguments(build_config("tiny", sets=["eval_samples=0"]), tmp_path) == ["--export", str(tmp_path / "export")]
+
+
 @pytest.mark.parametrize("setting", ["eval.squad_every=0", "eval.squad_batch_size=0", "eval.squad_samples=-1", "export.dtype=int4"])
 def test_bad_result_config_is_refused(setting):
     """Out-of-range evaluation knobs and unknown export dtypes are one-line config errors."""
