@@ -22,8 +22,11 @@ import yaml
 from pydantic import Field, model_validator
 
 from tamer.errors import ConfigError
+from tamer.inject import parse_faults
+from tamer.plan import Plan
 from tamer.presets import PRESETS, RECIPE_DEFAULTS
 from tamer.schema import Number, Schema, Seconds
+from tamer.strategies import registry
 from tamer.units import ByteSize
 
 CARD_LADDER = (
@@ -138,8 +141,6 @@ class LadderConfig(Schema):
 
     @model_validator(mode="after")
     def _known_rungs(self) -> LadderConfig:
-        from tamer.strategies import registry
-
         known = registry.names()
         for index, name in enumerate(self.order):
             if name not in known:
@@ -257,7 +258,6 @@ class DistributedConfig(Schema):
         return self.nproc_per_node * self.nnodes
 
 
-NOTIFY_EVENTS = ("finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 _WEBHOOK = re.compile(r"^(https?://\S+|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?)$")
 
@@ -522,8 +522,6 @@ class RunConfig(Schema):
                 f"effective_batch_size: {self.effective_batch_size} sequences cannot be shared evenly by {world} processes; "
                 f"use a multiple of {world} or fewer GPUs"
             )
-        from tamer.strategies import registry
-
         for index, name in enumerate(self.start_rungs):
             if name in self.start_rungs[:index]:
                 raise ConfigError(f"start_rungs[{index}]: '{name}' is listed twice; list each rung once")
@@ -533,8 +531,6 @@ class RunConfig(Schema):
                 raise ConfigError(f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
                                   "add it to ladder.order or drop it from start_rungs")
         if self.start_plan is not None:
-            from tamer.plan import Plan
-
             # strict: an unknown key or a wrong value is an error, never silently ignored
             plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
             if plan.effective_batch_size != self.effective_batch_size:
@@ -545,8 +541,6 @@ class RunConfig(Schema):
                 raise ConfigError(f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap")
         if self.init == "random" and not self.architecture:
             raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
-        from tamer.inject import parse_faults
-
         parse_faults(self.inject)
         self._data_keys()
         return self

@@ -23,6 +23,11 @@ __all__ = ["EXIT_CONFIG", "EXIT_DATA", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_MODEL
            "ModelError", "OutputError", "StateError", "TamerError"]
 
 
+def error_text(error: BaseException) -> str:
+    """An exception as one line of text: `TypeName: message`."""
+    return f"{type(error).__name__}: {error}".strip()
+
+
 class TamerError(Exception):
     """An error with a one-line message that says what was wrong and what to do."""
 

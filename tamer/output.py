@@ -1,5 +1,6 @@
-"""Printing for people and for pipes, shared by every `tamer` command (tamer/cli/): tables that fit the
-terminal and text that wraps only at spaces.
+"""Text for people and for pipes, shared by every `tamer` command (tamer/cli/), the HTML report and the
+notifications: times, durations, numbers and one-line messages as people read them, tables that fit the
+terminal and text that wraps only at spaces. The one home of such helpers.
 
 The width to fit (`fit_width`): COLUMNS when it is set (on a terminal, or piped: the user said how wide),
 else the terminal's. Piped without COLUMNS nothing is fitted to a screen: text lines stay whole for
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
+
+from tamer.units import format_size
 
 # Piped without COLUMNS there is no width to fit: wide enough that the rows of most tables stay one line.
 PIPED_TABLE_WIDTH = 200
@@ -36,6 +40,66 @@ PROSE_MIN_WIDTH = 30
 GAP = "  "  # between columns
 DETAIL_INDENT = "  "  # before a row's detail line
 _WORD = re.compile(r"\S+")
+MESSAGE_LIMIT = 300
+"""Characters of a one-line message (an attempt's outcome, a failure) before it is cut."""
+
+
+# --- words and numbers ------------------------------------------------------------------------------
+
+
+def when(timestamp: float | None) -> str:
+    """Local date and time, `-` for None."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def seconds(value: float | None) -> str:
+    """`4.2 s`, `3 min 05 s`, `2 h 03 min`; `-` for None."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def duration(start: float | None, end: float | None) -> str:
+    """`H:MM:SS` from `start` to `end` (now when None); `-` without a start."""
+    if not start:
+        return "-"
+    elapsed = int((end or time.time()) - start)
+    return f"{elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}"
+
+
+def number(value: float | int | None, digits: int = 4) -> str:
+    """A loss or rate with `digits` decimals, `-` for None."""
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def loss(value: float | None) -> str:
+    """A loss with four decimals, `-` for None."""
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def peak(row: dict) -> str:
+    """An attempt's peak memory: GPU reserved when torch measured it, else the host RSS."""
+    if row.get("peak_reserved"):
+        return f"{format_size(row['peak_reserved'])} reserved"
+    if row.get("peak_host_rss"):
+        return f"{format_size(row['peak_host_rss'])} RSS"
+    return "-"
+
+
+def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
+    """The first non-empty line of `text`, cut to `limit` characters."""
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --- layout -----------------------------------------------------------------------------------------
 
 
 def fit_width(console: Console) -> int | None:

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tamer.schema import validate
+
 AutocastDtype = Literal["fp16", "bf16"]
 WeightsDtype = Literal["fp32", "bf16"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
@@ -41,8 +43,6 @@ class DeviceFacts:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceFacts:
         """Facts from their to_dict() (JSON) form, strictly: an unknown key or a wrong value is a ConfigError."""
-        from tamer.schema import validate
-
         data = dict(data)
         if data.get("compute_capability") is not None:
             data["compute_capability"] = tuple(data["compute_capability"])
@@ -118,8 +118,6 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "plan.") -> Plan:
         """A plan from its JSON form, strictly: an unknown key or a wrong value is a one-line ConfigError."""
-        from tamer.schema import validate
-
         data = dict(data)
         if isinstance(data.get("rungs"), list):
             data["rungs"] = tuple(data["rungs"])

@@ -46,9 +46,15 @@ PLAN_FILE = "plan.json"
 CHILD_LOG = "child.log"
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"
 HEARTBEAT = "heartbeat"
-HEARTBEAT_GLOB = "heartbeat*"
 RANK_EXIT_REPORT_PREFIX = "exit-rank"
 PID_FILE_PREFIX = "pid-rank"
+
+HELD_OUT = "held-out"
+"""The `data` label of scores on the run's own validation rows: the child stores them under it, every reader
+(show, compare, the trackers) selects by it; `tamer eval --data SOURCE` stores its source instead."""
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+"""Where PyTorch's CUDA caching allocator reads its settings: newer torch PYTORCH_ALLOC_CONF, older versions only
+PYTORCH_CUDA_ALLOC_CONF (the expandable_segments rung sets both; the doctor and the child report them)."""
 
 
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
@@ -193,7 +199,7 @@ OutcomeKind = Literal[
     "disk_full",
     "file_too_large",
 ]
-"""How the supervisor classifies an attempt's end (tamer/daemon/outcome.py)."""
+"""How the supervisor classifies an attempt's end (tamer/daemon/classify.py)."""
 OUTCOME_KINDS: tuple[OutcomeKind, ...] = OutcomeKind.__args__  # type: ignore[attr-defined]
 
 EXIT_OK = 0

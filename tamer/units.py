@@ -1,7 +1,7 @@
 """Byte sizes as people write them: `15GiB`, `512MiB`, `16GB`, `1.5G`, or a plain number of bytes.
 
 The one parser of sizes: config values (`ByteSize`, parsed once when the config is validated), the
-sizes in CUDA's out-of-memory messages (tamer/daemon/outcome.py) and command-line options.
+sizes in CUDA's out-of-memory messages (tamer/daemon/classify.py) and command-line options.
 """
 
 from __future__ import annotations

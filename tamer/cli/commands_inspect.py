@@ -19,7 +19,6 @@ import typer
 from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import ConfigError, TamerError
-from tamer.inspect import display
 from tamer.state import queries
 from tamer.state.home import Home
 from tamer.units import format_size
@@ -84,12 +83,12 @@ def history(
         for row in (row for row in rows if row["run_id"] == each_run):
             then = "+" + ", +".join(row["rungs_applied"]) if row["rungs_applied"] else row["recovery"]
             if not row["rungs_applied"] and row["restart_cause"] in ("outside kill", "crash"):
-                then += f" ({row['restart_cause']}, waited {display.seconds(row['waited_seconds'])})"
+                then += f" ({row['restart_cause']}, waited {output.seconds(row['waited_seconds'])})"
             if row["in_process"]:
                 then += " in process"
-            table.add_row(display.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
-                          _cell("step", row["step"]), then, display.seconds(row["time_lost_seconds"]), str(row["steps_lost"]),
-                          _cell("micro_batch_size", row["micro_batch_size"]), format_size(row["tried_to_allocate"]), display.peak(row))
+            table.add_row(output.when(row["failed_at"]), str(row["attempt"]), row["outcome"], row["phase"] or "-",
+                          _cell("step", row["step"]), then, output.seconds(row["time_lost_seconds"]), str(row["steps_lost"]),
+                          _cell("micro_batch_size", row["micro_batch_size"]), format_size(row["tried_to_allocate"]), output.peak(row))
         _print_table(table)
     steps_back = deescalations(_open(home), run, since_seconds)
     if steps_back:
@@ -97,7 +96,7 @@ def history(
     lost_seconds = sum(row["time_lost_seconds"] for row in rows)
     in_process = sum(1 for row in rows if row["in_process"])
     output.say(console, f"{len(rows)} failure{'s' if len(rows) != 1 else ''}"
-                        + (f" ({in_process} recovered in process)" if in_process else "") + f": {display.seconds(lost_seconds)} and "
+                        + (f" ({in_process} recovered in process)" if in_process else "") + f": {output.seconds(lost_seconds)} and "
                         f"{sum(row['steps_lost'] for row in rows)} steps lost")
     snapshots = [row for row in rows if row["memory_snapshot"]]
     for row in snapshots:
@@ -110,8 +109,8 @@ def steps_back_table(rows: list[dict[str, Any]]) -> output.Table:
     """De-escalations: attempt -> attempt, tokens/s on the squeezed plan and after stepping back, and why."""
     table = output.table("time", "attempts", "tokens/s squeezed", "tokens/s after", "gain", "why", title="steps back (de-escalations)")
     for row in rows:
-        table.add_row(display.when(row["time"]), f"{row['attempt']}->{row['next_attempt'] or '-'}",
-                      display.number(row["tokens_per_s_squeezed"], 0), display.number(row["tokens_per_s_after"], 0),
+        table.add_row(output.when(row["time"]), f"{row['attempt']}->{row['next_attempt'] or '-'}",
+                      output.number(row["tokens_per_s_squeezed"], 0), output.number(row["tokens_per_s_after"], 0),
                       f"{row['gain']:.2f}x" if row["gain"] else "-", row["reason"] or "-")
     return table
 
@@ -185,7 +184,7 @@ def events(
         return
     table = output.table("time", "attempt", "event", "message")
     for row in rows:
-        table.add_row(display.when(row["time"]), _cell("attempt", row["attempt"]), row["kind"], row["message"])
+        table.add_row(output.when(row["time"]), _cell("attempt", row["attempt"]), row["kind"], row["message"])
     _print_table(table)
 
 
@@ -201,7 +200,7 @@ def logs(
 
     Example: tamer logs squad-20261125-201500-ab12 -f --every 10
     """
-    from tamer.progress import follow as follow_run
+    from tamer.cli.progress import follow as follow_run
 
     try:
         db = _open(home)

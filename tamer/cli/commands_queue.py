@@ -43,7 +43,6 @@ from tamer.cli.common import (
     err_console,
 )
 from tamer.errors import TamerError
-from tamer.inspect import display
 from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
@@ -110,7 +109,7 @@ def daemon(
     """
     from tamer.daemon.queue import DAEMON_JSON_LOG, DAEMON_LOG, Daemon, detach_daemon, systemd_unit
     from tamer.logs import configure_logging
-    from tamer.progress import DaemonLines
+    from tamer.cli.progress import DaemonLines
 
     resolved = Home.resolve(home)
     if print_systemd_unit:
@@ -156,7 +155,7 @@ def queue_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
     table = output.table("position", "id", "status", "steps", "submitted")
     for row in rows:
         table.add_row(str(row["position"] or "-"), row["id"], row["status"], f"{row['steps_done']}/{row['total_steps'] or '?'}",
-                      display.when(row["submitted_at"]))
+                      output.when(row["submitted_at"]))
     output.print_table(console, table)
     pid = daemon_pid(resolved)
     output.say(err_console, f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`")
@@ -216,7 +215,7 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
         _print_json(facts)
         return
     parts = [facts["status"] + (" (no supervisor)" if facts["supervised"] is False else "") + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
-             f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
+             f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {output.number(facts['loss'])}"]
     if facts["tokens_per_s"]:
         parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
     if facts["padding_fraction"] is not None:
@@ -224,11 +223,11 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
     if facts["seconds_per_step"]:
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:
-        parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
+        parts.append(f"ETA {output.seconds(facts['eta_seconds'])} ({output.when(facts['eta_at'])})")
     output.say(console, output.styled(facts["id"], "bold", "  " + "  ".join(parts)))
     event = facts["last_event"]
     if event:
-        output.say(console, f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}")
+        output.say(console, f"attempt {facts['attempt'] or '-'}; last event {output.when(event['time'])} {event['kind']}: {event['message']}")
     if facts["failure_reason"]:
         output.say(console, f"reason: {facts['failure_reason']}")
     if facts["note"]:

@@ -15,7 +15,6 @@ import typer
 from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import TamerError
-from tamer.inspect import display
 from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
@@ -145,7 +144,8 @@ def compare(
 
     Example: tamer compare squad-20261125-201500-ab12 squad-20261126-090000-cd34
     """
-    from tamer.inspect.results import HELD_OUT, compare as compare_rows
+    from tamer.inspect.results import compare as compare_rows
+    from tamer.protocol import HELD_OUT
 
     try:
         label = HELD_OUT if data is None else data if data == "bundled" else str(Path(data).expanduser().resolve())  # as `tamer eval` stores it
@@ -158,7 +158,7 @@ def compare(
     table = output.table("run", "status", "EM", "F1", "val loss", "final loss", "steps", "tokens", "wall time", "plan")
     for row in rows:
         plan = (row["plan"] or "-") + ("" if row["plan_settled"] else " (not settled)")
-        table.add_row(row["run_id"], row["status"], display.number(row["exact_match"], 3), display.number(row["f1"], 3),
-                      display.number(row["final_eval_loss"]), display.number(row["final_loss"]), str(row["steps"]),
-                      f"{row['tokens']:,}", display.seconds(row["wall_seconds"]), plan)
+        table.add_row(row["run_id"], row["status"], output.number(row["exact_match"], 3), output.number(row["f1"], 3),
+                      output.number(row["final_eval_loss"]), output.number(row["final_loss"]), str(row["steps"]),
+                      f"{row['tokens']:,}", output.seconds(row["wall_seconds"]), plan)
     output.print_table(console, table)

@@ -34,12 +34,9 @@ from tamer.cli.common import (
     RecipeArgument,
     SeedOption,
     SetOption,
-    _duration,
     _fail,
-    _loss,
     _print_json,
     open_database,
-    _when,
     app,
     build_run_config,
     console,
@@ -53,7 +50,7 @@ def _supervise(home: Home, run_id: str) -> int:
     """Run the supervisor in this process, with a progress bar on a terminal."""
     from tamer.daemon.supervisor import Supervisor
     from tamer.logs import configure_logging
-    from tamer.progress import PlainProgress, RunProgress
+    from tamer.cli.progress import PlainProgress, RunProgress
 
     from tamer.state.db import Database
 
@@ -88,7 +85,7 @@ def _report_end(home: Home, run_id: str, code: int) -> None:
         _report_result(home, run_id)  # the score and the export first: the last line names the next command
         validated = json.loads(run["config_json"] or "{}").get("eval_samples", 1) > 0
         eval_text = f", validation loss {run['final_eval_loss']:.4f}" if validated and run["final_eval_loss"] is not None else ""
-        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {_loss(run['final_loss'])}{eval_text}{where}; "
+        err_console.print(f"run {run_id} done: {run['steps_done']} steps, final loss {output.loss(run['final_loss'])}{eval_text}{where}; "
                           f"next: tamer show {run_id}", highlight=False, soft_wrap=True)
     elif run["status"] == "stopped":
         resumes = f"from checkpoint step {checkpoint.step} ({checkpoint.path})" if checkpoint else "from step 0 (no checkpoint)"
@@ -231,8 +228,8 @@ def runs(home: HomeOption = None, as_json: JsonOption = False) -> None:
         return
     table = output.table("id", "recipe", "status", "steps", "started", "duration", "final loss", "EM", "F1")
     for r in rows:
-        table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", _when(r["started_at"]),
-                      _duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-",
+        table.add_row(r["id"], r["recipe"], r["status"], f"{r['steps_done'] or 0}/{r['total_steps'] or '?'}", output.when(r["started_at"]),
+                      output.duration(r["started_at"], r["ended_at"]), f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-",
                       *(f"{scores[r['id']][metric]:.3f}" if scores[r["id"]] else "-" for metric in ("exact_match", "f1")))
     output.print_table(console, table)
 
@@ -266,16 +263,16 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         return
     totals = story["totals"]
     output.say(console, output.styled(run_row["id"], "bold", f"  {run_row['status']}  steps {run_row['steps_done']}/{run_row['total_steps']}  "
-                        f"started {_when(run_row['started_at'])}  duration {_duration(run_row['started_at'], run_row['ended_at'])}"))
+                        f"started {output.when(run_row['started_at'])}  duration {output.duration(run_row['started_at'], run_row['ended_at'])}"))
     if run_row["failure_reason"]:
         output.say(console, f"reason: {run_row['failure_reason']}")
     for earlier in story["resumed_after"]:
-        output.say(console, f"earlier: {earlier['status']} at {_when(earlier['ended_at'])} ({earlier['reason']}); "
-                        f"resumed at {_when(earlier['resumed_at'])}")
+        output.say(console, f"earlier: {earlier['status']} at {output.when(earlier['ended_at'])} ({earlier['reason']}); "
+                        f"resumed at {output.when(earlier['resumed_at'])}")
     validated = json.loads(run_row["config_json"] or "{}").get("eval_samples", 1) > 0
-    validation = (f"validation loss {_loss(run_row['final_eval_loss'])} (best {_loss(run_row['best_eval_loss'])})" if validated
+    validation = (f"validation loss {output.loss(run_row['final_eval_loss'])} (best {output.loss(run_row['best_eval_loss'])})" if validated
                   else "no validation (eval_samples 0)")
-    output.say(console, f"final loss {_loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}")
+    output.say(console, f"final loss {output.loss(run_row['final_loss'])}  {validation}  last checkpoint {checkpoint.path if checkpoint else '-'}")
     for name, reason in skipped:
         output.say(console, output.styled("warning:", "yellow", f" checkpoint {name} is not valid ({reason}); "
                         + ("the last checkpoint above is the newest valid one" if checkpoint else "no valid checkpoint is left")))
@@ -315,7 +312,7 @@ def show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix)
         output.print_table(console, steps_back_table(story["deescalations"]))
     events_table = output.table("time", "attempt", "event", "message", title="events")
     for e in events:
-        events_table.add_row(_when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
+        events_table.add_row(output.when(e["time"]), str(e["attempt"] or "-"), e["kind"], e["message"])
     output.print_table(console, events_table)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -96,23 +95,8 @@ def _fail(error: TamerError) -> None:
     raise typer.Exit(error.exit_code)
 
 
-def _when(timestamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
-
-
-def _duration(start: float | None, end: float | None) -> str:
-    if not start:
-        return "-"
-    seconds = int((end or time.time()) - start)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _loss(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "-"
 
 
 def check_recipe(recipe: str) -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from tamer.daemon.card import CardView, read_card
-from tamer.daemon.outcome import Outcome, parse_oom_message
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.daemon.squeeze import (
     PlanRecord,
     Squeeze,
-    StepBack,
+    StepBackDecision,
     after_oom_again,
     after_step_back,
     budget_now,
@@ -60,7 +60,7 @@ class Deescalation:
         self.records = {key: PlanRecord(**record) for key, record in saved.get("records", {}).items()}
         self.stepped_back: Squeeze | None = None
         """The squeeze whose plan the current attempt returned to (an OOM of it holds that plan off)."""
-        self.pending: StepBack | None = None
+        self.pending: StepBackDecision | None = None
         """Decided during the current attempt: the child was asked to stop."""
         self.squeezed_budget: int | None = None
         """Device bytes the others left at the last OOM, while the next plan is chosen."""
@@ -153,7 +153,7 @@ class Deescalation:
 
     # --- while training on an escalated plan ----------------------------------------------------
 
-    def poll(self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]], managed: int = 0) -> StepBack | None:
+    def poll(self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]], managed: int = 0) -> StepBackDecision | None:
         """Every `poll_seconds` once the attempt trains: when a squeezed plan fits again, ask the child to
         stop at the next step boundary (it checkpoints) and return the decision. `managed`: the child's
         CUDA managed bytes (paged optimizer state; see squeeze.our_share)."""
@@ -175,7 +175,7 @@ class Deescalation:
             (attempt_dir / STOP_FILE).touch()
         return decision
 
-    def take(self, number: int) -> tuple[Plan, StepBack, dict[str, Any]]:
+    def take(self, number: int) -> tuple[Plan, StepBackDecision, dict[str, Any]]:
         """The child stopped for the pending step back: the plan to restart with, the decision, and the
         detail of the `deescalate` event."""
         decision, self.pending = self.pending, None

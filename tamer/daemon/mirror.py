@@ -30,7 +30,7 @@ from tamer.errors import ConfigError, StateError, TamerError
 from tamer.notify import messages
 from tamer.notify.sender import Notifier
 from tamer.notify.settings import home_notify
-from tamer.protocol import HEARTBEAT, attempt_dir
+from tamer.protocol import HEARTBEAT, HELD_OUT, attempt_dir
 from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -100,7 +100,7 @@ class TrackerSink:
 
 def _scores(db: Database, run_id: str) -> dict[str, Any] | None:
     """The latest held-out SQuAD pass: exact_match, f1, questions, step; None when never evaluated."""
-    rows = [row for row in db.squad_scores(run_id) if row["data"] == records.HELD_OUT]
+    rows = [row for row in db.squad_scores(run_id) if row["data"] == HELD_OUT]
     if not rows:
         return None
     latest = rows[-1]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tamer.daemon.outcome import Outcome
+from tamer.outcome import Outcome
 from tamer.daemon.restarts import OUTSIDE_KILL, restart_policy
 from tamer.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
 from tamer.plan import DeviceFacts, Plan

@@ -128,26 +128,15 @@ def submit(home: Home, config: RunConfig, data_profile: Any = None) -> tuple[str
     try:
         queries.enqueue(db, run_id, time.time())
         db.event(run_id, "submitted", "added to the queue")
-        return run_id, queue_position(db, run_id) or 0
+        return run_id, queries.queue_position(db, run_id) or 0
     finally:
         db.close()
-
-
-def waiting_runs(db: Database) -> list[dict[str, Any]]:
-    """The queue's runs not started yet, next first."""
-    return queries.waiting_runs(db)
-
-
-def queue_position(db: Database, run_id: str) -> int | None:
-    """1 for the next run the daemon starts, 2 after it...; None for a run not waiting in the queue."""
-    ids = [row["id"] for row in waiting_runs(db)]
-    return ids.index(run_id) + 1 if run_id in ids else None
 
 
 def queue_listing(db: Database) -> list[dict[str, Any]]:
     """Running runs (submitted or not), then the waiting ones in the order the daemon will start them."""
     rows = [{**run, "position": None} for run in queries.running_runs(db)]
-    rows += [{**run, "position": index} for index, run in enumerate(waiting_runs(db), 1)]
+    rows += [{**run, "position": index} for index, run in enumerate(queries.waiting_runs(db), 1)]
     return [{"position": r["position"], "id": r["id"], "status": r["status"], "steps_done": r["steps_done"] or 0,
              "total_steps": r["total_steps"], "submitted_at": r["submitted_at"], "supervisor_pid": r["supervisor_pid"]} for r in rows]
 
@@ -221,7 +210,7 @@ class Daemon:
         self.watch = QueueWatch(home, notify_settings.home_notify(home.root, self.notify_config))
         self.poll_seconds = poll_seconds
         self.exit_when_empty = exit_when_empty
-        self.lines = lines  # what people read (tamer/progress.py's DaemonLines), or None; structlog logs either way
+        self.lines = lines  # what people read (tamer/cli/progress.py's DaemonLines), or None; structlog logs either way
         self.lock = PidLock(daemon_lock_path(home), f"a tamer daemon (pid {{holder}}) already serves {home.root}; one daemon per home: "
                                                     "stop it first (kill -TERM {holder}, or systemctl --user stop tamer)")
         self.job: subprocess.Popen | None = None
@@ -235,7 +224,7 @@ class Daemon:
         try:
             self._release_stale_claims()
             log.info("daemon_start", home=str(self.home.root), pid=os.getpid())
-            self._say("daemon_start", f"daemon pid {os.getpid()} serves {self.home.root}; {len(waiting_runs(self.db))} queued")
+            self._say("daemon_start", f"daemon pid {os.getpid()} serves {self.home.root}; {len(queries.waiting_runs(self.db))} queued")
             for run_id in self._orphans():
                 self._run_job(run_id, "resumed: its supervisor died with the previous daemon")
             while self.stop_signal is None:

@@ -21,7 +21,8 @@ from typing import Any
 
 import psutil
 
-from tamer.daemon import outcome as outcomes
+from tamer.daemon import classify as outcomes
+from tamer.outcome import Outcome
 from tamer.protocol import (
     CHILD_LOG,
     HEARTBEAT,
@@ -135,7 +136,7 @@ class AttemptProcess:
             self.signals_sent.add(sent)
             os.kill(self.pid, sent)
 
-    def finish(self, returncode: int) -> tuple[outcomes.Outcome, dict | None]:
+    def finish(self, returncode: int) -> tuple[Outcome, dict | None]:
         """After the exit: its classified outcome and the report behind it."""
         if self.world_size > 1:
             _kill_ranks(self.attempt_dir, signal.SIGKILL, self.local)  # none should be left; never leave one holding a GPU

@@ -65,7 +65,7 @@ class PlanRecord:
 
 
 @dataclass(frozen=True)
-class StepBack:
+class StepBackDecision:
     """The decision to step back to `squeeze.plan`, dropping the squeezes from `index` on."""
 
     squeeze: Squeeze
@@ -124,7 +124,7 @@ def budget_now(view: CardView, others: int, cap_budget: int | None) -> int:
 
 
 def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_budget: int | None, safety_margin: float,
-                     records: dict[str, PlanRecord], now: float, max_per_plan: int, min_squeeze: int) -> StepBack | None:
+                     records: dict[str, PlanRecord], now: float, max_per_plan: int, min_squeeze: int) -> StepBackDecision | None:
     """The best plan to step back to now (the earliest squeeze whose plan fits again), or None."""
     others = others_holding(view, ours)
     budget = budget_now(view, others, cap_budget)
@@ -144,7 +144,7 @@ def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_bud
         whose = (f"; gone: pid {', '.join(gone)}" if gone else "") + (f"; still there: pid {', '.join(still)}" if still else "")
         reason = (f"the squeeze of attempt {squeeze.attempt} is over: other processes hold {format_size(others)} "
                   f"(were {format_size(squeeze.others)}), {format_size(budget)} available; {need}{whose}")
-        return StepBack(squeeze, index, reason, others, budget)
+        return StepBackDecision(squeeze, index, reason, others, budget)
     return None
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from tamer.config import RunConfig, config_from_dict
-from tamer.daemon import outcome as outcomes
+from tamer.outcome import Outcome
 from tamer.daemon import policy as policies
 from tamer.daemon.card import settled_card
 from tamer.daemon.deescalation import Deescalation
@@ -48,6 +48,11 @@ from tamer.state.home import Home
 from tamer.state.lock import PidLock
 from tamer.strategies import ladder
 from tamer.units import format_size
+from tamer.planner.calibrate import correction_factor, observations
+from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key
+from tamer.planner.estimate import Workload, estimate
+from tamer.planner.shape import resolve
+from tamer.recipes import profile
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25
@@ -90,8 +95,6 @@ def create_run(home: Home, config: RunConfig, data_profile: Any = None) -> str:
         "gpu_mem_cap": int(config.gpu_mem_cap) if config.gpu_mem_cap else None,
         "host_mem_cap": int(config.host_mem_cap) if config.host_mem_cap else None,
     })
-    from tamer.planner.shape import resolve  # pure arithmetic and a JSON read; imported here to keep start-up light
-
     shape = resolve(config)
     measured = {"data_profile": data_profile.to_dict()} if data_profile is not None else {}
     db.event(run_id, "created", f"run created from preset {config.preset}; {shape.describe()}"
@@ -122,7 +125,6 @@ class Supervisor:
         self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
         self.stop_requests = 0
-        self.failure_reason: str | None = None
         self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -208,16 +210,11 @@ class Supervisor:
     def _shape(self) -> Any:
         """The model's shape for the planner (tamer/planner/shape.py), read once per supervisor; None when unknown."""
         if not hasattr(self, "shape_source"):
-            from tamer.planner.shape import resolve
-
             self.shape_source = resolve(self.config)
         return self.shape_source.shape
 
     def _planner_choice(self, failed_plans: tuple[Plan, ...], oom_hints: tuple[dict[str, Any], ...]) -> Any:
         """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
-        from tamer.planner.calibrate import correction_factor, observations
-        from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key
-
         policy = PlannerPolicy.from_config(self.config)
         shape = self._shape()
         correction = correction_factor(observations(self.db, shape, self.facts.name))
@@ -259,7 +256,7 @@ class Supervisor:
                 return self._finish("stopped", self._stop_exit_code(), "stopped by signal during a restart")
             self._sleep(self._restart(number, outcome, action))
 
-    def _attempt(self) -> tuple[int, outcomes.Outcome, policies.Action]:
+    def _attempt(self) -> tuple[int, Outcome, policies.Action]:
         """Run the next attempt to its end, record how it ended, and act on the policy's answer up to the
         restart: (its number, its outcome, the action)."""
         number = self.db.next_attempt_number(self.run_id)
@@ -319,7 +316,7 @@ class Supervisor:
         """The peak learning rates before and after a plan change, for the event's details."""
         return {"old_learning_rate": self.config.learning_rate_for(old), "new_learning_rate": self.config.learning_rate_for(new)}
 
-    def _restart(self, number: int, outcome: outcomes.Outcome, action: policies.Action) -> float:
+    def _restart(self, number: int, outcome: Outcome, action: policies.Action) -> float:
         """Record the restart the policy chose (its plan is set): the seconds to wait before it."""
         same_plan = action if isinstance(action, policies.Restart) else None
         seconds = same_plan.wait_seconds if same_plan else 0.0  # a new plan: waiting would not make it fit better
@@ -373,9 +370,6 @@ class Supervisor:
         """The planner's predicted peak reserved bytes for `plan`, when it plans for this run."""
         if not self._planning():
             return None
-        from tamer.planner.calibrate import correction_factor, observations
-        from tamer.planner.estimate import estimate
-
         shape = self._shape()
         correction = correction_factor(observations(self.db, shape, self.facts.name))
         return estimate(shape, plan, self._workload()).with_correction(correction).reserved
@@ -385,16 +379,11 @@ class Supervisor:
         others, or when the model's shape is unknown)."""
         if plan.optimizer != "paged_adamw_8bit" or self._shape() is None:
             return 0
-        from tamer.planner.estimate import estimate
-
         return estimate(self._shape(), plan, self._workload()).pageable
 
     def _workload(self) -> Any:
         """What the planner sizes a micro-batch on: this run's data as preflight measured it (chat, instruct, text:
         run.json's data_profile), else SQuAD's figures (tamer/planner/estimate.py)."""
-        from tamer.planner.estimate import Workload
-        from tamer.recipes import profile
-
         return Workload.from_config(self.config, data=profile.read(self.run_dir),
                                     supervised_per_sequence=self.config.planner.supervised_per_sequence)
 
@@ -403,7 +392,7 @@ class Supervisor:
     def _command(self, number: int) -> list[str]:
         return command(self.run_dir, number, self.plan, self.config, self.run_id, self.child_program)
 
-    def _run_child(self, number: int) -> tuple[int, outcomes.Outcome, dict | None, int]:
+    def _run_child(self, number: int) -> tuple[int, Outcome, dict | None, int]:
         """Run attempt `number` to its end: (exit status, its classified outcome, the report behind it, peak host RSS)."""
         folder = attempt_dir(self.run_dir, number)
         folder.mkdir(parents=True, exist_ok=True)
@@ -496,7 +485,6 @@ class Supervisor:
         self.db.update_run(self.run_id, status=status, ended_at=time.time(), failure_reason=reason, exit_code=code, supervisor_pid=None)
         kind = {"done": "finish", "failed": "failed", "stopped": "stopped"}[status]
         self.db.event(self.run_id, kind, reason or f"run finished: {self._steps_done()} steps")
-        self.failure_reason = reason
         return code
 
 

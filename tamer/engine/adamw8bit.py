@@ -51,7 +51,7 @@ def unavailable(device: torch.device) -> str | None:
 
 def _kernel() -> Any:
     """The kernel, imported at first use (importing triton is slow, and CPU runs never need it)."""
-    from tamer.engine.adamw8bit_kernel import adamw8bit
+    from tamer.engine.adamw8bit_kernel import adamw8bit  # imports triton: seconds, and CPU runs never need it
 
     return adamw8bit
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from tamer.engine import batching
+from tamer.engine.generate import generate_answers
 from tamer.engine.loss import loss_sum
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.recipes import chat, instruct
@@ -76,8 +77,6 @@ def em_f1(model: Any, tokenizer: Any, config: Any, prepared: Any, device: torch.
           batch_size: int | None) -> dict[str, Any]:
     """EM and F1 of greedy replies to the validation records (chat, instruct), as tamer/engine/result.py's
     `evaluate` reports SQuAD's."""
-    from tamer.engine.result import generate_answers
-
     started = time.perf_counter()
     prompts, references = prompts_and_references(prepared, config, limit if limit is not None else config.eval.squad_samples)
     stop = end_of_turn(prepared.template) if prepared.template is not None else ""

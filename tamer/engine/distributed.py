@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from tamer.plan import Plan
+from tamer.engine.loss import decoder_layers
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,6 @@ def wrap(module: torch.nn.Module, plan: Plan, device: torch.device, group: Group
         return module
     if plan.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-
-        from tamer.engine.loss import decoder_layers
 
         for layer in decoder_layers(module):
             fully_shard(layer)

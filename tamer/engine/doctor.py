@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from tamer.inspect.doctor import ALLOCATOR_VARIABLES, _error_text
+from tamer.errors import error_text
+from tamer.protocol import ALLOCATOR_VARIABLES
 
 
 def _nvml_used(uuid: str) -> int | None:
@@ -62,7 +63,7 @@ def torch_facts(used_before: dict[str, int]) -> dict[str, Any]:
     try:
         facts["allocator_in_force"] = getter() if getter else None
     except Exception as error:
-        facts["allocator_in_force"] = _error_text(error)
+        facts["allocator_in_force"] = error_text(error)
     return facts
 
 
@@ -85,7 +86,7 @@ def bitsandbytes_facts(cuda: bool) -> dict[str, Any]:
         quantized, state = functional.quantize_blockwise(values)
         error = float((functional.dequantize_blockwise(quantized, state) - values).abs().max())
     except Exception as error:
-        return {"usable": False, "reason": _error_text(error)}
+        return {"usable": False, "reason": error_text(error)}
     return {"usable": error < 0.05, "version": bitsandbytes.__version__, "device": "cuda" if cuda else "cpu",
             "round_trip_error": error}
 

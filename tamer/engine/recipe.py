@@ -22,6 +22,8 @@ import structlog
 import torch
 
 from tamer.config import DATA_KEYS, RunConfig
+from tamer.engine import result
+from tamer.engine.attempt import Attempt
 from tamer.recipes import prepare, squad, tokens
 from tamer.recipes.examples import scored_tokens
 
@@ -60,8 +62,8 @@ class Recipe(Protocol):
     def supervised_tokens(self, example: Any) -> int:
         """How many of `example`'s tokens the loss scores (the step's loss is normalised by their sum)."""
 
-    def score(self, trainer: Any) -> None:
-        """The task's own quality score of the model being trained, recorded in the database."""
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
+        """The task's own quality score of `model` (the one being trained), recorded in the database."""
 
 
 class SquadRecipe:
@@ -87,10 +89,8 @@ class SquadRecipe:
     def supervised_tokens(self, example: Any) -> int:
         return squad.answer_token_count(example)
 
-    def score(self, trainer: Any) -> None:
-        from tamer.engine import result
-
-        result.evaluate_during_training(trainer)
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
+        result.evaluate_during_training(attempt, model, tokenizer)
 
 
 class DataRecipe:
@@ -113,7 +113,7 @@ class DataRecipe:
     def supervised_tokens(self, example: Any) -> int:
         return scored_tokens(example)
 
-    def score(self, trainer: Any) -> None:
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
         raise NotImplementedError("score_every is None: the data recipes are not scored during training")
 
 

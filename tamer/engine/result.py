@@ -36,11 +36,14 @@ import torch
 
 from tamer import outputs
 from tamer.config import RunConfig, config_from_dict
+from tamer.engine import data_eval
+from tamer.engine.attempt import Attempt
+from tamer.engine.generate import generate_answers
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.errors import ConfigError, DataError, StateError, TamerError
-from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
-from tamer.recipes import squad
+from tamer.protocol import HELD_OUT
+from tamer.recipes import prepare, squad
 from tamer.recipes.squad_score import score
 from tamer.state import checkpoints, queries
 from tamer.state.db import Database
@@ -133,8 +136,6 @@ def load_tokenizer(config: RunConfig) -> Any:
     """The run's tokenizer; a chat run's carries the template it trained with, so the export renders as training did."""
     tokenizer = squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
     if config.recipe == "chat":
-        from tamer.recipes import prepare
-
         _, template = prepare.setup(config)
         tokenizer.chat_template = template.text
     return tokenizer
@@ -181,57 +182,6 @@ def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -
     return prompts, golds
 
 
-# ---------------------------------------------------------------------------------------------
-# Greedy decoding
-
-
-def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                     device: torch.device, also_stop_at: int | None = None) -> tuple[list[str], int]:
-    """Greedy answers to `prompts` (in their order) and the batch size that fitted. Longest prompts
-    go first, so an OOM comes early; it halves the batch for the rest of the pass. Decoding stops at
-    end-of-sequence, and at `also_stop_at` (a chat template's end-of-turn token) when given."""
-    from transformers import GenerationConfig
-
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    stops = eos_id if also_stop_at in (None, eos_id) else [eos_id, also_stop_at]
-    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                eos_token_id=stops, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
-    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
-    answers: list[str] = [""] * len(prompts)
-    position = 0
-    while position < len(order):
-        chunk = order[position:position + batch_size]
-        try:
-            generated = _generate_batch(model, [prompts[index] for index in chunk], pad_id, settings, device)
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size //= 2
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        for index, tokens in zip(chunk, generated):
-            ends = [position for position, token in enumerate(tokens) if token in (eos_id, also_stop_at)]
-            if ends:
-                tokens = tokens[:ends[0]]
-            answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        position += len(chunk)
-    return answers, batch_size
-
-
-@torch.no_grad()
-def _generate_batch(model: Any, prompts: list[list[int]], pad_id: int, settings: Any, device: torch.device) -> list[list[int]]:
-    """Left-padded so every prompt ends where generation starts; positions come from the attention mask."""
-    longest = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, longest - len(prompt):] = 1
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=settings)
-    return output[:, longest:].tolist()
-
-
 def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.Record], device: torch.device,
              limit: int | None, batch_size: int | None = None) -> dict[str, Any]:
     """EM and F1 of greedy answers to `records` (the first `limit`, else eval.squad_samples), decoded
@@ -265,37 +215,33 @@ def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan
              data=data, batch_size=result["batch_size"])
 
 
-def evaluate_during_training(trainer: Any) -> None:
-    """`eval.squad_every`: score the model being trained, in the training child, between steps. One
+def evaluate_during_training(attempt: Attempt, model: Any, tokenizer: Any) -> None:
+    """`eval.squad_every`: score `model` (the one being trained) in the training child, between steps. One
     process only: under DDP/FSDP the ranks would have to decode together, so it is skipped there (the
     end-of-run pass still runs)."""
-    if trainer.group.distributed:
-        if trainer.state.step == trainer.config.eval.squad_every:
-            trainer.report.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+    if attempt.group.distributed:
+        if attempt.state.step == attempt.config.eval.squad_every:
+            attempt.report.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
                           "the run is scored once it ends")
         return
-    trainer.report.beat("eval")
-    _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
-    model = trainer.model
+    attempt.report.beat("eval")
+    _, held_out = squad.load_train_and_eval(attempt.config.data, attempt.config.eval_samples, attempt.config.seed)
     model.eval()
     cache_setting = model.config.use_cache
     model.config.use_cache = True
     try:
-        with trainer.autocast():
-            result = evaluate(model, trainer.tokenizer, trainer.config, held_out, trainer.device, None)
+        with attempt.autocast():
+            result = evaluate(model, tokenizer, attempt.config, held_out, attempt.device, None)
     finally:
         model.config.use_cache = cache_setting
         model.train()
-    store_scores(trainer.report.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
-    trainer.report.beat("between_steps")
+    store_scores(attempt.report.db, attempt.run_id, attempt.state.step, attempt.number, attempt.plan, result, HELD_OUT)
+    attempt.report.beat("between_steps")
 
 
 def evaluate_data(db: Database, run_id: str, config: RunConfig, trained: Trained, tokenizer: Any, device: torch.device,
                   args: argparse.Namespace) -> dict[str, Any]:
     """chat, instruct, text: the validation loss (an event), and EM/F1 of replies when asked (stored as SQuAD's are)."""
-    from tamer.engine import data_eval
-    from tamer.recipes import prepare
-
     prepared = prepare.prepare(config) if args.data is None else prepare.prepare_file(config, args.data)
     label = HELD_OUT if args.data is None else args.data
     if not prepared.evaluation:

@@ -15,14 +15,15 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tamer.config import RunConfig
-from tamer.engine import batching, distributed, limits, resume, snapshot
+from tamer.config import RunConfig, config_from_dict
+from tamer.engine import batching, distributed, limits, oom_snapshot, resume
+from tamer.engine.attempt import Attempt, Training, TrainState
 from tamer.engine.checkpointing import Checkpointer
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
@@ -31,6 +32,7 @@ from tamer.engine.optim import build_optimizer, build_scheduler, clip_gradients,
 from tamer.engine.recipe import cached_examples, recipe_for
 from tamer.engine.reporting import Reporter
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
+from tamer.errors import DataError
 from tamer.inject import parse_faults
 from tamer.plan import Plan
 from tamer.protocol import attempt_dir, plan_file
@@ -47,14 +49,6 @@ class Batch:
     computed_tokens: int
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    samples_consumed: int = 0
-    checkpoint_step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class StopRequested(Exception):
     """SIGTERM/SIGINT reached the child: checkpoint at the step boundary, then exit."""
 
@@ -69,7 +63,7 @@ class Trainer:
         self.config = _config(spec["config"])
         if self.config.torch_threads:  # the run's thread count, on every attempt: exact resume depends on it
             torch.set_num_threads(self.config.torch_threads)
-        self.plan = Plan.from_dict(json.loads(plan_file(run_dir, attempt).read_text()))
+        plan = Plan.from_dict(json.loads(plan_file(run_dir, attempt).read_text()))
         self.group = distributed.from_env()
         self.faults = FaultPlan(parse_faults(self.config.inject) + parse_faults(_env_faults()), attempt, self.group.rank)
         self.report = Reporter(spec["db_path"], self.run_id, attempt, self.group, attempt_dir(run_dir, attempt))
@@ -77,6 +71,18 @@ class Trainer:
         self.state = TrainState()
         self.report.beat("load")
         self.device = limits.choose_device(self.config, self.group)
+        # What the helpers (resume, checkpoints, the recipe's score) are given instead of the trainer.
+        self.context = Attempt(run_dir, self.run_id, attempt, self.config, plan, self.device, self.group, self.report,
+                               self.faults, self.state)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in force (the attempt's: an in-process split replaces it there)."""
+        return self.context.plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        self.context.plan = plan
 
     def where(self) -> dict[str, Any]:
         """Where the attempt is, for the child's exit report: phase, step (the one under way), micro-batch, rank."""
@@ -94,7 +100,7 @@ class Trainer:
             self.report.event("attention", attention)
         distributed.init(self.group, self.device, self.config.distributed.backend, self.config.distributed.timeout)
         if self.config.memory_snapshot:
-            snapshot.start_recording(self.device)
+            oom_snapshot.start_recording(self.device)
         self.faults.check("load", None, self.plan.micro_batch_size)
         self.tokenizer = self.recipe.load_tokenizer()
         with distributed.main_first(self.group):
@@ -107,13 +113,11 @@ class Trainer:
             self.order = SampleOrder(len(self.train_examples), self.config.seed)
         steps_per_epoch = len(self.train_examples) // self.config.effective_batch_size
         if steps_per_epoch < 1 and self.config.max_steps is None:
-            from tamer.errors import DataError
-
             raise DataError(f"{len(self.train_examples)} training examples make no full batch of {self.config.effective_batch_size}")
-        self.total_steps = self.config.max_steps or self.config.epochs * steps_per_epoch
+        self.total_steps = self.context.total_steps = self.config.max_steps or self.config.epochs * steps_per_epoch
         self.report.total_steps(self.total_steps)
 
-        self.model, self.base, checkpoint = resume.load_model(self)
+        self.model, self.base, checkpoint = resume.load_model(self.context)
         self.compiled = should_compile(self.config.compile, self.plan, self.device)
         if self.compiled:
             compile_layers(self.model)
@@ -125,8 +129,9 @@ class Trainer:
         self._fallback_reported = False
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.config, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.autocast_dtype == "fp16" and self.device.type == "cuda" else None
+        self.training = Training(self.model, self.wrapped, self.optimizer, self.scheduler, self.scaler, self.order, self.base)
         if checkpoint is not None:
-            resume.restore(self, checkpoint)
+            resume.restore(self.context, self.training, checkpoint)
         self.report.resumed_from(self.state.step)
         limits.set_host_limit(self.config, self.report.event)
 
@@ -139,7 +144,7 @@ class Trainer:
                    + (", compiled layers" if self.compiled else "") + f"; peak learning rate {peak_lr:g}",
                    plan=self.plan.to_dict(), device=str(self.device), torch_threads=torch.get_num_threads(),
                    compiled=self.compiled, peak_learning_rate=peak_lr)
-        self.checkpointer = Checkpointer(self)
+        self.checkpointer = Checkpointer(self.context, self.training)
         self.checkpointer.announce()
         self.stop_flag["training"] = True  # from here a stop waits for the step boundary and checkpoints
         try:
@@ -153,7 +158,7 @@ class Trainer:
                 if self.config.eval_every and step % self.config.eval_every == 0 and step != self.total_steps:
                     self.evaluate()
                 if self.recipe.score_every and step % self.recipe.score_every == 0 and step != self.total_steps:
-                    self.recipe.score(self)  # the last step is scored after the run (tamer/daemon/result.py)
+                    self.recipe.score(self.context, self.model, self.tokenizer)  # the last step is scored after the run (tamer/daemon/result.py)
         except BaseException:  # a stop or a failure: the save in flight still lands
             self.checkpointer.wait_quietly()
             raise
@@ -224,9 +229,7 @@ class Trainer:
                       micro.useful_tokens, micro.computed_tokens) for micro in built]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.plan.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.plan.autocast_dtype])
+        return self.context.autocast()
 
     def train_step(self) -> None:
         plan, state = self.plan, self.state
@@ -325,8 +328,6 @@ class Trainer:
 
 
 def _config(data: dict[str, Any]) -> RunConfig:
-    from tamer.config import config_from_dict
-
     return config_from_dict(data)
 
 

@@ -20,6 +20,9 @@ from typing import Any
 
 import psutil
 
+from tamer.errors import error_text
+from tamer.protocol import ALLOCATOR_VARIABLES
+
 GAP_EXPLANATION = (
     "nvidia-smi (NVML) counts everything on the card: every process, and for each its CUDA context "
     "(a few hundred MiB before any tensor exists); torch.cuda.memory_allocated counts only live tensors, "
@@ -27,12 +30,7 @@ GAP_EXPLANATION = (
     "this process is about reserved + context, above allocated; free memory in torch.cuda.mem_get_info is "
     "what is left after the other processes too."
 )
-ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 PROBE_TIMEOUT_SECONDS = 300  # importing torch and initialising every GPU, on a slow disk
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".strip()
 
 
 def host_facts() -> dict[str, Any]:
@@ -70,7 +68,7 @@ def nvml_facts() -> dict[str, Any]:
 
         pynvml.nvmlInit()
     except Exception as error:
-        return {"available": False, "reason": _error_text(error), "gpus": []}
+        return {"available": False, "reason": error_text(error), "gpus": []}
     gpus = []
     for index in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -118,7 +116,7 @@ def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
         messages = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         return {**json.loads(done.stdout.strip().splitlines()[-1]), "probe_messages": messages}
     except (subprocess.SubprocessError, ValueError, IndexError) as error:
-        reason = f"the torch probe ({' '.join(command[:3])}) failed: {_error_text(error)}"
+        reason = f"the torch probe ({' '.join(command[:3])}) failed: {error_text(error)}"
         return {"torch": {"version": None, "cuda_build": None, "cuda_available": False, "cpu_bf16": False, "error": reason,
                           "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES}, "devices": []},
                 "bitsandbytes": {"usable": False, "reason": reason}, "probe_messages": messages}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamer.daemon.outcome import parse_oom_message
+from tamer.outcome import parse_oom_message
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.protocol import HEARTBEAT, HEARTBEAT_PHASES, IN_STEP_PHASES, OUTCOME_KINDS, attempt_dir

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tamer.protocol import HELD_OUT
 from tamer.state.db import Database
-
-HELD_OUT = "held-out"
+from tamer.inspect.history import timeline
 
 
 def squad_series(db: Database, run_id: str) -> dict[str, list[Any]]:
@@ -53,8 +53,6 @@ def squad_text(scores: dict[str, Any] | None) -> str:
 def compare(db: Database, run_ids: list[str], data: str = HELD_OUT) -> list[dict[str, Any]]:
     """One row per run: settled plan, steps, tokens, wall time, final and validation loss, EM and F1 (the latest
     pass on `data`: the held-out slice, or a file `tamer eval --data` scored)."""
-    from tamer.inspect.history import timeline
-
     rows = []
     for run_id in run_ids:
         story = timeline(db, db.run(run_id)["id"])

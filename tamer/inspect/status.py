@@ -40,8 +40,6 @@ def unsupervised_note(run: dict[str, Any]) -> str:
 
 def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
     """The state of `run_id` (default: the running run, else the newest) as plain data."""
-    from tamer.daemon.queue import queue_position
-
     run = db.run(run_id or newest_run_id(db))
     alive = supervised(run)
     recent = queries.latest_attempt_steps(db, run["id"], RECENT_STEPS)
@@ -64,7 +62,7 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "eta_seconds": eta,
         "eta_at": time.time() + eta if eta is not None else None,
         "attempt": attempt,
-        "queue_position": queue_position(db, run["id"]) if run["status"] == "queued" else None,
+        "queue_position": queries.queue_position(db, run["id"]) if run["status"] == "queued" else None,
         "supervisor_pid": run["supervisor_pid"] if alive else None,
         "supervised": alive,
         "note": unsupervised_note(run) if alive is False else None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+from tamer import output
 from tamer.protocol import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL
 
 EVENT_KINDS = {"escalate": "escalated", "deescalate": "deescalated"}
@@ -40,10 +41,6 @@ class Notification:
     def text(self) -> str:
         """Title and message as one text (what a chat message shows)."""
         return f"{self.title}\n{self.message}" if self.message else self.title
-
-
-def _loss(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "-"
 
 
 def _steps(run: dict[str, Any]) -> str:
@@ -74,8 +71,8 @@ def run_ended(run: dict[str, Any], scores: dict[str, Any] | None, model_path: st
     facts: dict[str, Any] = {"steps_done": run["steps_done"] or 0, "total_steps": run["total_steps"], "final_loss": run["final_loss"],
                              "final_eval_loss": run["final_eval_loss"], "model_path": model_path}
     if status == "done":
-        lines = [f"{run['steps_done'] or 0} steps, final loss {_loss(run['final_loss'])}"
-                 + (f", validation loss {_loss(run['final_eval_loss'])}" if run["final_eval_loss"] is not None else "")]
+        lines = [f"{run['steps_done'] or 0} steps, final loss {output.loss(run['final_loss'])}"
+                 + (f", validation loss {output.loss(run['final_eval_loss'])}" if run["final_eval_loss"] is not None else "")]
         if scores:
             facts.update(exact_match=scores["exact_match"], f1=scores["f1"], questions=scores["questions"])
             lines.append(f"SQuAD exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} on {scores['questions']} held-out questions")
@@ -117,7 +114,7 @@ def stalled(run_id: str, minutes: float, step: int | None, phase: str | None) ->
 
 def queue_empty(runs: list[dict[str, Any]]) -> Notification:
     """The daemon's queue ran dry; `runs` are the runs it worked on since it last was empty (runs rows)."""
-    lines = [f"{run['id']}: {run['status']}, step {_steps(run)}, final loss {_loss(run['final_loss'])}" for run in runs]
+    lines = [f"{run['id']}: {run['status']}, step {_steps(run)}, final loss {output.loss(run['final_loss'])}" for run in runs]
     return Notification("queue_empty", "tamer: the queue is empty", "\n".join(lines) or "no run waits", None, None, None,
                         {"runs": [{"id": run["id"], "status": run["status"]} for run in runs]})
 

@@ -177,10 +177,6 @@ class ModelShape:
         """The LM head's weight (the embedding itself when tied)."""
         return self.vocab_size * self.hidden_size
 
-    def lora_tensors(self, rank: int, targets: tuple[str, ...]) -> list[tuple[str, int]]:
-        """LoRA's A (rank x in) and B (out x rank) for each targeted projection of every layer."""
-        return list(_lora_tensors(self, rank, tuple(targets)))
-
     def lora_parameters(self, rank: int, targets: tuple[str, ...]) -> int:
         return sum(elements for _, elements in _lora_tensors(self, rank, tuple(targets)))
 

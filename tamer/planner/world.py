@@ -17,6 +17,7 @@ from typing import Any
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.estimate import GIB, ModelShape, Workload, estimate
 from tamer.planner.speed import ANCHOR_TOKENS_PER_SECOND
+from tamer.planner.candidates import choose
 
 ALLREDUCE_BYTES_PER_SECOND = 32e9
 """Effective gradient all-reduce rate between two GPUs of one host. From the one measurement we have (two
@@ -82,8 +83,6 @@ def compare_with_one_gpu(config: Any, facts: DeviceFacts, budget: int, policy: A
     """For a plan of several processes: its predicted step time against the best one-GPU plan's; None for one process."""
     if plan.world_size <= 1:
         return None
-    from tamer.planner.candidates import choose
-
     sequences = config.effective_batch_size
     compute, communication = step_seconds(plan, speed, shape, workload, sequences)
     alone_config = config.model_copy(update={"distributed": config.distributed.model_copy(update={"nproc_per_node": 1, "nnodes": 1})})

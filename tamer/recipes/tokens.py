@@ -20,6 +20,7 @@ from typing import Any
 
 from tamer.errors import ModelError
 from tamer.hub import hub_error, looks_local, offline_requested
+from tamer.recipes.squad import BUNDLED_TOKENIZER
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -74,8 +75,6 @@ def tokenizer_source(config: Any) -> str | None:
 
 def load(name: str | None, model: str) -> TextTokenizer:
     """The tokenizer `name` (`bundled`, a hub id or a folder; None = the model's own)."""
-    from tamer.recipes.squad import BUNDLED_TOKENIZER
-
     if name == "bundled":
         return _from_folder(BUNDLED_TOKENIZER, "the bundled tokenizer")
     source, described, hint = (model, f"the tokenizer of model {model}", "--model PATH") if name is None else (

@@ -62,10 +62,6 @@ def hash_file(path: Path, name: str = HASH) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    return hash_file(path, "sha256")
-
-
 class HashingFile(io.RawIOBase):
     """A write-only file that hashes every byte it writes and fsyncs on close: `digest` is then the
     file's xxh3-128, with no read back. torch.save and the safetensors writer write through it."""

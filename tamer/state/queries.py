@@ -29,6 +29,12 @@ def waiting_runs(db: Database) -> list[dict[str, Any]]:
                                WHERE r.status = 'queued' ORDER BY q.submitted_at, r.created_at"""))
 
 
+def queue_position(db: Database, run_id: str) -> int | None:
+    """1 for the next run the daemon starts, 2 after it...; None for a run not waiting in the queue."""
+    ids = [row["id"] for row in waiting_runs(db)]
+    return ids.index(run_id) + 1 if run_id in ids else None
+
+
 def running_runs(db: Database) -> list[dict[str, Any]]:
     """Running runs, submitted or not, oldest start first; submitted_at is the creation time of a run
     started with `tamer run`."""

@@ -19,12 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tamer.daemon.outcome import Outcome
+from tamer.outcome import OOM_KINDS, Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.strategies import registry
 from tamer.strategies.base import Strategy
 
-OOM_KINDS = ("cuda_oom", "host_oom")
 EVAL_BATCH = "eval_batch_size"
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tamer.protocol import HELD_OUT
+
 MIB = 2**20
 STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s",
                 "step_time": "train/step_time", "micro_batch_size": "train/micro_batch_size", "attempt": "train/attempt",
                 "samples_consumed": "train/samples"}
 MEMORY_METRICS = {"mem_allocated": "memory/allocated_mib", "mem_reserved": "memory/reserved_mib", "mem_peak": "memory/peak_mib",
                   "device_used": "memory/device_used_mib", "host_rss": "memory/host_rss_mib"}
-HELD_OUT = "held-out"
 ALERTS = {"escalate", "deescalate", "failed", "hang", "in_process_split", "squeeze", "lost"}
 """Event kinds a tracker shows as an alert or tag, besides the text every event gets: plan changes and failures."""
 NOT_MIRRORED = ("notify_", "tracker_")

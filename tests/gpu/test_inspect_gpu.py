@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tamer.engine.snapshot import dump_on_oom, start_recording
+from tamer.engine.oom_snapshot import dump_on_oom, start_recording
 
 
 @pytest.mark.gpu

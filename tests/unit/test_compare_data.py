@@ -7,7 +7,8 @@ import time
 
 from typer.testing import CliRunner
 
-from tamer.inspect.results import HELD_OUT, compare
+from tamer.inspect.results import compare
+from tamer.protocol import HELD_OUT
 from tamer.state.db import Database
 from tests.unit.conftest import RUN_ID
 

@@ -57,7 +57,7 @@ def test_the_validation_loss_is_the_mean_over_scored_tokens(tmp_path):
 def test_decoding_also_stops_at_the_end_of_turn_token():
     """With an end-of-turn token, generation is told to stop there too and the reply is cut before it; without one
     (SQuAD) only end-of-sequence stops it."""
-    from tamer.engine.result import generate_answers
+    from tamer.engine.generate import generate_answers
     from tamer.recipes.squad import load_tokenizer
 
     tokenizer = load_tokenizer("bundled", "tiny")

@@ -13,7 +13,7 @@ import pytest
 from tamer.config import DeescalateConfig, RunConfig
 from tamer.daemon.card import FAKE_CARD_ENV, read_card
 from tamer.daemon.deescalation import Deescalation
-from tamer.daemon.outcome import Outcome, parse_oom_message
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.plan import Plan
 from tamer.planner.candidates import plan_key
 from tamer.protocol import STOP_FILE

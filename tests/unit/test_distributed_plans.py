@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tamer.config import build_config
-from tamer.daemon.outcome import classify_group
+from tamer.daemon.classify import classify_group
 from tamer.engine import distributed
 from tamer.errors import ConfigError
 from tamer.plan import DeviceFacts, Plan

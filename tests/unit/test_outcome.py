@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tamer.daemon.outcome import (
-    Outcome,
-    classify,
-    detect_oom_kill,
-    one_line,
-    parse_oom_message,
-    read_memory_events,
-)
+from tamer.daemon.classify import classify, detect_oom_kill, read_memory_events
+from tamer.outcome import Outcome, parse_oom_message
+from tamer.output import one_line
 
 GiB = 1024**3
 MiB = 1024**2

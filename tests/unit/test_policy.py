@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from tamer.daemon.outcome import Outcome, classify, classify_group
+from tamer.daemon.classify import classify, classify_group
+from tamer.outcome import Outcome
 from tamer.daemon.policy import (
     Done,
     Ended,

@@ -14,7 +14,7 @@ import pytest
 
 from rich.console import Console
 
-from tamer.progress import DaemonLines, PlainProgress, RunProgress
+from tamer.cli.progress import DaemonLines, PlainProgress, RunProgress
 from tamer.state.db import Database
 
 RUN_ID = "squad-20260101-000000-beef"
@@ -143,7 +143,7 @@ def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
     """On an attempt's first step (78 s of compiling) there is no ETA, not 1,000 x 78 s, and tok/s is that step's own;
     from the second on, the ETA and tok/s come from the steps after it, also once the first step falls out of the
     smoothing window."""
-    from tamer.progress import SMOOTHING_STEPS, step_facts
+    from tamer.cli.progress import SMOOTHING_STEPS, step_facts
 
     db = _compile_heavy_attempt(recorded_home, 1)
     first = step_facts(db, db.run(RUN_ID), 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from tamer.config import RunConfig
-from tamer.daemon.outcome import classify
+from tamer.daemon.classify import classify
 from tamer.daemon.restarts import backoff, restart_policy
 
 NOTHING_SENT: frozenset[int] = frozenset()

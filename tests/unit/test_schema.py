@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tamer.config import build_config, config_from_dict
-from tamer.daemon.outcome import Outcome, parse_oom_message
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.errors import ConfigError, LockedError
 from tamer.plan import DeviceFacts, Plan
 from tamer.state.lock import PidLock, lock_holder

@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column
 
-from tamer.inspect import display
 from tamer.inspect.history import last_heartbeat
 from tamer.inspect.status import supervised, unsupervised_note
 from tamer.state import queries
 from tamer.state.db import Database
 from tamer.units import format_size
+from tamer import output
 
 # Steps averaged for tok/s and seconds per step: single steps swing (checkpoints, evaluation, shapes).
 SMOOTHING_STEPS = 10
@@ -74,7 +74,7 @@ def step_line(facts: dict[str, Any]) -> str:
     """One progress line: `12:37:16 step 40/120 loss 9.9931 1,234 tok/s mem 573.4 MiB RSS ETA 3 min 05 s (attempt 1)`."""
     speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
     return (f"{time.strftime('%H:%M:%S', time.localtime(facts['wall_time']))} step {facts['step']}/{facts['total'] or '?'} "
-            f"loss {display.number(facts['loss'])} {speed} mem {facts['memory']} ETA {display.seconds(facts['eta_seconds'])} "
+            f"loss {output.number(facts['loss'])} {speed} mem {facts['memory']} ETA {output.seconds(facts['eta_seconds'])} "
             f"(attempt {facts['attempt']})")
 
 
@@ -201,9 +201,9 @@ class RunProgress(_Reader):
             self.progress.update(self.task, total=run["total_steps"], status=self.status, eta="-", **fields)
             return
         speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
-        status = f"loss {display.number(facts['loss'])}  {speed}  {facts['memory_size']}"
+        status = f"loss {output.number(facts['loss'])}  {speed}  {facts['memory_size']}"
         self.progress.update(self.task, completed=facts["step"], total=run["total_steps"], status=status,
-                             eta=display.seconds(facts["eta_seconds"]), **fields)
+                             eta=output.seconds(facts["eta_seconds"]), **fields)
 
 
 class DaemonLines:
