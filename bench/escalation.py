@@ -316,7 +316,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
     from tamer.engine.model import build_model, materialize_random_init, trainable_parameters
     from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
     from tamer.engine.sampling import SampleOrder
-    from tamer.engine.trainer import CHUNK_SIZE
+    from tamer.plan import LOSS_CHUNK_TOKENS
     from tamer.recipes import squad
 
     config = build_config(arguments.preset, None, run_options(arguments), CONFIG_SETS)
@@ -353,7 +353,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
             collated = pad_batch(chunk, tokenizer.pad_token_id, config.max_seq_len)
             batch = {key: value.to(device) for key, value in collated.items() if isinstance(value, torch.Tensor)}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                summed, _ = loss_sum(model, batch, CHUNK_SIZE if plan.chunked_loss else None)
+                summed, _ = loss_sum(model, batch, LOSS_CHUNK_TOKENS if plan.chunked_loss else None)
             loss = summed / max(1, supervised)
             (scaler.scale(loss) if scaler else loss).backward()
             total_loss += loss.detach()

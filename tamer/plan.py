@@ -23,6 +23,13 @@ Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 Quantization = Literal["int8"]
 Parallel = Literal["ddp", "fsdp"]
 
+LOSS_CHUNK_TOKENS = 1024
+"""Positions per slice of a chunked loss (`chunked_loss`): the trainer computes the LM head and cross-entropy this many
+positions at a time, and the planner sizes the logits by it."""
+PAGED_MIN_ELEMENTS = 100_000
+"""bitsandbytes pages the optimizer moments of tensors at least this large (Optimizer8bit.get_state_buffer); smaller
+ones stay in normal device memory. The child repages by it after a resume, the planner counts managed memory by it."""
+
 
 @dataclass(frozen=True)
 class DeviceFacts:

@@ -15,21 +15,10 @@ from tamer import output
 from tamer.cli.common import DataOption, HomeOption, JsonOption, ModelOption, _fail, _print_json, app, check_recipe, console
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
-from tamer.planner.calibrate import Observation, correction_factor, observations
-from tamer.planner.candidates import (
-    Candidate,
-    Choice,
-    PlannerPolicy,
-    assess,
-    best,
-    candidate_plans,
-    change_rank,
-    choose,
-    device_budget,
-    shape_of,
-    usable_bytes,
-)
+from tamer.planner.calibrate import Observation, observations
+from tamer.planner.candidates import Candidate, Choice, PlannerPolicy, assess, best, candidate_plans, change_rank, shape_of, usable_bytes
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
+from tamer.planner.planning import Planner
 from tamer.units import format_size, parse_size
 
 
@@ -177,16 +166,14 @@ def plan_command(
         facts = _device(gpu_mem, bf16)
         if facts.total_memory is None and run_config.gpu_mem_cap is None:
             raise ConfigError("no GPU found through NVML: pass --gpu-mem SIZE (the card's memory, e.g. 16GiB)")
-        budget = device_budget(facts.total_memory, run_config.gpu_mem_cap)
-        policy = PlannerPolicy.from_config(run_config)
-        workload = Workload.from_config(run_config, data=measured, sequence_length=seq_len, supervised_per_sequence=policy.supervised_per_sequence,
-                                        logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
         shape = shape_of(run_config)
         past = _past(home, shape, facts)
-        correction = correction_factor(past)
-        choice = choose(run_config, facts, budget, policy, workload=workload, correction=correction)
+        planner = Planner.for_run(run_config, facts, shape=shape, data=measured, past=lambda: past, sequence_length=seq_len,
+                                  logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
+        choice = planner.choose()
     except TamerError as error:
         _fail(error)
+    budget, policy, workload, correction = planner.budget, planner.policy, planner.workload, planner.correction()
     candidates, chosen = _chosen(run_config, facts, budget, policy, workload, correction, choice)
     note = None
     if chosen is not None:

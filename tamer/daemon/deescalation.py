@@ -35,8 +35,7 @@ from tamer.daemon.squeeze import (
 )
 from tamer.plan import Plan
 from tamer.protocol import PLAN_FILE, STOP_FILE
-from tamer.planner.candidates import plan_key
-from tamer.planner.estimate import CUDA_CONTEXT_BYTES
+from tamer.planner.candidates import cap_budget, plan_key
 from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
@@ -51,7 +50,7 @@ class Deescalation:
         self.run_id = run_id
         self.knobs = config.deescalate
         self.min_squeeze = self.knobs.min_squeeze
-        self.cap_budget = config.gpu_mem_cap + CUDA_CONTEXT_BYTES if config.gpu_mem_cap else None
+        self.cap_budget = cap_budget(config.gpu_mem_cap)
         self.safety_margin = config.planner.safety_margin
         self.predicted_peak = predicted_peak
         self.path = run_dir / "squeeze.json"

@@ -24,7 +24,7 @@ from typing import Any
 
 from tamer.daemon.card import CardView
 from tamer.daemon.restarts import backoff
-from tamer.planner.candidates import usable_bytes
+from tamer.planner.candidates import usable_bytes, within_cap
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES
 from tamer.units import format_size
 
@@ -119,8 +119,7 @@ def measured_need(sizes: dict[str, int], memory_stats: dict[str, Any], earlier_p
 
 def budget_now(view: CardView, others: int, cap_budget: int | None) -> int:
     """Device bytes a new child could use now: the card less what others hold, and no more than its cap."""
-    room = view.total - others
-    return min(room, cap_budget) if cap_budget else room
+    return within_cap(view.total - others, cap_budget)
 
 
 def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_budget: int | None, safety_margin: float,

@@ -48,9 +48,8 @@ from tamer.state.home import Home
 from tamer.state.lock import PidLock
 from tamer.strategies import ladder
 from tamer.units import format_size
-from tamer.planner.calibrate import correction_factor, observations
-from tamer.planner.candidates import PlannerPolicy, choose, device_budget, plan_key
-from tamer.planner.estimate import Workload, estimate
+from tamer.planner.calibrate import observations
+from tamer.planner.planning import Planner, managed_bytes, workload_of
 from tamer.planner.shape import resolve
 from tamer.recipes import profile
 
@@ -125,6 +124,8 @@ class Supervisor:
         self.process: AttemptProcess | None = None
         self.stop_signal: int | None = None
         self.stop_requests = 0
+        self.shape_source = resolve(self.config)  # the model's shape for the planner: pure arithmetic and a JSON read
+        self.planner: Planner | None = None
         self.deescalation = Deescalation(self.db, self.run_id, self.run_dir, self.config, self._predicted_peak)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -209,24 +210,24 @@ class Supervisor:
 
     def _shape(self) -> Any:
         """The model's shape for the planner (tamer/planner/shape.py), read once per supervisor; None when unknown."""
-        if not hasattr(self, "shape_source"):
-            self.shape_source = resolve(self.config)
         return self.shape_source.shape
 
+    def _planner(self) -> Planner:
+        """This run's planner (tamer/planner/planning.py), built once; it reads the past attempts from the database."""
+        if self.planner is None:
+            shape = self._shape()
+            self.planner = Planner.for_run(self.config, self.facts, shape=shape, data=profile.read(self.run_dir),
+                                           past=lambda: observations(self.db, shape, self.facts.name))
+        return self.planner
+
     def _planner_choice(self, failed_plans: tuple[Plan, ...], oom_hints: tuple[dict[str, Any], ...]) -> Any:
-        """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back)."""
-        policy = PlannerPolicy.from_config(self.config)
-        shape = self._shape()
-        correction = correction_factor(observations(self.db, shape, self.facts.name))
-        budget = device_budget(self.facts.total_memory, self.config.gpu_mem_cap)
-        if self.deescalation.squeezed_budget:  # other processes hold part of the card: fit what they left
-            budget = min(budget, self.deescalation.squeezed_budget)
-        choice = choose(self.config, self.facts, budget, policy,
-                        exclude={plan_key(plan) for plan in failed_plans}, oom_hint=list(oom_hints) or None,
-                        workload=self._workload(), correction=correction)
+        """The planner's pick given every OOM so far, or None (no confident fit: the caller falls back); while other
+        processes hold part of the card, it fits what they left."""
+        planner = self._planner()
+        choice = planner.choose(failed_plans, oom_hints, self.deescalation.squeezed_budget or None)
         if choice is not None:
             self.db.event(self.run_id, "planner", choice.reason, plan=choice.plan.to_dict(), predicted=choice.predicted.to_dict(),
-                          correction=correction)
+                          correction=planner.correction())
         return choice
 
     def _current_plan(self, attempt: dict[str, Any]) -> Plan:
@@ -370,22 +371,19 @@ class Supervisor:
         """The planner's predicted peak reserved bytes for `plan`, when it plans for this run."""
         if not self._planning():
             return None
-        shape = self._shape()
-        correction = correction_factor(observations(self.db, shape, self.facts.name))
-        return estimate(shape, plan, self._workload()).with_correction(correction).reserved
+        return self._planner().predicted_peak(plan)
 
     def _managed_bytes(self, plan: Plan) -> int:
         """The child's CUDA managed memory by the planner's estimate: a paged optimizer's moments (0 for the
         others, or when the model's shape is unknown)."""
-        if plan.optimizer != "paged_adamw_8bit" or self._shape() is None:
+        if self._shape() is None:
             return 0
-        return estimate(self._shape(), plan, self._workload()).pageable
+        return managed_bytes(self._shape(), plan, self._workload())
 
     def _workload(self) -> Any:
         """What the planner sizes a micro-batch on: this run's data as preflight measured it (chat, instruct, text:
         run.json's data_profile), else SQuAD's figures (tamer/planner/estimate.py)."""
-        return Workload.from_config(self.config, data=profile.read(self.run_dir),
-                                    supervised_per_sequence=self.config.planner.supervised_per_sequence)
+        return workload_of(self.config, profile.read(self.run_dir))
 
     # --- the child ------------------------------------------------------------------------------
 

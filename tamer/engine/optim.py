@@ -9,10 +9,8 @@ import torch
 
 from tamer.config import RunConfig
 from tamer.engine import adamw8bit
-from tamer.plan import Plan
+from tamer.plan import PAGED_MIN_ELEMENTS, Plan
 
-PAGED_MIN_ELEMENTS = 100_000
-"""bitsandbytes pages the moments of tensors at least this large (Optimizer8bit.get_state_buffer)."""
 
 
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:

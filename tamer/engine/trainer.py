@@ -34,11 +34,9 @@ from tamer.engine.reporting import Reporter
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
 from tamer.errors import DataError
 from tamer.inject import parse_faults
-from tamer.plan import Plan
+from tamer.plan import LOSS_CHUNK_TOKENS, Plan
 from tamer.protocol import attempt_dir, plan_file
 from tamer.strategies.split_micro_batch import split_in_process
-
-CHUNK_SIZE = 1024
 
 
 @dataclass
@@ -122,7 +120,7 @@ class Trainer:
         if self.compiled:
             compile_layers(self.model)
         self.layer_checkpointing = LayerCheckpointing(self.model) if self.plan.checkpoint_layers_by_tokens else None
-        self.loss_module = SupervisedLoss(self.model, CHUNK_SIZE if self.plan.chunked_loss else None)
+        self.loss_module = SupervisedLoss(self.model, LOSS_CHUNK_TOKENS if self.plan.chunked_loss else None)
         self.wrapped = distributed.wrap(self.loss_module, self.plan, self.device, self.group)
         self.parameters = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.plan, self.parameters, self.config)

@@ -179,15 +179,26 @@ def change_rank(plan: Plan) -> tuple[int, int]:
     return level, 1 if plan.weights_dtype == "bf16" and not plan.quantization else 0
 
 
+def cap_budget(gpu_mem_cap: int | None) -> int | None:
+    """Device bytes a child under `gpu_mem_cap` (a cap on PyTorch's allocator, RunConfig.gpu_mem_cap) may use, CUDA
+    context included; None without a cap."""
+    return None if gpu_mem_cap is None else gpu_mem_cap + CUDA_CONTEXT_BYTES
+
+
+def within_cap(room: int, capped: int | None) -> int:
+    """`room` (device bytes) no larger than a cap_budget()."""
+    return room if capped is None else min(room, capped)
+
+
 def device_budget(total_memory: int | None, gpu_mem_cap: int | None = None) -> int:
     """Device bytes the child may use, CUDA context included: the card's memory, or a cap on PyTorch's
     allocator (as RunConfig.gpu_mem_cap) plus the context, whichever is smaller."""
-    if gpu_mem_cap is not None:
-        capped = gpu_mem_cap + CUDA_CONTEXT_BYTES
-        return min(total_memory, capped) if total_memory else capped
-    if total_memory is None:
+    capped = cap_budget(gpu_mem_cap)
+    if total_memory:
+        return within_cap(total_memory, capped)
+    if capped is None:
         raise ConfigError("the device's memory is unknown: pass --gpu-mem SIZE (e.g. 16GiB) or a gpu_mem_cap")
-    return total_memory
+    return capped
 
 
 def usable_bytes(budget_bytes: int, safety_margin: float) -> int:

@@ -60,7 +60,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tamer.plan import Plan
+from tamer.plan import LOSS_CHUNK_TOKENS, PAGED_MIN_ELEMENTS, Plan
 
 GIB = 2**30
 
@@ -76,15 +76,9 @@ recur (0.03-0.08 in the ANCHORS runs)."""
 FRAGMENTATION_EXPANDABLE = 0.03
 """The same with expandable segments, which map freed memory back into one growing segment."""
 
-LOSS_CHUNK_TOKENS = 1024
-"""Positions per slice of the chunked loss; the same as tamer.engine.trainer.CHUNK_SIZE."""
-
 SUPERVISED_PER_SEQUENCE = 16
 """Default supervised tokens per sequence (answer + EOS). SQuAD answers are 3-10 tokens; 16 is a
 conservative ceiling, so the supervised-only logits are never underestimated for this recipe."""
-
-PAGED_MIN_ELEMENTS = 100_000
-"""bitsandbytes pages optimizer moments of tensors at least this large (smaller ones: normal memory)."""
 
 EIGHT_BIT_MIN_ELEMENTS = 4096
 """bitsandbytes keeps 32-bit moments for tensors smaller than this (min_8bit_size)."""

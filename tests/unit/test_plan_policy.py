@@ -1,5 +1,5 @@
 """The planner policy is declared once (the config's `planner` and `ladder.order`): `tamer plan` and the
-supervisor build it the same way and so pick the same first plan; `tamer plan`'s flags override the config."""
+supervisor both plan through tamer/planner/planning.py's Planner; `tamer plan`'s flags override the config."""
 
 from __future__ import annotations
 
@@ -37,25 +37,21 @@ def test_policy_comes_from_the_config():
     assert policy.rungs == ("expandable_segments", "mixed_precision", "paged_adamw_8bit", "split_micro_batch", "chunked_loss")
 
 
-def test_tamer_plan_and_the_supervisor_pick_the_same_first_plan(tmp_path, monkeypatch):
-    """For one config and card, the plan `tamer plan` marks as chosen is the supervisor's first plan."""
-    from tamer.cli.commands_plan import _device
-    from tamer.daemon.supervisor import Supervisor, create_run
-    from tamer.state.db import Database
-    from tamer.state.home import Home
+def test_the_planner_fits_a_squeezed_budget_and_never_repeats_a_failed_plan():
+    """Planner.choose (the one entry the supervisor and `tamer plan` use): under a smaller budget (other processes
+    hold part of the card) it picks a plan predicted to fit that budget; a failed plan is never chosen again."""
+    from tamer.plan import DeviceFacts
+    from tamer.planner.candidates import plan_key, usable_bytes
+    from tamer.planner.planning import Planner
 
-    shown = _tamer_plan(monkeypatch)["chosen"]["plan"]
-    default_policy = _tamer_plan(monkeypatch, "--lora", "--set", "ladder.order=[gradient_checkpointing, lora, mixed_precision]")
-    assert default_policy["chosen"]["plan"] != shown  # the config's policy decides the pick
-    home = Home.resolve(tmp_path)
-    run_id = create_run(home, build_config("llama-3.2-1b", sets=SETS))
-    database = Database(home.db_path, create=False)
-    database.update_run(run_id, device_json=json.dumps(_device("80GiB", None).to_dict()))
-    database.close()
-    supervisor = Supervisor(home, run_id)
-    supervisor._prepare()
-    assert supervisor.plan.to_dict() == shown
-    assert not shown["lora"] and not shown["gradient_checkpointing"]
+    facts = DeviceFacts(kind="cuda", name="H100", total_memory=80 * 2**30, compute_capability=(9, 0), bf16=True, fp16=True, bitsandbytes=True)
+    planner = Planner.for_run(build_config("llama-3.2-1b"), facts)
+    roomy = planner.choose()
+    squeezed = planner.choose(budget=16 * 2**30)
+    assert roomy is not None and squeezed is not None
+    assert squeezed.predicted.reserved <= usable_bytes(16 * 2**30, planner.policy.safety_margin) < roomy.predicted.reserved
+    again = planner.choose(failed=[roomy.plan])
+    assert again is not None and plan_key(again.plan) != plan_key(roomy.plan)
 
 
 def test_tamer_plan_flags_override_the_config(monkeypatch):
