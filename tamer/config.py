@@ -338,166 +338,167 @@ class TrackingConfig(Schema):
 
 
 class RunConfig(Schema):
-    """One training run, as the user asked for it."""
+    """One training run, as the user asked for it. Every key is marked (`json_schema_extra={"result": ...}`, see
+    RESULT_MARKS) as deciding the training result or not; config_hash is derived from the marks."""
 
-    recipe: Literal["squad", "chat", "instruct", "text"] = "squad"
+    recipe: Literal["squad", "chat", "instruct", "text"] = Field("squad", json_schema_extra={"result": True})
     """Which recipe trains: `squad` (SQuAD v1.1 questions), `chat` (conversations with a chat template), `instruct`
     (prompt/completion pairs), `text` (plain documents); the command's first argument (`tamer run chat`)."""
-    preset: str = "llama-3.2-1b"
+    preset: str = Field("llama-3.2-1b", json_schema_extra={"result": True})
     """The preset this config started from."""
-    model: str = "meta-llama/Llama-3.2-1B"
+    model: str = Field("meta-llama/Llama-3.2-1B", json_schema_extra={"result": True})
     """Hub id or local directory of the model (with `init: random`, only a name)."""
-    init: Literal["pretrained", "random"] = "pretrained"
+    init: Literal["pretrained", "random"] = Field("pretrained", json_schema_extra={"result": True})
     """`pretrained` loads weights with from_pretrained; `random` builds `architecture` with seeded random weights."""
-    architecture: dict[str, Any] | None = None
+    architecture: dict[str, Any] | None = Field(None, json_schema_extra={"result": True})
     """LlamaConfig fields for `init: random`."""
-    tokenizer: str | None = None
+    tokenizer: str | None = Field(None, json_schema_extra={"result": True})
     """Hub id or directory of the tokenizer; null = the model's; `bundled` = the Mistral-v1 tokenizer shipped with tamer."""
-    data: str | None = None
+    data: str | None = Field(None, json_schema_extra={"result": True})
     """squad: null = `rajpurkar/squad` from the hub, `bundled` = the SQuAD slice shipped with tamer, else a SQuAD v1.1 JSON
     file. chat, instruct, text: a .jsonl/.json/.parquet/.csv file (.txt for text), a folder of them, `hub:NAME[:SUBSET]`,
     or `bundled` (the recipe's sample shipped with tamer)."""
-    eval_data: str | None = None
+    eval_data: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat, instruct, text: validation rows from another source (the forms of `data`), every row of it; null = rows held
     out of `data` (`validation_split`, else `eval_samples`)."""
-    split: str = "train"
+    split: str = Field("train", json_schema_extra={"result": "when_set"})
     """chat, instruct, text: the split of a hub dataset (`data: hub:NAME`) to train on."""
-    eval_split: str = "validation"
+    eval_split: str = Field("validation", json_schema_extra={"result": "when_set"})
     """chat, instruct, text: the split of a hub dataset given as `eval_data`."""
-    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = None
+    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat, instruct, text: hold out this fraction of `data`'s rows (seeded by `seed`: the same rows on every attempt)
     instead of `eval_samples` rows."""
-    columns: dict[str, str] | None = None
+    columns: dict[str, str] | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat, instruct, text: which of the data's columns hold what, e.g. {prompt: question, completion: answer}. Keys:
     chat messages, answers; instruct prompt, completion, input, answers; text text."""
-    chat_template: str | None = None
+    chat_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat: a Jinja template file or a built-in (`chatml`); null = the tokenizer's own (an error when it has none)."""
-    train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
+    train_on: Literal["assistant", "all", "last_assistant"] = Field("assistant", json_schema_extra={"result": "when_set"})
     """chat: which tokens the loss scores: every assistant turn, every token, or the last assistant turn."""
-    prompt_template: str | None = None
+    prompt_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """instruct: the text around each prompt, with `{prompt}` and optionally `{input}`; null = `### Instruction:\n{prompt}\n\n
     ### Response:\n` (and `### Input:\n{input}\n\n` before the response for a row with an input)."""
-    overlong: Literal["truncate", "skip", "error"] = "truncate"
+    overlong: Literal["truncate", "skip", "error"] = Field("truncate", json_schema_extra={"result": "when_set"})
     """chat, instruct: an example over max_seq_len keeps its first max_seq_len tokens or is skipped (both counted in the
     `data` event), or is an error before the run is registered."""
-    max_seq_len: int = Field(512, ge=1)
+    max_seq_len: int = Field(512, ge=1, json_schema_extra={"result": True})
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
-    compile: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights, LoRA adapters or
     several processes: adapter-wrapped layers took 78 s to compile on an H100 before the first step). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
     each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
-    optimizer_kernel: Literal["auto", "bitsandbytes"] = "auto"
+    optimizer_kernel: Literal["auto", "bitsandbytes"] = Field("auto", json_schema_extra={"result": False})
     """Who steps the 8-bit AdamW flavours: `auto` = tamer's Triton kernel on CUDA when triton is installed (bitsandbytes'
     state and arithmetic; the paged step of the 1B plan took 0.016 s instead of 0.048 s on an H200), else bitsandbytes'
     CUDA kernels; `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
-    cudnn_attention: bool | Literal["auto"] = "auto"
+    cudnn_attention: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """Whether PyTorch's attention (SDPA) may use cuDNN's kernels: `auto` = only where every batch has one shape
     (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
     (bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
     memory-efficient kernel."""
-    pad_to_max_len: bool = False
+    pad_to_max_len: bool = Field(False, json_schema_extra={"result": True})
     """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
-    batching: Literal["longest", "max_len", "bucket", "packed"] = "packed"
+    batching: Literal["longest", "max_len", "bucket", "packed"] = Field("packed", json_schema_extra={"result": True})
     """How a micro-batch's samples become tensors (tamer/engine/batching.py): `packed` = one row, no padding but the
     tail to `batch_multiple`, attention kept within each sample; `bucket` = padded to the longest rounded up to
     `batch_multiple`; `longest` = padded to the longest (a new shape nearly every step: slow under a memory cap);
     `max_len` = padded to max_seq_len (2-3x the real tokens). `bucket` and `packed` also group the data order by length."""
-    batch_multiple: int = Field(64, ge=1)
+    batch_multiple: int = Field(64, ge=1, json_schema_extra={"result": True})
     """Row lengths of `bucket` and `packed` are multiples of this: larger = fewer distinct shapes, more padding."""
-    length_window: int = Field(64, ge=1)
+    length_window: int = Field(64, ge=1, json_schema_extra={"result": True})
     """`bucket`/`packed`: samples are grouped by length within windows of this many optimizer steps (1 = only within a
     step); larger = steps of more similar lengths (less padding), the order farther from a plain shuffle."""
-    effective_batch_size: int = Field(8, ge=1)
+    effective_batch_size: int = Field(8, ge=1, json_schema_extra={"result": True})
     """Sequences per optimizer step; constant across every plan change."""
-    micro_batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(8, ge=1, json_schema_extra={"result": False})
     """Sequences per forward/backward in the first plan (accumulation = effective / micro)."""
-    learning_rate: Number = Field(2e-5, gt=0)
+    learning_rate: Number = Field(2e-5, gt=0, json_schema_extra={"result": True})
     """Peak AdamW learning rate."""
-    weight_decay: Number = 0.0
+    weight_decay: Number = Field(0.0, json_schema_extra={"result": True})
     """AdamW weight decay."""
-    warmup_ratio: Number = Field(0.03, ge=0, lt=1)
+    warmup_ratio: Number = Field(0.03, ge=0, lt=1, json_schema_extra={"result": True})
     """Fraction of the optimizer steps spent warming up (linear) before the cosine decay."""
-    max_grad_norm: Number = 1.0
+    max_grad_norm: Number = Field(1.0, json_schema_extra={"result": True})
     """Gradient clipping norm."""
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, json_schema_extra={"result": True})
     """Passes over the training data (unless max_steps comes first)."""
-    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_steps: Annotated[int, Field(ge=1)] | None = Field(None, json_schema_extra={"result": True})
     """Stop after this many optimizer steps."""
-    seed: int = 0
+    seed: int = Field(0, json_schema_extra={"result": True})
     """Seed for data order, random init and RNGs."""
-    torch_threads: Annotated[int, Field(ge=1)] | None = None
+    torch_threads: Annotated[int, Field(ge=1)] | None = Field(None, json_schema_extra={"result": False})
     """CPU threads torch uses in each training process. null = the CPUs this process may use divided by the
     processes per node, less one left to the checkpoint writer and the supervisor (when that leaves at least one),
     fixed when the run is created. Recorded with the run and reapplied on every attempt:
     float sums reassociate with the thread count, so bit-exact resume needs the same one."""
-    eval_every: int | None = None
+    eval_every: int | None = Field(None, json_schema_extra={"result": True})
     """Validation loss every N optimizer steps (always at the end)."""
-    eval_samples: int = 256
+    eval_samples: int = Field(256, json_schema_extra={"result": True})
     """Size of the held-out validation slice."""
-    eval_batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(8, ge=1, json_schema_extra={"result": True})
     """Sequences per evaluation forward."""
-    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", json_schema_extra={"result": True})
     """Checkpoint every N optimizer steps (and at the end); `auto`: chosen from the measured cost of a
     save and the run's failure rate, so saves take <= 2% of training and <= 10 min of work is at risk."""
-    checkpoint_every_seconds: Annotated[Number, Field(gt=0)] | None = None
+    checkpoint_every_seconds: Annotated[Number, Field(gt=0)] | None = Field(None, json_schema_extra={"result": False})
     """Also checkpoint when this many seconds passed since the last save (with `auto` or an integer)."""
-    checkpoint_async: bool = True
+    checkpoint_async: bool = Field(True, json_schema_extra={"result": False})
     """Write checkpoints in the background: training stalls only to copy the state to host memory,
     which costs host RAM the size of a checkpoint (falls back to synchronous when it does not fit)."""
-    keep_checkpoints: int = Field(2, ge=2)
+    keep_checkpoints: int = Field(2, ge=2, json_schema_extra={"result": True})
     """How many checkpoints to keep (>= 2, so a torn one always has a predecessor)."""
-    max_restarts: int = Field(10, ge=0)
+    max_restarts: int = Field(10, ge=0, json_schema_extra={"result": False})
     """Restarts after failures that escalation cannot fix (crash, hang) before the run is `failed`."""
-    restart_backoff: Number = Field(2.0, ge=0, json_schema_extra={"unit": "seconds"})
+    restart_backoff: Number = Field(2.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Seconds before the first such restart; doubles each time (exponential backoff)."""
-    restart_backoff_max: Number = Field(120.0, ge=0, json_schema_extra={"unit": "seconds"})
+    restart_backoff_max: Number = Field(120.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Longest wait between restarts, in seconds."""
-    crash_loop_limit: int = Field(3, ge=2)
+    crash_loop_limit: int = Field(3, ge=2, json_schema_extra={"result": False})
     """The same failure at the same step this many times in a row, with no progress: the run is `failed`."""
-    healthy_seconds: Number = 600.0
+    healthy_seconds: Number = Field(600.0, json_schema_extra={"result": False})
     """An attempt that trained this long resets the restart budget."""
-    kill_backoff: Number = Field(5.0, ge=0, json_schema_extra={"unit": "seconds"})
+    kill_backoff: Number = Field(5.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Seconds before restarting a child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the
     OOM killer); doubles with each such kill in a row. These restarts never give up and do not count toward
     max_restarts or crash_loop_limit: an operator's or a scheduler's kill is not a bug."""
-    kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"unit": "seconds"})
+    kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Longest wait between restarts after outside kills, in seconds."""
-    disk_full_wait: Number = Field(3600.0, ge=0, json_schema_extra={"unit": "seconds"})
+    disk_full_wait: Number = Field(3600.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """When the disk fills up (the child dies of ENOSPC), wait up to this many seconds for space to come back, then
     resume on the same plan; the run says so as an event. 0 = end the run `failed` at once. A file-size limit
     (ulimit -f) is never waited for: no time frees it."""
-    start_rungs: list[str] = Field(default_factory=list)
+    start_rungs: list[str] = Field(default_factory=list, json_schema_extra={"result": False})
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
-    start_plan: dict[str, Any] | None = None
+    start_plan: dict[str, Any] | None = Field(None, json_schema_extra={"result": False})
     """The exact first plan (Plan fields, as `tamer plan --json` prints them); overrides the planner and start_rungs."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra={"result": False})
     """Where to train: `auto` = the GPU when there is one."""
-    gpu_mem_cap: ByteSize | None = None
+    gpu_mem_cap: ByteSize | None = Field(None, json_schema_extra={"result": False})
     """Cap the child's GPU memory (e.g. `15GiB`) with set_per_process_memory_fraction."""
-    host_mem_cap: ByteSize | None = None
+    host_mem_cap: ByteSize | None = Field(None, json_schema_extra={"result": False})
     """Cap the child's address space growth after setup (RLIMIT_AS), e.g. `2GiB`: a real host OOM on purpose."""
-    memory_snapshot: bool = False
+    memory_snapshot: bool = Field(False, json_schema_extra={"result": False})
     """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
-    inject: list[str] = Field(default_factory=list)
+    inject: list[str] = Field(default_factory=list, json_schema_extra={"result": False})
     """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
-    progress_every_seconds: Number = Field(30.0, ge=1)
+    progress_every_seconds: Number = Field(30.0, ge=1, json_schema_extra={"result": False})
     """Without a terminal (piped, nohup, systemd): print a progress line at least this often while steps advance; costs nothing."""
-    progress_every_steps: int = Field(50, ge=1)
+    progress_every_steps: int = Field(50, ge=1, json_schema_extra={"result": False})
     """Without a terminal: also print a progress line every N optimizer steps."""
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    ladder: LadderConfig = Field(default_factory=LadderConfig)
-    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
-    planner: PlannerConfig = Field(default_factory=PlannerConfig)
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig)
-    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig, json_schema_extra={"result": True})
+    ladder: LadderConfig = Field(default_factory=LadderConfig, json_schema_extra={"result": False})
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig, json_schema_extra={"result": False})
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, json_schema_extra={"result": False})
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, json_schema_extra={"result": False})
+    eval: EvalConfig = Field(default_factory=EvalConfig, json_schema_extra={"result": False})
+    export: ExportConfig = Field(default_factory=ExportConfig, json_schema_extra={"result": False})
+    deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig, json_schema_extra={"result": False})
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, json_schema_extra={"result": False})
     """Notifications of this run (see NotifyConfig); HOME/notify.yaml adds the home's."""
-    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, json_schema_extra={"result": False})
     """Trackers the supervisor mirrors steps, evaluations and events into (install `tamer[tensorboard]`, `tamer[mlflow]`,
     `tamer[wandb]`); a missing one is a config error before the run starts."""
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra={"result": False})
     """Where the trackers write (see TrackingConfig)."""
 
     @model_validator(mode="after")
@@ -603,19 +604,27 @@ class RunConfig(Schema):
         return self.model_dump()
 
     def config_hash(self) -> str:
-        """Hash of what decides the training result (not restarts, caps or injected faults)."""
+        """Hash of what decides the training result: the keys marked `result: True`, and those marked `when_set`
+        when they differ from their default (keys of the data recipes: unset, as in every config before they
+        existed, the hash stays what it was). Restarts, caps, injected faults, output and notification keys
+        (`result: False`) do not count; every key carries a mark (RESULT_MARKS, tests/unit/test_config_hash.py)."""
         data = self.to_dict()
-        for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
-                     "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
-                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
-                     "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps",
-                     "notify", "trackers", "tracking"):
-            data.pop(name)
-        for name in DATA_KEYS:  # unset, as in every config before these keys existed: the hash stays what it was
-            if data[name] == type(self).model_fields[name].default:
+        for name, field in type(self).model_fields.items():
+            mark = result_mark(field)
+            if mark is False or (mark == "when_set" and data[name] == field.default):
                 data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RESULT_MARKS = (True, False, "when_set")
+"""The marks a RunConfig key carries in `json_schema_extra["result"]`: it decides the training result (True), it does
+not (False: how the run is kept alive, capped, reported, exported), or it does only when set (`when_set`)."""
+
+
+def result_mark(field: Any) -> bool | str | None:
+    """A RunConfig field's result mark (None when it has none, which a test forbids)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return extra.get("result")
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
