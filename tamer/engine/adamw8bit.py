@@ -30,6 +30,11 @@ from typing import Any
 
 import torch
 
+BITSANDBYTES_INTERNALS = ("initialized", "check_overrides", "to_gpu", "init_state", "prefetch_state", "get_config",
+                          "update_step", "is_paged")
+"""What the Triton step uses of bitsandbytes' Optimizer8bit beyond its public API (tested with bitsandbytes 0.50.x).
+Checked once, when the optimizer is built: a bitsandbytes without one of them steps with its own kernels instead,
+and says why (`fallback_reason`)."""
 QUANT_BLOCK = 256
 """Elements per absmax block (bitsandbytes' block-wise optimizers use 256)."""
 BLOCKS_PER_PROGRAM = 4
@@ -99,6 +104,11 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
             super().__init__(*args, **kwargs)
             self.grad_scale: torch.Tensor | None = None
             self._mids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+            missing = [name for name in BITSANDBYTES_INTERNALS if not hasattr(self, name)]
+            self.own_step = bool(missing)
+            if missing:
+                self.fallback_reason = (f"bitsandbytes {getattr(bnb, '__version__', '?')} has no {', '.join(missing)} (the Triton "
+                                        "step is tested with 0.50.x): its own step runs")
 
         def _midpoints(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
             device = state["qmap1"].device
@@ -115,6 +125,14 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
             """bitsandbytes' step without its wait for the device after every tensor (the kernels queue
             on one stream; a paged optimizer's prefetches are on it too). `grad_scale`, when set, scales
             every gradient (the 32-bit ones in place, the 8-bit ones inside the kernel) and is cleared."""
+            if self.own_step:  # a bitsandbytes whose internals differ: its own step, gradients scaled first
+                if self.grad_scale is not None:
+                    for group in self.param_groups:
+                        for parameter in group["params"]:
+                            if parameter.grad is not None:
+                                parameter.grad.mul_(self.grad_scale)
+                    self.grad_scale = None
+                return super().step(closure)
             loss = None
             if closure is not None:
                 with torch.enable_grad():

@@ -226,3 +226,32 @@ def test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_the
     and with it every later step: those weights stay, their moments restart at 0, their neighbours step."""
     assert results["nonfinite_weights_kept"] and results["nonfinite_neighbours_moved"]
     assert results["nonfinite_moments_zero"] and results["nonfinite_all_finite"]
+
+
+def test_a_bitsandbytes_without_the_internals_the_kernel_uses_gets_its_own_step(monkeypatch) -> None:
+    """The bitsandbytes internals the Triton step calls are checked once, when the optimizer is built: with them
+    (the installed bitsandbytes) the Triton step is used; without one, bitsandbytes' own step runs from the first
+    step, bit for bit, and the reason names what is missing."""
+    import bitsandbytes as bnb
+    import torch
+
+    from tamer.engine import adamw8bit
+
+    params = [torch.nn.Parameter(torch.randn(64, 256))]
+    assert adamw8bit.triton_adamw8bit(False)(params, lr=1e-2).fallback_reason is None  # the tested bitsandbytes has them
+    monkeypatch.setattr(adamw8bit, "BITSANDBYTES_INTERNALS", (*adamw8bit.BITSANDBYTES_INTERNALS, "renamed_in_a_later_release"))
+    monkeypatch.setattr(adamw8bit, "_kernel", lambda: pytest.fail("the Triton kernel ran without the internals it needs"))
+    torch.manual_seed(0)
+    start = [torch.randn(64, 256), torch.randn(2048)]
+    finals = []
+    for cls in (bnb.optim.AdamW8bit, adamw8bit.triton_adamw8bit(False)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=1e-2, weight_decay=0.1)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+            opt.step()
+        finals.append((params, opt))
+    (reference, _), (own, optimizer) = finals
+    assert "renamed_in_a_later_release" in optimizer.fallback_reason and "0.50.x" in optimizer.fallback_reason
+    assert all(torch.equal(a, b) for a, b in zip(reference, own))
