@@ -87,8 +87,7 @@ class LoraConfig(Schema):
     learning_rate: Number = Field(2e-4, gt=0)
     """Peak learning rate of every plan that trains LoRA adapters (the first plan, the planner's choice, start_rungs,
     start_plan, an escalation mid-run), in place of `learning_rate`: adapters start at zero and need a rate ~10x a full
-    fine-tune's. SmolLM2-135M on SQuAD (H100, 2 epochs): LoRA at 2e-5 reached EM 0.493, at 2e-4 EM 0.611 (full
-    fine-tune at 2e-5: 0.593). A run that moves to LoRA mid-run keeps its schedule's position with this peak."""
+    fine-tune's (measured in docs/result.md). A run that moves to LoRA mid-run keeps its schedule's position with this peak."""
 
 
 class EvalConfig(Schema):
@@ -101,8 +100,8 @@ class EvalConfig(Schema):
     """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation.
     Also the validation rows of a chat or instruct EM/F1 pass (`em_f1`)."""
     squad_batch_size: int = Field(64, ge=1)
-    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
-    The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
+    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache,
+    and so does the speed of the pass."""
     squad_max_new_tokens: int = Field(32, ge=1)
     """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
     em_f1: bool = False
@@ -385,16 +384,17 @@ class RunConfig(Schema):
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
     compile: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights, LoRA adapters or
-    several processes: adapter-wrapped layers took 78 s to compile on an H100 before the first step). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
-    each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
+    several processes, whose layers cost far longer to compile than they save). Faster forward and backward and a little
+    less memory; each new batch shape costs one compile (seconds), so it pays with few shapes (length buckets, packing).
+    Measured: docs/mechanisms/batches.md."""
     optimizer_kernel: Literal["auto", "bitsandbytes"] = Field("auto", json_schema_extra={"result": False})
     """Who steps the 8-bit AdamW flavours: `auto` = tamer's Triton kernel on CUDA when triton is installed (bitsandbytes'
-    state and arithmetic; the paged step of the 1B plan took 0.016 s instead of 0.048 s on an H200), else bitsandbytes'
-    CUDA kernels; `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
+    state and arithmetic, about 3x faster: docs/mechanisms/eight-bit-step.md), else bitsandbytes' CUDA kernels;
+    `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
     cudnn_attention: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """Whether PyTorch's attention (SDPA) may use cuDNN's kernels: `auto` = only where every batch has one shape
-    (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
-    (bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
+    (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape (a fraction of a second
+    each, bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
     memory-efficient kernel."""
     pad_to_max_len: bool = Field(False, json_schema_extra={"result": True})
     """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
@@ -480,7 +480,7 @@ class RunConfig(Schema):
     memory_snapshot: bool = Field(False, json_schema_extra={"result": False})
     """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
     inject: list[str] = Field(default_factory=list, json_schema_extra={"result": False})
-    """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
+    """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (docs/troubleshooting.md, rehearsing failures)."""
     progress_every_seconds: Number = Field(30.0, ge=1, json_schema_extra={"result": False})
     """Without a terminal (piped, nohup, systemd): print a progress line at least this often while steps advance; costs nothing."""
     progress_every_steps: int = Field(50, ge=1, json_schema_extra={"result": False})

@@ -219,8 +219,8 @@ def sql(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a read-only SQL query on the database (tables runs, attempts, steps, evals, events; see
-    the README). Writes, ATTACH and several statements are refused with exit code 2.
+    """Run a read-only SQL query on the database (tables runs, attempts, steps, evals, events, ...; see
+    docs/reference/database.md). Writes, ATTACH and several statements are refused with exit code 2.
 
     Example: tamer sql "SELECT attempt, outcome, phase, plan_summary FROM attempts WHERE outcome != 'done'"
     """

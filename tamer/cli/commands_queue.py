@@ -3,7 +3,7 @@
 Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module. The logic lives
 in tamer/daemon/queue.py and tamer/inspect/status.py; here are only options, output and error handling,
 with common.py's conventions: `--json`, `--home`, one-line `error: ...` and the exit code of the error's
-kind. The README ("Unattended overnight operation") tells the whole story.
+kind. docs/overnight.md tells the whole story.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ladder did about it (`failures`, behind `tamer history`), and a run's timeline with its settled plan
 and totals (`timeline`, for `tamer show` and `tamer report`).
 
-Definitions (also in the README, "Looking back at a run"):
+Definitions (also in docs/looking-back.md):
 - time lost to a failure: from the failed attempt's end until training first gets past the step the
   failed attempt had reached (restart, setup, redone steps), cut at the next failure or stop so that
   no second is counted twice;

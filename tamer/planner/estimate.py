@@ -45,7 +45,7 @@ end of backward, when every gradient exists), optimizer. Steady state: from the 
 optimizer states exist in every phase; with accumulation > 1 so do the gradients during forward.
 
 Allocated bytes become reserved bytes through a fragmentation factor, and the device needs the CUDA
-context on top (`CUDA_CONTEXT_BYTES`). Checked against ANCHORS.md and against tamer's own training
+context on top (`CUDA_CONTEXT_BYTES`). Checked against bench/results/anchors-h100-2026-11-25.md and against tamer's own training
 step measured on an H100 (tests/unit/test_planner.py prints predicted vs measured for both).
 """
 
@@ -71,7 +71,7 @@ memory, not against an allocator cap (`set_per_process_memory_fraction` limits t
 
 FRAGMENTATION = 0.06
 """Reserved / allocated - 1 with the default caching allocator: blocks cached for sizes that do not
-recur (0.03-0.08 in the ANCHORS runs)."""
+recur (0.03-0.08 in the anchor runs (bench/results/anchors-h100-2026-11-25.md))."""
 
 FRAGMENTATION_EXPANDABLE = 0.03
 """The same with expandable segments, which map freed memory back into one growing segment."""
@@ -212,9 +212,9 @@ def _lora_tensors(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> tup
 
 
 SQUAD_TOKENS_PER_SEQUENCE = 210
-"""Mean tokens of a SQuAD training example (ANCHORS.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
+"""Mean tokens of a SQuAD training example (bench/results/anchors-h100-2026-11-25.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
 COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
-"""Computed / useful tokens by batching mode: ANCHORS.md (padding to the longest 1.6x) and the bundled slice in
+"""Computed / useful tokens by batching mode: bench/results/anchors-h100-2026-11-25.md (padding to the longest 1.6x) and the bundled slice in
 8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
 
 
@@ -236,10 +236,10 @@ class Workload:
     """Positions per sequence whose next token is supervised (answer + EOS)."""
     logits_tokens: LogitsTokens = "supervised"
     """`supervised`: tamer's loss (head only at supervised positions); `all`: Hugging Face's loss over
-    every position (how ANCHORS.md was measured)."""
+    every position (how bench/results/anchors-h100-2026-11-25.md was measured)."""
     padded: bool = True
     """Batches carry a padding mask: sdpa then repeats K/V to every head (no GQA kernel) and a
-    [micro_batch x seq x seq] mask exists. The ANCHORS runs used unpadded fixed-length sequences."""
+    [micro_batch x seq x seq] mask exists. The anchor runs used unpadded fixed-length sequences."""
     batching: str = "longest"
     """The config's batching mode (tamer/engine/batching.py). Memory is for the longest micro-batch either way
     (micro_batch x sequence_length tokens: a length-grouped step can be all long samples); `packed` has one

@@ -1,4 +1,4 @@
-"""Expected relative training speed of a plan: a product of factors calibrated on ANCHORS.md.
+"""Expected relative training speed of a plan: a product of factors calibrated on bench/results/anchors-h100-2026-11-25.md.
 
     relative_speed(plan, workload, facts)  ->  1.0 for a full fine-tune with fp32 master weights
                                               under bf16 autocast, no checkpointing, >= 4,096 tokens

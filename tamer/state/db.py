@@ -2,7 +2,7 @@
 
 Schema and migrations through sqlite-utils. WAL, a 30 s busy timeout and short `BEGIN IMMEDIATE`
 write transactions, so the CLI can read while a run writes and a SIGKILL of any process loses nothing
-that was committed. Columns are documented in the README ("Database schema").
+that was committed. Columns are described in tamer/state/columns.py (docs/reference/database.md is generated from both).
 """
 
 from __future__ import annotations

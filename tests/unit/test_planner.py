@@ -1,4 +1,4 @@
-"""The memory planner: exact parameter and state arithmetic, the ANCHORS.md fits and speed order,
+"""The memory planner: exact parameter and state arithmetic, the bench/results/anchors-h100-2026-11-25.md fits and speed order,
 and choose()'s decisions, including after an OOM. Pure arithmetic: no torch, milliseconds.
 
 `pytest tests/unit/test_planner.py -s` prints predicted vs measured for every ANCHORS row.
@@ -38,7 +38,7 @@ LLAMA_1B = ModelShape.from_architecture(LLAMA_3_2_1B_ARCHITECTURE)
 TINY = ModelShape.from_architecture(TINY_ARCHITECTURE)
 H100 = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, bf16=True, fp16=True)
 ANCHORS_WORKLOAD = Workload(logits_tokens="all", padded=False)
-"""How ANCHORS.md measured: 8 unpadded sequences x 512 tokens, Hugging Face's loss over every position."""
+"""How bench/results/anchors-h100-2026-11-25.md measured: 8 unpadded sequences x 512 tokens, Hugging Face's loss over every position."""
 CAP_15_GIB = device_budget(H100.total_memory, 15 * GIB)
 """The anchors' 15 GiB cap (set_per_process_memory_fraction) on an 80 GiB H100."""
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
@@ -51,7 +51,7 @@ def plan(micro_batch_size: int = 8, **fields) -> Plan:
     return Plan(micro_batch_size=micro_batch_size, grad_accumulation=8 // micro_batch_size, eval_batch_size=8, **fields)
 
 
-# (name, plan, fits, tokens/s or None, peak reserved GiB), as ANCHORS.md measured them at a 15 GiB cap.
+# (name, plan, fits, tokens/s or None, peak reserved GiB), as bench/results/anchors-h100-2026-11-25.md measured them at a 15 GiB cap.
 ANCHORS = [
     ("fp32, AdamW, mb 8", plan(), False, None, 14.8),
     ("fp32, AdamW, mb 1", plan(1), False, None, 15.0),
@@ -241,7 +241,7 @@ def test_checkpointing_lowers_activations():
         assert with_checkpoints.phases["forward"].components["activations"] < without / 4
 
 
-# --- ANCHORS.md --------------------------------------------------------------------------------
+# --- bench/results/anchors-h100-2026-11-25.md --------------------------------------------------------------------------------
 
 
 def test_anchors_fit_column_is_reproduced_at_15_gib(capsys):
