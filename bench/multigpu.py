@@ -46,7 +46,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-
 from escalation import Benchmark, _gib, _number, checked, run_arguments  # noqa: E402
 
 

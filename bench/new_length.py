@@ -20,8 +20,6 @@ import argparse
 import contextlib
 import time
 
-import torch
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

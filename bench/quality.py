@@ -356,7 +356,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | EM | F1 | steps | q/s | first step s | peak GiB | wall s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         def number(key: str, digits: int) -> str:
-            value = row.get(key)
+            value = row.get(key)  # noqa: B023  (called within this iteration)
             return "-" if value is None else f"{value:.{digits}f}"
 
         peak = "-" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / GIB:.1f}" + (" RSS" if row.get("peak_kind") == "RSS" else "")

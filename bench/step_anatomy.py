@@ -113,8 +113,9 @@ def main() -> None:
 
     def forward(batch):
         if "position_ids" in batch:  # packed: no attention mask, transformers masks across samples by position ids
-            from tamer.engine.loss import _causal_lm
             import torch.nn.functional as F
+
+            from tamer.engine.loss import _causal_lm
 
             lm = _causal_lm(model)
             hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state

@@ -12,9 +12,9 @@ from tamer.protocol import (  # the exit codes are part of the supervisor-child 
     EXIT_MODEL,
     EXIT_OK,
     EXIT_STATE,
-    EXIT_STORAGE,
     EXIT_STOPPED_INT,
     EXIT_STOPPED_TERM,
+    EXIT_STORAGE,
     NOT_RETRYABLE_EXIT_CODES,
 )
 

@@ -12,11 +12,31 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli.common import DataOption, HomeOption, JsonOption, ModelOption, _fail, _print_json, app, check_recipe, console
+from tamer.cli.common import (
+    DataOption,
+    HomeOption,
+    JsonOption,
+    ModelOption,
+    _fail,
+    _print_json,
+    app,
+    check_recipe,
+    console,
+)
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
 from tamer.planner.calibrate import Observation, observations
-from tamer.planner.candidates import Candidate, Choice, PlannerPolicy, assess, best, candidate_plans, change_rank, shape_of, usable_bytes
+from tamer.planner.candidates import (
+    Candidate,
+    Choice,
+    PlannerPolicy,
+    assess,
+    best,
+    candidate_plans,
+    change_rank,
+    shape_of,
+    usable_bytes,
+)
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
 from tamer.planner.planning import Planner
 from tamer.units import format_size, parse_size

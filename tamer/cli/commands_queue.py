@@ -17,11 +17,11 @@ from tamer import output
 from tamer.cli.common import (
     ConfigOption,
     DataOption,
-    EvalDataOption,
     DeviceOption,
+    EvalDataOption,
     GpuMemCapOption,
-    HomeOption,
     GpusOption,
+    HomeOption,
     HostMemCapOption,
     InitOption,
     InjectOption,
@@ -36,11 +36,11 @@ from tamer.cli.common import (
     SetOption,
     _fail,
     _print_json,
-    open_database,
     app,
     build_run_config,
     console,
     err_console,
+    open_database,
 )
 from tamer.errors import TamerError
 from tamer.state.home import Home
@@ -107,9 +107,9 @@ def daemon(
 
     Example: tamer daemon --detach
     """
+    from tamer.cli.progress import DaemonLines
     from tamer.daemon.queue import DAEMON_JSON_LOG, DAEMON_LOG, Daemon, detach_daemon, systemd_unit
     from tamer.logs import configure_logging
-    from tamer.cli.progress import DaemonLines
 
     resolved = Home.resolve(home)
     if print_systemd_unit:

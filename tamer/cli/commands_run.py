@@ -17,8 +17,8 @@ from tamer import output
 from tamer.cli.common import (
     ConfigOption,
     DataOption,
-    EvalDataOption,
     DeviceOption,
+    EvalDataOption,
     GpuMemCapOption,
     GpusOption,
     HomeOption,
@@ -36,11 +36,11 @@ from tamer.cli.common import (
     SetOption,
     _fail,
     _print_json,
-    open_database,
     app,
     build_run_config,
     console,
     err_console,
+    open_database,
 )
 from tamer.errors import TamerError
 from tamer.state.home import Home
@@ -48,10 +48,9 @@ from tamer.state.home import Home
 
 def _supervise(home: Home, run_id: str) -> int:
     """Run the supervisor in this process, with a progress bar on a terminal."""
+    from tamer.cli.progress import PlainProgress, RunProgress
     from tamer.daemon.supervisor import Supervisor
     from tamer.logs import configure_logging
-    from tamer.cli.progress import PlainProgress, RunProgress
-
     from tamer.state.db import Database
 
     configure_logging(home.run_dir(run_id) / "log.jsonl", process="supervisor")

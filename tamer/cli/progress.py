@@ -17,18 +17,19 @@ import contextlib
 import json
 import sys
 import time
-from typing import Any, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column
 
+from tamer import output
 from tamer.inspect.history import last_heartbeat
 from tamer.inspect.status import supervised, unsupervised_note
 from tamer.state import queries
 from tamer.state.db import Database
 from tamer.units import format_size
-from tamer import output
 
 # Steps averaged for tok/s and seconds per step: single steps swing (checkpoints, evaluation, shapes).
 SMOOTHING_STEPS = 10

@@ -18,7 +18,15 @@ from typing import Any
 from tamer.errors import ERROR_BY_EXIT_CODE
 from tamer.outcome import Outcome, parse_oom_message
 from tamer.output import MESSAGE_LIMIT, one_line
-from tamer.protocol import EXIT_CONFIG, EXIT_DATA, EXIT_EXCEPTION, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES, PHASES, OutcomeKind
+from tamer.protocol import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_EXCEPTION,
+    EXIT_MODEL,
+    NOT_RETRYABLE_EXIT_CODES,
+    PHASES,
+    OutcomeKind,
+)
 from tamer.units import format_size
 
 # Device allocation failures that do not always say "CUDA out of memory": cuBLAS/cuDNN/cuSOLVER

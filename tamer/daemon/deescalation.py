@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from tamer.daemon.card import CardView, read_card
-from tamer.outcome import Outcome, parse_oom_message
 from tamer.daemon.squeeze import (
     PlanRecord,
     Squeeze,
@@ -33,9 +32,10 @@ from tamer.daemon.squeeze import (
     our_share,
     squeeze_at_oom,
 )
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.plan import Plan
-from tamer.protocol import PLAN_FILE, STOP_FILE
 from tamer.planner.candidates import cap_budget, plan_key
+from tamer.protocol import PLAN_FILE, STOP_FILE
 from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tamer.outcome import Outcome
 from tamer.daemon.restarts import OUTSIDE_KILL, restart_policy
 from tamer.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
+from tamer.outcome import Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.candidates import plan_key
 from tamer.strategies import ladder

@@ -29,8 +29,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import structlog
 
@@ -273,7 +275,7 @@ class Daemon:
         if self.lines is not None:
             self.lines.say(kind, message)
 
-    def _following(self, run_id: str) -> ContextManager[Callable[[], None]]:
+    def _following(self, run_id: str) -> AbstractContextManager[Callable[[], None]]:
         """Within, calling what it gives prints what the job recorded since (nothing without `lines`)."""
         return self.lines.following(self.db, run_id) if self.lines is not None else contextlib.nullcontext(lambda: None)
 

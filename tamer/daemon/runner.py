@@ -23,6 +23,7 @@ import psutil
 
 from tamer.daemon import classify as outcomes
 from tamer.outcome import Outcome
+from tamer.plan import Plan
 from tamer.protocol import (
     CHILD_LOG,
     HEARTBEAT,
@@ -33,7 +34,6 @@ from tamer.protocol import (
     read_exit_report,
     read_rank_exit_reports,
 )
-from tamer.plan import Plan
 
 REMOTE_REPORT_SECONDS = 5.0
 """How long to wait for the exit reports of other machines' ranks to appear in the shared run folder."""

@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 
 from tamer.config import RunConfig, config_from_dict
-from tamer.outcome import Outcome
 from tamer.daemon import policy as policies
 from tamer.daemon.card import settled_card
 from tamer.daemon.deescalation import Deescalation
@@ -40,18 +39,19 @@ from tamer.daemon.result import after_run
 from tamer.daemon.runner import CHILD_PROGRAM, AttemptProcess, command, environment
 from tamer.errors import EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE, StateError
 from tamer.notify.messages import redact_config
+from tamer.outcome import Outcome
 from tamer.plan import DeviceFacts, Plan
+from tamer.planner.calibrate import observations
+from tamer.planner.planning import Planner, managed_bytes, workload_of
+from tamer.planner.shape import resolve
 from tamer.protocol import OUTCOME_FILE, PLAN_FILE, RUN_ENDED, attempt_dir, local_ranks, plan_file
+from tamer.recipes import profile
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
 from tamer.state.home import Home
 from tamer.state.lock import PidLock
 from tamer.strategies import ladder
 from tamer.units import format_size
-from tamer.planner.calibrate import observations
-from tamer.planner.planning import Planner, managed_bytes, workload_of
-from tamer.planner.shape import resolve
-from tamer.recipes import profile
 
 log = structlog.get_logger("tamer.supervisor")
 POLL_SECONDS = 0.25

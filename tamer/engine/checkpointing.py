@@ -42,8 +42,8 @@ from typing import Any
 import torch
 
 from tamer import checkpoint_policy
-from tamer.engine.attempt import Attempt, Training
 from tamer.engine import distributed, memory
+from tamer.engine.attempt import Attempt, Training
 from tamer.engine.resume import rng_state
 from tamer.state import checkpoints
 

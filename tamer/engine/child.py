@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             report.update(trainer.where())
             _dump_memory_snapshot(trainer.context, error, attempt_dir / protocol.MEMORY_SNAPSHOT, report)
             try:
-                from tamer.engine import memory  # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+                # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+                from tamer.engine import memory
 
                 report["memory_stats"] = memory.peak_stats(trainer.device)
             except Exception as stats_error:
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return EXIT_EXCEPTION
     write_report(report_path, {"status": "done", "step": trainer.state.step})
-    from tamer.engine import distributed  # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+    # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+    from tamer.engine import distributed
 
     distributed.shutdown()
     return 0
@@ -134,7 +136,8 @@ def _dump_memory_snapshot(attempt: Any, error: BaseException, path: Path, report
     """With `memory_snapshot` on, a CUDA OOM leaves the allocator's history for PyTorch's memory_viz."""
     import torch
 
-    from tamer.engine import oom_snapshot  # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+    # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+    from tamer.engine import oom_snapshot
 
     if not (attempt.config.memory_snapshot and isinstance(error, torch.OutOfMemoryError)):
         return

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tamer.plan import Plan
 from tamer.engine.loss import decoder_layers
+from tamer.plan import Plan
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from tamer.engine import adamw8bit
 from tamer.plan import PAGED_MIN_ELEMENTS, Plan
 
 
-
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
     """AdamW in the flavour the plan names (torch fp32 states, or bitsandbytes 8-bit / paged 8-bit; on CUDA
     with Triton the 8-bit flavours are stepped by tamer's kernel, same state, see tamer.engine.adamw8bit), at the
@@ -55,7 +54,7 @@ def repage_state(optimizer: torch.optim.Optimizer) -> int:
     made them); the mark is dropped from everything else. Returns how many tensors were re-paged."""
     paged_optimizer = bool(getattr(optimizer, "is_paged", False))
     repaged = 0
-    for parameter, state in optimizer.state.items():
+    for state in optimizer.state.values():
         for key, value in list(state.items()):
             if not isinstance(value, torch.Tensor):
                 continue

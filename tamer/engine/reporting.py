@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 import torch
 
-from tamer.protocol import PLAN_FILE, STOP_FILE, heartbeat_name
 from tamer.engine import distributed, memory
 from tamer.plan import Plan
+from tamer.protocol import PLAN_FILE, STOP_FILE, heartbeat_name
 from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database

@@ -27,7 +27,13 @@ from tamer.engine.attempt import Attempt, Training, TrainState
 from tamer.engine.checkpointing import Checkpointer
 from tamer.engine.faults import FaultPlan
 from tamer.engine.loss import SupervisedLoss
-from tamer.engine.model import LayerCheckpointing, compile_layers, set_cudnn_attention, should_compile, use_cudnn_attention
+from tamer.engine.model import (
+    LayerCheckpointing,
+    compile_layers,
+    set_cudnn_attention,
+    should_compile,
+    use_cudnn_attention,
+)
 from tamer.engine.optim import build_optimizer, build_scheduler, clip_gradients, warmup_steps
 from tamer.engine.recipe import cached_examples, recipe_for
 from tamer.engine.reporting import Reporter

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamer.outcome import parse_oom_message
 from tamer.errors import ConfigError
+from tamer.outcome import parse_oom_message
 from tamer.plan import Plan
 from tamer.protocol import HEARTBEAT, HEARTBEAT_PHASES, IN_STEP_PHASES, OUTCOME_KINDS, attempt_dir
 from tamer.state import queries

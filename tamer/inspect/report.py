@@ -13,13 +13,13 @@ import json
 import time
 from typing import Any
 
+from tamer import output
 from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, timeline
 from tamer.inspect.plot import figure, plot_data
 from tamer.inspect.results import squad_html
 from tamer.outputs import HTML_SIGNATURE, PNG_SIGNATURE
 from tamer.state.db import Database
 from tamer.units import format_size
-from tamer import output
 
 MESSAGE_LENGTH = 160  # an OOM message runs to 600 characters; its first sentences say what matters
 STYLE = """

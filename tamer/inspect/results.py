@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tamer.inspect.history import timeline
 from tamer.protocol import HELD_OUT
 from tamer.state.db import Database
-from tamer.inspect.history import timeline
 
 
 def squad_series(db: Database, run_id: str) -> dict[str, list[Any]]:

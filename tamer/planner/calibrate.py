@@ -22,8 +22,8 @@ from tamer.config import config_from_dict
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.planner.estimate import Estimate, ModelShape, Workload, estimate
-from tamer.recipes import profile
 from tamer.planner.shape import resolve as resolve_shape
+from tamer.recipes import profile
 from tamer.state import queries
 
 CORRECTION_RANGE = (0.8, 1.5)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tamer.plan import DeviceFacts, Plan
+from tamer.planner.candidates import choose
 from tamer.planner.estimate import GIB, ModelShape, Workload, estimate
 from tamer.planner.speed import ANCHOR_TOKENS_PER_SECOND
-from tamer.planner.candidates import choose
 
 ALLREDUCE_BYTES_PER_SECOND = 32e9
 """Effective gradient all-reduce rate between two GPUs of one host. From the one measurement we have (two

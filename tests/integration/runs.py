@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import sqlite3
 
 from safetensors.torch import load_file
 

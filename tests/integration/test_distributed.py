@@ -11,7 +11,19 @@ import time
 import pytest
 import torch
 
-from tests.integration.runs import TINY, attempts, events, final_weights, pid_alive, query, run_id_of, sample_ids, start, tamer, wait_for
+from tests.integration.runs import (
+    TINY,
+    attempts,
+    events,
+    final_weights,
+    pid_alive,
+    query,
+    run_id_of,
+    sample_ids,
+    start,
+    tamer,
+    wait_for,
+)
 
 # One torch thread in every process, the reference's included: float sums reassociate with the thread
 # count, and torchrun's ranks would otherwise get one thread against the reference's two (or more).

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tamer.engine.optim import cosine_with_warmup, warmup_steps
 from tamer.config import build_config
+from tamer.engine.optim import cosine_with_warmup, warmup_steps
 from tests.integration.runs import TINY, attempts, events, final_steps, run_id_of, tamer
 
 pytestmark = pytest.mark.slow

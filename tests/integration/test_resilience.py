@@ -10,7 +10,18 @@ import threading
 import time
 
 from tamer.state import checkpoints
-from tests.integration.runs import TINY, attempts, events, kill_child_at_step, pid_alive, query, run_id_of, start, tamer, wait_for
+from tests.integration.runs import (
+    TINY,
+    attempts,
+    events,
+    kill_child_at_step,
+    pid_alive,
+    query,
+    run_id_of,
+    start,
+    tamer,
+    wait_for,
+)
 
 BASE = ["run", "squad", *TINY, "--set", "restart_backoff=0", "--set", "checkpoint_every=2"]
 

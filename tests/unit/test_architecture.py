@@ -156,7 +156,7 @@ def layering_violations() -> list[str]:
 
 
 def unexplained_lazy_imports() -> list[str]:
-    """Function-level imports of tamer modules outside tamer/cli without a comment (same line or the line above)."""
+    """Function-level imports of tamer modules outside tamer/cli without a comment (on the statement or the line above)."""
     missing = []
     for module, path in MODULES.items():
         if unit_of(module) == LAZY_BY_DESIGN:
@@ -165,9 +165,9 @@ def unexplained_lazy_imports() -> list[str]:
         for node, in_function in _tamer_imports(path):
             if not in_function or not _targets(module, path, node):
                 continue
-            here, above = lines[node.lineno - 1], lines[node.lineno - 2]
-            if "#" not in here and "#" not in above:
-                missing.append(f"{module}:{node.lineno}: {here.strip()}")
+            statement = lines[node.lineno - 2 : node.end_lineno]  # the line above and the statement's own lines
+            if not any("#" in line for line in statement):
+                missing.append(f"{module}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     return missing
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tamer.presets import TINY_ARCHITECTURE
 from tamer.engine import batching
 from tamer.engine.loss import loss_sum
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
+from tamer.presets import TINY_ARCHITECTURE
 from tamer.recipes import squad
 
 

@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from tamer.config import CARD_LADDER, build_config
-from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner import (
     PlannerPolicy,
@@ -28,11 +27,12 @@ from tamer.planner import (
     plan_key,
     relative_speed,
 )
-from tamer.strategies.ladder import initial_plan as base_plan
 from tamer.planner.candidates import model_change, usable_bytes
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, ModelShape, fp32_logits_bytes
+from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung
+from tamer.strategies.ladder import initial_plan as base_plan
 
 LLAMA_1B = ModelShape.from_architecture(LLAMA_3_2_1B_ARCHITECTURE)
 TINY = ModelShape.from_architecture(TINY_ARCHITECTURE)

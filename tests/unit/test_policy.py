@@ -9,7 +9,6 @@ import signal
 import pytest
 
 from tamer.daemon.classify import classify, classify_group
-from tamer.outcome import Outcome
 from tamer.daemon.policy import (
     Done,
     Ended,
@@ -25,6 +24,7 @@ from tamer.daemon.policy import (
     WaitForSpace,
 )
 from tamer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
+from tamer.outcome import Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.candidates import plan_key
 
@@ -50,7 +50,7 @@ def ended(outcome: Outcome, number: int = 1, plan: Plan = PLAN, last_step: int |
     return Ended(number, outcome, plan, last_step=last_step, first_step_at=1000.0, ended_at=1000.0 + ran, **facts)
 
 
-def run(policy: Policy, attempts: list[Ended], state: PolicyState = PolicyState()) -> tuple[list, PolicyState]:
+def run(policy: Policy, attempts: list[Ended], state: PolicyState = PolicyState()) -> tuple[list, PolicyState]:  # noqa: B008 (frozen)
     """Every action after each of `attempts`, in turn, and the state after the last."""
     actions = []
     for attempt in attempts:

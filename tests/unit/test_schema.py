@@ -9,8 +9,8 @@ import os
 import pytest
 
 from tamer.config import build_config, config_from_dict
-from tamer.outcome import Outcome, parse_oom_message
 from tamer.errors import ConfigError, LockedError
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.plan import DeviceFacts, Plan
 from tamer.state.lock import PidLock, lock_holder
 from tamer.units import ByteSize
