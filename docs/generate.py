@@ -50,8 +50,9 @@ def _help(arguments: list[str]) -> str:
 
     from tamer.cli import app
 
-    result = CliRunner().invoke(app, [*arguments, "--help"], env={"COLUMNS": str(HELP_WIDTH), "NO_COLOR": "1"},
-                                terminal_width=HELP_WIDTH)
+    result = CliRunner().invoke(
+        app, [*arguments, "--help"], env={"COLUMNS": str(HELP_WIDTH), "NO_COLOR": "1"}, terminal_width=HELP_WIDTH
+    )
     if result.exit_code != 0:
         raise RuntimeError(f"tamer {' '.join(arguments)} --help exited {result.exit_code}: {result.output}")
     return result.output.rstrip() + "\n"
@@ -62,10 +63,19 @@ def cli_page() -> str:
 
     group = typer.main.get_command(app)
     context = click.Context(group, info_name="tamer")
-    parts = [GENERATED, "", "# Command-line reference", "",
-             "Every command's `--help`, as `tamer` prints it. Each command also has `--home` (the state folder, default",
-             "`$TAMER_HOME` or `~/.tamer`) where it reads runs; exit codes are listed in [Troubleshooting](../troubleshooting.md).",
-             "", "```", _help([]).rstrip(), "```", ""]
+    parts = [
+        GENERATED,
+        "",
+        "# Command-line reference",
+        "",
+        "Every command's `--help`, as `tamer` prints it. Each command also has `--home` (the state folder, default",
+        "`$TAMER_HOME` or `~/.tamer`) where it reads runs; exit codes are listed in [Troubleshooting](../troubleshooting.md).",
+        "",
+        "```",
+        _help([]).rstrip(),
+        "```",
+        "",
+    ]
     for path, _ in _commands(group, context, []):
         parts += [f"## tamer {' '.join(path)}", "", "```", _help(path).rstrip(), "```", ""]
     return "\n".join(parts)
@@ -120,7 +130,9 @@ def _structure_type(annotation: Any) -> type[BaseModel] | None:
     return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
-def _table(model: type[BaseModel], prefix: str, with_result: bool) -> tuple[list[str], list[tuple[str, type[BaseModel]]]]:
+def _table(
+    model: type[BaseModel], prefix: str, with_result: bool
+) -> tuple[list[str], list[tuple[str, type[BaseModel]]]]:
     from tamer.config import result_mark
 
     header = "| key | type | default | result | meaning |" if with_result else "| key | type | default | meaning |"
@@ -131,7 +143,11 @@ def _table(model: type[BaseModel], prefix: str, with_result: bool) -> tuple[list
         meaning = field.description or (structure.__doc__ if structure else "") or ""
         if structure is not None:
             nested.append((f"{prefix}{name}", structure))
-        kind = "structure" if structure is not None and typing.get_origin(field.annotation) is None else type_name(field.annotation)
+        kind = (
+            "structure"
+            if structure is not None and typing.get_origin(field.annotation) is None
+            else type_name(field.annotation)
+        )
         cells = [f"`{prefix}{name}`", _cell(kind), _default(field)]
         if with_result:
             mark = result_mark(field)
@@ -144,12 +160,19 @@ def config_page() -> str:
     from tamer.config import RunConfig
 
     lines, nested = _table(RunConfig, "", with_result=True)
-    parts = [GENERATED, "", "# Config keys", "",
-             "Every key of a run's config (`tamer run --config FILE`, `--set key=value`, `tamer plan`), from the field",
-             "docstrings of `tamer/config.py`. Precedence: preset < YAML file < command-line options < `--set`; an unknown key",
-             "or a wrong type is a one-line error (exit 2) naming the key. **result**: whether the key decides the training",
-             "result, and so the config hash a checkpoint carries (`when set`: only once it differs from its default).", "",
-             *lines, ""]
+    parts = [
+        GENERATED,
+        "",
+        "# Config keys",
+        "",
+        "Every key of a run's config (`tamer run --config FILE`, `--set key=value`, `tamer plan`), from the field",
+        "docstrings of `tamer/config.py`. Precedence: preset < YAML file < command-line options < `--set`; an unknown key",
+        "or a wrong type is a one-line error (exit 2) naming the key. **result**: whether the key decides the training",
+        "result, and so the config hash a checkpoint carries (`when set`: only once it differs from its default).",
+        "",
+        *lines,
+        "",
+    ]
     while nested:
         path, structure = nested.pop(0)
         rows, deeper = _table(structure, f"{path}.", with_result=False)
@@ -170,14 +193,30 @@ def database_page() -> str:
         database = Database(Path(folder) / "tamer.db")
         try:
             tables = {name: database.db[name] for name in database.db.table_names() if not name.startswith("_")}
-            parts = [GENERATED, "", "# Database schema", "",
-                     "The tables of `$TAMER_HOME/tamer.db` as the migrations of `tamer/state/db.py` build them (applied in order",
-                     f"when a home is opened: {', '.join(f'`{m.name}`' for m in migrations._migrations)}), with what each column holds",
-                     f"(`tamer/state/columns.py`). {TIMES_AND_SIZES}", ""]
+            parts = [
+                GENERATED,
+                "",
+                "# Database schema",
+                "",
+                "The tables of `$TAMER_HOME/tamer.db` as the migrations of `tamer/state/db.py` build them (applied in order",
+                f"when a home is opened: {', '.join(f'`{m.name}`' for m in migrations._migrations)}), with what each column holds",
+                f"(`tamer/state/columns.py`). {TIMES_AND_SIZES}",
+                "",
+            ]
             for name, table in tables.items():
                 keys = ", ".join(table.pks)
-                parts += [f"## {name}", "", f"{TABLES[name]} Primary key: `{keys}`.", "", "| column | type | meaning |", "| --- | --- | --- |"]
-                parts += [f"| `{column.name}` | {column.type or '-'} | {_cell(COLUMNS[name][column.name])} |" for column in table.columns]
+                parts += [
+                    f"## {name}",
+                    "",
+                    f"{TABLES[name]} Primary key: `{keys}`.",
+                    "",
+                    "| column | type | meaning |",
+                    "| --- | --- | --- |",
+                ]
+                parts += [
+                    f"| `{column.name}` | {column.type or '-'} | {_cell(COLUMNS[name][column.name])} |"
+                    for column in table.columns
+                ]
                 parts.append("")
         finally:
             database.close()

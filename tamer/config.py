@@ -44,9 +44,9 @@ CARD_LADDER = (
 # aliases, so that each setting has one name (and a batch is never set twice, as in HF).
 FOREIGN_NAMES = {
     "gradient_accumulation_steps": "tamer derives accumulation as effective_batch_size / micro_batch_size: set effective_batch_size "
-                                   "(sequences per optimizer step)",
+    "(sequences per optimizer step)",
     "per_device_train_batch_size": "use micro_batch_size (the first plan's micro-batch, which tamer may halve) and "
-                                   "effective_batch_size (sequences per optimizer step, which never changes)",
+    "effective_batch_size (sequences per optimizer step, which never changes)",
     "num_train_epochs": "use epochs",
     "num_epochs": "use epochs",
     "sequence_len": "use max_seq_len",
@@ -143,9 +143,7 @@ class LadderConfig(Schema):
         known = registry.names()
         for index, name in enumerate(self.order):
             if name not in known:
-                raise ConfigError(
-                    f"ladder.order[{index}]: unknown rung '{name}'; known rungs: {', '.join(known)}"
-                )
+                raise ConfigError(f"ladder.order[{index}]: unknown rung '{name}'; known rungs: {', '.join(known)}")
         if len(set(self.order)) != len(self.order):
             raise ConfigError("ladder.order: a rung is listed twice; list each once")
         return self
@@ -246,8 +244,10 @@ class DistributedConfig(Schema):
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"distributed.node_rank: must be in [0, {self.nnodes}), got {self.node_rank}")
         if self.node_rank:
-            raise ConfigError(f"distributed.node_rank: `tamer run` starts node 0, which owns the run; start node {self.node_rank} "
-                              f"with `tamer join RUN_DIR --node-rank {self.node_rank}` on the same run folder")
+            raise ConfigError(
+                f"distributed.node_rank: `tamer run` starts node 0, which owns the run; start node {self.node_rank} "
+                f"with `tamer join RUN_DIR --node-rank {self.node_rank}` on the same run folder"
+            )
         if self.rdzv_endpoint is not None and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint):
             raise ConfigError(f"distributed.rdzv_endpoint: expected host:port, got {self.rdzv_endpoint!r}")
         return self
@@ -293,8 +293,9 @@ class NotifyConfig(Schema):
     TAMER_HOME and TAMER_RUN_DIR in its environment; a non-zero exit is a failed send."""
     email: EmailConfig | None = None
     """E-mail through SMTP (see EmailConfig)."""
-    events: list[Literal["finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty"]] = Field(
-        default_factory=lambda: ["finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"])
+    events: list[Literal["finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty"]] = (
+        Field(default_factory=lambda: ["finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"])
+    )
     """Which notifications to send: finished (final loss, EM/F1, where the model is), failed (why, what to do next),
     stopped, escalated (each plan change after an OOM; off by default: a night can have several), deescalated (back
     to a faster plan), stalled (no optimizer step for `stalled_minutes`), queue_empty (the daemon ran out of work)."""
@@ -309,7 +310,9 @@ class NotifyConfig(Schema):
     @model_validator(mode="after")
     def _targets(self) -> NotifyConfig:
         if self.webhook is not None and not _WEBHOOK.match(self.webhook):
-            raise ConfigError(f"notify.webhook: expected an http(s) URL or $NAME (an environment variable), got {self.webhook[:40]!r}")
+            raise ConfigError(
+                f"notify.webhook: expected an http(s) URL or $NAME (an environment variable), got {self.webhook[:40]!r}"
+            )
         if len(set(self.events)) != len(self.events):
             raise ConfigError("notify.events: an event is listed twice; list each once")
         return self
@@ -364,7 +367,9 @@ class RunConfig(Schema):
     """chat, instruct, text: the split of a hub dataset (`data: hub:NAME`) to train on."""
     eval_split: str = Field("validation", json_schema_extra={"result": "when_set"})
     """chat, instruct, text: the split of a hub dataset given as `eval_data`."""
-    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = Field(None, json_schema_extra={"result": "when_set"})
+    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = Field(
+        None, json_schema_extra={"result": "when_set"}
+    )
     """chat, instruct, text: hold out this fraction of `data`'s rows (seeded by `seed`: the same rows on every attempt)
     instead of `eval_samples` rows."""
     columns: dict[str, str] | None = Field(None, json_schema_extra={"result": "when_set"})
@@ -372,7 +377,9 @@ class RunConfig(Schema):
     chat messages, answers; instruct prompt, completion, input, answers; text text."""
     chat_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat: a Jinja template file or a built-in (`chatml`); null = the tokenizer's own (an error when it has none)."""
-    train_on: Literal["assistant", "all", "last_assistant"] = Field("assistant", json_schema_extra={"result": "when_set"})
+    train_on: Literal["assistant", "all", "last_assistant"] = Field(
+        "assistant", json_schema_extra={"result": "when_set"}
+    )
     """chat: which tokens the loss scores: every assistant turn, every token, or the last assistant turn."""
     prompt_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """instruct: the text around each prompt, with `{prompt}` and optionally `{input}`; null = `### Instruction:\n{prompt}\n\n
@@ -495,7 +502,9 @@ class RunConfig(Schema):
     deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig, json_schema_extra={"result": False})
     notify: NotifyConfig = Field(default_factory=NotifyConfig, json_schema_extra={"result": False})
     """Notifications of this run (see NotifyConfig); HOME/notify.yaml adds the home's."""
-    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, json_schema_extra={"result": False})
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, json_schema_extra={"result": False}
+    )
     """Trackers the supervisor mirrors steps, evaluations and events into (install `tamer[tensorboard]`, `tamer[mlflow]`,
     `tamer[wandb]`); a missing one is a config error before the run starts."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra={"result": False})
@@ -527,19 +536,29 @@ class RunConfig(Schema):
             if name in self.start_rungs[:index]:
                 raise ConfigError(f"start_rungs[{index}]: '{name}' is listed twice; list each rung once")
             if name not in registry.names():
-                raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+                raise ConfigError(
+                    f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}"
+                )
             if name not in self.ladder.order and name != "chunked_loss":  # the planner may always chunk the loss
-                raise ConfigError(f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
-                                  "add it to ladder.order or drop it from start_rungs")
+                raise ConfigError(
+                    f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
+                    "add it to ladder.order or drop it from start_rungs"
+                )
         if self.start_plan is not None:
             # strict: an unknown key or a wrong value is an error, never silently ignored
-            plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
+            plan = Plan.from_dict(
+                {"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan."
+            )
             if plan.effective_batch_size != self.effective_batch_size:
-                raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
-                                  f"but effective_batch_size is {self.effective_batch_size}")
+                raise ConfigError(
+                    f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
+                    f"but effective_batch_size is {self.effective_batch_size}"
+                )
         for name in ("gpu_mem_cap", "host_mem_cap"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap")
+                raise ConfigError(
+                    f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap"
+                )
         if self.init == "random" and not self.architecture:
             raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
         parse_faults(self.inject)
@@ -551,16 +570,22 @@ class RunConfig(Schema):
         defaults = type(self).model_fields
         for name, recipes in DATA_KEYS.items():
             if self.recipe not in recipes and getattr(self, name) != defaults[name].default:
-                raise ConfigError(f"{name}: applies to the {' and '.join(recipes)} recipe{'s' if len(recipes) > 1 else ''}, "
-                                  f"not {self.recipe}; remove it")
+                raise ConfigError(
+                    f"{name}: applies to the {' and '.join(recipes)} recipe{'s' if len(recipes) > 1 else ''}, "
+                    f"not {self.recipe}; remove it"
+                )
         if self.eval_data is not None and self.validation_split is not None:
             raise ConfigError("validation_split: eval_data already gives the validation rows; set one of them")
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
-            raise ConfigError("prompt_template: has no {prompt} placeholder; write where the prompt goes, e.g. "
-                              "'Question: {prompt}\nAnswer: '")
+            raise ConfigError(
+                "prompt_template: has no {prompt} placeholder; write where the prompt goes, e.g. "
+                "'Question: {prompt}\nAnswer: '"
+            )
         if self.eval.em_f1 and self.recipe not in ("chat", "instruct"):
-            raise ConfigError(f"eval.em_f1: scores chat and instruct replies; the {self.recipe} recipe "
-                              + ("is scored by eval.squad_samples" if self.recipe == "squad" else "has only the validation loss"))
+            raise ConfigError(
+                f"eval.em_f1: scores chat and instruct replies; the {self.recipe} recipe "
+                + ("is scored by eval.squad_samples" if self.recipe == "squad" else "has only the validation loss")
+            )
 
     def learning_rate_for(self, plan: Any) -> float:
         """The peak learning rate of `plan`: `lora.learning_rate` when it trains LoRA adapters, else `learning_rate`."""
@@ -684,8 +709,10 @@ def build_config(
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset}: unknown preset; choose one of {', '.join(PRESETS)}")
     if preset == "tiny" and (options or {}).get("model") is not None:
-        raise ConfigError(f"--model {options['model']}: the tiny preset trains its own random tiny model and would ignore it; "
-                          "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)")
+        raise ConfigError(
+            f"--model {options['model']}: the tiny preset trains its own random tiny model and would ignore it; "
+            "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)"
+        )
     data: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     data["preset"] = preset
     file_data = load_yaml(config_file) if config_file is not None else {}

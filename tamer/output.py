@@ -33,8 +33,21 @@ from tamer.units import format_size
 PIPED_TABLE_WIDTH = 200
 # Columns of free text, which wrap at spaces; every other column (ids, rung names, numbers, times, sizes)
 # keeps each value whole on one line.
-PROSE_COLUMNS = frozenset({"message", "plan", "why this plan", "why", "then", "saves / costs", "other processes", "model",
-                           "requires", "peak in", "error"})
+PROSE_COLUMNS = frozenset(
+    {
+        "message",
+        "plan",
+        "why this plan",
+        "why",
+        "then",
+        "saves / costs",
+        "other processes",
+        "model",
+        "requires",
+        "peak in",
+        "error",
+    }
+)
 # A free-text column narrower than this reads as a ribbon of words: the table drops to the detail layout first.
 PROSE_MIN_WIDTH = 30
 GAP = "  "  # between columns
@@ -124,8 +137,8 @@ def line_breaks(text: str, width: int, indent: int = 0) -> list[int]:
     breaks: list[int] = []
     line_start, room = 0, width
     for match in _WORD.finditer(text):
-        first_on_line = not text[line_start:match.start()].strip()
-        if not first_on_line and cell_len(text[line_start:match.end()]) > room:
+        first_on_line = not text[line_start : match.start()].strip()
+        if not first_on_line and cell_len(text[line_start : match.end()]) > room:
             breaks.append(match.start())
             line_start, room = match.start(), width - indent
     return breaks
@@ -219,8 +232,10 @@ def lay_out(source: Table, width: int) -> list[Text]:
     the leading columns that fit, and under each row a detail line with the other columns as
     `header: value`, packed and wrapped at spaces. When not even the first column fits, each row is a
     block of `header: value` lines, the rows apart by a blank line."""
-    columns = [_Column(header, header in PROSE_COLUMNS, [row[index] for row in source.rows])
-               for index, header in enumerate(source.headers)]
+    columns = [
+        _Column(header, header in PROSE_COLUMNS, [row[index] for row in source.rows])
+        for index, header in enumerate(source.headers)
+    ]
     kept = len(columns)
     while kept > 0 and _span([column.least for column in columns[:kept]]) > width:
         kept -= 1
@@ -231,7 +246,9 @@ def lay_out(source: Table, width: int) -> list[Text]:
     if not shown:
         for index in range(len(source.rows)):
             lines += [Text("")] if index else []
-            lines += [Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)]
+            lines += [
+                Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)
+            ]
         return lines
     widths = _widths(shown, width)
     header_cells = [wrap(column.header, size) for column, size in zip(shown, widths)]
@@ -240,11 +257,15 @@ def lay_out(source: Table, width: int) -> list[Text]:
     lines += [Text(_join(cells, widths), style="bold") for cells in zip(*header_cells)]
     lines.append(Text("─" * _span(widths), style="dim"))
     for index in range(len(source.rows)):
-        cells = [wrap(column.cells[index], size) if column.prose else column.cells[index].split("\n")
-                 for column, size in zip(shown, widths)]
+        cells = [
+            wrap(column.cells[index], size) if column.prose else column.cells[index].split("\n")
+            for column, size in zip(shown, widths)
+        ]
         height = max(len(cell) for cell in cells)
         lines += [Text(_join(parts, widths)) for parts in zip(*(cell + [""] * (height - len(cell)) for cell in cells))]
-        lines += [Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)]
+        lines += [
+            Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)
+        ]
     return lines
 
 

@@ -130,7 +130,9 @@ class Plan:
             data["rungs"] = tuple(data["rungs"])
         by_tokens = data.get("checkpoint_layers_by_tokens")
         if isinstance(by_tokens, list):
-            data["checkpoint_layers_by_tokens"] = tuple(tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens)
+            data["checkpoint_layers_by_tokens"] = tuple(
+                tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens
+            )
         return validate(cls, data, prefix)
 
     def describe_by_size(self, short: bool = False) -> str:
@@ -150,7 +152,9 @@ class Plan:
         """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""
         parts = [f"micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
         if self.world_size > 1:
-            parts = [f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
+            parts = [
+                f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"
+            ]
         if self.quantization:
             parts.append(f"{self.quantization} base")
         parts.append(f"{self.weights_dtype} weights")
@@ -159,7 +163,9 @@ class Plan:
         if self.lora:
             parts.append("LoRA")
         if self.gradient_checkpointing:
-            parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
+            parts.append(
+                "checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers"
+            )
             if self.checkpoint_layers_by_tokens:
                 parts[-1] += f" ({self.describe_by_size(short=True)})"
         parts.append(self.optimizer)

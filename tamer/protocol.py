@@ -70,7 +70,14 @@ def plan_file(run_dir: Path, attempt: int) -> Path:
 def newest_attempt(run_dir: Path) -> int:
     """The highest attempt number the supervisor has written a plan for (0 when none yet)."""
     names = (path.name for path in (Path(run_dir) / "plans").glob("attempt-*.json"))
-    return max((int(name[len("attempt-"):-len(".json")]) for name in names if name[len("attempt-"):-len(".json")].isdigit()), default=0)
+    return max(
+        (
+            int(name[len("attempt-") : -len(".json")])
+            for name in names
+            if name[len("attempt-") : -len(".json")].isdigit()
+        ),
+        default=0,
+    )
 
 
 def node_log_name(node_rank: int) -> str:
@@ -106,8 +113,10 @@ def read_exit_report(folder: Path) -> ExitReport | None:
 
 def read_rank_exit_reports(folder: Path) -> dict[int, ExitReport]:
     """rank -> exit report of every rank of a torchrun attempt that wrote one."""
-    return {int(path.stem.removeprefix(RANK_EXIT_REPORT_PREFIX)): json.loads(path.read_text())
-            for path in folder.glob(f"{RANK_EXIT_REPORT_PREFIX}*.json")}
+    return {
+        int(path.stem.removeprefix(RANK_EXIT_REPORT_PREFIX)): json.loads(path.read_text())
+        for path in folder.glob(f"{RANK_EXIT_REPORT_PREFIX}*.json")
+    }
 
 
 def rank_pids(folder: Path) -> dict[int, int]:

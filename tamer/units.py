@@ -64,7 +64,8 @@ class ByteSize(int):
         from pydantic_core import core_schema
 
         return core_schema.no_info_plain_validator_function(
-            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda size: size.text))
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda size: size.text)
+        )
 
     @classmethod
     def _validate(cls, value: Any) -> ByteSize:

@@ -23,8 +23,11 @@ def _results() -> list[Path]:
 
 def on_files(files: Files, config: Any) -> Files:
     for path in _results():
-        files.append(File.generated(config, f"bench/results/{path.name}", abs_src_path=str(path),
-                                    inclusion=InclusionLevel.NOT_IN_NAV))  # linked from benchmarks.md
+        files.append(
+            File.generated(
+                config, f"bench/results/{path.name}", abs_src_path=str(path), inclusion=InclusionLevel.NOT_IN_NAV
+            )
+        )  # linked from benchmarks.md
     files.append(File.generated(config, "changelog.md", abs_src_path=str(ROOT / "CHANGELOG.md")))
     return files
 

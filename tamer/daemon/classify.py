@@ -53,8 +53,14 @@ HOST_OOM_MARKERS = (
 CAPPED_HOST_OOM_MARKERS = ("could not create a primitive", "cannot allocate memory", "out of memory")
 # Writes that fail because the disk is full, or because the file grew past the process's limit (ulimit -f):
 # Python's OSError, safetensors' and Rust's io errors, SQLite, torch's zip writer.
-DISK_FULL_MARKERS = ("no space left on device", "disk quota exceeded", "storagefull", "database or disk is full",
-                     "[errno 28]", "[errno 122]")
+DISK_FULL_MARKERS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "storagefull",
+    "database or disk is full",
+    "[errno 28]",
+    "[errno 122]",
+)
 FILE_TOO_LARGE_MARKERS = ("file too large", "filetoolarge", "[errno 27]")
 # A write that failed without saying why, while the disk was this close to full, is a full disk.
 NEARLY_FULL_BYTES = 64 * 2**20
@@ -65,6 +71,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Signals an operator, a job scheduler or a stray `kill` sends: when tamer did not send them, the child was
 # killed from outside, not by a bug in it (a crash ends in SIGSEGV, SIGABRT, SIGBUS or an exception).
 OUTSIDE_KILL_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
 
 def signal_name(number: int) -> str:
     try:
@@ -114,9 +121,15 @@ def _storage_kind(report: dict[str, Any], message: str) -> OutcomeKind | None:
 def _storage_outcome(kind: OutcomeKind, report: dict[str, Any], described: str, common: dict[str, Any]) -> Outcome:
     if kind == "file_too_large":
         limit = report.get("file_size_limit")
-        said = f"the file-size limit of this process ({format_size(limit)}, ulimit -f)" if limit else "the file system's largest file"
-        message = (f"a file grew past {said}: {described}; a restart cannot help: raise the limit (ulimit -f unlimited) "
-                   "and `tamer resume RUN`")
+        said = (
+            f"the file-size limit of this process ({format_size(limit)}, ulimit -f)"
+            if limit
+            else "the file system's largest file"
+        )
+        message = (
+            f"a file grew past {said}: {described}; a restart cannot help: raise the limit (ulimit -f unlimited) "
+            "and `tamer resume RUN`"
+        )
         return Outcome("file_too_large", one_line(message, 2 * MESSAGE_LIMIT), retryable=False, **common)
     free = report.get("disk_free")
     said = f" ({format_size(free)} free)" if free is not None else ""
@@ -160,7 +173,11 @@ def classify(
     if status == "done" and returncode == 0:
         return Outcome("done", described or "finished", retryable=False, **common)
     # A TamerError ("error") is the child's own verdict; anything else with a message may be an OOM.
-    oom_kind = _oom_kind(exc_type, full_message, bool(report.get("address_space_capped"))) if status not in ("done", "error") else None
+    oom_kind = (
+        _oom_kind(exc_type, full_message, bool(report.get("address_space_capped")))
+        if status not in ("done", "error")
+        else None
+    )
     if oom_kind:
         return Outcome(oom_kind, described, sizes=parse_oom_message(full_message), escalate=True, **common)
     storage_kind = _storage_kind(report, full_message) if status == "exception" else None
@@ -170,8 +187,14 @@ def classify(
         return Outcome("lost", "the child's exit status is unknown (its supervisor lost track of it)", **common)
     stopped = signal_number in STOP_SIGNALS or status == "stopped"
     stop_signal = report.get("signal") if status == "stopped" else signal_number
-    if signals_sent is not None and not oom_killed and not hung and (stopped or returncode < 0) \
-            and stop_signal in OUTSIDE_KILL_SIGNALS and stop_signal not in signals_sent:
+    if (
+        signals_sent is not None
+        and not oom_killed
+        and not hung
+        and (stopped or returncode < 0)
+        and stop_signal in OUTSIDE_KILL_SIGNALS
+        and stop_signal not in signals_sent
+    ):
         return _outside_kill(int(stop_signal), status == "stopped", common)
     if oom_killed and returncode != 0 and not stopped:
         killed = f"killed by {signal_name(signal_number)}" if signal_number else f"exited with code {returncode}"
@@ -182,8 +205,13 @@ def classify(
         return Outcome("hang", f"heartbeat stopped; the supervisor killed it{killed}", **common)
     if signal_number == signal.SIGKILL and signals_sent is not None and signal.SIGKILL in signals_sent:
         # tamer kills a child only on the user's second stop (a hang is told apart above)
-        return Outcome("stopped", "stopped at once on a second stop request (tamer sent SIGKILL): this step was not "
-                       "checkpointed; a resume starts from the last checkpoint", retryable=False, **common)
+        return Outcome(
+            "stopped",
+            "stopped at once on a second stop request (tamer sent SIGKILL): this step was not "
+            "checkpointed; a resume starts from the last checkpoint",
+            retryable=False,
+            **common,
+        )
     if stopped:
         how = f"by {signal_name(signal_number)}" if signal_number in STOP_SIGNALS else "on request"
         return Outcome("stopped", f"stopped {how}", retryable=False, **common)
@@ -288,13 +316,13 @@ def classify_group(
     died_first: int | None = None,
 ) -> Outcome:
     """The one Outcome of a multi-process attempt: torchrun's exit status (`returncode`) and each rank's
-    report (`reports`, by rank; a rank that died without writing one is missing). `died_first`: the rank
-the supervisor saw exit first, when it saw one (it names a lost rank that wrote nothing).
+        report (`reports`, by rank; a rank that died without writing one is missing). `died_first`: the rank
+    the supervisor saw exit first, when it saw one (it names a lost rank that wrote nothing).
 
-    One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
-    escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
-    without a report, collective timeouts, peers that went away, a failed rendezvous) is `dist_failure`,
-    restarted without escalation.
+        One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
+        escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
+        without a report, collective timeouts, peers that went away, a failed rendezvous) is `dist_failure`,
+        restarted without escalation.
     """
     ranked = {rank: classify(_rank_status(report), report) for rank, report in reports.items()}
     if returncode == 0 and len(reports) == world_size and all(o.kind == "done" for o in ranked.values()):
@@ -309,14 +337,22 @@ the supervisor saw exit first, when it saw one (it names a lost rank that wrote 
         return _blamed(ranked[rank], rank, world_size)
     group_status = returncode if returncode is not None else 1
     if oom_killed and not stop_requested:
-        return Outcome("host_oom", f"torchrun exited with status {group_status} after the kernel OOM killer fired "
-                       "(memory.events oom_kill rose)", escalate=True)
+        return Outcome(
+            "host_oom",
+            f"torchrun exited with status {group_status} after the kernel OOM killer fired "
+            "(memory.events oom_kill rose)",
+            escalate=True,
+        )
     if hung:
         return Outcome("hang", "a rank's heartbeat stopped; the supervisor killed the group")
     if stop_requested:
         steps = [report.get("step") for report in reports.values() if report.get("status") == "stopped"]
-        return Outcome("stopped", "stopped on request" + (f" after step {max(steps)}" if steps else ""), retryable=False,
-                       step=max(steps) if steps else None)
+        return Outcome(
+            "stopped",
+            "stopped on request" + (f" after step {max(steps)}" if steps else ""),
+            retryable=False,
+            step=max(steps) if steps else None,
+        )
     errors = [rank for rank, outcome in ranked.items() if outcome.kind in ERROR_KINDS]
     if errors:
         rank = earliest(errors)
@@ -330,18 +366,41 @@ the supervisor saw exit first, when it saw one (it names a lost rank that wrote 
     first = ranked[earliest(failed)] if failed else None
     if missing:  # a rank died without a word: it is the one to blame, the others' errors follow from it
         lost = died_first if died_first in missing else missing[0]
-        message = (f"rank {lost} of {world_size} died without a report (killed, or crashed hard)"
-                   + (f"; rank {', '.join(str(m) for m in missing if m != lost)} too" if len(missing) > 1 else "")
-                   + (f"; then rank {earliest(failed)}: {first.message}" if first else f"; torchrun exited with status {group_status}"))
+        message = (
+            f"rank {lost} of {world_size} died without a report (killed, or crashed hard)"
+            + (f"; rank {', '.join(str(m) for m in missing if m != lost)} too" if len(missing) > 1 else "")
+            + (
+                f"; then rank {earliest(failed)}: {first.message}"
+                if first
+                else f"; torchrun exited with status {group_status}"
+            )
+        )
         if len(missing) == world_size and died_first not in missing:
-            message = (f"torchrun exited with status {group_status} before any rank reported "
-                       "(launch or rendezvous failure; see the attempt's child.log)")
+            message = (
+                f"torchrun exited with status {group_status} before any rank reported "
+                "(launch or rendezvous failure; see the attempt's child.log)"
+            )
             lost = None
-        return Outcome("dist_failure", one_line(message), rank=lost, phase=first.phase if first else None,
-                       step=first.step if first else None)
+        return Outcome(
+            "dist_failure",
+            one_line(message),
+            rank=lost,
+            phase=first.phase if first else None,
+            step=first.step if first else None,
+        )
     if first is not None:
         rank = earliest(failed)
-        return Outcome("dist_failure", one_line(f"rank {rank} of {world_size}: {first.message}"), phase=first.phase, step=first.step,
-                       rank=rank, micro_batch_size=first.micro_batch_size, memory_stats=first.memory_stats)
-    return Outcome("dist_failure", f"torchrun exited with status {group_status}; every rank reported "
-                   f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}")
+        return Outcome(
+            "dist_failure",
+            one_line(f"rank {rank} of {world_size}: {first.message}"),
+            phase=first.phase,
+            step=first.step,
+            rank=rank,
+            micro_batch_size=first.micro_batch_size,
+            memory_stats=first.memory_stats,
+        )
+    return Outcome(
+        "dist_failure",
+        f"torchrun exited with status {group_status}; every rank reported "
+        f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}",
+    )

@@ -30,8 +30,16 @@ from typing import Any
 
 import torch
 
-BITSANDBYTES_INTERNALS = ("initialized", "check_overrides", "to_gpu", "init_state", "prefetch_state", "get_config",
-                          "update_step", "is_paged")
+BITSANDBYTES_INTERNALS = (
+    "initialized",
+    "check_overrides",
+    "to_gpu",
+    "init_state",
+    "prefetch_state",
+    "get_config",
+    "update_step",
+    "is_paged",
+)
 """What the Triton step uses of bitsandbytes' Optimizer8bit beyond its public API (tested with bitsandbytes 0.50.x).
 Checked once, when the optimizer is built: a bitsandbytes without one of them steps with its own kernels instead,
 and says why (`fallback_reason`)."""
@@ -66,19 +74,43 @@ def midpoints(code: torch.Tensor) -> torch.Tensor:
     return (code[:-1] + code[1:]) / 2
 
 
-def update_8bit(parameter: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], config: dict[str, Any],
-                mids: tuple[torch.Tensor, torch.Tensor], grad_scale: torch.Tensor | None) -> None:
+def update_8bit(
+    parameter: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    mids: tuple[torch.Tensor, torch.Tensor],
+    grad_scale: torch.Tensor | None,
+) -> None:
     """One AdamW step of one tensor with 8-bit block-wise moments, in place (weights, codes, absmax)."""
     step = state["step"]
     beta1, beta2 = config["betas"][0], config["betas"][1]
     n = parameter.numel()
     grid = (-(-n // (QUANT_BLOCK * BLOCKS_PER_PROGRAM)),)
     _kernel()[grid](
-        parameter, grad, state["state1"], state["state2"], state["qmap1"], state["qmap2"], mids[0], mids[1],
-        state["absmax1"], state["absmax2"], grad_scale if grad_scale is not None else state["absmax1"],
-        n, float(config["lr"]), float(beta1), float(beta2), float(config["eps"]), float(config["weight_decay"]),
-        1.0 - beta1 ** step, (1.0 - beta2 ** step) ** 0.5,
-        HAS_SCALE=grad_scale is not None, QBLOCK=QUANT_BLOCK, BLOCKS=BLOCKS_PER_PROGRAM, num_warps=NUM_WARPS,
+        parameter,
+        grad,
+        state["state1"],
+        state["state2"],
+        state["qmap1"],
+        state["qmap2"],
+        mids[0],
+        mids[1],
+        state["absmax1"],
+        state["absmax2"],
+        grad_scale if grad_scale is not None else state["absmax1"],
+        n,
+        float(config["lr"]),
+        float(beta1),
+        float(beta2),
+        float(config["eps"]),
+        float(config["weight_decay"]),
+        1.0 - beta1**step,
+        (1.0 - beta2**step) ** 0.5,
+        HAS_SCALE=grad_scale is not None,
+        QBLOCK=QUANT_BLOCK,
+        BLOCKS=BLOCKS_PER_PROGRAM,
+        num_warps=NUM_WARPS,
     )
 
 
@@ -107,8 +139,10 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
             missing = [name for name in BITSANDBYTES_INTERNALS if not hasattr(self, name)]
             self.own_step = bool(missing)
             if missing:
-                self.fallback_reason = (f"bitsandbytes {getattr(bnb, '__version__', '?')} has no {', '.join(missing)} (the Triton "
-                                        "step is tested with 0.50.x): its own step runs")
+                self.fallback_reason = (
+                    f"bitsandbytes {getattr(bnb, '__version__', '?')} has no {', '.join(missing)} (the Triton "
+                    "step is tested with 0.50.x): its own step runs"
+                )
 
         def _midpoints(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
             device = state["qmap1"].device
@@ -158,8 +192,14 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
                         parameter.grad = parameter.grad.contiguous()
                         state["step"] += 1
                         try:
-                            update_8bit(parameter, parameter.grad, state, self.get_config(gindex, pindex, group),
-                                        self._midpoints(state), scale)
+                            update_8bit(
+                                parameter,
+                                parameter.grad,
+                                state,
+                                self.get_config(gindex, pindex, group),
+                                self._midpoints(state),
+                                scale,
+                            )
                             continue
                         except torch.OutOfMemoryError:
                             raise

@@ -48,7 +48,9 @@ class Attempt:
         """The plan's autocast on this device (a no-op without one)."""
         if self.plan.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.plan.autocast_dtype])
+        return torch.autocast(
+            self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[self.plan.autocast_dtype]
+        )
 
 
 @dataclass

@@ -48,8 +48,16 @@ from tamer.engine.resume import rng_state
 from tamer.state import checkpoints
 
 SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
 }
 HOST_MARGIN_BYTES = 1 << 30
 """Host memory kept free beyond the snapshot itself when deciding whether an async save fits."""
@@ -74,7 +82,11 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     offset = 0
     for name, tensor in tensors.items():
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
@@ -188,9 +200,14 @@ class HostBuffers:
         raw = slab.numpy()
         # Each view gets a storage of its own over its part of the slab (frombuffer): torch.save writes a
         # tensor's whole storage, and a slice of the slab would drag the slab along into every file.
-        self.views = [torch.frombuffer(raw[offset:offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8).view(dtype).view(shape)
-                      if _numel(shape) else torch.empty(shape, dtype=dtype)
-                      for offset, (shape, dtype) in zip(offsets, layout)]
+        self.views = [
+            torch.frombuffer(raw[offset : offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8)
+            .view(dtype)
+            .view(shape)
+            if _numel(shape)
+            else torch.empty(shape, dtype=dtype)
+            for offset, (shape, dtype) in zip(offsets, layout)
+        ]
         self.slab, self.layout = slab, layout
 
     def copy(self, value: Any) -> Any:
@@ -245,14 +262,15 @@ def host_room(needed: int, capped: bool) -> str | None:
 
     available = psutil.virtual_memory().available
     if available < needed + HOST_MARGIN_BYTES:
-        return f"the snapshot needs {needed / 2**30:.1f} GiB of host memory and {available / 2**30:.1f} GiB is available"
+        return (
+            f"the snapshot needs {needed / 2**30:.1f} GiB of host memory and {available / 2**30:.1f} GiB is available"
+        )
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if capped and soft != resource.RLIM_INFINITY:
         room = soft - memory.vm_size()
         if room < needed + HOST_MARGIN_BYTES:
             return f"the snapshot needs {needed / 2**30:.1f} GiB and host_mem_cap leaves {room / 2**30:.1f} GiB"
     return None
-
 
 
 # --- the background save ---------------------------------------------------------------------------
@@ -303,8 +321,13 @@ class Checkpointer:
         if not self.auto:
             every = f"every {config.checkpoint_every} steps"
             extra = f" and every {config.checkpoint_every_seconds:g} s" if config.checkpoint_every_seconds else ""
-            self.attempt.report.event(checkpoint_policy.INTERVAL_EVENT, f"checkpoint {every}{extra} (set in the config)",
-                               steps=config.checkpoint_every, seconds=config.checkpoint_every_seconds, rule="config")
+            self.attempt.report.event(
+                checkpoint_policy.INTERVAL_EVENT,
+                f"checkpoint {every}{extra} (set in the config)",
+                steps=config.checkpoint_every,
+                seconds=config.checkpoint_every_seconds,
+                rule="config",
+            )
 
     def due(self, step: int) -> bool:
         """Whether to save after `step` (the same answer on every rank: rank 0 decides)."""
@@ -355,8 +378,12 @@ class Checkpointer:
         self.last_save_step, self.last_save_time = step, time.perf_counter()
         if snapshot is not None:
             if self.asynchronous:
-                self.thread = threading.Thread(target=self._write, args=(snapshot, time.perf_counter() - started),
-                                               name="checkpoint-writer", daemon=True)
+                self.thread = threading.Thread(
+                    target=self._write,
+                    args=(snapshot, time.perf_counter() - started),
+                    name="checkpoint-writer",
+                    daemon=True,
+                )
                 self.thread.start()
             else:
                 self._write(snapshot, 0.0)
@@ -434,17 +461,34 @@ class Checkpointer:
             except RuntimeError as error:  # pinned memory refused: the snapshot does not fit after all
                 self.asynchronous = False
                 self.buffers = HostBuffers(pin=False)
-                attempt.report.event("checkpoint_sync", f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})")
+                attempt.report.event(
+                    "checkpoint_sync",
+                    f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})",
+                )
         base = self._lora_base() if is_lora else None
         manifest = {
-            "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": attempt.state.samples_consumed,
-            "epoch": training.order.epoch_of(attempt.state.samples_consumed), "seed": attempt.config.seed,
-            "plan": attempt.plan.to_dict(), "config_hash": attempt.config.config_hash(), "run_id": attempt.run_id,
+            "kind": "lora" if is_lora else "full",
+            "base": base,
+            "samples_consumed": attempt.state.samples_consumed,
+            "epoch": training.order.epoch_of(attempt.state.samples_consumed),
+            "seed": attempt.config.seed,
+            "plan": attempt.plan.to_dict(),
+            "config_hash": attempt.config.config_hash(),
+            "run_id": attempt.run_id,
         }
         scaler = training.scaler.state_dict() if training.scaler is not None else None
-        return Snapshot(attempt.state.step, "lora" if is_lora else "full", state["weights"], model_files, state["optimizer"],
-                        copy.deepcopy(training.scheduler.state_dict()), copy.deepcopy(scaler),
-                        {"ranks": rng_states} if self.group.distributed else rng_states[0], manifest, state_bytes(state))
+        return Snapshot(
+            attempt.state.step,
+            "lora" if is_lora else "full",
+            state["weights"],
+            model_files,
+            state["optimizer"],
+            copy.deepcopy(training.scheduler.state_dict()),
+            copy.deepcopy(scaler),
+            {"ranks": rng_states} if self.group.distributed else rng_states[0],
+            manifest,
+            state_bytes(state),
+        )
 
     def _live_state(self, full_weights: dict[str, torch.Tensor] | None, optimizer_state: Any) -> dict[str, Any]:
         """The weights (or adapters) and optimizer state to snapshot, as references to the live tensors."""
@@ -463,7 +507,9 @@ class Checkpointer:
         why_not = host_room(needed, bool(self.attempt.config.host_mem_cap))
         if why_not:
             self.asynchronous = False
-            self.attempt.report.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed)
+            self.attempt.report.event(
+                "checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed
+            )
 
     def allocate_ahead(self) -> None:
         """After the attempt's first step (the optimizer state exists now): pin the host buffers in a
@@ -479,7 +525,9 @@ class Checkpointer:
         state = self._live_state(None, training.optimizer.state_dict())
         self._check_room(state)
         if self.asynchronous:
-            self.allocating = threading.Thread(target=self._allocate, args=(layout_of(state),), name="checkpoint-buffers", daemon=True)
+            self.allocating = threading.Thread(
+                target=self._allocate, args=(layout_of(state),), name="checkpoint-buffers", daemon=True
+            )
             self.allocating.start()
 
     def _allocate(self, layout: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
@@ -506,15 +554,22 @@ class Checkpointer:
 
         for _ in range(WRITE_ATTEMPTS):
             try:
-                outcome.saved = checkpoints.save(attempt.run_dir, snapshot.step, lambda folder: write_snapshot(folder, snapshot, check_fault),
-                                                 snapshot.manifest, attempt.config.keep_checkpoints)
+                outcome.saved = checkpoints.save(
+                    attempt.run_dir,
+                    snapshot.step,
+                    lambda folder: write_snapshot(folder, snapshot, check_fault),
+                    snapshot.manifest,
+                    attempt.config.keep_checkpoints,
+                )
                 outcome.error = None
                 break
             except BaseException as error:  # told on the main thread: a full disk, or a crash and a retry
                 outcome.error = error
                 if _disk_full(error):
                     break
-                outcome.crashes.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+                outcome.crashes.append(
+                    f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+                )
         outcome.write_seconds = time.perf_counter() - started
         self.outcome = outcome
 
@@ -527,19 +582,30 @@ class Checkpointer:
         attempt = self.attempt
         for number, crash in enumerate(outcome.crashes, start=1):
             retried = number < WRITE_ATTEMPTS
-            attempt.report.event("checkpoint_writer_crashed",
-                          f"checkpoint step {outcome.step}: the writer failed ({crash}); "
-                          + ("retrying from the same snapshot" if retried else "giving up: the attempt ends and resumes from the previous checkpoint"),
-                          step=outcome.step, error=crash, retried=retried)
+            attempt.report.event(
+                "checkpoint_writer_crashed",
+                f"checkpoint step {outcome.step}: the writer failed ({crash}); "
+                + (
+                    "retrying from the same snapshot"
+                    if retried
+                    else "giving up: the attempt ends and resumes from the previous checkpoint"
+                ),
+                step=outcome.step,
+                error=crash,
+                retried=retried,
+            )
         if outcome.error is not None:
             if not _disk_full(outcome.error):
                 raise outcome.error
             final = outcome.step == attempt.total_steps
-            attempt.report.event("checkpoint_failed",
-                          f"disk full while writing checkpoint step {outcome.step}: the partial checkpoint was removed, "
-                          f"step {self.committed_step or 0} stays the newest; "
-                          + ("the run cannot finish without its final checkpoint" if final else "training continues"),
-                          step=outcome.step, error=str(outcome.error))
+            attempt.report.event(
+                "checkpoint_failed",
+                f"disk full while writing checkpoint step {outcome.step}: the partial checkpoint was removed, "
+                f"step {self.committed_step or 0} stays the newest; "
+                + ("the run cannot finish without its final checkpoint" if final else "training continues"),
+                step=outcome.step,
+                error=str(outcome.error),
+            )
             if final:
                 raise outcome.error
             return
@@ -547,18 +613,32 @@ class Checkpointer:
         self.committed_step = outcome.step
         skipped, self.skipped = self.skipped, 0
         if self.asynchronous and outcome.waited:
-            message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s "
-                       f"(the last one: training waited for its {outcome.write_seconds:.2f} s write)")
+            message = (
+                f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s "
+                f"(the last one: training waited for its {outcome.write_seconds:.2f} s write)"
+            )
         elif self.asynchronous:
-            message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s of training "
-                       f"(written in the background in {outcome.write_seconds:.2f} s)")
+            message = (
+                f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s of training "
+                f"(written in the background in {outcome.write_seconds:.2f} s)"
+            )
         else:
             message = f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s (synchronous)"
         if skipped:
             message += f"; {skipped} save(s) skipped while it was writing"
-        attempt.report.event("checkpoint", message, step=outcome.step, path=str(outcome.saved.path), seconds=outcome.stall,
-                      stall=outcome.stall, write_seconds=outcome.write_seconds, asynchronous=self.asynchronous,
-                      bytes=_folder_bytes(outcome.saved.path), skipped=skipped, waited=outcome.waited)
+        attempt.report.event(
+            "checkpoint",
+            message,
+            step=outcome.step,
+            path=str(outcome.saved.path),
+            seconds=outcome.stall,
+            stall=outcome.stall,
+            write_seconds=outcome.write_seconds,
+            asynchronous=self.asynchronous,
+            bytes=_folder_bytes(outcome.saved.path),
+            skipped=skipped,
+            waited=outcome.waited,
+        )
         if self.auto and self.interval is None:
             self._choose_interval(outcome)
 
@@ -567,12 +647,21 @@ class Checkpointer:
         step_seconds = self.train_seconds / self.timed_steps if self.timed_steps else 1.0
         stall = outcome.stall  # synchronous: the write included
         mtbf = checkpoint_policy.mean_time_between_failures(attempt.report.db.attempts(attempt.run_id), time.time())
-        self.interval = checkpoint_policy.choose_interval(stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf)
-        attempt.report.event(checkpoint_policy.INTERVAL_EVENT,
-                      f"checkpoint every {self.interval.steps} steps (~{self.interval.seconds:.0f} s, auto): {self.interval.reason}; "
-                      f"measured {stall:.2f} s stall and {outcome.write_seconds:.1f} s write per save, {step_seconds:.3f} s per step",
-                      steps=self.interval.steps, seconds=self.interval.seconds, rule=self.interval.reason, stall=stall,
-                      write_seconds=outcome.write_seconds, step_seconds=step_seconds, mtbf_seconds=mtbf)
+        self.interval = checkpoint_policy.choose_interval(
+            stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf
+        )
+        attempt.report.event(
+            checkpoint_policy.INTERVAL_EVENT,
+            f"checkpoint every {self.interval.steps} steps (~{self.interval.seconds:.0f} s, auto): {self.interval.reason}; "
+            f"measured {stall:.2f} s stall and {outcome.write_seconds:.1f} s write per save, {step_seconds:.3f} s per step",
+            steps=self.interval.steps,
+            seconds=self.interval.seconds,
+            rule=self.interval.reason,
+            stall=stall,
+            write_seconds=outcome.write_seconds,
+            step_seconds=step_seconds,
+            mtbf_seconds=mtbf,
+        )
 
 
 def _disk_full(error: BaseException) -> bool:

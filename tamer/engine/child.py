@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # importing torch takes seconds: a stop may come in the middle
         from tamer.logs import configure_logging
 
-        configure_logging(run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
+        configure_logging(
+            run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else "")
+        )
         from tamer.engine.trainer import StopRequested, Trainer  # torch, transformers: seconds
     except StopBeforeTraining:
         return _stopped_before_training(report_path, stop_flag, 0)
@@ -90,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except StopBeforeTraining:
         return _stopped_before_training(report_path, stop_flag, trainer.state.step if trainer else 0)
     except TamerError as error:
-        write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
+        write_report(
+            report_path,
+            {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code},
+        )
         return error.exit_code
     except BaseException as error:  # every failure is reported, then classified by the supervisor
         capped = _lift_address_space_limit()

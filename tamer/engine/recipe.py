@@ -75,15 +75,19 @@ class SquadRecipe:
 
     def load_tokenizer(self) -> Any:
         config = self.config
-        return squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+        return squad.load_tokenizer(
+            config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model
+        )
 
     def build_examples(self, tokenizer: Any) -> Examples:
         config = self.config
         train_records, eval_records = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
         train, train_stats = squad.build_examples(train_records, tokenizer, config.max_seq_len)
         evaluation, eval_stats = squad.build_examples(eval_records, tokenizer, config.max_seq_len)
-        summary = (f"{len(train)} training and {len(evaluation)} validation examples; "
-                   f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long")
+        summary = (
+            f"{len(train)} training and {len(evaluation)} validation examples; "
+            f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long"
+        )
         return Examples(train, evaluation, summary, {"train": train_stats, "eval": eval_stats})
 
     def supervised_tokens(self, example: Any) -> int:
@@ -108,7 +112,12 @@ class DataRecipe:
 
     def build_examples(self, tokenizer: Any) -> Examples:
         prepared = prepare.prepare(self.config)
-        return Examples(prepared.train, prepared.evaluation, prepared.summary, {**prepared.detail, "profile": prepared.profile.to_dict()})
+        return Examples(
+            prepared.train,
+            prepared.evaluation,
+            prepared.summary,
+            {**prepared.detail, "profile": prepared.profile.to_dict()},
+        )
 
     def supervised_tokens(self, example: Any) -> int:
         return scored_tokens(example)
@@ -117,7 +126,10 @@ class DataRecipe:
         raise NotImplementedError("score_every is None: the data recipes are not scored during training")
 
 
-RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {"squad": SquadRecipe, **{name: DataRecipe for name in prepare.DATA_RECIPES}}
+RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {
+    "squad": SquadRecipe,
+    **{name: DataRecipe for name in prepare.DATA_RECIPES},
+}
 
 
 def recipe_for(config: RunConfig) -> Recipe:
@@ -125,8 +137,9 @@ def recipe_for(config: RunConfig) -> Recipe:
     return RECIPES[config.recipe](config)
 
 
-def cached_examples(recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: Path,
-                    event: Callable[..., None]) -> tuple[list[Any], list[Any]]:
+def cached_examples(
+    recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: Path, event: Callable[..., None]
+) -> tuple[list[Any], list[Any]]:
     """Tokenized train and eval examples, cached in the run folder so restarts skip tokenizing; `event`
     reports a fresh build (the `data` event)."""
     inputs = [config.data, config.tokenizer, config.model, config.max_seq_len, config.eval_samples, config.seed]

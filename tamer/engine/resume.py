@@ -64,7 +64,13 @@ def checkpoint_to_resume(attempt: Attempt) -> checkpoints.Checkpoint | None:
     if attempt.group.is_main:
         checkpoint, skipped = checkpoints.newest_valid(attempt.run_dir)
         for name, reason in skipped:
-            attempt.report.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); " + ("using an older one" if checkpoint else "no valid checkpoint left: training starts over"), checkpoint=name, reason=reason)
+            attempt.report.event(
+                "checkpoint_skipped",
+                f"checkpoint {name} is not valid ({reason}); "
+                + ("using an older one" if checkpoint else "no valid checkpoint left: training starts over"),
+                checkpoint=name,
+                reason=reason,
+            )
         found = (str(checkpoint.path), checkpoint.manifest) if checkpoint else None
     found = distributed.broadcast(attempt.group, found)
     return checkpoints.Checkpoint(Path(found[0]), found[1]) if found else None
@@ -84,7 +90,11 @@ def model_source(attempt: Attempt, checkpoint: checkpoints.Checkpoint | None) ->
         weights = checkpoint.path / "model"
         if attempt.plan.lora:
             base = pin_base(weights, run_dir / "bases" / f"step-{checkpoint.step}")
-            attempt.report.event("lora_from_full", f"LoRA adapters start fresh on the weights trained so far (step {checkpoint.step})", base=str(base))
+            attempt.report.event(
+                "lora_from_full",
+                f"LoRA adapters start fresh on the weights trained so far (step {checkpoint.step})",
+                base=str(base),
+            )
             return str(base), None
         return str(weights), None
     base = str(run_dir / manifest["base"]) if manifest.get("base") else config.model
@@ -107,15 +117,27 @@ def restore(attempt: Attempt, training: Training, checkpoint: checkpoints.Checkp
         distributed.load_optimizer_state(training.wrapped, training.optimizer, plan, optimizer_state)
         repage_state(training.optimizer)
     else:
-        why = (f"optimizer changed from {old_plan.optimizer} to {plan.optimizer}"
-               if old_plan.optimizer != plan.optimizer else "the trainable parameters changed (LoRA)")
-        attempt.report.event("optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=plan.optimizer)
-    restore_scheduler(training.scheduler, torch.load(checkpoint.path / "scheduler.pt", weights_only=False),
-                      attempt.config.learning_rate_for(plan))
+        why = (
+            f"optimizer changed from {old_plan.optimizer} to {plan.optimizer}"
+            if old_plan.optimizer != plan.optimizer
+            else "the trainable parameters changed (LoRA)"
+        )
+        attempt.report.event(
+            "optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=plan.optimizer
+        )
+    restore_scheduler(
+        training.scheduler,
+        torch.load(checkpoint.path / "scheduler.pt", weights_only=False),
+        attempt.config.learning_rate_for(plan),
+    )
     change = attempt.config.learning_rate_change(old_plan, plan)
     if change:
-        attempt.report.event("learning_rate", f"{change}, from step {checkpoint.step} of the same schedule",
-                             old=attempt.config.learning_rate_for(old_plan), new=attempt.config.learning_rate_for(plan))
+        attempt.report.event(
+            "learning_rate",
+            f"{change}, from step {checkpoint.step} of the same schedule",
+            old=attempt.config.learning_rate_for(old_plan),
+            new=attempt.config.learning_rate_for(plan),
+        )
     scaler_file = checkpoint.path / "scaler.pt"
     if training.scaler is not None and scaler_file.is_file():
         training.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))
@@ -126,8 +148,13 @@ def restore(attempt: Attempt, training: Training, checkpoint: checkpoints.Checkp
             rng = rng["ranks"][rank] if rank < len(rng["ranks"]) else None
         if rng is not None:
             set_rng_state(rng)
-    attempt.report.event("resume", f"resumed from checkpoint step {checkpoint.step} ({state.samples_consumed} samples consumed)",
-                         step=checkpoint.step, samples_consumed=state.samples_consumed, checkpoint=checkpoint.path.name)
+    attempt.report.event(
+        "resume",
+        f"resumed from checkpoint step {checkpoint.step} ({state.samples_consumed} samples consumed)",
+        step=checkpoint.step,
+        samples_consumed=state.samples_consumed,
+        checkpoint=checkpoint.path.name,
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -172,7 +199,9 @@ class ResumeCheck:
             return None
         if candidate.manifest["kind"] == "full" and attempt.plan.lora:
             return self._older_valid(None)
-        self.thread = threading.Thread(target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True)
+        self.thread = threading.Thread(
+            target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True
+        )
         self.thread.start()
         return candidate
 
@@ -198,4 +227,9 @@ class ResumeCheck:
 
     def _tell(self, skipped: list[tuple[str, str]]) -> None:
         for name, reason in skipped:
-            self.attempt.report.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
+            self.attempt.report.event(
+                "checkpoint_skipped",
+                f"checkpoint {name} is not valid ({reason}); using an older one",
+                checkpoint=name,
+                reason=reason,
+            )

@@ -73,9 +73,9 @@ class LengthGroupedOrder(SampleOrder):
             first_step, end_step = -(-low // step), high // step  # the steps wholly inside [low, high)
             head = first_step * step - low if first_step < end_step else 0
             whole = max(0, end_step - first_step)
-            middle = [ranked[head + k * step:head + (k + 1) * step] for k in range(whole)]
+            middle = [ranked[head + k * step : head + (k + 1) * step] for k in range(whole)]
             shuffler.shuffle(middle)
-            out += ranked[:head] + [example for chunk in middle for example in chunk] + ranked[head + whole * step:]
+            out += ranked[:head] + [example for chunk in middle for example in chunk] + ranked[head + whole * step :]
             low = high
         return tuple(out)
 

@@ -73,8 +73,17 @@ def nvml_facts() -> dict[str, Any]:
     for index in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        gpus.append({"index": index, "name": _text(pynvml.nvmlDeviceGetName(handle)), "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                     "total": int(info.total), "used": int(info.used), "free": int(info.free), "processes": _gpu_processes(handle)})
+        gpus.append(
+            {
+                "index": index,
+                "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                "total": int(info.total),
+                "used": int(info.used),
+                "free": int(info.free),
+                "processes": _gpu_processes(handle),
+            }
+        )
     return {"available": True, "driver": _text(pynvml.nvmlSystemGetDriverVersion()), "gpus": gpus}
 
 
@@ -93,8 +102,12 @@ def _gpu_processes(handle: Any) -> list[dict[str, Any]]:
             continue
         for process in found:
             used = process.usedGpuMemory if isinstance(process.usedGpuMemory, int) else None
-            processes[process.pid] = {"pid": process.pid, "name": _process_name(process.pid), "used": used,
-                                      "this_process": process.pid == os.getpid()}
+            processes[process.pid] = {
+                "pid": process.pid,
+                "name": _process_name(process.pid),
+                "used": used,
+                "this_process": process.pid == os.getpid(),
+            }
     return list(processes.values())
 
 
@@ -109,7 +122,12 @@ def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
     and a fresh process is also what measures the CUDA context's cost. What the child prints while it
     imports them (bitsandbytes' note about a kernel it could not load) is kept, one line each, in
     `probe_messages`, for the doctor to show as a note rather than as an error ahead of its report."""
-    command = [sys.executable, "-m", "tamer.engine.doctor", json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])})]
+    command = [
+        sys.executable,
+        "-m",
+        "tamer.engine.doctor",
+        json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])}),
+    ]
     messages: list[str] = []
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS)
@@ -117,6 +135,16 @@ def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
         return {**json.loads(done.stdout.strip().splitlines()[-1]), "probe_messages": messages}
     except (subprocess.SubprocessError, ValueError, IndexError) as error:
         reason = f"the torch probe ({' '.join(command[:3])}) failed: {error_text(error)}"
-        return {"torch": {"version": None, "cuda_build": None, "cuda_available": False, "cpu_bf16": False, "error": reason,
-                          "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES}, "devices": []},
-                "bitsandbytes": {"usable": False, "reason": reason}, "probe_messages": messages}
+        return {
+            "torch": {
+                "version": None,
+                "cuda_build": None,
+                "cuda_available": False,
+                "cpu_bf16": False,
+                "error": reason,
+                "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES},
+                "devices": [],
+            },
+            "bitsandbytes": {"usable": False, "reason": reason},
+            "probe_messages": messages,
+        }

@@ -34,8 +34,10 @@ def supervised(run: dict[str, Any]) -> bool | None:
 
 
 def unsupervised_note(run: dict[str, Any]) -> str:
-    return (f"nobody supervises run {run['id']}: its supervisor (pid {run['supervisor_pid'] or '?'}) is gone, killed or "
-            f"lost with its machine; `tamer resume {run['id']}` continues it from its last checkpoint")
+    return (
+        f"nobody supervises run {run['id']}: its supervisor (pid {run['supervisor_pid'] or '?'}) is gone, killed or "
+        f"lost with its machine; `tamer resume {run['id']}` continues it from its last checkpoint"
+    )
 
 
 def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
@@ -81,8 +83,10 @@ def token_use(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     seconds = sum(row["step_time"] or 0.0 for row in counted)
     useful = sum(row["useful_tokens"] for row in counted)
     computed = sum(row["computed_tokens"] for row in counted)
-    return {"useful_tokens_per_s": useful / seconds if seconds else None,
-            "padding_fraction": 1 - useful / computed if computed else None}
+    return {
+        "useful_tokens_per_s": useful / seconds if seconds else None,
+        "padding_fraction": 1 - useful / computed if computed else None,
+    }
 
 
 def _seconds_per_step(recent: list[dict[str, Any]]) -> float | None:

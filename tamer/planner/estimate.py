@@ -218,7 +218,9 @@ COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
 8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
 
 
-def expected_computed_per_sequence(batching: str, max_seq_len: int, mean_tokens: float = SQUAD_TOKENS_PER_SEQUENCE) -> int:
+def expected_computed_per_sequence(
+    batching: str, max_seq_len: int, mean_tokens: float = SQUAD_TOKENS_PER_SEQUENCE
+) -> int:
     """Tokens computed per sequence on average under `batching` (max_len: every position), for sequences of
     `mean_tokens` on average (default: SQuAD's)."""
     if batching not in COMPUTED_PER_USEFUL:
@@ -270,10 +272,14 @@ class Workload:
             longest = -(-max(1, data.max_tokens) // config.batch_multiple) * config.batch_multiple
             if config.batching_mode != "max_len":
                 values["sequence_length"] = min(config.max_seq_len, longest)
-            values["computed_per_sequence"] = expected_computed_per_sequence(config.batching_mode, config.max_seq_len, data.mean_tokens)
+            values["computed_per_sequence"] = expected_computed_per_sequence(
+                config.batching_mode, config.max_seq_len, data.mean_tokens
+            )
         values.update({key: value for key, value in overrides.items() if value is not None})
         if data is not None:
-            values["supervised_per_sequence"] = max(values.get("supervised_per_sequence", SUPERVISED_PER_SEQUENCE), data.max_scored)
+            values["supervised_per_sequence"] = max(
+                values.get("supervised_per_sequence", SUPERVISED_PER_SEQUENCE), data.max_scored
+            )
         return cls(**values)
 
 
@@ -302,9 +308,9 @@ class PhaseEstimate:
 
     def scaled(self, factor: float, kept: tuple[str, ...] = EXACT_COMPONENTS) -> PhaseEstimate:
         """This phase with every component but `kept` multiplied by `factor`."""
-        return PhaseEstimate(self.name, {
-            name: size if name in kept else round(size * factor) for name, size in self.components.items()
-        })
+        return PhaseEstimate(
+            self.name, {name: size if name in kept else round(size * factor) for name, size in self.components.items()}
+        )
 
 
 @dataclass(frozen=True)
@@ -455,7 +461,9 @@ def _layer_bytes_per_token(shape: ModelShape, plan: Plan, workload: Workload) ->
     if plan.lora:
         # peft per adapter: a dropout mask (1 byte) and the adapter input (fp32, or its autocast copy).
         per_input = (1 if workload.lora_dropout else 0) + (2 if d.autocast else 4)
-        lora = sum(per_input * fan_in for name, (fan_in, _) in shape.projections().items() if name in workload.lora_targets)
+        lora = sum(
+            per_input * fan_in for name, (fan_in, _) in shape.projections().items() if name in workload.lora_targets
+        )
     return 2 * norm + qkv_inputs + sdpa + o_input + gate_up_inputs + mlp + lora
 
 
@@ -485,7 +493,9 @@ def _optimizer_states(shape: ModelShape, plan: Plan, workload: Workload) -> tupl
 
 
 @functools.cache
-def _states(shape: ModelShape, optimizer: str, state_bytes: int, lora: tuple[int, tuple[str, ...]] | None) -> tuple[int, int, int]:
+def _states(
+    shape: ModelShape, optimizer: str, state_bytes: int, lora: tuple[int, tuple[str, ...]] | None
+) -> tuple[int, int, int]:
     if lora is not None:
         trainable = [elements for _, elements in _lora_tensors(shape, *lora)]
     else:
@@ -559,7 +569,9 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     head_copy = 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0
     layer_copies = 2 * shape.linear_parameters if d.autocast and d.weights == 4 and not d.int8 else 0
     one_layer_copies = layer_copies // shape.num_layers
-    forward_copies = head_copy + (one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies)
+    forward_copies = head_copy + (
+        one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies
+    )
     loss_backward_copies = head_copy + kept_layers * one_layer_copies
 
     fp32_logits = fp32_logits_bytes(shape, plan, workload)
@@ -569,7 +581,7 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     logits_backward = 3 * fp32_logits + head_output  # log-softmax output + its gradient + the logits' gradient
     head_gradient = 0
     if not plan.lora:
-        head_gradient = (0 if gradients_in_forward else d.weights * shape.head_parameters)
+        head_gradient = 0 if gradients_in_forward else d.weights * shape.head_parameters
         head_gradient += 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0  # 16-bit copy's gradient
 
     static = {"weights": weights, "adapters": adapters, "optimizer_states": states}
@@ -598,18 +610,27 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     backward = max(moments, key=lambda components: sum(components.values()))
     phases = {
         "load": PhaseEstimate("load", {"weights": weights, "adapters": adapters}),
-        "forward": PhaseEstimate("forward", {
-            **static,
-            **({"int8_layer_inputs": int8_held_in_forward} if int8_held else {}),
-            "gradients": gradients_in_forward,
-            "autocast_weight_copies": forward_copies,
-            "activations": activations,
-            "logits": logits_forward,
-        }),
+        "forward": PhaseEstimate(
+            "forward",
+            {
+                **static,
+                **({"int8_layer_inputs": int8_held_in_forward} if int8_held else {}),
+                "gradients": gradients_in_forward,
+                "autocast_weight_copies": forward_copies,
+                "activations": activations,
+                "logits": logits_forward,
+            },
+        ),
         "backward": PhaseEstimate("backward", backward),
-        "optimizer": PhaseEstimate("optimizer", {
-            **static, **held, "gradients": gradients, "optimizer_workspace": optimizer_workspace,
-        }),
+        "optimizer": PhaseEstimate(
+            "optimizer",
+            {
+                **static,
+                **held,
+                "gradients": gradients,
+                "optimizer_workspace": optimizer_workspace,
+            },
+        ),
     }
     if plan.world_size > 1 and plan.parallel == "fsdp":
         phases = _sharded(phases, shape, plan)

@@ -50,27 +50,51 @@ class Planner:
     past: Callable[[], list[Observation]] = field(default=lambda: [])
 
     @classmethod
-    def for_run(cls, config: RunConfig, facts: DeviceFacts, *, shape: ModelShape | None = None, data: Any = None,
-                past: Callable[[], list[Observation]] | None = None, **workload: Any) -> Planner:
+    def for_run(
+        cls,
+        config: RunConfig,
+        facts: DeviceFacts,
+        *,
+        shape: ModelShape | None = None,
+        data: Any = None,
+        past: Callable[[], list[Observation]] | None = None,
+        **workload: Any,
+    ) -> Planner:
         """The planner of `config` on `facts`: the shape the config trains (or `shape`), the workload sized on
         `data` (the run's DataProfile; None: SQuAD's figures) with `workload` overrides (tamer plan's options),
         the config's policy and budget. A ConfigError when the shape or the card's memory is unknown."""
-        return cls(config, facts, shape or shape_of(config), workload_of(config, data, **workload), PlannerPolicy.from_config(config), device_budget(facts.total_memory, config.gpu_mem_cap),
-                   past or (lambda: []))
+        return cls(
+            config,
+            facts,
+            shape or shape_of(config),
+            workload_of(config, data, **workload),
+            PlannerPolicy.from_config(config),
+            device_budget(facts.total_memory, config.gpu_mem_cap),
+            past or (lambda: []),
+        )
 
     def correction(self) -> float:
         """Measured over predicted peaks of the past attempts (calibrate.correction_factor); 1.0 without any."""
         return correction_factor(self.past())
 
-    def choose(self, failed: Iterable[Plan] = (), oom_hints: Iterable[Mapping[str, Any]] = (),
-               budget: int | None = None) -> Choice | None:
+    def choose(
+        self, failed: Iterable[Plan] = (), oom_hints: Iterable[Mapping[str, Any]] = (), budget: int | None = None
+    ) -> Choice | None:
         """The fastest plan predicted to fit, never one of `failed`, steered by `oom_hints` (each an Outcome.to_dict()
         with "plan" added); under `budget` when it is smaller (other processes hold part of the card). None: no plan
         is predicted to fit with the margin."""
         room = self.budget if budget is None else min(self.budget, budget)
         hints = list(oom_hints)
-        return choose(self.config, self.facts, room, self.policy, exclude={plan_key(plan) for plan in failed},
-                      oom_hint=hints or None, workload=self.workload, correction=self.correction())
+        return choose(
+            self.config,
+            self.facts,
+            room,
+            self.policy,
+            exclude={plan_key(plan) for plan in failed},
+            oom_hint=hints or None,
+            workload=self.workload,
+            correction=self.correction(),
+        )
 
     def predicted_peak(self, plan: Plan) -> int:
         """Peak bytes PyTorch's allocator is predicted to reserve under `plan`, corrected by the past attempts."""

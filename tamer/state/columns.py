@@ -17,10 +17,12 @@ TABLES = {
     "forwarded": "How far the supervisor's mirror got, per run and sink (a tracker's name, or `notify`).",
 }
 
-_EVENT_KINDS = ("created, attempt_start, data, start, resume, resume_run, checkpoint, checkpoint_skipped, escalate, restart, "
-                "optimizer_reset, lora_from_full, allocator, host_mem_cap, eval, memory_snapshot, hang, checkpoint_failed, planner, "
-                "in_process_split, finish, failed, stopped, lost, squad_eval, squad_eval_skipped, export, result_failed, "
-                "notify_sent, notify_failed, tracker_failed, and more")
+_EVENT_KINDS = (
+    "created, attempt_start, data, start, resume, resume_run, checkpoint, checkpoint_skipped, escalate, restart, "
+    "optimizer_reset, lora_from_full, allocator, host_mem_cap, eval, memory_snapshot, hang, checkpoint_failed, planner, "
+    "in_process_split, finish, failed, stopped, lost, squad_eval, squad_eval_skipped, export, result_failed, "
+    "notify_sent, notify_failed, tracker_failed, and more"
+)
 
 COLUMNS = {
     "runs": {
@@ -63,12 +65,12 @@ COLUMNS = {
         "exit_code": "how the process ended: its status",
         "signal": "how the process ended: the signal that killed it",
         "outcome": "done, cuda_oom, host_oom, crash, hang, stopped, config_error, data_error, model_error, lost, dist_failure, "
-                   "outside_kill, disk_full, file_too_large (tamer/protocol.py OutcomeKind)",
+        "outside_kill, disk_full, file_too_large (tamer/protocol.py OutcomeKind)",
         "phase": "load, forward, backward, optimizer, checkpoint, eval: where it failed",
         "micro_batch_size": "the micro-batch when it failed",
         "message": "the error's first line",
         "detail_json": "the classified outcome: `sizes` parsed from the OOM message (tried_to_allocate, total_capacity, free, "
-                       "allocated_by_pytorch, reserved_total, ...), `memory_stats` (peaks from torch), `step`, `peak_host_rss`, `rank`",
+        "allocated_by_pytorch, reserved_total, ...), `memory_stats` (peaks from torch), `step`, `peak_host_rss`, `rank`",
         "peak_allocated": "torch's allocator peak allocated in the attempt (GPU runs)",
         "peak_reserved": "torch's allocator peak reserved in the attempt (GPU runs)",
         "world_size": "processes of the attempt (1, or N under torchrun)",

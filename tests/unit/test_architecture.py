@@ -33,19 +33,39 @@ ALLOWED = {"tamer.recipes": {"transformers"}}
 
 LAYERS = [
     # the ground floor: records and rules every side reads; they import nothing above it
-    {"tamer", "tamer.protocol", "tamer.errors", "tamer.units", "tamer.schema", "tamer.plan", "tamer.outcome", "tamer.inject",
-     "tamer.hub", "tamer.presets", "tamer.checkpoint_policy", "tamer.logs", "tamer.output", "tamer.outputs"},
+    {
+        "tamer",
+        "tamer.protocol",
+        "tamer.errors",
+        "tamer.units",
+        "tamer.schema",
+        "tamer.plan",
+        "tamer.outcome",
+        "tamer.inject",
+        "tamer.hub",
+        "tamer.presets",
+        "tamer.checkpoint_policy",
+        "tamer.logs",
+        "tamer.output",
+        "tamer.outputs",
+    },
     {"tamer.state", "tamer.strategies", "tamer.recipes"},  # storage, the rungs, the tasks
     {"tamer.config"},  # what the user asked for
     {"tamer.planner", "tamer.notify", "tamer.trackers"},  # plans predicted; being told; trackers written
-    {"tamer.daemon", "tamer.inspect", "tamer.engine"},  # the supervisor, reading a run back, the child: never each other
+    {
+        "tamer.daemon",
+        "tamer.inspect",
+        "tamer.engine",
+    },  # the supervisor, reading a run back, the child: never each other
     {"tamer.cli"},  # the command line
     {"tamer.__main__"},  # `python -m tamer`
 ]
 """The package order, ground floor first. A unit is a subpackage (tamer.daemon and every module in it) or a
 top-level module; a unit imports units of lower floors only."""
 GROUND_FLOOR = 0
-LAZY_BY_DESIGN = "tamer.cli"  # each command imports what it runs when it runs (start-up cost), said in tamer/cli/__init__.py
+LAZY_BY_DESIGN = (
+    "tamer.cli"  # each command imports what it runs when it runs (start-up cost), said in tamer/cli/__init__.py
+)
 
 
 def module_files() -> dict[str, Path]:
@@ -79,7 +99,11 @@ def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
 def imported_names(name: str, path: Path, module_level_only: bool) -> set[str]:
     """The dotted names `name` imports (a `from X import Y` names X, and X.Y when that is a module)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    nodes = _top_level(tree.body) if module_level_only else [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    nodes = (
+        _top_level(tree.body)
+        if module_level_only
+        else [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    )
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names: set[str] = set()
     for node in nodes:
@@ -97,7 +121,9 @@ def imported_names(name: str, path: Path, module_level_only: bool) -> set[str]:
 
 def _forbidden(module: str, imported: str) -> bool:
     root = imported.split(".")[0]
-    allowed = next((roots for prefix, roots in ALLOWED.items() if module == prefix or module.startswith(prefix + ".")), set())
+    allowed = next(
+        (roots for prefix, roots in ALLOWED.items() if module == prefix or module.startswith(prefix + ".")), set()
+    )
     return (root in HEAVY and root not in allowed) or imported == CHILD_SIDE or imported.startswith(CHILD_SIDE + ".")
 
 
@@ -176,14 +202,22 @@ def supervisor_side_violations() -> list[str]:
     for module, path in MODULES.items():
         if module == CHILD_SIDE or module.startswith(CHILD_SIDE + "."):
             continue
-        violations += [f"{module} imports {imported}" for imported in sorted(imported_names(module, path, False)) if _forbidden(module, imported)]
+        violations += [
+            f"{module} imports {imported}"
+            for imported in sorted(imported_names(module, path, False))
+            if _forbidden(module, imported)
+        ]
     return violations
 
 
 def import_cycle() -> list[str] | None:
     """One cycle of module-level imports between tamer's modules, as the modules along it, or None."""
-    graph = {module: sorted(imported for imported in imported_names(module, path, True) if imported in MODULES and imported != module)
-             for module, path in MODULES.items()}
+    graph = {
+        module: sorted(
+            imported for imported in imported_names(module, path, True) if imported in MODULES and imported != module
+        )
+        for module, path in MODULES.items()
+    }
     state: dict[str, str] = {}
     stack: list[str] = []
 
@@ -192,7 +226,7 @@ def import_cycle() -> list[str] | None:
         stack.append(module)
         for imported in graph[module]:
             if state.get(imported) == "open":
-                return stack[stack.index(imported):] + [imported]
+                return stack[stack.index(imported) :] + [imported]
             if imported not in state and (cycle := visit(imported)):
                 return cycle
         stack.pop()
@@ -207,14 +241,26 @@ def import_cycle() -> list[str] | None:
 
 def test_the_walk_sees_both_sides():
     """The module walk finds the supervisor's modules and the child's (so the rules below check something)."""
-    assert {"tamer.cli.common", "tamer.daemon.supervisor", "tamer.protocol", "tamer.engine.child", "tamer.engine.trainer"} <= set(MODULES)
-    assert any(_forbidden("tamer.daemon.x", name) for name in imported_names("tamer.engine.trainer", MODULES["tamer.engine.trainer"], False))
+    assert {
+        "tamer.cli.common",
+        "tamer.daemon.supervisor",
+        "tamer.protocol",
+        "tamer.engine.child",
+        "tamer.engine.trainer",
+    } <= set(MODULES)
+    assert any(
+        _forbidden("tamer.daemon.x", name)
+        for name in imported_names("tamer.engine.trainer", MODULES["tamer.engine.trainer"], False)
+    )
 
 
 def test_supervisor_side_never_imports_torch_or_the_engine():
     """No module outside tamer/engine imports torch, transformers, peft, bitsandbytes or tamer.engine, even inside a function."""
     violations = supervisor_side_violations()
-    assert not violations, "the supervisor side must not import the child's side (run it through python -m tamer.engine.*):\n" + "\n".join(violations)
+    assert not violations, (
+        "the supervisor side must not import the child's side (run it through python -m tamer.engine.*):\n"
+        + "\n".join(violations)
+    )
 
 
 def test_every_unit_has_a_floor():
@@ -226,7 +272,9 @@ def test_every_unit_has_a_floor():
 def test_imports_follow_the_package_order():
     """No module imports a package above its own or a sibling on its floor, at module level or inside a function."""
     violations = layering_violations()
-    assert not violations, "imports against the package order (move the shared record down instead):\n" + "\n".join(violations)
+    assert not violations, "imports against the package order (move the shared record down instead):\n" + "\n".join(
+        violations
+    )
 
 
 def test_the_order_check_sees_an_upward_import(tmp_path):
@@ -242,7 +290,10 @@ def test_the_order_check_sees_an_upward_import(tmp_path):
 def test_function_level_imports_say_why():
     """A function-level import of a tamer module (outside the lazily loading CLI) carries a comment saying why it is not at the top."""
     missing = unexplained_lazy_imports()
-    assert not missing, "say why each is imported inside a function (torch or start-up cost), or move it to the top:\n" + "\n".join(missing)
+    assert not missing, (
+        "say why each is imported inside a function (torch or start-up cost), or move it to the top:\n"
+        + "\n".join(missing)
+    )
 
 
 def test_no_import_cycle():
@@ -279,8 +330,27 @@ def test_supervisor_reaches_the_child_without_importing_torch(tmp_path):
     report = tmp_path / "report.json"
     environment = {**os.environ, "TAMER_HOME": str(tmp_path / "home"), "ARCHITECTURE_REPORT": str(report)}
     script = SUPERVISOR_UP_TO_THE_CHILD.format(heavy=set(HEAVY))
-    done = subprocess.run([sys.executable, "-c", script, "run", "squad", "--preset", "tiny", "--device", "cpu", "--max-steps", "1",
-                           "--data", str(BUNDLED_DATA)], env=environment, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "run",
+            "squad",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "1",
+            "--data",
+            str(BUNDLED_DATA),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.is_file(), f"the child was never started (exit {done.returncode}): {done.stderr[-2000:]}"
     started = json.loads(report.read_text())
     assert "tamer.engine.child" in started["command"]
@@ -292,9 +362,17 @@ def test_a_chat_run_reaches_the_child_without_importing_torch(tmp_path):
     report = tmp_path / "report.json"
     environment = {**os.environ, "TAMER_HOME": str(tmp_path / "home"), "ARCHITECTURE_REPORT": str(report)}
     script = SUPERVISOR_UP_TO_THE_CHILD.format(heavy=set(HEAVY))
-    done = subprocess.run([sys.executable, "-c", script, "run", "chat", "--preset", "tiny", "--device", "cpu", "--max-steps", "1"],
-                          env=environment, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, "run", "chat", "--preset", "tiny", "--device", "cpu", "--max-steps", "1"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.is_file(), f"the child was never started (exit {done.returncode}): {done.stderr[-2000:]}"
     started = json.loads(report.read_text())
     assert started["heavy"] == [], f"the supervisor process imported {started['heavy']} before starting the child"
-    assert json.loads((next((tmp_path / "home" / "runs").iterdir()) / "run.json").read_text())["data_profile"]["examples"] > 0
+    assert (
+        json.loads((next((tmp_path / "home" / "runs").iterdir()) / "run.json").read_text())["data_profile"]["examples"]
+        > 0
+    )

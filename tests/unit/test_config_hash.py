@@ -11,12 +11,18 @@ from tamer.config import build_config
 PINNED = [
     ("llama-3.2-1b", {}, [], "a52d3f7c817d4a67"),
     ("tiny", {"recipe": "chat"}, [], "edab6212c63bab68"),
-    ("tiny", {"recipe": "chat"}, ["train_on=all", "eval.em_f1=true", "notify.webhook=https://x.y", "trackers=[tensorboard]"],
-     "99b6f182c23c1535"),
+    (
+        "tiny",
+        {"recipe": "chat"},
+        ["train_on=all", "eval.em_f1=true", "notify.webhook=https://x.y", "trackers=[tensorboard]"],
+        "99b6f182c23c1535",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("preset", "options", "sets", "expected"), PINNED, ids=["squad-default", "chat-tiny", "chat-tiny-keys"])
+@pytest.mark.parametrize(
+    ("preset", "options", "sets", "expected"), PINNED, ids=["squad-default", "chat-tiny", "chat-tiny-keys"]
+)
 def test_the_hash_of_existing_configs_never_changes(preset, options, sets, expected):
     """The default squad config and tiny chat configs hash as they always did (existing runs resume)."""
     assert build_config(preset, options=options, sets=sets).config_hash() == expected
@@ -35,5 +41,11 @@ def test_the_marks_decide_what_the_hash_sees():
     base = build_config("tiny", options={"recipe": "chat"})
     assert build_config("tiny", options={"recipe": "chat"}, sets=["seed=7"]).config_hash() != base.config_hash()
     assert build_config("tiny", options={"recipe": "chat"}, sets=["max_restarts=3"]).config_hash() == base.config_hash()
-    assert build_config("tiny", options={"recipe": "chat"}, sets=["train_on=assistant"]).config_hash() == base.config_hash()
-    assert build_config("tiny", options={"recipe": "chat"}, sets=["train_on=last_assistant"]).config_hash() != base.config_hash()
+    assert (
+        build_config("tiny", options={"recipe": "chat"}, sets=["train_on=assistant"]).config_hash()
+        == base.config_hash()
+    )
+    assert (
+        build_config("tiny", options={"recipe": "chat"}, sets=["train_on=last_assistant"]).config_hash()
+        != base.config_hash()
+    )

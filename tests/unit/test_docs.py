@@ -20,12 +20,21 @@ def _generator():
 
 
 def _documents() -> list[Path]:
-    return [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "bench" / "results").glob("*.md"))]
+    return [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "bench" / "results").glob("*.md")),
+    ]
 
 
 def test_the_generated_reference_pages_are_current():
     """docs/reference/{cli,config,database}.md are what docs/generate.py writes from the code now (else: run it)."""
-    stale = [str(path.relative_to(ROOT)) for path, text in _generator().pages().items() if not path.is_file() or path.read_text() != text]
+    stale = [
+        str(path.relative_to(ROOT))
+        for path, text in _generator().pages().items()
+        if not path.is_file() or path.read_text() != text
+    ]
     assert not stale, f"stale generated pages, run `python docs/generate.py`: {stale}"
 
 
@@ -46,7 +55,11 @@ def test_every_database_column_is_described():
 
     with tempfile.TemporaryDirectory() as folder:
         database = Database(Path(folder) / "tamer.db")
-        built = {name: [c.name for c in database.db[name].columns] for name in database.db.table_names() if not name.startswith("_")}
+        built = {
+            name: [c.name for c in database.db[name].columns]
+            for name in database.db.table_names()
+            if not name.startswith("_")
+        }
         database.close()
     assert set(built) == set(TABLES) == set(COLUMNS)
     assert {name: sorted(columns) for name, columns in built.items()} == {name: sorted(COLUMNS[name]) for name in built}
@@ -60,7 +73,10 @@ def test_the_readme_stays_short():
 LINK = re.compile(r"\]\(([^)#\s]+)")
 CODE_PATH = re.compile(r"`((?:tamer|tests|bench|docs)/[\w./-]+\.(?:py|md|txt|yml|sh))`")
 OUTSIDE = ("../shared", "shared/data", "ANCHORS.md", "DESIGN.md", "STYLE.md")
-SERVED = {ROOT / "docs" / "bench" / "results": ROOT / "bench" / "results", ROOT / "docs" / "changelog.md": ROOT / "CHANGELOG.md"}
+SERVED = {
+    ROOT / "docs" / "bench" / "results": ROOT / "bench" / "results",
+    ROOT / "docs" / "changelog.md": ROOT / "CHANGELOG.md",
+}
 """Paths the docs site serves from elsewhere in the repository (docs/hooks/repository_files.py)."""
 
 

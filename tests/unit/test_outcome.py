@@ -86,7 +86,7 @@ def test_old_format_sizes_parse_exactly():
 
 
 def test_other_processes_are_summed_and_misspelt_capacity_parses():
-    """"Process N has X memory in use" lines add up to other_processes_in_use; "capacty" still parses."""
+    """ "Process N has X memory in use" lines add up to other_processes_in_use; "capacty" still parses."""
     sizes = parse_oom_message(OTHER_PROCESSES_FORMAT)
     assert sizes["other_processes_in_use"] == 256 * MiB + 1 * GiB
     assert sizes["process_in_use"] == round(16.31 * GiB)
