@@ -49,8 +49,15 @@ class CheckpointBenchmark(Benchmark):
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_arguments(__doc__.splitlines()[0], 300, "checkpoint.json")
-    parser.add_argument("--sync-steps", type=int, default=100, help="Steps of the synchronous runs (each of their saves stalls for all of it).")
-    parser.add_argument("--sync-every", type=int, default=50, help="checkpoint_every of the synchronous runs (the old default).")
+    parser.add_argument(
+        "--sync-steps",
+        type=int,
+        default=100,
+        help="Steps of the synchronous runs (each of their saves stalls for all of it).",
+    )
+    parser.add_argument(
+        "--sync-every", type=int, default=50, help="checkpoint_every of the synchronous runs (the old default)."
+    )
     parser.add_argument("--modes", default="full,lora", help="Comma-separated: full (the planner's plan), lora.")
     return checked(parser, argv)
 
@@ -71,16 +78,26 @@ def checkpoint_summary(result: dict[str, Any], home: Path) -> dict[str, Any]:
     for event in events:
         detail = json.loads(event["detail_json"]) if event["detail_json"] else {}
         if event["kind"] == "checkpoint":
-            saves.append({"attempt": event["attempt"], "step": detail.get("step"), "stall": detail.get("stall", detail.get("seconds")),
-                          "write_seconds": detail.get("write_seconds"), "bytes": detail.get("bytes"), "asynchronous": detail.get("asynchronous"),
-                          "skipped": detail.get("skipped"), "waited": detail.get("waited")})
+            saves.append(
+                {
+                    "attempt": event["attempt"],
+                    "step": detail.get("step"),
+                    "stall": detail.get("stall", detail.get("seconds")),
+                    "write_seconds": detail.get("write_seconds"),
+                    "bytes": detail.get("bytes"),
+                    "asynchronous": detail.get("asynchronous"),
+                    "skipped": detail.get("skipped"),
+                    "waited": detail.get("waited"),
+                }
+            )
     intervals = [e["message"] for e in events if e["kind"] == "checkpoint_interval"]
     stalls = sum(save["stall"] or 0.0 for save in saves)
     in_loop = sum(save["stall"] or 0.0 for save in saves if not save["waited"] or not save["asynchronous"])
     step_seconds = sum(step["step_time"] or 0.0 for step in steps)
     resumed = [a for a in attempts if a["resumed_from_step"]]
     return {
-        "saves": saves, "interval": intervals[-1] if intervals else None,
+        "saves": saves,
+        "interval": intervals[-1] if intervals else None,
         "overhead": stalls / (stalls + step_seconds) if step_seconds else None,
         "overhead_in_loop": in_loop / (in_loop + step_seconds) if step_seconds else None,
         "first_step_seconds_attempt_1": _first_step(attempts[0]) if attempts else None,
@@ -111,11 +128,13 @@ def row(result: dict[str, Any]) -> str:
     background = [s for s in saves if s["asynchronous"]]
     middle = [s["stall"] for s in saves[:-1]] or [s["stall"] for s in saves]
     size = max((s["bytes"] or 0 for s in saves), default=0)
-    return (f"| {result['title']} | {result.get('status', '-')} | {len(saves)} | {_seconds(middle)} | "
-            f"{_seconds([s['stall'] for s in saves[-1:]])} | {_seconds([s['write_seconds'] for s in background])} | "
-            f"{_percent(result.get('overhead_in_loop'))} | {_percent(result.get('overhead'))} | {size / 2**30:.2f} | "
-            f"{_number(result.get('first_step_seconds_attempt_1'), 1)} | {_number(result.get('resume_seconds'), 1)} | "
-            f"{result.get('interval') or '-'} |")
+    return (
+        f"| {result['title']} | {result.get('status', '-')} | {len(saves)} | {_seconds(middle)} | "
+        f"{_seconds([s['stall'] for s in saves[-1:]])} | {_seconds([s['write_seconds'] for s in background])} | "
+        f"{_percent(result.get('overhead_in_loop'))} | {_percent(result.get('overhead'))} | {size / 2**30:.2f} | "
+        f"{_number(result.get('first_step_seconds_attempt_1'), 1)} | {_number(result.get('resume_seconds'), 1)} | "
+        f"{result.get('interval') or '-'} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,10 +146,20 @@ def main(argv: list[str] | None = None) -> None:
     for mode in filter(None, arguments.modes.split(",")):
         name, sets = MODES[mode]
         runs = [
-            (f"{mode}_async", f"{name}, async, auto interval, {async_steps} steps", sets + ["checkpoint_every=auto"], None, async_steps),
-            (f"{mode}_sync", f"{name}, sync, every {arguments.sync_every}, {arguments.sync_steps} steps, SIGKILL + resume",
-             sets + ["checkpoint_async=false", f"checkpoint_every={arguments.sync_every}"],
-             f"kill:phase=forward,step={arguments.sync_every + 2},attempt=1", arguments.sync_steps),
+            (
+                f"{mode}_async",
+                f"{name}, async, auto interval, {async_steps} steps",
+                sets + ["checkpoint_every=auto"],
+                None,
+                async_steps,
+            ),
+            (
+                f"{mode}_sync",
+                f"{name}, sync, every {arguments.sync_every}, {arguments.sync_steps} steps, SIGKILL + resume",
+                sets + ["checkpoint_async=false", f"checkpoint_every={arguments.sync_every}"],
+                f"kill:phase=forward,step={arguments.sync_every + 2},attempt=1",
+                arguments.sync_steps,
+            ),
         ]
         for label, title, run_sets, inject, steps in runs:
             bench.arguments.steps = steps
@@ -141,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
             results.append(result)
     bench.arguments.steps = async_steps
     print()
-    print("| run | status | saves | stall per save (s) | last save, waited (s) | background write (s) | overhead, saves in the loop | "
-          "overhead, the last one too | size (GiB) | attempt 1 start -> first step (s) | resume: start -> first step (s) | interval in force |")
+    print(
+        "| run | status | saves | stall per save (s) | last save, waited (s) | background write (s) | overhead, saves in the loop | "
+        "overhead, the last one too | size (GiB) | attempt 1 start -> first step (s) | resume: start -> first step (s) | interval in force |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         print(row(result))

@@ -33,12 +33,30 @@ def measure(mode: str) -> dict:
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            head_dim=64,
+            tie_word_embeddings=True,
+        )
+    )
     model.config.use_cache = False
     if mode.startswith("lora"):
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.05,
+                task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ),
+        )
         if mode.endswith("one-graph"):
             model.enable_input_require_grads()
     model.to(device).train()
@@ -54,8 +72,14 @@ def measure(mode: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
-    return {"mode": mode, "device": device, "first_step": seconds[0], "next_steps": seconds[1:],
-            "unique_graphs": counters["stats"]["unique_graphs"], "operations_captured": counters["stats"]["calls_captured"]}
+    return {
+        "mode": mode,
+        "device": device,
+        "first_step": seconds[0],
+        "next_steps": seconds[1:],
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "operations_captured": counters["stats"]["calls_captured"],
+    }
 
 
 def main() -> None:
@@ -68,13 +92,22 @@ def main() -> None:
         if mode not in MODES:
             raise SystemExit(f"error: unknown mode {mode}; choose from {', '.join(MODES)}")
         with tempfile.TemporaryDirectory(prefix="tamer-compile-") as cache:
-            environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
-            finished = subprocess.run([sys.executable, __file__, "--one", mode], capture_output=True, text=True, env=environment)
+            environment = {
+                **os.environ,
+                "TORCHINDUCTOR_CACHE_DIR": cache,
+                "TRITON_CACHE_DIR": os.path.join(cache, "triton"),
+            }
+            finished = subprocess.run(
+                [sys.executable, __file__, "--one", mode], capture_output=True, text=True, env=environment
+            )
         if finished.returncode:
             raise SystemExit(f"{mode} failed:\n{finished.stderr[-2000:]}")
         row = json.loads(finished.stdout.strip().splitlines()[-1])
-        print(f"| {mode} | {row['first_step']:.1f} | {' '.join(f'{s:.2f}' for s in row['next_steps'])} | {row['unique_graphs']} | "
-              f"{row['operations_captured']} |", flush=True)
+        print(
+            f"| {mode} | {row['first_step']:.1f} | {' '.join(f'{s:.2f}' for s in row['next_steps'])} | {row['unique_graphs']} | "
+            f"{row['operations_captured']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

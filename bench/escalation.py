@@ -82,13 +82,19 @@ IN_PROCESS_RECOVERY_TARGET = 1.0
 def run_arguments(description: str, steps: int, results: str) -> argparse.ArgumentParser:
     """The options every benchmark of `tamer run`s shares (this one and bench/multigpu.py)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out.")
+    parser.add_argument(
+        "--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out."
+    )
     parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
     parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda).")
     parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator of every run (every process), e.g. 15GiB.")
     parser.add_argument("--steps", type=int, default=steps, help="Optimizer steps per run.")
-    parser.add_argument("--home", type=Path, help="Folder for the runs' homes, one per run under HOME/<time>/ (default OUT/home).")
-    parser.add_argument("--out", type=Path, help=f"Folder for {results} and the logs (default: a new temporary folder).")
+    parser.add_argument(
+        "--home", type=Path, help="Folder for the runs' homes, one per run under HOME/<time>/ (default OUT/home)."
+    )
+    parser.add_argument(
+        "--out", type=Path, help=f"Folder for {results} and the logs (default: a new temporary folder)."
+    )
     parser.add_argument("--extra", default="", help="Raw arguments appended to every `tamer run`.")
     return parser
 
@@ -110,8 +116,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_options(arguments: argparse.Namespace) -> dict[str, Any]:
     """The config options every run shares, as `tamer run` builds them from its command line."""
-    return {"model": arguments.model, "data": "bundled", "max_steps": arguments.steps, "device": arguments.device,
-            "gpu_mem_cap": arguments.gpu_mem_cap}
+    return {
+        "model": arguments.model,
+        "data": "bundled",
+        "max_steps": arguments.steps,
+        "device": arguments.device,
+        "gpu_mem_cap": arguments.gpu_mem_cap,
+    }
 
 
 # --- one tamer run, and what its database says ----------------------------------------------------
@@ -126,8 +137,12 @@ class Benchmark:
         # A fresh folder per invocation: a planner calibrates on the attempts already in its home.
         self.home = (arguments.home or self.out / "home") / time.strftime("%Y%m%d-%H%M%S")
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        self.results: dict[str, Any] = {"arguments": {name: str(value) if isinstance(value, Path) else value
-                                                      for name, value in vars(arguments).items()}, "runs": {}}
+        self.results: dict[str, Any] = {
+            "arguments": {
+                name: str(value) if isinstance(value, Path) else value for name, value in vars(arguments).items()
+            },
+            "runs": {},
+        }
         self.started = time.time()
 
     RESULTS = "escalation.json"
@@ -143,8 +158,21 @@ class Benchmark:
 
     def tamer_command(self, home: Path) -> list[str]:
         arguments = self.arguments
-        command = [sys.executable, "-m", "tamer", "run", "squad", "--preset", arguments.preset, "--data", "bundled",
-                   "--max-steps", str(arguments.steps), "--home", str(home)]
+        command = [
+            sys.executable,
+            "-m",
+            "tamer",
+            "run",
+            "squad",
+            "--preset",
+            arguments.preset,
+            "--data",
+            "bundled",
+            "--max-steps",
+            str(arguments.steps),
+            "--home",
+            str(home),
+        ]
         command += ["--model", arguments.model] if arguments.model else []
         command += ["--device", arguments.device] if arguments.device else []
         command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else []
@@ -169,15 +197,24 @@ class Benchmark:
             finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
         return self.record(label, title, command, finished.stdout, finished.returncode, launched)
 
-    def record(self, label: str, title: str, command: list[str], stdout: str, exit_code: int, launched: float) -> dict[str, Any]:
+    def record(
+        self, label: str, title: str, command: list[str], stdout: str, exit_code: int, launched: float
+    ) -> dict[str, Any]:
         """The summary of the finished run of `label` (its home under self.home, its stdout, the run id first)."""
         home = self.home / label
         log_path = self.out / "logs" / f"{label}.log"
         log_text = stdout
         with open(log_path, "a") as log:
             log.write(log_text)
-        result = {"label": label, "title": title, "command": shlex.join(command), "exit_code": exit_code,
-                  "launched_at": launched, "seconds": time.time() - launched, "log": str(log_path)}
+        result = {
+            "label": label,
+            "title": title,
+            "command": shlex.join(command),
+            "exit_code": exit_code,
+            "launched_at": launched,
+            "seconds": time.time() - launched,
+            "log": str(log_path),
+        }
         run_id = log_text.split()[0] if log_text.split() else None
         if run_id and (home / "tamer.db").is_file():
             result.update(summarize_run(home / "tamer.db", run_id, launched))
@@ -208,18 +245,63 @@ def summarize_run(db_path: Path, run_id: str, launched: float) -> dict[str, Any]
     config = config_from_dict(json.loads(run["config_json"]))
     tokens_per_step = config.effective_batch_size * config.max_seq_len
     summary: dict[str, Any] = {
-        "run_id": run_id, "status": run["status"], "failure_reason": run["failure_reason"],
+        "run_id": run_id,
+        "status": run["status"],
+        "failure_reason": run["failure_reason"],
         "tokens_per_step": tokens_per_step,
-        "attempts": [{"plan": json.loads(attempt["plan_json"]),
-                      **{key: attempt[key] for key in ("attempt", "plan_summary", "reason", "started_at", "first_step_at", "ended_at",
-                                                       "last_step", "outcome", "phase", "micro_batch_size", "message",
-                                                       "peak_allocated", "peak_reserved")}} for attempt in attempts],
+        "attempts": [
+            {
+                "plan": json.loads(attempt["plan_json"]),
+                **{
+                    key: attempt[key]
+                    for key in (
+                        "attempt",
+                        "plan_summary",
+                        "reason",
+                        "started_at",
+                        "first_step_at",
+                        "ended_at",
+                        "last_step",
+                        "outcome",
+                        "phase",
+                        "micro_batch_size",
+                        "message",
+                        "peak_allocated",
+                        "peak_reserved",
+                    )
+                },
+            }
+            for attempt in attempts
+        ],
         "failed_attempts": sum(1 for attempt in attempts if attempt["outcome"] != "done"),
-        "steps": [{key: step[key] for key in ("attempt", "step", "step_time", "wall_time", "micro_batch_size", "grad_accumulation",
-                                             "mem_reserved", "mem_peak", "loss")} for step in steps],
-        "events": [{"time": event["time"], "attempt": event["attempt"], "kind": event["kind"], "message": event["message"],
-                    "detail": json.loads(event["detail_json"]) if event["detail_json"] else None}
-                   for event in events if event["kind"] in ("planner", "escalate", "in_process_split", "attempt_start", "failed")],
+        "steps": [
+            {
+                key: step[key]
+                for key in (
+                    "attempt",
+                    "step",
+                    "step_time",
+                    "wall_time",
+                    "micro_batch_size",
+                    "grad_accumulation",
+                    "mem_reserved",
+                    "mem_peak",
+                    "loss",
+                )
+            }
+            for step in steps
+        ],
+        "events": [
+            {
+                "time": event["time"],
+                "attempt": event["attempt"],
+                "kind": event["kind"],
+                "message": event["message"],
+                "detail": json.loads(event["detail_json"]) if event["detail_json"] else None,
+            }
+            for event in events
+            if event["kind"] in ("planner", "escalate", "in_process_split", "attempt_start", "failed")
+        ],
     }
     if not attempts:
         return summary
@@ -230,16 +312,20 @@ def summarize_run(db_path: Path, run_id: str, launched: float) -> dict[str, Any]
     settled = steps_of(steps, last["attempt"])
     plan = settled_plan(Path(run["run_dir"]), last)
     reserved = [step["mem_reserved"] for step in settled if step["mem_reserved"] is not None]
-    summary.update({
-        "settled_attempt": last["attempt"],
-        "first_step_seconds": settled[0]["wall_time"] - launched if settled else None,
-        "settled_plan": plan.to_dict(),
-        "settled_summary": plan.describe(),
-        "tokens_per_second": steady_rate(tokens_per_step, [step["step_time"] for step in settled][WARMUP_STEPS:]),
-        "interval_tokens_per_second": steady_rate(tokens_per_step, intervals([step["wall_time"] for step in settled])),
-        "predicted_peak": predicted_peak(config, plan),
-        "measured_peak": max(reserved) if reserved else last["peak_reserved"],
-    })
+    summary.update(
+        {
+            "settled_attempt": last["attempt"],
+            "first_step_seconds": settled[0]["wall_time"] - launched if settled else None,
+            "settled_plan": plan.to_dict(),
+            "settled_summary": plan.describe(),
+            "tokens_per_second": steady_rate(tokens_per_step, [step["step_time"] for step in settled][WARMUP_STEPS:]),
+            "interval_tokens_per_second": steady_rate(
+                tokens_per_step, intervals([step["wall_time"] for step in settled])
+            ),
+            "predicted_peak": predicted_peak(config, plan),
+            "measured_peak": max(reserved) if reserved else last["peak_reserved"],
+        }
+    )
     return summary
 
 
@@ -281,8 +367,19 @@ def predicted_peak(config: Any, plan: Plan) -> int | None:
 def sweep_candidates(benchmark: Benchmark) -> list[dict[str, Any]]:
     """The candidates to run exactly: the K fastest predicted to fit, then the near misses."""
     arguments = benchmark.arguments
-    command = [sys.executable, "-m", "tamer", "plan", "squad", "--preset", arguments.preset, "--json", "--all",
-               "--home", str(benchmark.home / "plan")]
+    command = [
+        sys.executable,
+        "-m",
+        "tamer",
+        "plan",
+        "squad",
+        "--preset",
+        arguments.preset,
+        "--json",
+        "--all",
+        "--home",
+        str(benchmark.home / "plan"),
+    ]
     command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else ["--gpu-mem", ASSUMED_CARD]
     for item in CONFIG_SETS:
         command += ["--set", item]
@@ -294,9 +391,11 @@ def sweep_candidates(benchmark: Benchmark) -> list[dict[str, Any]]:
         return []
     candidates = json.loads(finished.stdout)["candidates"]
     by_speed = sorted(candidates, key=lambda candidate: (-candidate["speed"], candidate["reserved"]))
-    fitting = [candidate for candidate in by_speed if candidate["fits"] == "yes"][:arguments.sweep]
+    fitting = [candidate for candidate in by_speed if candidate["fits"] == "yes"][: arguments.sweep]
     fastest_fit = fitting[0]["speed"] if fitting else 0.0
-    faster_misses = [candidate for candidate in by_speed if candidate["fits"] != "yes" and candidate["speed"] > fastest_fit]
+    faster_misses = [
+        candidate for candidate in by_speed if candidate["fits"] != "yes" and candidate["speed"] > fastest_fit
+    ]
     chosen = fitting + sorted(faster_misses, key=lambda candidate: candidate["reserved"])[:SWEEP_NEAR_MISSES]
     benchmark.results["sweep_candidates"] = chosen
     benchmark.save()
@@ -316,7 +415,7 @@ def bare_loop(arguments: argparse.Namespace) -> None:
     from tamer.engine.model import build_model, materialize_random_init, trainable_parameters
     from tamer.engine.optim import build_optimizer, build_scheduler, warmup_steps
     from tamer.engine.sampling import SampleOrder
-    from tamer.engine.trainer import CHUNK_SIZE
+    from tamer.plan import LOSS_CHUNK_TOKENS
     from tamer.recipes import squad
 
     config = build_config(arguments.preset, None, run_options(arguments), CONFIG_SETS)
@@ -349,11 +448,11 @@ def bare_loop(arguments: argparse.Namespace) -> None:
         supervised = sum(squad.answer_token_count(examples[index]) for index in sample_ids)
         total_loss = torch.zeros((), device=device)
         for start in range(0, len(sample_ids), plan.micro_batch_size):
-            chunk = [examples[index] for index in sample_ids[start:start + plan.micro_batch_size]]
+            chunk = [examples[index] for index in sample_ids[start : start + plan.micro_batch_size]]
             collated = pad_batch(chunk, tokenizer.pad_token_id, config.max_seq_len)
             batch = {key: value.to(device) for key, value in collated.items() if isinstance(value, torch.Tensor)}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                summed, _ = loss_sum(model, batch, CHUNK_SIZE if plan.chunked_loss else None)
+                summed, _ = loss_sum(model, batch, LOSS_CHUNK_TOKENS if plan.chunked_loss else None)
             loss = summed / max(1, supervised)
             (scaler.scale(loss) if scaler else loss).backward()
             total_loss += loss.detach()
@@ -371,33 +470,60 @@ def bare_loop(arguments: argparse.Namespace) -> None:
         float(total_loss)  # waits for the device, as the trainer's loss read does
         stamps.append(time.time())
     peak = torch.cuda.max_memory_reserved(device) if use_cuda else None
-    print(json.dumps({"stamps": stamps, "peak_reserved": peak, "tokens_per_step": config.effective_batch_size * config.max_seq_len}))
+    print(
+        json.dumps(
+            {
+                "stamps": stamps,
+                "peak_reserved": peak,
+                "tokens_per_step": config.effective_batch_size * config.max_seq_len,
+            }
+        )
+    )
 
 
 def run_bare_loop(benchmark: Benchmark, plan: dict[str, Any]) -> dict[str, Any]:
     """The bare loop in a fresh process (the benchmark's own never touches CUDA), with the plan's env."""
     arguments = benchmark.arguments
-    command = [sys.executable, str(Path(__file__).resolve()), "--bare-loop", json.dumps(plan), "--preset", arguments.preset,
-               "--steps", str(arguments.steps)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--bare-loop",
+        json.dumps(plan),
+        "--preset",
+        arguments.preset,
+        "--steps",
+        str(arguments.steps),
+    ]
     for option in ("model", "device", "gpu_mem_cap"):
         value = getattr(arguments, option)
         command += [f"--{option.replace('_', '-')}", value] if value else []
     log_path = benchmark.out / "logs" / "e_bare_loop.log"
     started = time.time()
     with open(log_path, "w") as log:
-        finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **plan.get("env", {})})
-    result: dict[str, Any] = {"label": "e_bare_loop", "plan": plan, "exit_code": finished.returncode,
-                              "seconds": time.time() - started, "log": str(log_path)}
+        finished = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **plan.get("env", {})}
+        )
+    result: dict[str, Any] = {
+        "label": "e_bare_loop",
+        "plan": plan,
+        "exit_code": finished.returncode,
+        "seconds": time.time() - started,
+        "log": str(log_path),
+    }
     lines = finished.stdout.strip().splitlines()
     if finished.returncode == 0 and lines:
         measured = json.loads(lines[-1])
-        result.update(measured, tokens_per_second=steady_rate(measured["tokens_per_step"], intervals(measured["stamps"])))
+        result.update(
+            measured, tokens_per_second=steady_rate(measured["tokens_per_step"], intervals(measured["stamps"]))
+        )
     else:
         result["failure_reason"] = _last_line(log_path)
     benchmark.results["bare_loop"] = result
     benchmark.save()
     rate = result.get("tokens_per_second")
-    benchmark.progress(f"(e) bare loop: {_number(rate) + ' tokens/s' if rate else 'failed: ' + result.get('failure_reason', '')}")
+    benchmark.progress(
+        f"(e) bare loop: {_number(rate) + ' tokens/s' if rate else 'failed: ' + result.get('failure_reason', '')}"
+    )
     return result
 
 
@@ -417,12 +543,18 @@ def recovery_seconds(result: dict[str, Any], mode: str, failed_step: int) -> flo
         if not splits:
             return None
         failed_at = (splits[0]["detail"] or {}).get("failed_at", splits[0]["time"])
-        later = [step["wall_time"] for step in steps if step["attempt"] == splits[0]["attempt"] and step["wall_time"] > failed_at]
+        later = [
+            step["wall_time"]
+            for step in steps
+            if step["attempt"] == splits[0]["attempt"] and step["wall_time"] > failed_at
+        ]
         return min(later) - failed_at if later else None
     attempts = result.get("attempts") or []
     if len(attempts) < 2 or attempts[0]["ended_at"] is None:
         return None
-    resumed = [step["wall_time"] for step in steps if step["attempt"] == attempts[1]["attempt"] and step["step"] >= failed_step]
+    resumed = [
+        step["wall_time"] for step in steps if step["attempt"] == attempts[1]["attempt"] and step["step"] >= failed_step
+    ]
     return min(resumed) - attempts[0]["ended_at"] if resumed else None
 
 
@@ -451,23 +583,32 @@ def settled_text(result: dict[str, Any]) -> str:
 
 def progress_line(result: dict[str, Any]) -> str:
     attempts = len(result.get("attempts") or [])
-    return (f"{result['title']}: {result.get('status')} in {result['seconds']:.1f} s, {attempts} attempts "
-            f"({result.get('failed_attempts', 0)} failed), first step {_number(result.get('first_step_seconds'), 1)} s, "
-            f"{_number(result.get('tokens_per_second')) if fitted(result) else '-'} tokens/s, settled: {settled_text(result)}")
+    return (
+        f"{result['title']}: {result.get('status')} in {result['seconds']:.1f} s, {attempts} attempts "
+        f"({result.get('failed_attempts', 0)} failed), first step {_number(result.get('first_step_seconds'), 1)} s, "
+        f"{_number(result.get('tokens_per_second')) if fitted(result) else '-'} tokens/s, settled: {settled_text(result)}"
+    )
 
 
 def table_row(result: dict[str, Any], best: float | None) -> str:
     rate = result.get("tokens_per_second") if fitted(result) else None
     ratio = f"{rate / best:.2f}" if rate and best else "-"
-    return (f"| {result['title']} | {len(result.get('attempts') or [])} | {result.get('failed_attempts', '-')} | "
-            f"{_number(result.get('first_step_seconds'), 1)} | {settled_text(result)} | {_number(rate)} | {ratio} | "
-            f"{_gib(result.get('predicted_peak'))} | {_gib(result.get('measured_peak'))} |")
+    return (
+        f"| {result['title']} | {len(result.get('attempts') or [])} | {result.get('failed_attempts', '-')} | "
+        f"{_number(result.get('first_step_seconds'), 1)} | {settled_text(result)} | {_number(rate)} | {ratio} | "
+        f"{_gib(result.get('predicted_peak'))} | {_gib(result.get('measured_peak'))} |"
+    )
 
 
 def target(name: str, value: float | None, goal: float, at_most: bool, digits: int = 2) -> dict[str, Any]:
     passed = None if value is None else (value <= goal if at_most else value >= goal)
-    return {"target": name, "value": value, "digits": digits, "goal": f"{'<=' if at_most else '>='} {goal:g}",
-            "result": {None: "n/a", True: "PASS", False: "FAIL"}[passed]}
+    return {
+        "target": name,
+        "value": value,
+        "digits": digits,
+        "goal": f"{'<=' if at_most else '>='} {goal:g}",
+        "result": {None: "n/a", True: "PASS", False: "FAIL"}[passed],
+    }
 
 
 def report(benchmark: Benchmark) -> None:
@@ -476,9 +617,13 @@ def report(benchmark: Benchmark) -> None:
     fits = [result for result in sweep if fitted(result) and result.get("tokens_per_second")]
     best_fit = max(fits, key=lambda result: result["tokens_per_second"]) if fits else None
     best = best_fit["tokens_per_second"] if best_fit else None
-    print(f"\n{benchmark.arguments.steps} steps of 8 x 512 tokens per run, cap {benchmark.arguments.gpu_mem_cap or 'none'}; "
-          f"peaks in GiB reserved; tokens/s = steady-state median\n")
-    print("| strategy | attempts | failed | first step (s) | settled plan | tokens/s | vs (d) best | predicted peak | measured peak |")
+    print(
+        f"\n{benchmark.arguments.steps} steps of 8 x 512 tokens per run, cap {benchmark.arguments.gpu_mem_cap or 'none'}; "
+        f"peaks in GiB reserved; tokens/s = steady-state median\n"
+    )
+    print(
+        "| strategy | attempts | failed | first step (s) | settled plan | tokens/s | vs (d) best | predicted peak | measured peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label in STRATEGIES:
         if label in runs:
@@ -492,20 +637,39 @@ def report(benchmark: Benchmark) -> None:
     planner_rate = planner.get("tokens_per_second") if fitted(planner) else None
     bare = benchmark.results.get("bare_loop", {})
     under_tamer = planner.get("interval_tokens_per_second") if fitted(planner) else None
-    print(f"\n(e) the (c) plan, wall-clock per step: under tamer {_number(under_tamer)} tokens/s, "
-          f"bare loop {_number(bare.get('tokens_per_second'))} tokens/s (bare loop peak {_gib(bare.get('peak_reserved'))} GiB)")
+    print(
+        f"\n(e) the (c) plan, wall-clock per step: under tamer {_number(under_tamer)} tokens/s, "
+        f"bare loop {_number(bare.get('tokens_per_second'))} tokens/s (bare loop peak {_gib(bare.get('peak_reserved'))} GiB)"
+    )
     recovery = benchmark.results.get("recovery", {})
-    print("\n(f) injected OOM in forward at step "
-          f"{recovery.get('failed_step', '-')}: in-process split {_number(recovery.get('in_process'), 2)} s, "
-          f"restart {_number(recovery.get('restart'), 2)} s from the failure to the next optimizer step")
+    print(
+        "\n(f) injected OOM in forward at step "
+        f"{recovery.get('failed_step', '-')}: in-process split {_number(recovery.get('in_process'), 2)} s, "
+        f"restart {_number(recovery.get('restart'), 2)} s from the failure to the next optimizer step"
+    )
 
     targets = [
         target("(c)/(d) tokens/s", planner_rate / best if planner_rate and best else None, SPEED_TARGET, at_most=False),
-        target("(c) attempts", len(planner["attempts"]) if fitted(planner) else None, ATTEMPTS_TARGET, at_most=True, digits=0),
-        target("(c) first optimizer step (s)", planner.get("first_step_seconds") if fitted(planner) else None,
-               FIRST_STEP_TARGET, at_most=True, digits=1),
-        target("(e) tamer / bare loop tokens/s", under_tamer / bare["tokens_per_second"]
-               if under_tamer and bare.get("tokens_per_second") else None, OVERHEAD_TARGET, at_most=False),
+        target(
+            "(c) attempts",
+            len(planner["attempts"]) if fitted(planner) else None,
+            ATTEMPTS_TARGET,
+            at_most=True,
+            digits=0,
+        ),
+        target(
+            "(c) first optimizer step (s)",
+            planner.get("first_step_seconds") if fitted(planner) else None,
+            FIRST_STEP_TARGET,
+            at_most=True,
+            digits=1,
+        ),
+        target(
+            "(e) tamer / bare loop tokens/s",
+            under_tamer / bare["tokens_per_second"] if under_tamer and bare.get("tokens_per_second") else None,
+            OVERHEAD_TARGET,
+            at_most=False,
+        ),
         target("(f) in-process recovery (s)", recovery.get("in_process"), IN_PROCESS_RECOVERY_TARGET, at_most=True),
     ]
     benchmark.results["targets"] = targets
@@ -513,7 +677,10 @@ def report(benchmark: Benchmark) -> None:
     print("\n| target | measured | goal | result |\n|---|---|---|---|")
     for item in targets:
         print(f"| {item['target']} | {_number(item['value'], item['digits'])} | {item['goal']} | {item['result']} |")
-    print(f"\nfull results: {benchmark.out / 'escalation.json'}; total {time.time() - benchmark.started:.0f} s", flush=True)
+    print(
+        f"\nfull results: {benchmark.out / 'escalation.json'}; total {time.time() - benchmark.started:.0f} s",
+        flush=True,
+    )
 
 
 # --- the invocation --------------------------------------------------------------------------------
@@ -531,7 +698,11 @@ def main(argv: list[str] | None = None) -> None:
 
     for index, candidate in enumerate(sweep_candidates(benchmark), 1):
         sets = ["ladder.mode=card", "ladder.order=[]", f"start_plan={json.dumps(candidate['plan'])}"]
-        benchmark.run(f"d_sweep_{index}", f"(d) sweep {index} (fits: {candidate['fits']}, predicted {candidate['relative_speed']:.2f}x)", sets)
+        benchmark.run(
+            f"d_sweep_{index}",
+            f"(d) sweep {index} (fits: {candidate['fits']}, predicted {candidate['relative_speed']:.2f}x)",
+            sets,
+        )
 
     if fitted(planner):
         run_bare_loop(benchmark, planner["settled_plan"])
@@ -542,8 +713,12 @@ def main(argv: list[str] | None = None) -> None:
     fault = f"oom:step={failed_step},phase=forward,attempt=1,min_micro_batch={first_micro_batch}"
     recovery: dict[str, Any] = {"failed_step": failed_step, "fault": fault}
     for mode, split in (("in_process", "true"), ("restart", "false")):
-        result = benchmark.run(f"f_{mode}", f"(f) injected OOM, {mode.replace('_', '-')}",
-                               ["ladder.mode=planner", f"ladder.in_process_split={split}"], inject=fault)
+        result = benchmark.run(
+            f"f_{mode}",
+            f"(f) injected OOM, {mode.replace('_', '-')}",
+            ["ladder.mode=planner", f"ladder.in_process_split={split}"],
+            inject=fault,
+        )
         recovery[mode] = recovery_seconds(result, mode, failed_step)
         benchmark.results["recovery"] = recovery
         benchmark.save()

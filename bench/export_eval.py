@@ -36,10 +36,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
     parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda).")
     parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator for training and evaluation, e.g. 15GiB.")
-    parser.add_argument("--steps", type=int, default=2, help="Optimizer steps per run (the figures do not depend on it).")
+    parser.add_argument(
+        "--steps", type=int, default=2, help="Optimizer steps per run (the figures do not depend on it)."
+    )
     parser.add_argument("--questions", type=int, default=128, help="Held-out questions per evaluation pass.")
     parser.add_argument("--batches", default="32,128", help="Decoding batch sizes to time, comma-separated.")
-    parser.add_argument("--out", type=Path, help="Folder for export_eval.json, the homes and logs (default: a new temporary folder).")
+    parser.add_argument(
+        "--out", type=Path, help="Folder for export_eval.json, the homes and logs (default: a new temporary folder)."
+    )
     return parser.parse_args(argv)
 
 
@@ -49,7 +53,9 @@ class Bench:
         self.out = arguments.out or Path(tempfile.mkdtemp(prefix="tamer-export-eval-"))
         self.out.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
-        self.results: dict[str, Any] = {"arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(arguments).items()}}
+        self.results: dict[str, Any] = {
+            "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(arguments).items()}
+        }
 
     def progress(self, line: str) -> None:
         print(f"[{time.time() - self.started:6.1f} s] {line}", flush=True)
@@ -66,8 +72,20 @@ class Bench:
         """One short run that evaluates and exports itself once done; (home, run id)."""
         arguments = self.arguments
         home = self.out / "home" / label
-        command = ["run", "squad", "--preset", arguments.preset, "--data", "bundled", "--max-steps", str(arguments.steps),
-                   "--set", f"eval.squad_samples={arguments.questions}", "--set", "eval_samples=256"]
+        command = [
+            "run",
+            "squad",
+            "--preset",
+            arguments.preset,
+            "--data",
+            "bundled",
+            "--max-steps",
+            str(arguments.steps),
+            "--set",
+            f"eval.squad_samples={arguments.questions}",
+            "--set",
+            "eval_samples=256",
+        ]
         command += ["--model", arguments.model, "--set", "tokenizer=bundled"] if arguments.model else []
         command += ["--device", arguments.device] if arguments.device else []
         command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else []
@@ -88,8 +106,14 @@ def after_run(home: Path, run_id: str) -> dict[str, Any]:
     exported, scored = events.get("export", {}), events.get("squad_eval", {})
     if not exported or not scored:
         raise SystemExit(f"run {run_id} has no export or squad_eval event; see {home}/runs/{run_id}/result.log")
-    return {"plan": attempt["plan_summary"], "export_seconds": exported["seconds"], "export_bytes": exported["bytes"],
-            "export_dtype": exported["dtype"], "eval_questions": scored["questions"], "eval_batch_size": scored["batch_size"]}
+    return {
+        "plan": attempt["plan_summary"],
+        "export_seconds": exported["seconds"],
+        "export_bytes": exported["bytes"],
+        "export_dtype": exported["dtype"],
+        "eval_questions": scored["questions"],
+        "eval_batch_size": scored["batch_size"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,25 +123,63 @@ def main(argv: list[str] | None = None) -> None:
     for label, sets in (("full", []), ("lora", ["start_rungs=[lora]"])):
         home, run_id = bench.train(label, sets)
         runs[label] = {"home": home, "run_id": run_id, **after_run(home, run_id)}
-    bench.results["runs"] = {label: {k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for label, run in runs.items()}
+    bench.results["runs"] = {
+        label: {k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for label, run in runs.items()
+    }
 
     full = runs["full"]
     launched = time.time()
-    on_demand = json.loads(bench.tamer(full["home"], "export", full["run_id"], "--dtype", "bf16", "-o", str(bench.out / "export-bf16"),
-                                       "--json", log="export-on-demand").stdout)
+    on_demand = json.loads(
+        bench.tamer(
+            full["home"],
+            "export",
+            full["run_id"],
+            "--dtype",
+            "bf16",
+            "-o",
+            str(bench.out / "export-bf16"),
+            "--json",
+            log="export-on-demand",
+        ).stdout
+    )
     bench.results["export_on_demand"] = {**on_demand["export"], "process_seconds": time.time() - launched}
-    bench.progress(f"tamer export (cold process): {time.time() - launched:.1f} s, {on_demand['export']['bytes'] / GIB:.2f} GiB")
+    bench.progress(
+        f"tamer export (cold process): {time.time() - launched:.1f} s, {on_demand['export']['bytes'] / GIB:.2f} GiB"
+    )
 
     passes = []
     for batch in [int(size) for size in arguments.batches.split(",")]:
         launched = time.time()
-        result = json.loads(bench.tamer(full["home"], "eval", full["run_id"], "--limit", str(arguments.questions),
-                                        "--batch-size", str(batch), "--json", log=f"eval-batch-{batch}").stdout)
-        passes.append({"asked_batch": batch, "batch_fitted": result["batch_size"], "questions": result["questions"],
-                       "seconds": result["seconds"], "questions_per_second": result["questions_per_second"],
-                       "peak_allocated": result.get("peak_allocated"), "process_seconds": time.time() - launched,
-                       "device": result["device"], "exact_match": result["exact_match"], "f1": result["f1"]})
-        bench.progress(f"tamer eval batch {batch}: {result['questions_per_second']:.1f} questions/s (fitted batch {result['batch_size']})")
+        result = json.loads(
+            bench.tamer(
+                full["home"],
+                "eval",
+                full["run_id"],
+                "--limit",
+                str(arguments.questions),
+                "--batch-size",
+                str(batch),
+                "--json",
+                log=f"eval-batch-{batch}",
+            ).stdout
+        )
+        passes.append(
+            {
+                "asked_batch": batch,
+                "batch_fitted": result["batch_size"],
+                "questions": result["questions"],
+                "seconds": result["seconds"],
+                "questions_per_second": result["questions_per_second"],
+                "peak_allocated": result.get("peak_allocated"),
+                "process_seconds": time.time() - launched,
+                "device": result["device"],
+                "exact_match": result["exact_match"],
+                "f1": result["f1"],
+            }
+        )
+        bench.progress(
+            f"tamer eval batch {batch}: {result['questions_per_second']:.1f} questions/s (fitted batch {result['batch_size']})"
+        )
     bench.results["eval"] = passes
     (bench.out / "export_eval.json").write_text(json.dumps(bench.results, indent=2, default=str))
     report(bench.results)
@@ -127,17 +189,23 @@ def report(results: dict[str, Any]) -> None:
     print("\n| run | settled plan | export after run (s) | export size (GiB) | dtype | eval questions | eval batch |")
     print("|---|---|---|---|---|---|---|")
     for label, run in results["runs"].items():
-        print(f"| {label} | {run['plan']} | {run['export_seconds']:.1f} | {run['export_bytes'] / GIB:.2f} | "
-              f"{run['export_dtype'] or 'adapter'} | {run['eval_questions']} | {run['eval_batch_size']} |")
+        print(
+            f"| {label} | {run['plan']} | {run['export_seconds']:.1f} | {run['export_bytes'] / GIB:.2f} | "
+            f"{run['export_dtype'] or 'adapter'} | {run['eval_questions']} | {run['eval_batch_size']} |"
+        )
     on_demand = results["export_on_demand"]
-    print(f"\n`tamer export` on demand (full run, bf16): {on_demand['seconds']:.1f} s writing, "
-          f"{on_demand['process_seconds']:.1f} s for the whole command, {on_demand['bytes'] / GIB:.2f} GiB")
+    print(
+        f"\n`tamer export` on demand (full run, bf16): {on_demand['seconds']:.1f} s writing, "
+        f"{on_demand['process_seconds']:.1f} s for the whole command, {on_demand['bytes'] / GIB:.2f} GiB"
+    )
     print("\n| decoding batch asked | fitted | questions | seconds | questions/s | peak allocated (GiB) | device |")
     print("|---|---|---|---|---|---|---|")
     for row in results["eval"]:
         peak = f"{row['peak_allocated'] / GIB:.2f}" if row["peak_allocated"] else "-"
-        print(f"| {row['asked_batch']} | {row['batch_fitted']} | {row['questions']} | {row['seconds']:.1f} | "
-              f"{row['questions_per_second']:.1f} | {peak} | {row['device']} |")
+        print(
+            f"| {row['asked_batch']} | {row['batch_fitted']} | {row['questions']} | {row['seconds']:.1f} | "
+            f"{row['questions_per_second']:.1f} | {peak} | {row['device']} |"
+        )
 
 
 if __name__ == "__main__":

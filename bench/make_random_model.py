@@ -35,7 +35,9 @@ def main() -> None:
     model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     model.save_pretrained(args.out_dir, safe_serialization=True)
     params = sum(p.numel() for p in model.parameters())
-    print(f"saved {args.preset} ({params:,} parameters, {args.dtype}) to {args.out_dir} in {time.perf_counter() - started:.1f} s")
+    print(
+        f"saved {args.preset} ({params:,} parameters, {args.dtype}) to {args.out_dir} in {time.perf_counter() - started:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-
 from escalation import Benchmark, _gib, _number, checked, run_arguments  # noqa: E402
 
 
@@ -68,14 +67,30 @@ class MultiGpuBenchmark(Benchmark):
         try:
             with contextlib.ExitStack() as logs:
                 log = logs.enter_context(open(log_path, "w"))
-                node0 = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(0, gpus, shared))
+                node0 = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(0, gpus, shared)
+                )
                 processes.append(node0)
                 run_id = node0.stdout.readline().strip()
                 for rank in range(1, nodes if run_id else 1):
                     node_log = logs.enter_context(open(self.out / "logs" / f"{label}-node{rank}.log", "w"))
-                    processes.append(subprocess.Popen(
-                        [sys.executable, "-m", "tamer", "join", str(self.home / label / "runs" / run_id), "--node-rank", str(rank)],
-                        stdout=node_log, stderr=node_log, text=True, env=node_env(rank, gpus, shared)))
+                    processes.append(
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "tamer",
+                                "join",
+                                str(self.home / label / "runs" / run_id),
+                                "--node-rank",
+                                str(rank),
+                            ],
+                            stdout=node_log,
+                            stderr=node_log,
+                            text=True,
+                            env=node_env(rank, gpus, shared),
+                        )
+                    )
                 stdout = run_id + "\n" + node0.communicate()[0]
                 for process in processes[1:]:
                     process.wait(timeout=120)
@@ -108,9 +123,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_arguments(__doc__.splitlines()[0], 30, "multigpu.json")
     parser.add_argument("--gpus", type=int, default=2, help="Processes (GPUs) of the multi-GPU runs.")
     parser.add_argument("--runs", default="abcd", help="Which runs, e.g. abc or d ((b) and (c) need (a)).")
-    parser.add_argument("--nodes", action="store_true",
-                        help="Play (a) and (d) as --gpus nodes of one GPU each (tamer run --nnodes + tamer join); GPU i per node, "
-                             "or all on GPU 0 over gloo when the host has fewer GPUs (commands and recoveries, not speed).")
+    parser.add_argument(
+        "--nodes",
+        action="store_true",
+        help="Play (a) and (d) as --gpus nodes of one GPU each (tamer run --nnodes + tamer join); GPU i per node, "
+        "or all on GPU 0 over gloo when the host has fewer GPUs (commands and recoveries, not speed).",
+    )
     return checked(parser, argv)
 
 
@@ -124,8 +142,10 @@ def row(result: dict[str, Any], single: float | None, gpus: int) -> str:
     rate = result.get("tokens_per_second")
     efficiency = rate / (gpus * single) if rate and single and result.get("gpus", 1) > 1 else None
     outcomes = ", ".join(f"{a['outcome']}" for a in result.get("attempts", []))
-    return (f"| {result['title']} | {len(result.get('attempts', []))} ({outcomes}) | {result.get('settled_summary', '-')} | "
-            f"{_number(rate)} | {_number(efficiency, 2) if efficiency else '-'} | {_gib(result.get('measured_peak'))} |")
+    return (
+        f"| {result['title']} | {len(result.get('attempts', []))} ({outcomes}) | {result.get('settled_summary', '-')} | "
+        f"{_number(rate)} | {_number(efficiency, 2) if efficiency else '-'} | {_gib(result.get('measured_peak'))} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,8 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     whole: dict[str, Any] = {}
     multi: dict[str, Any] = {}
     if "a" in arguments.runs:
-        multi = (bench.run_nodes("a_multi_planner", f"(a) {n} nodes of 1 GPU, planner", [], n) if arguments.nodes
-                 else bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread]))
+        multi = (
+            bench.run_nodes("a_multi_planner", f"(a) {n} nodes of 1 GPU, planner", [], n)
+            if arguments.nodes
+            else bench.run("a_multi_planner", f"(a) {n} GPUs, planner", [spread])
+        )
         multi["gpus"] = n
         results.append(multi)
         plan = multi.get("settled_plan")
@@ -147,18 +170,31 @@ def main(argv: list[str] | None = None) -> None:
             print("the multi-GPU planner run did not train; see", multi["log"])
             sys.exit(1)
         if "b" in arguments.runs:
-            same = bench.run("b_single_same_plan", "(b) 1 GPU, same plan, accumulation x N",
-                             [start_plan(plan, world_size=1, parallel="ddp", grad_accumulation=plan["grad_accumulation"] * n),
-                              "ladder.order=[]"])
+            same = bench.run(
+                "b_single_same_plan",
+                "(b) 1 GPU, same plan, accumulation x N",
+                [
+                    start_plan(plan, world_size=1, parallel="ddp", grad_accumulation=plan["grad_accumulation"] * n),
+                    "ladder.order=[]",
+                ],
+            )
             results.append(same)
         if "c" in arguments.runs:
-            whole = bench.run("c_single_whole_step", "(c) 1 GPU, same plan, micro-batch x N",
-                              [start_plan(plan, world_size=1, parallel="ddp", micro_batch_size=plan["micro_batch_size"] * n),
-                               "ladder.order=[]"])
+            whole = bench.run(
+                "c_single_whole_step",
+                "(c) 1 GPU, same plan, micro-batch x N",
+                [
+                    start_plan(plan, world_size=1, parallel="ddp", micro_batch_size=plan["micro_batch_size"] * n),
+                    "ladder.order=[]",
+                ],
+            )
             results.append(whole)
     if "d" in arguments.runs:
-        card = (bench.run_nodes("d_multi_card", f"(d) {n} nodes of 1 GPU, card ladder", ["ladder.mode=card"], n) if arguments.nodes
-                else bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"]))
+        card = (
+            bench.run_nodes("d_multi_card", f"(d) {n} nodes of 1 GPU, card ladder", ["ladder.mode=card"], n)
+            if arguments.nodes
+            else bench.run("d_multi_card", f"(d) {n} GPUs, card ladder", [spread, "ladder.mode=card"])
+        )
         card["gpus"] = n
         results.append(card)
     bench.save()

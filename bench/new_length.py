@@ -20,8 +20,6 @@ import argparse
 import contextlib
 import time
 
-import torch
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,9 +28,16 @@ def main() -> None:
     parser.add_argument("--lengths", default="1920,1920,1984,1984,2048,1920,2112,2112,1856,1984,2176,2240,2176,1920")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--no-cudnn-attention", action="store_true", help="forbid cuDNN's SDPA kernels (tamer's default for packed rows)")
-    parser.add_argument("--fixed-mask", action="store_true",
-                        help="pass a 4-D block-diagonal bool mask built here instead of position-id packing")
+    parser.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="forbid cuDNN's SDPA kernels (tamer's default for packed rows)",
+    )
+    parser.add_argument(
+        "--fixed-mask",
+        action="store_true",
+        help="pass a 4-D block-diagonal bool mask built here instead of position-id packing",
+    )
     args = parser.parse_args()
     import torch._dynamo.utils
     from transformers import AutoModelForCausalLM
@@ -74,8 +79,11 @@ def main() -> None:
         allocations = torch.cuda.memory_stats().get("num_device_alloc", 0) - allocations
         model.zero_grad(set_to_none=True)
         frames = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
-        print(f"length {length:5d} {'new ' if new else 'seen'} {seconds:7.3f} s  unique graphs so far {frames}"
-              f"  device allocations {allocations}", flush=True)
+        print(
+            f"length {length:5d} {'new ' if new else 'seen'} {seconds:7.3f} s  unique graphs so far {frames}"
+            f"  device allocations {allocations}",
+            flush=True,
+        )
         if profiling:
             traced[new][length] = _host_times(prof)
         seen.add(length)
@@ -96,17 +104,26 @@ def _host_times(prof) -> dict[str, tuple[float, int]]:
 
 def _compare(traced: dict[bool, dict[int, dict[str, tuple[float, int]]]]) -> None:
     """Mean self host time per op over the traced new lengths minus over the traced seen ones: the top 25."""
+
     def mean(runs: dict[int, dict[str, tuple[float, int]]]) -> dict[str, tuple[float, float]]:
         names = {name for run in runs.values() for name in run}
-        return {name: (sum(run.get(name, (0.0, 0))[0] for run in runs.values()) / len(runs),
-                       sum(run.get(name, (0.0, 0))[1] for run in runs.values()) / len(runs)) for name in names}
+        return {
+            name: (
+                sum(run.get(name, (0.0, 0))[0] for run in runs.values()) / len(runs),
+                sum(run.get(name, (0.0, 0))[1] for run in runs.values()) / len(runs),
+            )
+            for name in names
+        }
+
     if not traced[True] or not traced[False]:
         print("profile: need at least one traced new and one traced seen length")
         return
     new, old = mean(traced[True]), mean(traced[False])
     rows = sorted(new, key=lambda name: new[name][0] - old.get(name, (0.0, 0.0))[0], reverse=True)
-    print(f"profile: {len(traced[True])} new lengths vs {len(traced[False])} seen; self host seconds per call "
-          f"(new / seen) and op calls (new / seen), largest differences first")
+    print(
+        f"profile: {len(traced[True])} new lengths vs {len(traced[False])} seen; self host seconds per call "
+        f"(new / seen) and op calls (new / seen), largest differences first"
+    )
     for name in rows[:25]:
         n, o = new[name], old.get(name, (0.0, 0.0))
         print(f"  {n[0] - o[0]:+8.4f}  {n[0]:8.4f} / {o[0]:8.4f}  calls {n[1]:7.0f} / {o[1]:7.0f}  {name[:90]}")

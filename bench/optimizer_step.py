@@ -89,8 +89,9 @@ def timed(device: torch.device, fn, iters: int) -> tuple[float, float]:
     return statistics.median(device_times), statistics.median(host_times)
 
 
-def three_steps(cls: type[torch.optim.Optimizer], parameters: list[torch.nn.Parameter],
-                originals: list[torch.Tensor]) -> torch.optim.Optimizer:
+def three_steps(
+    cls: type[torch.optim.Optimizer], parameters: list[torch.nn.Parameter], originals: list[torch.Tensor]
+) -> torch.optim.Optimizer:
     """The weights reset to `originals`, then three steps (lr 1e-3, weight decay 0.01) of a fresh `cls` with
     the gradients the parameters hold; returns the optimizer."""
     with torch.no_grad():
@@ -111,7 +112,13 @@ def sweep(device: torch.device, parameters: list[torch.nn.Parameter], iters: int
             adamw8bit.BLOCKS_PER_PROGRAM, adamw8bit.NUM_WARPS = blocks, warps
             optimizer = adamw8bit.triton_adamw8bit(False)(parameters, lr=1e-5, weight_decay=0.0)
             seconds, host = timed(device, optimizer.step, iters)
-            rows.append({"what": f"sweep: Triton AdamW8bit, {blocks} blocks x {warps} warps", "device_s": seconds, "host_s": host})
+            rows.append(
+                {
+                    "what": f"sweep: Triton AdamW8bit, {blocks} blocks x {warps} warps",
+                    "device_s": seconds,
+                    "host_s": host,
+                }
+            )
             print(rows[-1], flush=True)
             del optimizer
             torch.cuda.empty_cache()
@@ -127,13 +134,15 @@ def clip_and_step(device: torch.device, parameters: list[torch.nn.Parameter], it
 
     rows = []
     saved = [p.grad.clone() for p in parameters]
-    for name, cls in (("clip_grad_norm_ + bitsandbytes PagedAdamW8bit", bnb.optim.PagedAdamW8bit),
-                      ("clip factor in the kernel + tamer Triton PagedAdamW8bit", adamw8bit.triton_adamw8bit(True))):
+    for name, cls in (
+        ("clip_grad_norm_ + bitsandbytes PagedAdamW8bit", bnb.optim.PagedAdamW8bit),
+        ("clip factor in the kernel + tamer Triton PagedAdamW8bit", adamw8bit.triton_adamw8bit(True)),
+    ):
         optimizer = cls(parameters, lr=1e-5, weight_decay=0.0)
 
-        def step() -> None:
-            clip_gradients(optimizer, parameters, 1.0)
-            optimizer.step()
+        def step() -> None:  # timed within this iteration, before `optimizer` is deleted
+            clip_gradients(optimizer, parameters, 1.0)  # noqa: B023, F821
+            optimizer.step()  # noqa: B023, F821
 
         seconds, host = timed(device, step, iters)
         rows.append({"what": name, "device_s": seconds, "host_s": host})
@@ -152,12 +161,18 @@ def compare_with_bitsandbytes(parameters: list[torch.nn.Parameter]) -> dict:
 
     originals = [p.detach().clone() for p in parameters]
     finals, codes = {}, {}
-    for name, cls in (("bitsandbytes", bnb.optim.AdamW8bit), ("triton", adamw8bit.triton_adamw8bit(False)),
-                      ("fp32", torch.optim.AdamW)):
+    for name, cls in (
+        ("bitsandbytes", bnb.optim.AdamW8bit),
+        ("triton", adamw8bit.triton_adamw8bit(False)),
+        ("fp32", torch.optim.AdamW),
+    ):
         optimizer = three_steps(cls, parameters, originals)
         finals[name] = [p.detach().clone() for p in parameters]
-        codes[name] = [optimizer.state[p]["state1"].clone() for p in parameters
-                       if optimizer.state[p].get("state1", torch.empty(0)).dtype == torch.uint8]
+        codes[name] = [
+            optimizer.state[p]["state1"].clone()
+            for p in parameters
+            if optimizer.state[p].get("state1", torch.empty(0)).dtype == torch.uint8
+        ]
         del optimizer
     with torch.no_grad():
         for parameter, original in zip(parameters, originals):
@@ -235,8 +250,12 @@ def main() -> None:
             optimizer = three_steps(cls, parameters, originals)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            results.append(([p.detach().clone() for p in parameters],
-                             [v.clone() for p in parameters for v in optimizer.state[p].values() if isinstance(v, torch.Tensor)]))
+            results.append(
+                (
+                    [p.detach().clone() for p in parameters],
+                    [v.clone() for p in parameters for v in optimizer.state[p].values() if isinstance(v, torch.Tensor)],
+                )
+            )
             del optimizer
         (w0, s0), (w1, s1) = results
         identical["paged" if paged else "plain"] = all(torch.equal(a, b) for a, b in zip(w0 + s0, w1 + s1))
@@ -245,8 +264,10 @@ def main() -> None:
         del results, w0, s0, w1, s1
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\n{args.preset}: {count / 1e9:.3f} B parameters in {len(parameters)} tensors, fp32; device {name}; "
-          f"torch {torch.__version__}, bitsandbytes {bnb.__version__}")
+    print(
+        f"\n{args.preset}: {count / 1e9:.3f} B parameters in {len(parameters)} tensors, fp32; device {name}; "
+        f"torch {torch.__version__}, bitsandbytes {bnb.__version__}"
+    )
     print("| what | device s (median) | host s until return | speed-up vs bitsandbytes |\n|---|---|---|---|")
     stock_time = {}
     for row in rows:
@@ -261,9 +282,19 @@ def main() -> None:
         print(f"Triton vs bitsandbytes after 3 steps: {closeness}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "optimizer.json").write_text(json.dumps(
-            {"device": name, "parameters": count, "tensors": len(parameters), "rows": rows, "identical": identical,
-             "closeness": closeness}, indent=1))
+        (Path(args.out) / "optimizer.json").write_text(
+            json.dumps(
+                {
+                    "device": name,
+                    "parameters": count,
+                    "tensors": len(parameters),
+                    "rows": rows,
+                    "identical": identical,
+                    "closeness": closeness,
+                },
+                indent=1,
+            )
+        )
     if not all(identical.values()):
         raise SystemExit("the unsynced step is not bit-identical to bitsandbytes'")
 

@@ -34,20 +34,40 @@ WARMUP = 5
 
 
 def under_tamer(args: argparse.Namespace, home: Path) -> tuple[float, float]:
-    command = [sys.executable, "-m", "tamer", "run", "squad", "--preset", args.preset, "--max-steps", str(args.steps),
-               "--device", "cpu", "--home", str(home), *sum((["--set", s] for s in args.set), [])]
+    command = [
+        sys.executable,
+        "-m",
+        "tamer",
+        "run",
+        "squad",
+        "--preset",
+        args.preset,
+        "--max-steps",
+        str(args.steps),
+        "--device",
+        "cpu",
+        "--home",
+        str(home),
+        *sum((["--set", s] for s in args.set), []),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     conn = sqlite3.connect(home / "tamer.db")
     times = [t for (t,) in conn.execute("SELECT wall_time FROM steps ORDER BY step")]
-    seconds = [json.loads(d)["seconds"] for (d,) in conn.execute("SELECT detail_json FROM events WHERE kind = 'checkpoint'")]
+    seconds = [
+        json.loads(d)["seconds"] for (d,) in conn.execute("SELECT detail_json FROM events WHERE kind = 'checkpoint'")
+    ]
     return (len(times) - 1 - WARMUP) / (times[-1] - times[WARMUP]), sum(seconds) / max(1, len(seconds))
 
 
 def bare_loop(args: argparse.Namespace, workdir: Path) -> float:
     config = build_config(args.preset, None, {"max_steps": args.steps, "device": "cpu"}, args.set)
-    plan = Plan(micro_batch_size=config.micro_batch_size, grad_accumulation=config.grad_accumulation, eval_batch_size=config.eval_batch_size)
+    plan = Plan(
+        micro_batch_size=config.micro_batch_size,
+        grad_accumulation=config.grad_accumulation,
+        eval_batch_size=config.eval_batch_size,
+    )
     tokenizer = squad.load_tokenizer("bundled" if config.init == "random" else config.tokenizer, config.model)
     train_records, _ = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
     examples, _ = squad.build_examples(train_records, tokenizer, config.max_seq_len)
@@ -65,7 +85,7 @@ def bare_loop(args: argparse.Namespace, workdir: Path) -> float:
         ids = order.indices(step * plan.effective_batch_size, plan.effective_batch_size)
         supervised = sum(squad.answer_token_count(examples[i]) for i in ids)
         for start in range(0, len(ids), plan.micro_batch_size):
-            batch = pad_batch([examples[i] for i in ids[start:start + plan.micro_batch_size]], tokenizer.pad_token_id)
+            batch = pad_batch([examples[i] for i in ids[start : start + plan.micro_batch_size]], tokenizer.pad_token_id)
             summed, _ = loss_sum(model, batch)
             (summed / supervised).backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)

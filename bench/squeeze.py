@@ -38,9 +38,20 @@ from typing import Any
 
 GIB = 2**30
 WARMUP_STEPS = 3
-CONFIG_SETS = ["tokenizer=bundled", "pad_to_max_len=true", "checkpoint_every=1000", "eval_samples=16", "eval_every=0",
-               "deescalate.poll_seconds=5", "kill_backoff=5"]
-FAKE_SQUEEZED = {"total": "80GiB", "free": "6GiB", "processes": [{"pid": 999999, "used": "74GiB", "name": "bench hog (fake)"}]}
+CONFIG_SETS = [
+    "tokenizer=bundled",
+    "pad_to_max_len=true",
+    "checkpoint_every=1000",
+    "eval_samples=16",
+    "eval_every=0",
+    "deescalate.poll_seconds=5",
+    "kill_backoff=5",
+]
+FAKE_SQUEEZED = {
+    "total": "80GiB",
+    "free": "6GiB",
+    "processes": [{"pid": 999999, "used": "74GiB", "name": "bench hog (fake)"}],
+}
 FAKE_EMPTY = {"total": "80GiB", "free": "79.5GiB", "processes": []}
 
 # The other job: its CUDA context comes up first (imports take seconds); on "go" (our child is dead) it
@@ -68,16 +79,26 @@ time.sleep(hold)
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out.")
+    parser.add_argument(
+        "--model", help="Model folder (e.g. from bench/make_random_model.py); the preset's model if left out."
+    )
     parser.add_argument("--preset", default="llama-3.2-1b", help="tamer preset (tiny for CPU testing).")
-    parser.add_argument("--device", help="Passed to tamer run (auto, cpu, cuda); cpu plays the other job with a fake card.")
+    parser.add_argument(
+        "--device", help="Passed to tamer run (auto, cpu, cuda); cpu plays the other job with a fake card."
+    )
     parser.add_argument("--gpu-mem-cap", help="Cap on PyTorch's allocator in the child, e.g. 15GiB.")
-    parser.add_argument("--leave", default="8GiB", help="Free memory the other process leaves on the card while it holds it.")
+    parser.add_argument(
+        "--leave", default="8GiB", help="Free memory the other process leaves on the card while it holds it."
+    )
     parser.add_argument("--hold-seconds", type=float, default=60.0, help="How long the other process holds the memory.")
     parser.add_argument("--before-steps", type=int, default=30, help="Steps of the first plan before the squeeze.")
-    parser.add_argument("--after-steps", type=int, default=30, help="Steps of the stepped-back plan before the bench stops the run.")
+    parser.add_argument(
+        "--after-steps", type=int, default=30, help="Steps of the stepped-back plan before the bench stops the run."
+    )
     parser.add_argument("--timeout", type=float, default=420.0, help="Give up after this many seconds.")
-    parser.add_argument("--out", type=Path, help="Folder for squeeze.json, the home and the logs (default: a new temporary folder).")
+    parser.add_argument(
+        "--out", type=Path, help="Folder for squeeze.json, the home and the logs (default: a new temporary folder)."
+    )
     parser.add_argument("--extra", default="", help="Raw arguments appended to `tamer run`.")
     return parser.parse_args(argv)
 
@@ -116,15 +137,30 @@ class Squeeze:
     def wait(self, what: str, predicate: Any, process: subprocess.Popen) -> None:
         while not predicate():
             if process.poll() is not None:
-                raise RuntimeError(f"tamer exited ({process.returncode}) while waiting for {what}; see {self.out / 'tamer.log'}")
+                raise RuntimeError(
+                    f"tamer exited ({process.returncode}) while waiting for {what}; see {self.out / 'tamer.log'}"
+                )
             if self.deadline_left() < 0:
                 raise TimeoutError(f"timed out waiting for {what}")
             time.sleep(0.2)
 
     def command(self) -> list[str]:
         arguments = self.arguments
-        command = [sys.executable, "-m", "tamer", "run", "squad", "--preset", arguments.preset, "--data", "bundled",
-                   "--max-steps", "100000", "--home", str(self.home)]
+        command = [
+            sys.executable,
+            "-m",
+            "tamer",
+            "run",
+            "squad",
+            "--preset",
+            arguments.preset,
+            "--data",
+            "bundled",
+            "--max-steps",
+            "100000",
+            "--home",
+            str(self.home),
+        ]
         command += ["--model", arguments.model] if arguments.model else []
         command += ["--device", arguments.device] if arguments.device else []
         command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else []
@@ -139,16 +175,22 @@ class Squeeze:
         return rows[0][0] if rows else 0
 
     def attempts(self) -> list[tuple]:
-        return query(self.db, "SELECT attempt, pid, outcome, plan_summary, started_at, ended_at FROM attempts WHERE run_id = ? "
-                     "ORDER BY attempt", (self.run_id,))
+        return query(
+            self.db,
+            "SELECT attempt, pid, outcome, plan_summary, started_at, ended_at FROM attempts WHERE run_id = ? "
+            "ORDER BY attempt",
+            (self.run_id,),
+        )
 
     def execute(self) -> dict[str, Any]:
         if not self.fake:
             from tamer.daemon.card import read_card
 
             if read_card() is None:
-                raise RuntimeError("NVML gives no reading of the card (is nvidia-ml-py installed?): tamer could not see the "
-                                   "other process nor step back; install nvidia-ml-py (a dependency of tamer) and run again")
+                raise RuntimeError(
+                    "NVML gives no reading of the card (is nvidia-ml-py installed?): tamer could not see the "
+                    "other process nor step back; install nvidia-ml-py (a dependency of tamer) and run again"
+                )
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.fake:
             self.write_card(FAKE_EMPTY)
@@ -159,7 +201,11 @@ class Squeeze:
         self.progress(f"run {self.run_id} started; home {self.home}")
         hog = None
         try:
-            self.wait(f"{self.arguments.before_steps} steps of attempt 1", lambda: self.steps_of(1) >= self.arguments.before_steps, process)
+            self.wait(
+                f"{self.arguments.before_steps} steps of attempt 1",
+                lambda: self.steps_of(1) >= self.arguments.before_steps,
+                process,
+            )
             hog = self.warm_hog()
             self.marks["squeeze"] = time.time()
             pid = self.attempts()[0][1]
@@ -180,8 +226,11 @@ class Squeeze:
             self.wait("a step back", lambda: self.stepped_back_attempt() is not None, process)
             after = self.stepped_back_attempt()
             self.progress(f"stepped back: attempt {after}")
-            self.wait(f"{self.arguments.after_steps} steps after the step back",
-                      lambda: self.steps_of(after) >= self.arguments.after_steps, process)
+            self.wait(
+                f"{self.arguments.after_steps} steps after the step back",
+                lambda: self.steps_of(after) >= self.arguments.after_steps,
+                process,
+            )
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=max(60.0, self.deadline_left()))
         finally:
@@ -205,8 +254,19 @@ class Squeeze:
         """The other job, started with its CUDA context but holding nothing yet (None on CPU)."""
         if self.fake:
             return None
-        hog = subprocess.Popen([sys.executable, "-c", HOG, str(_size(self.arguments.leave)), str(self.arguments.hold_seconds),
-                                str(self.out / "hog-ready")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HOG,
+                str(_size(self.arguments.leave)),
+                str(self.arguments.hold_seconds),
+                str(self.out / "hog-ready"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if hog.stdout.readline().strip() != "warm":
             raise RuntimeError(f"the memory-holding process failed to start (exit {hog.wait()})")
         return hog
@@ -227,7 +287,9 @@ class Squeeze:
                 raise RuntimeError(f"the memory-holding process exited with {hog.returncode}")
             time.sleep(0.05)
         self.marks["held"] = time.time()
-        self.progress(f"another process holds {int(ready.read_text()) / GIB:.1f} GiB, leaving {_size(self.arguments.leave) / GIB:.1f} GiB free")
+        self.progress(
+            f"another process holds {int(ready.read_text()) / GIB:.1f} GiB, leaving {_size(self.arguments.leave) / GIB:.1f} GiB free"
+        )
 
     def wait_hold(self, process: subprocess.Popen) -> None:
         until = self.marks["held"] + self.arguments.hold_seconds
@@ -238,7 +300,9 @@ class Squeeze:
             self.write_card(FAKE_EMPTY)
             return
         try:
-            hog.wait(timeout=max(1.0, self.marks.get("held", time.time()) + self.arguments.hold_seconds + 30 - time.time()))
+            hog.wait(
+                timeout=max(1.0, self.marks.get("held", time.time()) + self.arguments.hold_seconds + 30 - time.time())
+            )
         except subprocess.TimeoutExpired:
             hog.kill()
             hog.wait()
@@ -246,7 +310,11 @@ class Squeeze:
     # --- what the database says ---------------------------------------------------------------------
 
     def events(self) -> list[tuple]:
-        return query(self.db, "SELECT time, attempt, kind, message, detail_json FROM events WHERE run_id = ? ORDER BY id", (self.run_id,))
+        return query(
+            self.db,
+            "SELECT time, attempt, kind, message, detail_json FROM events WHERE run_id = ? ORDER BY id",
+            (self.run_id,),
+        )
 
     def escalated_attempt(self) -> int | None:
         """The attempt that trains the squeezed plan: the one after an escalation, or the attempt itself
@@ -262,8 +330,14 @@ class Squeeze:
         return steps_back[-1] + 1 if steps_back and self.steps_of(steps_back[-1] + 1) > 0 else None
 
     def rate(self, attempt: int) -> float | None:
-        rows = query(self.db, "SELECT tokens, step_time FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step", (self.run_id, attempt))
-        steady = rows[WARMUP_STEPS:] if len(rows) > 2 * WARMUP_STEPS else rows[1:]  # short CPU phases: all but the first
+        rows = query(
+            self.db,
+            "SELECT tokens, step_time FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step",
+            (self.run_id, attempt),
+        )
+        steady = (
+            rows[WARMUP_STEPS:] if len(rows) > 2 * WARMUP_STEPS else rows[1:]
+        )  # short CPU phases: all but the first
         rates = [tokens / seconds for tokens, seconds in steady if tokens and seconds]
         return statistics.median(rates) if rates else None
 
@@ -274,9 +348,18 @@ class Squeeze:
         rows = []
         for label, attempt in phases:
             found = next((a for a in attempts if a[0] == attempt), None)
-            rows.append({"phase": label, "attempt": attempt, "plan": found[3] if found else None,
-                         "steps": self.steps_of(attempt) if attempt else 0, "tokens_per_s": self.rate(attempt) if attempt else None})
-        first_after = query(self.db, "SELECT min(wall_time) FROM steps WHERE run_id = ? AND attempt = ?", (self.run_id, after or -1))
+            rows.append(
+                {
+                    "phase": label,
+                    "attempt": attempt,
+                    "plan": found[3] if found else None,
+                    "steps": self.steps_of(attempt) if attempt else 0,
+                    "tokens_per_s": self.rate(attempt) if attempt else None,
+                }
+            )
+        first_after = query(
+            self.db, "SELECT min(wall_time) FROM steps WHERE run_id = ? AND attempt = ?", (self.run_id, after or -1)
+        )
         released = self.marks.get("released")
         deescalate_times = [moment for moment, _, kind, _, _ in self.events() if kind == "deescalate"]
         return {
@@ -285,12 +368,21 @@ class Squeeze:
             "home": str(self.home),
             "mode": "fake card (CPU)" if self.fake else "real second process (GPU)",
             "phases": rows,
-            "attempts": [{"attempt": a[0], "outcome": a[2], "plan": a[3], "seconds": (a[5] or time.time()) - a[4]} for a in attempts],
-            "events": [{"seconds": moment - self.started, "attempt": attempt, "kind": kind, "message": message}
-                       for moment, attempt, kind, message, _ in self.events()
-                       if kind in ("escalate", "deescalate", "restart", "planner", "stopped")],
-            "seconds_release_to_step_back": (deescalate_times[-1] - released) if released and deescalate_times else None,
-            "seconds_release_to_first_step_after": (first_after[0][0] - released) if released and first_after and first_after[0][0] else None,
+            "attempts": [
+                {"attempt": a[0], "outcome": a[2], "plan": a[3], "seconds": (a[5] or time.time()) - a[4]}
+                for a in attempts
+            ],
+            "events": [
+                {"seconds": moment - self.started, "attempt": attempt, "kind": kind, "message": message}
+                for moment, attempt, kind, message, _ in self.events()
+                if kind in ("escalate", "deescalate", "restart", "planner", "stopped")
+            ],
+            "seconds_release_to_step_back": (deescalate_times[-1] - released)
+            if released and deescalate_times
+            else None,
+            "seconds_release_to_first_step_after": (first_after[0][0] - released)
+            if released and first_after and first_after[0][0]
+            else None,
             "seconds": time.time() - self.started,
         }
 
@@ -322,13 +414,17 @@ def table(result: dict[str, Any]) -> str:
     lines.append("| attempt | outcome | seconds | plan |")
     lines.append("|---|---|---|---|")
     for attempt in result["attempts"]:
-        lines.append(f"| {attempt['attempt']} | {attempt['outcome'] or 'running'} | {attempt['seconds']:.1f} | {attempt['plan']} |")
+        lines.append(
+            f"| {attempt['attempt']} | {attempt['outcome'] or 'running'} | {attempt['seconds']:.1f} | {attempt['plan']} |"
+        )
     lines.append("")
     for event in result["events"]:
         lines.append(f"- {event['seconds']:6.1f} s  attempt {event['attempt']}  {event['kind']}: {event['message']}")
     for name in ("seconds_release_to_step_back", "seconds_release_to_first_step_after"):
         value = result[name]
-        lines.append(f"- {name.replace('_', ' ')}: {value:.1f}" if value is not None else f"- {name.replace('_', ' ')}: -")
+        lines.append(
+            f"- {name.replace('_', ' ')}: {value:.1f}" if value is not None else f"- {name.replace('_', ' ')}: -"
+        )
     return "\n".join(lines)
 
 
@@ -344,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['mode']}: {result['seconds']:.0f} s, run {result['run_id']} ({bench.home})\n")
     print(table(result))
     ok = all(row["tokens_per_s"] for row in result["phases"])
-    print(f"\nresult: {'complete' if ok and 'error' not in result else 'INCOMPLETE'}; written to {bench.out / 'squeeze.json'}")
+    print(
+        f"\nresult: {'complete' if ok and 'error' not in result else 'INCOMPLETE'}; written to {bench.out / 'squeeze.json'}"
+    )
     return 0 if ok and "error" not in result else 1
 
 

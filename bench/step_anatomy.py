@@ -67,9 +67,13 @@ def layouts(examples: list[squad.Example], pad_id: int) -> dict[str, list[dict[s
         ids += list(example.input_ids)
         labels += list(example.labels)
         positions += list(range(len(example.input_ids)))
-    out[f"packed (1 x {len(ids)})"] = [{"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                                        "position_ids": torch.tensor([positions])}]
-    return {name: [{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)} for batch in batches] for name, batches in out.items()}
+    out[f"packed (1 x {len(ids)})"] = [
+        {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
+    ]
+    return {
+        name: [{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)} for batch in batches]
+        for name, batches in out.items()
+    }
 
 
 def main() -> None:
@@ -109,15 +113,19 @@ def main() -> None:
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     summed = forward(moved)
                 (summed / supervised).backward()
+
         return run
 
     def forward(batch):
         if "position_ids" in batch:  # packed: no attention mask, transformers masks across samples by position ids
-            from tamer.engine.loss import _causal_lm
             import torch.nn.functional as F
 
+            from tamer.engine.loss import _causal_lm
+
             lm = _causal_lm(model)
-            hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+            hidden = lm.model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state
             targets = batch["labels"][:, 1:]
             mask = targets != -100
             # the next token of a sample's last position belongs to the next sample: its label is -100 there anyway
@@ -145,7 +153,7 @@ def main() -> None:
         record(f"fwd+bwd, all layers checkpointed, {name}", fwd_bwd(batches), computed)
     packed = [b for n, b in layouts(examples, tokenizer.pad_token_id).items() if n.startswith("packed")][0]
     layers = list(model.model.layers)
-    for k in (() if args.skip_eager else (len(layers) // 2, len(layers) // 4, 0)):
+    for k in () if args.skip_eager else (len(layers) // 2, len(layers) // 4, 0):
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < k
         record(f"fwd+bwd, packed, {k} of {len(layers)} layers checkpointed", fwd_bwd(packed), useful)
@@ -164,7 +172,11 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             print(f"first compiled call ({name}): {time.perf_counter() - began:.1f} s", flush=True)
-            record(f"fwd+bwd, compiled layers, all checkpointed, {name}", fwd_bwd(batches), sum(int(b["input_ids"].numel()) for b in batches))
+            record(
+                f"fwd+bwd, compiled layers, all checkpointed, {name}",
+                fwd_bwd(batches),
+                sum(int(b["input_ids"].numel()) for b in batches),
+            )
 
     if device.type == "cuda":
         import bitsandbytes as bnb
@@ -176,6 +188,7 @@ def main() -> None:
             def step(optimizer=optimizer):
                 torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
+
             record(f"clip + {label}.step", step)
             del optimizer, step
             if device.type == "cuda":
@@ -196,10 +209,13 @@ def main() -> None:
             def ao_step(optimizer=optimizer):
                 torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimizer.step()
+
             record("clip + torchao AdamW8bit.step", ao_step)
             del optimizer
             torch.cuda.empty_cache()
-    print(f"\n8 SQuAD samples: {useful} useful tokens, {supervised} supervised; device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    print(
+        f"\n8 SQuAD samples: {useful} useful tokens, {supervised} supervised; device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+    )
     print("| what | seconds (median) | computed tokens | peak reserved GiB |\n|---|---|---|---|")
     for row in rows:
         seconds = f"{row['seconds']:.4f}" if row["seconds"] is not None else "OOM"

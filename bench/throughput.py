@@ -49,16 +49,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 from escalation import Benchmark, _gib, _last_line, _number, run_arguments  # noqa: E402
 
 QUESTIONS_PER_STEP = 8
-COMMON_SETS = ["tokenizer=bundled", "checkpoint_every=100000", "eval_samples=16", "seed=0", "export.enabled=false", "eval.squad_samples=0",
-               f"effective_batch_size={QUESTIONS_PER_STEP}"]
+COMMON_SETS = [
+    "tokenizer=bundled",
+    "checkpoint_every=100000",
+    "eval_samples=16",
+    "seed=0",
+    "export.enabled=false",
+    "eval.squad_samples=0",
+    f"effective_batch_size={QUESTIONS_PER_STEP}",
+]
 MODES = {
-    "longest": ("tamer, padded to the longest (former default)", ["batching=longest", "planner.selective_checkpointing=false", "compile=false"]),
+    "longest": (
+        "tamer, padded to the longest (former default)",
+        ["batching=longest", "planner.selective_checkpointing=false", "compile=false"],
+    ),
     "max_len": ("tamer, padded to 512", ["batching=max_len", "planner.selective_checkpointing=false", "compile=false"]),
-    "bucket": ("tamer, buckets of 64, length-grouped", ["batching=bucket", "planner.selective_checkpointing=false", "compile=false"]),
-    "packed": ("tamer, packed, length-grouped", ["batching=packed", "planner.selective_checkpointing=false", "compile=false"]),
+    "bucket": (
+        "tamer, buckets of 64, length-grouped",
+        ["batching=bucket", "planner.selective_checkpointing=false", "compile=false"],
+    ),
+    "packed": (
+        "tamer, packed, length-grouped",
+        ["batching=packed", "planner.selective_checkpointing=false", "compile=false"],
+    ),
     "packed_selective": ("tamer, packed + selective checkpointing", ["compile=false"]),
-    "bucket_compiled": ("tamer, buckets of 64 + compiled layers", ["batching=bucket", "planner.selective_checkpointing=false"]),
-    "packed_compiled": ("tamer, packed + compiled layers, all layers checkpointed", ["planner.selective_checkpointing=false"]),
+    "bucket_compiled": (
+        "tamer, buckets of 64 + compiled layers",
+        ["batching=bucket", "planner.selective_checkpointing=false"],
+    ),
+    "packed_compiled": (
+        "tamer, packed + compiled layers, all layers checkpointed",
+        ["planner.selective_checkpointing=false"],
+    ),
     "default": ("tamer's default: packed + checkpointing by size + compiled layers + Triton 8-bit step", []),
     "default_no_size": ("the default without checkpointing by size", ["planner.checkpointing_by_size=false"]),
     "default_bnb": ("the default with bitsandbytes' 8-bit step", ["optimizer_kernel=bitsandbytes"]),
@@ -76,8 +98,21 @@ class ThroughputBenchmark(Benchmark):
 
     def tamer_command(self, home: Path) -> list[str]:
         arguments = self.arguments
-        command = [sys.executable, "-m", "tamer", "run", "squad", "--preset", arguments.preset, "--data", arguments.data,
-                   "--max-steps", str(arguments.steps), "--home", str(home)]
+        command = [
+            sys.executable,
+            "-m",
+            "tamer",
+            "run",
+            "squad",
+            "--preset",
+            arguments.preset,
+            "--data",
+            arguments.data,
+            "--max-steps",
+            str(arguments.steps),
+            "--home",
+            str(home),
+        ]
         command += ["--model", arguments.model] if arguments.model else []
         command += ["--device", arguments.device] if arguments.device else []
         command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else []
@@ -92,7 +127,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="Steps of each run left out of the rates.")
     parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated tamer modes to run.")
     parser.add_argument("--hf", action="store_true", help="Also run the Hugging Face Trainer baselines (GPU).")
-    parser.add_argument("--hf-modes", default=",".join(HF_MODES), help="Comma-separated HF Trainer baselines to run with --hf.")
+    parser.add_argument(
+        "--hf-modes", default=",".join(HF_MODES), help="Comma-separated HF Trainer baselines to run with --hf."
+    )
     parser.add_argument("--hf-run", metavar="MODE", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.steps <= arguments.warmup:
@@ -107,7 +144,9 @@ def step_rates(db_path: Path, run_id: str, warmup: int) -> dict[str, Any]:
     connection = sqlite3.connect(str(db_path))
     rows = connection.execute(
         """SELECT step, step_time, useful_tokens, computed_tokens, loss FROM steps WHERE run_id = ?
-           AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step""", (run_id, run_id)).fetchall()
+           AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step""",
+        (run_id, run_id),
+    ).fetchall()
     connection.close()
     measured = [row for row in rows if row[0] > warmup]
     if not measured:
@@ -142,11 +181,16 @@ def wall_rate(db_path: Path, run_id: str, launched: float) -> dict[str, Any]:
     import sqlite3
 
     connection = sqlite3.connect(str(db_path))
-    steps, last = connection.execute("SELECT count(DISTINCT step), max(wall_time) FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+    steps, last = connection.execute(
+        "SELECT count(DISTINCT step), max(wall_time) FROM steps WHERE run_id = ?", (run_id,)
+    ).fetchone()
     connection.close()
     if not steps or last is None or last <= launched:
         return {}
-    return {"wall_questions_per_second": QUESTIONS_PER_STEP * steps / (last - launched), "wall_seconds_to_last_step": last - launched}
+    return {
+        "wall_questions_per_second": QUESTIONS_PER_STEP * steps / (last - launched),
+        "wall_seconds_to_last_step": last - launched,
+    }
 
 
 def run_tamer_mode(benchmark: ThroughputBenchmark, label: str) -> dict[str, Any]:
@@ -177,7 +221,8 @@ def hf_run(arguments: argparse.Namespace) -> None:
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     if arguments.gpu_mem_cap and cuda:
         torch.cuda.set_per_process_memory_fraction(
-            min(1.0, parse_size(arguments.gpu_mem_cap) / torch.cuda.get_device_properties(0).total_memory))
+            min(1.0, parse_size(arguments.gpu_mem_cap) / torch.cuda.get_device_properties(0).total_memory)
+        )
     tokenizer = squad.load_tokenizer("bundled", "")
     train, _ = squad.load_train_and_eval(arguments.data, 16, 0)
     examples, _ = squad.build_examples(train, tokenizer, 512)
@@ -203,17 +248,41 @@ def hf_run(arguments: argparse.Namespace) -> None:
     grouping: dict[str, Any] = {}
     if mode == "hf_group_by_length":  # a flag until transformers 5.x renamed it to a sampling strategy
         known = {field.name for field in dataclasses.fields(TrainingArguments)}
-        grouping = {"group_by_length": True} if "group_by_length" in known else {"train_sampling_strategy": "group_by_length"}
+        grouping = (
+            {"group_by_length": True} if "group_by_length" in known else {"train_sampling_strategy": "group_by_length"}
+        )
     training = TrainingArguments(
-        output_dir=str(arguments.out / "hf" / mode), per_device_train_batch_size=QUESTIONS_PER_STEP, max_steps=arguments.steps,
-        learning_rate=2e-5, bf16=True, gradient_checkpointing=True, optim="paged_adamw_8bit", save_strategy="no",
-        report_to=[], logging_steps=arguments.steps, seed=0, remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not cuda,
-        **grouping)
-    trainer = Trainer(model=model, args=training, train_dataset=_ListDataset(rows), data_collator=collate, callbacks=[Timer()])
+        output_dir=str(arguments.out / "hf" / mode),
+        per_device_train_batch_size=QUESTIONS_PER_STEP,
+        max_steps=arguments.steps,
+        learning_rate=2e-5,
+        bf16=True,
+        gradient_checkpointing=True,
+        optim="paged_adamw_8bit",
+        save_strategy="no",
+        report_to=[],
+        logging_steps=arguments.steps,
+        seed=0,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        **grouping,
+    )
+    trainer = Trainer(
+        model=model, args=training, train_dataset=_ListDataset(rows), data_collator=collate, callbacks=[Timer()]
+    )
     output = trainer.train()
-    measured = step_times[arguments.warmup:]
-    print(json.dumps({"seconds_per_step": sum(measured) / len(measured), "questions_per_second": QUESTIONS_PER_STEP * len(measured) / sum(measured),
-                      "train_loss": output.training_loss, "peak_reserved": torch.cuda.max_memory_reserved() if cuda else None}))
+    measured = step_times[arguments.warmup :]
+    print(
+        json.dumps(
+            {
+                "seconds_per_step": sum(measured) / len(measured),
+                "questions_per_second": QUESTIONS_PER_STEP * len(measured) / sum(measured),
+                "train_loss": output.training_loss,
+                "peak_reserved": torch.cuda.max_memory_reserved() if cuda else None,
+            }
+        )
+    )
 
 
 class _ListDataset:
@@ -229,15 +298,35 @@ class _ListDataset:
 
 def run_hf_mode(benchmark: ThroughputBenchmark, label: str) -> dict[str, Any]:
     arguments = benchmark.arguments
-    command = [sys.executable, __file__, "--hf-run", label, "--model", str(arguments.model), "--steps", str(arguments.steps),
-               "--warmup", str(arguments.warmup), "--data", arguments.data, "--out", str(benchmark.out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--hf-run",
+        label,
+        "--model",
+        str(arguments.model),
+        "--steps",
+        str(arguments.steps),
+        "--warmup",
+        str(arguments.warmup),
+        "--data",
+        arguments.data,
+        "--out",
+        str(benchmark.out),
+    ]
     command += ["--gpu-mem-cap", arguments.gpu_mem_cap] if arguments.gpu_mem_cap else []
     log_path = benchmark.out / "logs" / f"{label}.log"
     launched = time.time()
     with open(log_path, "w") as log:
         finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
-    result: dict[str, Any] = {"label": label, "title": HF_MODES[label], "command": shlex.join(command), "exit_code": finished.returncode,
-                              "seconds": time.time() - launched, "log": str(log_path)}
+    result: dict[str, Any] = {
+        "label": label,
+        "title": HF_MODES[label],
+        "command": shlex.join(command),
+        "exit_code": finished.returncode,
+        "seconds": time.time() - launched,
+        "log": str(log_path),
+    }
     lines = [line for line in finished.stdout.splitlines() if line.startswith("{")]
     if finished.returncode == 0 and lines:
         result.update(json.loads(lines[-1]))
@@ -256,8 +345,10 @@ def run_hf_mode(benchmark: ThroughputBenchmark, label: str) -> dict[str, Any]:
 def report(benchmark: ThroughputBenchmark) -> None:
     runs = benchmark.results["runs"]
     print()
-    print(f"| mode | questions/s | questions/s, wall clock from launch | useful tokens/s | s/step (mean / median) | computed / useful | step sizes | "
-          f"s/step new size / seen size | loss after step {benchmark.arguments.steps} | peak reserved GiB | plan |")
+    print(
+        f"| mode | questions/s | questions/s, wall clock from launch | useful tokens/s | s/step (mean / median) | computed / useful | step sizes | "
+        f"s/step new size / seen size | loss after step {benchmark.arguments.steps} | peak reserved GiB | plan |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for result in runs.values():
         if "questions_per_second" not in result:
@@ -265,14 +356,18 @@ def report(benchmark: ThroughputBenchmark) -> None:
             continue
         loss = result.get("last_loss", result.get("train_loss"))
         peak = result.get("measured_peak", result.get("peak_reserved"))
-        print(f"| {result['title']} | {_number(result.get('questions_per_second'), 1)} | {_number(result.get('wall_questions_per_second'), 1)} | "
-              f"{_number(result.get('useful_tokens_per_second'))} | "
-              f"{_number(result.get('seconds_per_step'), 3)} / {_number(result.get('median_seconds_per_step'), 3)} | "
-              f"{_number(result.get('computed_per_useful'), 2)} | {result.get('step_sizes', '-')} | "
-              f"{_number(result.get('new_size_seconds_per_step'), 3)} / {_number(result.get('seen_size_seconds_per_step'), 3)} | {_number(loss, 4)} | "
-              f"{_gib(peak)} | {result.get('settled_summary', '-')} |")
-    print(f"\nrates over steps {benchmark.arguments.warmup + 1}..{benchmark.arguments.steps}; "
-          f"{QUESTIONS_PER_STEP} questions per optimizer step; data {benchmark.arguments.data}; results in {benchmark.out}")
+        print(
+            f"| {result['title']} | {_number(result.get('questions_per_second'), 1)} | {_number(result.get('wall_questions_per_second'), 1)} | "
+            f"{_number(result.get('useful_tokens_per_second'))} | "
+            f"{_number(result.get('seconds_per_step'), 3)} / {_number(result.get('median_seconds_per_step'), 3)} | "
+            f"{_number(result.get('computed_per_useful'), 2)} | {result.get('step_sizes', '-')} | "
+            f"{_number(result.get('new_size_seconds_per_step'), 3)} / {_number(result.get('seen_size_seconds_per_step'), 3)} | {_number(loss, 4)} | "
+            f"{_gib(peak)} | {result.get('settled_summary', '-')} |"
+        )
+    print(
+        f"\nrates over steps {benchmark.arguments.warmup + 1}..{benchmark.arguments.steps}; "
+        f"{QUESTIONS_PER_STEP} questions per optimizer step; data {benchmark.arguments.data}; results in {benchmark.out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,21 +35,30 @@ class Interval:
     reason: str
 
 
-def choose_interval(stall_seconds: float, write_seconds: float, step_seconds: float, mtbf_seconds: float | None) -> Interval:
+def choose_interval(
+    stall_seconds: float, write_seconds: float, step_seconds: float, mtbf_seconds: float | None
+) -> Interval:
     """The checkpoint interval, in steps and seconds, with the bound that decided it.
 
     `stall_seconds`: training time one save costs; `write_seconds`: its background write (0 when
     synchronous); `step_seconds`: one optimizer step; `mtbf_seconds`: observed mean time between
     failures of this run (None: no failure yet)."""
     young = math.sqrt(2 * stall_seconds * mtbf_seconds) if mtbf_seconds else math.inf
-    seconds, reason = young, f"Young/Daly sqrt(2 x {stall_seconds:.2f} s stall x {mtbf_seconds or 0:.0f} s between failures)"
+    seconds, reason = (
+        young,
+        f"Young/Daly sqrt(2 x {stall_seconds:.2f} s stall x {mtbf_seconds or 0:.0f} s between failures)",
+    )
     if seconds > MAX_AT_RISK_SECONDS:
         seconds = MAX_AT_RISK_SECONDS
-        reason = (f"at most {MAX_AT_RISK_SECONDS / 60:.0f} min of work at risk"
-                  + ("" if mtbf_seconds else " (no failure seen yet)"))
+        reason = f"at most {MAX_AT_RISK_SECONDS / 60:.0f} min of work at risk" + (
+            "" if mtbf_seconds else " (no failure seen yet)"
+        )
     overhead_floor = stall_seconds / MAX_OVERHEAD
     if seconds < overhead_floor:
-        seconds, reason = overhead_floor, f"saves at most {MAX_OVERHEAD:.0%} of training ({stall_seconds:.2f} s stall per save)"
+        seconds, reason = (
+            overhead_floor,
+            f"saves at most {MAX_OVERHEAD:.0%} of training ({stall_seconds:.2f} s stall per save)",
+        )
     if seconds < write_seconds:
         seconds, reason = write_seconds, f"no shorter than a background write ({write_seconds:.1f} s)"
     steps = max(1, round(seconds / step_seconds)) if step_seconds > 0 else 1

@@ -22,8 +22,11 @@ import yaml
 from pydantic import Field, model_validator
 
 from tamer.errors import ConfigError
+from tamer.inject import parse_faults
+from tamer.plan import Plan
 from tamer.presets import PRESETS, RECIPE_DEFAULTS
 from tamer.schema import Number, Schema, Seconds
+from tamer.strategies import registry
 from tamer.units import ByteSize
 
 CARD_LADDER = (
@@ -41,9 +44,9 @@ CARD_LADDER = (
 # aliases, so that each setting has one name (and a batch is never set twice, as in HF).
 FOREIGN_NAMES = {
     "gradient_accumulation_steps": "tamer derives accumulation as effective_batch_size / micro_batch_size: set effective_batch_size "
-                                   "(sequences per optimizer step)",
+    "(sequences per optimizer step)",
     "per_device_train_batch_size": "use micro_batch_size (the first plan's micro-batch, which tamer may halve) and "
-                                   "effective_batch_size (sequences per optimizer step, which never changes)",
+    "effective_batch_size (sequences per optimizer step, which never changes)",
     "num_train_epochs": "use epochs",
     "num_epochs": "use epochs",
     "sequence_len": "use max_seq_len",
@@ -84,8 +87,7 @@ class LoraConfig(Schema):
     learning_rate: Number = Field(2e-4, gt=0)
     """Peak learning rate of every plan that trains LoRA adapters (the first plan, the planner's choice, start_rungs,
     start_plan, an escalation mid-run), in place of `learning_rate`: adapters start at zero and need a rate ~10x a full
-    fine-tune's. SmolLM2-135M on SQuAD (H100, 2 epochs): LoRA at 2e-5 reached EM 0.493, at 2e-4 EM 0.611 (full
-    fine-tune at 2e-5: 0.593). A run that moves to LoRA mid-run keeps its schedule's position with this peak."""
+    fine-tune's (measured in docs/result.md). A run that moves to LoRA mid-run keeps its schedule's position with this peak."""
 
 
 class EvalConfig(Schema):
@@ -98,8 +100,8 @@ class EvalConfig(Schema):
     """Held-out questions answered per pass (at most eval_samples: only the validation slice is ever used); 0 = no SQuAD evaluation.
     Also the validation rows of a chat or instruct EM/F1 pass (`em_f1`)."""
     squad_batch_size: int = Field(64, ge=1)
-    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache.
-    The 1B shape on an H200: 14.7 questions/s at 32, 48.9 at 128 (8.4 GiB peak)."""
+    """Questions decoded together (an OOM halves it for the rest of the pass); memory grows with it and the KV cache,
+    and so does the speed of the pass."""
     squad_max_new_tokens: int = Field(32, ge=1)
     """Longest generated answer in tokens (SQuAD answers are short); decoding stops earlier at end-of-sequence."""
     em_f1: bool = False
@@ -138,14 +140,10 @@ class LadderConfig(Schema):
 
     @model_validator(mode="after")
     def _known_rungs(self) -> LadderConfig:
-        from tamer.strategies import registry
-
         known = registry.names()
         for index, name in enumerate(self.order):
             if name not in known:
-                raise ConfigError(
-                    f"ladder.order[{index}]: unknown rung '{name}'; known rungs: {', '.join(known)}"
-                )
+                raise ConfigError(f"ladder.order[{index}]: unknown rung '{name}'; known rungs: {', '.join(known)}")
         if len(set(self.order)) != len(self.order):
             raise ConfigError("ladder.order: a rung is listed twice; list each once")
         return self
@@ -246,8 +244,10 @@ class DistributedConfig(Schema):
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(f"distributed.node_rank: must be in [0, {self.nnodes}), got {self.node_rank}")
         if self.node_rank:
-            raise ConfigError(f"distributed.node_rank: `tamer run` starts node 0, which owns the run; start node {self.node_rank} "
-                              f"with `tamer join RUN_DIR --node-rank {self.node_rank}` on the same run folder")
+            raise ConfigError(
+                f"distributed.node_rank: `tamer run` starts node 0, which owns the run; start node {self.node_rank} "
+                f"with `tamer join RUN_DIR --node-rank {self.node_rank}` on the same run folder"
+            )
         if self.rdzv_endpoint is not None and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint):
             raise ConfigError(f"distributed.rdzv_endpoint: expected host:port, got {self.rdzv_endpoint!r}")
         return self
@@ -257,7 +257,6 @@ class DistributedConfig(Schema):
         return self.nproc_per_node * self.nnodes
 
 
-NOTIFY_EVENTS = ("finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 _WEBHOOK = re.compile(r"^(https?://\S+|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?)$")
 
@@ -294,8 +293,9 @@ class NotifyConfig(Schema):
     TAMER_HOME and TAMER_RUN_DIR in its environment; a non-zero exit is a failed send."""
     email: EmailConfig | None = None
     """E-mail through SMTP (see EmailConfig)."""
-    events: list[Literal["finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty"]] = Field(
-        default_factory=lambda: ["finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"])
+    events: list[Literal["finished", "failed", "stopped", "escalated", "deescalated", "stalled", "queue_empty"]] = (
+        Field(default_factory=lambda: ["finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"])
+    )
     """Which notifications to send: finished (final loss, EM/F1, where the model is), failed (why, what to do next),
     stopped, escalated (each plan change after an OOM; off by default: a night can have several), deescalated (back
     to a faster plan), stalled (no optimizer step for `stalled_minutes`), queue_empty (the daemon ran out of work)."""
@@ -310,7 +310,9 @@ class NotifyConfig(Schema):
     @model_validator(mode="after")
     def _targets(self) -> NotifyConfig:
         if self.webhook is not None and not _WEBHOOK.match(self.webhook):
-            raise ConfigError(f"notify.webhook: expected an http(s) URL or $NAME (an environment variable), got {self.webhook[:40]!r}")
+            raise ConfigError(
+                f"notify.webhook: expected an http(s) URL or $NAME (an environment variable), got {self.webhook[:40]!r}"
+            )
         if len(set(self.events)) != len(self.events):
             raise ConfigError("notify.events: an event is listed twice; list each once")
         return self
@@ -338,166 +340,174 @@ class TrackingConfig(Schema):
 
 
 class RunConfig(Schema):
-    """One training run, as the user asked for it."""
+    """One training run, as the user asked for it. Every key is marked (`json_schema_extra={"result": ...}`, see
+    RESULT_MARKS) as deciding the training result or not; config_hash is derived from the marks."""
 
-    recipe: Literal["squad", "chat", "instruct", "text"] = "squad"
+    recipe: Literal["squad", "chat", "instruct", "text"] = Field("squad", json_schema_extra={"result": True})
     """Which recipe trains: `squad` (SQuAD v1.1 questions), `chat` (conversations with a chat template), `instruct`
     (prompt/completion pairs), `text` (plain documents); the command's first argument (`tamer run chat`)."""
-    preset: str = "llama-3.2-1b"
+    preset: str = Field("llama-3.2-1b", json_schema_extra={"result": True})
     """The preset this config started from."""
-    model: str = "meta-llama/Llama-3.2-1B"
+    model: str = Field("meta-llama/Llama-3.2-1B", json_schema_extra={"result": True})
     """Hub id or local directory of the model (with `init: random`, only a name)."""
-    init: Literal["pretrained", "random"] = "pretrained"
+    init: Literal["pretrained", "random"] = Field("pretrained", json_schema_extra={"result": True})
     """`pretrained` loads weights with from_pretrained; `random` builds `architecture` with seeded random weights."""
-    architecture: dict[str, Any] | None = None
+    architecture: dict[str, Any] | None = Field(None, json_schema_extra={"result": True})
     """LlamaConfig fields for `init: random`."""
-    tokenizer: str | None = None
+    tokenizer: str | None = Field(None, json_schema_extra={"result": True})
     """Hub id or directory of the tokenizer; null = the model's; `bundled` = the Mistral-v1 tokenizer shipped with tamer."""
-    data: str | None = None
+    data: str | None = Field(None, json_schema_extra={"result": True})
     """squad: null = `rajpurkar/squad` from the hub, `bundled` = the SQuAD slice shipped with tamer, else a SQuAD v1.1 JSON
     file. chat, instruct, text: a .jsonl/.json/.parquet/.csv file (.txt for text), a folder of them, `hub:NAME[:SUBSET]`,
     or `bundled` (the recipe's sample shipped with tamer)."""
-    eval_data: str | None = None
+    eval_data: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat, instruct, text: validation rows from another source (the forms of `data`), every row of it; null = rows held
     out of `data` (`validation_split`, else `eval_samples`)."""
-    split: str = "train"
+    split: str = Field("train", json_schema_extra={"result": "when_set"})
     """chat, instruct, text: the split of a hub dataset (`data: hub:NAME`) to train on."""
-    eval_split: str = "validation"
+    eval_split: str = Field("validation", json_schema_extra={"result": "when_set"})
     """chat, instruct, text: the split of a hub dataset given as `eval_data`."""
-    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = None
+    validation_split: Annotated[Number, Field(gt=0, lt=1)] | None = Field(
+        None, json_schema_extra={"result": "when_set"}
+    )
     """chat, instruct, text: hold out this fraction of `data`'s rows (seeded by `seed`: the same rows on every attempt)
     instead of `eval_samples` rows."""
-    columns: dict[str, str] | None = None
+    columns: dict[str, str] | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat, instruct, text: which of the data's columns hold what, e.g. {prompt: question, completion: answer}. Keys:
     chat messages, answers; instruct prompt, completion, input, answers; text text."""
-    chat_template: str | None = None
+    chat_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """chat: a Jinja template file or a built-in (`chatml`); null = the tokenizer's own (an error when it has none)."""
-    train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
+    train_on: Literal["assistant", "all", "last_assistant"] = Field(
+        "assistant", json_schema_extra={"result": "when_set"}
+    )
     """chat: which tokens the loss scores: every assistant turn, every token, or the last assistant turn."""
-    prompt_template: str | None = None
+    prompt_template: str | None = Field(None, json_schema_extra={"result": "when_set"})
     """instruct: the text around each prompt, with `{prompt}` and optionally `{input}`; null = `### Instruction:\n{prompt}\n\n
     ### Response:\n` (and `### Input:\n{input}\n\n` before the response for a row with an input)."""
-    overlong: Literal["truncate", "skip", "error"] = "truncate"
+    overlong: Literal["truncate", "skip", "error"] = Field("truncate", json_schema_extra={"result": "when_set"})
     """chat, instruct: an example over max_seq_len keeps its first max_seq_len tokens or is skipped (both counted in the
     `data` event), or is an error before the run is registered."""
-    max_seq_len: int = Field(512, ge=1)
+    max_seq_len: int = Field(512, ge=1, json_schema_extra={"result": True})
     """Longest example in tokens; longer ones lose context (never the answer) or are skipped and counted."""
-    compile: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """torch.compile each decoder layer (true/false; `auto` = on for CUDA plans without int8 weights, LoRA adapters or
-    several processes: adapter-wrapped layers took 78 s to compile on an H100 before the first step). On an H200 it made forward+backward of the 1B plan 1.6x faster at 8 x 384 tokens and used ~1 GiB less;
-    each new batch shape costs one compile (5-10 s there), so it pays with few shapes (length buckets, packing)."""
-    optimizer_kernel: Literal["auto", "bitsandbytes"] = "auto"
+    several processes, whose layers cost far longer to compile than they save). Faster forward and backward and a little
+    less memory; each new batch shape costs one compile (seconds), so it pays with few shapes (length buckets, packing).
+    Measured: docs/mechanisms/batches.md."""
+    optimizer_kernel: Literal["auto", "bitsandbytes"] = Field("auto", json_schema_extra={"result": False})
     """Who steps the 8-bit AdamW flavours: `auto` = tamer's Triton kernel on CUDA when triton is installed (bitsandbytes'
-    state and arithmetic; the paged step of the 1B plan took 0.016 s instead of 0.048 s on an H200), else bitsandbytes'
-    CUDA kernels; `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
-    cudnn_attention: bool | Literal["auto"] = "auto"
+    state and arithmetic, about 3x faster: docs/mechanisms/eight-bit-step.md), else bitsandbytes' CUDA kernels;
+    `bitsandbytes` = always bitsandbytes'. Checkpoints load either way."""
+    cudnn_attention: bool | Literal["auto"] = Field("auto", json_schema_extra={"result": False})
     """Whether PyTorch's attention (SDPA) may use cuDNN's kernels: `auto` = only where every batch has one shape
-    (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape: on an H200 ~0.3 s per new packed length
-    (bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
+    (`batching: max_len`), never while decoding for EM/F1. cuDNN builds a plan for each new shape (a fraction of a second
+    each, bench/new_length.py), which a run of packed rows meets up to ~64 times; without it SDPA takes PyTorch's
     memory-efficient kernel."""
-    pad_to_max_len: bool = False
+    pad_to_max_len: bool = Field(False, json_schema_extra={"result": True})
     """Pad every batch to max_seq_len (fixed shapes: predictable memory, as in benchmarks); the same as `batching: max_len`."""
-    batching: Literal["longest", "max_len", "bucket", "packed"] = "packed"
+    batching: Literal["longest", "max_len", "bucket", "packed"] = Field("packed", json_schema_extra={"result": True})
     """How a micro-batch's samples become tensors (tamer/engine/batching.py): `packed` = one row, no padding but the
     tail to `batch_multiple`, attention kept within each sample; `bucket` = padded to the longest rounded up to
     `batch_multiple`; `longest` = padded to the longest (a new shape nearly every step: slow under a memory cap);
     `max_len` = padded to max_seq_len (2-3x the real tokens). `bucket` and `packed` also group the data order by length."""
-    batch_multiple: int = Field(64, ge=1)
+    batch_multiple: int = Field(64, ge=1, json_schema_extra={"result": True})
     """Row lengths of `bucket` and `packed` are multiples of this: larger = fewer distinct shapes, more padding."""
-    length_window: int = Field(64, ge=1)
+    length_window: int = Field(64, ge=1, json_schema_extra={"result": True})
     """`bucket`/`packed`: samples are grouped by length within windows of this many optimizer steps (1 = only within a
     step); larger = steps of more similar lengths (less padding), the order farther from a plain shuffle."""
-    effective_batch_size: int = Field(8, ge=1)
+    effective_batch_size: int = Field(8, ge=1, json_schema_extra={"result": True})
     """Sequences per optimizer step; constant across every plan change."""
-    micro_batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(8, ge=1, json_schema_extra={"result": False})
     """Sequences per forward/backward in the first plan (accumulation = effective / micro)."""
-    learning_rate: Number = Field(2e-5, gt=0)
+    learning_rate: Number = Field(2e-5, gt=0, json_schema_extra={"result": True})
     """Peak AdamW learning rate."""
-    weight_decay: Number = 0.0
+    weight_decay: Number = Field(0.0, json_schema_extra={"result": True})
     """AdamW weight decay."""
-    warmup_ratio: Number = Field(0.03, ge=0, lt=1)
+    warmup_ratio: Number = Field(0.03, ge=0, lt=1, json_schema_extra={"result": True})
     """Fraction of the optimizer steps spent warming up (linear) before the cosine decay."""
-    max_grad_norm: Number = 1.0
+    max_grad_norm: Number = Field(1.0, json_schema_extra={"result": True})
     """Gradient clipping norm."""
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, json_schema_extra={"result": True})
     """Passes over the training data (unless max_steps comes first)."""
-    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_steps: Annotated[int, Field(ge=1)] | None = Field(None, json_schema_extra={"result": True})
     """Stop after this many optimizer steps."""
-    seed: int = 0
+    seed: int = Field(0, json_schema_extra={"result": True})
     """Seed for data order, random init and RNGs."""
-    torch_threads: Annotated[int, Field(ge=1)] | None = None
+    torch_threads: Annotated[int, Field(ge=1)] | None = Field(None, json_schema_extra={"result": False})
     """CPU threads torch uses in each training process. null = the CPUs this process may use divided by the
     processes per node, less one left to the checkpoint writer and the supervisor (when that leaves at least one),
     fixed when the run is created. Recorded with the run and reapplied on every attempt:
     float sums reassociate with the thread count, so bit-exact resume needs the same one."""
-    eval_every: int | None = None
+    eval_every: int | None = Field(None, json_schema_extra={"result": True})
     """Validation loss every N optimizer steps (always at the end)."""
-    eval_samples: int = 256
+    eval_samples: int = Field(256, json_schema_extra={"result": True})
     """Size of the held-out validation slice."""
-    eval_batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(8, ge=1, json_schema_extra={"result": True})
     """Sequences per evaluation forward."""
-    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", json_schema_extra={"result": True})
     """Checkpoint every N optimizer steps (and at the end); `auto`: chosen from the measured cost of a
     save and the run's failure rate, so saves take <= 2% of training and <= 10 min of work is at risk."""
-    checkpoint_every_seconds: Annotated[Number, Field(gt=0)] | None = None
+    checkpoint_every_seconds: Annotated[Number, Field(gt=0)] | None = Field(None, json_schema_extra={"result": False})
     """Also checkpoint when this many seconds passed since the last save (with `auto` or an integer)."""
-    checkpoint_async: bool = True
+    checkpoint_async: bool = Field(True, json_schema_extra={"result": False})
     """Write checkpoints in the background: training stalls only to copy the state to host memory,
     which costs host RAM the size of a checkpoint (falls back to synchronous when it does not fit)."""
-    keep_checkpoints: int = Field(2, ge=2)
+    keep_checkpoints: int = Field(2, ge=2, json_schema_extra={"result": True})
     """How many checkpoints to keep (>= 2, so a torn one always has a predecessor)."""
-    max_restarts: int = Field(10, ge=0)
+    max_restarts: int = Field(10, ge=0, json_schema_extra={"result": False})
     """Restarts after failures that escalation cannot fix (crash, hang) before the run is `failed`."""
-    restart_backoff: Number = Field(2.0, ge=0, json_schema_extra={"unit": "seconds"})
+    restart_backoff: Number = Field(2.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Seconds before the first such restart; doubles each time (exponential backoff)."""
-    restart_backoff_max: Number = Field(120.0, ge=0, json_schema_extra={"unit": "seconds"})
+    restart_backoff_max: Number = Field(120.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Longest wait between restarts, in seconds."""
-    crash_loop_limit: int = Field(3, ge=2)
+    crash_loop_limit: int = Field(3, ge=2, json_schema_extra={"result": False})
     """The same failure at the same step this many times in a row, with no progress: the run is `failed`."""
-    healthy_seconds: Number = 600.0
+    healthy_seconds: Number = Field(600.0, json_schema_extra={"result": False})
     """An attempt that trained this long resets the restart budget."""
-    kill_backoff: Number = Field(5.0, ge=0, json_schema_extra={"unit": "seconds"})
+    kill_backoff: Number = Field(5.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Seconds before restarting a child killed from outside (a SIGKILL/SIGTERM tamer did not send, not the
     OOM killer); doubles with each such kill in a row. These restarts never give up and do not count toward
     max_restarts or crash_loop_limit: an operator's or a scheduler's kill is not a bug."""
-    kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"unit": "seconds"})
+    kill_backoff_max: Number = Field(600.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """Longest wait between restarts after outside kills, in seconds."""
-    disk_full_wait: Number = Field(3600.0, ge=0, json_schema_extra={"unit": "seconds"})
+    disk_full_wait: Number = Field(3600.0, ge=0, json_schema_extra={"result": False, "unit": "seconds"})
     """When the disk fills up (the child dies of ENOSPC), wait up to this many seconds for space to come back, then
     resume on the same plan; the run says so as an event. 0 = end the run `failed` at once. A file-size limit
     (ulimit -f) is never waited for: no time frees it."""
-    start_rungs: list[str] = Field(default_factory=list)
+    start_rungs: list[str] = Field(default_factory=list, json_schema_extra={"result": False})
     """Rungs applied to the first plan (e.g. [lora] when you know the model needs it)."""
-    start_plan: dict[str, Any] | None = None
+    start_plan: dict[str, Any] | None = Field(None, json_schema_extra={"result": False})
     """The exact first plan (Plan fields, as `tamer plan --json` prints them); overrides the planner and start_rungs."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra={"result": False})
     """Where to train: `auto` = the GPU when there is one."""
-    gpu_mem_cap: ByteSize | None = None
+    gpu_mem_cap: ByteSize | None = Field(None, json_schema_extra={"result": False})
     """Cap the child's GPU memory (e.g. `15GiB`) with set_per_process_memory_fraction."""
-    host_mem_cap: ByteSize | None = None
+    host_mem_cap: ByteSize | None = Field(None, json_schema_extra={"result": False})
     """Cap the child's address space growth after setup (RLIMIT_AS), e.g. `2GiB`: a real host OOM on purpose."""
-    memory_snapshot: bool = False
+    memory_snapshot: bool = Field(False, json_schema_extra={"result": False})
     """Record the CUDA allocator's history and dump a snapshot on an OOM (for PyTorch's memory_viz); a little slower, more host memory."""
-    inject: list[str] = Field(default_factory=list)
-    """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (see README)."""
-    progress_every_seconds: Number = Field(30.0, ge=1)
+    inject: list[str] = Field(default_factory=list, json_schema_extra={"result": False})
+    """Faults to rehearse recovery, e.g. `oom:step=5,phase=backward,min_micro_batch=8` (docs/troubleshooting.md, rehearsing failures)."""
+    progress_every_seconds: Number = Field(30.0, ge=1, json_schema_extra={"result": False})
     """Without a terminal (piped, nohup, systemd): print a progress line at least this often while steps advance; costs nothing."""
-    progress_every_steps: int = Field(50, ge=1)
+    progress_every_steps: int = Field(50, ge=1, json_schema_extra={"result": False})
     """Without a terminal: also print a progress line every N optimizer steps."""
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    ladder: LadderConfig = Field(default_factory=LadderConfig)
-    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
-    planner: PlannerConfig = Field(default_factory=PlannerConfig)
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig)
-    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig, json_schema_extra={"result": True})
+    ladder: LadderConfig = Field(default_factory=LadderConfig, json_schema_extra={"result": False})
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig, json_schema_extra={"result": False})
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, json_schema_extra={"result": False})
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, json_schema_extra={"result": False})
+    eval: EvalConfig = Field(default_factory=EvalConfig, json_schema_extra={"result": False})
+    export: ExportConfig = Field(default_factory=ExportConfig, json_schema_extra={"result": False})
+    deescalate: DeescalateConfig = Field(default_factory=DeescalateConfig, json_schema_extra={"result": False})
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, json_schema_extra={"result": False})
     """Notifications of this run (see NotifyConfig); HOME/notify.yaml adds the home's."""
-    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, json_schema_extra={"result": False}
+    )
     """Trackers the supervisor mirrors steps, evaluations and events into (install `tamer[tensorboard]`, `tamer[mlflow]`,
     `tamer[wandb]`); a missing one is a config error before the run starts."""
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra={"result": False})
     """Where the trackers write (see TrackingConfig)."""
 
     @model_validator(mode="after")
@@ -522,31 +532,35 @@ class RunConfig(Schema):
                 f"effective_batch_size: {self.effective_batch_size} sequences cannot be shared evenly by {world} processes; "
                 f"use a multiple of {world} or fewer GPUs"
             )
-        from tamer.strategies import registry
-
         for index, name in enumerate(self.start_rungs):
             if name in self.start_rungs[:index]:
                 raise ConfigError(f"start_rungs[{index}]: '{name}' is listed twice; list each rung once")
             if name not in registry.names():
-                raise ConfigError(f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}")
+                raise ConfigError(
+                    f"start_rungs[{index}]: unknown rung '{name}'; known rungs: {', '.join(registry.names())}"
+                )
             if name not in self.ladder.order and name != "chunked_loss":  # the planner may always chunk the loss
-                raise ConfigError(f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
-                                  "add it to ladder.order or drop it from start_rungs")
+                raise ConfigError(
+                    f"start_rungs[{index}]: '{name}' is not in ladder.order, which forbids it; "
+                    "add it to ladder.order or drop it from start_rungs"
+                )
         if self.start_plan is not None:
-            from tamer.plan import Plan
-
             # strict: an unknown key or a wrong value is an error, never silently ignored
-            plan = Plan.from_dict({"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan.")
+            plan = Plan.from_dict(
+                {"eval_batch_size": self.eval_batch_size, "world_size": world, **self.start_plan}, "start_plan."
+            )
             if plan.effective_batch_size != self.effective_batch_size:
-                raise ConfigError(f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
-                                  f"but effective_batch_size is {self.effective_batch_size}")
+                raise ConfigError(
+                    f"start_plan: micro_batch_size x grad_accumulation x world_size = {plan.effective_batch_size}, "
+                    f"but effective_batch_size is {self.effective_batch_size}"
+                )
         for name in ("gpu_mem_cap", "host_mem_cap"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap")
+                raise ConfigError(
+                    f"{name}: {getattr(self, name)} is no memory at all; give a size such as 15GiB, or leave it out for no cap"
+                )
         if self.init == "random" and not self.architecture:
             raise ConfigError("architecture: `init: random` needs the model's architecture (LlamaConfig fields)")
-        from tamer.inject import parse_faults
-
         parse_faults(self.inject)
         self._data_keys()
         return self
@@ -556,16 +570,22 @@ class RunConfig(Schema):
         defaults = type(self).model_fields
         for name, recipes in DATA_KEYS.items():
             if self.recipe not in recipes and getattr(self, name) != defaults[name].default:
-                raise ConfigError(f"{name}: applies to the {' and '.join(recipes)} recipe{'s' if len(recipes) > 1 else ''}, "
-                                  f"not {self.recipe}; remove it")
+                raise ConfigError(
+                    f"{name}: applies to the {' and '.join(recipes)} recipe{'s' if len(recipes) > 1 else ''}, "
+                    f"not {self.recipe}; remove it"
+                )
         if self.eval_data is not None and self.validation_split is not None:
             raise ConfigError("validation_split: eval_data already gives the validation rows; set one of them")
         if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
-            raise ConfigError("prompt_template: has no {prompt} placeholder; write where the prompt goes, e.g. "
-                              "'Question: {prompt}\nAnswer: '")
+            raise ConfigError(
+                "prompt_template: has no {prompt} placeholder; write where the prompt goes, e.g. "
+                "'Question: {prompt}\nAnswer: '"
+            )
         if self.eval.em_f1 and self.recipe not in ("chat", "instruct"):
-            raise ConfigError(f"eval.em_f1: scores chat and instruct replies; the {self.recipe} recipe "
-                              + ("is scored by eval.squad_samples" if self.recipe == "squad" else "has only the validation loss"))
+            raise ConfigError(
+                f"eval.em_f1: scores chat and instruct replies; the {self.recipe} recipe "
+                + ("is scored by eval.squad_samples" if self.recipe == "squad" else "has only the validation loss")
+            )
 
     def learning_rate_for(self, plan: Any) -> float:
         """The peak learning rate of `plan`: `lora.learning_rate` when it trains LoRA adapters, else `learning_rate`."""
@@ -609,19 +629,27 @@ class RunConfig(Schema):
         return self.model_dump()
 
     def config_hash(self) -> str:
-        """Hash of what decides the training result (not restarts, caps or injected faults)."""
+        """Hash of what decides the training result: the keys marked `result: True`, and those marked `when_set`
+        when they differ from their default (keys of the data recipes: unset, as in every config before they
+        existed, the hash stays what it was). Restarts, caps, injected faults, output and notification keys
+        (`result: False`) do not count; every key carries a mark (RESULT_MARKS, tests/unit/test_config_hash.py)."""
         data = self.to_dict()
-        for name in ("max_restarts", "restart_backoff", "restart_backoff_max", "gpu_mem_cap", "host_mem_cap", "inject",
-                     "ladder", "micro_batch_size", "device", "start_rungs", "memory_snapshot", "watchdog",
-                     "crash_loop_limit", "healthy_seconds", "planner", "start_plan", "distributed", "torch_threads",
-                     "compile", "optimizer_kernel", "cudnn_attention", "eval", "export", "checkpoint_async", "checkpoint_every_seconds", "kill_backoff",
-                     "kill_backoff_max", "disk_full_wait", "deescalate", "progress_every_seconds", "progress_every_steps",
-                     "notify", "trackers", "tracking"):
-            data.pop(name)
-        for name in DATA_KEYS:  # unset, as in every config before these keys existed: the hash stays what it was
-            if data[name] == type(self).model_fields[name].default:
+        for name, field in type(self).model_fields.items():
+            mark = result_mark(field)
+            if mark is False or (mark == "when_set" and data[name] == field.default):
                 data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RESULT_MARKS = (True, False, "when_set")
+"""The marks a RunConfig key carries in `json_schema_extra["result"]`: it decides the training result (True), it does
+not (False: how the run is kept alive, capped, reported, exported), or it does only when set (`when_set`)."""
+
+
+def result_mark(field: Any) -> bool | str | None:
+    """A RunConfig field's result mark (None when it has none, which a test forbids)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return extra.get("result")
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -681,8 +709,10 @@ def build_config(
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset}: unknown preset; choose one of {', '.join(PRESETS)}")
     if preset == "tiny" and (options or {}).get("model") is not None:
-        raise ConfigError(f"--model {options['model']}: the tiny preset trains its own random tiny model and would ignore it; "
-                          "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)")
+        raise ConfigError(
+            f"--model {options['model']}: the tiny preset trains its own random tiny model and would ignore it; "
+            "use --preset llama-3.2-1b --model MODEL (add --init random for random weights)"
+        )
     data: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     data["preset"] = preset
     file_data = load_yaml(config_file) if config_file is not None else {}

@@ -12,15 +12,38 @@ from tamer.protocol import (  # the exit codes are part of the supervisor-child 
     EXIT_MODEL,
     EXIT_OK,
     EXIT_STATE,
-    EXIT_STORAGE,
     EXIT_STOPPED_INT,
     EXIT_STOPPED_TERM,
+    EXIT_STORAGE,
     NOT_RETRYABLE_EXIT_CODES,
 )
 
-__all__ = ["EXIT_CONFIG", "EXIT_DATA", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_MODEL", "EXIT_OK", "EXIT_STATE", "EXIT_STORAGE", "EXIT_STOPPED_INT",
-           "EXIT_STOPPED_TERM", "NOT_RETRYABLE_EXIT_CODES", "ConfigError", "DataError", "ERROR_BY_EXIT_CODE", "LockedError",
-           "ModelError", "OutputError", "StateError", "TamerError"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_DATA",
+    "EXIT_FAILED",
+    "EXIT_LOCKED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "EXIT_STATE",
+    "EXIT_STORAGE",
+    "EXIT_STOPPED_INT",
+    "EXIT_STOPPED_TERM",
+    "NOT_RETRYABLE_EXIT_CODES",
+    "ConfigError",
+    "DataError",
+    "ERROR_BY_EXIT_CODE",
+    "LockedError",
+    "ModelError",
+    "OutputError",
+    "StateError",
+    "TamerError",
+]
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as one line of text: `TypeName: message`."""
+    return f"{type(error).__name__}: {error}".strip()
 
 
 class TamerError(Exception):

@@ -56,13 +56,22 @@ def needs(config: Any) -> list[HubNeed]:
         wanted.append(HubNeed(f"tokenizer {config.tokenizer}", config.tokenizer, "model", "--set tokenizer=PATH"))
     if config.recipe == "squad":
         if config.data is None:
-            wanted.append(HubNeed(f"data {HUB_DATASET}", HUB_DATASET, "dataset", "--data PATH with a local SQuAD v1.1 JSON file (or --data bundled)"))
+            wanted.append(
+                HubNeed(
+                    f"data {HUB_DATASET}",
+                    HUB_DATASET,
+                    "dataset",
+                    "--data PATH with a local SQuAD v1.1 JSON file (or --data bundled)",
+                )
+            )
         return wanted
     for option in ("data", "eval_data"):
         source = getattr(config, option)
         if isinstance(source, str) and source.startswith(HUB_SOURCE):
-            name = source[len(HUB_SOURCE):].partition(":")[0]
-            wanted.append(HubNeed(f"{option} {source}", name, "dataset", f"--{option.replace('_', '-')} with a local file"))
+            name = source[len(HUB_SOURCE) :].partition(":")[0]
+            wanted.append(
+                HubNeed(f"{option} {source}", name, "dataset", f"--{option.replace('_', '-')} with a local file")
+            )
     return wanted
 
 
@@ -121,8 +130,10 @@ def check_sources(config: Any, probe_timeout: float = PROBE_SECONDS) -> bool:
             for need in wanted:
                 if not cached(need):
                     error = DataError if need.repo_type == "dataset" else ModelError
-                    raise error(f"{need.described}: could not reach the hub ({reason}) and there is no cached copy; "
-                                f"pass {need.local_hint}")
+                    raise error(
+                        f"{need.described}: could not reach the hub ({reason}) and there is no cached copy; "
+                        f"pass {need.local_hint}"
+                    )
     if config.init == "pretrained":
         check_causal(config.model, offline)
     return offline
@@ -137,17 +148,23 @@ def check_causal(model: str, offline: bool) -> None:
             raise ModelError(f"--model {model}: no such folder; pass a hub id or a local model folder")
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise ModelError(f"--model {model}: the folder has no config.json; pass a Hugging Face model folder "
-                             "(as written by save_pretrained) or a hub id")
+            raise ModelError(
+                f"--model {model}: the folder has no config.json; pass a Hugging Face model folder "
+                "(as written by save_pretrained) or a hub id"
+            )
     else:
         config_file = _hub_config(model, offline)
     try:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
     except (OSError, ValueError, AttributeError) as error:
-        raise ModelError(f"model {model}: its config.json could not be read ({error}); pass a Hugging Face model folder") from None
+        raise ModelError(
+            f"model {model}: its config.json could not be read ({error}); pass a Hugging Face model folder"
+        ) from None
     if architectures and not any(name.endswith(CAUSAL_SUFFIXES) for name in architectures):
-        raise ModelError(f"model {model} is not a causal language model (its config.json names {', '.join(architectures)}); "
-                         "tamer fine-tunes decoder-only models (a ...ForCausalLM such as meta-llama/Llama-3.2-1B)")
+        raise ModelError(
+            f"model {model} is not a causal language model (its config.json names {', '.join(architectures)}); "
+            "tamer fine-tunes decoder-only models (a ...ForCausalLM such as meta-llama/Llama-3.2-1B)"
+        )
 
 
 def _hub_config(model: str, offline: bool) -> Path:

@@ -81,7 +81,9 @@ def parse_fault(text: str) -> Fault:
                 raise ConfigError(f"inject '{text}': {key} must be a whole number, got '{raw}'")
             values[key] = int(raw)
         else:
-            raise ConfigError(f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, rank, once, seconds")
+            raise ConfigError(
+                f"inject '{text}': unknown key '{key}'; use step, phase, min_micro_batch, attempt, rank, once, seconds"
+            )
     return Fault(kind=kind, **values)  # type: ignore[arg-type]
 
 

@@ -1,6 +1,6 @@
 """structlog setup: JSON lines appended to a log file (a run's `log.jsonl`, the daemon's `daemon.jsonl`).
 
-What people read on a terminal or in a pipe is written apart from this (tamer/progress.py): the event
+What people read on a terminal or in a pipe is written apart from this (tamer/cli/progress.py): the event
 lines and the progress bar or progress lines, built from the database.
 """
 

@@ -1,5 +1,6 @@
-"""Printing for people and for pipes, shared by every `tamer` command (tamer/cli/): tables that fit the
-terminal and text that wraps only at spaces.
+"""Text for people and for pipes, shared by every `tamer` command (tamer/cli/), the HTML report and the
+notifications: times, durations, numbers and one-line messages as people read them, tables that fit the
+terminal and text that wraps only at spaces. The one home of such helpers.
 
 The width to fit (`fit_width`): COLUMNS when it is set (on a terminal, or piped: the user said how wide),
 else the terminal's. Piped without COLUMNS nothing is fitted to a screen: text lines stay whole for
@@ -18,24 +19,100 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
+from tamer.units import format_size
+
 # Piped without COLUMNS there is no width to fit: wide enough that the rows of most tables stay one line.
 PIPED_TABLE_WIDTH = 200
 # Columns of free text, which wrap at spaces; every other column (ids, rung names, numbers, times, sizes)
 # keeps each value whole on one line.
-PROSE_COLUMNS = frozenset({"message", "plan", "why this plan", "why", "then", "saves / costs", "other processes", "model",
-                           "requires", "peak in", "error"})
+PROSE_COLUMNS = frozenset(
+    {
+        "message",
+        "plan",
+        "why this plan",
+        "why",
+        "then",
+        "saves / costs",
+        "other processes",
+        "model",
+        "requires",
+        "peak in",
+        "error",
+    }
+)
 # A free-text column narrower than this reads as a ribbon of words: the table drops to the detail layout first.
 PROSE_MIN_WIDTH = 30
 GAP = "  "  # between columns
 DETAIL_INDENT = "  "  # before a row's detail line
 _WORD = re.compile(r"\S+")
+MESSAGE_LIMIT = 300
+"""Characters of a one-line message (an attempt's outcome, a failure) before it is cut."""
+
+
+# --- words and numbers ------------------------------------------------------------------------------
+
+
+def when(timestamp: float | None) -> str:
+    """Local date and time, `-` for None."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def seconds(value: float | None) -> str:
+    """`4.2 s`, `3 min 05 s`, `2 h 03 min`; `-` for None."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    whole = int(value)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def duration(start: float | None, end: float | None) -> str:
+    """`H:MM:SS` from `start` to `end` (now when None); `-` without a start."""
+    if not start:
+        return "-"
+    elapsed = int((end or time.time()) - start)
+    return f"{elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}"
+
+
+def number(value: float | int | None, digits: int = 4) -> str:
+    """A loss or rate with `digits` decimals, `-` for None."""
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def loss(value: float | None) -> str:
+    """A loss with four decimals, `-` for None."""
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def peak(row: dict) -> str:
+    """An attempt's peak memory: GPU reserved when torch measured it, else the host RSS."""
+    if row.get("peak_reserved"):
+        return f"{format_size(row['peak_reserved'])} reserved"
+    if row.get("peak_host_rss"):
+        return f"{format_size(row['peak_host_rss'])} RSS"
+    return "-"
+
+
+def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
+    """The first non-empty line of `text`, cut to `limit` characters."""
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# --- layout -----------------------------------------------------------------------------------------
 
 
 def fit_width(console: Console) -> int | None:
@@ -60,8 +137,8 @@ def line_breaks(text: str, width: int, indent: int = 0) -> list[int]:
     breaks: list[int] = []
     line_start, room = 0, width
     for match in _WORD.finditer(text):
-        first_on_line = not text[line_start:match.start()].strip()
-        if not first_on_line and cell_len(text[line_start:match.end()]) > room:
+        first_on_line = not text[line_start : match.start()].strip()
+        if not first_on_line and cell_len(text[line_start : match.end()]) > room:
             breaks.append(match.start())
             line_start, room = match.start(), width - indent
     return breaks
@@ -155,8 +232,10 @@ def lay_out(source: Table, width: int) -> list[Text]:
     the leading columns that fit, and under each row a detail line with the other columns as
     `header: value`, packed and wrapped at spaces. When not even the first column fits, each row is a
     block of `header: value` lines, the rows apart by a blank line."""
-    columns = [_Column(header, header in PROSE_COLUMNS, [row[index] for row in source.rows])
-               for index, header in enumerate(source.headers)]
+    columns = [
+        _Column(header, header in PROSE_COLUMNS, [row[index] for row in source.rows])
+        for index, header in enumerate(source.headers)
+    ]
     kept = len(columns)
     while kept > 0 and _span([column.least for column in columns[:kept]]) > width:
         kept -= 1
@@ -167,7 +246,9 @@ def lay_out(source: Table, width: int) -> list[Text]:
     if not shown:
         for index in range(len(source.rows)):
             lines += [Text("")] if index else []
-            lines += [Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)]
+            lines += [
+                Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)
+            ]
         return lines
     widths = _widths(shown, width)
     header_cells = [wrap(column.header, size) for column, size in zip(shown, widths)]
@@ -176,11 +257,15 @@ def lay_out(source: Table, width: int) -> list[Text]:
     lines += [Text(_join(cells, widths), style="bold") for cells in zip(*header_cells)]
     lines.append(Text("─" * _span(widths), style="dim"))
     for index in range(len(source.rows)):
-        cells = [wrap(column.cells[index], size) if column.prose else column.cells[index].split("\n")
-                 for column, size in zip(shown, widths)]
+        cells = [
+            wrap(column.cells[index], size) if column.prose else column.cells[index].split("\n")
+            for column, size in zip(shown, widths)
+        ]
         height = max(len(cell) for cell in cells)
         lines += [Text(_join(parts, widths)) for parts in zip(*(cell + [""] * (height - len(cell)) for cell in cells))]
-        lines += [Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)]
+        lines += [
+            Text(line) for line in _detail_lines([(column.header, column.cells[index]) for column in detail], width)
+        ]
     return lines
 
 

@@ -69,8 +69,10 @@ def output_file(option: Path | str | None, default_name: str, what: str, signatu
     if path.is_dir():
         raise ConfigError(f"-o {path}: is a folder with the {what}'s name; give another file name")
     if path.exists() and not force and not _signed(path, signature):
-        raise ConfigError(f"-o {path}: a file tamer did not write is there; tamer never overwrites it: give another "
-                          f"name, or add --force to replace it")
+        raise ConfigError(
+            f"-o {path}: a file tamer did not write is there; tamer never overwrites it: give another "
+            f"name, or add --force to replace it"
+        )
     _make_parents(path)
     return path
 
@@ -80,7 +82,9 @@ def _make_parents(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ConfigError(f"-o {path}: {_first_file(path.parent)} is a file, not a folder; choose another path") from None
+        raise ConfigError(
+            f"-o {path}: {_first_file(path.parent)} is a file, not a folder; choose another path"
+        ) from None
     except OSError as error:
         raise os_problem(error, path.parent, "create the folder") from None
 
@@ -134,15 +138,21 @@ def export_folder(option: Path, owned: bool, force: bool) -> Path:
             earlier = read_marker(path)
             if earlier is None:
                 shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-                raise ConfigError(f"-o {path}: the folder is not empty ({shown}) and is not a tamer export; tamer never "
-                                  "writes into it: give a new or empty folder")
+                raise ConfigError(
+                    f"-o {path}: the folder is not empty ({shown}) and is not a tamer export; tamer never "
+                    "writes into it: give a new or empty folder"
+                )
             if not (owned or force):
-                raise ConfigError(f"-o {path}: holds an earlier tamer export (run {earlier.get('run_id')} step "
-                                  f"{earlier.get('step')}); add --force to replace it, or give another folder")
+                raise ConfigError(
+                    f"-o {path}: holds an earlier tamer export (run {earlier.get('run_id')} step "
+                    f"{earlier.get('step')}); add --force to replace it, or give another folder"
+                )
     _make_parents(path)
     if not os.access(path.parent, os.W_OK):
-        raise OutputError(f"{path.parent}: cannot write there (no permission or a read-only file system); "
-                          "choose a writable place for -o")
+        raise OutputError(
+            f"{path.parent}: cannot write there (no permission or a read-only file system); "
+            "choose a writable place for -o"
+        )
     return path
 
 
@@ -174,8 +184,10 @@ def replace_folder(tmp: Path, destination: Path) -> None:
     old = None
     if destination.is_dir() and any(destination.iterdir()):
         if read_marker(destination) is None:
-            raise ConfigError(f"-o {destination}: files appeared in the folder during the export; tamer never "
-                              "writes into a folder it did not create: give a new or empty folder")
+            raise ConfigError(
+                f"-o {destination}: files appeared in the folder during the export; tamer never "
+                "writes into a folder it did not create: give a new or empty folder"
+            )
         old = destination.with_name(f"{destination.name}.old-{os.getpid()}")
         os.replace(destination, old)
     try:

@@ -15,11 +15,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tamer.schema import validate
+
 AutocastDtype = Literal["fp16", "bf16"]
 WeightsDtype = Literal["fp32", "bf16"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 Quantization = Literal["int8"]
 Parallel = Literal["ddp", "fsdp"]
+
+LOSS_CHUNK_TOKENS = 1024
+"""Positions per slice of a chunked loss (`chunked_loss`): the trainer computes the LM head and cross-entropy this many
+positions at a time, and the planner sizes the logits by it."""
+PAGED_MIN_ELEMENTS = 100_000
+"""bitsandbytes pages the optimizer moments of tensors at least this large (Optimizer8bit.get_state_buffer); smaller
+ones stay in normal device memory. The child repages by it after a resume, the planner counts managed memory by it."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,6 @@ class DeviceFacts:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceFacts:
         """Facts from their to_dict() (JSON) form, strictly: an unknown key or a wrong value is a ConfigError."""
-        from tamer.schema import validate
-
         data = dict(data)
         if data.get("compute_capability") is not None:
             data["compute_capability"] = tuple(data["compute_capability"])
@@ -118,14 +125,14 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "plan.") -> Plan:
         """A plan from its JSON form, strictly: an unknown key or a wrong value is a one-line ConfigError."""
-        from tamer.schema import validate
-
         data = dict(data)
         if isinstance(data.get("rungs"), list):
             data["rungs"] = tuple(data["rungs"])
         by_tokens = data.get("checkpoint_layers_by_tokens")
         if isinstance(by_tokens, list):
-            data["checkpoint_layers_by_tokens"] = tuple(tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens)
+            data["checkpoint_layers_by_tokens"] = tuple(
+                tuple(entry) if isinstance(entry, list) else entry for entry in by_tokens
+            )
         return validate(cls, data, prefix)
 
     def describe_by_size(self, short: bool = False) -> str:
@@ -145,7 +152,9 @@ class Plan:
         """One line a person can read: `mb 4 x 2, fp32 weights, bf16 autocast, checkpointing, ...`."""
         parts = [f"micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
         if self.world_size > 1:
-            parts = [f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"]
+            parts = [
+                f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"
+            ]
         if self.quantization:
             parts.append(f"{self.quantization} base")
         parts.append(f"{self.weights_dtype} weights")
@@ -154,7 +163,9 @@ class Plan:
         if self.lora:
             parts.append("LoRA")
         if self.gradient_checkpointing:
-            parts.append("checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers")
+            parts.append(
+                "checkpointing" if self.checkpoint_layers is None else f"checkpointing {self.checkpoint_layers} layers"
+            )
             if self.checkpoint_layers_by_tokens:
                 parts[-1] += f" ({self.describe_by_size(short=True)})"
         parts.append(self.optimizer)

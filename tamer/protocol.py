@@ -46,9 +46,15 @@ PLAN_FILE = "plan.json"
 CHILD_LOG = "child.log"
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"
 HEARTBEAT = "heartbeat"
-HEARTBEAT_GLOB = "heartbeat*"
 RANK_EXIT_REPORT_PREFIX = "exit-rank"
 PID_FILE_PREFIX = "pid-rank"
+
+HELD_OUT = "held-out"
+"""The `data` label of scores on the run's own validation rows: the child stores them under it, every reader
+(show, compare, the trackers) selects by it; `tamer eval --data SOURCE` stores its source instead."""
+ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+"""Where PyTorch's CUDA caching allocator reads its settings: newer torch PYTORCH_ALLOC_CONF, older versions only
+PYTORCH_CUDA_ALLOC_CONF (the expandable_segments rung sets both; the doctor and the child report them)."""
 
 
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
@@ -64,7 +70,14 @@ def plan_file(run_dir: Path, attempt: int) -> Path:
 def newest_attempt(run_dir: Path) -> int:
     """The highest attempt number the supervisor has written a plan for (0 when none yet)."""
     names = (path.name for path in (Path(run_dir) / "plans").glob("attempt-*.json"))
-    return max((int(name[len("attempt-"):-len(".json")]) for name in names if name[len("attempt-"):-len(".json")].isdigit()), default=0)
+    return max(
+        (
+            int(name[len("attempt-") : -len(".json")])
+            for name in names
+            if name[len("attempt-") : -len(".json")].isdigit()
+        ),
+        default=0,
+    )
 
 
 def node_log_name(node_rank: int) -> str:
@@ -100,8 +113,10 @@ def read_exit_report(folder: Path) -> ExitReport | None:
 
 def read_rank_exit_reports(folder: Path) -> dict[int, ExitReport]:
     """rank -> exit report of every rank of a torchrun attempt that wrote one."""
-    return {int(path.stem.removeprefix(RANK_EXIT_REPORT_PREFIX)): json.loads(path.read_text())
-            for path in folder.glob(f"{RANK_EXIT_REPORT_PREFIX}*.json")}
+    return {
+        int(path.stem.removeprefix(RANK_EXIT_REPORT_PREFIX)): json.loads(path.read_text())
+        for path in folder.glob(f"{RANK_EXIT_REPORT_PREFIX}*.json")
+    }
 
 
 def rank_pids(folder: Path) -> dict[int, int]:
@@ -193,7 +208,7 @@ OutcomeKind = Literal[
     "disk_full",
     "file_too_large",
 ]
-"""How the supervisor classifies an attempt's end (tamer/daemon/outcome.py)."""
+"""How the supervisor classifies an attempt's end (tamer/daemon/classify.py)."""
 OUTCOME_KINDS: tuple[OutcomeKind, ...] = OutcomeKind.__args__  # type: ignore[attr-defined]
 
 EXIT_OK = 0

@@ -38,8 +38,15 @@ Number = Annotated[float, BeforeValidator(_number_from_text)]
 Seconds = Annotated[Number, Field(gt=0, json_schema_extra={"unit": "seconds"})]
 """A positive duration in seconds."""
 
-_TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
-               "dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list"}
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "list_type": "a list",
+}
 
 STRICT = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
@@ -108,7 +115,9 @@ def _plain(number: Any) -> Any:
 def describe(error: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
     """The first of pydantic's errors as tamer's one line: the key's path, what was wrong, what to give."""
     # an unknown key is the likeliest mistake (a misspelt key also leaves its intended one missing)
-    detail = min(error.errors(include_url=False), key=lambda item: (item["type"] != "extra_forbidden", item["type"] == "missing"))
+    detail = min(
+        error.errors(include_url=False), key=lambda item: (item["type"] != "extra_forbidden", item["type"] == "missing")
+    )
     path, owner, field = prefix.rstrip("."), cls, None
     schema: type[BaseModel] | None = cls
     for item in detail["loc"]:

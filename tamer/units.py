@@ -1,7 +1,7 @@
 """Byte sizes as people write them: `15GiB`, `512MiB`, `16GB`, `1.5G`, or a plain number of bytes.
 
 The one parser of sizes: config values (`ByteSize`, parsed once when the config is validated), the
-sizes in CUDA's out-of-memory messages (tamer/daemon/outcome.py) and command-line options.
+sizes in CUDA's out-of-memory messages (tamer/daemon/classify.py) and command-line options.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class ByteSize(int):
         from pydantic_core import core_schema
 
         return core_schema.no_info_plain_validator_function(
-            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda size: size.text))
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda size: size.text)
+        )
 
     @classmethod
     def _validate(cls, value: Any) -> ByteSize:

@@ -41,7 +41,9 @@ def problems(text: str, width: int, headers: tuple[str, ...] = ()) -> list[str]:
         below = _tokens(lower)
         for column, token in _tokens(upper).items():
             if column in below and token + below[column] in words:
-                found.append(f"header {token + below[column]!r} broken inside a word: {token!r} above {below[column]!r}")
+                found.append(
+                    f"header {token + below[column]!r} broken inside a word: {token!r} above {below[column]!r}"
+                )
     return found
 
 
@@ -50,9 +52,31 @@ HEADERS = {
     "runs": ("id", "recipe", "status", "steps", "started", "duration", "final loss", "EM", "F1"),
     "show": ("attempt", "seconds", "steps", "outcome", "phase", "plan", "why this plan", "time", "event", "message"),
     "strategies": ("#", "rung", "exact", "new process", "requires", "saves / costs"),
-    "history": ("failed at", "attempt", "outcome", "phase", "step", "then", "time lost", "steps lost", "micro-batch",
-                "tried to allocate", "peak"),
-    "steps": ("attempt", "step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time", "batch", "samples_consumed", "host_rss"),
+    "history": (
+        "failed at",
+        "attempt",
+        "outcome",
+        "phase",
+        "step",
+        "then",
+        "time lost",
+        "steps lost",
+        "micro-batch",
+        "tried to allocate",
+        "peak",
+    ),
+    "steps": (
+        "attempt",
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "step_time",
+        "batch",
+        "samples_consumed",
+        "host_rss",
+    ),
     "events": ("time", "attempt", "event", "message"),
     "plan": ("#", "peak GiB", "peak in", "fits", "speed", "model", "plan"),
     "queue": ("position", "id", "status", "steps", "submitted"),

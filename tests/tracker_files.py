@@ -40,11 +40,11 @@ def wandb_records(path: Path) -> list:
         if left_in_block < 7:  # the block's tail is padding
             offset += left_in_block
             continue
-        _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
         if length == 0 and kind == 0:
             offset += left_in_block
             continue
-        payload = data[offset + 7:offset + 7 + length]
+        payload = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         pending = payload if kind in (1, 2) else pending + payload
         if kind in (1, 4):  # FULL or LAST: a whole record

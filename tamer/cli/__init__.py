@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-# Imported in the order `tamer --help` lists their commands.
+# Imported in the order `tamer --help` lists their commands (so not sorted).
+# ruff: noqa: I001
 from tamer.cli import commands_run  # noqa: F401, I001  (run, resume, runs, show, strategies)
 from tamer.cli import commands_inspect  # noqa: F401  (history, steps, events, logs, sql, plot, report, doctor)
 from tamer.cli import commands_plan  # noqa: F401

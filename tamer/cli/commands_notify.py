@@ -16,17 +16,27 @@ from tamer.cli.common import ConfigOption, HomeOption, JsonOption, _fail, _print
 from tamer.errors import EXIT_FAILED, ConfigError, TamerError
 from tamer.state.home import Home
 
-notify_app = typer.Typer(help="Notifications: webhook, command and e-mail (the `notify:` config keys, HOME/notify.yaml).",
-                         no_args_is_help=True, rich_markup_mode=None)
+notify_app = typer.Typer(
+    help="Notifications: webhook, command and e-mail (the `notify:` config keys, HOME/notify.yaml).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(notify_app, name="notify")
 
 
 @notify_app.command("test")
 def notify_test(
-    run: Annotated[Optional[str], typer.Option("--run", help="Also the targets of this run's config (id or unique prefix).")] = None,
+    run: Annotated[
+        Optional[str], typer.Option("--run", help="Also the targets of this run's config (id or unique prefix).")
+    ] = None,
     config: ConfigOption = None,
-    notify_config: Annotated[Optional[Path], typer.Option("--notify-config", help="The home-wide notify file to test instead of "
-                                                          "HOME/notify.yaml (as `tamer daemon --notify-config`).")] = None,
+    notify_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--notify-config",
+            help="The home-wide notify file to test instead of HOME/notify.yaml (as `tamer daemon --notify-config`).",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -56,8 +66,10 @@ def notify_test(
             configs.append(config_from_dict(json.loads(row["config_json"])).notify)
         configs = [each for each in configs if each.has_targets]
         if not configs:
-            raise ConfigError(f"no notification target: set webhook, command or email in {resolved.root / settings.HOME_FILE}, "
-                              "or in a config's notify: section (--config FILE, --run RUN)")
+            raise ConfigError(
+                f"no notification target: set webhook, command or email in {resolved.root / settings.HOME_FILE}, "
+                "or in a config's notify: section (--config FILE, --run RUN)"
+            )
         notifier = Notifier(resolved.db_path, configs, str(resolved.root), None)
         notifier.notify(messages.sample(run_id), every_target=True)
         notifier.close()
@@ -69,7 +81,9 @@ def notify_test(
     else:
         table = output.table("target", "message", "tries")
         for result in results:
-            table.add_row(result["target"], "sent" if result["sent"] else f"failed: {result['error']}", str(result["tries"]))
+            table.add_row(
+                result["target"], "sent" if result["sent"] else f"failed: {result['error']}", str(result["tries"])
+            )
         output.print_table(console, table)
     if not all(result["sent"] for result in results):
         raise typer.Exit(EXIT_FAILED)
@@ -105,4 +119,6 @@ def sync(
         _print_json(written)
         return
     for name, count in written.items():
-        console.print(f"{name}: {count} rows and events written" if count else f"{name}: nothing new to write", highlight=False)
+        console.print(
+            f"{name}: {count} rows and events written" if count else f"{name}: nothing new to write", highlight=False
+        )

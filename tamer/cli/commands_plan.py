@@ -12,10 +12,20 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tamer import output
-from tamer.cli.common import DataOption, HomeOption, JsonOption, ModelOption, _fail, _print_json, app, check_recipe, console
+from tamer.cli.common import (
+    DataOption,
+    HomeOption,
+    JsonOption,
+    ModelOption,
+    _fail,
+    _print_json,
+    app,
+    check_recipe,
+    console,
+)
 from tamer.errors import ConfigError, TamerError
 from tamer.plan import DeviceFacts
-from tamer.planner.calibrate import Observation, correction_factor, observations
+from tamer.planner.calibrate import Observation, observations
 from tamer.planner.candidates import (
     Candidate,
     Choice,
@@ -24,12 +34,11 @@ from tamer.planner.candidates import (
     best,
     candidate_plans,
     change_rank,
-    choose,
-    device_budget,
     shape_of,
     usable_bytes,
 )
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
+from tamer.planner.planning import Planner
 from tamer.units import format_size, parse_size
 
 
@@ -63,12 +72,21 @@ def worth_showing(candidates: list[Candidate]) -> list[Candidate]:
     return shown
 
 
-def _chosen(run_config: Any, facts: DeviceFacts, budget: int, policy: PlannerPolicy, workload: Workload, correction: float,
-            choice: Choice | None) -> tuple[list[Candidate], Candidate | None]:
+def _chosen(
+    run_config: Any,
+    facts: DeviceFacts,
+    budget: int,
+    policy: PlannerPolicy,
+    workload: Workload,
+    correction: float,
+    choice: Choice | None,
+) -> tuple[list[Candidate], Candidate | None]:
     """Every candidate and the one the supervisor would start from (the planner's choice, layers refined)."""
     if choice is None:
         shape = shape_of(run_config)
-        return assess(candidate_plans(run_config, facts, policy), shape, workload, facts, budget, policy, correction=correction), None
+        return assess(
+            candidate_plans(run_config, facts, policy), shape, workload, facts, budget, policy, correction=correction
+        ), None
     chosen = next((c for c in choice.candidates if c.plan == choice.plan), None)
     if chosen is None:  # the choice with fewer checkpointed layers is not among the candidates assessed
         chosen = Candidate(plan=choice.plan, estimate=choice.predicted, speed=choice.speed, fits="yes")
@@ -83,14 +101,28 @@ def _device(gpu_mem: str | None, bf16: bool | None) -> DeviceFacts:
     found = nvml_facts()
     total = parse_size(gpu_mem, "--gpu-mem") if gpu_mem is not None else None
     if total is not None and total <= CUDA_CONTEXT_BYTES:
-        raise ConfigError(f"--gpu-mem {gpu_mem}: a card of {format_size(total)} cannot even hold the CUDA context "
-                          f"({format_size(CUDA_CONTEXT_BYTES)}); give the card's memory, e.g. 16GiB")
+        raise ConfigError(
+            f"--gpu-mem {gpu_mem}: a card of {format_size(total)} cannot even hold the CUDA context "
+            f"({format_size(CUDA_CONTEXT_BYTES)}); give the card's memory, e.g. 16GiB"
+        )
     if found:
-        return DeviceFacts(kind="cuda", name=found["name"], total_memory=total or found["total_memory"],
-                           compute_capability=tuple(found["compute_capability"]),
-                           bf16=found["bf16"] if bf16 is None else bf16, fp16=True, bitsandbytes=bitsandbytes_installed())
-    return DeviceFacts(kind="cuda", name="GPU (assumed)", total_memory=total, bf16=True if bf16 is None else bf16,
-                       fp16=True, bitsandbytes=bitsandbytes_installed())
+        return DeviceFacts(
+            kind="cuda",
+            name=found["name"],
+            total_memory=total or found["total_memory"],
+            compute_capability=tuple(found["compute_capability"]),
+            bf16=found["bf16"] if bf16 is None else bf16,
+            fp16=True,
+            bitsandbytes=bitsandbytes_installed(),
+        )
+    return DeviceFacts(
+        kind="cuda",
+        name="GPU (assumed)",
+        total_memory=total,
+        bf16=True if bf16 is None else bf16,
+        fp16=True,
+        bitsandbytes=bitsandbytes_installed(),
+    )
 
 
 def _shape_source(run_config: Any) -> Any:
@@ -101,7 +133,9 @@ def _shape_source(run_config: Any) -> Any:
 
     found = resolve(run_config)
     if found.shape is None and run_config.init == "pretrained" and not looks_local(run_config.model):
-        check_causal(run_config.model, offline_requested() or probe() is not None)  # fetches config.json, or says why not
+        check_causal(
+            run_config.model, offline_requested() or probe() is not None
+        )  # fetches config.json, or says why not
         found = resolve(run_config)
     return found
 
@@ -122,26 +156,93 @@ def _past(home: Path | None, shape: Any, facts: DeviceFacts) -> list[Observation
 
 @app.command("plan")
 def plan_command(
-    recipe: Annotated[str, typer.Argument(help="Recipe to plan for: squad, chat, instruct or text (these three measure --data).")] = "squad",
-    preset: Annotated[str, typer.Option(help="Starting config: llama-3.2-1b, llama-3.2-3b, llama-3.1-8b or tiny.")] = "llama-3.2-1b",
+    recipe: Annotated[
+        str, typer.Argument(help="Recipe to plan for: squad, chat, instruct or text (these three measure --data).")
+    ] = "squad",
+    preset: Annotated[
+        str, typer.Option(help="Starting config: llama-3.2-1b, llama-3.2-3b, llama-3.1-8b or tiny.")
+    ] = "llama-3.2-1b",
     model: ModelOption = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set micro_batch_size=4 (repeatable).")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override one key: --set micro_batch_size=4 (repeatable).")
+    ] = None,
     data: DataOption = None,
-    gpu_mem: Annotated[Optional[str], typer.Option("--gpu-mem", help="The card's memory, e.g. 16GiB (default: the GPU's, via NVML).")] = None,
-    gpu_mem_cap: Annotated[Optional[str], typer.Option("--gpu-mem-cap", help="Cap PyTorch's allocator, as `tamer run --gpu-mem-cap` (default: the config's).")] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")] = None,
-    tokens_per_sequence: Annotated[Optional[int], typer.Option(help="Tokens computed per sequence on average, for speed (default: the data's mean, SQuAD's for squad, under the config's batching).")] = None,
-    supervised_per_sequence: Annotated[Optional[int], typer.Option(help="Supervised tokens per sequence, answer + EOS (sets planner.supervised_per_sequence; default: the config's).")] = None,
-    logits: Annotated[str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")] = "supervised",
-    padded: Annotated[bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")] = True,
-    allow_lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="Whether LoRA (and int8 base weights) may be used (sets planner.allow_lora; default: the config's).")] = None,
-    allow_quantization: Annotated[Optional[bool], typer.Option("--int8/--no-int8", help="Whether int8 base weights may be used (sets planner.allow_quantization; default: the config's).")] = None,
-    allow_pure_bf16: Annotated[Optional[bool], typer.Option("--pure-bf16/--no-pure-bf16", help="Whether pure bf16 weights (no fp32 master copy) may be used (sets planner.allow_pure_bf16; default: the config's).")] = None,
-    min_micro_batch: Annotated[Optional[int], typer.Option(help="Smallest micro-batch to split down to (sets planner.min_micro_batch; default: the config's).")] = None,
-    safety_margin: Annotated[Optional[float], typer.Option(help="Fraction of the memory kept free after the CUDA context (sets planner.safety_margin; default: the config's).")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="List every candidate, not only those no other beats.")] = False,
+    gpu_mem: Annotated[
+        Optional[str], typer.Option("--gpu-mem", help="The card's memory, e.g. 16GiB (default: the GPU's, via NVML).")
+    ] = None,
+    gpu_mem_cap: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gpu-mem-cap", help="Cap PyTorch's allocator, as `tamer run --gpu-mem-cap` (default: the config's)."
+        ),
+    ] = None,
+    bf16: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="Whether the card has bf16 (default: NVML's answer, else yes); --no-bf16 for T4-class cards.",
+        ),
+    ] = None,
+    seq_len: Annotated[
+        Optional[int], typer.Option(help="Tokens per sequence (default: the config's max_seq_len).")
+    ] = None,
+    tokens_per_sequence: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Tokens computed per sequence on average, for speed (default: the data's mean, SQuAD's for squad, under the config's batching)."
+        ),
+    ] = None,
+    supervised_per_sequence: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Supervised tokens per sequence, answer + EOS (sets planner.supervised_per_sequence; default: the config's)."
+        ),
+    ] = None,
+    logits: Annotated[
+        str, typer.Option(help="Positions the LM head sees: supervised (tamer's loss) or all (Hugging Face's).")
+    ] = "supervised",
+    padded: Annotated[
+        bool, typer.Option("--padded/--unpadded", help="Whether batches carry a padding mask (the recipe's do).")
+    ] = True,
+    allow_lora: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--lora/--no-lora",
+            help="Whether LoRA (and int8 base weights) may be used (sets planner.allow_lora; default: the config's).",
+        ),
+    ] = None,
+    allow_quantization: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--int8/--no-int8",
+            help="Whether int8 base weights may be used (sets planner.allow_quantization; default: the config's).",
+        ),
+    ] = None,
+    allow_pure_bf16: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--pure-bf16/--no-pure-bf16",
+            help="Whether pure bf16 weights (no fp32 master copy) may be used (sets planner.allow_pure_bf16; default: the config's).",
+        ),
+    ] = None,
+    min_micro_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Smallest micro-batch to split down to (sets planner.min_micro_batch; default: the config's)."
+        ),
+    ] = None,
+    safety_margin: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Fraction of the memory kept free after the CUDA context (sets planner.safety_margin; default: the config's)."
+        ),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every candidate, not only those no other beats.")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -163,10 +264,17 @@ def plan_command(
         check_recipe(recipe)
         if logits not in ("supervised", "all"):
             raise ConfigError(f"--logits {logits}: expected supervised or all")
-        overrides = {"gpu_mem_cap": gpu_mem_cap, "planner.allow_lora": allow_lora, "planner.allow_quantization": allow_quantization,
-                     "planner.allow_pure_bf16": allow_pure_bf16, "planner.min_micro_batch": min_micro_batch,
-                     "planner.safety_margin": safety_margin, "planner.supervised_per_sequence": supervised_per_sequence,
-                     "recipe": recipe, "data": data}
+        overrides = {
+            "gpu_mem_cap": gpu_mem_cap,
+            "planner.allow_lora": allow_lora,
+            "planner.allow_quantization": allow_quantization,
+            "planner.allow_pure_bf16": allow_pure_bf16,
+            "planner.min_micro_batch": min_micro_batch,
+            "planner.safety_margin": safety_margin,
+            "planner.supervised_per_sequence": supervised_per_sequence,
+            "recipe": recipe,
+            "data": data,
+        }
         run_config = build_config(preset, config, {"model": model, **overrides}, set_ or [])
         source = _shape_source(run_config)
         measured = None
@@ -177,16 +285,23 @@ def plan_command(
         facts = _device(gpu_mem, bf16)
         if facts.total_memory is None and run_config.gpu_mem_cap is None:
             raise ConfigError("no GPU found through NVML: pass --gpu-mem SIZE (the card's memory, e.g. 16GiB)")
-        budget = device_budget(facts.total_memory, run_config.gpu_mem_cap)
-        policy = PlannerPolicy.from_config(run_config)
-        workload = Workload.from_config(run_config, data=measured, sequence_length=seq_len, supervised_per_sequence=policy.supervised_per_sequence,
-                                        logits_tokens=logits, padded=padded, computed_per_sequence=tokens_per_sequence)
         shape = shape_of(run_config)
         past = _past(home, shape, facts)
-        correction = correction_factor(past)
-        choice = choose(run_config, facts, budget, policy, workload=workload, correction=correction)
+        planner = Planner.for_run(
+            run_config,
+            facts,
+            shape=shape,
+            data=measured,
+            past=lambda: past,
+            sequence_length=seq_len,
+            logits_tokens=logits,
+            padded=padded,
+            computed_per_sequence=tokens_per_sequence,
+        )
+        choice = planner.choose()
     except TamerError as error:
         _fail(error)
+    budget, policy, workload, correction = planner.budget, planner.policy, planner.workload, planner.correction()
     candidates, chosen = _chosen(run_config, facts, budget, policy, workload, correction, choice)
     note = None
     if chosen is not None:
@@ -199,48 +314,91 @@ def plan_command(
     reference = max(fitting) if fitting else max(c.speed for c in candidates)
     usable = usable_bytes(budget, policy.safety_margin)
     if as_json:
-        _print_json({
-            "device": facts.to_dict(), "budget": budget, "usable": usable, "correction": correction,
-            "workload": workload.__dict__, "parameters": shape.parameters, "shape": {"origin": source.origin, "text": source.describe()},
-            "candidates": [{**c.to_dict(), "relative_speed": c.speed / reference} for c in shown],
-            "chosen": chosen.to_dict() if chosen else None,
-            "world_size": note.to_dict() if note else None,
-            "past_attempts": [o.to_dict() for o in past],
-        })
+        _print_json(
+            {
+                "device": facts.to_dict(),
+                "budget": budget,
+                "usable": usable,
+                "correction": correction,
+                "workload": workload.__dict__,
+                "parameters": shape.parameters,
+                "shape": {"origin": source.origin, "text": source.describe()},
+                "candidates": [{**c.to_dict(), "relative_speed": c.speed / reference} for c in shown],
+                "chosen": chosen.to_dict() if chosen else None,
+                "world_size": note.to_dict() if note else None,
+                "past_attempts": [o.to_dict() for o in past],
+            }
+        )
         return
-    positions = (f"{workload.supervised_per_sequence} supervised positions per sequence at the LM head"
-                 if workload.logits_tokens == "supervised" else "every position at the LM head")
+    positions = (
+        f"{workload.supervised_per_sequence} supervised positions per sequence at the LM head"
+        if workload.logits_tokens == "supervised"
+        else "every position at the LM head"
+    )
     output.say(console, f"{run_config.model}: {source.describe()}")
-    output.say(console, f"{run_config.effective_batch_size} sequences x {workload.sequence_length} tokens per step, {positions}")
+    output.say(
+        console,
+        f"{run_config.effective_batch_size} sequences x {workload.sequence_length} tokens per step, {positions}",
+    )
     computed = workload.computed_per_sequence or workload.sequence_length
-    output.say(console, f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
-                        f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)")
-    output.say(console, f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
-                        f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
-                        + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""))
+    output.say(
+        console,
+        f"batching {workload.batching}: memory for the longest micro-batch (micro-batch x {workload.sequence_length} tokens); "
+        f"speed at {computed} computed tokens per sequence ({run_config.effective_batch_size * computed:,} per step)",
+    )
+    output.say(
+        console,
+        f"budget: {_gib(budget)} GiB on {facts.name} - {_gib(CUDA_CONTEXT_BYTES)} GiB CUDA context, "
+        f"{policy.safety_margin:.0%} kept free -> {_gib(usable)} GiB for PyTorch's allocator"
+        + (f"; calibrated x{correction:.2f} from {len(past)} past attempts" if correction != 1.0 else ""),
+    )
     table = output.table("#", "peak GiB", "peak in", "fits", "speed", "model", "plan")
     for index, candidate in enumerate(shown, 1):
         fits = candidate.fits if candidate.excluded is None else f"{candidate.fits} (excluded)"
         mark = " <-" if candidate is chosen else ""
-        table.add_row(f"{index}{mark}", _gib(candidate.estimate.reserved), candidate.estimate.where(), fits,
-                      f"{candidate.speed / reference:.2f}x", candidate.change, candidate.plan.describe())
+        table.add_row(
+            f"{index}{mark}",
+            _gib(candidate.estimate.reserved),
+            candidate.estimate.where(),
+            fits,
+            f"{candidate.speed / reference:.2f}x",
+            candidate.change,
+            candidate.plan.describe(),
+        )
     output.print_table(console, table)
-    output.say(console, f"{len(shown)} of {len(candidates)} candidates shown" + ("" if show_all else " (--all for every one)")
-                        + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved")
+    output.say(
+        console,
+        f"{len(shown)} of {len(candidates)} candidates shown"
+        + ("" if show_all else " (--all for every one)")
+        + "; speed relative to the fastest plan that fits; peak = PyTorch's peak reserved",
+    )
     if run_config.ladder.mode == "card":
-        output.say(console, "ladder.mode is card: `tamer run` starts from the config's first plan and escalates in ladder.order; "
-                        "it does not use the pick below")
+        output.say(
+            console,
+            "ladder.mode is card: `tamer run` starts from the config's first plan and escalates in ladder.order; "
+            "it does not use the pick below",
+        )
     if chosen is None:
         output.say(console, "chosen: none predicted to fit with the margin; the card ladder would take over")
     else:
         phases = ", ".join(f"{name} {_gib(chosen.estimate.reserved_in(name))}" for name in chosen.estimate.phases)
         output.say(console, f"chosen: {chosen.plan.describe()}", indent="  ")
-        output.say(console, f"  peak learning rate {run_config.learning_rate_for(chosen.plan):g}"
-                            + (" (lora.learning_rate: LoRA adapters)" if chosen.plan.lora else " (learning_rate)"))
-        output.say(console, f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
-                            f"peak reserved by phase (GiB): {phases}"
-                            + (f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it" if chosen.estimate.pageable else ""),
-                   indent="  ")
+        output.say(
+            console,
+            f"  peak learning rate {run_config.learning_rate_for(chosen.plan):g}"
+            + (" (lora.learning_rate: LoRA adapters)" if chosen.plan.lora else " (learning_rate)"),
+        )
+        output.say(
+            console,
+            f"  rungs: {', '.join(chosen.plan.rungs) or 'none'}; model: {chosen.change}; "
+            f"peak reserved by phase (GiB): {phases}"
+            + (
+                f"; paged optimizer state {_gib(chosen.estimate.pageable)} GiB outside it"
+                if chosen.estimate.pageable
+                else ""
+            ),
+            indent="  ",
+        )
         if chosen.plan.checkpoint_layers_by_tokens:
             output.say(console, f"  checkpointing by size: {chosen.plan.describe_by_size()}", indent="  ")
         if note is not None:
@@ -248,10 +406,21 @@ def plan_command(
     if past:
         history = output.table("run", "attempt", "outcome", "predicted GiB", "measured GiB", "error", "plan")
         for o in past:
-            error = f"{(o.predicted.reserved - o.measured_reserved) / o.measured_reserved:+.0%}" if o.measured_reserved else "-"
+            error = (
+                f"{(o.predicted.reserved - o.measured_reserved) / o.measured_reserved:+.0%}"
+                if o.measured_reserved
+                else "-"
+            )
             if not o.trained and o.measured_reserved:
                 error += " (OOM: measured is a lower bound)"
-            history.add_row(o.run_id, str(o.attempt), o.outcome or "-", _gib(o.predicted.reserved), _gib(o.measured_reserved), error,
-                            o.plan.describe())
+            history.add_row(
+                o.run_id,
+                str(o.attempt),
+                o.outcome or "-",
+                _gib(o.predicted.reserved),
+                _gib(o.measured_reserved),
+                error,
+                o.plan.describe(),
+            )
         output.say(console, "past attempts of this model on this card:")
         output.print_table(console, history)

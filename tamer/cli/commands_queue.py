@@ -3,7 +3,7 @@
 Registered on tamer/cli/common.py's app when tamer/cli/__init__.py imports this module. The logic lives
 in tamer/daemon/queue.py and tamer/inspect/status.py; here are only options, output and error handling,
 with common.py's conventions: `--json`, `--home`, one-line `error: ...` and the exit code of the error's
-kind. The README ("Unattended overnight operation") tells the whole story.
+kind. docs/overnight.md tells the whole story.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from tamer import output
 from tamer.cli.common import (
     ConfigOption,
     DataOption,
-    EvalDataOption,
     DeviceOption,
+    EvalDataOption,
     GpuMemCapOption,
-    HomeOption,
     GpusOption,
+    HomeOption,
     HostMemCapOption,
     InitOption,
     InjectOption,
@@ -36,14 +36,13 @@ from tamer.cli.common import (
     SetOption,
     _fail,
     _print_json,
-    open_database,
     app,
     build_run_config,
     console,
     err_console,
+    open_database,
 )
 from tamer.errors import TamerError
-from tamer.inspect import display
 from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
@@ -79,9 +78,21 @@ def submit(
     from tamer.daemon.queue import submit as submit_run
 
     try:
-        options = {"model": model, "data": data, "eval_data": eval_data, "init": init, "max_steps": max_steps, "micro_batch_size": micro_batch_size,
-                   "seed": seed, "device": device, "gpu_mem_cap": gpu_mem_cap, "host_mem_cap": host_mem_cap,
-                   "inject": inject or None, "memory_snapshot": memory_snapshot or None, "distributed.nproc_per_node": gpus}
+        options = {
+            "model": model,
+            "data": data,
+            "eval_data": eval_data,
+            "init": init,
+            "max_steps": max_steps,
+            "micro_batch_size": micro_batch_size,
+            "seed": seed,
+            "device": device,
+            "gpu_mem_cap": gpu_mem_cap,
+            "host_mem_cap": host_mem_cap,
+            "inject": inject or None,
+            "memory_snapshot": memory_snapshot or None,
+            "distributed.nproc_per_node": gpus,
+        }
         run_config, data_profile = build_run_config(recipe, preset, config, set_, options)
         resolved = Home.resolve(home)
         run_id, position = submit_run(resolved, run_config, data_profile)
@@ -94,12 +105,23 @@ def submit(
 
 @app.command()
 def daemon(
-    detach: Annotated[bool, typer.Option("--detach", help="Run in the background (log: HOME/daemon.log); print its pid and return.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background (log: HOME/daemon.log); print its pid and return.")
+    ] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at an empty queue.")] = 5.0,
-    exit_when_empty: Annotated[bool, typer.Option("--exit-when-empty", help="Exit 0 once the queue is empty (cron, tests).")] = False,
-    print_systemd_unit: Annotated[bool, typer.Option("--print-systemd-unit", help="Print a systemd user unit that runs the daemon, and exit.")] = False,
-    notify_config: Annotated[Optional[Path], typer.Option("--notify-config", help="YAML of notify keys for the whole queue "
-                                                          "(default: HOME/notify.yaml when it exists).")] = None,
+    exit_when_empty: Annotated[
+        bool, typer.Option("--exit-when-empty", help="Exit 0 once the queue is empty (cron, tests).")
+    ] = False,
+    print_systemd_unit: Annotated[
+        bool, typer.Option("--print-systemd-unit", help="Print a systemd user unit that runs the daemon, and exit.")
+    ] = False,
+    notify_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--notify-config",
+            help="YAML of notify keys for the whole queue (default: HOME/notify.yaml when it exists).",
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Run the queued jobs one after another, oldest first; on start, first resume the jobs whose
@@ -108,9 +130,9 @@ def daemon(
 
     Example: tamer daemon --detach
     """
+    from tamer.cli.progress import DaemonLines
     from tamer.daemon.queue import DAEMON_JSON_LOG, DAEMON_LOG, Daemon, detach_daemon, systemd_unit
     from tamer.logs import configure_logging
-    from tamer.progress import DaemonLines
 
     resolved = Home.resolve(home)
     if print_systemd_unit:
@@ -124,7 +146,9 @@ def daemon(
                 home_notify(resolved.root, notify_config)  # a bad file: the error here, not in the background log
             pid = detach_daemon(resolved, poll, exit_when_empty, notify_config)
             typer.echo(pid)
-            err_console.print(f"daemon started in the background; log {resolved.root / DAEMON_LOG}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"daemon started in the background; log {resolved.root / DAEMON_LOG}", highlight=False, soft_wrap=True
+            )
             return
         resolved.root.mkdir(parents=True, exist_ok=True)
         configure_logging(resolved.root / DAEMON_JSON_LOG, process="daemon")
@@ -155,11 +179,19 @@ def queue_command(home: HomeOption = None, as_json: JsonOption = False) -> None:
         return
     table = output.table("position", "id", "status", "steps", "submitted")
     for row in rows:
-        table.add_row(str(row["position"] or "-"), row["id"], row["status"], f"{row['steps_done']}/{row['total_steps'] or '?'}",
-                      display.when(row["submitted_at"]))
+        table.add_row(
+            str(row["position"] or "-"),
+            row["id"],
+            row["status"],
+            f"{row['steps_done']}/{row['total_steps'] or '?'}",
+            output.when(row["submitted_at"]),
+        )
     output.print_table(console, table)
     pid = daemon_pid(resolved)
-    output.say(err_console, f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`")
+    output.say(
+        err_console,
+        f"daemon: pid {pid}" if pid else "no daemon serves this home; start one with `tamer daemon --detach`",
+    )
 
 
 @app.command()
@@ -198,8 +230,13 @@ def _print_end(run: dict[str, Any]) -> None:
 
 
 @app.command()
-def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or unique prefix (default: the running run, else the newest).")] = None,
-           home: HomeOption = None, as_json: JsonOption = False) -> None:
+def status(
+    run_id: Annotated[
+        Optional[str], typer.Argument(help="Run id or unique prefix (default: the running run, else the newest).")
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Where a run stands: state, step, loss, tokens/s, last event and ETA.
 
     Example: tamer status squad-20261125-201500-ab12 --json
@@ -215,8 +252,13 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
     if as_json:
         _print_json(facts)
         return
-    parts = [facts["status"] + (" (no supervisor)" if facts["supervised"] is False else "") + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
-             f"step {facts['step']}/{facts['total_steps'] or '?'}", f"loss {display.number(facts['loss'])}"]
+    parts = [
+        facts["status"]
+        + (" (no supervisor)" if facts["supervised"] is False else "")
+        + (f" (position {facts['queue_position']} in the queue)" if facts["queue_position"] else ""),
+        f"step {facts['step']}/{facts['total_steps'] or '?'}",
+        f"loss {output.number(facts['loss'])}",
+    ]
     if facts["tokens_per_s"]:
         parts.append(f"{facts['tokens_per_s']:,.0f} tok/s")
     if facts["padding_fraction"] is not None:
@@ -224,11 +266,14 @@ def status(run_id: Annotated[Optional[str], typer.Argument(help="Run id or uniqu
     if facts["seconds_per_step"]:
         parts.append(f"{facts['seconds_per_step']:.2f} s/step")
     if facts["eta_seconds"] is not None:
-        parts.append(f"ETA {display.seconds(facts['eta_seconds'])} ({display.when(facts['eta_at'])})")
+        parts.append(f"ETA {output.seconds(facts['eta_seconds'])} ({output.when(facts['eta_at'])})")
     output.say(console, output.styled(facts["id"], "bold", "  " + "  ".join(parts)))
     event = facts["last_event"]
     if event:
-        output.say(console, f"attempt {facts['attempt'] or '-'}; last event {display.when(event['time'])} {event['kind']}: {event['message']}")
+        output.say(
+            console,
+            f"attempt {facts['attempt'] or '-'}; last event {output.when(event['time'])} {event['kind']}: {event['message']}",
+        )
     if facts["failure_reason"]:
         output.say(console, f"reason: {facts['failure_reason']}")
     if facts["note"]:

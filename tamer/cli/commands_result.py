@@ -15,11 +15,12 @@ import typer
 from tamer import output
 from tamer.cli.common import HomeOption, JsonOption, _fail, _print_json, app, console, open_database
 from tamer.errors import TamerError
-from tamer.inspect import display
 from tamer.state.home import Home
 
 RunArgument = Annotated[str, typer.Argument(help="Run id (or a unique prefix).")]
-StepOption = Annotated[Optional[int], typer.Option("--step", help="Checkpoint step (default: the newest valid checkpoint).")]
+StepOption = Annotated[
+    Optional[int], typer.Option("--step", help="Checkpoint step (default: the newest valid checkpoint).")
+]
 
 
 def _run_folder(home: Optional[Path], run_id: str) -> tuple[str, Path]:
@@ -35,10 +36,31 @@ def _run_folder(home: Optional[Path], run_id: str) -> tuple[str, Path]:
 def export_command(
     run_id: RunArgument,
     step: StepOption = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write (default: RUN_DIR/export, or RUN_DIR/export-step-N with --step).")] = None,
-    merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--no-merge-lora", help="LoRA: merge into the base (default, config export.merge_lora) or write the adapter with a pointer to its base.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default, config export.dtype=auto: bf16 when trained with fp32 master weights).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an earlier tamer export in the -o folder (never a folder of other files).")] = False,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Folder to write (default: RUN_DIR/export, or RUN_DIR/export-step-N with --step)."
+        ),
+    ] = None,
+    merge_lora: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--merge-lora/--no-merge-lora",
+            help="LoRA: merge into the base (default, config export.merge_lora) or write the adapter with a pointer to its base.",
+        ),
+    ] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            help="bf16, fp16 or fp32 (default, config export.dtype=auto: bf16 when trained with fp32 master weights)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an earlier tamer export in the -o folder (never a folder of other files)."
+        ),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -60,7 +82,9 @@ def export_command(
             raise ConfigError(f"--dtype {dtype}: unknown dtype; choose bf16, fp16 or fp32")
         full_id, run_dir = _run_folder(home, run_id)
         destination = (output or run_dir / ("export" if step is None else f"export-step-{step}")).expanduser().resolve()
-        destination = outputs.export_folder(destination, owned=destination.is_relative_to(run_dir.resolve()), force=force)
+        destination = outputs.export_folder(
+            destination, owned=destination.is_relative_to(run_dir.resolve()), force=force
+        )
         arguments = ["--export", str(destination)] + (["--step", str(step)] if step is not None else [])
         if merge_lora is not None:
             arguments.append("--merge-lora" if merge_lora else "--no-merge-lora")
@@ -74,8 +98,11 @@ def export_command(
         return
     exported = summary["export"]
     what = "LoRA adapter (points at its base)" if exported["adapter_only"] else f"{exported['dtype']} weights"
-    console.print(f"exported {full_id} step {exported['step']} ({what}, {exported['bytes'] / 1e6:.1f} MB, "
-                  f"{exported['seconds']:.1f} s) to", highlight=False)
+    console.print(
+        f"exported {full_id} step {exported['step']} ({what}, {exported['bytes'] / 1e6:.1f} MB, "
+        f"{exported['seconds']:.1f} s) to",
+        highlight=False,
+    )
     typer.echo(exported["path"])
 
 
@@ -83,10 +110,22 @@ def export_command(
 def eval_command(
     run_id: RunArgument,
     step: StepOption = None,
-    data: Annotated[Optional[str], typer.Option(help="squad: a SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out. chat, instruct, text: a source in the recipe's format, every row of it.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Answer at most this many questions (default: config eval.squad_samples).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Questions decoded together (default: config eval.squad_batch_size); an OOM halves it.")] = None,
-    em_f1: Annotated[bool, typer.Option("--em-f1", help="chat, instruct: also exact match and F1 of greedy replies (as eval.em_f1).")] = False,
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="squad: a SQuAD v1.1 JSON file (default: the run's held-out validation slice); questions the run trained on are left out. chat, instruct, text: a source in the recipe's format, every row of it."
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Answer at most this many questions (default: config eval.squad_samples).")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(help="Questions decoded together (default: config eval.squad_batch_size); an OOM halves it."),
+    ] = None,
+    em_f1: Annotated[
+        bool, typer.Option("--em-f1", help="chat, instruct: also exact match and F1 of greedy replies (as eval.em_f1).")
+    ] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -118,17 +157,24 @@ def eval_command(
         _fail(error)
     result = summary["eval"]
     if as_json:
-        _print_json({"run_id": full_id, "step": summary["step"], "plan": summary["plan"], "device": summary["device"], **result})
+        _print_json(
+            {"run_id": full_id, "step": summary["step"], "plan": summary["plan"], "device": summary["device"], **result}
+        )
         return
     if "eval_loss" in result:
-        console.print(f"{full_id} step {summary['step']}: validation loss {result['eval_loss']:.4f} on {result['eval_samples']} "
-                      f"{result['data']} examples ({result['eval_tokens']:,} scored tokens, {summary['device']})", highlight=False)
+        console.print(
+            f"{full_id} step {summary['step']}: validation loss {result['eval_loss']:.4f} on {result['eval_samples']} "
+            f"{result['data']} examples ({result['eval_tokens']:,} scored tokens, {summary['device']})",
+            highlight=False,
+        )
         if "exact_match" not in result:
             return
-    console.print(f"{full_id} step {summary['step']}: exact match {result['exact_match']:.3f}, F1 {result['f1']:.3f} on "
-                  f"{result['questions']} {result['data']} questions ({result['seconds']:.1f} s, "
-                  f"{result['questions_per_second'] or 0:.1f} questions/s, batch {result['batch_size']}, {summary['device']})",
-                  highlight=False)
+    console.print(
+        f"{full_id} step {summary['step']}: exact match {result['exact_match']:.3f}, F1 {result['f1']:.3f} on "
+        f"{result['questions']} {result['data']} questions ({result['seconds']:.1f} s, "
+        f"{result['questions_per_second'] or 0:.1f} questions/s, batch {result['batch_size']}, {summary['device']})",
+        highlight=False,
+    )
     for example in result["examples"][:3]:
         console.print(f"  answered {example['answer']!r}; gold {example['gold'][0]!r}", highlight=False)
 
@@ -136,7 +182,10 @@ def eval_command(
 @app.command()
 def compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
-    data: Annotated[Optional[str], typer.Option(help="EM/F1 of `tamer eval --data FILE` on this file (default: the held-out validation slice).")] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option(help="EM/F1 of `tamer eval --data FILE` on this file (default: the held-out validation slice)."),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -145,10 +194,13 @@ def compare(
 
     Example: tamer compare squad-20261125-201500-ab12 squad-20261126-090000-cd34
     """
-    from tamer.inspect.results import HELD_OUT, compare as compare_rows
+    from tamer.inspect.results import compare as compare_rows
+    from tamer.protocol import HELD_OUT
 
     try:
-        label = HELD_OUT if data is None else data if data == "bundled" else str(Path(data).expanduser().resolve())  # as `tamer eval` stores it
+        label = (
+            HELD_OUT if data is None else data if data == "bundled" else str(Path(data).expanduser().resolve())
+        )  # as `tamer eval` stores it
         rows = compare_rows(open_database(home), run_ids, label)
     except TamerError as error:
         _fail(error)
@@ -158,7 +210,16 @@ def compare(
     table = output.table("run", "status", "EM", "F1", "val loss", "final loss", "steps", "tokens", "wall time", "plan")
     for row in rows:
         plan = (row["plan"] or "-") + ("" if row["plan_settled"] else " (not settled)")
-        table.add_row(row["run_id"], row["status"], display.number(row["exact_match"], 3), display.number(row["f1"], 3),
-                      display.number(row["final_eval_loss"]), display.number(row["final_loss"]), str(row["steps"]),
-                      f"{row['tokens']:,}", display.seconds(row["wall_seconds"]), plan)
+        table.add_row(
+            row["run_id"],
+            row["status"],
+            output.number(row["exact_match"], 3),
+            output.number(row["f1"], 3),
+            output.number(row["final_eval_loss"]),
+            output.number(row["final_loss"]),
+            str(row["steps"]),
+            f"{row['tokens']:,}",
+            output.seconds(row["wall_seconds"]),
+            plan,
+        )
     output.print_table(console, table)

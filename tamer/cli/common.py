@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -40,25 +39,47 @@ HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 # Options shared by `run` and `submit`.
 RecipeArgument = Annotated[str, typer.Argument(help="Recipe to train: squad, chat, instruct or text.")]
-PresetOption = Annotated[str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")]
+PresetOption = Annotated[
+    str, typer.Option(help="Starting config: llama-3.2-1b (the real model) or tiny (offline demo).")
+]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="YAML file of config keys over the preset.")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: --set lora.r=8 (repeatable).")]
 ModelOption = Annotated[Optional[str], typer.Option(help="Hub id or local folder of the model.")]
-DataOption = Annotated[Optional[str], typer.Option(help="squad: a SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub). "
-                                                         "chat, instruct, text: a .jsonl/.json/.parquet/.csv/.txt file, a folder, "
-                                                         "hub:NAME[:SUBSET], or bundled.")]
-EvalDataOption = Annotated[Optional[str], typer.Option("--eval-data", help="chat, instruct, text: validation rows from another "
-                                                                            "source (default: held out of --data).")]
+DataOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="squad: a SQuAD v1.1 JSON file (default: rajpurkar/squad from the hub). "
+        "chat, instruct, text: a .jsonl/.json/.parquet/.csv/.txt file, a folder, "
+        "hub:NAME[:SUBSET], or bundled."
+    ),
+]
+EvalDataOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--eval-data", help="chat, instruct, text: validation rows from another source (default: held out of --data)."
+    ),
+]
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")]
 GpuMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's GPU memory, e.g. 15GiB.")]
-HostMemCapOption = Annotated[Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")]
-GpusOption = Annotated[Optional[int], typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung).")]
-InjectOption = Annotated[Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")]
+HostMemCapOption = Annotated[
+    Optional[str], typer.Option(help="Cap the child's address-space growth after setup, e.g. 2GiB.")
+]
+GpusOption = Annotated[
+    Optional[int],
+    typer.Option("--gpus", help="Processes (GPUs) on this machine; > 1 runs through torchrun (DDP, FSDP as a rung)."),
+]
+InjectOption = Annotated[
+    Optional[list[str]], typer.Option(help="Rehearse a fault, e.g. oom:step=5,phase=backward (repeatable).")
+]
 InitOption = Annotated[Optional[str], typer.Option(help="pretrained or random (random weights, real architecture).")]
-MicroBatchOption = Annotated[Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")]
+MicroBatchOption = Annotated[
+    Optional[int], typer.Option(help="First plan's micro-batch (accumulation fills the effective batch).")
+]
 SeedOption = Annotated[Optional[int], typer.Option(help="Seed for data order and init.")]
 DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
-MemorySnapshotOption = Annotated[bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")]
+MemorySnapshotOption = Annotated[
+    bool, typer.Option("--memory-snapshot", help="Record CUDA allocator history; dump a snapshot on OOM.")
+]
 
 
 def _print_version(value: bool) -> None:
@@ -71,7 +92,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Fine-tune LLMs unattended on GPUs that are too small: tamer recovers from out-of-memory by itself.
@@ -96,23 +119,8 @@ def _fail(error: TamerError) -> None:
     raise typer.Exit(error.exit_code)
 
 
-def _when(timestamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
-
-
-def _duration(start: float | None, end: float | None) -> str:
-    if not start:
-        return "-"
-    seconds = int((end or time.time()) - start)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _loss(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "-"
 
 
 def check_recipe(recipe: str) -> None:
@@ -125,11 +133,15 @@ def check_recipe(recipe: str) -> None:
     recipes = typing.get_args(RunConfig.model_fields["recipe"].annotation)
     if recipe not in recipes:
         close = difflib.get_close_matches(recipe, recipes, n=1)
-        raise ConfigError(f"recipe '{recipe}': unknown recipe; choose one of {', '.join(recipes)}" + (f"; did you mean {close[0]}?" if close else ""))
+        raise ConfigError(
+            f"recipe '{recipe}': unknown recipe; choose one of {', '.join(recipes)}"
+            + (f"; did you mean {close[0]}?" if close else "")
+        )
 
 
-def build_run_config(recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None,
-                     options: dict[str, Any]) -> tuple[Any, Any]:
+def build_run_config(
+    recipe: str, preset: str, config_file: Path | None, overrides: list[str] | None, options: dict[str, Any]
+) -> tuple[Any, Any]:
     """(the checked RunConfig, its data's token lengths or None) from `run`/`submit` options (None = not given),
     preflight included."""
     from tamer.config import build_config
@@ -146,9 +158,14 @@ def _absolute_paths(config: Any) -> Any:
     from tamer.recipes.chat_templates import BUILT_IN
 
     named = {"bundled", *BUILT_IN}  # names, not paths (a hub:NAME source is never a path either)
-    changed = {name: str(Path(value).expanduser().resolve()) for name in ("data", "eval_data", "chat_template")
-               if isinstance(value := getattr(config, name), str) and value not in named and not value.startswith("hub:")
-               and Path(value).expanduser().exists()}
+    changed = {
+        name: str(Path(value).expanduser().resolve())
+        for name in ("data", "eval_data", "chat_template")
+        if isinstance(value := getattr(config, name), str)
+        and value not in named
+        and not value.startswith("hub:")
+        and Path(value).expanduser().exists()
+    }
     return config.model_copy(update=changed) if changed else config
 
 
@@ -176,4 +193,7 @@ def _preflight(config: Any) -> Any:
 def _go_offline(offline: bool) -> None:
     if offline:  # hub unreachable, all it needs cached: its children must not wait on the network
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-        typer.echo("note: the hub is unreachable; using the cached copies of the model, tokenizer and data (HF_HUB_OFFLINE=1)", err=True)
+        typer.echo(
+            "note: the hub is unreachable; using the cached copies of the model, tokenizer and data (HF_HUB_OFFLINE=1)",
+            err=True,
+        )

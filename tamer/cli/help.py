@@ -9,7 +9,8 @@ each command's written by HelpFormatter, which wraps at spaces only.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from typer.core import TyperGroup
 

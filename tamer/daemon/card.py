@@ -43,8 +43,12 @@ class CardView:
         return self.total - self.free
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "free": self.free, "source": self.source,
-                "processes": [{"pid": p.pid, "used": p.used, "name": p.name} for p in self.processes]}
+        return {
+            "total": self.total,
+            "free": self.free,
+            "source": self.source,
+            "processes": [{"pid": p.pid, "used": p.used, "name": p.name} for p in self.processes],
+        }
 
 
 def read_card() -> CardView | None:
@@ -71,8 +75,10 @@ def _fake_view(path: Path) -> CardView | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    processes = tuple(CardProcess(int(p["pid"]), parse_size(p["used"]) if p.get("used") is not None else None, str(p.get("name", "")))
-                      for p in data.get("processes", []))
+    processes = tuple(
+        CardProcess(int(p["pid"]), parse_size(p["used"]) if p.get("used") is not None else None, str(p.get("name", "")))
+        for p in data.get("processes", [])
+    )
     return CardView(parse_size(data["total"]), parse_size(data["free"]), processes, source=f"fake ({path})")
 
 
@@ -91,13 +97,18 @@ def _nvml_view() -> CardView | None:
         return None
     try:
         device = _device_index()
-        handle = (pynvml.nvmlDeviceGetHandleByUUID(device) if isinstance(device, str)
-                  else pynvml.nvmlDeviceGetHandleByIndex(device))
+        handle = (
+            pynvml.nvmlDeviceGetHandleByUUID(device)
+            if isinstance(device, str)
+            else pynvml.nvmlDeviceGetHandleByIndex(device)
+        )
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         processes = []
         for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             used = getattr(process, "usedGpuMemory", None)
-            processes.append(CardProcess(int(process.pid), int(used) if isinstance(used, int) else None, _process_name(process.pid)))
+            processes.append(
+                CardProcess(int(process.pid), int(used) if isinstance(used, int) else None, _process_name(process.pid))
+            )
         return CardView(int(memory.total), int(memory.free), tuple(processes))
     except Exception:  # a lost device or an NVML call this driver lacks: no reading this time
         return None

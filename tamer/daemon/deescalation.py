@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tamer.daemon.card import CardView, read_card
-from tamer.daemon.outcome import Outcome, parse_oom_message
 from tamer.daemon.squeeze import (
     PlanRecord,
     Squeeze,
-    StepBack,
+    StepBackDecision,
     after_oom_again,
     after_step_back,
     budget_now,
@@ -33,10 +32,10 @@ from tamer.daemon.squeeze import (
     our_share,
     squeeze_at_oom,
 )
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.plan import Plan
+from tamer.planner.candidates import cap_budget, plan_key
 from tamer.protocol import PLAN_FILE, STOP_FILE
-from tamer.planner.candidates import plan_key
-from tamer.planner.estimate import CUDA_CONTEXT_BYTES
 from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
@@ -46,12 +45,14 @@ from tamer.units import format_size
 class Deescalation:
     """One run's squeezes, step-back records and the step back in progress, for its supervisor."""
 
-    def __init__(self, db: Database, run_id: str, run_dir: Path, config: Any, predicted_peak: Callable[[Plan], int | None]) -> None:
+    def __init__(
+        self, db: Database, run_id: str, run_dir: Path, config: Any, predicted_peak: Callable[[Plan], int | None]
+    ) -> None:
         self.db = db
         self.run_id = run_id
         self.knobs = config.deescalate
         self.min_squeeze = self.knobs.min_squeeze
-        self.cap_budget = config.gpu_mem_cap + CUDA_CONTEXT_BYTES if config.gpu_mem_cap else None
+        self.cap_budget = cap_budget(config.gpu_mem_cap)
         self.safety_margin = config.planner.safety_margin
         self.predicted_peak = predicted_peak
         self.path = run_dir / "squeeze.json"
@@ -60,7 +61,7 @@ class Deescalation:
         self.records = {key: PlanRecord(**record) for key, record in saved.get("records", {}).items()}
         self.stepped_back: Squeeze | None = None
         """The squeeze whose plan the current attempt returned to (an OOM of it holds that plan off)."""
-        self.pending: StepBack | None = None
+        self.pending: StepBackDecision | None = None
         """Decided during the current attempt: the child was asked to stop."""
         self.squeezed_budget: int | None = None
         """Device bytes the others left at the last OOM, while the next plan is chosen."""
@@ -79,11 +80,18 @@ class Deescalation:
         again = self._oom_again(plan)
         said = [again] if again else []
         self.others_at_oom = squeeze_at_oom(card, self.min_squeeze) if card is not None else None
-        self.squeezed_budget = budget_now(card, self.others_at_oom, self.cap_budget) if card and self.others_at_oom else None
+        self.squeezed_budget = (
+            budget_now(card, self.others_at_oom, self.cap_budget) if card and self.others_at_oom else None
+        )
         if card is not None:
-            said.append(f"other processes held {format_size(card.used)} of the card's {format_size(card.total)}"
-                        + (": a squeeze" + (", tamer steps back when it passes" if self.knobs.enabled else "")
-                           if self.others_at_oom else ""))
+            said.append(
+                f"other processes held {format_size(card.used)} of the card's {format_size(card.total)}"
+                + (
+                    ": a squeeze" + (", tamer steps back when it passes" if self.knobs.enabled else "")
+                    if self.others_at_oom
+                    else ""
+                )
+            )
         return "; ".join(said)
 
     def escalated(self, number: int, failed: Plan, outcome: Outcome, card: CardView | None) -> Squeeze | None:
@@ -93,15 +101,30 @@ class Deescalation:
             return None
         return self._remember(number, failed, outcome.sizes, outcome.memory_stats, card, others)
 
-    def _remember(self, number: int, failed: Plan, sizes: dict[str, int], memory_stats: dict[str, Any], card: CardView,
-                  others: int, ours: frozenset[int] | set[int] = frozenset()) -> Squeeze:
+    def _remember(
+        self,
+        number: int,
+        failed: Plan,
+        sizes: dict[str, int],
+        memory_stats: dict[str, Any],
+        card: CardView,
+        others: int,
+        ours: frozenset[int] | set[int] = frozenset(),
+    ) -> Squeeze:
         """`ours`: our live child's processes (an in-process split), which are not among those who squeezed."""
         key = plan_key(failed)
         attempts = self._attempts_of(key)
         processes = [{"pid": p.pid, "used": p.used, "name": p.name} for p in card.processes if p.pid not in ours]
-        squeeze = Squeeze(plan=failed.to_dict(), key=key, predicted=self.predicted_peak(failed),
-                          measured=measured_need(sizes, memory_stats, self._peak_reserved(attempts)),
-                          others=others, attempt=number, processes=processes, tokens_per_s=self.median_tokens_per_s(attempts))
+        squeeze = Squeeze(
+            plan=failed.to_dict(),
+            key=key,
+            predicted=self.predicted_peak(failed),
+            measured=measured_need(sizes, memory_stats, self._peak_reserved(attempts)),
+            others=others,
+            attempt=number,
+            processes=processes,
+            tokens_per_s=self.median_tokens_per_s(attempts),
+        )
         same = [index for index, earlier in enumerate(self.squeezes) if earlier.key == key]
         if same:  # squeezed again before stepping back (a split that went on, then an OOM): the newer reading
             self.squeezes[same[0]] = squeeze
@@ -117,12 +140,16 @@ class Deescalation:
         key = plan_key(plan)
         if stepped_back is None or stepped_back.key != key:
             return ""
-        record = after_oom_again(self.records.get(key, PlanRecord()), time.time(), self.knobs.backoff, self.knobs.backoff_max)
+        record = after_oom_again(
+            self.records.get(key, PlanRecord()), time.time(), self.knobs.backoff, self.knobs.backoff_max
+        )
         self.records[key] = record
         self._save()
         return f"it ran out of memory again after a step back: no step back to it for {record.not_before - time.time():.0f} s"
 
-    def split(self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]], managed: int = 0) -> Squeeze | None:
+    def split(
+        self, number: int, attempt_dir: Path, started: Plan, child_pids: Callable[[], set[int]], managed: int = 0
+    ) -> Squeeze | None:
         """A child that halved its micro-batch in process and went on (its `plan.json` changed): when others
         held the card then, remember the squeeze of the plan it started with and return it the first time for
         this attempt (a split again, 4 -> 2 -> 1, only renews the reading). Cheap when nothing changed."""
@@ -153,12 +180,18 @@ class Deescalation:
 
     # --- while training on an escalated plan ----------------------------------------------------
 
-    def poll(self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]], managed: int = 0) -> StepBack | None:
+    def poll(
+        self, number: int, attempt_dir: Path, child_pids: Callable[[], set[int]], managed: int = 0
+    ) -> StepBackDecision | None:
         """Every `poll_seconds` once the attempt trains: when a squeezed plan fits again, ask the child to
         stop at the next step boundary (it checkpoints) and return the decision. `managed`: the child's
         CUDA managed bytes (paged optimizer state; see squeeze.our_share)."""
         now = time.monotonic()
-        if not (self.knobs.enabled and self.squeezes) or self.pending is not None or now - self.polled < self.knobs.poll_seconds:
+        if (
+            not (self.knobs.enabled and self.squeezes)
+            or self.pending is not None
+            or now - self.polled < self.knobs.poll_seconds
+        ):
             return None
         self.polled = now
         reserved = self._last_reserved(number)
@@ -168,14 +201,23 @@ class Deescalation:
         if card is None:
             return None
         ours = our_share(card, child_pids(), reserved[0], managed)
-        decision = choose_step_back(self.squeezes, card, ours, self.cap_budget, self.safety_margin, self.records,
-                                    time.time(), self.knobs.max_per_plan, self.min_squeeze)
+        decision = choose_step_back(
+            self.squeezes,
+            card,
+            ours,
+            self.cap_budget,
+            self.safety_margin,
+            self.records,
+            time.time(),
+            self.knobs.max_per_plan,
+            self.min_squeeze,
+        )
         if decision is not None:
             self.pending = decision
             (attempt_dir / STOP_FILE).touch()
         return decision
 
-    def take(self, number: int) -> tuple[Plan, StepBack, dict[str, Any]]:
+    def take(self, number: int) -> tuple[Plan, StepBackDecision, dict[str, Any]]:
         """The child stopped for the pending step back: the plan to restart with, the decision, and the
         detail of the `deescalate` event."""
         decision, self.pending = self.pending, None
@@ -185,9 +227,15 @@ class Deescalation:
         self.records[squeeze.key] = after_step_back(self.records.get(squeeze.key, PlanRecord()))
         self.stepped_back = squeeze
         self._save()
-        detail = {"reason": decision.reason, "squeeze": squeeze.to_dict(), "others_now": decision.others_now,
-                  "budget": decision.budget, "tokens_per_s_before_squeeze": squeeze.tokens_per_s,
-                  "tokens_per_s_squeezed": self.median_tokens_per_s([number]), "steps_back_to_this_plan": self.records[squeeze.key].steps_back}
+        detail = {
+            "reason": decision.reason,
+            "squeeze": squeeze.to_dict(),
+            "others_now": decision.others_now,
+            "budget": decision.budget,
+            "tokens_per_s_before_squeeze": squeeze.tokens_per_s,
+            "tokens_per_s_squeezed": self.median_tokens_per_s([number]),
+            "steps_back_to_this_plan": self.records[squeeze.key].steps_back,
+        }
         return Plan.from_dict(squeeze.plan), decision, detail
 
     def drop_pending(self) -> None:
@@ -197,12 +245,18 @@ class Deescalation:
     # --- measurements from the database ---------------------------------------------------------
 
     def _attempts_of(self, key: str) -> list[int]:
-        return [a["attempt"] for a in self.db.attempts(self.run_id) if plan_key(Plan.from_dict(json.loads(a["plan_json"]))) == key]
+        return [
+            a["attempt"]
+            for a in self.db.attempts(self.run_id)
+            if plan_key(Plan.from_dict(json.loads(a["plan_json"]))) == key
+        ]
 
     def _peak_reserved(self, attempts: list[int]) -> int | None:
         if not attempts:
             return None
-        peaks = [a["peak_reserved"] for a in self.db.attempts(self.run_id) if a["attempt"] in attempts and a["peak_reserved"]]
+        peaks = [
+            a["peak_reserved"] for a in self.db.attempts(self.run_id) if a["attempt"] in attempts and a["peak_reserved"]
+        ]
         known = [value for value in [queries.highest_reserved(self.db, self.run_id, attempts), *peaks] if value]
         return max(known) if known else None
 
@@ -217,5 +271,10 @@ class Deescalation:
         return queries.last_step_reserved(self.db, self.run_id, number)
 
     def _save(self) -> None:
-        write_json_atomic(self.path, {"squeezes": [squeeze.to_dict() for squeeze in self.squeezes],
-                                      "records": {key: vars(record) for key, record in self.records.items()}})
+        write_json_atomic(
+            self.path,
+            {
+                "squeezes": [squeeze.to_dict() for squeeze in self.squeezes],
+                "records": {key: vars(record) for key, record in self.records.items()},
+            },
+        )

@@ -43,20 +43,29 @@ EXIT_CODES = {"done": EXIT_OK, "failed": EXIT_FAILED, "stopped": EXIT_STOPPED_TE
 
 
 class Follower:
-    def __init__(self, run_dir: Path, node_rank: int, say: Callable[[str], None] = print,
-                 child_program: Sequence[str] = CHILD_PROGRAM) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        node_rank: int,
+        say: Callable[[str], None] = print,
+        child_program: Sequence[str] = CHILD_PROGRAM,
+    ) -> None:
         self.run_dir = Path(run_dir)
         try:
             spec = json.loads((self.run_dir / "run.json").read_text())
         except (OSError, ValueError) as error:
-            raise StateError(f"{self.run_dir}: not a tamer run folder ({error}); pass node 0's RUN_DIR (shared filesystem)") from error
+            raise StateError(
+                f"{self.run_dir}: not a tamer run folder ({error}); pass node 0's RUN_DIR (shared filesystem)"
+            ) from error
         self.run_id: str = spec["run_id"]
         config = config_from_dict(spec["config"])
         spread = config.distributed
         if spread.nnodes < 2:
             raise ConfigError(f"run {self.run_id} runs on one machine (distributed.nnodes 1): there is nothing to join")
         if not 1 <= node_rank < spread.nnodes:
-            raise ConfigError(f"--node-rank: must be in [1, {spread.nnodes - 1}] for this run (node 0 runs `tamer run`), got {node_rank}")
+            raise ConfigError(
+                f"--node-rank: must be in [1, {spread.nnodes - 1}] for this run (node 0 runs `tamer run`), got {node_rank}"
+            )
         self.node_rank = node_rank
         self.config = config.model_copy(update={"distributed": spread.model_copy(update={"node_rank": node_rank})})
         self.local = local_ranks(node_rank, spread.nproc_per_node)
@@ -68,7 +77,9 @@ class Follower:
         """Join every attempt node 0 starts until the run ends; the exit code says how it ended."""
         previous = {signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         joined = 0
-        self.say(f"node {self.node_rank}: following run {self.run_id} in {self.run_dir} (ranks {self.local.start}..{self.local.stop - 1})")
+        self.say(
+            f"node {self.node_rank}: following run {self.run_id} in {self.run_dir} (ranks {self.local.start}..{self.local.stop - 1})"
+        )
         try:
             while self.stop_signal is None:
                 number = newest_attempt(self.run_dir)
@@ -99,8 +110,13 @@ class Follower:
         folder.mkdir(parents=True, exist_ok=True)
         process = AttemptProcess(
             command(self.run_dir, number, plan, self.config, self.run_id, self.child_program),
-            environment(plan, self.config.torch_threads), folder, plan.world_size, None,
-            local=self.local, log_name=node_log_name(self.node_rank))
+            environment(plan, self.config.torch_threads),
+            folder,
+            plan.world_size,
+            None,
+            local=self.local,
+            log_name=node_log_name(self.node_rank),
+        )
         self.say(f"node {self.node_rank}: attempt {number} (pid {process.pid}): {plan.describe()}")
         ended_at: float | None = None
         while (returncode := process.poll()) is None:
@@ -121,4 +137,3 @@ class Follower:
 
 def _status(returncode: int) -> str:
     return f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"
-

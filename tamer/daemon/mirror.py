@@ -30,7 +30,7 @@ from tamer.errors import ConfigError, StateError, TamerError
 from tamer.notify import messages
 from tamer.notify.sender import Notifier
 from tamer.notify.settings import home_notify
-from tamer.protocol import HEARTBEAT, attempt_dir
+from tamer.protocol import HEARTBEAT, HELD_OUT, attempt_dir
 from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 from tamer.state.home import Home
@@ -91,7 +91,9 @@ class TrackerSink:
                 self.tracker.event(step, row["kind"], records.event_text(row), row["kind"] in records.ALERTS, wall_time)
             self.written += 1
         self.tracker.flush()  # durable first, then the cursor: a kill between them repeats rows, never loses them
-        queries.save_forwarded(db, run_id, self.name, time.time(), step=step, eval_step=eval_step, score_id=score_id, event_id=event_id)
+        queries.save_forwarded(
+            db, run_id, self.name, time.time(), step=step, eval_step=eval_step, score_id=score_id, event_id=event_id
+        )
 
     def finish(self, status: str | None) -> None:
         if self.tracker is not None:
@@ -100,14 +102,23 @@ class TrackerSink:
 
 def _scores(db: Database, run_id: str) -> dict[str, Any] | None:
     """The latest held-out SQuAD pass: exact_match, f1, questions, step; None when never evaluated."""
-    rows = [row for row in db.squad_scores(run_id) if row["data"] == records.HELD_OUT]
+    rows = [row for row in db.squad_scores(run_id) if row["data"] == HELD_OUT]
     if not rows:
         return None
     latest = rows[-1]
-    same = {row["metric"]: row["value"] for row in rows if row["step"] == latest["step"] and row["wall_time"] == latest["wall_time"]}
+    same = {
+        row["metric"]: row["value"]
+        for row in rows
+        if row["step"] == latest["step"] and row["wall_time"] == latest["wall_time"]
+    }
     if not {"exact_match", "f1"} <= same.keys():
         return None
-    return {"exact_match": same["exact_match"], "f1": same["f1"], "questions": latest["questions"], "step": latest["step"]}
+    return {
+        "exact_match": same["exact_match"],
+        "f1": same["f1"],
+        "questions": latest["questions"],
+        "step": latest["step"],
+    }
 
 
 def model_location(db: Database, run_id: str, run_dir: Path) -> str | None:
@@ -124,8 +135,16 @@ def model_location(db: Database, run_id: str, run_dir: Path) -> str | None:
 class RunMirror:
     """A run's trackers and notifications, fed by a thread (see the module docstring)."""
 
-    def __init__(self, home: Home, run_id: str, config: RunConfig, notify_configs: list[NotifyConfig], *,
-                 poll_seconds: float = POLL_SECONDS, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        home: Home,
+        run_id: str,
+        config: RunConfig,
+        notify_configs: list[NotifyConfig],
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        clock: Any = time.time,
+    ) -> None:
         self.home = home
         self.db = Database(home.db_path, create=False)
         self.run = self.db.run(run_id)
@@ -136,13 +155,18 @@ class RunMirror:
         context = RunContext(self.run, config, home.root, self.run_dir)
         self.sinks = [TrackerSink(name, context) for name in config.trackers]
         self.notifier = Notifier(home.db_path, notify_configs, str(home.root), str(self.run_dir))
-        stalls = [notify.stalled_minutes for notify in notify_configs if "stalled" in notify.events and notify.has_targets
-                  and notify.stalled_minutes is not None]
+        stalls = [
+            notify.stalled_minutes
+            for notify in notify_configs
+            if "stalled" in notify.events and notify.has_targets and notify.stalled_minutes is not None
+        ]
         self.stalled_minutes = min(stalls) if stalls else None
         self.progress_at = clock()  # the newest step's time, or when supervision began
         self.stall_told = False
         if queries.forwarded(self.db, run_id, NOTIFY_SINK) is None:  # notify what happens from now on, not the past
-            queries.save_forwarded(self.db, run_id, NOTIFY_SINK, clock(), event_id=queries.last_event_id(self.db, run_id))
+            queries.save_forwarded(
+                self.db, run_id, NOTIFY_SINK, clock(), event_id=queries.last_event_id(self.db, run_id)
+            )
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"tamer-mirror {run_id}", daemon=True)
 
@@ -156,16 +180,24 @@ class RunMirror:
             if shared is not None:
                 configs.append(shared)
         except ConfigError as error:
-            _record(home, run_id, "notify_failed", f"the home's notify config is unusable ({error}); this run sends only its own "
-                    "notifications")
+            _record(
+                home,
+                run_id,
+                "notify_failed",
+                f"the home's notify config is unusable ({error}); this run sends only its own notifications",
+            )
         configs = [notify for notify in configs if notify.has_targets]
         if not configs and not config.trackers:
             return None
         try:
             mirror = cls(home, run_id, config, configs, **options)
         except (TamerError, OSError) as error:
-            _record(home, run_id, "tracker_failed", f"the mirror could not start ({error}); training goes on without trackers and "
-                    "notifications")
+            _record(
+                home,
+                run_id,
+                "tracker_failed",
+                f"the mirror could not start ({error}); training goes on without trackers and notifications",
+            )
             return None
         mirror.thread.start()
         return mirror
@@ -182,8 +214,14 @@ class RunMirror:
             except Exception as error:  # noqa: BLE001 - a tracker never stops training
                 self.sinks.remove(sink)
                 text = f"{type(error).__name__}: {error}".strip()
-                self.db.event(self.run_id, "tracker_failed", f"{sink.name} stopped mirroring this run ({text[:300]}); training goes on; "
-                              f"`tamer sync {self.run_id} --to {sink.name}` writes the rest later", tracker=sink.name, error=text)
+                self.db.event(
+                    self.run_id,
+                    "tracker_failed",
+                    f"{sink.name} stopped mirroring this run ({text[:300]}); training goes on; "
+                    f"`tamer sync {self.run_id} --to {sink.name}` writes the rest later",
+                    tracker=sink.name,
+                    error=text,
+                )
                 log.warning("tracker_failed", tracker=sink.name, error=text)
         try:
             self._notify_events()
@@ -215,7 +253,9 @@ class RunMirror:
         if run["status"] != "running":
             return
         self.stall_told = True
-        self.notifier.notify(messages.stalled(self.run_id, (self.clock() - self.progress_at) / 60, run["steps_done"], self._phase()))
+        self.notifier.notify(
+            messages.stalled(self.run_id, (self.clock() - self.progress_at) / 60, run["steps_done"], self._phase())
+        )
 
     def _phase(self) -> str | None:
         """The phase the newest attempt's child last wrote in its heartbeat file."""
@@ -235,19 +275,29 @@ class RunMirror:
         db = Database(self.home.db_path, create=False) if hung else self.db  # the thread may still use its connection
         try:
             if hung:
-                db.event(self.run_id, "tracker_failed", f"a tracker did not finish within {CLOSE_SECONDS:.0f} s of the run's end; "
-                         f"`tamer sync {self.run_id}` writes what it missed")
+                db.event(
+                    self.run_id,
+                    "tracker_failed",
+                    f"a tracker did not finish within {CLOSE_SECONDS:.0f} s of the run's end; "
+                    f"`tamer sync {self.run_id}` writes what it missed",
+                )
             else:
                 self.pump()
             run = db.run(self.run_id)
             if run["status"] in messages.ENDINGS:
-                self.notifier.notify(messages.run_ended(run, _scores(db, self.run_id), model_location(db, self.run_id, self.run_dir)))
+                self.notifier.notify(
+                    messages.run_ended(run, _scores(db, self.run_id), model_location(db, self.run_id, self.run_dir))
+                )
             for sink in [] if hung else self.sinks:
                 try:
                     sink.finish(run["status"])
                 except Exception as error:  # noqa: BLE001 - a tracker never fails the run
-                    db.event(self.run_id, "tracker_failed", f"{sink.name} failed as it closed: {type(error).__name__}: {error}",
-                             tracker=sink.name)
+                    db.event(
+                        self.run_id,
+                        "tracker_failed",
+                        f"{sink.name} failed as it closed: {type(error).__name__}: {error}",
+                        tracker=sink.name,
+                    )
         except Exception as error:  # noqa: BLE001 - the database is gone: nothing more to tell
             log.warning("mirror_close_failed", error=str(error))
         finally:
@@ -274,11 +324,18 @@ def sync(home: Home, run_id: str, names: list[str]) -> dict[str, int]:
     try:
         run = db.run(run_id)
         config = config_from_dict(json.loads(run["config_json"]))
-        live = [name for name in names if name in config.trackers and run["status"] == "running"
-                and lock_holder(Path(run["run_dir"]) / "lock") is not None]
+        live = [
+            name
+            for name in names
+            if name in config.trackers
+            and run["status"] == "running"
+            and lock_holder(Path(run["run_dir"]) / "lock") is not None
+        ]
         if live:
-            raise StateError(f"run {run['id']} is running and its supervisor mirrors it into {', '.join(live)} as it goes; "
-                             "sync another tracker, or wait for the run to end")
+            raise StateError(
+                f"run {run['id']} is running and its supervisor mirrors it into {', '.join(live)} as it goes; "
+                "sync another tracker, or wait for the run to end"
+            )
         context = RunContext(run, config, home.root, Path(run["run_dir"]))
         written = {}
         for name in names:

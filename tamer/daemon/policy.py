@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tamer.daemon.outcome import Outcome
 from tamer.daemon.restarts import OUTSIDE_KILL, restart_policy
 from tamer.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, EXIT_STORAGE
+from tamer.outcome import Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner.candidates import plan_key
 from tamer.strategies import ladder
@@ -183,8 +183,15 @@ class Policy:
     planner: Planner | None = None
     """The planner, when it steers this run (planner mode on CUDA); None: the ladder alone."""
 
-    def decide(self, state: PolicyState, ended: Ended, *, stop_signal: int | None = None,
-               step_back: PendingStepBack | None = None, squeezed: bool = False) -> tuple[Action, PolicyState]:
+    def decide(
+        self,
+        state: PolicyState,
+        ended: Ended,
+        *,
+        stop_signal: int | None = None,
+        step_back: PendingStepBack | None = None,
+        squeezed: bool = False,
+    ) -> tuple[Action, PolicyState]:
         """What to do after `ended`, and the bookkeeping after it. `stop_signal`: the signal the user
         stopped the supervisor with, if any; `step_back`: the step back in progress; `squeezed`: other
         processes held the card at this OOM (its measurement says nothing of the plan: no hint)."""
@@ -193,8 +200,12 @@ class Policy:
             return Done(), state
         if outcome.kind == "stopped" and stop_signal is None and step_back is not None:
             kept = dataclasses.replace(
-                state, failed_plans=tuple(plan for plan in state.failed_plans if plan_key(plan) != step_back.key),
-                oom_hints=tuple(hint for hint in state.oom_hints if plan_key(Plan.from_dict(hint["plan"])) != step_back.key))
+                state,
+                failed_plans=tuple(plan for plan in state.failed_plans if plan_key(plan) != step_back.key),
+                oom_hints=tuple(
+                    hint for hint in state.oom_hints if plan_key(Plan.from_dict(hint["plan"])) != step_back.key
+                ),
+            )
             return StepBack(step_back.plan, f"de-escalated: {step_back.reason}"), kept
         if outcome.kind == "stopped" or stop_signal is not None:
             return Stop(EXIT_STOPPED_INT if stop_signal == signal.SIGINT else EXIT_STOPPED_TERM), state
@@ -220,8 +231,12 @@ class Policy:
             choice = self.planner(state.failed_plans, state.oom_hints)
             if choice is not None:
                 applied = [rung for rung in choice.plan.rungs if rung not in plan.rungs] or ["planner"]
-                return ladder.LadderDecision(plan=choice.plan, applied=applied, escalated=True,
-                                             reason=f"{outcome.kind} in {outcome.phase}: planner: {choice.reason}"), state
+                return ladder.LadderDecision(
+                    plan=choice.plan,
+                    applied=applied,
+                    escalated=True,
+                    reason=f"{outcome.kind} in {outcome.phase}: planner: {choice.reason}",
+                ), state
         return ladder.next_plan(plan, outcome, self.facts, self.order), state
 
     def _restart(self, state: PolicyState, ended: Ended, decision: ladder.LadderDecision) -> tuple[Action, PolicyState]:
@@ -237,17 +252,26 @@ class Policy:
             # A healthy attempt leaves this failure only: the budget is for failures close together.
             signature = (outcome.kind, outcome.step, outcome.phase, outcome.message[:120])
             state = dataclasses.replace(
-                state, crash_restarts=1 if healthy else state.crash_restarts + 1, loop_signature=signature,
-                loop_count=1 if progressed or signature != state.loop_signature else state.loop_count + 1)
+                state,
+                crash_restarts=1 if healthy else state.crash_restarts + 1,
+                loop_signature=signature,
+                loop_count=1 if progressed or signature != state.loop_signature else state.loop_count + 1,
+            )
             if state.loop_count >= limits.crash_loop_limit:
                 where = f" at step {outcome.step}" if outcome.step is not None else ""
-                return Fail(f"crash loop: {outcome.kind}{where} {state.loop_count} times in a row with no progress: {outcome.message}"), state
+                return Fail(
+                    f"crash loop: {outcome.kind}{where} {state.loop_count} times in a row with no progress: {outcome.message}"
+                ), state
             if state.crash_restarts > limits.max_restarts:
-                return Fail(f"gave up after {state.crash_restarts - 1} restarts (max_restarts {limits.max_restarts}): "
-                            f"{outcome.kind}: {outcome.message}"), state
+                return Fail(
+                    f"gave up after {state.crash_restarts - 1} restarts (max_restarts {limits.max_restarts}): "
+                    f"{outcome.kind}: {outcome.message}"
+                ), state
         restart = restart_policy(outcome.kind, state.crash_restarts, state.outside_kills, limits)
         if restart.counted:
             accounting = f" (restart {state.crash_restarts} of max_restarts {limits.max_restarts})"
         else:
             accounting = f" (outside kill {state.outside_kills} in a row; not counted toward max_restarts or the crash-loop guard)"
-        return Restart(decision.plan, decision.reason, restart.wait_seconds, restart.counted, restart.cause, accounting), state
+        return Restart(
+            decision.plan, decision.reason, restart.wait_seconds, restart.counted, restart.cause, accounting
+        ), state

@@ -29,8 +29,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import structlog
 
@@ -128,28 +130,27 @@ def submit(home: Home, config: RunConfig, data_profile: Any = None) -> tuple[str
     try:
         queries.enqueue(db, run_id, time.time())
         db.event(run_id, "submitted", "added to the queue")
-        return run_id, queue_position(db, run_id) or 0
+        return run_id, queries.queue_position(db, run_id) or 0
     finally:
         db.close()
-
-
-def waiting_runs(db: Database) -> list[dict[str, Any]]:
-    """The queue's runs not started yet, next first."""
-    return queries.waiting_runs(db)
-
-
-def queue_position(db: Database, run_id: str) -> int | None:
-    """1 for the next run the daemon starts, 2 after it...; None for a run not waiting in the queue."""
-    ids = [row["id"] for row in waiting_runs(db)]
-    return ids.index(run_id) + 1 if run_id in ids else None
 
 
 def queue_listing(db: Database) -> list[dict[str, Any]]:
     """Running runs (submitted or not), then the waiting ones in the order the daemon will start them."""
     rows = [{**run, "position": None} for run in queries.running_runs(db)]
-    rows += [{**run, "position": index} for index, run in enumerate(waiting_runs(db), 1)]
-    return [{"position": r["position"], "id": r["id"], "status": r["status"], "steps_done": r["steps_done"] or 0,
-             "total_steps": r["total_steps"], "submitted_at": r["submitted_at"], "supervisor_pid": r["supervisor_pid"]} for r in rows]
+    rows += [{**run, "position": index} for index, run in enumerate(queries.waiting_runs(db), 1)]
+    return [
+        {
+            "position": r["position"],
+            "id": r["id"],
+            "status": r["status"],
+            "steps_done": r["steps_done"] or 0,
+            "total_steps": r["total_steps"],
+            "submitted_at": r["submitted_at"],
+            "supervisor_pid": r["supervisor_pid"],
+        }
+        for r in rows
+    ]
 
 
 def cancel(home: Home, run_id: str, timeout: float) -> dict[str, Any]:
@@ -185,14 +186,22 @@ def stop(home: Home, run_id: str, timeout: float) -> dict[str, Any]:
             raise ConfigError(f"run {run_id} is already {run['status']}; there is nothing to stop")
         pid = supervisor_pid(run)
         if pid is None:
-            raise StateError(f"run {run_id} is marked running but no supervisor holds it (it died: kill -9 or a reboot); "
-                             f"`tamer resume {run_id}` continues it from its newest checkpoint")
+            raise StateError(
+                f"run {run_id} is marked running but no supervisor holds it (it died: kill -9 or a reboot); "
+                f"`tamer resume {run_id}` continues it from its newest checkpoint"
+            )
         os.kill(pid, signal.SIGTERM)
-        db.event(run_id, "stop_requested", f"SIGTERM sent to supervisor pid {pid}: checkpoint at the next step boundary, then stop")
+        db.event(
+            run_id,
+            "stop_requested",
+            f"SIGTERM sent to supervisor pid {pid}: checkpoint at the next step boundary, then stop",
+        )
         run = _wait_while(db, run_id, "running", timeout)
         if run["status"] == "running":
-            raise TamerError(f"run {run_id} still running {timeout:.0f} s after SIGTERM to its supervisor (pid {pid}); "
-                             f"wait longer, or `kill -TERM {pid}` again to end the attempt without a checkpoint")
+            raise TamerError(
+                f"run {run_id} still running {timeout:.0f} s after SIGTERM to its supervisor (pid {pid}); "
+                f"wait longer, or `kill -TERM {pid}` again to end the attempt without a checkpoint"
+            )
         return run
     finally:
         db.close()
@@ -213,17 +222,26 @@ def _wait_while(db: Database, run_id: str, status: str, timeout: float) -> dict[
 class Daemon:
     """Runs the queue's jobs one after another; see the module docstring."""
 
-    def __init__(self, home: Home, poll_seconds: float = 5.0, exit_when_empty: bool = False, lines: Any = None,
-                 notify_config: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Home,
+        poll_seconds: float = 5.0,
+        exit_when_empty: bool = False,
+        lines: Any = None,
+        notify_config: Path | None = None,
+    ) -> None:
         self.home = home
         # the queue's notify config (a bad one is a config error now, not at the first send); jobs get it through the environment
         self.notify_config = notify_config.resolve() if notify_config else None
         self.watch = QueueWatch(home, notify_settings.home_notify(home.root, self.notify_config))
         self.poll_seconds = poll_seconds
         self.exit_when_empty = exit_when_empty
-        self.lines = lines  # what people read (tamer/progress.py's DaemonLines), or None; structlog logs either way
-        self.lock = PidLock(daemon_lock_path(home), f"a tamer daemon (pid {{holder}}) already serves {home.root}; one daemon per home: "
-                                                    "stop it first (kill -TERM {holder}, or systemctl --user stop tamer)")
+        self.lines = lines  # what people read (tamer/cli/progress.py's DaemonLines), or None; structlog logs either way
+        self.lock = PidLock(
+            daemon_lock_path(home),
+            f"a tamer daemon (pid {{holder}}) already serves {home.root}; one daemon per home: "
+            "stop it first (kill -TERM {holder}, or systemctl --user stop tamer)",
+        )
         self.job: subprocess.Popen | None = None
         self.stop_signal: int | None = None
 
@@ -235,7 +253,10 @@ class Daemon:
         try:
             self._release_stale_claims()
             log.info("daemon_start", home=str(self.home.root), pid=os.getpid())
-            self._say("daemon_start", f"daemon pid {os.getpid()} serves {self.home.root}; {len(waiting_runs(self.db))} queued")
+            self._say(
+                "daemon_start",
+                f"daemon pid {os.getpid()} serves {self.home.root}; {len(queries.waiting_runs(self.db))} queued",
+            )
             for run_id in self._orphans():
                 self._run_job(run_id, "resumed: its supervisor died with the previous daemon")
             while self.stop_signal is None:
@@ -253,8 +274,10 @@ class Daemon:
             self.db.close()
             self.lock.release()
         log.info("daemon_end", signal=self.stop_signal)
-        self._say("daemon_end", "the queue is empty" if self.stop_signal is None
-                  else f"stopped by {signal.Signals(self.stop_signal).name}")
+        self._say(
+            "daemon_end",
+            "the queue is empty" if self.stop_signal is None else f"stopped by {signal.Signals(self.stop_signal).name}",
+        )
         if self.stop_signal is None:
             return EXIT_OK
         return EXIT_STOPPED_INT if self.stop_signal == signal.SIGINT else EXIT_STOPPED_TERM
@@ -284,7 +307,7 @@ class Daemon:
         if self.lines is not None:
             self.lines.say(kind, message)
 
-    def _following(self, run_id: str) -> ContextManager[Callable[[], None]]:
+    def _following(self, run_id: str) -> AbstractContextManager[Callable[[], None]]:
         """Within, calling what it gives prints what the job recorded since (nothing without `lines`)."""
         return self.lines.following(self.db, run_id) if self.lines is not None else contextlib.nullcontext(lambda: None)
 
@@ -301,14 +324,24 @@ class Daemon:
                 with open(log_path, "ab") as output:
                     self.job = subprocess.Popen(
                         [sys.executable, "-m", "tamer", "resume", run_id, "--home", str(self.home.root)],
-                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
                         preexec_fn=_job_setup(os.getpid()),
-                        env={**os.environ, "PYTHONUNBUFFERED": "1",
-                             **({notify_settings.ENVIRONMENT: str(self.notify_config)} if self.notify_config else {})},
+                        env={
+                            **os.environ,
+                            "PYTHONUNBUFFERED": "1",
+                            **({notify_settings.ENVIRONMENT: str(self.notify_config)} if self.notify_config else {}),
+                        },
                     )
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            self.db.event(run_id, "daemon_job", f"the daemon (pid {os.getpid()}) started its supervisor (pid {self.job.pid}): {why}")
+            self.db.event(
+                run_id,
+                "daemon_job",
+                f"the daemon (pid {os.getpid()}) started its supervisor (pid {self.job.pid}): {why}",
+            )
             log.info("job_start", run_id=run_id, pid=self.job.pid, why=why)
             code = self._wait(follow)
             self.job = None
@@ -316,8 +349,11 @@ class Daemon:
             self.watch.job_done(run_id)
             follow()
         run = self.db.run(run_id)
-        self._say("job_end", f"run {run_id} {run['status']} at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
-                             f"its supervisor exited with code {code}")
+        self._say(
+            "job_end",
+            f"run {run_id} {run['status']} at step {run['steps_done'] or 0}/{run['total_steps'] or '?'}; "
+            f"its supervisor exited with code {code}",
+        )
 
     def _wait(self, follow: Callable[[], None]) -> int:
         """The job's exit code, once it exits; meanwhile, what it records is printed (follow)."""
@@ -338,8 +374,12 @@ class Daemon:
             self.db.event(run_id, "failed", reason)
             self.watch.never_started(self.db.run(run_id))
         elif run["status"] == "running" and supervisor_pid(run) is None:
-            self.db.event(run_id, "daemon_job", f"its supervisor exited with code {code} and left the run running; "
-                                                f"the next daemon start resumes it, or `tamer resume {run_id}`")
+            self.db.event(
+                run_id,
+                "daemon_job",
+                f"its supervisor exited with code {code} and left the run running; "
+                f"the next daemon start resumes it, or `tamer resume {run_id}`",
+            )
 
     def _unclaim(self, run_id: str) -> None:
         queries.unclaim(self.db, run_id)
@@ -384,8 +424,14 @@ def detach_run(home: Home, run_id: str) -> int:
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def _await_lock(process: subprocess.Popen, lock_path: Path, what: str, log_path: Path) -> None:

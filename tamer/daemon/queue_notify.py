@@ -20,7 +20,11 @@ class QueueWatch:
 
     def __init__(self, home: Home, config: NotifyConfig | None) -> None:
         self.home = home
-        self.notifier = Notifier(home.db_path, [config], str(home.root), None) if config is not None and config.has_targets else None
+        self.notifier = (
+            Notifier(home.db_path, [config], str(home.root), None)
+            if config is not None and config.has_targets
+            else None
+        )
         self.worked: list[str] = []
 
     def job_done(self, run_id: str) -> None:

@@ -43,4 +43,6 @@ def restart_policy(kind: str, crash_restarts: int, outside_kills_in_a_row: int, 
     if kind == OUTSIDE_KILL:
         wait = backoff(outside_kills_in_a_row, config.kill_backoff, config.kill_backoff_max)
         return RestartPolicy(wait, counted=False, cause="outside kill")
-    return RestartPolicy(backoff(crash_restarts, config.restart_backoff, config.restart_backoff_max), counted=True, cause="crash")
+    return RestartPolicy(
+        backoff(crash_restarts, config.restart_backoff, config.restart_backoff_max), counted=True, cause="crash"
+    )

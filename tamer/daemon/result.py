@@ -26,8 +26,9 @@ from tamer.state.db import Database
 POLL_SECONDS = 0.25
 
 
-def run_result_child(run_dir: Path, arguments: list[str], timeout: float | None = None,
-                     should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def run_result_child(
+    run_dir: Path, arguments: list[str], timeout: float | None = None, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
     """Run `python -m tamer.engine.result RUN_DIR ARGUMENTS` to its end; its JSON summary. A failure
     raises the TamerError of its exit code, with the child's one-line reason."""
     with tempfile.TemporaryDirectory(prefix="tamer-result-") as folder:
@@ -80,5 +81,10 @@ def after_run(db: Database, run_id: str, run_dir: Path, config: RunConfig, shoul
     try:
         run_result_child(run_dir, arguments, timeout=config.watchdog.eval_timeout, should_stop=should_stop)
     except TamerError as error:
-        db.event(run_id, "result_failed", f"evaluation/export after the run failed: {error}; "
-                 f"`tamer eval {run_id}` and `tamer export {run_id}` retry it", error=str(error))
+        db.event(
+            run_id,
+            "result_failed",
+            f"evaluation/export after the run failed: {error}; "
+            f"`tamer eval {run_id}` and `tamer export {run_id}` retry it",
+            error=str(error),
+        )

@@ -21,7 +21,9 @@ from typing import Any
 
 import psutil
 
-from tamer.daemon import outcome as outcomes
+from tamer.daemon import classify as outcomes
+from tamer.outcome import Outcome
+from tamer.plan import Plan
 from tamer.protocol import (
     CHILD_LOG,
     HEARTBEAT,
@@ -32,7 +34,6 @@ from tamer.protocol import (
     read_exit_report,
     read_rank_exit_reports,
 )
-from tamer.plan import Plan
 
 REMOTE_REPORT_SECONDS = 5.0
 """How long to wait for the exit reports of other machines' ranks to appear in the shared run folder."""
@@ -40,14 +41,27 @@ CHILD_PROGRAM = ("-m", "tamer.engine.child")
 """What the interpreter (or torchrun) runs for one attempt; RUN_DIR and ATTEMPT follow."""
 
 
-def command(run_dir: Path, number: int, plan: Plan, config: Any, run_id: str, child_program: Sequence[str] = CHILD_PROGRAM) -> list[str]:
+def command(
+    run_dir: Path, number: int, plan: Plan, config: Any, run_id: str, child_program: Sequence[str] = CHILD_PROGRAM
+) -> list[str]:
     """The child's command line: the child module, or torchrun launching one per process."""
     child = [*child_program, str(run_dir), str(number)]
     if plan.world_size == 1:
         return [sys.executable, *child]
     spread = config.distributed
-    launcher = [sys.executable, "-m", "tamer.engine.launch", "--nproc-per-node", str(spread.nproc_per_node),
-                "--nnodes", str(spread.nnodes), "--max-restarts", "0", "--monitor-interval", "0.1"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "tamer.engine.launch",
+        "--nproc-per-node",
+        str(spread.nproc_per_node),
+        "--nnodes",
+        str(spread.nnodes),
+        "--max-restarts",
+        "0",
+        "--monitor-interval",
+        "0.1",
+    ]
     if spread.nnodes == 1:
         launcher.append("--standalone")
     else:  # static rendezvous hosted by node 0, so that global rank 0 (rows, checkpoints) runs beside the owning supervisor
@@ -68,8 +82,16 @@ def environment(plan: Plan, torch_threads: int | None) -> dict[str, str]:
 class AttemptProcess:
     """One attempt's child process (with torchrun, the launcher and its ranks), from start to exit."""
 
-    def __init__(self, command_line: list[str], env: dict[str, str], attempt_dir: Path, world_size: int, watchdog: Any,
-                 local: range | None = None, log_name: str = CHILD_LOG) -> None:
+    def __init__(
+        self,
+        command_line: list[str],
+        env: dict[str, str],
+        attempt_dir: Path,
+        world_size: int,
+        watchdog: Any,
+        local: range | None = None,
+        log_name: str = CHILD_LOG,
+    ) -> None:
         """`local`: the global ranks this machine runs (all of them unless the run spans several nodes):
         only those are watched and killed here, the other nodes' pid files name processes elsewhere."""
         self.attempt_dir = attempt_dir
@@ -82,7 +104,9 @@ class AttemptProcess:
         self.hung = False
         self.events_before = outcomes.read_memory_events()
         with open(attempt_dir / log_name, "ab") as child_log:
-            self.popen = subprocess.Popen(command_line, stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                command_line, stdout=child_log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.pid = self.popen.pid
         self.started = time.time()
         self.ranks = RankWatch(attempt_dir, self.local) if world_size > 1 else None
@@ -135,23 +159,35 @@ class AttemptProcess:
             self.signals_sent.add(sent)
             os.kill(self.pid, sent)
 
-    def finish(self, returncode: int) -> tuple[outcomes.Outcome, dict | None]:
+    def finish(self, returncode: int) -> tuple[Outcome, dict | None]:
         """After the exit: its classified outcome and the report behind it."""
         if self.world_size > 1:
-            _kill_ranks(self.attempt_dir, signal.SIGKILL, self.local)  # none should be left; never leave one holding a GPU
+            _kill_ranks(
+                self.attempt_dir, signal.SIGKILL, self.local
+            )  # none should be left; never leave one holding a GPU
             oom_killed = returncode != 0 and outcomes.detect_oom_kill(self.events_before, outcomes.read_memory_events())
             reports = read_rank_exit_reports(self.attempt_dir)
             deadline = time.monotonic() + REMOTE_REPORT_SECONDS
             while len(self.local) < self.world_size and len(reports) < self.world_size and time.monotonic() < deadline:
                 time.sleep(0.1)  # other nodes' reports reach the shared folder a little later (or never: a lost node)
                 reports = read_rank_exit_reports(self.attempt_dir)
-            outcome = outcomes.classify_group(returncode, reports, self.world_size, oom_killed=oom_killed, hung=self.hung,
-                                              stop_requested=(self.attempt_dir / STOP_FILE).exists(),
-                                              died_first=self.ranks.finish() if self.ranks else None)
+            outcome = outcomes.classify_group(
+                returncode,
+                reports,
+                self.world_size,
+                oom_killed=oom_killed,
+                hung=self.hung,
+                stop_requested=(self.attempt_dir / STOP_FILE).exists(),
+                died_first=self.ranks.finish() if self.ranks else None,
+            )
             return outcome, reports.get(outcome.rank) if outcome.rank is not None else None
-        oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(self.events_before, outcomes.read_memory_events())
+        oom_killed = returncode == -signal.SIGKILL and outcomes.detect_oom_kill(
+            self.events_before, outcomes.read_memory_events()
+        )
         report = read_exit_report(self.attempt_dir)
-        outcome = outcomes.classify(returncode, report, oom_killed=oom_killed, hung=self.hung, signals_sent=frozenset(self.signals_sent))
+        outcome = outcomes.classify(
+            returncode, report, oom_killed=oom_killed, hung=self.hung, signals_sent=frozenset(self.signals_sent)
+        )
         return outcome, report
 
     def _silence(self) -> tuple[float, float, str]:
@@ -199,7 +235,10 @@ class RankWatch:
     def poll(self) -> None:
         if self.died_first is not None:
             return
-        self.pids = {**{rank: pid for rank, pid in rank_pids(self.attempt_dir).items() if rank in self.local}, **self.pids}
+        self.pids = {
+            **{rank: pid for rank, pid in rank_pids(self.attempt_dir).items() if rank in self.local},
+            **self.pids,
+        }
         dead = []
         for rank, pid in sorted(self.pids.items()):
             try:

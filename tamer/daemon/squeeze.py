@@ -24,7 +24,7 @@ from typing import Any
 
 from tamer.daemon.card import CardView
 from tamer.daemon.restarts import backoff
-from tamer.planner.candidates import usable_bytes
+from tamer.planner.candidates import usable_bytes, within_cap
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES
 from tamer.units import format_size
 
@@ -65,7 +65,7 @@ class PlanRecord:
 
 
 @dataclass(frozen=True)
-class StepBack:
+class StepBackDecision:
     """The decision to step back to `squeeze.plan`, dropping the squeezes from `index` on."""
 
     squeeze: Squeeze
@@ -119,12 +119,20 @@ def measured_need(sizes: dict[str, int], memory_stats: dict[str, Any], earlier_p
 
 def budget_now(view: CardView, others: int, cap_budget: int | None) -> int:
     """Device bytes a new child could use now: the card less what others hold, and no more than its cap."""
-    room = view.total - others
-    return min(room, cap_budget) if cap_budget else room
+    return within_cap(view.total - others, cap_budget)
 
 
-def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_budget: int | None, safety_margin: float,
-                     records: dict[str, PlanRecord], now: float, max_per_plan: int, min_squeeze: int) -> StepBack | None:
+def choose_step_back(
+    squeezes: list[Squeeze],
+    view: CardView,
+    ours: int,
+    cap_budget: int | None,
+    safety_margin: float,
+    records: dict[str, PlanRecord],
+    now: float,
+    max_per_plan: int,
+    min_squeeze: int,
+) -> StepBackDecision | None:
     """The best plan to step back to now (the earliest squeeze whose plan fits again), or None."""
     others = others_holding(view, ours)
     budget = budget_now(view, others, cap_budget)
@@ -138,13 +146,22 @@ def choose_step_back(squeezes: list[Squeeze], view: CardView, ours: int, cap_bud
             continue
         gone = [str(p["pid"]) for p in squeeze.processes if p["pid"] not in present]
         still = [str(p["pid"]) for p in squeeze.processes if p["pid"] in present]
-        needs = ([f"{format_size(squeeze.predicted)} predicted (of {format_size(usable)} usable with the {safety_margin:.0%} margin)"]
-                 if squeeze.predicted is not None else []) + ([f"{format_size(squeeze.measured)} measured"] if squeeze.measured else [])
+        needs = (
+            [
+                f"{format_size(squeeze.predicted)} predicted (of {format_size(usable)} usable with the {safety_margin:.0%} margin)"
+            ]
+            if squeeze.predicted is not None
+            else []
+        ) + ([f"{format_size(squeeze.measured)} measured"] if squeeze.measured else [])
         need = f"it needs {' and '.join(needs)}" if needs else "its need is unknown and the card is empty"
-        whose = (f"; gone: pid {', '.join(gone)}" if gone else "") + (f"; still there: pid {', '.join(still)}" if still else "")
-        reason = (f"the squeeze of attempt {squeeze.attempt} is over: other processes hold {format_size(others)} "
-                  f"(were {format_size(squeeze.others)}), {format_size(budget)} available; {need}{whose}")
-        return StepBack(squeeze, index, reason, others, budget)
+        whose = (f"; gone: pid {', '.join(gone)}" if gone else "") + (
+            f"; still there: pid {', '.join(still)}" if still else ""
+        )
+        reason = (
+            f"the squeeze of attempt {squeeze.attempt} is over: other processes hold {format_size(others)} "
+            f"(were {format_size(squeeze.others)}), {format_size(budget)} available; {need}{whose}"
+        )
+        return StepBackDecision(squeeze, index, reason, others, budget)
     return None
 
 
@@ -152,7 +169,9 @@ def _fits(squeeze: Squeeze, usable: int, limit: int, others: int, min_squeeze: i
     """The prediction within the margin, the measurement within the budget; neither known: others gone."""
     if squeeze.predicted is None and squeeze.measured is None:
         return others < min_squeeze
-    return (squeeze.predicted is None or squeeze.predicted <= usable) and (squeeze.measured is None or squeeze.measured <= limit)
+    return (squeeze.predicted is None or squeeze.predicted <= usable) and (
+        squeeze.measured is None or squeeze.measured <= limit
+    )
 
 
 def after_step_back(record: PlanRecord) -> PlanRecord:
@@ -162,4 +181,6 @@ def after_step_back(record: PlanRecord) -> PlanRecord:
 def after_oom_again(record: PlanRecord, now: float, first_wait: float, longest_wait: float) -> PlanRecord:
     """A plan stepped back to ran out of memory again: hold it off for a growing while."""
     ooms = record.ooms_after_step_back + 1
-    return dataclasses.replace(record, ooms_after_step_back=ooms, not_before=now + backoff(ooms, first_wait, longest_wait))
+    return dataclasses.replace(
+        record, ooms_after_step_back=ooms, not_before=now + backoff(ooms, first_wait, longest_wait)
+    )

@@ -30,6 +30,19 @@ from typing import Any
 
 import torch
 
+BITSANDBYTES_INTERNALS = (
+    "initialized",
+    "check_overrides",
+    "to_gpu",
+    "init_state",
+    "prefetch_state",
+    "get_config",
+    "update_step",
+    "is_paged",
+)
+"""What the Triton step uses of bitsandbytes' Optimizer8bit beyond its public API (tested with bitsandbytes 0.50.x).
+Checked once, when the optimizer is built: a bitsandbytes without one of them steps with its own kernels instead,
+and says why (`fallback_reason`)."""
 QUANT_BLOCK = 256
 """Elements per absmax block (bitsandbytes' block-wise optimizers use 256)."""
 BLOCKS_PER_PROGRAM = 4
@@ -51,7 +64,7 @@ def unavailable(device: torch.device) -> str | None:
 
 def _kernel() -> Any:
     """The kernel, imported at first use (importing triton is slow, and CPU runs never need it)."""
-    from tamer.engine.adamw8bit_kernel import adamw8bit
+    from tamer.engine.adamw8bit_kernel import adamw8bit  # imports triton: seconds, and CPU runs never need it
 
     return adamw8bit
 
@@ -61,19 +74,43 @@ def midpoints(code: torch.Tensor) -> torch.Tensor:
     return (code[:-1] + code[1:]) / 2
 
 
-def update_8bit(parameter: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], config: dict[str, Any],
-                mids: tuple[torch.Tensor, torch.Tensor], grad_scale: torch.Tensor | None) -> None:
+def update_8bit(
+    parameter: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    mids: tuple[torch.Tensor, torch.Tensor],
+    grad_scale: torch.Tensor | None,
+) -> None:
     """One AdamW step of one tensor with 8-bit block-wise moments, in place (weights, codes, absmax)."""
     step = state["step"]
     beta1, beta2 = config["betas"][0], config["betas"][1]
     n = parameter.numel()
     grid = (-(-n // (QUANT_BLOCK * BLOCKS_PER_PROGRAM)),)
     _kernel()[grid](
-        parameter, grad, state["state1"], state["state2"], state["qmap1"], state["qmap2"], mids[0], mids[1],
-        state["absmax1"], state["absmax2"], grad_scale if grad_scale is not None else state["absmax1"],
-        n, float(config["lr"]), float(beta1), float(beta2), float(config["eps"]), float(config["weight_decay"]),
-        1.0 - beta1 ** step, (1.0 - beta2 ** step) ** 0.5,
-        HAS_SCALE=grad_scale is not None, QBLOCK=QUANT_BLOCK, BLOCKS=BLOCKS_PER_PROGRAM, num_warps=NUM_WARPS,
+        parameter,
+        grad,
+        state["state1"],
+        state["state2"],
+        state["qmap1"],
+        state["qmap2"],
+        mids[0],
+        mids[1],
+        state["absmax1"],
+        state["absmax2"],
+        grad_scale if grad_scale is not None else state["absmax1"],
+        n,
+        float(config["lr"]),
+        float(beta1),
+        float(beta2),
+        float(config["eps"]),
+        float(config["weight_decay"]),
+        1.0 - beta1**step,
+        (1.0 - beta2**step) ** 0.5,
+        HAS_SCALE=grad_scale is not None,
+        QBLOCK=QUANT_BLOCK,
+        BLOCKS=BLOCKS_PER_PROGRAM,
+        num_warps=NUM_WARPS,
     )
 
 
@@ -99,6 +136,13 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
             super().__init__(*args, **kwargs)
             self.grad_scale: torch.Tensor | None = None
             self._mids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+            missing = [name for name in BITSANDBYTES_INTERNALS if not hasattr(self, name)]
+            self.own_step = bool(missing)
+            if missing:
+                self.fallback_reason = (
+                    f"bitsandbytes {getattr(bnb, '__version__', '?')} has no {', '.join(missing)} (the Triton "
+                    "step is tested with 0.50.x): its own step runs"
+                )
 
         def _midpoints(self, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
             device = state["qmap1"].device
@@ -115,6 +159,14 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
             """bitsandbytes' step without its wait for the device after every tensor (the kernels queue
             on one stream; a paged optimizer's prefetches are on it too). `grad_scale`, when set, scales
             every gradient (the 32-bit ones in place, the 8-bit ones inside the kernel) and is cleared."""
+            if self.own_step:  # a bitsandbytes whose internals differ: its own step, gradients scaled first
+                if self.grad_scale is not None:
+                    for group in self.param_groups:
+                        for parameter in group["params"]:
+                            if parameter.grad is not None:
+                                parameter.grad.mul_(self.grad_scale)
+                    self.grad_scale = None
+                return super().step(closure)
             loss = None
             if closure is not None:
                 with torch.enable_grad():
@@ -140,8 +192,14 @@ def triton_adamw8bit(paged: bool) -> type[torch.optim.Optimizer]:
                         parameter.grad = parameter.grad.contiguous()
                         state["step"] += 1
                         try:
-                            update_8bit(parameter, parameter.grad, state, self.get_config(gindex, pindex, group),
-                                        self._midpoints(state), scale)
+                            update_8bit(
+                                parameter,
+                                parameter.grad,
+                                state,
+                                self.get_config(gindex, pindex, group),
+                                self._midpoints(state),
+                                scale,
+                            )
                             continue
                         except torch.OutOfMemoryError:
                             raise

@@ -17,9 +17,30 @@ def nearest(x, mids_ptr):
 
 
 @triton.jit
-def adamw8bit(p_ptr, g_ptr, m_ptr, v_ptr, qm_ptr, qv_ptr, mids_m_ptr, mids_v_ptr, am_ptr, av_ptr, scale_ptr,
-              n, lr, beta1, beta2, eps, decay, correction1, correction2,
-              HAS_SCALE: tl.constexpr, QBLOCK: tl.constexpr, BLOCKS: tl.constexpr):
+def adamw8bit(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    qm_ptr,
+    qv_ptr,
+    mids_m_ptr,
+    mids_v_ptr,
+    am_ptr,
+    av_ptr,
+    scale_ptr,
+    n,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    decay,
+    correction1,
+    correction2,
+    HAS_SCALE: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    BLOCKS: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
     offsets = rows[:, None] * QBLOCK + tl.arange(0, QBLOCK)[None, :]
     mask = offsets < n

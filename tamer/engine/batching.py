@@ -73,7 +73,9 @@ def pack(examples: list[Example], pad_id: int, multiple: int) -> dict[str, torch
     }
 
 
-def collate(examples: list[Example], mode: Mode, pad_id: int, max_seq_len: int, multiple: int) -> dict[str, torch.Tensor]:
+def collate(
+    examples: list[Example], mode: Mode, pad_id: int, max_seq_len: int, multiple: int
+) -> dict[str, torch.Tensor]:
     """The tensors of one micro-batch in `mode` (see the module docstring)."""
     if mode == "packed":
         return pack(examples, pad_id, multiple)
@@ -83,13 +85,16 @@ def collate(examples: list[Example], mode: Mode, pad_id: int, max_seq_len: int, 
     return {name: value for name, value in collated.items() if isinstance(value, torch.Tensor)}
 
 
-def build(examples: list[Example], sample_ids: list[int], size: int, mode: Mode, pad_id: int,
-          max_seq_len: int, multiple: int) -> list[MicroBatch]:
+def build(
+    examples: list[Example], sample_ids: list[int], size: int, mode: Mode, pad_id: int, max_seq_len: int, multiple: int
+) -> list[MicroBatch]:
     """`sample_ids` cut into micro-batches of `size` samples, in order, each collated in `mode` (on the CPU)."""
     out = []
     for start in range(0, len(sample_ids), size):
-        ids = sample_ids[start:start + size]
+        ids = sample_ids[start : start + size]
         chosen = [examples[i] for i in ids]
         tensors = collate(chosen, mode, pad_id, max_seq_len, multiple)
-        out.append(MicroBatch(tensors, ids, sum(len(example.input_ids) for example in chosen), tensors["input_ids"].numel()))
+        out.append(
+            MicroBatch(tensors, ids, sum(len(example.input_ids) for example in chosen), tensors["input_ids"].numel())
+        )
     return out

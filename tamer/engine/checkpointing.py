@@ -43,12 +43,21 @@ import torch
 
 from tamer import checkpoint_policy
 from tamer.engine import distributed, memory
+from tamer.engine.attempt import Attempt, Training
 from tamer.engine.resume import rng_state
 from tamer.state import checkpoints
 
 SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
 }
 HOST_MARGIN_BYTES = 1 << 30
 """Host memory kept free beyond the snapshot itself when deciding whether an async save fits."""
@@ -73,7 +82,11 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     offset = 0
     for name, tensor in tensors.items():
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
@@ -187,9 +200,14 @@ class HostBuffers:
         raw = slab.numpy()
         # Each view gets a storage of its own over its part of the slab (frombuffer): torch.save writes a
         # tensor's whole storage, and a slice of the slab would drag the slab along into every file.
-        self.views = [torch.frombuffer(raw[offset:offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8).view(dtype).view(shape)
-                      if _numel(shape) else torch.empty(shape, dtype=dtype)
-                      for offset, (shape, dtype) in zip(offsets, layout)]
+        self.views = [
+            torch.frombuffer(raw[offset : offset + _numel(shape) * dtype.itemsize], dtype=torch.uint8)
+            .view(dtype)
+            .view(shape)
+            if _numel(shape)
+            else torch.empty(shape, dtype=dtype)
+            for offset, (shape, dtype) in zip(offsets, layout)
+        ]
         self.slab, self.layout = slab, layout
 
     def copy(self, value: Any) -> Any:
@@ -244,7 +262,9 @@ def host_room(needed: int, capped: bool) -> str | None:
 
     available = psutil.virtual_memory().available
     if available < needed + HOST_MARGIN_BYTES:
-        return f"the snapshot needs {needed / 2**30:.1f} GiB of host memory and {available / 2**30:.1f} GiB is available"
+        return (
+            f"the snapshot needs {needed / 2**30:.1f} GiB of host memory and {available / 2**30:.1f} GiB is available"
+        )
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if capped and soft != resource.RLIM_INFINITY:
         room = soft - memory.vm_size()
@@ -253,12 +273,11 @@ def host_room(needed: int, capped: bool) -> str | None:
     return None
 
 
-
 # --- the background save ---------------------------------------------------------------------------
 
 
 @dataclass
-class Outcome:
+class SaveOutcome:
     """What became of one save, told on the main thread (only it writes events)."""
 
     step: int
@@ -273,19 +292,21 @@ class Outcome:
 class Checkpointer:
     """When to save, and saving: snapshot on the main thread, write on a background one (rank 0)."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        config = trainer.config
-        self.group = trainer.group
+    def __init__(self, attempt: Attempt, training: Training | None = None) -> None:
+        """`training`: the objects a snapshot copies (None: a checkpointer that only writes the snapshots it is given)."""
+        self.attempt = attempt
+        self.training = training
+        config = attempt.config
+        self.group = attempt.group
         self.asynchronous = bool(config.checkpoint_async)
-        self.buffers = HostBuffers(pin=trainer.device.type == "cuda")
+        self.buffers = HostBuffers(pin=attempt.device.type == "cuda")
         self.thread: threading.Thread | None = None
-        self.outcome: Outcome | None = None
-        self.committed_step = trainer.state.checkpoint_step
+        self.outcome: SaveOutcome | None = None
+        self.committed_step = attempt.state.checkpoint_step
         self.skipped = 0
         self.auto = config.checkpoint_every == checkpoint_policy.AUTO
         self.interval: checkpoint_policy.Interval | None = None
-        self.last_save_step = trainer.state.step
+        self.last_save_step = attempt.state.step
         self.last_save_time = time.perf_counter()
         self.allocating: threading.Thread | None = None
         self.boundary: float | None = None  # the end of the last step boundary (clock of the step loop)
@@ -296,12 +317,17 @@ class Checkpointer:
 
     def announce(self) -> None:
         """At the start of training: the interval in force when the config sets it."""
-        config = self.trainer.config
+        config = self.attempt.config
         if not self.auto:
             every = f"every {config.checkpoint_every} steps"
             extra = f" and every {config.checkpoint_every_seconds:g} s" if config.checkpoint_every_seconds else ""
-            self.trainer.report.event(checkpoint_policy.INTERVAL_EVENT, f"checkpoint {every}{extra} (set in the config)",
-                               steps=config.checkpoint_every, seconds=config.checkpoint_every_seconds, rule="config")
+            self.attempt.report.event(
+                checkpoint_policy.INTERVAL_EVENT,
+                f"checkpoint {every}{extra} (set in the config)",
+                steps=config.checkpoint_every,
+                seconds=config.checkpoint_every_seconds,
+                rule="config",
+            )
 
     def due(self, step: int) -> bool:
         """Whether to save after `step` (the same answer on every rank: rank 0 decides)."""
@@ -315,7 +341,7 @@ class Checkpointer:
         answer = False
         if self.group.is_main:
             self.poll()
-            config = self.trainer.config
+            config = self.attempt.config
             since = now - self.last_save_time
             if not self.auto:
                 answer = step % config.checkpoint_every == 0
@@ -333,27 +359,31 @@ class Checkpointer:
         """Checkpoint the current step. `wait`: also until it is on disk (stop, end of run), and not
         again if it already is; otherwise the write goes on in the background, or the save is skipped
         while the previous one is still writing."""
-        trainer = self.trainer
-        step = trainer.state.step
+        attempt = self.attempt
+        step = attempt.state.step
         if wait:
             self.wait()
             committed = distributed.broadcast(self.group, self.committed_step)
-            trainer.state.checkpoint_step = committed
+            attempt.state.checkpoint_step = committed
             if committed == step:
                 return
         else:
             if distributed.broadcast(self.group, self.group.is_main and self.busy()):
                 self.skipped += 1
                 return
-        trainer.report.beat("checkpoint")
+        attempt.report.beat("checkpoint")
         started = time.perf_counter()
         snapshot = self._snapshot()
-        trainer.state.checkpoint_step = step
+        attempt.state.checkpoint_step = step
         self.last_save_step, self.last_save_time = step, time.perf_counter()
         if snapshot is not None:
             if self.asynchronous:
-                self.thread = threading.Thread(target=self._write, args=(snapshot, time.perf_counter() - started),
-                                               name="checkpoint-writer", daemon=True)
+                self.thread = threading.Thread(
+                    target=self._write,
+                    args=(snapshot, time.perf_counter() - started),
+                    name="checkpoint-writer",
+                    daemon=True,
+                )
                 self.thread.start()
             else:
                 self._write(snapshot, 0.0)
@@ -366,10 +396,10 @@ class Checkpointer:
                     self.outcome.waited = True
                 self.wait()
         if wait:
-            trainer.state.checkpoint_step = distributed.broadcast(self.group, self.committed_step)
+            attempt.state.checkpoint_step = distributed.broadcast(self.group, self.committed_step)
         if self.boundary is not None:
             self.boundary = time.perf_counter()
-        trainer.report.beat("between_steps")
+        attempt.report.beat("between_steps")
 
     def busy(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
@@ -377,7 +407,7 @@ class Checkpointer:
     def wait(self) -> None:
         """Rank 0: until the save in flight is on disk (or failed), then tell what became of it."""
         if self.thread is not None:
-            self.trainer.report.beat("checkpoint")
+            self.attempt.report.beat("checkpoint")
             self.thread.join()
             self.thread = None
         self.poll()
@@ -385,33 +415,35 @@ class Checkpointer:
     def wait_quietly(self) -> None:
         """After a failure of the loop: let the write in flight finish; its errors do not hide the failure,
         and the failure's report still names the phase it happened in."""
-        phase = self.trainer.report.phase
+        phase = self.attempt.report.phase
         try:
             self.wait()
         except BaseException:
             pass
-        self.trainer.report.phase = phase
+        self.attempt.report.phase = phase
 
     def _snapshot(self) -> Snapshot | None:
         """The collectives on every rank, then rank 0's snapshot (None elsewhere)."""
-        trainer = self.trainer
+        attempt = self.attempt
+        training = self.training
+        assert training is not None, "a snapshot needs the objects being trained"
 
-        full_weights = distributed.full_model_state(trainer.wrapped, trainer.model, trainer.plan)
-        optimizer_state = distributed.optimizer_state(trainer.wrapped, trainer.optimizer, trainer.plan)
+        full_weights = distributed.full_model_state(training.wrapped, training.model, attempt.plan)
+        optimizer_state = distributed.optimizer_state(training.wrapped, training.optimizer, attempt.plan)
         rng_states = distributed.gather_objects(self.group, rng_state())
         if not self.group.is_main:
             return None
-        is_lora = trainer.plan.lora
+        is_lora = attempt.plan.lora
         state = self._live_state(full_weights, optimizer_state)
         if is_lora:
-            lora_config = copy.deepcopy(trainer.model.peft_config["default"])
+            lora_config = copy.deepcopy(training.model.peft_config["default"])
             lora_config.inference_mode = True  # as PeftModel.save_pretrained writes it
             model_files = [lora_config]
         else:
-            model_config = copy.deepcopy(trainer.model.config)
-            model_config.architectures = [type(trainer.model).__name__]
+            model_config = copy.deepcopy(training.model.config)
+            model_config.architectures = [type(training.model).__name__]
             model_files = [model_config]
-            generation = getattr(trainer.model, "generation_config", None)
+            generation = getattr(training.model, "generation_config", None)
             if generation is not None:
                 model_files.append(copy.deepcopy(generation))
         if self.allocating is not None:
@@ -421,30 +453,47 @@ class Checkpointer:
             self._check_room(state)
         if self.asynchronous:
             try:
-                if trainer.device.type == "cuda":
-                    torch.cuda.synchronize(trainer.device)  # the optimizer's kernels (and paged moments) are done
+                if attempt.device.type == "cuda":
+                    torch.cuda.synchronize(attempt.device)  # the optimizer's kernels (and paged moments) are done
                 state = self.buffers.copy(state)
-                if trainer.device.type == "cuda":
-                    torch.cuda.synchronize(trainer.device)  # the copies into pinned memory are done
+                if attempt.device.type == "cuda":
+                    torch.cuda.synchronize(attempt.device)  # the copies into pinned memory are done
             except RuntimeError as error:  # pinned memory refused: the snapshot does not fit after all
                 self.asynchronous = False
                 self.buffers = HostBuffers(pin=False)
-                trainer.report.event("checkpoint_sync", f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})")
+                attempt.report.event(
+                    "checkpoint_sync",
+                    f"checkpoints are written synchronously: host copy failed ({str(error).splitlines()[0][:200]})",
+                )
         base = self._lora_base() if is_lora else None
         manifest = {
-            "kind": "lora" if is_lora else "full", "base": base, "samples_consumed": trainer.state.samples_consumed,
-            "epoch": trainer.order.epoch_of(trainer.state.samples_consumed), "seed": trainer.config.seed,
-            "plan": trainer.plan.to_dict(), "config_hash": trainer.config.config_hash(), "run_id": trainer.run_id,
+            "kind": "lora" if is_lora else "full",
+            "base": base,
+            "samples_consumed": attempt.state.samples_consumed,
+            "epoch": training.order.epoch_of(attempt.state.samples_consumed),
+            "seed": attempt.config.seed,
+            "plan": attempt.plan.to_dict(),
+            "config_hash": attempt.config.config_hash(),
+            "run_id": attempt.run_id,
         }
-        scaler = trainer.scaler.state_dict() if trainer.scaler is not None else None
-        return Snapshot(trainer.state.step, "lora" if is_lora else "full", state["weights"], model_files, state["optimizer"],
-                        copy.deepcopy(trainer.scheduler.state_dict()), copy.deepcopy(scaler),
-                        {"ranks": rng_states} if self.group.distributed else rng_states[0], manifest, state_bytes(state))
+        scaler = training.scaler.state_dict() if training.scaler is not None else None
+        return Snapshot(
+            attempt.state.step,
+            "lora" if is_lora else "full",
+            state["weights"],
+            model_files,
+            state["optimizer"],
+            copy.deepcopy(training.scheduler.state_dict()),
+            copy.deepcopy(scaler),
+            {"ranks": rng_states} if self.group.distributed else rng_states[0],
+            manifest,
+            state_bytes(state),
+        )
 
     def _live_state(self, full_weights: dict[str, torch.Tensor] | None, optimizer_state: Any) -> dict[str, Any]:
         """The weights (or adapters) and optimizer state to snapshot, as references to the live tensors."""
-        model = self.trainer.model
-        if self.trainer.plan.lora:
+        model = self.training.model
+        if self.attempt.plan.lora:
             from peft import get_peft_model_state_dict
 
             weights = get_peft_model_state_dict(model)
@@ -455,24 +504,30 @@ class Checkpointer:
     def _check_room(self, state: dict[str, Any]) -> None:
         """Go synchronous, with an event, when a snapshot of `state` does not fit the host memory."""
         needed = state_bytes(state)
-        why_not = host_room(needed, bool(self.trainer.config.host_mem_cap))
+        why_not = host_room(needed, bool(self.attempt.config.host_mem_cap))
         if why_not:
             self.asynchronous = False
-            self.trainer.report.event("checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed)
+            self.attempt.report.event(
+                "checkpoint_sync", f"checkpoints are written synchronously: {why_not}", needed=needed
+            )
 
     def allocate_ahead(self) -> None:
         """After the attempt's first step (the optimizer state exists now): pin the host buffers in a
         thread, so the first save does not stall for the allocation. Not with FSDP over several ranks
         (its full state only exists inside the gathering collectives)."""
-        trainer = self.trainer
+        attempt = self.attempt
+        training = self.training
+        assert training is not None, "a snapshot needs the objects being trained"
         if not (self.asynchronous and self.group.is_main and self.buffers.slab is None and self.allocating is None):
             return
-        if trainer.plan.parallel == "fsdp" and trainer.plan.world_size > 1:
+        if attempt.plan.parallel == "fsdp" and attempt.plan.world_size > 1:
             return
-        state = self._live_state(None, trainer.optimizer.state_dict())
+        state = self._live_state(None, training.optimizer.state_dict())
         self._check_room(state)
         if self.asynchronous:
-            self.allocating = threading.Thread(target=self._allocate, args=(layout_of(state),), name="checkpoint-buffers", daemon=True)
+            self.allocating = threading.Thread(
+                target=self._allocate, args=(layout_of(state),), name="checkpoint-buffers", daemon=True
+            )
             self.allocating.start()
 
     def _allocate(self, layout: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
@@ -484,30 +539,37 @@ class Checkpointer:
     def _lora_base(self) -> str | None:
         """A LoRA checkpoint names its frozen base when the base lives in this run (random init, or
         weights trained before LoRA); otherwise the base is the configured model."""
-        run_dir = self.trainer.run_dir.resolve()
-        base_path = Path(self.trainer.base).resolve()
+        run_dir = self.attempt.run_dir.resolve()
+        base_path = Path(self.training.base).resolve()
         return os.path.relpath(base_path, run_dir) if run_dir in base_path.parents else None
 
     def _write(self, snapshot: Snapshot, stall: float) -> None:
         """Write and commit one snapshot (the background thread, or the main one when synchronous)."""
-        trainer = self.trainer
-        outcome = Outcome(snapshot.step, stall)
+        attempt = self.attempt
+        outcome = SaveOutcome(snapshot.step, stall)
         started = time.perf_counter()
 
         def check_fault() -> None:
-            trainer.faults.check("checkpoint", snapshot.step, trainer.plan.micro_batch_size)
+            attempt.faults.check("checkpoint", snapshot.step, attempt.plan.micro_batch_size)
 
-        for attempt in range(WRITE_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             try:
-                outcome.saved = checkpoints.save(trainer.run_dir, snapshot.step, lambda folder: write_snapshot(folder, snapshot, check_fault),
-                                                 snapshot.manifest, trainer.config.keep_checkpoints)
+                outcome.saved = checkpoints.save(
+                    attempt.run_dir,
+                    snapshot.step,
+                    lambda folder: write_snapshot(folder, snapshot, check_fault),
+                    snapshot.manifest,
+                    attempt.config.keep_checkpoints,
+                )
                 outcome.error = None
                 break
             except BaseException as error:  # told on the main thread: a full disk, or a crash and a retry
                 outcome.error = error
                 if _disk_full(error):
                     break
-                outcome.crashes.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+                outcome.crashes.append(
+                    f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+                )
         outcome.write_seconds = time.perf_counter() - started
         self.outcome = outcome
 
@@ -517,22 +579,33 @@ class Checkpointer:
         if outcome is None or self.busy():
             return
         self.outcome = None
-        trainer = self.trainer
+        attempt = self.attempt
         for number, crash in enumerate(outcome.crashes, start=1):
             retried = number < WRITE_ATTEMPTS
-            trainer.report.event("checkpoint_writer_crashed",
-                          f"checkpoint step {outcome.step}: the writer failed ({crash}); "
-                          + ("retrying from the same snapshot" if retried else "giving up: the attempt ends and resumes from the previous checkpoint"),
-                          step=outcome.step, error=crash, retried=retried)
+            attempt.report.event(
+                "checkpoint_writer_crashed",
+                f"checkpoint step {outcome.step}: the writer failed ({crash}); "
+                + (
+                    "retrying from the same snapshot"
+                    if retried
+                    else "giving up: the attempt ends and resumes from the previous checkpoint"
+                ),
+                step=outcome.step,
+                error=crash,
+                retried=retried,
+            )
         if outcome.error is not None:
             if not _disk_full(outcome.error):
                 raise outcome.error
-            final = outcome.step == trainer.total_steps
-            trainer.report.event("checkpoint_failed",
-                          f"disk full while writing checkpoint step {outcome.step}: the partial checkpoint was removed, "
-                          f"step {self.committed_step or 0} stays the newest; "
-                          + ("the run cannot finish without its final checkpoint" if final else "training continues"),
-                          step=outcome.step, error=str(outcome.error))
+            final = outcome.step == attempt.total_steps
+            attempt.report.event(
+                "checkpoint_failed",
+                f"disk full while writing checkpoint step {outcome.step}: the partial checkpoint was removed, "
+                f"step {self.committed_step or 0} stays the newest; "
+                + ("the run cannot finish without its final checkpoint" if final else "training continues"),
+                step=outcome.step,
+                error=str(outcome.error),
+            )
             if final:
                 raise outcome.error
             return
@@ -540,32 +613,55 @@ class Checkpointer:
         self.committed_step = outcome.step
         skipped, self.skipped = self.skipped, 0
         if self.asynchronous and outcome.waited:
-            message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s "
-                       f"(the last one: training waited for its {outcome.write_seconds:.2f} s write)")
+            message = (
+                f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s "
+                f"(the last one: training waited for its {outcome.write_seconds:.2f} s write)"
+            )
         elif self.asynchronous:
-            message = (f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s of training "
-                       f"(written in the background in {outcome.write_seconds:.2f} s)")
+            message = (
+                f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s of training "
+                f"(written in the background in {outcome.write_seconds:.2f} s)"
+            )
         else:
             message = f"checkpoint step {outcome.step} saved in {outcome.stall:.2f} s (synchronous)"
         if skipped:
             message += f"; {skipped} save(s) skipped while it was writing"
-        trainer.report.event("checkpoint", message, step=outcome.step, path=str(outcome.saved.path), seconds=outcome.stall,
-                      stall=outcome.stall, write_seconds=outcome.write_seconds, asynchronous=self.asynchronous,
-                      bytes=_folder_bytes(outcome.saved.path), skipped=skipped, waited=outcome.waited)
+        attempt.report.event(
+            "checkpoint",
+            message,
+            step=outcome.step,
+            path=str(outcome.saved.path),
+            seconds=outcome.stall,
+            stall=outcome.stall,
+            write_seconds=outcome.write_seconds,
+            asynchronous=self.asynchronous,
+            bytes=_folder_bytes(outcome.saved.path),
+            skipped=skipped,
+            waited=outcome.waited,
+        )
         if self.auto and self.interval is None:
             self._choose_interval(outcome)
 
-    def _choose_interval(self, outcome: Outcome) -> None:
-        trainer = self.trainer
+    def _choose_interval(self, outcome: SaveOutcome) -> None:
+        attempt = self.attempt
         step_seconds = self.train_seconds / self.timed_steps if self.timed_steps else 1.0
         stall = outcome.stall  # synchronous: the write included
-        mtbf = checkpoint_policy.mean_time_between_failures(trainer.report.db.attempts(trainer.run_id), time.time())
-        self.interval = checkpoint_policy.choose_interval(stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf)
-        trainer.report.event(checkpoint_policy.INTERVAL_EVENT,
-                      f"checkpoint every {self.interval.steps} steps (~{self.interval.seconds:.0f} s, auto): {self.interval.reason}; "
-                      f"measured {stall:.2f} s stall and {outcome.write_seconds:.1f} s write per save, {step_seconds:.3f} s per step",
-                      steps=self.interval.steps, seconds=self.interval.seconds, rule=self.interval.reason, stall=stall,
-                      write_seconds=outcome.write_seconds, step_seconds=step_seconds, mtbf_seconds=mtbf)
+        mtbf = checkpoint_policy.mean_time_between_failures(attempt.report.db.attempts(attempt.run_id), time.time())
+        self.interval = checkpoint_policy.choose_interval(
+            stall, outcome.write_seconds if self.asynchronous else 0.0, step_seconds, mtbf
+        )
+        attempt.report.event(
+            checkpoint_policy.INTERVAL_EVENT,
+            f"checkpoint every {self.interval.steps} steps (~{self.interval.seconds:.0f} s, auto): {self.interval.reason}; "
+            f"measured {stall:.2f} s stall and {outcome.write_seconds:.1f} s write per save, {step_seconds:.3f} s per step",
+            steps=self.interval.steps,
+            seconds=self.interval.seconds,
+            rule=self.interval.reason,
+            stall=stall,
+            write_seconds=outcome.write_seconds,
+            step_seconds=step_seconds,
+            mtbf_seconds=mtbf,
+        )
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -3,7 +3,7 @@
 The supervisor writes the plan to `RUN_DIR/plans/attempt-N.json` and starts this. The child trains
 (tamer/engine/trainer.py) and, however it ends, writes `RUN_DIR/attempts/N/exit.json` — done, stopped,
 an error a restart cannot fix, or the exception with its phase, step, micro-batch and memory peaks —
-then exits with a code the supervisor classifies (tamer/daemon/outcome.py). It dies with the
+then exits with a code the supervisor classifies (tamer/daemon/classify.py). It dies with the
 supervisor (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy. The attempt folder's files, the
 report's keys and the exit codes are the contract in tamer/protocol.py.
 
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from tamer import protocol
+from tamer.errors import TamerError
 from tamer.protocol import EXIT_EXCEPTION, EXIT_STOPPED_INT, EXIT_STOPPED_TERM, ExitReport, die_with_parent
 
 
 def write_report(path: Path, report: ExitReport) -> None:
     """The exit report, with the rank and the time (a group's first failure is its root cause)."""
-    from tamer.state.checkpoints import write_json_atomic
+    from tamer.state.checkpoints import write_json_atomic  # start-up: main() runs before anything heavy is imported
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {**report, "rank": int(os.environ.get("RANK", 0)), "time": time.time()})
@@ -70,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     try:  # importing torch takes seconds: a stop may come in the middle
         from tamer.logs import configure_logging
 
-        configure_logging(run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else ""))
-        from tamer.engine.trainer import StopRequested, Trainer
+        configure_logging(
+            run_dir / "log.jsonl", process=f"child-{attempt}" + (f"-rank{rank}" if world_size > 1 else "")
+        )
+        from tamer.engine.trainer import StopRequested, Trainer  # torch, transformers: seconds
     except StopBeforeTraining:
         return _stopped_before_training(report_path, stop_flag, 0)
-    from tamer.errors import TamerError
-
     trainer: Trainer | None = None
     try:
         trainer = Trainer(run_dir, attempt, stop_flag)
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except StopBeforeTraining:
         return _stopped_before_training(report_path, stop_flag, trainer.state.step if trainer else 0)
     except TamerError as error:
-        write_report(report_path, {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code})
+        write_report(
+            report_path,
+            {"status": "error", "error_kind": error.kind, "message": str(error), "exit_code": error.exit_code},
+        )
         return error.exit_code
     except BaseException as error:  # every failure is reported, then classified by the supervisor
         capped = _lift_address_space_limit()
@@ -106,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             report["address_space_capped"] = True
         if trainer is not None:
             report.update(trainer.where())
-            _dump_memory_snapshot(trainer, error, attempt_dir / protocol.MEMORY_SNAPSHOT, report)
+            _dump_memory_snapshot(trainer.context, error, attempt_dir / protocol.MEMORY_SNAPSHOT, report)
             try:
+                # torch: this module's top stays light, so a stop or a failed import still gets an exit report
                 from tamer.engine import memory
 
                 report["memory_stats"] = memory.peak_stats(trainer.device)
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return EXIT_EXCEPTION
     write_report(report_path, {"status": "done", "step": trainer.state.step})
+    # torch: this module's top stays light, so a stop or a failed import still gets an exit report
     from tamer.engine import distributed
 
     distributed.shutdown()
@@ -131,18 +137,19 @@ def _stopped_before_training(report_path: Path, stop_flag: dict[str, Any], step:
     return EXIT_STOPPED_INT if signum == signal.SIGINT else EXIT_STOPPED_TERM
 
 
-def _dump_memory_snapshot(trainer: Any, error: BaseException, path: Path, report: ExitReport) -> None:
+def _dump_memory_snapshot(attempt: Any, error: BaseException, path: Path, report: ExitReport) -> None:
     """With `memory_snapshot` on, a CUDA OOM leaves the allocator's history for PyTorch's memory_viz."""
     import torch
 
-    from tamer.engine import snapshot
+    # torch: this module's top stays light, so a stop or a failed import still gets an exit report
+    from tamer.engine import oom_snapshot
 
-    if not (trainer.config.memory_snapshot and isinstance(error, torch.OutOfMemoryError)):
+    if not (attempt.config.memory_snapshot and isinstance(error, torch.OutOfMemoryError)):
         return
-    dumped = snapshot.dump_on_oom(trainer.device, path)
+    dumped = oom_snapshot.dump_on_oom(attempt.device, path)
     if dumped:
         report["memory_snapshot"] = dumped
-        trainer.report.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
+        attempt.report.event("memory_snapshot", f"allocator history dumped to {dumped}", path=dumped)
 
 
 def _lift_address_space_limit() -> bool:

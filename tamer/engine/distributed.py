@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tamer.engine.loss import decoder_layers
 from tamer.plan import Plan
 
 
@@ -43,7 +44,9 @@ class Group:
 
 def from_env() -> Group:
     """This process's place in the group, from torchrun's environment (one process when unset)."""
-    return Group(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    return Group(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    )
 
 
 def init(group: Group, device: torch.device, backend: str, timeout: float) -> None:
@@ -96,7 +99,9 @@ def all_gather(group: Group, values: list[int | None], device: torch.device) -> 
     """Every rank's `values` (integers or None), in rank order."""
     if not group.distributed:
         return [values]
-    tensor = torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.int64, device=_collective_device(device))
+    tensor = torch.tensor(
+        [-1 if v is None else int(v) for v in values], dtype=torch.int64, device=_collective_device(device)
+    )
     out = [torch.empty_like(tensor) for _ in range(group.world_size)]
     dist.all_gather(out, tensor)
     return [[None if v < 0 else int(v) for v in row.tolist()] for row in out]
@@ -117,7 +122,7 @@ def shard_of(group: Group, items: list[int]) -> list[int]:
     if not group.distributed:
         return items
     size = len(items) // group.world_size
-    return items[group.rank * size:(group.rank + 1) * size]
+    return items[group.rank * size : (group.rank + 1) * size]
 
 
 def wrap(module: torch.nn.Module, plan: Plan, device: torch.device, group: Group) -> torch.nn.Module:
@@ -126,8 +131,6 @@ def wrap(module: torch.nn.Module, plan: Plan, device: torch.device, group: Group
         return module
     if plan.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-
-        from tamer.engine.loss import decoder_layers
 
         for layer in decoder_layers(module):
             fully_shard(layer)
@@ -177,7 +180,11 @@ def full_model_state(wrapped: torch.nn.Module, inner: torch.nn.Module, plan: Pla
         if id(parameter) in seen:
             tied.add(name)
         seen.add(id(parameter))
-    return {key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix) and key[len(prefix):] not in tied}
+    return {
+        key[len(prefix) :]: value
+        for key, value in full.items()
+        if key.startswith(prefix) and key[len(prefix) :] not in tied
+    }
 
 
 def optimizer_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: Plan) -> dict[str, Any] | None:
@@ -187,17 +194,23 @@ def optimizer_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    full = get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_optimizer_state_dict(
+        wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if not full:
         return None
     index = parameter_names(wrapped)
     return {
         "state": {index[fqn]: value for fqn, value in full["state"].items()},
-        "param_groups": [{**group, "params": [index[fqn] for fqn in group["params"]]} for group in full["param_groups"]],
+        "param_groups": [
+            {**group, "params": [index[fqn] for fqn in group["params"]]} for group in full["param_groups"]
+        ],
     }
 
 
-def load_optimizer_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: Plan, state: dict[str, Any]) -> None:
+def load_optimizer_state(
+    wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: Plan, state: dict[str, Any]
+) -> None:
     """Load a one-process-format optimizer state (every rank passes the same one)."""
     if plan.parallel != "fsdp" or plan.world_size < 2:
         optimizer.load_state_dict(state)
@@ -209,7 +222,9 @@ def load_optimizer_state(wrapped: torch.nn.Module, optimizer: torch.optim.Optimi
         names.setdefault(i, name)
     full = {
         "state": {names[int(i)]: value for i, value in state["state"].items()},
-        "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]} for group in state["param_groups"]],
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]} for group in state["param_groups"]
+        ],
     }
     set_optimizer_state_dict(wrapped, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
 

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from tamer.inspect.doctor import ALLOCATOR_VARIABLES, _error_text
+from tamer.errors import error_text
+from tamer.protocol import ALLOCATOR_VARIABLES
 
 
 def _nvml_used(uuid: str) -> int | None:
@@ -51,18 +52,24 @@ def torch_facts(used_before: dict[str, int]) -> dict[str, Any]:
         before = used_before.get(uuid)
         free, total = torch.cuda.mem_get_info(index)  # creates this process's context on the device
         after = _nvml_used(uuid)
-        facts["devices"].append({
-            "index": index, "name": properties.name, "uuid": uuid, "capability": f"{properties.major}.{properties.minor}",
-            "total": total, "free_for_this_process": free,
-            "context_overhead": after - before if before is not None and after is not None else None,
-            "bf16": torch.cuda.is_bf16_supported(),
-        })
+        facts["devices"].append(
+            {
+                "index": index,
+                "name": properties.name,
+                "uuid": uuid,
+                "capability": f"{properties.major}.{properties.minor}",
+                "total": total,
+                "free_for_this_process": free,
+                "context_overhead": after - before if before is not None and after is not None else None,
+                "bf16": torch.cuda.is_bf16_supported(),
+            }
+        )
     facts["allocator_backend"] = torch.cuda.memory.get_allocator_backend()
     getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
     try:
         facts["allocator_in_force"] = getter() if getter else None
     except Exception as error:
-        facts["allocator_in_force"] = _error_text(error)
+        facts["allocator_in_force"] = error_text(error)
     return facts
 
 
@@ -85,9 +92,13 @@ def bitsandbytes_facts(cuda: bool) -> dict[str, Any]:
         quantized, state = functional.quantize_blockwise(values)
         error = float((functional.dequantize_blockwise(quantized, state) - values).abs().max())
     except Exception as error:
-        return {"usable": False, "reason": _error_text(error)}
-    return {"usable": error < 0.05, "version": bitsandbytes.__version__, "device": "cuda" if cuda else "cpu",
-            "round_trip_error": error}
+        return {"usable": False, "reason": error_text(error)}
+    return {
+        "usable": error < 0.05,
+        "version": bitsandbytes.__version__,
+        "device": "cuda" if cuda else "cpu",
+        "round_trip_error": error,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

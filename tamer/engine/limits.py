@@ -25,8 +25,10 @@ def choose_device(config: RunConfig, group: distributed.Group) -> torch.device:
         raise ConfigError("device: cuda was asked for but torch sees no CUDA GPU; use --set device=cpu or auto")
     if group.distributed:
         if group.local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"distributed.nproc_per_node: process {group.local_rank} has no GPU of its own "
-                              f"(this machine has {torch.cuda.device_count()}); use --gpus {torch.cuda.device_count()} or fewer")
+            raise ConfigError(
+                f"distributed.nproc_per_node: process {group.local_rank} has no GPU of its own "
+                f"(this machine has {torch.cuda.device_count()}); use --gpus {torch.cuda.device_count()} or fewer"
+            )
         return torch.device("cuda", group.local_rank)
     return torch.device("cuda", torch.cuda.current_device())
 
@@ -43,7 +45,12 @@ def set_device_limits(device: torch.device, config: RunConfig, event: Callable[.
     settings = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
     if settings:
         torch.empty(1, device=device)  # the allocator reads its settings on first use
-        event("allocator", f"allocator settings in force: {_allocator_settings() or settings}", requested=settings, in_force=_allocator_settings())
+        event(
+            "allocator",
+            f"allocator settings in force: {_allocator_settings() or settings}",
+            requested=settings,
+            in_force=_allocator_settings(),
+        )
 
 
 def set_host_limit(config: RunConfig, event: Callable[..., None]) -> None:

@@ -26,12 +26,19 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def supervised_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states at positions that predict a supervised token, and those tokens. Packed rows
     (tamer/engine/batching.py) pass `position_ids` restarted per sample and no attention mask."""
     causal_lm = _causal_lm(model)
-    hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = causal_lm.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     return hidden[:, :-1][mask], targets[mask]
@@ -41,9 +48,13 @@ def _head_cross_entropy_sum(head: torch.nn.Module, hidden: torch.Tensor, targets
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None = None) -> tuple[torch.Tensor, int]:
+def loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None = None
+) -> tuple[torch.Tensor, int]:
     """(sum of token cross-entropies in fp32, number of supervised tokens) for one micro-batch."""
-    hidden, targets = supervised_hidden(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], batch.get("position_ids"))
+    hidden, targets = supervised_hidden(
+        model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], batch.get("position_ids")
+    )
     head = _causal_lm(model).get_output_embeddings()
     count = int(targets.numel())
     if count == 0:
@@ -66,9 +77,19 @@ class SupervisedLoss(torch.nn.Module):
         self.inner = model
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": position_ids}
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "position_ids": position_ids,
+        }
         summed, _ = loss_sum(self.inner, batch, self.chunk_size)
         return summed
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -161,8 +162,12 @@ def set_cudnn_attention(device: torch.device, enabled: bool) -> str | None:
     if torch.backends.cuda.cudnn_sdp_enabled() == enabled:
         return None
     torch.backends.cuda.enable_cudnn_sdp(enabled)
-    return "cuDNN attention " + ("on" if enabled else "off: batch shapes vary and cuDNN plans each new one; SDPA takes "
-                                 "PyTorch's memory-efficient kernel (cudnn_attention: true keeps cuDNN)")
+    return "cuDNN attention " + (
+        "on"
+        if enabled
+        else "off: batch shapes vary and cuDNN plans each new one; SDPA takes "
+        "PyTorch's memory-efficient kernel (cudnn_attention: true keeps cuDNN)"
+    )
 
 
 @contextlib.contextmanager

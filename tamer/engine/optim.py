@@ -9,10 +9,7 @@ import torch
 
 from tamer.config import RunConfig
 from tamer.engine import adamw8bit
-from tamer.plan import Plan
-
-PAGED_MIN_ELEMENTS = 100_000
-"""bitsandbytes pages the moments of tensors at least this large (Optimizer8bit.get_state_buffer)."""
+from tamer.plan import PAGED_MIN_ELEMENTS, Plan
 
 
 def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
@@ -26,14 +23,21 @@ def build_optimizer(plan: Plan, parameters: list[torch.nn.Parameter], config: Ru
         raise ValueError(f"unknown optimizer {plan.optimizer}")
     paged = plan.optimizer == "paged_adamw_8bit"
     sharded = plan.world_size > 1 and plan.parallel == "fsdp"  # DTensor parameters: bitsandbytes' own path
-    if config.optimizer_kernel == "auto" and not sharded and parameters and adamw8bit.unavailable(parameters[0].device) is None:
+    if (
+        config.optimizer_kernel == "auto"
+        and not sharded
+        and parameters
+        and adamw8bit.unavailable(parameters[0].device) is None
+    ):
         return adamw8bit.triton_adamw8bit(paged)(parameters, **kwargs)
     import bitsandbytes as bnb
 
     return (bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit)(parameters, **kwargs)
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_gradients(
+    optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], max_norm: float
+) -> torch.Tensor:
     """Clip the gradients to `max_norm` (as torch.nn.utils.clip_grad_norm_) and return their total norm.
 
     With tamer's Triton 8-bit step the clipping factor is handed to the optimizer as a device tensor
@@ -57,11 +61,16 @@ def repage_state(optimizer: torch.optim.Optimizer) -> int:
     made them); the mark is dropped from everything else. Returns how many tensors were re-paged."""
     paged_optimizer = bool(getattr(optimizer, "is_paged", False))
     repaged = 0
-    for parameter, state in optimizer.state.items():
+    for state in optimizer.state.values():
         for key, value in list(state.items()):
             if not isinstance(value, torch.Tensor):
                 continue
-            if paged_optimizer and key in ("state1", "state2") and value.is_cuda and value.numel() >= PAGED_MIN_ELEMENTS:
+            if (
+                paged_optimizer
+                and key in ("state1", "state2")
+                and value.is_cuda
+                and value.numel() >= PAGED_MIN_ELEMENTS
+            ):
                 from bitsandbytes import functional
 
                 buffer = functional.get_paged(*value.shape, dtype=value.dtype, device=value.device)
@@ -86,7 +95,9 @@ def cosine_with_warmup(step: int, total_steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup))
 
 

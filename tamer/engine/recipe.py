@@ -22,6 +22,8 @@ import structlog
 import torch
 
 from tamer.config import DATA_KEYS, RunConfig
+from tamer.engine import result
+from tamer.engine.attempt import Attempt
 from tamer.recipes import prepare, squad, tokens
 from tamer.recipes.examples import scored_tokens
 
@@ -60,8 +62,8 @@ class Recipe(Protocol):
     def supervised_tokens(self, example: Any) -> int:
         """How many of `example`'s tokens the loss scores (the step's loss is normalised by their sum)."""
 
-    def score(self, trainer: Any) -> None:
-        """The task's own quality score of the model being trained, recorded in the database."""
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
+        """The task's own quality score of `model` (the one being trained), recorded in the database."""
 
 
 class SquadRecipe:
@@ -73,24 +75,26 @@ class SquadRecipe:
 
     def load_tokenizer(self) -> Any:
         config = self.config
-        return squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+        return squad.load_tokenizer(
+            config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model
+        )
 
     def build_examples(self, tokenizer: Any) -> Examples:
         config = self.config
         train_records, eval_records = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
         train, train_stats = squad.build_examples(train_records, tokenizer, config.max_seq_len)
         evaluation, eval_stats = squad.build_examples(eval_records, tokenizer, config.max_seq_len)
-        summary = (f"{len(train)} training and {len(evaluation)} validation examples; "
-                   f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long")
+        summary = (
+            f"{len(train)} training and {len(evaluation)} validation examples; "
+            f"{train_stats['truncated']} truncated, {train_stats['skipped_too_long']} skipped as too long"
+        )
         return Examples(train, evaluation, summary, {"train": train_stats, "eval": eval_stats})
 
     def supervised_tokens(self, example: Any) -> int:
         return squad.answer_token_count(example)
 
-    def score(self, trainer: Any) -> None:
-        from tamer.engine import result
-
-        result.evaluate_during_training(trainer)
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
+        result.evaluate_during_training(attempt, model, tokenizer)
 
 
 class DataRecipe:
@@ -108,16 +112,24 @@ class DataRecipe:
 
     def build_examples(self, tokenizer: Any) -> Examples:
         prepared = prepare.prepare(self.config)
-        return Examples(prepared.train, prepared.evaluation, prepared.summary, {**prepared.detail, "profile": prepared.profile.to_dict()})
+        return Examples(
+            prepared.train,
+            prepared.evaluation,
+            prepared.summary,
+            {**prepared.detail, "profile": prepared.profile.to_dict()},
+        )
 
     def supervised_tokens(self, example: Any) -> int:
         return scored_tokens(example)
 
-    def score(self, trainer: Any) -> None:
+    def score(self, attempt: Attempt, model: Any, tokenizer: Any) -> None:
         raise NotImplementedError("score_every is None: the data recipes are not scored during training")
 
 
-RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {"squad": SquadRecipe, **{name: DataRecipe for name in prepare.DATA_RECIPES}}
+RECIPES: dict[str, Callable[[RunConfig], Recipe]] = {
+    "squad": SquadRecipe,
+    **{name: DataRecipe for name in prepare.DATA_RECIPES},
+}
 
 
 def recipe_for(config: RunConfig) -> Recipe:
@@ -125,8 +137,9 @@ def recipe_for(config: RunConfig) -> Recipe:
     return RECIPES[config.recipe](config)
 
 
-def cached_examples(recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: Path,
-                    event: Callable[..., None]) -> tuple[list[Any], list[Any]]:
+def cached_examples(
+    recipe: Recipe, tokenizer: Any, config: RunConfig, run_dir: Path, event: Callable[..., None]
+) -> tuple[list[Any], list[Any]]:
     """Tokenized train and eval examples, cached in the run folder so restarts skip tokenizing; `event`
     reports a fresh build (the `data` event)."""
     inputs = [config.data, config.tokenizer, config.model, config.max_seq_len, config.eval_samples, config.seed]

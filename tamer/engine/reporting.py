@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 import torch
 
-from tamer.protocol import PLAN_FILE, STOP_FILE, heartbeat_name
 from tamer.engine import distributed, memory
 from tamer.plan import Plan
+from tamer.protocol import PLAN_FILE, STOP_FILE, heartbeat_name
 from tamer.state import queries
 from tamer.state.checkpoints import write_json_atomic
 from tamer.state.db import Database
@@ -31,7 +31,9 @@ MEMORY_FIELDS = ("mem_allocated", "mem_reserved", "mem_peak", "device_used", "ho
 class Reporter:
     """One attempt's reports from one rank."""
 
-    def __init__(self, db_path: Path | str, run_id: str, attempt: int, group: distributed.Group, attempt_dir: Path) -> None:
+    def __init__(
+        self, db_path: Path | str, run_id: str, attempt: int, group: distributed.Group, attempt_dir: Path
+    ) -> None:
         self.db_path = db_path
         self._db: Database | None = None
         self.run_id = run_id
@@ -86,28 +88,66 @@ class Reporter:
         readings = memory.readings(device)
         return distributed.all_gather(self.group, [readings[name] for name in MEMORY_FIELDS], device)
 
-    def step(self, *, step: int, samples_consumed: int, plan: Plan, loss: float, lr: float, grad_norm: float,
-             tokens: float, computed_tokens: float, elapsed: float, sample_ids: list[int],
-             per_rank: list[list[int | None]]) -> None:
+    def step(
+        self,
+        *,
+        step: int,
+        samples_consumed: int,
+        plan: Plan,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        tokens: float,
+        computed_tokens: float,
+        elapsed: float,
+        sample_ids: list[int],
+        per_rank: list[list[int | None]],
+    ) -> None:
         """One optimizer step done: its row (rank 0), then the first step is behind us and we are between steps."""
         if self.group.is_main:
-            self.db.insert_step({
-                "run_id": self.run_id, "attempt": self.attempt, "step": step, "samples_consumed": samples_consumed,
-                "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
-                "tokens_per_s": tokens / elapsed if elapsed > 0 else None, "step_time": elapsed,
-                "useful_tokens": int(tokens), "computed_tokens": int(computed_tokens),
-                "micro_batch_size": plan.micro_batch_size, "grad_accumulation": plan.grad_accumulation,
-                "wall_time": time.time(), "sample_ids": json.dumps(sample_ids), **_highest(per_rank),
-                "rank_memory_json": json.dumps([dict(zip(MEMORY_FIELDS, row)) for row in per_rank]) if self.group.distributed else None,
-            })
+            self.db.insert_step(
+                {
+                    "run_id": self.run_id,
+                    "attempt": self.attempt,
+                    "step": step,
+                    "samples_consumed": samples_consumed,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": int(tokens),
+                    "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
+                    "step_time": elapsed,
+                    "useful_tokens": int(tokens),
+                    "computed_tokens": int(computed_tokens),
+                    "micro_batch_size": plan.micro_batch_size,
+                    "grad_accumulation": plan.grad_accumulation,
+                    "wall_time": time.time(),
+                    "sample_ids": json.dumps(sample_ids),
+                    **_highest(per_rank),
+                    "rank_memory_json": json.dumps([dict(zip(MEMORY_FIELDS, row)) for row in per_rank])
+                    if self.group.distributed
+                    else None,
+                }
+            )
         self.first_step = False
         self.beat("between_steps")
 
-    def evaluation(self, *, step: int, eval_loss: float, eval_tokens: int, eval_samples: int, eval_batch_size: int) -> None:
+    def evaluation(
+        self, *, step: int, eval_loss: float, eval_tokens: int, eval_samples: int, eval_batch_size: int
+    ) -> None:
         """A validation loss (rank 0 only calls this)."""
-        self.db.insert_eval({"run_id": self.run_id, "attempt": self.attempt, "step": step, "eval_loss": eval_loss,
-                             "eval_tokens": eval_tokens, "eval_samples": eval_samples, "eval_batch_size": eval_batch_size,
-                             "wall_time": time.time()})
+        self.db.insert_eval(
+            {
+                "run_id": self.run_id,
+                "attempt": self.attempt,
+                "step": step,
+                "eval_loss": eval_loss,
+                "eval_tokens": eval_tokens,
+                "eval_samples": eval_samples,
+                "eval_batch_size": eval_batch_size,
+                "wall_time": time.time(),
+            }
+        )
         self.event("eval", f"validation loss {eval_loss:.4f} at step {step}", step=step, eval_loss=eval_loss)
 
     def eval_recorded(self, step: int) -> bool:

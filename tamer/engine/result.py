@@ -36,11 +36,14 @@ import torch
 
 from tamer import outputs
 from tamer.config import RunConfig, config_from_dict
+from tamer.engine import data_eval
+from tamer.engine.attempt import Attempt
+from tamer.engine.generate import generate_answers
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.errors import ConfigError, DataError, StateError, TamerError
-from tamer.inspect.results import HELD_OUT
 from tamer.plan import Plan
-from tamer.recipes import squad
+from tamer.protocol import HELD_OUT
+from tamer.recipes import prepare, squad
 from tamer.recipes.squad_score import score
 from tamer.state import checkpoints, queries
 from tamer.state.db import Database
@@ -80,9 +83,15 @@ def find_checkpoint(run_dir: Path, step: int | None) -> checkpoints.Checkpoint:
     path = checkpoints.checkpoint_dir(run_dir) / f"step-{step}"
     manifest, problem = checkpoints.verify(path) if path.is_dir() else (None, "no such checkpoint")
     if manifest is None:
-        kept = sorted(int(folder.name[5:]) for folder in checkpoints.checkpoint_dir(run_dir).glob("step-*") if folder.name[5:].isdigit())
-        raise StateError(f"--step {step}: {problem} in {checkpoints.checkpoint_dir(run_dir)}; pick one of the kept steps: "
-                         f"{', '.join(map(str, kept)) or 'none'}")
+        kept = sorted(
+            int(folder.name[5:])
+            for folder in checkpoints.checkpoint_dir(run_dir).glob("step-*")
+            if folder.name[5:].isdigit()
+        )
+        raise StateError(
+            f"--step {step}: {problem} in {checkpoints.checkpoint_dir(run_dir)}; pick one of the kept steps: "
+            f"{', '.join(map(str, kept)) or 'none'}"
+        )
     return checkpoints.Checkpoint(path, manifest)
 
 
@@ -91,8 +100,14 @@ def base_of(run_dir: Path, config: RunConfig, manifest: dict[str, Any]) -> str:
     return str((run_dir / manifest["base"]).resolve()) if manifest.get("base") else config.model
 
 
-def load_trained(run_dir: Path, config: RunConfig, checkpoint: checkpoints.Checkpoint, device: torch.device,
-                 dtype: torch.dtype, merge: bool = True) -> Trained:
+def load_trained(
+    run_dir: Path,
+    config: RunConfig,
+    checkpoint: checkpoints.Checkpoint,
+    device: torch.device,
+    dtype: torch.dtype,
+    merge: bool = True,
+) -> Trained:
     """The checkpoint's model in `dtype` on `device`. A LoRA adapter trained on an int8 base is merged
     into the unquantized base weights (int8 x scale approximates them; merging into int8 would lose the
     adapter in rounding)."""
@@ -131,10 +146,10 @@ def pick_device(config: RunConfig) -> torch.device:
 
 def load_tokenizer(config: RunConfig) -> Any:
     """The run's tokenizer; a chat run's carries the template it trained with, so the export renders as training did."""
-    tokenizer = squad.load_tokenizer(config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model)
+    tokenizer = squad.load_tokenizer(
+        config.tokenizer if config.tokenizer else ("bundled" if config.init == "random" else None), config.model
+    )
     if config.recipe == "chat":
-        from tamer.recipes import prepare
-
         _, template = prepare.setup(config)
         tokenizer.chat_template = template.text
     return tokenizer
@@ -150,8 +165,10 @@ def evaluation_records(config: RunConfig, data: str | None) -> tuple[list[squad.
     train, held_out = squad.load_train_and_eval(config.data, config.eval_samples, config.seed)
     if data is None or (config.data is not None and _same_source(data, config.data)):
         if not held_out:
-            raise DataError("no held-out questions to score: the run holds none out (eval_samples is 0); "
-                            "pass --data FILE with other SQuAD questions")
+            raise DataError(
+                "no held-out questions to score: the run holds none out (eval_samples is 0); "
+                "pass --data FILE with other SQuAD questions"
+            )
         return held_out, HELD_OUT
     trained_ids = {record.id for record in train}
     records = [record for record in squad.load_records(data) if record.id not in trained_ids]
@@ -166,7 +183,9 @@ def _same_source(one: str, other: str) -> bool:
     return Path(one).expanduser().resolve() == Path(other).expanduser().resolve()
 
 
-def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -> tuple[list[list[int]], list[list[str]]]:
+def prompts_for(
+    records: list[squad.Record], tokenizer: Any, max_seq_len: int
+) -> tuple[list[list[int]], list[list[str]]]:
     """Token ids of each question's prompt, exactly as training built it (BOS, `Context: ...\\nQuestion:
     ...\\nAnswer:`, the context cut to fit max_seq_len as in training), and its gold answers. A question
     training would skip as too long is skipped here too."""
@@ -181,59 +200,15 @@ def prompts_for(records: list[squad.Record], tokenizer: Any, max_seq_len: int) -
     return prompts, golds
 
 
-# ---------------------------------------------------------------------------------------------
-# Greedy decoding
-
-
-def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                     device: torch.device, also_stop_at: int | None = None) -> tuple[list[str], int]:
-    """Greedy answers to `prompts` (in their order) and the batch size that fitted. Longest prompts
-    go first, so an OOM comes early; it halves the batch for the rest of the pass. Decoding stops at
-    end-of-sequence, and at `also_stop_at` (a chat template's end-of-turn token) when given."""
-    from transformers import GenerationConfig
-
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    stops = eos_id if also_stop_at in (None, eos_id) else [eos_id, also_stop_at]
-    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                eos_token_id=stops, pad_token_id=pad_id, bos_token_id=tokenizer.bos_token_id)
-    order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
-    answers: list[str] = [""] * len(prompts)
-    position = 0
-    while position < len(order):
-        chunk = order[position:position + batch_size]
-        try:
-            generated = _generate_batch(model, [prompts[index] for index in chunk], pad_id, settings, device)
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size //= 2
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        for index, tokens in zip(chunk, generated):
-            ends = [position for position, token in enumerate(tokens) if token in (eos_id, also_stop_at)]
-            if ends:
-                tokens = tokens[:ends[0]]
-            answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        position += len(chunk)
-    return answers, batch_size
-
-
-@torch.no_grad()
-def _generate_batch(model: Any, prompts: list[list[int]], pad_id: int, settings: Any, device: torch.device) -> list[list[int]]:
-    """Left-padded so every prompt ends where generation starts; positions come from the attention mask."""
-    longest = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, longest - len(prompt):] = 1
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=settings)
-    return output[:, longest:].tolist()
-
-
-def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.Record], device: torch.device,
-             limit: int | None, batch_size: int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    config: RunConfig,
+    records: list[squad.Record],
+    device: torch.device,
+    limit: int | None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """EM and F1 of greedy answers to `records` (the first `limit`, else eval.squad_samples), decoded
     `batch_size` at a time (else eval.squad_batch_size)."""
     started = time.perf_counter()
@@ -242,68 +217,112 @@ def evaluate(model: Any, tokenizer: Any, config: RunConfig, records: list[squad.
     count = limit if limit is not None else config.eval.squad_samples
     prompts, golds = prompts_for(records[:count], tokenizer, config.max_seq_len)
     with cudnn_attention_allowed(device, use_cudnn_attention(config.cudnn_attention, "generate")):
-        answers, batch_size = generate_answers(model, tokenizer, prompts, batch_size or config.eval.squad_batch_size,
-                                               config.eval.squad_max_new_tokens, device)
+        answers, batch_size = generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            batch_size or config.eval.squad_batch_size,
+            config.eval.squad_max_new_tokens,
+            device,
+        )
     result = score(answers, golds)
     seconds = time.perf_counter() - started
-    return {**result, "seconds": seconds, "batch_size": batch_size,
-            "questions_per_second": result["questions"] / seconds if seconds else None,
-            "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], golds[:5])]}
+    return {
+        **result,
+        "seconds": seconds,
+        "batch_size": batch_size,
+        "questions_per_second": result["questions"] / seconds if seconds else None,
+        "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], golds[:5])],
+    }
 
 
-def store_scores(db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str) -> None:
+def store_scores(
+    db: Database, run_id: str, step: int, attempt: int | None, plan: Plan, result: dict[str, Any], data: str
+) -> None:
     """Two rows (exact_match, f1) in squad_scores, and a `squad_eval` event."""
     if attempt is None:
         attempt = queries.last_attempt_number(db, run_id)
-    common = {"run_id": run_id, "step": step, "attempt": attempt, "plan": plan.describe(),
-              "questions": result["questions"], "seconds": result["seconds"], "data": data, "wall_time": time.time()}
+    common = {
+        "run_id": run_id,
+        "step": step,
+        "attempt": attempt,
+        "plan": plan.describe(),
+        "questions": result["questions"],
+        "seconds": result["seconds"],
+        "data": data,
+        "wall_time": time.time(),
+    }
     db.insert_squad_scores([{**common, "metric": metric, "value": result[metric]} for metric in ("exact_match", "f1")])
-    db.event(run_id, "squad_eval", f"SQuAD EM {result['exact_match']:.3f}, F1 {result['f1']:.3f} on {result['questions']} "
-             f"{data} questions at step {step} ({result['seconds']:.1f} s)", attempt=attempt,
-             step=step, exact_match=result["exact_match"], f1=result["f1"], questions=result["questions"],
-             data=data, batch_size=result["batch_size"])
+    db.event(
+        run_id,
+        "squad_eval",
+        f"SQuAD EM {result['exact_match']:.3f}, F1 {result['f1']:.3f} on {result['questions']} "
+        f"{data} questions at step {step} ({result['seconds']:.1f} s)",
+        attempt=attempt,
+        step=step,
+        exact_match=result["exact_match"],
+        f1=result["f1"],
+        questions=result["questions"],
+        data=data,
+        batch_size=result["batch_size"],
+    )
 
 
-def evaluate_during_training(trainer: Any) -> None:
-    """`eval.squad_every`: score the model being trained, in the training child, between steps. One
+def evaluate_during_training(attempt: Attempt, model: Any, tokenizer: Any) -> None:
+    """`eval.squad_every`: score `model` (the one being trained) in the training child, between steps. One
     process only: under DDP/FSDP the ranks would have to decode together, so it is skipped there (the
     end-of-run pass still runs)."""
-    if trainer.group.distributed:
-        if trainer.state.step == trainer.config.eval.squad_every:
-            trainer.report.event("squad_eval_skipped", "eval.squad_every: SQuAD evaluation during training runs in one process only; "
-                          "the run is scored once it ends")
+    if attempt.group.distributed:
+        if attempt.state.step == attempt.config.eval.squad_every:
+            attempt.report.event(
+                "squad_eval_skipped",
+                "eval.squad_every: SQuAD evaluation during training runs in one process only; "
+                "the run is scored once it ends",
+            )
         return
-    trainer.report.beat("eval")
-    _, held_out = squad.load_train_and_eval(trainer.config.data, trainer.config.eval_samples, trainer.config.seed)
-    model = trainer.model
+    attempt.report.beat("eval")
+    _, held_out = squad.load_train_and_eval(attempt.config.data, attempt.config.eval_samples, attempt.config.seed)
     model.eval()
     cache_setting = model.config.use_cache
     model.config.use_cache = True
     try:
-        with trainer.autocast():
-            result = evaluate(model, trainer.tokenizer, trainer.config, held_out, trainer.device, None)
+        with attempt.autocast():
+            result = evaluate(model, tokenizer, attempt.config, held_out, attempt.device, None)
     finally:
         model.config.use_cache = cache_setting
         model.train()
-    store_scores(trainer.report.db, trainer.run_id, trainer.state.step, trainer.attempt, trainer.plan, result, HELD_OUT)
-    trainer.report.beat("between_steps")
+    store_scores(attempt.report.db, attempt.run_id, attempt.state.step, attempt.number, attempt.plan, result, HELD_OUT)
+    attempt.report.beat("between_steps")
 
 
-def evaluate_data(db: Database, run_id: str, config: RunConfig, trained: Trained, tokenizer: Any, device: torch.device,
-                  args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_data(
+    db: Database,
+    run_id: str,
+    config: RunConfig,
+    trained: Trained,
+    tokenizer: Any,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """chat, instruct, text: the validation loss (an event), and EM/F1 of replies when asked (stored as SQuAD's are)."""
-    from tamer.engine import data_eval
-    from tamer.recipes import prepare
-
     prepared = prepare.prepare(config) if args.data is None else prepare.prepare_file(config, args.data)
     label = HELD_OUT if args.data is None else args.data
     if not prepared.evaluation:
         raise DataError("nothing to evaluate: the run holds out no validation rows (eval_samples 0); pass --data FILE")
     step = trained.checkpoint.step
-    loss = data_eval.validation_loss(trained.model, prepared.evaluation, tokenizer.pad_token_id, config, device, args.batch_size)
-    db.event(run_id, "validation", f"validation loss {loss['eval_loss']:.4f} on {loss['eval_samples']} {label} examples at step {step} "
-             f"({loss['seconds']:.1f} s)", step=step, data=label, **loss)
+    loss = data_eval.validation_loss(
+        trained.model, prepared.evaluation, tokenizer.pad_token_id, config, device, args.batch_size
+    )
+    db.event(
+        run_id,
+        "validation",
+        f"validation loss {loss['eval_loss']:.4f} on {loss['eval_samples']} {label} examples at step {step} "
+        f"({loss['seconds']:.1f} s)",
+        step=step,
+        data=label,
+        **loss,
+    )
     result = {**loss, "data": label}
     if args.em_f1 or config.eval.em_f1:
         if config.recipe == "text":
@@ -318,7 +337,9 @@ def evaluate_data(db: Database, run_id: str, config: RunConfig, trained: Trained
 # Export
 
 
-def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merge: bool, card: str, run_id: str) -> dict[str, Any]:
+def export(
+    trained: Trained, tokenizer: Any, destination: Path, dtype: str, merge: bool, card: str, run_id: str
+) -> dict[str, Any]:
     """Write the model folder into a fresh hidden folder beside `destination`, then one rename (tamer/outputs.py:
     only an earlier tamer export or an empty folder is ever replaced); nothing is left behind on a failure."""
     from transformers import GenerationConfig
@@ -341,12 +362,18 @@ def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merg
         else:
             trained.model.config.use_cache = True  # training turned the KV cache off
             trained.model.to(DTYPES[dtype]).save_pretrained(tmp, safe_serialization=True)
-        GenerationConfig(max_new_tokens=32, do_sample=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+        GenerationConfig(
+            max_new_tokens=32,
+            do_sample=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        (tmp / outputs.EXPORT_MARKER).write_text(json.dumps({"run_id": run_id, "step": trained.checkpoint.step,
-                                                             "time": time.time()}))
+        (tmp / outputs.EXPORT_MARKER).write_text(
+            json.dumps({"run_id": run_id, "step": trained.checkpoint.step, "time": time.time()})
+        )
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary folder
         outputs.replace_folder(tmp, destination)
     except OSError as error:
@@ -354,59 +381,98 @@ def export(trained: Trained, tokenizer: Any, destination: Path, dtype: str, merg
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours alone (mkdtemp); gone once renamed
     size = sum(file.stat().st_size for file in destination.rglob("*") if file.is_file())
-    return {"path": str(destination), "dtype": None if adapter_only else dtype, "adapter_only": adapter_only,
-            "bytes": size, "seconds": time.perf_counter() - started, "step": trained.checkpoint.step}
+    return {
+        "path": str(destination),
+        "dtype": None if adapter_only else dtype,
+        "adapter_only": adapter_only,
+        "bytes": size,
+        "seconds": time.perf_counter() - started,
+        "step": trained.checkpoint.step,
+    }
 
 
-def model_card(db: Database, run_id: str, config: RunConfig, trained: Trained, dtype: str, merge: bool,
-               scores: dict[str, Any] | None) -> str:
+def model_card(
+    db: Database,
+    run_id: str,
+    config: RunConfig,
+    trained: Trained,
+    dtype: str,
+    merge: bool,
+    scores: dict[str, Any] | None,
+) -> str:
     """README.md of the export: what was trained, on what, under which plans and why, and how well."""
     run = db.run(run_id)
     attempts = db.attempts(run_id)
     task = "SQuAD" if config.recipe == "squad" else f"{config.recipe} data"
     data, held_out = _data_described(config)
     lines = [
-        f"# {run_id}: {config.model} fine-tuned on {task} by tamer", "",
+        f"# {run_id}: {config.model} fine-tuned on {task} by tamer",
+        "",
         f"- Base model: `{config.model}`" + (" (random init)" if config.init == "random" else ""),
         f"- Data: {data}; held out for evaluation: {held_out}",
         f"- Steps: {trained.checkpoint.step} of {run['total_steps']} (effective batch {config.effective_batch_size}, "
         f"peak learning rate {config.learning_rate_for(trained.plan):g}, max sequence {config.max_seq_len} tokens)",
-        f"- Checkpoint: `{trained.checkpoint.path}`", "", "## Plans", "",
+        f"- Checkpoint: `{trained.checkpoint.path}`",
+        "",
+        "## Plans",
+        "",
     ]
     for attempt in attempts:
-        lines.append(f"- attempt {attempt['attempt']}: {attempt['plan_summary']} ({attempt['outcome'] or 'running'}); "
-                     f"why: {attempt['reason'] or '-'}")
+        lines.append(
+            f"- attempt {attempt['attempt']}: {attempt['plan_summary']} ({attempt['outcome'] or 'running'}); "
+            f"why: {attempt['reason'] or '-'}"
+        )
     if trained.adapter is not None:
-        how = ("merged into the base weights" if merge else f"kept as an adapter; the base is `{trained.base}`")
+        how = "merged into the base weights" if merge else f"kept as an adapter; the base is `{trained.base}`"
         if trained.plan.quantization == "int8" and merge:
             how += " (the base trained as int8; the merge uses its unquantized weights)"
         lines += ["", f"LoRA adapter (r={config.lora.r}, alpha={config.lora.alpha}): {how}."]
     if merge or trained.adapter is None:
         lines += ["", f"Weights: {dtype}."]
         if trained.plan.weights_dtype == "fp32" and dtype != "fp32":
-            lines[-1] += (f" Training kept fp32 master weights; this export rounds them to {dtype} "
-                          "(`tamer export RUN --dtype fp32` keeps the exact trained values).")
+            lines[-1] += (
+                f" Training kept fp32 master weights; this export rounds them to {dtype} "
+                "(`tamer export RUN --dtype fp32` keeps the exact trained values)."
+            )
     lines += ["", "## Evaluation", ""]
     if scores:
-        lines.append(f"{'SQuAD v1.1' if config.recipe == 'squad' else 'Exact match and F1 (SQuAD v1.1 scoring)'} by greedy generation "
-                     f"on {scores['questions']} {scores['data']} {'questions' if config.recipe == 'squad' else 'validation rows'}: "
-                     f"exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} (step {scores['step']}).")
+        lines.append(
+            f"{'SQuAD v1.1' if config.recipe == 'squad' else 'Exact match and F1 (SQuAD v1.1 scoring)'} by greedy generation "
+            f"on {scores['questions']} {scores['data']} {'questions' if config.recipe == 'squad' else 'validation rows'}: "
+            f"exact match {scores['exact_match']:.3f}, F1 {scores['f1']:.3f} (step {scores['step']})."
+        )
     elif config.recipe != "squad" and run["final_eval_loss"] is not None:
         lines.append(f"Validation loss {run['final_eval_loss']:.4f} (the last one training recorded).")
     else:
         lines.append("Not evaluated yet: `tamer eval " + run_id + "`.")
-    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model = AutoModelForCausalLM.from_pretrained(FOLDER)", "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", *USE[config.recipe], "```", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(FOLDER)",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        *USE[config.recipe],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 USE = {
-    "squad": ['prompt = "Context: ...\\nQuestion: ...\\nAnswer:"',
-              "answer = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=32)"],
-    "chat": ['ids = tokenizer.apply_chat_template([{"role": "user", "content": "..."}], add_generation_prompt=True, return_tensors="pt")',
-             "reply = model.generate(ids, max_new_tokens=128)  # rendered with the chat template it trained with"],
-    "instruct": ['prompt = "### Instruction:\\n...\\n\\n### Response:\\n"  # the prompt_template it trained with',
-                 "completion = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=128)"],
+    "squad": [
+        'prompt = "Context: ...\\nQuestion: ...\\nAnswer:"',
+        "answer = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=32)",
+    ],
+    "chat": [
+        'ids = tokenizer.apply_chat_template([{"role": "user", "content": "..."}], add_generation_prompt=True, return_tensors="pt")',
+        "reply = model.generate(ids, max_new_tokens=128)  # rendered with the chat template it trained with",
+    ],
+    "instruct": [
+        'prompt = "### Instruction:\\n...\\n\\n### Response:\\n"  # the prompt_template it trained with',
+        "completion = model.generate(**tokenizer(prompt, return_tensors='pt'), max_new_tokens=128)",
+    ],
     "text": ["text = model.generate(**tokenizer('...', return_tensors='pt'), max_new_tokens=128)"],
 }
 """The model card's example, by recipe."""
@@ -415,13 +481,22 @@ USE = {
 def _data_described(config: RunConfig) -> tuple[str, str]:
     """(what the run trained on, what it held out for validation) in the model card's words."""
     if config.recipe == "squad":
-        data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(config.data, config.data)
-        return data, (f"{config.eval_samples} seeded picks (seed {config.seed}) of the "
-                      + ("validation split" if config.data is None else "questions") + ", never trained on")
+        data = {None: "rajpurkar/squad (hub, train split)", "bundled": "the SQuAD v1.1 slice bundled with tamer"}.get(
+            config.data, config.data
+        )
+        return data, (
+            f"{config.eval_samples} seeded picks (seed {config.seed}) of the "
+            + ("validation split" if config.data is None else "questions")
+            + ", never trained on"
+        )
     data = f"the {config.recipe} sample bundled with tamer" if config.data == "bundled" else f"`{config.data}`"
     if config.eval_data is not None:
         return data, f"`{config.eval_data}`"
-    share = f"{config.validation_split:.0%} of its rows" if config.validation_split is not None else f"{config.eval_samples} rows"
+    share = (
+        f"{config.validation_split:.0%} of its rows"
+        if config.validation_split is not None
+        else f"{config.eval_samples} rows"
+    )
     return data, f"{share} (seeded picks, seed {config.seed}), never trained on"
 
 
@@ -431,8 +506,13 @@ def last_scores(db: Database, run_id: str, step: int) -> dict[str, Any] | None:
         return None
     latest = {row["metric"]: row for row in rows}
     any_row = next(iter(latest.values()))
-    return {"exact_match": latest.get("exact_match", {}).get("value"), "f1": latest.get("f1", {}).get("value"),
-            "questions": any_row["questions"], "data": any_row["data"], "step": step}
+    return {
+        "exact_match": latest.get("exact_match", {}).get("value"),
+        "f1": latest.get("f1", {}).get("value"),
+        "questions": any_row["questions"],
+        "data": any_row["data"],
+        "step": step,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,8 +554,10 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     db = Database(spec["db_path"], create=False)
     checkpoint = find_checkpoint(args.run_dir, args.step)
     if args.export_dir is not None and checkpoint.step == 0 and args.step is None:
-        raise StateError(f"run {run_id} has not trained a step: its only checkpoint, step 0, holds the weights it started "
-                         f"from; train it first (tamer resume {run_id}), or pass --step 0 to export those anyway")
+        raise StateError(
+            f"run {run_id} has not trained a step: its only checkpoint, step 0, holds the weights it started "
+            f"from; train it first (tamer resume {run_id}), or pass --step 0 to export those anyway"
+        )
     plan = Plan.from_dict(checkpoint.manifest["plan"])
     merge = config.export.merge_lora if args.merge_lora is None else args.merge_lora
     dtype = export_dtype(args.dtype or config.export.dtype, plan)
@@ -484,7 +566,12 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     working_dtype = DTYPES[dtype] if device.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(config)
     trained = load_trained(args.run_dir, config, checkpoint, device, working_dtype, merge=True)
-    summary: dict[str, Any] = {"run_id": run_id, "step": checkpoint.step, "plan": plan.describe(), "device": str(device)}
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "step": checkpoint.step,
+        "plan": plan.describe(),
+        "device": str(device),
+    }
     if args.evaluate and config.recipe == "squad":
         records, label = evaluation_records(config, args.data)
         result = evaluate(trained.model, tokenizer, config, records, device, args.limit, args.batch_size)
@@ -495,9 +582,14 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
     if args.export_dir is not None:
         card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
         exported = export(trained, tokenizer, args.export_dir, dtype, merge, card, run_id)
-        db.event(run_id, "export", f"exported step {checkpoint.step} to {exported['path']} "
-                 f"({'adapter' if exported['adapter_only'] else exported['dtype']}, {exported['bytes'] / 1e6:.1f} MB, "
-                 f"{exported['seconds']:.1f} s)", **exported)
+        db.event(
+            run_id,
+            "export",
+            f"exported step {checkpoint.step} to {exported['path']} "
+            f"({'adapter' if exported['adapter_only'] else exported['dtype']}, {exported['bytes'] / 1e6:.1f} MB, "
+            f"{exported['seconds']:.1f} s)",
+            **exported,
+        )
         summary["export"] = exported
     db.close()
     return summary

@@ -1,7 +1,8 @@
 """Resuming an attempt inside the child: which checkpoint, the model built from it, and the optimizer,
 scheduler, grad scaler, RNG streams and data cursor restored from it.
 
-Called by the trainer at setup (tamer/engine/trainer.py, `Trainer.setup`); the checkpointer
+Called by the trainer at setup (tamer/engine/trainer.py, `Trainer.setup`) with the attempt and the objects it trains
+(tamer/engine/attempt.py); the checkpointer
 (tamer/engine/checkpointing.py) saves what `rng_state()` returns. Exact resume depends on every piece
 here coming back bit for bit; tests/integration/test_core.py checks it, with a negative control that
 names what not to restore (`TAMER_UNSAFE_SKIP_RESTORE=cursor,rng`).
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from tamer.engine import distributed
+from tamer.engine.attempt import Attempt, Training
 from tamer.engine.model import build_model, materialize_random_init, pin_base
 from tamer.engine.optim import repage_state, restore_scheduler
 from tamer.plan import Plan
@@ -33,20 +35,20 @@ def skipped_restores() -> set[str]:
     return set(filter(None, os.environ.get(SKIP_RESTORE_ENV, "").split(",")))
 
 
-def load_model(trainer: Any) -> tuple[Any, str, checkpoints.Checkpoint | None]:
+def load_model(attempt: Attempt) -> tuple[Any, str, checkpoints.Checkpoint | None]:
     """(the model, where its base weights came from, the checkpoint it resumes) for the trainer's plan.
 
     The newest checkpoint's files are verified while the model loads from it; a damaged one makes the
     model load again from an older one."""
-    resume_check = ResumeCheck(trainer)
+    resume_check = ResumeCheck(attempt)
     checkpoint = resume_check.start()
     while True:
-        with distributed.main_first(trainer.group):
-            base, adapter_dir = model_source(trainer, checkpoint)
-        torch.manual_seed(trainer.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
+        with distributed.main_first(attempt.group):
+            base, adapter_dir = model_source(attempt, checkpoint)
+        torch.manual_seed(attempt.config.seed)  # LoRA's initial adapters: the same on every rank and every attempt
         model = None
         try:
-            model = build_model(trainer.config, trainer.plan, trainer.device, base, adapter_dir)
+            model = build_model(attempt.config, attempt.plan, attempt.device, base, adapter_dir)
         except Exception:
             if resume_check.confirm(checkpoint) is checkpoint:
                 raise  # not a damaged checkpoint's doing
@@ -56,21 +58,27 @@ def load_model(trainer: Any) -> tuple[Any, str, checkpoints.Checkpoint | None]:
         model, checkpoint = None, verified
 
 
-def checkpoint_to_resume(trainer: Any) -> checkpoints.Checkpoint | None:
+def checkpoint_to_resume(attempt: Attempt) -> checkpoints.Checkpoint | None:
     """The newest valid checkpoint; rank 0 verifies it and every rank resumes the same one."""
     found = None
-    if trainer.group.is_main:
-        checkpoint, skipped = checkpoints.newest_valid(trainer.run_dir)
+    if attempt.group.is_main:
+        checkpoint, skipped = checkpoints.newest_valid(attempt.run_dir)
         for name, reason in skipped:
-            trainer.report.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); " + ("using an older one" if checkpoint else "no valid checkpoint left: training starts over"), checkpoint=name, reason=reason)
+            attempt.report.event(
+                "checkpoint_skipped",
+                f"checkpoint {name} is not valid ({reason}); "
+                + ("using an older one" if checkpoint else "no valid checkpoint left: training starts over"),
+                checkpoint=name,
+                reason=reason,
+            )
         found = (str(checkpoint.path), checkpoint.manifest) if checkpoint else None
-    found = distributed.broadcast(trainer.group, found)
+    found = distributed.broadcast(attempt.group, found)
     return checkpoints.Checkpoint(Path(found[0]), found[1]) if found else None
 
 
-def model_source(trainer: Any, checkpoint: checkpoints.Checkpoint | None) -> tuple[str, Path | None]:
+def model_source(attempt: Attempt, checkpoint: checkpoints.Checkpoint | None) -> tuple[str, Path | None]:
     """Where the base weights come from, and the adapters to resume, for this plan and checkpoint."""
-    config, run_dir = trainer.config, trainer.run_dir
+    config, run_dir = attempt.config, attempt.run_dir
     if checkpoint is None:
         if config.init == "random":
             init_dir = run_dir / "init"
@@ -80,19 +88,24 @@ def model_source(trainer: Any, checkpoint: checkpoints.Checkpoint | None) -> tup
     manifest = checkpoint.manifest
     if manifest["kind"] == "full":
         weights = checkpoint.path / "model"
-        if trainer.plan.lora:
+        if attempt.plan.lora:
             base = pin_base(weights, run_dir / "bases" / f"step-{checkpoint.step}")
-            trainer.report.event("lora_from_full", f"LoRA adapters start fresh on the weights trained so far (step {checkpoint.step})", base=str(base))
+            attempt.report.event(
+                "lora_from_full",
+                f"LoRA adapters start fresh on the weights trained so far (step {checkpoint.step})",
+                base=str(base),
+            )
             return str(base), None
         return str(weights), None
     base = str(run_dir / manifest["base"]) if manifest.get("base") else config.model
     return base, checkpoint.path / "adapter"
 
 
-def restore(trainer: Any, checkpoint: checkpoints.Checkpoint) -> None:
-    """The training state of `checkpoint` into the trainer: position and data cursor, optimizer (unless
-    its type or the trainable parameters changed), scheduler, grad scaler and this rank's RNG streams."""
-    manifest, state, plan = checkpoint.manifest, trainer.state, trainer.plan
+def restore(attempt: Attempt, training: Training, checkpoint: checkpoints.Checkpoint) -> None:
+    """The training state of `checkpoint` into the attempt and the objects being trained: position and data cursor
+    (`attempt.state`), optimizer (unless its type or the trainable parameters changed), scheduler, grad scaler and
+    this rank's RNG streams."""
+    manifest, state, plan = checkpoint.manifest, attempt.state, attempt.plan
     skip = skipped_restores()
     state.step = checkpoint.step
     state.checkpoint_step = checkpoint.step
@@ -100,31 +113,48 @@ def restore(trainer: Any, checkpoint: checkpoints.Checkpoint) -> None:
     old_plan = Plan.from_dict(manifest["plan"])
     same_parameters = old_plan.lora == plan.lora
     if old_plan.optimizer == plan.optimizer and same_parameters:
-        optimizer_state = torch.load(checkpoint.path / "optimizer.pt", map_location=trainer.device, weights_only=False)
-        distributed.load_optimizer_state(trainer.wrapped, trainer.optimizer, plan, optimizer_state)
-        repage_state(trainer.optimizer)
+        optimizer_state = torch.load(checkpoint.path / "optimizer.pt", map_location=attempt.device, weights_only=False)
+        distributed.load_optimizer_state(training.wrapped, training.optimizer, plan, optimizer_state)
+        repage_state(training.optimizer)
     else:
-        why = (f"optimizer changed from {old_plan.optimizer} to {plan.optimizer}"
-               if old_plan.optimizer != plan.optimizer else "the trainable parameters changed (LoRA)")
-        trainer.report.event("optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=plan.optimizer)
-    restore_scheduler(trainer.scheduler, torch.load(checkpoint.path / "scheduler.pt", weights_only=False),
-                      trainer.config.learning_rate_for(plan))
-    change = trainer.config.learning_rate_change(old_plan, plan)
+        why = (
+            f"optimizer changed from {old_plan.optimizer} to {plan.optimizer}"
+            if old_plan.optimizer != plan.optimizer
+            else "the trainable parameters changed (LoRA)"
+        )
+        attempt.report.event(
+            "optimizer_reset", f"optimizer state reset: {why}", old=old_plan.optimizer, new=plan.optimizer
+        )
+    restore_scheduler(
+        training.scheduler,
+        torch.load(checkpoint.path / "scheduler.pt", weights_only=False),
+        attempt.config.learning_rate_for(plan),
+    )
+    change = attempt.config.learning_rate_change(old_plan, plan)
     if change:
-        trainer.report.event("learning_rate", f"{change}, from step {checkpoint.step} of the same schedule",
-                             old=trainer.config.learning_rate_for(old_plan), new=trainer.config.learning_rate_for(plan))
+        attempt.report.event(
+            "learning_rate",
+            f"{change}, from step {checkpoint.step} of the same schedule",
+            old=attempt.config.learning_rate_for(old_plan),
+            new=attempt.config.learning_rate_for(plan),
+        )
     scaler_file = checkpoint.path / "scaler.pt"
-    if trainer.scaler is not None and scaler_file.is_file():
-        trainer.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))
+    if training.scaler is not None and scaler_file.is_file():
+        training.scaler.load_state_dict(torch.load(scaler_file, weights_only=False))
     if "rng" not in skip:
         rng = torch.load(checkpoint.path / "rng.pt", weights_only=False)
-        rank = trainer.group.rank
+        rank = attempt.group.rank
         if "ranks" in rng:  # one state per rank; a rank the checkpoint did not have keeps the seeded one
             rng = rng["ranks"][rank] if rank < len(rng["ranks"]) else None
         if rng is not None:
             set_rng_state(rng)
-    trainer.report.event("resume", f"resumed from checkpoint step {checkpoint.step} ({state.samples_consumed} samples consumed)",
-                         step=checkpoint.step, samples_consumed=state.samples_consumed, checkpoint=checkpoint.path.name)
+    attempt.report.event(
+        "resume",
+        f"resumed from checkpoint step {checkpoint.step} ({state.samples_consumed} samples consumed)",
+        step=checkpoint.step,
+        samples_consumed=state.samples_consumed,
+        checkpoint=checkpoint.path.name,
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -152,24 +182,26 @@ class ResumeCheck:
     verifies (the caller then builds the model again). Where the model build would keep files of the
     checkpoint (a full checkpoint pinned as a LoRA base) or several ranks resume, it verifies first."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
         self.thread: threading.Thread | None = None
         self.problem: str | None = None
         self.replaced: checkpoints.Checkpoint | None = None
         self.replacement: checkpoints.Checkpoint | None = None
 
     def start(self) -> checkpoints.Checkpoint | None:
-        trainer = self.trainer
-        if trainer.group.distributed:
-            return checkpoint_to_resume(trainer)
-        candidate, skipped = checkpoints.newest_complete(trainer.run_dir)
+        attempt = self.attempt
+        if attempt.group.distributed:
+            return checkpoint_to_resume(attempt)
+        candidate, skipped = checkpoints.newest_complete(attempt.run_dir)
         self._tell(skipped)
         if candidate is None:
             return None
-        if candidate.manifest["kind"] == "full" and trainer.plan.lora:
+        if candidate.manifest["kind"] == "full" and attempt.plan.lora:
             return self._older_valid(None)
-        self.thread = threading.Thread(target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True)
+        self.thread = threading.Thread(
+            target=self._verify, args=(candidate.path,), name="checkpoint-verify", daemon=True
+        )
         self.thread.start()
         return candidate
 
@@ -189,10 +221,15 @@ class ResumeCheck:
         self.problem = checkpoints.verify(path)[1]
 
     def _older_valid(self, below: int | None) -> checkpoints.Checkpoint | None:
-        found, skipped = checkpoints.newest_valid(self.trainer.run_dir, below)
+        found, skipped = checkpoints.newest_valid(self.attempt.run_dir, below)
         self._tell(skipped)
         return found
 
     def _tell(self, skipped: list[tuple[str, str]]) -> None:
         for name, reason in skipped:
-            self.trainer.report.event("checkpoint_skipped", f"checkpoint {name} is not valid ({reason}); using an older one", checkpoint=name, reason=reason)
+            self.attempt.report.event(
+                "checkpoint_skipped",
+                f"checkpoint {name} is not valid ({reason}); using an older one",
+                checkpoint=name,
+                reason=reason,
+            )

@@ -21,7 +21,7 @@ class SampleOrder:
         self.num_examples = num_examples
         self.seed = seed
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 (one order per attempt, alive as long as the cache)
     def permutation(self, epoch: int) -> tuple[int, ...]:
         order = list(range(self.num_examples))
         random.Random(f"tamer-order-{self.seed}-{epoch}").shuffle(order)
@@ -59,7 +59,7 @@ class LengthGroupedOrder(SampleOrder):
         self.step_size = step_size
         self.window_steps = window_steps
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 (one order per attempt, alive as long as the cache)
     def window(self, index: int) -> tuple[int, ...]:
         size, step = self.step_size * self.window_steps, self.step_size
         start = index * size
@@ -73,9 +73,9 @@ class LengthGroupedOrder(SampleOrder):
             first_step, end_step = -(-low // step), high // step  # the steps wholly inside [low, high)
             head = first_step * step - low if first_step < end_step else 0
             whole = max(0, end_step - first_step)
-            middle = [ranked[head + k * step:head + (k + 1) * step] for k in range(whole)]
+            middle = [ranked[head + k * step : head + (k + 1) * step] for k in range(whole)]
             shuffler.shuffle(middle)
-            out += ranked[:head] + [example for chunk in middle for example in chunk] + ranked[head + whole * step:]
+            out += ranked[:head] + [example for chunk in middle for example in chunk] + ranked[head + whole * step :]
             low = high
         return tuple(out)
 

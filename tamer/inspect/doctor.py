@@ -20,6 +20,9 @@ from typing import Any
 
 import psutil
 
+from tamer.errors import error_text
+from tamer.protocol import ALLOCATOR_VARIABLES
+
 GAP_EXPLANATION = (
     "nvidia-smi (NVML) counts everything on the card: every process, and for each its CUDA context "
     "(a few hundred MiB before any tensor exists); torch.cuda.memory_allocated counts only live tensors, "
@@ -27,12 +30,7 @@ GAP_EXPLANATION = (
     "this process is about reserved + context, above allocated; free memory in torch.cuda.mem_get_info is "
     "what is left after the other processes too."
 )
-ALLOCATOR_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 PROBE_TIMEOUT_SECONDS = 300  # importing torch and initialising every GPU, on a slow disk
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".strip()
 
 
 def host_facts() -> dict[str, Any]:
@@ -70,13 +68,22 @@ def nvml_facts() -> dict[str, Any]:
 
         pynvml.nvmlInit()
     except Exception as error:
-        return {"available": False, "reason": _error_text(error), "gpus": []}
+        return {"available": False, "reason": error_text(error), "gpus": []}
     gpus = []
     for index in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        gpus.append({"index": index, "name": _text(pynvml.nvmlDeviceGetName(handle)), "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                     "total": int(info.total), "used": int(info.used), "free": int(info.free), "processes": _gpu_processes(handle)})
+        gpus.append(
+            {
+                "index": index,
+                "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                "total": int(info.total),
+                "used": int(info.used),
+                "free": int(info.free),
+                "processes": _gpu_processes(handle),
+            }
+        )
     return {"available": True, "driver": _text(pynvml.nvmlSystemGetDriverVersion()), "gpus": gpus}
 
 
@@ -95,8 +102,12 @@ def _gpu_processes(handle: Any) -> list[dict[str, Any]]:
             continue
         for process in found:
             used = process.usedGpuMemory if isinstance(process.usedGpuMemory, int) else None
-            processes[process.pid] = {"pid": process.pid, "name": _process_name(process.pid), "used": used,
-                                      "this_process": process.pid == os.getpid()}
+            processes[process.pid] = {
+                "pid": process.pid,
+                "name": _process_name(process.pid),
+                "used": used,
+                "this_process": process.pid == os.getpid(),
+            }
     return list(processes.values())
 
 
@@ -111,14 +122,29 @@ def torch_side_facts(nvml: dict[str, Any]) -> dict[str, Any]:
     and a fresh process is also what measures the CUDA context's cost. What the child prints while it
     imports them (bitsandbytes' note about a kernel it could not load) is kept, one line each, in
     `probe_messages`, for the doctor to show as a note rather than as an error ahead of its report."""
-    command = [sys.executable, "-m", "tamer.engine.doctor", json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])})]
+    command = [
+        sys.executable,
+        "-m",
+        "tamer.engine.doctor",
+        json.dumps({gpu["uuid"]: gpu["used"] for gpu in nvml.get("gpus", [])}),
+    ]
     messages: list[str] = []
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS)
         messages = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         return {**json.loads(done.stdout.strip().splitlines()[-1]), "probe_messages": messages}
     except (subprocess.SubprocessError, ValueError, IndexError) as error:
-        reason = f"the torch probe ({' '.join(command[:3])}) failed: {_error_text(error)}"
-        return {"torch": {"version": None, "cuda_build": None, "cuda_available": False, "cpu_bf16": False, "error": reason,
-                          "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES}, "devices": []},
-                "bitsandbytes": {"usable": False, "reason": reason}, "probe_messages": messages}
+        reason = f"the torch probe ({' '.join(command[:3])}) failed: {error_text(error)}"
+        return {
+            "torch": {
+                "version": None,
+                "cuda_build": None,
+                "cuda_available": False,
+                "cpu_bf16": False,
+                "error": reason,
+                "allocator_env": {name: os.environ.get(name) for name in ALLOCATOR_VARIABLES},
+                "devices": [],
+            },
+            "bitsandbytes": {"usable": False, "reason": reason},
+            "probe_messages": messages,
+        }

@@ -2,7 +2,7 @@
 ladder did about it (`failures`, behind `tamer history`), and a run's timeline with its settled plan
 and totals (`timeline`, for `tamer show` and `tamer report`).
 
-Definitions (also in the README, "Looking back at a run"):
+Definitions (also in docs/looking-back.md):
 - time lost to a failure: from the failed attempt's end until training first gets past the step the
   failed attempt had reached (restart, setup, redone steps), cut at the next failure or stop so that
   no second is counted twice;
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tamer.daemon.outcome import parse_oom_message
 from tamer.errors import ConfigError
+from tamer.outcome import parse_oom_message
 from tamer.plan import Plan
 from tamer.protocol import HEARTBEAT, HEARTBEAT_PHASES, IN_STEP_PHASES, OUTCOME_KINDS, attempt_dir
 from tamer.state import queries
@@ -56,8 +56,10 @@ def parse_kinds(text: str) -> list[str]:
     kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
     unknown = [kind for kind in kinds if kind not in OUTCOME_KINDS]
     if unknown or not kinds:
-        raise ConfigError(f"--kind '{text}': unknown outcome {', '.join(unknown) or '(none given)'}; "
-                          f"choose from {', '.join(OUTCOME_KINDS)}")
+        raise ConfigError(
+            f"--kind '{text}': unknown outcome {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(OUTCOME_KINDS)}"
+        )
     return kinds
 
 
@@ -156,8 +158,12 @@ def _failure(rows: RunRows, attempt: dict[str, Any], now: float) -> dict[str, An
     failed_at = attempt["ended_at"]
     phase, step, reached = where_it_ended(rows, attempt)
     # The next failure or stop ends this failure's window: its own row counts the time after it.
-    cut = next((other["ended_at"] for other in later if other["ended_at"] is not None and other["outcome"] != "done"), None)
-    progress = next((row["wall_time"] for row in rows.steps if row["wall_time"] > failed_at and row["step"] > reached), None)
+    cut = next(
+        (other["ended_at"] for other in later if other["ended_at"] is not None and other["outcome"] != "done"), None
+    )
+    progress = next(
+        (row["wall_time"] for row in rows.steps if row["wall_time"] > failed_at and row["step"] > reached), None
+    )
     recovered_at = progress if progress is not None and (cut is None or progress <= cut) else None
     window_end = recovered_at or cut or rows.run["ended_at"] or now
     snapshot = rows.event("memory_snapshot", number)
@@ -200,8 +206,12 @@ def splits(rows: RunRows, attempt: dict[str, Any]) -> list[tuple[dict[str, Any],
         if event["kind"] != IN_PROCESS_SPLIT or event["attempt"] != attempt["attempt"]:
             continue
         old, new = int(event["detail"]["old_micro_batch"]), int(event["detail"]["new_micro_batch"])
-        plan = {**plan, "micro_batch_size": new, "grad_accumulation": int(plan.get("grad_accumulation", 1)) * old // new,
-                "rungs": [*plan.get("rungs", []), "split_micro_batch"]}
+        plan = {
+            **plan,
+            "micro_batch_size": new,
+            "grad_accumulation": int(plan.get("grad_accumulation", 1)) * old // new,
+            "rungs": [*plan.get("rungs", []), "split_micro_batch"],
+        }
         out.append((event, plan))
     return out
 
@@ -231,30 +241,32 @@ def _in_process_failures(rows: RunRows, attempt: dict[str, Any]) -> list[dict[st
         else:
             started = max(before) if before else failed_at
         error = detail.get("error") or ""
-        out.append({
-            "run_id": rows.run["id"],
-            "attempt": number,
-            "in_process": True,
-            "failed_at": failed_at,
-            "outcome": IN_PROCESS_OUTCOME,
-            "phase": detail.get("phase"),
-            "step": step,
-            "reached_step": step - 1,
-            "micro_batch_size": detail["old_micro_batch"],
-            "tried_to_allocate": parse_oom_message(error).get("tried_to_allocate"),
-            "peak_allocated": None,
-            "peak_reserved": None,
-            "peak_host_rss": None,
-            "recovery": "split in process",
-            "rungs_applied": ["split_micro_batch"],
-            "next_plan": describe_plan(plan_after, None),
-            "next_resumed_from_step": None,
-            "steps_lost": 0,
-            "time_lost_seconds": max(0.0, event["time"] - started),
-            "recovered_at": done["wall_time"] if done is not None else None,
-            "message": event["message"],
-            "memory_snapshot": None,
-        })
+        out.append(
+            {
+                "run_id": rows.run["id"],
+                "attempt": number,
+                "in_process": True,
+                "failed_at": failed_at,
+                "outcome": IN_PROCESS_OUTCOME,
+                "phase": detail.get("phase"),
+                "step": step,
+                "reached_step": step - 1,
+                "micro_batch_size": detail["old_micro_batch"],
+                "tried_to_allocate": parse_oom_message(error).get("tried_to_allocate"),
+                "peak_allocated": None,
+                "peak_reserved": None,
+                "peak_host_rss": None,
+                "recovery": "split in process",
+                "rungs_applied": ["split_micro_batch"],
+                "next_plan": describe_plan(plan_after, None),
+                "next_resumed_from_step": None,
+                "steps_lost": 0,
+                "time_lost_seconds": max(0.0, event["time"] - started),
+                "recovered_at": done["wall_time"] if done is not None else None,
+                "message": event["message"],
+                "memory_snapshot": None,
+            }
+        )
     return out
 
 
@@ -267,8 +279,9 @@ def _all_failures(rows: RunRows, now: float, kinds: list[str] | None) -> list[di
     return sorted(found, key=lambda row: row["failed_at"])
 
 
-def failures(db: Database, run_id: str | None = None, since_seconds: float | None = None,
-             kinds: list[str] | None = None) -> list[dict[str, Any]]:
+def failures(
+    db: Database, run_id: str | None = None, since_seconds: float | None = None, kinds: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Every failed attempt (or every attempt ending in one of `kinds`) of one run or of all runs,
     oldest first, ended within the last `since_seconds` if given."""
     now = time.time()
@@ -276,14 +289,20 @@ def failures(db: Database, run_id: str | None = None, since_seconds: float | Non
     rows_out: list[dict[str, Any]] = []
     for each_run in run_ids:
         rows = RunRows.load(db, each_run)
-        rows_out.extend(row for row in _all_failures(rows, now, kinds)
-                        if since_seconds is None or row["failed_at"] >= now - since_seconds)
+        rows_out.extend(
+            row
+            for row in _all_failures(rows, now, kinds)
+            if since_seconds is None or row["failed_at"] >= now - since_seconds
+        )
     return sorted(rows_out, key=lambda row: row["failed_at"])
 
 
 def _median_rate(rows: RunRows, attempt: int) -> float | None:
-    rates = sorted(row["tokens"] / row["step_time"] for row in rows.steps
-                   if row["attempt"] == attempt and row["tokens"] and row["step_time"])
+    rates = sorted(
+        row["tokens"] / row["step_time"]
+        for row in rows.steps
+        if row["attempt"] == attempt and row["tokens"] and row["step_time"]
+    )
     return rates[len(rates) // 2] if rates else None
 
 
@@ -296,19 +315,21 @@ def deescalations_of(rows: RunRows) -> list[dict[str, Any]]:
         following = next((a for a in rows.attempts if a["attempt"] > stopped), None)
         during = _median_rate(rows, stopped)
         after = _median_rate(rows, following["attempt"]) if following else None
-        found.append({
-            "run_id": rows.run["id"],
-            "time": event["time"],
-            "attempt": stopped,
-            "next_attempt": following["attempt"] if following else None,
-            "from_plan": next((a["plan_summary"] for a in rows.attempts if a["attempt"] == stopped), None),
-            "to_plan": following["plan_summary"] if following else None,
-            "reason": detail.get("reason"),
-            "tokens_per_s_before_squeeze": detail.get("tokens_per_s_before_squeeze"),
-            "tokens_per_s_squeezed": during,
-            "tokens_per_s_after": after,
-            "gain": after / during if after and during else None,
-        })
+        found.append(
+            {
+                "run_id": rows.run["id"],
+                "time": event["time"],
+                "attempt": stopped,
+                "next_attempt": following["attempt"] if following else None,
+                "from_plan": next((a["plan_summary"] for a in rows.attempts if a["attempt"] == stopped), None),
+                "to_plan": following["plan_summary"] if following else None,
+                "reason": detail.get("reason"),
+                "tokens_per_s_before_squeeze": detail.get("tokens_per_s_before_squeeze"),
+                "tokens_per_s_squeezed": during,
+                "tokens_per_s_after": after,
+                "gain": after / during if after and during else None,
+            }
+        )
     return found
 
 
@@ -317,7 +338,10 @@ def deescalations(db: Database, run_id: str | None = None, since_seconds: float 
     now = time.time()
     run_ids = [db.run(run_id)["id"]] if run_id else [run["id"] for run in db.runs()]
     found = [row for each in run_ids for row in deescalations_of(RunRows.load(db, each))]
-    return sorted((row for row in found if since_seconds is None or row["time"] >= now - since_seconds), key=lambda row: row["time"])
+    return sorted(
+        (row for row in found if since_seconds is None or row["time"] >= now - since_seconds),
+        key=lambda row: row["time"],
+    )
 
 
 def timeline(db: Database, run_id: str) -> dict[str, Any]:
@@ -328,27 +352,39 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
     run = rows.run
     failure_rows = _all_failures(rows, now, None)
     plans_after = {attempt["attempt"]: splits(rows, attempt) for attempt in rows.attempts}
-    attempts = [{
-        "attempt": attempt["attempt"],
-        "started_at": attempt["started_at"],
-        "ended_at": attempt["ended_at"],
-        "seconds": (attempt["ended_at"] or now) - attempt["started_at"],
-        "plan_summary": attempt["plan_summary"],
-        # The plan its last steps ran with: the one it started with unless it split in process.
-        "plan_at_end": (describe_plan(plans_after[attempt["attempt"]][-1][1], attempt["plan_summary"])
-                        if plans_after[attempt["attempt"]] else attempt["plan_summary"]),
-        "splits_in_process": [{"step": event["detail"]["step"], "phase": event["detail"].get("phase"),
-                               "micro_batch_size": plan["micro_batch_size"], "grad_accumulation": plan["grad_accumulation"]}
-                              for event, plan in plans_after[attempt["attempt"]]],
-        "rungs_applied": json.loads(attempt["rungs_applied"] or "[]"),
-        "reason": attempt["reason"],
-        "resumed_from_step": rows.resumed_from(attempt["attempt"]),
-        "last_step": attempt["last_step"],
-        "outcome": attempt["outcome"],
-        "phase": where_it_ended(rows, attempt)[0] if attempt["ended_at"] is not None else attempt["phase"],
-        "micro_batch_size": attempt["micro_batch_size"],
-        "message": attempt["message"],
-    } for attempt in rows.attempts]
+    attempts = [
+        {
+            "attempt": attempt["attempt"],
+            "started_at": attempt["started_at"],
+            "ended_at": attempt["ended_at"],
+            "seconds": (attempt["ended_at"] or now) - attempt["started_at"],
+            "plan_summary": attempt["plan_summary"],
+            # The plan its last steps ran with: the one it started with unless it split in process.
+            "plan_at_end": (
+                describe_plan(plans_after[attempt["attempt"]][-1][1], attempt["plan_summary"])
+                if plans_after[attempt["attempt"]]
+                else attempt["plan_summary"]
+            ),
+            "splits_in_process": [
+                {
+                    "step": event["detail"]["step"],
+                    "phase": event["detail"].get("phase"),
+                    "micro_batch_size": plan["micro_batch_size"],
+                    "grad_accumulation": plan["grad_accumulation"],
+                }
+                for event, plan in plans_after[attempt["attempt"]]
+            ],
+            "rungs_applied": json.loads(attempt["rungs_applied"] or "[]"),
+            "reason": attempt["reason"],
+            "resumed_from_step": rows.resumed_from(attempt["attempt"]),
+            "last_step": attempt["last_step"],
+            "outcome": attempt["outcome"],
+            "phase": where_it_ended(rows, attempt)[0] if attempt["ended_at"] is not None else attempt["phase"],
+            "micro_batch_size": attempt["micro_batch_size"],
+            "message": attempt["message"],
+        }
+        for attempt in rows.attempts
+    ]
 
     first_computation: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}
@@ -358,7 +394,9 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
             latest[row["step"]] = row
     wall = ((run["ended_at"] or now) - run["started_at"]) if run["started_at"] else 0.0
     # A step retried in process timed its thrown-away work too: that part is lost, not training.
-    thrown_away = sum(row["time_lost_seconds"] for row in failure_rows if row["in_process"] and row["recovered_at"] is not None)
+    thrown_away = sum(
+        row["time_lost_seconds"] for row in failure_rows if row["in_process"] and row["recovered_at"] is not None
+    )
     training = max(0.0, sum(row["step_time"] or 0.0 for row in first_computation.values()) - thrown_away)
     lost = sum(row["time_lost_seconds"] for row in failure_rows)
     totals = {
@@ -385,22 +423,46 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
         if plans_after[last["attempt"]]:
             plan = plans_after[last["attempt"]][-1][1]
             summary = describe_plan(plan, summary)
-        settled = {"attempt": last["attempt"], "summary": summary, "rungs": plan.get("rungs", []),
-                   "settled": run["status"] == "done", "plan": plan}
+        settled = {
+            "attempt": last["attempt"],
+            "summary": summary,
+            "rungs": plan.get("rungs", []),
+            "settled": run["status"] == "done",
+            "plan": plan,
+        }
     # A run that ended (a crash-loop give-up, a stop) and was then resumed (`tamer resume`, the daemon):
     # each ending with the resume that followed it, which the run's final status alone would hide.
     endings = {"failed": "failed", "stopped": "stopped", "finish": "done"}
     reopened = []
     for index, event in enumerate(rows.events):
         if event["kind"] in endings:
-            resume = next((later for later in rows.events[index + 1:] if later["kind"] == "resume_run"), None)
+            resume = next((later for later in rows.events[index + 1 :] if later["kind"] == "resume_run"), None)
             if resume is not None:
-                reopened.append({"status": endings[event["kind"]], "ended_at": event["time"], "reason": event["message"],
-                                 "resumed_at": resume["time"]})
+                reopened.append(
+                    {
+                        "status": endings[event["kind"]],
+                        "ended_at": event["time"],
+                        "reason": event["message"],
+                        "resumed_at": resume["time"],
+                    }
+                )
     best = queries.best_eval(db, run["id"])
     return {
-        "run": {key: run[key] for key in ("id", "recipe", "preset", "status", "created_at", "started_at", "ended_at",
-                                          "total_steps", "steps_done", "failure_reason")},
+        "run": {
+            key: run[key]
+            for key in (
+                "id",
+                "recipe",
+                "preset",
+                "status",
+                "created_at",
+                "started_at",
+                "ended_at",
+                "total_steps",
+                "steps_done",
+                "failure_reason",
+            )
+        },
         "attempts": attempts,
         "resumed_after": reopened,
         "failures": failure_rows,

@@ -19,8 +19,14 @@ DOTS_PER_INCH = 100
 LABEL_LINE_POINTS = 9  # one line of an x-small marker label, in points
 LABEL_CHARACTER_POINTS = 4.4  # an average x-small character's width, in points
 # Marker kind -> how it is drawn; failure kinds not listed (crash, hang, lost...) draw as "failure".
-MARKER_GROUPS = {"cuda_oom": "oom", "host_oom": "oom", "escalate": "escalate", "split": "split", "deescalate": "deescalate",
-                 "restart": "restart"}
+MARKER_GROUPS = {
+    "cuda_oom": "oom",
+    "host_oom": "oom",
+    "escalate": "escalate",
+    "split": "split",
+    "deescalate": "deescalate",
+    "restart": "restart",
+}
 MARKER_STYLES = {  # group -> (colour, line style, legend text)
     "oom": ("#d62728", "-", "out of memory"),
     "failure": ("#8c564b", "-", "other failure (crash, hang, ...)"),
@@ -63,11 +69,18 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
     for column, label, colour in MEMORY_SERIES:
         points = [(row["step"], row[column]) for row in effective if row[column] is not None]
         if column in wanted and points:
-            memory[column] = {"label": label, "colour": colour, "step": [step for step, _ in points],
-                              "bytes": [value for _, value in points]}
+            memory[column] = {
+                "label": label,
+                "colour": colour,
+                "step": [step for step, _ in points],
+                "bytes": [value for _, value in points],
+            }
     cap = None
     if device == "cuda" and run["gpu_mem_cap"]:
-        cap = {"bytes": run["gpu_mem_cap"], "label": f"gpu_mem_cap {format_size(run['gpu_mem_cap'])} (torch's share; NVML adds the CUDA context)"}
+        cap = {
+            "bytes": run["gpu_mem_cap"],
+            "label": f"gpu_mem_cap {format_size(run['gpu_mem_cap'])} (torch's share; NVML adds the CUDA context)",
+        }
     elif device == "cuda":
         total = json.loads(run["device_json"] or "{}").get("total_memory")
         cap = {"bytes": total, "label": f"device total {format_size(total)}"} if total else None
@@ -77,15 +90,26 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
     failure_rows = failures(db, run["id"])
     for failure in failure_rows:
         step = failure["step"] if failure["step"] is not None else failure["reached_step"]  # killed while loading
-        where = [failure["phase"], f"micro-batch {failure['micro_batch_size']}" if failure["micro_batch_size"] else None]
+        where = [
+            failure["phase"],
+            f"micro-batch {failure['micro_batch_size']}" if failure["micro_batch_size"] else None,
+        ]
         where_text = f" ({', '.join(part for part in where if part)})" if any(where) else ""
         name = OOM_NAMES.get(failure["outcome"], failure["outcome"])
         how = ", recovered in process" if failure["in_process"] else ""
-        markers.append({"step": step, "kind": failure["outcome"], "label": f"{name} in attempt {failure['attempt']}{where_text}{how}"})
+        markers.append(
+            {
+                "step": step,
+                "kind": failure["outcome"],
+                "label": f"{name} in attempt {failure['attempt']}{where_text}{how}",
+            }
+        )
         if failure["in_process"]:
             markers.append({"step": step, "kind": "split", "label": "  split in process: +split_micro_batch"})
         elif failure["rungs_applied"]:
-            markers.append({"step": step, "kind": "escalate", "label": "  escalate: +" + ", +".join(failure["rungs_applied"])})
+            markers.append(
+                {"step": step, "kind": "escalate", "label": "  escalate: +" + ", +".join(failure["rungs_applied"])}
+            )
         # The failed attempt's own peak: its last moments left no step row to read memory from.
         peak = failure["peak_reserved"] if device == "cuda" else failure["peak_host_rss"]
         if peak:
@@ -94,8 +118,16 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
     for step_back in deescalations_of(rows):
         stopped_at = next((a["last_step"] for a in rows.attempts if a["attempt"] == step_back["attempt"]), None)
         if stopped_at is not None:
-            markers.append({"step": stopped_at, "kind": "deescalate", "label": f"  step back: attempt {step_back['next_attempt'] or '-'}"})
-    peaks["label"] = "peak reserved of the failed attempt" if device == "cuda" else "peak host RSS of the failed attempt"
+            markers.append(
+                {
+                    "step": stopped_at,
+                    "kind": "deescalate",
+                    "label": f"  step back: attempt {step_back['next_attempt'] or '-'}",
+                }
+            )
+    peaks["label"] = (
+        "peak reserved of the failed attempt" if device == "cuda" else "peak host RSS of the failed attempt"
+    )
     for attempt in rows.attempts[1:]:
         resumed = rows.resumed_from(attempt["attempt"])
         if resumed is not None:
@@ -103,8 +135,10 @@ def plot_data(db: Database, run_id: str) -> dict[str, Any]:
             markers.append({"step": resumed, "kind": "restart", "label": f"attempt {attempt['attempt']} {how}"})
 
     attempts = len(rows.attempts)
-    title = (f"{run['id']}  ({run['status']}, {run['steps_done'] or 0}/{run['total_steps'] or '?'} steps, "
-             f"{_count(attempts, 'attempt')}, {_count(len(failure_rows), 'failure')})")
+    title = (
+        f"{run['id']}  ({run['status']}, {run['steps_done'] or 0}/{run['total_steps'] or '?'} steps, "
+        f"{_count(attempts, 'attempt')}, {_count(len(failure_rows), 'failure')})"
+    )
     return {
         "run_id": run["id"],
         "title": title,
@@ -141,10 +175,18 @@ def figure(data: dict[str, Any], width: int = 1200, height: int = 800) -> Any:
 
     loss_axes.plot(data["train"]["step"], data["train"]["loss"], color=TRAIN_COLOUR, marker=".", label="train loss")
     if data["redone"]["step"]:
-        loss_axes.plot(data["redone"]["step"], data["redone"]["loss"], linestyle="none", marker="x", color=REDONE_COLOUR,
-                       label="steps lost (redone after a restart)")
+        loss_axes.plot(
+            data["redone"]["step"],
+            data["redone"]["loss"],
+            linestyle="none",
+            marker="x",
+            color=REDONE_COLOUR,
+            label="steps lost (redone after a restart)",
+        )
     if data["eval"]["step"]:
-        loss_axes.plot(data["eval"]["step"], data["eval"]["loss"], color=EVAL_COLOUR, marker="o", label="validation loss")
+        loss_axes.plot(
+            data["eval"]["step"], data["eval"]["loss"], color=EVAL_COLOUR, marker="o", label="validation loss"
+        )
     loss_axes.set_ylabel("loss")
     loss_axes.grid(alpha=0.3)
     squad = data.get("squad") or {"step": []}
@@ -160,11 +202,23 @@ def figure(data: dict[str, Any], width: int = 1200, height: int = 800) -> Any:
     everything = [value for series in data["memory"].values() for value in series["bytes"]] + peaks["bytes"]
     unit, scale = _memory_unit(everything + ([data["cap"]["bytes"]] if data["cap"] else []))
     for series in data["memory"].values():
-        memory_axes.plot(series["step"], [value / scale for value in series["bytes"]], marker=".", color=series["colour"],
-                         label=series["label"])
+        memory_axes.plot(
+            series["step"],
+            [value / scale for value in series["bytes"]],
+            marker=".",
+            color=series["colour"],
+            label=series["label"],
+        )
     if peaks["step"]:
-        memory_axes.plot(peaks["step"], [value / scale for value in peaks["bytes"]], linestyle="none", marker="X",
-                         markersize=9, color=PEAK_COLOUR, label=peaks["label"])
+        memory_axes.plot(
+            peaks["step"],
+            [value / scale for value in peaks["bytes"]],
+            linestyle="none",
+            marker="X",
+            markersize=9,
+            color=PEAK_COLOUR,
+            label=peaks["label"],
+        )
     if data["cap"]:
         memory_axes.axhline(data["cap"]["bytes"] / scale, color="black", linestyle="-.", label=data["cap"]["label"])
     if not data["memory"] and not peaks["step"]:
@@ -175,12 +229,18 @@ def figure(data: dict[str, Any], width: int = 1200, height: int = 800) -> Any:
     memory_axes.grid(alpha=0.3)
 
     # Memory is judged against zero and the cap, not its wiggles; headroom keeps the top marks whole.
-    memory_axes.set_ylim(0, max(everything + ([data["cap"]["bytes"]] if data["cap"] else []), default=scale) / scale * 1.08)
+    memory_axes.set_ylim(
+        0, max(everything + ([data["cap"]["bytes"]] if data["cap"] else []), default=scale) / scale * 1.08
+    )
     marker_handles = _draw_markers(loss_axes, memory_axes, data["markers"])
     # Legends outside, on the right: inside they would cover labels or data.
     loss_axes.legend(loc="upper left", bbox_to_anchor=(1.08 if squad["step"] else 1.01, 1.0), fontsize="small")
-    memory_axes.legend(handles=memory_axes.get_legend_handles_labels()[0] + marker_handles, loc="upper left",
-                       bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    memory_axes.legend(
+        handles=memory_axes.get_legend_handles_labels()[0] + marker_handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+    )
     return fig
 
 
@@ -212,13 +272,25 @@ def _draw_markers(loss_axes: Any, memory_axes: Any, markers: list[dict[str, Any]
         span = (where - width, where) if to_left else (where, where + width)
         top = 4 + max((bottom for start, end, bottom in placed if start < span[1] and span[0] < end), default=0)
         placed.append((*span, top + len(lines) * LABEL_LINE_POINTS + 4))
-        loss_axes.annotate("\n".join(lines), xy=(step, 1.0), xycoords=("data", "axes fraction"), xytext=(-4 if to_left else 4, -top),
-                           textcoords="offset points", va="top", ha="right" if to_left else "left", fontsize="x-small", color=colour,
-                           bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": colour, "alpha": 0.85})
+        loss_axes.annotate(
+            "\n".join(lines),
+            xy=(step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4 if to_left else 4, -top),
+            textcoords="offset points",
+            va="top",
+            ha="right" if to_left else "left",
+            fontsize="x-small",
+            color=colour,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": colour, "alpha": 0.85},
+        )
     if placed:
         covered = min(0.6, max(bottom for _, _, bottom in placed) / axes_height)
         low, high = loss_axes.get_ylim()
         loss_axes.set_ylim(low, low + (high - low) / (1 - covered))
     drawn = {MARKER_GROUPS.get(marker["kind"], "failure") for marker in markers}
-    return [Line2D([], [], color=colour, linestyle=style, label=text)
-            for group, (colour, style, text) in MARKER_STYLES.items() if group in drawn]
+    return [
+        Line2D([], [], color=colour, linestyle=style, label=text)
+        for group, (colour, style, text) in MARKER_STYLES.items()
+        if group in drawn
+    ]

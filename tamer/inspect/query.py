@@ -18,12 +18,41 @@ from tamer.state.db import connect_reader
 
 READ_STATEMENTS = ("SELECT", "WITH", "EXPLAIN", "PRAGMA", "VALUES")
 # Pragmas that only read; those in the first set take a table or index name as their argument.
-PRAGMAS_WITH_NAME = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
-                     "foreign_key_check", "integrity_check", "quick_check"}
-PRAGMAS_WITHOUT_ARGUMENT = {"database_list", "table_list", "compile_options", "function_list", "pragma_list",
-                            "collation_list", "module_list", "user_version", "schema_version", "application_id",
-                            "page_count", "page_size", "freelist_count", "journal_mode", "encoding", "data_version"}
-_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+PRAGMAS_WITH_NAME = {
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+}
+PRAGMAS_WITHOUT_ARGUMENT = {
+    "database_list",
+    "table_list",
+    "compile_options",
+    "function_list",
+    "pragma_list",
+    "collation_list",
+    "module_list",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "journal_mode",
+    "encoding",
+    "data_version",
+}
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
 _SCHEMA_COLUMNS = {"type", "name", "tbl_name", "rootpage", "sql"}
 _LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)*", re.DOTALL)
 
@@ -36,8 +65,10 @@ class QueryError(TamerError):
 
 
 def _refusal(word: str) -> QueryError:
-    return QueryError("tamer sql only reads: it runs one SELECT, WITH, EXPLAIN, VALUES or reading PRAGMA statement, "
-                      f"and refuses {word}; write with sqlite-utils or sqlite3 on a copy of the database instead")
+    return QueryError(
+        "tamer sql only reads: it runs one SELECT, WITH, EXPLAIN, VALUES or reading PRAGMA statement, "
+        f"and refuses {word}; write with sqlite-utils or sqlite3 on a copy of the database instead"
+    )
 
 
 def first_word(query: str) -> str:
@@ -50,7 +81,13 @@ def first_word(query: str) -> str:
 def _authorizer(action: int, first: str | None, second: str | None, database: str | None, trigger: str | None) -> int:
     if action in _READ_ACTIONS:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_UPDATE and first == "sqlite_master" and trigger is None and database == "main" and second in _SCHEMA_COLUMNS:
+    if (
+        action == sqlite3.SQLITE_UPDATE
+        and first == "sqlite_master"
+        and trigger is None
+        and database == "main"
+        and second in _SCHEMA_COLUMNS
+    ):
         # SQLite asks this while it prepares a pragma table function (pragma_table_info); the
         # read-only connection could not write the schema anyway.
         return sqlite3.SQLITE_OK

@@ -13,8 +13,7 @@ import json
 import time
 from typing import Any
 
-from tamer.daemon.outcome import one_line
-from tamer.inspect import display
+from tamer import output
 from tamer.inspect.history import SNAPSHOT_VIEWER_HINT, timeline
 from tamer.inspect.plot import figure, plot_data
 from tamer.inspect.results import squad_html
@@ -45,10 +44,18 @@ def _table(headers: list[str] | None, rows: list[list[Any]], classes: dict[int, 
     """An HTML table (no header row when `headers` is None); every cell is escaped; `classes` gives a
     column its CSS class (number: right-aligned, nowrap: kept on one line)."""
     classes = classes or {}
-    head = "<thead><tr>" + "".join(f"<th>{_escape(header)}</th>" for header in headers) + "</tr></thead>" if headers else ""
+    head = (
+        "<thead><tr>" + "".join(f"<th>{_escape(header)}</th>" for header in headers) + "</tr></thead>"
+        if headers
+        else ""
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td class=\"{classes[index]}\">{_escape(cell)}</td>" if index in classes else f"<td>{_escape(cell)}</td>"
-                         for index, cell in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f'<td class="{classes[index]}">{_escape(cell)}</td>' if index in classes else f"<td>{_escape(cell)}</td>"
+            for index, cell in enumerate(row)
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table>{head}<tbody>{body}</tbody></table>"
@@ -70,14 +77,21 @@ def plot_png(db: Database, run_id: str, width: int, height: int) -> bytes:
 def _time_bar(totals: dict[str, Any]) -> str:
     """Wall time split into training, lost to failures, and the rest, as a bar with its numbers."""
     wall = totals["wall_seconds"] or 0.0
-    parts = [("training", totals["training_seconds"]), ("lost", totals["lost_seconds"]), ("other", totals["other_seconds"])]
+    parts = [
+        ("training", totals["training_seconds"]),
+        ("lost", totals["lost_seconds"]),
+        ("other", totals["other_seconds"]),
+    ]
     segments = "".join(
-        f"<div class=\"{name}\" style=\"width: {100 * value / wall:.1f}%\">{_escape(display.seconds(value))}</div>"
-        for name, value in parts if wall > 0 and value > 0
+        f'<div class="{name}" style="width: {100 * value / wall:.1f}%">{_escape(output.seconds(value))}</div>'
+        for name, value in parts
+        if wall > 0 and value > 0
     )
-    legend = (f"training {display.seconds(totals['training_seconds'])}, lost to failures {display.seconds(totals['lost_seconds'])}, "
-              f"other (setup, checkpoints, evaluation) {display.seconds(totals['other_seconds'])}, wall clock {display.seconds(wall)}")
-    return f"<div class=\"bar\">{segments}</div><p class=\"muted\">{_escape(legend)}</p>"
+    legend = (
+        f"training {output.seconds(totals['training_seconds'])}, lost to failures {output.seconds(totals['lost_seconds'])}, "
+        f"other (setup, checkpoints, evaluation) {output.seconds(totals['other_seconds'])}, wall clock {output.seconds(wall)}"
+    )
+    return f'<div class="bar">{segments}</div><p class="muted">{_escape(legend)}</p>'
 
 
 def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> str:
@@ -89,56 +103,134 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
     events = db.events(full_id)
     evals = db.evals(full_id)
 
-    summary = _table(None, [
-        ["status", run["status"] + (f": {run['failure_reason']}" if run["failure_reason"] else "")],
-        ["recipe / preset", f"{run['recipe']} / {run['preset']}"],
-        ["started / ended", f"{display.when(run['started_at'])} / {display.when(run['ended_at'])}"],
-        ["steps", f"{totals['steps']} of {totals['total_steps'] or '?'} ({totals['steps_redone']} redone after restarts)"],
-        ["samples / tokens", f"{totals['samples']} / {totals['tokens']}"],
-        ["attempts / failures", f"{totals['attempts']} / {totals['failures']}"],
-        ["final train loss", display.number(story["final_loss"])],
-        ["validation loss", f"final {display.number(story['final_eval_loss'])}, best {display.number(story['best_eval_loss'])}"
-                            + (f" at step {story['best_eval_step']}" if story["best_eval_step"] is not None else "")],
-    ])
+    summary = _table(
+        None,
+        [
+            ["status", run["status"] + (f": {run['failure_reason']}" if run["failure_reason"] else "")],
+            ["recipe / preset", f"{run['recipe']} / {run['preset']}"],
+            ["started / ended", f"{output.when(run['started_at'])} / {output.when(run['ended_at'])}"],
+            [
+                "steps",
+                f"{totals['steps']} of {totals['total_steps'] or '?'} ({totals['steps_redone']} redone after restarts)",
+            ],
+            ["samples / tokens", f"{totals['samples']} / {totals['tokens']}"],
+            ["attempts / failures", f"{totals['attempts']} / {totals['failures']}"],
+            ["final train loss", output.number(story["final_loss"])],
+            [
+                "validation loss",
+                f"final {output.number(story['final_eval_loss'])}, best {output.number(story['best_eval_loss'])}"
+                + (f" at step {story['best_eval_step']}" if story["best_eval_step"] is not None else ""),
+            ],
+        ],
+    )
     attempts = _table(
-        ["attempt", "started", "seconds", "plan", "rungs added", "resumed at step", "last step", "outcome", "phase", "message"],
-        [[a["attempt"], display.when(a["started_at"]), display.seconds(a["seconds"]), _plan_text(a),
-          ", ".join(a["rungs_applied"]) or "-", a["resumed_from_step"], a["last_step"], a["outcome"] or "running",
-          a["phase"], one_line(a["message"], MESSAGE_LENGTH)] for a in story["attempts"]],
+        [
+            "attempt",
+            "started",
+            "seconds",
+            "plan",
+            "rungs added",
+            "resumed at step",
+            "last step",
+            "outcome",
+            "phase",
+            "message",
+        ],
+        [
+            [
+                a["attempt"],
+                output.when(a["started_at"]),
+                output.seconds(a["seconds"]),
+                _plan_text(a),
+                ", ".join(a["rungs_applied"]) or "-",
+                a["resumed_from_step"],
+                a["last_step"],
+                a["outcome"] or "running",
+                a["phase"],
+                output.one_line(a["message"], MESSAGE_LENGTH),
+            ]
+            for a in story["attempts"]
+        ],
         _columns({0, 2, 5, 6}, {1}),
     )
     failure_rows = story["failures"]
-    failures_html = _table(
-        ["attempt", "failed at", "outcome", "phase", "step", "micro-batch", "tried to allocate", "peak", "then",
-         "time lost", "steps lost", "memory snapshot"],
-        [[f["attempt"], display.when(f["failed_at"]), f["outcome"], f["phase"], f["step"], f["micro_batch_size"],
-          format_size(f["tried_to_allocate"]), display.peak(f), _then(f), display.seconds(f["time_lost_seconds"]),
-          f["steps_lost"], f["memory_snapshot"]] for f in failure_rows],
-        _columns({0, 4, 5, 6, 9, 10}, {1}),
-    ) if failure_rows else "<p>No failures: every attempt ran as planned.</p>"
+    failures_html = (
+        _table(
+            [
+                "attempt",
+                "failed at",
+                "outcome",
+                "phase",
+                "step",
+                "micro-batch",
+                "tried to allocate",
+                "peak",
+                "then",
+                "time lost",
+                "steps lost",
+                "memory snapshot",
+            ],
+            [
+                [
+                    f["attempt"],
+                    output.when(f["failed_at"]),
+                    f["outcome"],
+                    f["phase"],
+                    f["step"],
+                    f["micro_batch_size"],
+                    format_size(f["tried_to_allocate"]),
+                    output.peak(f),
+                    _then(f),
+                    output.seconds(f["time_lost_seconds"]),
+                    f["steps_lost"],
+                    f["memory_snapshot"],
+                ]
+                for f in failure_rows
+            ],
+            _columns({0, 4, 5, 6, 9, 10}, {1}),
+        )
+        if failure_rows
+        else "<p>No failures: every attempt ran as planned.</p>"
+    )
     if failure_rows:
-        failures_html += ("<p class=\"muted\">time lost: from the failure until training got past the failed step again "
-                          "(restart, setup, redone steps), up to the next failure; steps lost: steps redone from the checkpoint.</p>")
+        failures_html += (
+            '<p class="muted">time lost: from the failure until training got past the failed step again '
+            "(restart, setup, redone steps), up to the next failure; steps lost: steps redone from the checkpoint.</p>"
+        )
     if any(f["memory_snapshot"] for f in failure_rows):
-        failures_html += f"<p class=\"muted\">{_escape(SNAPSHOT_VIEWER_HINT)}</p>"
+        failures_html += f'<p class="muted">{_escape(SNAPSHOT_VIEWER_HINT)}</p>'
     settled = story["settled_plan"]
     if settled:
-        plan_rows = [[key, json.dumps(value) if isinstance(value, (dict, list)) else value] for key, value in settled["plan"].items()]
+        plan_rows = [
+            [key, json.dumps(value) if isinstance(value, (dict, list)) else value]
+            for key, value in settled["plan"].items()
+        ]
         state = "settled: the run finished under it" if settled["settled"] else "the last plan tried"
-        plan_html = (f"<p>{_escape(settled['summary'])} (attempt {settled['attempt']}, {state}; rungs: "
-                     f"{_escape(', '.join(settled['rungs']) or 'none')})</p>" + _table(["key", "value"], plan_rows))
+        plan_html = (
+            f"<p>{_escape(settled['summary'])} (attempt {settled['attempt']}, {state}; rungs: "
+            f"{_escape(', '.join(settled['rungs']) or 'none')})</p>" + _table(["key", "value"], plan_rows)
+        )
     else:
         plan_html = "<p>No attempt has started yet.</p>"
-    evals_html = _table(["step", "attempt", "validation loss", "samples"],
-                        [[e["step"], e["attempt"], display.number(e["eval_loss"]), e["eval_samples"]] for e in evals],
-                        _columns({0, 1, 2, 3}, set())) if evals else "<p>No evaluation yet.</p>"
-    events_html = _table(["time", "attempt", "event", "message"],
-                         [[display.when(e["time"]), e["attempt"], e["kind"], e["message"]] for e in events], _columns({1}, {0}))
+    evals_html = (
+        _table(
+            ["step", "attempt", "validation loss", "samples"],
+            [[e["step"], e["attempt"], output.number(e["eval_loss"]), e["eval_samples"]] for e in evals],
+            _columns({0, 1, 2, 3}, set()),
+        )
+        if evals
+        else "<p>No evaluation yet.</p>"
+    )
+    events_html = _table(
+        ["time", "attempt", "event", "message"],
+        [[output.when(e["time"]), e["attempt"], e["kind"], e["message"]] for e in events],
+        _columns({1}, {0}),
+    )
 
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{HTML_SIGNATURE.decode()}<title>tamer run {_escape(full_id)}</title><style>{STYLE}</style></head>
 <body>
-<h1>tamer run {_escape(full_id)} <span class="status-{_escape(run['status'])}">{_escape(run['status'])}</span></h1>
+<h1>tamer run {_escape(full_id)} <span class="status-{_escape(run["status"])}">{_escape(run["status"])}</span></h1>
 {summary}
 <h2>Where the time went</h2>
 {_time_bar(totals)}
@@ -156,7 +248,7 @@ def render(db: Database, run_id: str, width: int = 1200, height: int = 800) -> s
 {squad_html(db, full_id)}
 <h2>Events</h2>
 {events_html}
-<p class="muted">Written by tamer report at {_escape(display.when(time.time()))}.</p>
+<p class="muted">Written by tamer report at {_escape(output.when(time.time()))}.</p>
 </body></html>
 """
 

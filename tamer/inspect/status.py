@@ -34,14 +34,14 @@ def supervised(run: dict[str, Any]) -> bool | None:
 
 
 def unsupervised_note(run: dict[str, Any]) -> str:
-    return (f"nobody supervises run {run['id']}: its supervisor (pid {run['supervisor_pid'] or '?'}) is gone, killed or "
-            f"lost with its machine; `tamer resume {run['id']}` continues it from its last checkpoint")
+    return (
+        f"nobody supervises run {run['id']}: its supervisor (pid {run['supervisor_pid'] or '?'}) is gone, killed or "
+        f"lost with its machine; `tamer resume {run['id']}` continues it from its last checkpoint"
+    )
 
 
 def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
     """The state of `run_id` (default: the running run, else the newest) as plain data."""
-    from tamer.daemon.queue import queue_position
-
     run = db.run(run_id or newest_run_id(db))
     alive = supervised(run)
     recent = queries.latest_attempt_steps(db, run["id"], RECENT_STEPS)
@@ -64,7 +64,7 @@ def run_status(db: Database, run_id: str | None = None) -> dict[str, Any]:
         "eta_seconds": eta,
         "eta_at": time.time() + eta if eta is not None else None,
         "attempt": attempt,
-        "queue_position": queue_position(db, run["id"]) if run["status"] == "queued" else None,
+        "queue_position": queries.queue_position(db, run["id"]) if run["status"] == "queued" else None,
         "supervisor_pid": run["supervisor_pid"] if alive else None,
         "supervised": alive,
         "note": unsupervised_note(run) if alive is False else None,
@@ -83,8 +83,10 @@ def token_use(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     seconds = sum(row["step_time"] or 0.0 for row in counted)
     useful = sum(row["useful_tokens"] for row in counted)
     computed = sum(row["computed_tokens"] for row in counted)
-    return {"useful_tokens_per_s": useful / seconds if seconds else None,
-            "padding_fraction": 1 - useful / computed if computed else None}
+    return {
+        "useful_tokens_per_s": useful / seconds if seconds else None,
+        "padding_fraction": 1 - useful / computed if computed else None,
+    }
 
 
 def _seconds_per_step(recent: list[dict[str, Any]]) -> float | None:

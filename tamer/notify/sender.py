@@ -39,9 +39,13 @@ CLOSE_POLL_SECONDS = 0.25
 def retrying(attempts: int, sleep: Callable[[float], Any] = time.sleep) -> Retrying:
     """The retry policy of one send: `attempts` tries at most, backoff 0.5, 1, 2 ... 8 s plus up to 1 s of jitter,
     and no retry of a failure that cannot pass (PermanentError) nor of an unexpected error."""
-    return Retrying(stop=stop_after_attempt(attempts), wait=wait_exponential_jitter(multiplier=WAIT_INITIAL, max=WAIT_MAX, jitter=JITTER),
-                    retry=retry_if_exception(lambda error: isinstance(error, SendError) and not isinstance(error, PermanentError)),
-                    sleep=sleep, reraise=True)
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=WAIT_INITIAL, max=WAIT_MAX, jitter=JITTER),
+        retry=retry_if_exception(lambda error: isinstance(error, SendError) and not isinstance(error, PermanentError)),
+        sleep=sleep,
+        reraise=True,
+    )
 
 
 class _Route:
@@ -58,8 +62,16 @@ class Notifier:
     (see the module docstring). `configs`: the run's notify config and the home's or daemon's (a target named
     in both is sent to once). `record_run_id` files events of notifications about no run (the queue)."""
 
-    def __init__(self, db_path: Path, configs: list[NotifyConfig], home: str, run_dir: str | None, *,
-                 record_run_id: str | None = None, sleep: Callable[[float], Any] = time.sleep) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        configs: list[NotifyConfig],
+        home: str,
+        run_dir: str | None,
+        *,
+        record_run_id: str | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
         self.db_path = db_path
         self.record_run_id = record_run_id
         self.sleep = sleep
@@ -73,7 +85,10 @@ class Notifier:
                     self.routes[target.name] = _Route(target, set(config.events), config.attempts, config.timeout)
                 else:  # the same target in two configs: the union of their events, the more patient retries
                     route.events |= set(config.events)
-                    route.attempts, route.timeout = max(route.attempts, config.attempts), max(route.timeout, config.timeout)
+                    route.attempts, route.timeout = (
+                        max(route.attempts, config.attempts),
+                        max(route.timeout, config.timeout),
+                    )
 
     def wants(self, event: str) -> bool:
         """Whether any target takes notifications of `event`."""
@@ -85,7 +100,9 @@ class Notifier:
         chosen = [route for route in self.routes.values() if every_target or notification.event in route.events]
         for route in chosen:
             if route.thread is None:
-                route.thread = threading.Thread(target=self._work, args=(route,), name=f"tamer-notify {route.target.name}", daemon=True)
+                route.thread = threading.Thread(
+                    target=self._work, args=(route,), name=f"tamer-notify {route.target.name}", daemon=True
+                )
                 route.thread.start()
             route.queue.put(notification)
         return [route.target.name for route in chosen]
@@ -96,7 +113,10 @@ class Notifier:
         recorded as failed."""
         started = [route for route in self.routes.values() if route.thread is not None]
         if timeout is None:
-            timeout = max((route.attempts * (route.timeout + WAIT_MAX + JITTER) for route in started), default=0.0) + CLOSE_MARGIN
+            timeout = (
+                max((route.attempts * (route.timeout + WAIT_MAX + JITTER) for route in started), default=0.0)
+                + CLOSE_MARGIN
+            )
         deadline = time.monotonic() + timeout
         for route in started:
             route.queue.put(None)
@@ -105,8 +125,13 @@ class Notifier:
                 route.thread.join(min(CLOSE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         late = [route for route in started if route.thread.is_alive()]
         for route in late:
-            self._record(None, "notify_failed", f"notifications to {route.target.name} still unsent when the supervisor exited "
-                         f"(after {timeout:.0f} s, or a second stop signal): given up", target=route.target.name)
+            self._record(
+                None,
+                "notify_failed",
+                f"notifications to {route.target.name} still unsent when the supervisor exited "
+                f"(after {timeout:.0f} s, or a second stop signal): given up",
+                target=route.target.name,
+            )
         return not late
 
     # --- the worker -----------------------------------------------------------------------------
@@ -124,14 +149,37 @@ class Notifier:
                     route.target.send(notification)
         except Exception as error:  # noqa: BLE001 - a notification must never take the supervisor down
             reason = str(error) if isinstance(error, SendError) else f"{type(error).__name__}: {error}"
-            self._record(notification, "notify_failed", f"{notification.event} not sent to {route.target.name} after {tries} "
-                         f"{'try' if tries == 1 else 'tries'}: {reason}; the run is not affected", target=route.target.name,
-                         event=notification.event, tries=tries, error=reason)
-            self.results.append({"target": route.target.name, "event": notification.event, "sent": False, "tries": tries, "error": reason})
+            self._record(
+                notification,
+                "notify_failed",
+                f"{notification.event} not sent to {route.target.name} after {tries} "
+                f"{'try' if tries == 1 else 'tries'}: {reason}; the run is not affected",
+                target=route.target.name,
+                event=notification.event,
+                tries=tries,
+                error=reason,
+            )
+            self.results.append(
+                {
+                    "target": route.target.name,
+                    "event": notification.event,
+                    "sent": False,
+                    "tries": tries,
+                    "error": reason,
+                }
+            )
             return
-        self.results.append({"target": route.target.name, "event": notification.event, "sent": True, "tries": tries, "error": None})
-        self._record(notification, "notify_sent", f"{notification.event} sent to {route.target.name}"
-                     + (f" after {tries} tries" if tries > 1 else ""), target=route.target.name, event=notification.event, tries=tries)
+        self.results.append(
+            {"target": route.target.name, "event": notification.event, "sent": True, "tries": tries, "error": None}
+        )
+        self._record(
+            notification,
+            "notify_sent",
+            f"{notification.event} sent to {route.target.name}" + (f" after {tries} tries" if tries > 1 else ""),
+            target=route.target.name,
+            event=notification.event,
+            tries=tries,
+        )
 
     def _record(self, notification: Notification | None, kind: str, message: str, **detail: Any) -> None:
         run_id = (notification.run_id if notification else None) or self.record_run_id

@@ -22,7 +22,9 @@ def load(path: Path) -> NotifyConfig:
     """The notify config in the YAML file `path`, or a one-line ConfigError naming the file and the key."""
     data = load_yaml(path)
     if "notify" in data and isinstance(data["notify"], dict) and len(data) == 1:
-        raise ConfigError(f"{path}: put the notify keys (webhook, command, email, events ...) at the top level, without `notify:`")
+        raise ConfigError(
+            f"{path}: put the notify keys (webhook, command, email, events ...) at the top level, without `notify:`"
+        )
     try:
         return NotifyConfig.from_mapping(data)
     except ConfigError as error:

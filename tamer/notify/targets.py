@@ -52,14 +52,20 @@ class Webhook:
             return self.spec
         value = os.environ.get(self.variable)
         if not value:
-            raise PermanentError(f"the environment variable {self.variable} that notify.webhook names is not set in the supervisor's "
-                                 "environment")
+            raise PermanentError(
+                f"the environment variable {self.variable} that notify.webhook names is not set in the supervisor's "
+                "environment"
+            )
         return value
 
     def send(self, notification: Notification) -> None:
         url = self.url()
-        request = urllib.request.Request(url, data=json.dumps(webhook_body(notification), default=str).encode(), method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "tamer"})
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(webhook_body(notification), default=str).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "tamer"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
@@ -86,8 +92,16 @@ class Command:
     def send(self, notification: Notification) -> None:
         environment = {**os.environ, **command_environment(notification, self.home, self.run_dir)}
         try:
-            done = subprocess.run(self.command, shell=True, env=environment, timeout=self.timeout, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            done = subprocess.run(
+                self.command,
+                shell=True,
+                env=environment,
+                timeout=self.timeout,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except subprocess.TimeoutExpired:
             raise SendError(f"took longer than {self.timeout:.0f} s (notify.timeout)") from None
         if done.returncode != 0:
@@ -110,7 +124,9 @@ class Email:
         user, password = os.environ.get(SMTP_USER), os.environ.get(SMTP_PASSWORD, "")
         try:
             if self.config.tls == "ssl":
-                server = smtplib.SMTP_SSL(self.config.host, self.port, timeout=self.timeout, context=ssl.create_default_context())
+                server = smtplib.SMTP_SSL(
+                    self.config.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
             else:
                 server = smtplib.SMTP(self.config.host, self.port, timeout=self.timeout)
             with server:
@@ -119,8 +135,12 @@ class Email:
                 if user:
                     server.login(user, password)
                 server.send_message(message)
-        except (smtplib.SMTPAuthenticationError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused,
-                smtplib.SMTPNotSupportedError) as error:
+        except (
+            smtplib.SMTPAuthenticationError,
+            smtplib.SMTPRecipientsRefused,
+            smtplib.SMTPSenderRefused,
+            smtplib.SMTPNotSupportedError,
+        ) as error:
             raise PermanentError(f"{type(error).__name__}: {error}") from None
         except (smtplib.SMTPException, OSError) as error:
             raise SendError(f"{type(error).__name__}: {error}") from None

@@ -22,8 +22,8 @@ from tamer.config import config_from_dict
 from tamer.errors import ConfigError
 from tamer.plan import Plan
 from tamer.planner.estimate import Estimate, ModelShape, Workload, estimate
-from tamer.recipes import profile
 from tamer.planner.shape import resolve as resolve_shape
+from tamer.recipes import profile
 from tamer.state import queries
 
 CORRECTION_RANGE = (0.8, 1.5)
@@ -102,16 +102,18 @@ def observations(db: Any, shape: ModelShape, device_name: str) -> list[Observati
                 continue
             plan = Plan.from_dict(json.loads(attempt["plan_json"]))
             reserved, allocated = _measured(db, run["id"], attempt)
-            found.append(Observation(
-                run_id=run["id"],
-                attempt=attempt["attempt"],
-                plan=plan,
-                outcome=attempt.get("outcome"),
-                phase=attempt.get("phase"),
-                measured_reserved=reserved,
-                measured_allocated=allocated,
-                predicted=estimate(shape, plan, workload),
-            ))
+            found.append(
+                Observation(
+                    run_id=run["id"],
+                    attempt=attempt["attempt"],
+                    plan=plan,
+                    outcome=attempt.get("outcome"),
+                    phase=attempt.get("phase"),
+                    measured_reserved=reserved,
+                    measured_allocated=allocated,
+                    predicted=estimate(shape, plan, workload),
+                )
+            )
     return found
 
 

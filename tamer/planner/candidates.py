@@ -93,7 +93,11 @@ class PlannerPolicy(PlannerConfig):
     def from_config(cls, config: RunConfig) -> PlannerPolicy:
         """The policy of a RunConfig: its planner knobs, its ladder.order plus chunked_loss (which the
         planner may always use: it changes no result), and its start_rungs as required rungs."""
-        return cls(**dict(config.planner), rungs=(*config.ladder.order, "chunked_loss"), required_rungs=tuple(config.start_rungs))
+        return cls(
+            **dict(config.planner),
+            rungs=(*config.ladder.order, "chunked_loss"),
+            required_rungs=tuple(config.start_rungs),
+        )
 
     def allows(self, plan: Plan) -> bool:
         """Whether `plan` has every required rung (as often as required)."""
@@ -149,8 +153,11 @@ class Choice:
 def plan_key(plan: Plan) -> str:
     """What makes two plans train the same way (not the rungs' history, the eval batch, the child's leave to
     split in process, nor the checkpointing table by size, which the planner derives from the rest)."""
-    data = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
-            if f.name not in ("rungs", "eval_batch_size", "in_process_split_down_to", "checkpoint_layers_by_tokens")}
+    data = {
+        f.name: getattr(plan, f.name)
+        for f in dataclasses.fields(plan)
+        if f.name not in ("rungs", "eval_batch_size", "in_process_split_down_to", "checkpoint_layers_by_tokens")
+    }
     return json.dumps(data, sort_keys=True)
 
 
@@ -179,15 +186,26 @@ def change_rank(plan: Plan) -> tuple[int, int]:
     return level, 1 if plan.weights_dtype == "bf16" and not plan.quantization else 0
 
 
+def cap_budget(gpu_mem_cap: int | None) -> int | None:
+    """Device bytes a child under `gpu_mem_cap` (a cap on PyTorch's allocator, RunConfig.gpu_mem_cap) may use, CUDA
+    context included; None without a cap."""
+    return None if gpu_mem_cap is None else gpu_mem_cap + CUDA_CONTEXT_BYTES
+
+
+def within_cap(room: int, capped: int | None) -> int:
+    """`room` (device bytes) no larger than a cap_budget()."""
+    return room if capped is None else min(room, capped)
+
+
 def device_budget(total_memory: int | None, gpu_mem_cap: int | None = None) -> int:
     """Device bytes the child may use, CUDA context included: the card's memory, or a cap on PyTorch's
     allocator (as RunConfig.gpu_mem_cap) plus the context, whichever is smaller."""
-    if gpu_mem_cap is not None:
-        capped = gpu_mem_cap + CUDA_CONTEXT_BYTES
-        return min(total_memory, capped) if total_memory else capped
-    if total_memory is None:
+    capped = cap_budget(gpu_mem_cap)
+    if total_memory:
+        return within_cap(total_memory, capped)
+    if capped is None:
         raise ConfigError("the device's memory is unknown: pass --gpu-mem SIZE (e.g. 16GiB) or a gpu_mem_cap")
-    return total_memory
+    return capped
 
 
 def usable_bytes(budget_bytes: int, safety_margin: float) -> int:
@@ -289,7 +307,9 @@ class _Steering:
     """The components the factor leaves alone."""
 
 
-def _steering(hint: Mapping[str, Any], shape: ModelShape, workload: Workload, correction: float, limit: int) -> _Steering | None:
+def _steering(
+    hint: Mapping[str, Any], shape: ModelShape, workload: Workload, correction: float, limit: int
+) -> _Steering | None:
     if hint.get("plan") is None:
         return None
     failed = _failed_plan(hint)
@@ -328,10 +348,16 @@ def assess(
             continue
         earlier = steerings.get(steering.phase)
         if earlier is not None:  # several OOMs in one phase: the strongest evidence of each kind
-            steering = _Steering(steering.phase, max(steering.factor, earlier.factor), max(steering.need, earlier.need),
-                                 steering.kept if len(steering.kept) < len(earlier.kept) else earlier.kept)
+            steering = _Steering(
+                steering.phase,
+                max(steering.factor, earlier.factor),
+                max(steering.need, earlier.need),
+                steering.kept if len(steering.kept) < len(earlier.kept) else earlier.kept,
+            )
         steerings[steering.phase] = steering
-    failed = [_plan_of_key(key) for key in exclude] + [_failed_plan(h) for h in _hints(oom_hint) if h.get("plan") is not None]
+    failed = [_plan_of_key(key) for key in exclude] + [
+        _failed_plan(h) for h in _hints(oom_hint) if h.get("plan") is not None
+    ]
     excluded_keys = {effective_key(plan, workload) for plan in failed}
     distinct: dict[str, Plan] = {}
     for plan in sorted(plans, key=lambda plan: len(plan.rungs)):  # of equivalent plans, the one with fewer rungs
@@ -343,11 +369,15 @@ def assess(
         for steering in steerings.values():
             predicted = predicted.with_phase_scaled(steering.phase, steering.factor, steering.kept)
             if excluded is None and predicted.reserved_in(steering.phase) >= steering.need:
-                excluded = (f"after the OOM in {steering.phase}: predicted {predicted.reserved_in(steering.phase) / GIB:.1f} GiB "
-                            f"there, not below the {steering.need / GIB:.1f} GiB that failed")
+                excluded = (
+                    f"after the OOM in {steering.phase}: predicted {predicted.reserved_in(steering.phase) / GIB:.1f} GiB "
+                    f"there, not below the {steering.need / GIB:.1f} GiB that failed"
+                )
         fits = "yes" if predicted.reserved <= usable else "tight" if predicted.reserved <= limit else "no"
         paging = predicted.pageable > 0 and predicted.reserved + predicted.pageable > limit
-        candidates.append(Candidate(plan, predicted, relative_speed(plan, workload, facts, paging, shape.num_layers), fits, excluded))
+        candidates.append(
+            Candidate(plan, predicted, relative_speed(plan, workload, facts, paging, shape.num_layers), fits, excluded)
+        )
     return candidates
 
 
@@ -393,16 +423,21 @@ def fewest_checkpointed_layers(chosen: Candidate, shape: ModelShape, assessor: A
     return max(fitting + [chosen], key=lambda candidate: candidate.speed)  # the first of equals: the smallest k
 
 
-def checkpointing_by_tokens(chosen: Candidate, shape: ModelShape, workload: Workload, assessor: Assessor,
-                            step: int = 64) -> Candidate:
+def checkpointing_by_tokens(
+    chosen: Candidate, shape: ModelShape, workload: Workload, assessor: Assessor, step: int = 64
+) -> Candidate:
     """`chosen` with fewer layers checkpointed for shorter micro-batches: packed rows and length buckets vary
     in size, and the plan's checkpoint_layers is chosen for the longest one (micro-batch x max_seq_len
     tokens). For each k below it, the most tokens (a multiple of `step`) predicted to fit with the margin
     when only k layers are checkpointed; entries kept where they raise the limit. Its speed is predicted at
     the typical micro-batch (workload.computed_per_sequence). One process, length-grouped batching only."""
     plan = chosen.plan
-    if (not plan.gradient_checkpointing or plan.world_size != 1 or workload.batching not in ("packed", "bucket")
-            or plan.checkpoint_layers_by_tokens):
+    if (
+        not plan.gradient_checkpointing
+        or plan.world_size != 1
+        or workload.batching not in ("packed", "bucket")
+        or plan.checkpoint_layers_by_tokens
+    ):
         return chosen
     most = checkpointed_layers(plan, shape)
     longest = plan.micro_batch_size * workload.sequence_length
@@ -429,8 +464,10 @@ def shape_of(config: Any) -> ModelShape:
     architecture), or a ConfigError saying why it is unknown."""
     found = resolve_shape(config)
     if found.shape is None:
-        raise ConfigError(f"the planner needs the shape of {config.model}: {found.problem}; pass --model PATH to a local "
-                          "model folder, or set `architecture` (LlamaConfig fields) in the config")
+        raise ConfigError(
+            f"the planner needs the shape of {config.model}: {found.problem}; pass --model PATH to a local "
+            "model folder, or set `architecture` (LlamaConfig fields) in the config"
+        )
     return found.shape
 
 
@@ -465,13 +502,19 @@ def choose(
     if policy.selective_checkpointing:
         chosen = fewest_checkpointed_layers(chosen, shape, assessor)
         if policy.checkpointing_by_size:
-            chosen = checkpointing_by_tokens(chosen, shape, workload, assessor, step=getattr(config, "batch_multiple", 64) or 64)
+            chosen = checkpointing_by_tokens(
+                chosen, shape, workload, assessor, step=getattr(config, "batch_multiple", 64) or 64
+            )
     usable = usable_bytes(budget, policy.safety_margin)
     predicted = chosen.estimate
-    reason = (f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "
-              f"of {usable / GIB:.1f} GiB usable ({budget / GIB:.1f} GiB - {CUDA_CONTEXT_BYTES / GIB:.1f} GiB CUDA context, "
-              f"{policy.safety_margin:.0%} margin); model: {chosen.change}")
+    reason = (
+        f"fastest plan predicted to fit: {predicted.reserved / GIB:.1f} GiB peak reserved ({predicted.where()}) "
+        f"of {usable / GIB:.1f} GiB usable ({budget / GIB:.1f} GiB - {CUDA_CONTEXT_BYTES / GIB:.1f} GiB CUDA context, "
+        f"{policy.safety_margin:.0%} margin); model: {chosen.change}"
+    )
     if steered:
-        reason += (f"; steered by the OOM in {', '.join(str(phase) for phase in steered)} "
-                   "(the fastest plan that changes the model least)")
+        reason += (
+            f"; steered by the OOM in {', '.join(str(phase) for phase in steered)} "
+            "(the fastest plan that changes the model least)"
+        )
     return Choice(plan=chosen.plan, predicted=predicted, reason=reason, speed=chosen.speed, candidates=candidates)

@@ -45,7 +45,7 @@ end of backward, when every gradient exists), optimizer. Steady state: from the 
 optimizer states exist in every phase; with accumulation > 1 so do the gradients during forward.
 
 Allocated bytes become reserved bytes through a fragmentation factor, and the device needs the CUDA
-context on top (`CUDA_CONTEXT_BYTES`). Checked against ANCHORS.md and against tamer's own training
+context on top (`CUDA_CONTEXT_BYTES`). Checked against bench/results/anchors-h100-2026-11-25.md and against tamer's own training
 step measured on an H100 (tests/unit/test_planner.py prints predicted vs measured for both).
 """
 
@@ -60,7 +60,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tamer.plan import Plan
+from tamer.plan import LOSS_CHUNK_TOKENS, PAGED_MIN_ELEMENTS, Plan
 
 GIB = 2**30
 
@@ -71,20 +71,14 @@ memory, not against an allocator cap (`set_per_process_memory_fraction` limits t
 
 FRAGMENTATION = 0.06
 """Reserved / allocated - 1 with the default caching allocator: blocks cached for sizes that do not
-recur (0.03-0.08 in the ANCHORS runs)."""
+recur (0.03-0.08 in the anchor runs (bench/results/anchors-h100-2026-11-25.md))."""
 
 FRAGMENTATION_EXPANDABLE = 0.03
 """The same with expandable segments, which map freed memory back into one growing segment."""
 
-LOSS_CHUNK_TOKENS = 1024
-"""Positions per slice of the chunked loss; the same as tamer.engine.trainer.CHUNK_SIZE."""
-
 SUPERVISED_PER_SEQUENCE = 16
 """Default supervised tokens per sequence (answer + EOS). SQuAD answers are 3-10 tokens; 16 is a
 conservative ceiling, so the supervised-only logits are never underestimated for this recipe."""
-
-PAGED_MIN_ELEMENTS = 100_000
-"""bitsandbytes pages optimizer moments of tensors at least this large (smaller ones: normal memory)."""
 
 EIGHT_BIT_MIN_ELEMENTS = 4096
 """bitsandbytes keeps 32-bit moments for tensors smaller than this (min_8bit_size)."""
@@ -177,10 +171,6 @@ class ModelShape:
         """The LM head's weight (the embedding itself when tied)."""
         return self.vocab_size * self.hidden_size
 
-    def lora_tensors(self, rank: int, targets: tuple[str, ...]) -> list[tuple[str, int]]:
-        """LoRA's A (rank x in) and B (out x rank) for each targeted projection of every layer."""
-        return list(_lora_tensors(self, rank, tuple(targets)))
-
     def lora_parameters(self, rank: int, targets: tuple[str, ...]) -> int:
         return sum(elements for _, elements in _lora_tensors(self, rank, tuple(targets)))
 
@@ -222,13 +212,15 @@ def _lora_tensors(shape: ModelShape, rank: int, targets: tuple[str, ...]) -> tup
 
 
 SQUAD_TOKENS_PER_SEQUENCE = 210
-"""Mean tokens of a SQuAD training example (ANCHORS.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
+"""Mean tokens of a SQuAD training example (bench/results/anchors-h100-2026-11-25.md, Mistral-v1 tokenizer; 229 on the bundled slice)."""
 COMPUTED_PER_USEFUL = {"longest": 1.6, "bucket": 1.14, "packed": 1.02}
-"""Computed / useful tokens by batching mode: ANCHORS.md (padding to the longest 1.6x) and the bundled slice in
+"""Computed / useful tokens by batching mode: bench/results/anchors-h100-2026-11-25.md (padding to the longest 1.6x) and the bundled slice in
 8-sample steps, length-grouped over 64 steps (bucket of 64: 1.14x, packed: 1.02x)."""
 
 
-def expected_computed_per_sequence(batching: str, max_seq_len: int, mean_tokens: float = SQUAD_TOKENS_PER_SEQUENCE) -> int:
+def expected_computed_per_sequence(
+    batching: str, max_seq_len: int, mean_tokens: float = SQUAD_TOKENS_PER_SEQUENCE
+) -> int:
     """Tokens computed per sequence on average under `batching` (max_len: every position), for sequences of
     `mean_tokens` on average (default: SQuAD's)."""
     if batching not in COMPUTED_PER_USEFUL:
@@ -246,10 +238,10 @@ class Workload:
     """Positions per sequence whose next token is supervised (answer + EOS)."""
     logits_tokens: LogitsTokens = "supervised"
     """`supervised`: tamer's loss (head only at supervised positions); `all`: Hugging Face's loss over
-    every position (how ANCHORS.md was measured)."""
+    every position (how bench/results/anchors-h100-2026-11-25.md was measured)."""
     padded: bool = True
     """Batches carry a padding mask: sdpa then repeats K/V to every head (no GQA kernel) and a
-    [micro_batch x seq x seq] mask exists. The ANCHORS runs used unpadded fixed-length sequences."""
+    [micro_batch x seq x seq] mask exists. The anchor runs used unpadded fixed-length sequences."""
     batching: str = "longest"
     """The config's batching mode (tamer/engine/batching.py). Memory is for the longest micro-batch either way
     (micro_batch x sequence_length tokens: a length-grouped step can be all long samples); `packed` has one
@@ -280,10 +272,14 @@ class Workload:
             longest = -(-max(1, data.max_tokens) // config.batch_multiple) * config.batch_multiple
             if config.batching_mode != "max_len":
                 values["sequence_length"] = min(config.max_seq_len, longest)
-            values["computed_per_sequence"] = expected_computed_per_sequence(config.batching_mode, config.max_seq_len, data.mean_tokens)
+            values["computed_per_sequence"] = expected_computed_per_sequence(
+                config.batching_mode, config.max_seq_len, data.mean_tokens
+            )
         values.update({key: value for key, value in overrides.items() if value is not None})
         if data is not None:
-            values["supervised_per_sequence"] = max(values.get("supervised_per_sequence", SUPERVISED_PER_SEQUENCE), data.max_scored)
+            values["supervised_per_sequence"] = max(
+                values.get("supervised_per_sequence", SUPERVISED_PER_SEQUENCE), data.max_scored
+            )
         return cls(**values)
 
 
@@ -312,9 +308,9 @@ class PhaseEstimate:
 
     def scaled(self, factor: float, kept: tuple[str, ...] = EXACT_COMPONENTS) -> PhaseEstimate:
         """This phase with every component but `kept` multiplied by `factor`."""
-        return PhaseEstimate(self.name, {
-            name: size if name in kept else round(size * factor) for name, size in self.components.items()
-        })
+        return PhaseEstimate(
+            self.name, {name: size if name in kept else round(size * factor) for name, size in self.components.items()}
+        )
 
 
 @dataclass(frozen=True)
@@ -465,7 +461,9 @@ def _layer_bytes_per_token(shape: ModelShape, plan: Plan, workload: Workload) ->
     if plan.lora:
         # peft per adapter: a dropout mask (1 byte) and the adapter input (fp32, or its autocast copy).
         per_input = (1 if workload.lora_dropout else 0) + (2 if d.autocast else 4)
-        lora = sum(per_input * fan_in for name, (fan_in, _) in shape.projections().items() if name in workload.lora_targets)
+        lora = sum(
+            per_input * fan_in for name, (fan_in, _) in shape.projections().items() if name in workload.lora_targets
+        )
     return 2 * norm + qkv_inputs + sdpa + o_input + gate_up_inputs + mlp + lora
 
 
@@ -495,7 +493,9 @@ def _optimizer_states(shape: ModelShape, plan: Plan, workload: Workload) -> tupl
 
 
 @functools.cache
-def _states(shape: ModelShape, optimizer: str, state_bytes: int, lora: tuple[int, tuple[str, ...]] | None) -> tuple[int, int, int]:
+def _states(
+    shape: ModelShape, optimizer: str, state_bytes: int, lora: tuple[int, tuple[str, ...]] | None
+) -> tuple[int, int, int]:
     if lora is not None:
         trainable = [elements for _, elements in _lora_tensors(shape, *lora)]
     else:
@@ -569,7 +569,9 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     head_copy = 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0
     layer_copies = 2 * shape.linear_parameters if d.autocast and d.weights == 4 and not d.int8 else 0
     one_layer_copies = layer_copies // shape.num_layers
-    forward_copies = head_copy + (one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies)
+    forward_copies = head_copy + (
+        one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies
+    )
     loss_backward_copies = head_copy + kept_layers * one_layer_copies
 
     fp32_logits = fp32_logits_bytes(shape, plan, workload)
@@ -579,7 +581,7 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     logits_backward = 3 * fp32_logits + head_output  # log-softmax output + its gradient + the logits' gradient
     head_gradient = 0
     if not plan.lora:
-        head_gradient = (0 if gradients_in_forward else d.weights * shape.head_parameters)
+        head_gradient = 0 if gradients_in_forward else d.weights * shape.head_parameters
         head_gradient += 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0  # 16-bit copy's gradient
 
     static = {"weights": weights, "adapters": adapters, "optimizer_states": states}
@@ -608,18 +610,27 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     backward = max(moments, key=lambda components: sum(components.values()))
     phases = {
         "load": PhaseEstimate("load", {"weights": weights, "adapters": adapters}),
-        "forward": PhaseEstimate("forward", {
-            **static,
-            **({"int8_layer_inputs": int8_held_in_forward} if int8_held else {}),
-            "gradients": gradients_in_forward,
-            "autocast_weight_copies": forward_copies,
-            "activations": activations,
-            "logits": logits_forward,
-        }),
+        "forward": PhaseEstimate(
+            "forward",
+            {
+                **static,
+                **({"int8_layer_inputs": int8_held_in_forward} if int8_held else {}),
+                "gradients": gradients_in_forward,
+                "autocast_weight_copies": forward_copies,
+                "activations": activations,
+                "logits": logits_forward,
+            },
+        ),
         "backward": PhaseEstimate("backward", backward),
-        "optimizer": PhaseEstimate("optimizer", {
-            **static, **held, "gradients": gradients, "optimizer_workspace": optimizer_workspace,
-        }),
+        "optimizer": PhaseEstimate(
+            "optimizer",
+            {
+                **static,
+                **held,
+                "gradients": gradients,
+                "optimizer_workspace": optimizer_workspace,
+            },
+        ),
     }
     if plan.world_size > 1 and plan.parallel == "fsdp":
         phases = _sharded(phases, shape, plan)

@@ -50,9 +50,11 @@ class ShapeSource:
 def summary(shape: ModelShape) -> str:
     """`30 layers, hidden 576, 9 heads (3 KV) of 64, MLP 1,536, vocab 49,152, tied embeddings: 134.5 M parameters`."""
     biases = ", q/k/v biases" if shape.qkv_bias else ", attention biases" if shape.attention_bias else ""
-    return (f"{shape.num_layers} layers, hidden {shape.hidden_size:,}, {shape.num_heads} heads ({shape.num_kv_heads} KV) of "
-            f"{shape.head_dim}, MLP {shape.intermediate_size:,}, vocab {shape.vocab_size:,}, "
-            f"{'tied' if shape.tie_word_embeddings else 'untied'} embeddings{biases}: {shape.parameters / 1e6:,.1f} M parameters")
+    return (
+        f"{shape.num_layers} layers, hidden {shape.hidden_size:,}, {shape.num_heads} heads ({shape.num_kv_heads} KV) of "
+        f"{shape.head_dim}, MLP {shape.intermediate_size:,}, vocab {shape.vocab_size:,}, "
+        f"{'tied' if shape.tie_word_embeddings else 'untied'} embeddings{biases}: {shape.parameters / 1e6:,.1f} M parameters"
+    )
 
 
 def preset_architecture(config: Any) -> dict[str, Any] | None:
@@ -65,8 +67,10 @@ def from_config_json(data: Any, where: str) -> tuple[ModelShape | None, str | No
         return None, f"{where} is not a JSON object"
     model_type = data.get("model_type")
     if model_type not in MODEL_TYPES:
-        return None, (f"{where} names model_type {model_type!r}; the planner knows {', '.join(MODEL_TYPES)} decoders "
-                      "(set `architecture` to plan another with a Llama's shape)")
+        return None, (
+            f"{where} names model_type {model_type!r}; the planner knows {', '.join(MODEL_TYPES)} decoders "
+            "(set `architecture` to plan another with a Llama's shape)"
+        )
     if any((data.get(name) or 0) > 1 for name in EXPERT_FIELDS):
         return None, f"{where} is a mixture-of-experts model, which the planner does not model"
     missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), int)]
@@ -91,5 +95,8 @@ def resolve(config: Any) -> ShapeSource:
         return ShapeSource(shape, str(path), problem)
     if preset and config.model == PRESETS[config.preset].get("model"):
         return ShapeSource(ModelShape.from_architecture(preset), f"preset {config.preset}")
-    return ShapeSource(None, "", f"the config.json of {config.model} is not on this machine (neither a local folder "
-                                 "nor in the hub cache)")
+    return ShapeSource(
+        None,
+        "",
+        f"the config.json of {config.model} is not on this machine (neither a local folder nor in the hub cache)",
+    )

@@ -1,4 +1,4 @@
-"""Expected relative training speed of a plan: a product of factors calibrated on ANCHORS.md.
+"""Expected relative training speed of a plan: a product of factors calibrated on bench/results/anchors-h100-2026-11-25.md.
 
     relative_speed(plan, workload, facts)  ->  1.0 for a full fine-tune with fp32 master weights
                                               under bf16 autocast, no checkpointing, >= 4,096 tokens
@@ -76,7 +76,9 @@ def precision_factor(plan: Plan, facts: DeviceFacts) -> float:
     return FP32_MATH if facts.kind == "cuda" else 1.0
 
 
-def relative_speed(plan: Plan, workload: Workload, facts: DeviceFacts, paging: bool = False, num_layers: int | None = None) -> float:
+def relative_speed(
+    plan: Plan, workload: Workload, facts: DeviceFacts, paging: bool = False, num_layers: int | None = None
+) -> float:
     """Expected tokens/s of `plan` relative to the reference plan (see the module docstring).
     `paging`: whether paged optimizer state is predicted not to fit on the device beside the peak;
     `num_layers`: the model's decoder layers, for a plan that checkpoints only some of them."""

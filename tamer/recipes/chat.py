@@ -28,10 +28,26 @@ from typing import Any
 from tamer.errors import DataError
 from tamer.recipes.chat_templates import ChatTemplate, TemplateRefused, refused
 from tamer.recipes.examples import IGNORE_INDEX, Example, cut_to_length
-from tamer.recipes.sources import Rows, answers_value, did_you_mean, looks_like, mapped_columns, row_id, row_name, text_value
+from tamer.recipes.sources import (
+    Rows,
+    answers_value,
+    did_you_mean,
+    looks_like,
+    mapped_columns,
+    row_id,
+    row_name,
+    text_value,
+)
 
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 SHAPES = {"messages": ("role", "content"), "conversations": ("from", "value")}
 
 
@@ -54,8 +70,10 @@ def conversations_of(rows: Rows, columns: dict[str, str] | None, train_on: str) 
     elif present:
         candidates = present
     else:
-        raise DataError(f"{rows.label}: no 'messages' or 'conversations' column (columns: {', '.join(rows.columns) or 'none'})"
-                        f"{looks_like(rows, tuple(SHAPES))}; name yours with columns: {{messages: COLUMN}}")
+        raise DataError(
+            f"{rows.label}: no 'messages' or 'conversations' column (columns: {', '.join(rows.columns) or 'none'})"
+            f"{looks_like(rows, tuple(SHAPES))}; name yours with columns: {{messages: COLUMN}}"
+        )
     answers_column = (mapped or {}).get("answers", "answers")
     found: list[Conversation | str] = []
     first_of: dict[str, int] = {}
@@ -67,8 +85,10 @@ def conversations_of(rows: Rows, columns: dict[str, str] | None, train_on: str) 
         column = filled[0]
         first_of.setdefault(column, position)
         if len(first_of) > 1:
-            raise DataError(f"{rows.label}: row {first_of['messages']} is a messages row and row {first_of['conversations']} a "
-                            "ShareGPT conversations row: a file mixing formats; keep one format per file")
+            raise DataError(
+                f"{rows.label}: row {first_of['messages']} is a messages row and row {first_of['conversations']} a "
+                "ShareGPT conversations row: a file mixing formats; keep one format per file"
+            )
         messages = _messages(row[column], f"{rows.label}: row {position}")
         if any(not message["content"].strip() for message in messages) or not messages:
             found.append("empty")
@@ -95,10 +115,14 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
         elif message.get("from") is not None or message.get("value") is not None:
             role, content, known = message.get("from"), message.get("value"), SHAREGPT_ROLES
         else:
-            raise DataError(f"{where}: message {index} has neither role/content nor from/value (keys: {', '.join(message) or 'none'})")
+            raise DataError(
+                f"{where}: message {index} has neither role/content nor from/value (keys: {', '.join(message) or 'none'})"
+            )
         if not isinstance(role, str) or role not in known:
-            raise DataError(f"{where}: message {index} has unknown role {role!r}; known roles: {', '.join(known)}"
-                            + did_you_mean(str(role), list(known)))
+            raise DataError(
+                f"{where}: message {index} has unknown role {role!r}; known roles: {', '.join(known)}"
+                + did_you_mean(str(role), list(known))
+            )
         try:
             text = text_value(content)
         except TypeError as kind:
@@ -107,8 +131,15 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
     return out
 
 
-def build_examples(conversations: list[Conversation], tokenizer: Any, template: ChatTemplate, max_seq_len: int, train_on: str,
-                   overlong: str, label: str) -> tuple[list[Example], Counter]:
+def build_examples(
+    conversations: list[Conversation],
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int,
+    train_on: str,
+    overlong: str,
+    label: str,
+) -> tuple[list[Example], Counter]:
     """(examples, counts): each conversation rendered, tokenized once (one Rust batch), and labelled."""
     rendered = []
     for conversation in conversations:
@@ -122,7 +153,10 @@ def build_examples(conversations: list[Conversation], tokenizer: Any, template: 
     for conversation, (_, spans), encoding in zip(conversations, rendered, encodings):
         ids = encoding.ids
         chosen = spans[-1:] if train_on == "last_assistant" else spans
-        labels = [token if train_on == "all" or _inside(offset, chosen) else IGNORE_INDEX for token, offset in zip(ids, encoding.offsets)]
+        labels = [
+            token if train_on == "all" or _inside(offset, chosen) else IGNORE_INDEX
+            for token, offset in zip(ids, encoding.offsets)
+        ]
         truncated = len(ids) > max_seq_len
         fitted = cut_to_length(ids, labels, max_seq_len, overlong, f"{label}: {row_name(conversation.id)}")
         if fitted is None:
@@ -147,4 +181,4 @@ def _inside(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
 def generation_prompt(conversation: Conversation) -> list[dict[str, str]] | None:
     """The messages before the last assistant reply: what EM/F1 asks (None: no reply to ask for, under train_on: all)."""
     replies = [index for index, message in enumerate(conversation.messages) if message["role"] == "assistant"]
-    return conversation.messages[:replies[-1]] if replies else None
+    return conversation.messages[: replies[-1]] if replies else None

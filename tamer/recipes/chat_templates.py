@@ -52,7 +52,9 @@ class ChatTemplate:
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
         """The conversation as text, exactly as apply_chat_template(tokenize=False) renders it."""
         try:
-            return _compiled(self.text).render(messages=messages, add_generation_prompt=add_generation_prompt, **dict(self.special))
+            return _compiled(self.text).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **dict(self.special)
+            )
         except Exception as error:  # jinja2's TemplateError and whatever a template's expressions raise
             raise TemplateRefused(str(error).splitlines()[0] if str(error).strip() else type(error).__name__) from None
 
@@ -64,7 +66,7 @@ class ChatTemplate:
             if message["role"] != "assistant":
                 continue
             begin = len(self._prefix(messages[:position], True, whole, position))
-            end = len(self._prefix(messages[:position + 1], False, whole, position + 1))
+            end = len(self._prefix(messages[: position + 1], False, whole, position + 1))
             text = whole[begin:end]
             end = begin + len(text.rstrip())
             if end > begin:
@@ -74,9 +76,11 @@ class ChatTemplate:
     def _prefix(self, messages: list[dict[str, str]], generation_prompt: bool, whole: str, count: int) -> str:
         text = self.render(messages, add_generation_prompt=generation_prompt)
         if not whole.startswith(text):
-            raise ConfigError(f"chat template ({self.source}): it renders the first {count} messages differently once later ones "
-                              "follow, so the assistant turns cannot be found by rendering prefixes; set chat_template: FILE to a "
-                              f"template that renders earlier turns unchanged (or a built-in: {', '.join(BUILT_IN)})")
+            raise ConfigError(
+                f"chat template ({self.source}): it renders the first {count} messages differently once later ones "
+                "follow, so the assistant turns cannot be found by rendering prefixes; set chat_template: FILE to a "
+                f"template that renders earlier turns unchanged (or a built-in: {', '.join(BUILT_IN)})"
+            )
         return text
 
 
@@ -89,7 +93,9 @@ def _compiled(text: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+    def tojson(
+        value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
@@ -105,8 +111,10 @@ def resolve(setting: str | None, tokenizer: Any) -> ChatTemplate:
     special = tuple(sorted(tokenizer.special.items()))
     if setting is None:
         if tokenizer.chat_template is None:
-            raise ModelError(f"{tokenizer.described} has no chat template; set one with `chat_template: FILE | NAME` "
-                             f"(e.g. --set chat_template=chatml; built in: {', '.join(BUILT_IN)})")
+            raise ModelError(
+                f"{tokenizer.described} has no chat template; set one with `chat_template: FILE | NAME` "
+                f"(e.g. --set chat_template=chatml; built in: {', '.join(BUILT_IN)})"
+            )
         template = ChatTemplate(tokenizer.chat_template, "the tokenizer's", special)
     elif setting in BUILT_IN:
         template = ChatTemplate(BUILT_IN[setting], setting, special)
@@ -115,7 +123,9 @@ def resolve(setting: str | None, tokenizer: Any) -> ChatTemplate:
     try:
         _compiled(template.text)
     except Exception as error:  # a syntax error in the template
-        raise ConfigError(f"chat_template ({template.source}): not a valid Jinja template ({str(error).splitlines()[0]})") from None
+        raise ConfigError(
+            f"chat_template ({template.source}): not a valid Jinja template ({str(error).splitlines()[0]})"
+        ) from None
     return template
 
 
@@ -123,8 +133,10 @@ def read_file(setting: str) -> str:
     """The text of a chat template file, or a ConfigError naming the built-ins."""
     path = Path(setting).expanduser()
     if not path.is_file():
-        raise ConfigError(f"chat_template: {setting!r} is neither a file nor a built-in template ({', '.join(BUILT_IN)}); "
-                          "pass a Jinja file or a built-in name")
+        raise ConfigError(
+            f"chat_template: {setting!r} is neither a file nor a built-in template ({', '.join(BUILT_IN)}); "
+            "pass a Jinja file or a built-in name"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -41,14 +41,18 @@ def scored_tokens(example: Example) -> int:
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 
-def cut_to_length(ids: list[int], labels: list[int], max_seq_len: int, overlong: str, described: str) -> tuple[list[int], list[int]] | None:
+def cut_to_length(
+    ids: list[int], labels: list[int], max_seq_len: int, overlong: str, described: str
+) -> tuple[list[int], list[int]] | None:
     """`ids` and `labels` of a row longer than `max_seq_len` as `overlong` says: cut to the length (`truncate`), None
     (`skip`; the caller counts it), or a DataError naming the row (`error`). A row that fits is returned as it is."""
     if len(ids) <= max_seq_len:
         return ids, labels
     if overlong == "error":
-        raise DataError(f"{described} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
-                        "raise max_seq_len, or set overlong: truncate or skip")
+        raise DataError(
+            f"{described} has {len(ids)} tokens, more than max_seq_len {max_seq_len} (overlong: error); "
+            "raise max_seq_len, or set overlong: truncate or skip"
+        )
     if overlong == "skip":
         return None
     return ids[:max_seq_len], labels[:max_seq_len]

@@ -63,17 +63,27 @@ def pairs_of(rows: Rows, columns: dict[str, str] | None) -> list[Pair | str]:
     if mapped is not None:
         formats = {"columns": mapped}
     else:
-        formats = {name: keys for name, keys in FORMATS.items() if all(keys[key] in rows.columns for key in ("prompt", "completion"))}
+        formats = {
+            name: keys
+            for name, keys in FORMATS.items()
+            if all(keys[key] in rows.columns for key in ("prompt", "completion"))
+        }
     if not formats:
-        raise DataError(f"{rows.label}: no prompt/completion or instruction/output columns (columns: {', '.join(rows.columns) or 'none'})"
-                        f"{looks_like(rows, ('prompt', 'completion', 'instruction', 'output'))}; "
-                        "name yours with columns: {prompt: COLUMN, completion: COLUMN}")
+        raise DataError(
+            f"{rows.label}: no prompt/completion or instruction/output columns (columns: {', '.join(rows.columns) or 'none'})"
+            f"{looks_like(rows, ('prompt', 'completion', 'instruction', 'output'))}; "
+            "name yours with columns: {prompt: COLUMN, completion: COLUMN}"
+        )
     answers_column = (mapped or {}).get("answers", "answers")
     found: list[Pair | str] = []
     first_of: dict[str, int] = {}
     for position, row in enumerate(rows.rows):
         where = f"{rows.label}: row {position}"
-        kinds = [name for name, keys in formats.items() if any(row.get(keys[key]) is not None for key in ("prompt", "completion"))]
+        kinds = [
+            name
+            for name, keys in formats.items()
+            if any(row.get(keys[key]) is not None for key in ("prompt", "completion"))
+        ]
         if len(kinds) > 1:
             raise DataError(f"{where} has both prompt/completion and instruction/output; give each row one of them")
         if not kinds:
@@ -82,8 +92,10 @@ def pairs_of(rows: Rows, columns: dict[str, str] | None) -> list[Pair | str]:
         first_of.setdefault(kinds[0], position)
         if len(first_of) > 1:
             (one, first), (other, second) = sorted(first_of.items(), key=lambda item: item[1])
-            raise DataError(f"{rows.label}: row {first} is a {one} row and row {second} an {other} row: a file mixing formats; "
-                            "keep one format per file")
+            raise DataError(
+                f"{rows.label}: row {first} is a {one} row and row {second} an {other} row: a file mixing formats; "
+                "keep one format per file"
+            )
         keys = formats[kinds[0]]
         values = {}
         for key in ("prompt", "input", "completion"):
@@ -94,8 +106,15 @@ def pairs_of(rows: Rows, columns: dict[str, str] | None) -> list[Pair | str]:
         if not (values["prompt"] or "").strip() or not (values["completion"] or "").strip():
             found.append("empty")
             continue
-        found.append(Pair(row_id(row, position), values["prompt"], values["input"] or "", values["completion"],
-                          answers_value(row.get(answers_column), where) or (values["completion"],)))
+        found.append(
+            Pair(
+                row_id(row, position),
+                values["prompt"],
+                values["input"] or "",
+                values["completion"],
+                answers_value(row.get(answers_column), where) or (values["completion"],),
+            )
+        )
     return found
 
 
@@ -117,8 +136,9 @@ def prompt_ids(pair: Pair, tokenizer: Any, template: str | None) -> list[int]:
     return bos + tokenizer.ids(render_prompt(pair, template))
 
 
-def build_examples(pairs: list[Pair], tokenizer: Any, template: str | None, max_seq_len: int, overlong: str,
-                   label: str) -> tuple[list[Example], Counter]:
+def build_examples(
+    pairs: list[Pair], tokenizer: Any, template: str | None, max_seq_len: int, overlong: str, label: str
+) -> tuple[list[Example], Counter]:
     """(examples, counts): BOS + prompt (not scored) + completion + EOS (scored), tokenized in Rust batches."""
     eos = tokenizer.require_eos()
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
@@ -129,8 +149,8 @@ def build_examples(pairs: list[Pair], tokenizer: Any, template: str | None, max_
     counts: Counter = Counter()
     for pair, prompt, joint in zip(pairs, prompt_encodings, joint_encodings):
         asked = bos + prompt.ids
-        if joint.ids[:len(prompt.ids)] == prompt.ids:
-            answer = joint.ids[len(prompt.ids):]
+        if joint.ids[: len(prompt.ids)] == prompt.ids:
+            answer = joint.ids[len(prompt.ids) :]
         else:  # a token straddles the boundary: tokenize the completion alone
             answer = tokenizer.ids(pair.completion)
         ids = asked + answer + [eos]

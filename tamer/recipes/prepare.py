@@ -23,9 +23,13 @@ from tamer.recipes.examples import Example
 from tamer.recipes.profile import DataProfile
 
 DATA_RECIPES = ("chat", "instruct", "text")
-SKIPS = {"skipped_too_long": "skipped as too long", "skipped_empty": "skipped as empty",
-         "skipped_no_assistant": "skipped without an assistant turn", "nothing_scored": "skipped with nothing to score",
-         "cut": "documents cut into pieces"}
+SKIPS = {
+    "skipped_too_long": "skipped as too long",
+    "skipped_empty": "skipped as empty",
+    "skipped_no_assistant": "skipped without an assistant turn",
+    "nothing_scored": "skipped with nothing to score",
+    "cut": "documents cut into pieces",
+}
 """What the `data` event counts beyond `truncated`, in its words."""
 
 
@@ -44,7 +48,9 @@ class Prepared:
     """The records behind `evaluation` (Conversation, Pair or Document), for EM/F1."""
 
 
-def setup(config: Any, tokenizer: tokens.TextTokenizer | None = None) -> tuple[tokens.TextTokenizer, chat_templates.ChatTemplate | None]:
+def setup(
+    config: Any, tokenizer: tokens.TextTokenizer | None = None
+) -> tuple[tokens.TextTokenizer, chat_templates.ChatTemplate | None]:
     """The tokenizer the config names and, for chat, the template it renders with."""
     tokenizer = tokenizer or tokens.load(tokens.tokenizer_source(config), config.model)
     template = chat_templates.resolve(config.chat_template, tokenizer) if config.recipe == "chat" else None
@@ -55,31 +61,46 @@ def prepare(config: Any, tokenizer: tokens.TextTokenizer | None = None) -> Prepa
     """Train and validation examples of a chat, instruct or text config (see the module docstring)."""
     tokenizer, template = setup(config, tokenizer)
     if config.data is None:
-        raise DataError(f"data: the {config.recipe} recipe trains on your data: pass --data with a .jsonl/.json/.parquet/.csv "
-                        "file (.txt for text), a folder, hub:NAME[:SUBSET], or bundled (its sample)")
+        raise DataError(
+            f"data: the {config.recipe} recipe trains on your data: pass --data with a .jsonl/.json/.parquet/.csv "
+            "file (.txt for text), a folder, hub:NAME[:SUBSET], or bundled (its sample)"
+        )
     rows = sources.load_rows(config.data, config.recipe, config.split, "data")
     if config.eval_data is not None:
         train_rows, eval_rows = rows, sources.load_rows(config.eval_data, config.recipe, config.eval_split, "eval_data")
         train_records, eval_records = records_of(config, train_rows), records_of(config, eval_rows)
     else:
         records = records_of(config, rows)
-        train_positions, eval_positions = sources.hold_out(len(records), config.eval_samples, config.validation_split, config.seed,
-                                                           rows.label)
+        train_positions, eval_positions = sources.hold_out(
+            len(records), config.eval_samples, config.validation_split, config.seed, rows.label
+        )
         train_records, eval_records = [records[p] for p in train_positions], [records[p] for p in eval_positions]
     train, train_counts = examples_of(config, train_records, tokenizer, template, rows.label)
-    evaluation, eval_counts = examples_of(config, eval_records, tokenizer, template, f"eval_data {config.eval_data}"
-                                          if config.eval_data else rows.label)
+    evaluation, eval_counts = examples_of(
+        config, eval_records, tokenizer, template, f"eval_data {config.eval_data}" if config.eval_data else rows.label
+    )
     if not train:
-        reasons = ", ".join(f"{count} {SKIPS[name]}" for name, count in train_counts.items() if count and name in SKIPS) or "no rows"
-        raise DataError(f"{rows.label}: no training examples left after filtering ({len(train_records)} rows: {reasons}); "
-                        "check the data and the columns it is read from")
+        reasons = (
+            ", ".join(f"{count} {SKIPS[name]}" for name, count in train_counts.items() if count and name in SKIPS)
+            or "no rows"
+        )
+        raise DataError(
+            f"{rows.label}: no training examples left after filtering ({len(train_records)} rows: {reasons}); "
+            "check the data and the columns it is read from"
+        )
     if config.max_steps is None and len(train) < config.effective_batch_size:
-        raise DataError(f"{rows.label}: {len(train)} training examples make no full batch of {config.effective_batch_size}; "
-                        "lower effective_batch_size or add data")
+        raise DataError(
+            f"{rows.label}: {len(train)} training examples make no full batch of {config.effective_batch_size}; "
+            "lower effective_batch_size or add data"
+        )
     summary = f"{len(train)} training and {len(evaluation)} validation examples; " + ", ".join(
         [f"{train_counts['truncated'] + eval_counts['truncated']} truncated"]
-        + [f"{train_counts[name] + eval_counts[name]} {words}" for name, words in SKIPS.items()
-           if name == "skipped_too_long" or train_counts[name] + eval_counts[name]])
+        + [
+            f"{train_counts[name] + eval_counts[name]} {words}"
+            for name, words in SKIPS.items()
+            if name == "skipped_too_long" or train_counts[name] + eval_counts[name]
+        ]
+    )
     detail = {"train": {"examples": len(train), **train_counts}, "eval": {"examples": len(evaluation), **eval_counts}}
     kept = [record for record in eval_records if not isinstance(record, str)]
     return Prepared(train, evaluation, summary, detail, DataProfile.of(train), tokenizer, template, kept)
@@ -94,16 +115,25 @@ def records_of(config: Any, rows: sources.Rows) -> list[Any]:
     return text.documents_of(rows, config.columns)
 
 
-def examples_of(config: Any, records: list[Any], tokenizer: tokens.TextTokenizer, template: chat_templates.ChatTemplate | None,
-                label: str) -> tuple[list[Example], Counter]:
+def examples_of(
+    config: Any,
+    records: list[Any],
+    tokenizer: tokens.TextTokenizer,
+    template: chat_templates.ChatTemplate | None,
+    label: str,
+) -> tuple[list[Example], Counter]:
     """The examples of `records` (skip reasons counted as `skipped_<reason>`), and their counts."""
     kept = [record for record in records if not isinstance(record, str)]
     counts: Counter = Counter({"rows": len(records), "truncated": 0, "skipped_too_long": 0})
     counts.update(f"skipped_{reason}" for reason in records if isinstance(reason, str))
     if config.recipe == "chat":
-        examples, built = chat.build_examples(kept, tokenizer, template, config.max_seq_len, config.train_on, config.overlong, label)
+        examples, built = chat.build_examples(
+            kept, tokenizer, template, config.max_seq_len, config.train_on, config.overlong, label
+        )
     elif config.recipe == "instruct":
-        examples, built = instruct.build_examples(kept, tokenizer, config.prompt_template, config.max_seq_len, config.overlong, label)
+        examples, built = instruct.build_examples(
+            kept, tokenizer, config.prompt_template, config.max_seq_len, config.overlong, label
+        )
     else:
         examples, built = text.build_examples(kept, tokenizer, config.max_seq_len)
     counts.update(built)
@@ -119,5 +149,13 @@ def prepare_file(config: Any, source: str, tokenizer: tokens.TextTokenizer | Non
     if not evaluation:
         raise DataError(f"{rows.label}: no examples left to evaluate ({len(records)} rows)")
     kept = [record for record in records if not isinstance(record, str)]
-    return Prepared([], evaluation, f"{len(evaluation)} examples", {"eval": dict(counts)}, DataProfile.of(evaluation), tokenizer,
-                    template, kept)
+    return Prepared(
+        [],
+        evaluation,
+        f"{len(evaluation)} examples",
+        {"eval": dict(counts)},
+        DataProfile.of(evaluation),
+        tokenizer,
+        template,
+        kept,
+    )

@@ -41,8 +41,10 @@ class DataProfile:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        return (f"{self.mean_tokens:.0f} tokens per example on average (longest {self.max_tokens:,}), "
-                f"{self.mean_scored:.0f} scored (most {self.max_scored:,})")
+        return (
+            f"{self.mean_tokens:.0f} tokens per example on average (longest {self.max_tokens:,}), "
+            f"{self.mean_scored:.0f} scored (most {self.max_scored:,})"
+        )
 
 
 def read(run_dir: Path) -> DataProfile | None:

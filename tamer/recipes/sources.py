@@ -32,7 +32,10 @@ from tamer.hub import HUB_SOURCE as HUB_PREFIX
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 TEXT_FORMATS = (".jsonl", ".json", ".csv", ".txt")
 """Formats read as text: checked for UTF-8 before datasets reads them."""
-BUNDLED = {recipe: Path(str(files("tamer.recipes") / "data" / f"{recipe}_sample.jsonl")) for recipe in ("chat", "instruct", "text")}
+BUNDLED = {
+    recipe: Path(str(files("tamer.recipes") / "data" / f"{recipe}_sample.jsonl"))
+    for recipe in ("chat", "instruct", "text")
+}
 """The sample each recipe trains on with `data: bundled` (the tiny preset's default)."""
 
 
@@ -50,7 +53,7 @@ def hub_name(source: str) -> tuple[str, str | None] | None:
     """(name, subset) of a `hub:NAME[:SUBSET]` source; None for anything else."""
     if not source.startswith(HUB_PREFIX):
         return None
-    name, _, subset = source[len(HUB_PREFIX):].partition(":")
+    name, _, subset = source[len(HUB_PREFIX) :].partition(":")
     return name, subset or None
 
 
@@ -69,8 +72,13 @@ def load_rows(source: str, recipe: str, split: str, option: str) -> Rows:
 def _data_files(path: Path, recipe: str, label: str) -> list[Path]:
     """The files of a file or folder source, all of one format this recipe reads."""
     if path.is_dir():
-        found = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in BUILDERS
-                       and not any(part.startswith(".") for part in file.relative_to(path).parts))
+        found = sorted(
+            file
+            for file in path.rglob("*")
+            if file.is_file()
+            and file.suffix.lower() in BUILDERS
+            and not any(part.startswith(".") for part in file.relative_to(path).parts)
+        )
         if not found:
             raise DataError(f"{label}: the folder has no {', '.join(BUILDERS)} files")
         suffixes = sorted({file.suffix.lower() for file in found})
@@ -79,14 +87,18 @@ def _data_files(path: Path, recipe: str, label: str) -> list[Path]:
     elif path.is_file():
         found = [path]
     else:
-        raise DataError(f"{label}: no such file or folder; pass a .jsonl, .json, .parquet, .csv or .txt file, a folder, "
-                        "hub:NAME[:SUBSET], or bundled")
+        raise DataError(
+            f"{label}: no such file or folder; pass a .jsonl, .json, .parquet, .csv or .txt file, a folder, "
+            "hub:NAME[:SUBSET], or bundled"
+        )
     suffix = found[0].suffix.lower()
     if suffix not in BUILDERS:
         raise DataError(f"{label}: unknown format {suffix or '(no extension)'}; expected {', '.join(BUILDERS)}")
     if suffix == ".txt" and recipe != "text":
-        raise DataError(f"{label}: .txt files are plain text, which `tamer run text` trains on; the {recipe} recipe reads "
-                        ".jsonl, .json, .parquet or .csv rows")
+        raise DataError(
+            f"{label}: .txt files are plain text, which `tamer run text` trains on; the {recipe} recipe reads "
+            ".jsonl, .json, .parquet or .csv rows"
+        )
     if suffix in TEXT_FORMATS:
         for file in found:
             check_utf8(file, label)
@@ -102,14 +114,18 @@ def check_utf8(path: Path, label: str) -> None:
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as error:
-                line += chunk[:error.start].count(b"\n")
-                raise DataError(f"{label}: {path.name} is not UTF-8 text (byte 0x{chunk[error.start]:02x} on line {line}); "
-                                "convert it, e.g. iconv -f latin1 -t utf-8") from None
+                line += chunk[: error.start].count(b"\n")
+                raise DataError(
+                    f"{label}: {path.name} is not UTF-8 text (byte 0x{chunk[error.start]:02x} on line {line}); "
+                    "convert it, e.g. iconv -f latin1 -t utf-8"
+                ) from None
             line += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise DataError(f"{label}: {path.name} is not UTF-8 text (it ends inside a character); convert it to UTF-8") from None
+            raise DataError(
+                f"{label}: {path.name} is not UTF-8 text (it ends inside a character); convert it to UTF-8"
+            ) from None
 
 
 def _quiet_datasets() -> Any:
@@ -168,10 +184,14 @@ def _from_hub(name: str, subset: str | None, split: str, label: str) -> Rows:
     try:
         dataset = datasets.load_dataset(name, subset, split=split)
     except DatasetNotFoundError:
-        raise DataError(f"{label}: no dataset {name} on the hub (a private or gated one also needs HF_TOKEN); check the name, "
-                        "or pass a local file") from None
+        raise DataError(
+            f"{label}: no dataset {name} on the hub (a private or gated one also needs HF_TOKEN); check the name, "
+            "or pass a local file"
+        ) from None
     except ConnectionError as error:
-        raise DataError(f"{label}: could not reach the hub ({str(error).splitlines()[0][:200]}); pass a local file") from None
+        raise DataError(
+            f"{label}: could not reach the hub ({str(error).splitlines()[0][:200]}); pass a local file"
+        ) from None
     except ValueError as error:  # an unknown split or subset: datasets lists the ones there are
         reason = str(error).strip().splitlines()[0][:300]
         what = f"split '{split}'" if "split" in reason.lower() else f"subset '{subset}'"
@@ -194,7 +214,9 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
 def looks_like(rows: Rows, wanted: tuple[str, ...]) -> str:
     """`; column 'promt' looks like 'prompt'` for the first wanted name a column of the data nearly spells."""
     for name in wanted:
-        close = difflib.get_close_matches(name, [column for column in rows.columns if column not in wanted], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            name, [column for column in rows.columns if column not in wanted], n=1, cutoff=0.6
+        )
         if close:
             return f"; column '{close[0]}' looks like '{name}'"
     return ""
@@ -202,17 +224,23 @@ def looks_like(rows: Rows, wanted: tuple[str, ...]) -> str:
 
 def missing_column(rows: Rows, column: str, key: str) -> DataError:
     """`column` is not in the data: name the columns there are and the closest one."""
-    return DataError(f"{rows.label}: no column '{column}' (columns: {', '.join(rows.columns) or 'none'}){did_you_mean(column, rows.columns)}"
-                     f"; name yours with columns: {{{key}: COLUMN}}")
+    return DataError(
+        f"{rows.label}: no column '{column}' (columns: {', '.join(rows.columns) or 'none'}){did_you_mean(column, rows.columns)}"
+        f"; name yours with columns: {{{key}: COLUMN}}"
+    )
 
 
-def mapped_columns(rows: Rows, columns: dict[str, str] | None, keys: tuple[str, ...], required: tuple[str, ...]) -> dict[str, str] | None:
+def mapped_columns(
+    rows: Rows, columns: dict[str, str] | None, keys: tuple[str, ...], required: tuple[str, ...]
+) -> dict[str, str] | None:
     """The `columns` mapping checked against this recipe's keys and the data's columns; None when not set."""
     if columns is None:
         return None
     for key in columns:
         if key not in keys:
-            raise DataError(f"columns: unknown key '{key}' for this recipe; its keys: {', '.join(keys)}{did_you_mean(key, list(keys))}")
+            raise DataError(
+                f"columns: unknown key '{key}' for this recipe; its keys: {', '.join(keys)}{did_you_mean(key, list(keys))}"
+            )
     for key in required:
         if key not in columns:
             raise DataError(f"columns: missing '{key}' (this recipe needs {', '.join(required)}); add {key}: COLUMN")
@@ -225,7 +253,11 @@ def mapped_columns(rows: Rows, columns: dict[str, str] | None, keys: tuple[str, 
 def row_id(row: dict[str, Any], position: int) -> str:
     """A row's `id` column when it has one, else `row N` (its position in the source, from 0)."""
     value = row.get("id")
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) else f"row {position}"
+    return (
+        str(value)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value)
+        else f"row {position}"
+    )
 
 
 def row_name(identifier: str) -> str:
@@ -256,20 +288,26 @@ def text_value(value: Any) -> str | None:
 # Validation rows
 
 
-def hold_out(count: int, eval_samples: int, validation_split: float | None, seed: int, label: str) -> tuple[list[int], list[int]]:
+def hold_out(
+    count: int, eval_samples: int, validation_split: float | None, seed: int, label: str
+) -> tuple[list[int], list[int]]:
     """(train positions, validation positions) of `count` rows: a `validation_split` fraction (rounded) or
     `eval_samples` rows, the first of a permutation seeded by `seed` alone, so every attempt and resume holds
     out the same rows; training rows keep their order (the trainer shuffles them itself)."""
     if validation_split is not None:
         held = round(count * validation_split)
         if not 1 <= held < count:
-            raise DataError(f"validation_split: {validation_split} of the {count} rows of {label} is {held} rows; "
-                            "pick a fraction that holds out at least one row and leaves at least one to train on")
+            raise DataError(
+                f"validation_split: {validation_split} of the {count} rows of {label} is {held} rows; "
+                "pick a fraction that holds out at least one row and leaves at least one to train on"
+            )
     else:
         held = eval_samples
         if not 0 <= held < count:
-            raise DataError(f"eval_samples: {held} must be less than the {count} rows of {label}; lower eval_samples, "
-                            "or set validation_split (a fraction) or --eval-data")
+            raise DataError(
+                f"eval_samples: {held} must be less than the {count} rows of {label}; lower eval_samples, "
+                "or set validation_split (a fraction) or --eval-data"
+            )
     order = list(range(count))
     random.Random(seed).shuffle(order)
     chosen = set(order[:held])

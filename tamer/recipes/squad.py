@@ -100,9 +100,7 @@ def _load_hub_split(split: str) -> list[Record]:
 
 def _load_file(path: Path, label: str) -> list[Record]:
     if not path.is_file():
-        raise DataError(
-            f"{label}: no such file; pass a SQuAD v1.1 JSON file, `bundled`, or no --data for the hub"
-        )
+        raise DataError(f"{label}: no such file; pass a SQuAD v1.1 JSON file, `bundled`, or no --data for the hub")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -170,8 +168,11 @@ def _record(question: Any, context: Any, label: str, where: str) -> Record:
             f"answer {answer_text!r} is not at answer_start {answer_start} of the context (found {found!r})",
         )
     # The other reference answers only score evaluation: keep their non-empty texts, unchecked.
-    golds = [answer_text] + [other["text"] for other in answers[1:]
-                             if isinstance(other, dict) and isinstance(other.get("text"), str) and other["text"].strip()]
+    golds = [answer_text] + [
+        other["text"]
+        for other in answers[1:]
+        if isinstance(other, dict) and isinstance(other.get("text"), str) and other["text"].strip()
+    ]
     return Record(question_id, context, question_text, answer_text, answer_start, tuple(dict.fromkeys(golds)))
 
 

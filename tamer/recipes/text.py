@@ -32,8 +32,10 @@ def documents_of(rows: Rows, columns: dict[str, str] | None) -> list[Document | 
     mapped = mapped_columns(rows, columns, ("text",), ("text",))
     column = mapped["text"] if mapped else "text"
     if column not in rows.columns:
-        raise DataError(f"{rows.label}: no 'text' column (columns: {', '.join(rows.columns) or 'none'}){looks_like(rows, ('text',))}; "
-                        "name yours with columns: {text: COLUMN}")
+        raise DataError(
+            f"{rows.label}: no 'text' column (columns: {', '.join(rows.columns) or 'none'}){looks_like(rows, ('text',))}; "
+            "name yours with columns: {text: COLUMN}"
+        )
     found: list[Document | str] = []
     for position, row in enumerate(rows.rows):
         try:

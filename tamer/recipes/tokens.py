@@ -20,6 +20,7 @@ from typing import Any
 
 from tamer.errors import ModelError
 from tamer.hub import hub_error, looks_local, offline_requested
+from tamer.recipes.squad import BUNDLED_TOKENIZER
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -61,7 +62,9 @@ class TextTokenizer:
     def require_eos(self) -> int:
         """The end-of-sequence id, or a ModelError: completions and documents end with it."""
         if self.eos_id is None:
-            raise ModelError(f"{self.described} has no end-of-sequence token; each completion ends with one, so pick another tokenizer")
+            raise ModelError(
+                f"{self.described} has no end-of-sequence token; each completion ends with one, so pick another tokenizer"
+            )
         return self.eos_id
 
 
@@ -74,12 +77,13 @@ def tokenizer_source(config: Any) -> str | None:
 
 def load(name: str | None, model: str) -> TextTokenizer:
     """The tokenizer `name` (`bundled`, a hub id or a folder; None = the model's own)."""
-    from tamer.recipes.squad import BUNDLED_TOKENIZER
-
     if name == "bundled":
         return _from_folder(BUNDLED_TOKENIZER, "the bundled tokenizer")
-    source, described, hint = (model, f"the tokenizer of model {model}", "--model PATH") if name is None else (
-        name, f"tokenizer {name}", "--set tokenizer=PATH")
+    source, described, hint = (
+        (model, f"the tokenizer of model {model}", "--model PATH")
+        if name is None
+        else (name, f"tokenizer {name}", "--set tokenizer=PATH")
+    )
     path = Path(source).expanduser()
     if looks_local(source):
         if not path.is_dir():
@@ -98,10 +102,14 @@ def _hub_folder(repo: str, described: str, hint: str) -> Path:
     except LocalEntryNotFoundError as error:  # not cached and no hub (a kind of EntryNotFoundError, so first)
         raise hub_error(error, described, hint) from None
     except EntryNotFoundError:
-        raise ModelError(f"{described} has no tokenizer.json on the hub; tamer needs a fast tokenizer (pass {hint})") from None
+        raise ModelError(
+            f"{described} has no tokenizer.json on the hub; tamer needs a fast tokenizer (pass {hint})"
+        ) from None
     except (OSError, ValueError) as error:
         raise hub_error(error, described, hint) from None
-    for name in TOKENIZER_FILES[1:]:  # optional: a repository has some of them; offline, those never fetched count as absent
+    for name in TOKENIZER_FILES[
+        1:
+    ]:  # optional: a repository has some of them; offline, those never fetched count as absent
         try:
             hf_hub_download(repo, name, local_files_only=offline_requested())
         except (OSError, ValueError):

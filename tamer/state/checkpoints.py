@@ -62,10 +62,6 @@ def hash_file(path: Path, name: str = HASH) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    return hash_file(path, "sha256")
-
-
 class HashingFile(io.RawIOBase):
     """A write-only file that hashes every byte it writes and fsyncs on close: `digest` is then the
     file's xxh3-128, with no read back. torch.save and the safetensors writer write through it."""
@@ -84,7 +80,7 @@ class HashingFile(io.RawIOBase):
         written = 0
         while written < len(view):  # a raw write may be short; the hash must cover exactly what landed
             count = self._handle.write(view[written:])
-            self._hasher.update(view[written:written + count])
+            self._hasher.update(view[written : written + count])
             written += count
         return written
 
@@ -139,7 +135,9 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def save(run_dir: Path, step: int, write_files: Callable[[Path], dict[str, str] | None], manifest: dict[str, Any], keep: int) -> Checkpoint:
+def save(
+    run_dir: Path, step: int, write_files: Callable[[Path], dict[str, str] | None], manifest: dict[str, Any], keep: int
+) -> Checkpoint:
     """Write checkpoint `step` atomically: `write_files(folder)` fills a temporary folder (and may return
     the digests it took while writing, by relative path), then the manifest is written last and the
     folder renamed into place. On any error the temporary folder is removed and the previous
@@ -152,7 +150,9 @@ def save(run_dir: Path, step: int, write_files: Callable[[Path], dict[str, str] 
     tmp.mkdir()
     try:
         known = write_files(tmp)
-        full_manifest = dict(manifest, step=step, format=FORMAT_VERSION, hash=HASH, created_at=time.time(), files=hash_folder(tmp, known))
+        full_manifest = dict(
+            manifest, step=step, format=FORMAT_VERSION, hash=HASH, created_at=time.time(), files=hash_folder(tmp, known)
+        )
         write_json_atomic(tmp / MANIFEST, full_manifest)
         if final.exists():  # the same step written again after a restart: swap, never a moment with neither
             old = root / f"step-{step}.old"

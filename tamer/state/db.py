@@ -2,7 +2,7 @@
 
 Schema and migrations through sqlite-utils. WAL, a 30 s busy timeout and short `BEGIN IMMEDIATE`
 write transactions, so the CLI can read while a run writes and a SIGKILL of any process loses nothing
-that was committed. Columns are documented in the README ("Database schema").
+that was committed. Columns are described in tamer/state/columns.py (docs/reference/database.md is generated from both).
 """
 
 from __future__ import annotations
@@ -184,7 +184,6 @@ def m005_token_counts(db: sqlite_utils.Database) -> None:
     db["steps"].add_column("computed_tokens", int)
 
 
-
 @migrations()
 def m006_forwarded(db: sqlite_utils.Database) -> None:
     """What the supervisor has forwarded out of the database (tamer/daemon/mirror.py), one row per run and sink
@@ -205,6 +204,7 @@ def m006_forwarded(db: sqlite_utils.Database) -> None:
         pk=("run_id", "sink"),
     )
 
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
@@ -217,8 +217,9 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     can write it there anyway."""
     uri = path.resolve().as_uri()
     try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError:
         if os.access(path.parent, os.W_OK):
@@ -242,13 +243,19 @@ class Database:
                 self.db = sqlite_utils.Database(self.conn)
                 tables = set(self.db.table_names())
                 if "_sqlite_migrations" not in tables:
-                    raise StateError(f"{self.path} is an SQLite database but not a tamer one (tables: {', '.join(sorted(tables)) or 'none'}); "
-                                     "point --home or TAMER_HOME elsewhere")
+                    raise StateError(
+                        f"{self.path} is an SQLite database but not a tamer one (tables: {', '.join(sorted(tables)) or 'none'}); "
+                        "point --home or TAMER_HOME elsewhere"
+                    )
                 if migrations.pending(self.db):
-                    raise StateError(f"{self.path} is from an older tamer: open it once with a writable home to upgrade it "
-                                     "(any command that writes, such as `tamer run`), then it can be read here")
+                    raise StateError(
+                        f"{self.path} is from an older tamer: open it once with a writable home to upgrade it "
+                        "(any command that writes, such as `tamer run`), then it can be read here"
+                    )
             except sqlite3.DatabaseError as error:
-                raise StateError(f"{self.path} is not a usable tamer database ({error}); point --home elsewhere") from None
+                raise StateError(
+                    f"{self.path} is not a usable tamer database ({error}); point --home elsewhere"
+                ) from None
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -311,7 +318,10 @@ class Database:
     def insert_step(self, row: dict[str, Any]) -> None:
         with self.write() as db:
             db["steps"].insert(row, replace=True)
-            db["runs"].update(row["run_id"], {"steps_done": row["step"], "samples_consumed": row["samples_consumed"], "final_loss": row["loss"]})
+            db["runs"].update(
+                row["run_id"],
+                {"steps_done": row["step"], "samples_consumed": row["samples_consumed"], "final_loss": row["loss"]},
+            )
             if row["attempt"] is not None:
                 db.execute(
                     "UPDATE attempts SET last_step = ?, first_step_at = coalesce(first_step_at, ?) WHERE run_id = ? AND attempt = ?",
@@ -347,11 +357,15 @@ class Database:
         """The run whose id is `run_id` or starts with it (unique prefix)."""
         rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
         if not rows:
-            rows = list(self.db.query("SELECT * FROM runs WHERE id LIKE ? ORDER BY created_at", [run_id.replace("%", "") + "%"]))
+            rows = list(
+                self.db.query("SELECT * FROM runs WHERE id LIKE ? ORDER BY created_at", [run_id.replace("%", "") + "%"])
+            )
         if not rows:
             raise StateError(f"no run '{run_id}' in {self.path}; `tamer runs` lists them")
         if len(rows) > 1:
-            raise StateError(f"'{run_id}' matches {len(rows)} runs ({', '.join(r['id'] for r in rows[:4])}...); give more of the id")
+            raise StateError(
+                f"'{run_id}' matches {len(rows)} runs ({', '.join(r['id'] for r in rows[:4])}...); give more of the id"
+            )
         return rows[0]
 
     def runs(self) -> list[dict[str, Any]]:
@@ -367,7 +381,9 @@ class Database:
     def steps(self, run_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
         if attempt is None:
             return list(self.db.query("SELECT * FROM steps WHERE run_id = ? ORDER BY step, attempt", [run_id]))
-        return list(self.db.query("SELECT * FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step", [run_id, attempt]))
+        return list(
+            self.db.query("SELECT * FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step", [run_id, attempt])
+        )
 
     def effective_steps(self, run_id: str) -> list[dict[str, Any]]:
         """One row per optimizer step: the one from the latest attempt (a step redone after a restart

@@ -25,26 +25,38 @@ def enqueue(db: Database, run_id: str, submitted_at: float) -> None:
 
 def waiting_runs(db: Database) -> list[dict[str, Any]]:
     """The queue's runs not started yet, next first, each with its submitted_at and claimed_at."""
-    return list(db.db.query("""SELECT r.*, q.submitted_at, q.claimed_at FROM queue q JOIN runs r ON r.id = q.run_id
-                               WHERE r.status = 'queued' ORDER BY q.submitted_at, r.created_at"""))
+    return list(
+        db.db.query("""SELECT r.*, q.submitted_at, q.claimed_at FROM queue q JOIN runs r ON r.id = q.run_id
+                               WHERE r.status = 'queued' ORDER BY q.submitted_at, r.created_at""")
+    )
+
+
+def queue_position(db: Database, run_id: str) -> int | None:
+    """1 for the next run the daemon starts, 2 after it...; None for a run not waiting in the queue."""
+    ids = [row["id"] for row in waiting_runs(db)]
+    return ids.index(run_id) + 1 if run_id in ids else None
 
 
 def running_runs(db: Database) -> list[dict[str, Any]]:
     """Running runs, submitted or not, oldest start first; submitted_at is the creation time of a run
     started with `tamer run`."""
-    return list(db.db.query("""SELECT r.*, coalesce(q.submitted_at, r.created_at) AS submitted_at FROM runs r
-                               LEFT JOIN queue q ON q.run_id = r.id WHERE r.status = 'running' ORDER BY r.started_at"""))
+    return list(
+        db.db.query("""SELECT r.*, coalesce(q.submitted_at, r.created_at) AS submitted_at FROM runs r
+                               LEFT JOIN queue q ON q.run_id = r.id WHERE r.status = 'running' ORDER BY r.started_at""")
+    )
 
 
 def cancel_unclaimed(db: Database, run_id: str, now: float) -> bool:
     """Mark a queued run `cancelled` unless a daemon has claimed it; whether it was cancelled."""
     with db.write() as writer:
-        return bool(writer.execute(
-            """UPDATE runs SET status = 'cancelled', ended_at = ?, failure_reason = 'cancelled before it started'
+        return bool(
+            writer.execute(
+                """UPDATE runs SET status = 'cancelled', ended_at = ?, failure_reason = 'cancelled before it started'
                WHERE id = ? AND status = 'queued'
                AND NOT EXISTS (SELECT 1 FROM queue WHERE run_id = ? AND claimed_at IS NOT NULL)""",
-            [now, run_id, run_id],
-        ).rowcount)
+                [now, run_id, run_id],
+            ).rowcount
+        )
 
 
 def release_stale_claims(db: Database) -> None:
@@ -56,8 +68,10 @@ def release_stale_claims(db: Database) -> None:
 
 def running_queued_runs(db: Database) -> list[dict[str, Any]]:
     """Submitted runs marked `running`, in submission order (the daemon resumes those whose supervisor died)."""
-    return list(db.db.query("""SELECT r.* FROM queue q JOIN runs r ON r.id = q.run_id
-                               WHERE r.status = 'running' ORDER BY q.submitted_at"""))
+    return list(
+        db.db.query("""SELECT r.* FROM queue q JOIN runs r ON r.id = q.run_id
+                               WHERE r.status = 'running' ORDER BY q.submitted_at""")
+    )
 
 
 def claim_next(db: Database, now: float) -> str | None:
@@ -89,8 +103,10 @@ def unclaim(db: Database, run_id: str) -> None:
 def newest_run_id(db: Database) -> str | None:
     """The id of the run that matters now: the running one started last, else the run created last; None in
     an empty database (a queued run waits behind a running one, so the running one is what `status` shows)."""
-    row = db.conn.execute("SELECT id FROM runs ORDER BY status = 'running' DESC, "
-                          "CASE WHEN status = 'running' THEN started_at ELSE created_at END DESC LIMIT 1").fetchone()
+    row = db.conn.execute(
+        "SELECT id FROM runs ORDER BY status = 'running' DESC, "
+        "CASE WHEN status = 'running' THEN started_at ELSE created_at END DESC LIMIT 1"
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -101,7 +117,9 @@ def last_attempt_number(db: Database, run_id: str) -> int | None:
 
 def last_event(db: Database, run_id: str) -> dict[str, Any] | None:
     """The run's newest event (time, kind, message), or None."""
-    row = db.conn.execute("SELECT time, kind, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run_id]).fetchone()
+    row = db.conn.execute(
+        "SELECT time, kind, message FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run_id]
+    ).fetchone()
     return {"time": row[0], "kind": row[1], "message": row[2]} if row else None
 
 
@@ -112,9 +130,13 @@ def events_after(db: Database, run_id: str, after_id: int) -> list[dict[str, Any
 
 def in_process_split_details(db: Database, run_id: str, attempt: int) -> list[dict[str, Any]]:
     """The parsed detail of each `in_process_split` event of one attempt, oldest first."""
-    return [json.loads(detail or "{}") for (detail,) in db.conn.execute(
-        "SELECT detail_json FROM events WHERE run_id = ? AND attempt = ? AND kind = 'in_process_split' ORDER BY id",
-        [run_id, attempt])]
+    return [
+        json.loads(detail or "{}")
+        for (detail,) in db.conn.execute(
+            "SELECT detail_json FROM events WHERE run_id = ? AND attempt = ? AND kind = 'in_process_split' ORDER BY id",
+            [run_id, attempt],
+        )
+    ]
 
 
 # --- steps and evals --------------------------------------------------------------------------------
@@ -127,60 +149,82 @@ def step_columns(db: Database) -> list[str]:
 
 def recent_steps(db: Database, run_id: str, attempt: int, up_to_step: int, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` steps of one attempt at or below `up_to_step`, newest first, with the columns of a progress line."""
-    return [dict(row) for row in db.db.query(
-        "SELECT attempt, step, loss, tokens, step_time, wall_time, mem_reserved, host_rss FROM steps "
-        "WHERE run_id = ? AND attempt = ? AND step <= ? ORDER BY step DESC LIMIT ?",
-        [run_id, attempt, up_to_step, limit])]
+    return [
+        dict(row)
+        for row in db.db.query(
+            "SELECT attempt, step, loss, tokens, step_time, wall_time, mem_reserved, host_rss FROM steps "
+            "WHERE run_id = ? AND attempt = ? AND step <= ? ORDER BY step DESC LIMIT ?",
+            [run_id, attempt, up_to_step, limit],
+        )
+    ]
 
 
 def steps_after(db: Database, run_id: str, attempt: int, step: int) -> list[dict[str, Any]]:
     """(attempt, step) of every step row after `step` of `attempt`, in attempt and step order."""
-    return list(db.db.query("SELECT attempt, step FROM steps WHERE run_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)) "
-                            "ORDER BY attempt, step", [run_id, attempt, attempt, step]))
+    return list(
+        db.db.query(
+            "SELECT attempt, step FROM steps WHERE run_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)) "
+            "ORDER BY attempt, step",
+            [run_id, attempt, attempt, step],
+        )
+    )
 
 
 def latest_attempt_steps(db: Database, run_id: str, limit: int) -> list[dict[str, Any]]:
     """The last `limit` steps of the newest attempt that wrote steps, oldest first, with timing and token columns."""
-    return list(db.db.query(
-        """SELECT step, wall_time, step_time, tokens_per_s, useful_tokens, computed_tokens FROM steps WHERE run_id = ?
+    return list(
+        db.db.query(
+            """SELECT step, wall_time, step_time, tokens_per_s, useful_tokens, computed_tokens FROM steps WHERE run_id = ?
            AND attempt = (SELECT max(attempt) FROM steps WHERE run_id = ?) ORDER BY step DESC LIMIT ?""",
-        [run_id, run_id, limit],
-    ))[::-1]
+            [run_id, run_id, limit],
+        )
+    )[::-1]
 
 
 def step_timeline(db: Database, run_id: str) -> list[dict[str, Any]]:
     """Every step row's timing and progress columns, in wall-clock order."""
-    return list(db.db.query(
-        "SELECT attempt, step, wall_time, step_time, tokens, samples_consumed FROM steps WHERE run_id = ? "
-        "ORDER BY wall_time, attempt, step", [run_id]))
+    return list(
+        db.db.query(
+            "SELECT attempt, step, wall_time, step_time, tokens, samples_consumed FROM steps WHERE run_id = ? "
+            "ORDER BY wall_time, attempt, step",
+            [run_id],
+        )
+    )
 
 
 def step_memory_peaks(db: Database, run_id: str, attempt: int) -> tuple[int | None, int | None]:
     """(highest mem_reserved, highest mem_peak) over one attempt's steps; None where none was read."""
-    row = db.conn.execute("SELECT max(mem_reserved), max(mem_peak) FROM steps WHERE run_id = ? AND attempt = ?",
-                          [run_id, attempt]).fetchone()
+    row = db.conn.execute(
+        "SELECT max(mem_reserved), max(mem_peak) FROM steps WHERE run_id = ? AND attempt = ?", [run_id, attempt]
+    ).fetchone()
     return row[0], row[1]
 
 
 def highest_reserved(db: Database, run_id: str, attempts: list[int]) -> int | None:
     """The highest mem_reserved over the steps of `attempts`, or None."""
     marks = ",".join("?" * len(attempts))
-    return db.conn.execute(f"SELECT max(mem_reserved) FROM steps WHERE run_id = ? AND attempt IN ({marks})",
-                           [run_id, *attempts]).fetchone()[0]
+    return db.conn.execute(
+        f"SELECT max(mem_reserved) FROM steps WHERE run_id = ? AND attempt IN ({marks})", [run_id, *attempts]
+    ).fetchone()[0]
 
 
 def tokens_per_second(db: Database, run_id: str, attempts: list[int]) -> list[float]:
     """Every measured tokens_per_s of the steps of `attempts`."""
     marks = ",".join("?" * len(attempts))
-    return [rate for (rate,) in db.conn.execute(
-        f"SELECT tokens_per_s FROM steps WHERE run_id = ? AND attempt IN ({marks}) AND tokens_per_s IS NOT NULL",
-        [run_id, *attempts])]
+    return [
+        rate
+        for (rate,) in db.conn.execute(
+            f"SELECT tokens_per_s FROM steps WHERE run_id = ? AND attempt IN ({marks}) AND tokens_per_s IS NOT NULL",
+            [run_id, *attempts],
+        )
+    ]
 
 
 def last_step_reserved(db: Database, run_id: str, attempt: int) -> tuple[int | None] | None:
     """(mem_reserved of the attempt's last step,), or None before its first step."""
-    row = db.conn.execute("SELECT mem_reserved FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step DESC LIMIT 1",
-                          [run_id, attempt]).fetchone()
+    row = db.conn.execute(
+        "SELECT mem_reserved FROM steps WHERE run_id = ? AND attempt = ? ORDER BY step DESC LIMIT 1", [run_id, attempt]
+    ).fetchone()
     return (row[0],) if row else None
 
 
@@ -212,18 +256,26 @@ def save_forwarded(db: Database, run_id: str, sink: str, now: float, **values: A
 
 def new_steps(db: Database, run_id: str, after_step: int) -> list[dict[str, Any]]:
     """One row per optimizer step above `after_step`, the latest attempt's where a restart redid it, in step order."""
-    return list(db.db.query(
-        """SELECT s.* FROM steps s JOIN (SELECT step, max(attempt) AS attempt FROM steps WHERE run_id = ? AND step > ?
+    return list(
+        db.db.query(
+            """SELECT s.* FROM steps s JOIN (SELECT step, max(attempt) AS attempt FROM steps WHERE run_id = ? AND step > ?
            GROUP BY step) latest ON s.step = latest.step AND s.attempt = latest.attempt
-           WHERE s.run_id = ? ORDER BY s.step""", [run_id, after_step, run_id]))
+           WHERE s.run_id = ? ORDER BY s.step""",
+            [run_id, after_step, run_id],
+        )
+    )
 
 
 def new_evals(db: Database, run_id: str, after_step: int) -> list[dict[str, Any]]:
     """One validation loss per step above `after_step` (the latest attempt's), in step order."""
-    return list(db.db.query(
-        """SELECT e.* FROM evals e JOIN (SELECT step, max(attempt) AS attempt FROM evals WHERE run_id = ? AND step > ?
+    return list(
+        db.db.query(
+            """SELECT e.* FROM evals e JOIN (SELECT step, max(attempt) AS attempt FROM evals WHERE run_id = ? AND step > ?
            GROUP BY step) latest ON e.step = latest.step AND e.attempt = latest.attempt
-           WHERE e.run_id = ? ORDER BY e.step""", [run_id, after_step, run_id]))
+           WHERE e.run_id = ? ORDER BY e.step""",
+            [run_id, after_step, run_id],
+        )
+    )
 
 
 def new_squad_scores(db: Database, run_id: str, after_id: int) -> list[dict[str, Any]]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tamer.plan import DeviceFacts, Plan
+from tamer.protocol import ALLOCATOR_VARIABLES
 from tamer.strategies.base import Strategy
 
 SETTING = "expandable_segments:True"
 # Newer torch reads PYTORCH_ALLOC_CONF and older versions only PYTORCH_CUDA_ALLOC_CONF; set both so
 # whichever torch the child imports sees it.
-VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+VARIABLES = ALLOCATOR_VARIABLES
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tamer.daemon.outcome import Outcome
+from tamer.outcome import OOM_KINDS, Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.strategies import registry
 from tamer.strategies.base import Strategy
 
-OOM_KINDS = ("cuda_oom", "host_oom")
 EVAL_BATCH = "eval_batch_size"
 
 
@@ -123,8 +122,12 @@ def for_child(plan: Plan, config: Any) -> Plan:
     must run the same number of micro-batches (the gradient all-reduce), so an OOM on one ends the group
     and the supervisor escalates every rank together."""
     ladder = config.ladder
-    allowed = (ladder.mode == "planner" and ladder.in_process_split and "split_micro_batch" in ladder.order
-               and plan.world_size == 1)
+    allowed = (
+        ladder.mode == "planner"
+        and ladder.in_process_split
+        and "split_micro_batch" in ladder.order
+        and plan.world_size == 1
+    )
     return plan.replace(in_process_split_down_to=config.planner.min_micro_batch if allowed else None)
 
 

@@ -16,8 +16,11 @@ from typing import Any, Protocol
 from tamer.config import RunConfig
 from tamer.errors import ConfigError
 
-MODULES = {"tensorboard": ("tamer.trackers.tensorboard", "tensorboard"), "mlflow": ("tamer.trackers.mlflow", "mlflow"),
-           "wandb": ("tamer.trackers.wandb", "wandb")}
+MODULES = {
+    "tensorboard": ("tamer.trackers.tensorboard", "tensorboard"),
+    "mlflow": ("tamer.trackers.mlflow", "mlflow"),
+    "wandb": ("tamer.trackers.wandb", "wandb"),
+}
 """Tracker name -> (tamer's module for it, the package it needs)."""
 
 
@@ -64,8 +67,10 @@ def check_installed(config: RunConfig) -> None:
     absent = missing(config.trackers)
     if absent:
         extras = ",".join(absent)
-        raise ConfigError(f"trackers: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} configured but not installed; "
-                          f"pip install 'tamer[{extras}]', or drop {'it' if len(absent) == 1 else 'them'} from trackers")
+        raise ConfigError(
+            f"trackers: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} configured but not installed; "
+            f"pip install 'tamer[{extras}]', or drop {'it' if len(absent) == 1 else 'them'} from trackers"
+        )
 
 
 def open_tracker(name: str, context: RunContext) -> Tracker:

@@ -21,8 +21,11 @@ from mlflow.tracking import MlflowClient
 from tamer.trackers.base import RunContext
 
 BATCH = 500  # metrics per log_batch call (MLflow takes at most 1000)
-STATUS = {"done": RunStatus.to_string(RunStatus.FINISHED), "failed": RunStatus.to_string(RunStatus.FAILED),
-          "stopped": RunStatus.to_string(RunStatus.KILLED)}
+STATUS = {
+    "done": RunStatus.to_string(RunStatus.FINISHED),
+    "failed": RunStatus.to_string(RunStatus.FAILED),
+    "stopped": RunStatus.to_string(RunStatus.KILLED),
+}
 
 
 def tracking_uri(context: RunContext) -> str:
@@ -31,7 +34,11 @@ def tracking_uri(context: RunContext) -> str:
 
 
 def _local(uri: str) -> bool:
-    return uri.startswith("file:") or "://" not in uri and not uri.startswith(("databricks", "sqlite:", "postgresql", "mysql"))
+    return (
+        uri.startswith("file:")
+        or "://" not in uri
+        and not uri.startswith(("databricks", "sqlite:", "postgresql", "mysql"))
+    )
 
 
 class MLflow:
@@ -52,13 +59,18 @@ class MLflow:
         if external_id:
             self.run_id = external_id
             self.client.update_run(external_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            self.alerts = sum(1 for key in self.client.get_run(external_id).data.tags if re.match(r"tamer\.\w+\.\d+$", key))
+            self.alerts = sum(
+                1 for key in self.client.get_run(external_id).data.tags if re.match(r"tamer\.\w+\.\d+$", key)
+            )
             return external_id
         name = self.context.config.tracking.experiment
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-        run = self.client.create_run(experiment_id, run_name=self.context.run["id"],
-                                     tags={"tamer.run_id": self.context.run["id"], "tamer.recipe": self.context.run["recipe"]})
+        run = self.client.create_run(
+            experiment_id,
+            run_name=self.context.run["id"],
+            tags={"tamer.run_id": self.context.run["id"], "tamer.recipe": self.context.run["recipe"]},
+        )
         self.run_id = run.info.run_id
         self.parameters(parameters)
         return self.run_id
@@ -66,7 +78,7 @@ class MLflow:
     def parameters(self, values: dict[str, str]) -> None:
         params = [Param(key, value) for key, value in values.items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
 
     def metrics(self, step: int, values: dict[str, float], wall_time: float) -> None:
         timestamp = int(wall_time * 1000)

@@ -12,13 +12,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tamer.protocol import HELD_OUT
+
 MIB = 2**20
-STEP_METRICS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s",
-                "step_time": "train/step_time", "micro_batch_size": "train/micro_batch_size", "attempt": "train/attempt",
-                "samples_consumed": "train/samples"}
-MEMORY_METRICS = {"mem_allocated": "memory/allocated_mib", "mem_reserved": "memory/reserved_mib", "mem_peak": "memory/peak_mib",
-                  "device_used": "memory/device_used_mib", "host_rss": "memory/host_rss_mib"}
-HELD_OUT = "held-out"
+STEP_METRICS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "step_time": "train/step_time",
+    "micro_batch_size": "train/micro_batch_size",
+    "attempt": "train/attempt",
+    "samples_consumed": "train/samples",
+}
+MEMORY_METRICS = {
+    "mem_allocated": "memory/allocated_mib",
+    "mem_reserved": "memory/reserved_mib",
+    "mem_peak": "memory/peak_mib",
+    "device_used": "memory/device_used_mib",
+    "host_rss": "memory/host_rss_mib",
+}
 ALERTS = {"escalate", "deescalate", "failed", "hang", "in_process_split", "squeeze", "lost"}
 """Event kinds a tracker shows as an alert or tag, besides the text every event gets: plan changes and failures."""
 NOT_MIRRORED = ("notify_", "tracker_")
@@ -41,7 +54,9 @@ def eval_metrics(row: dict[str, Any]) -> dict[str, float]:
 def score_metrics(row: dict[str, Any]) -> dict[str, float]:
     """One squad_scores row (exact_match or f1 on the held-out questions) as eval/<metric>; other data sets are
     named after their file: eval/<metric>/<file>."""
-    name = f"eval/{row['metric']}" if row["data"] == HELD_OUT else f"eval/{row['metric']}/{row['data'].rsplit('/', 1)[-1]}"
+    name = (
+        f"eval/{row['metric']}" if row["data"] == HELD_OUT else f"eval/{row['metric']}/{row['data'].rsplit('/', 1)[-1]}"
+    )
     return {name: float(row["value"])}
 
 
@@ -77,5 +92,7 @@ def run_parameters(run: dict[str, Any]) -> dict[str, str]:
 def attempt_parameters(attempt: dict[str, Any]) -> dict[str, str]:
     """An attempt's plan and why it was chosen, as parameters `attempt_N/plan` and `attempt_N/reason`."""
     number = attempt["attempt"]
-    return {f"attempt_{number}/plan": (attempt["plan_summary"] or "")[:PARAMETER_LIMIT],
-            f"attempt_{number}/reason": (attempt["reason"] or "")[:PARAMETER_LIMIT]}
+    return {
+        f"attempt_{number}/plan": (attempt["plan_summary"] or "")[:PARAMETER_LIMIT],
+        f"attempt_{number}/reason": (attempt["reason"] or "")[:PARAMETER_LIMIT],
+    }

@@ -40,7 +40,9 @@ class TensorBoard:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.writer = EventFileWriter(str(self.folder))
         if resumed_after:
-            self.writer.add_event(Event(wall_time=time.time(), step=resumed_after + 1, session_log=SessionLog(status=SessionLog.START)))
+            self.writer.add_event(
+                Event(wall_time=time.time(), step=resumed_after + 1, session_log=SessionLog(status=SessionLog.START))
+            )
         else:
             self._text("parameters", 0, "\n".join(f"{key}: {value}" for key, value in parameters.items()), time.time())
         return None
@@ -66,8 +68,11 @@ class TensorBoard:
             self.writer.close()
 
     def _text(self, tag: str, step: int, text: str, wall_time: float) -> None:
-        tensor = TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode()],
-                             tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+        tensor = TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[text.encode()],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
         value = Summary.Value(tag=tag, metadata=text_metadata.create_summary_metadata(None, None), tensor=tensor)
         self.writer.add_event(Event(wall_time=wall_time, step=step, summary=Summary(value=[value])))
 

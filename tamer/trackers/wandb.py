@@ -40,9 +40,18 @@ class WandB:
         tracking = self.context.config.tracking
         self.step = resumed_after
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True)
-        self.run = wandb.init(project=tracking.experiment, entity=tracking.wandb_entity, id=external_id or self.context.run["id"],
-                              name=self.context.run["id"], dir=str(self.context.run_dir), mode=mode(tracking.wandb_mode),
-                              resume="allow", config=parameters, settings=settings, reinit="create_new")
+        self.run = wandb.init(
+            project=tracking.experiment,
+            entity=tracking.wandb_entity,
+            id=external_id or self.context.run["id"],
+            name=self.context.run["id"],
+            dir=str(self.context.run_dir),
+            mode=mode(tracking.wandb_mode),
+            resume="allow",
+            config=parameters,
+            settings=settings,
+            reinit="create_new",
+        )
         return self.run.id
 
     def parameters(self, values: dict[str, str]) -> None:

@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-CUDA_OOM = "CUDA out of memory. Tried to allocate 1.96 GiB. GPU 0 has a total capacity of 15.00 GiB of which 1.02 GiB is free."
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 1.96 GiB. GPU 0 has a total capacity of 15.00 GiB of which 1.02 GiB is free."
+)
 
 
 def main() -> int:
@@ -29,8 +31,10 @@ def main() -> int:
     conn = sqlite3.connect(db_path, timeout=30)
     for step in todo.get("steps", []):
         with conn:
-            conn.execute("UPDATE attempts SET last_step = ?, first_step_at = coalesce(first_step_at, ?) WHERE run_id = ? AND attempt = ?",
-                         [step, time.time() - todo.get("trained_seconds", 0), run_id, attempt])
+            conn.execute(
+                "UPDATE attempts SET last_step = ?, first_step_at = coalesce(first_step_at, ?) WHERE run_id = ? AND attempt = ?",
+                [step, time.time() - todo.get("trained_seconds", 0), run_id, attempt],
+            )
             conn.execute("UPDATE runs SET steps_done = ? WHERE id = ?", [step, run_id])
     conn.close()
     end = todo["end"]
@@ -43,7 +47,9 @@ def main() -> int:
         report_path.write_text(json.dumps({**report, "status": "exception", "exc_type": exc_type, "message": message}))
         return 10
     if end == "config_error":
-        report_path.write_text(json.dumps({"status": "error", "error_kind": "config_error", "message": "fake bad config", "exit_code": 2}))
+        report_path.write_text(
+            json.dumps({"status": "error", "error_kind": "config_error", "message": "fake bad config", "exit_code": 2})
+        )
         return 2
     if end == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -54,7 +60,9 @@ def main() -> int:
         while not stopped and time.time() < deadline:
             time.sleep(0.01)
         if not stopped:
-            report_path.write_text(json.dumps({**report, "status": "exception", "exc_type": "TimeoutError", "message": "no SIGTERM came"}))
+            report_path.write_text(
+                json.dumps({**report, "status": "exception", "exc_type": "TimeoutError", "message": "no SIGTERM came"})
+            )
             return 10
         report_path.write_text(json.dumps({"status": "stopped", "signal": signal.SIGTERM, "step": step}))
         return 128 + signal.SIGTERM

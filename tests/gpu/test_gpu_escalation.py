@@ -10,9 +10,16 @@ import pytest
 from tests.integration.runs import attempts, query, run_id_of, tamer
 
 ARCHITECTURE = {
-    "vocab_size": 32000, "hidden_size": 1536, "intermediate_size": 6144, "num_hidden_layers": 8,
-    "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 1024,
-    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+    "vocab_size": 32000,
+    "hidden_size": 1536,
+    "intermediate_size": 6144,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
 
 
@@ -22,12 +29,37 @@ def test_real_cuda_oom_escalates_once_and_finishes(tmp_path):
     attempt dies of a real CUDA OOM in the optimizer step; paged 8-bit AdamW then fits and the run ends done.
     The card ladder, literally (the planner, the default, would start with a plan that fits)."""
     config = tmp_path / "gpu.yaml"
-    config.write_text(json.dumps({
-        "architecture": ARCHITECTURE, "effective_batch_size": 2, "micro_batch_size": 2, "max_seq_len": 256,
-        "ladder": {"mode": "card", "order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"]},
-    }))
-    result = tamer("run", "squad", "--preset", "tiny", "--config", str(config), "--device", "cuda", "--gpu-mem-cap", "4.5GiB",
-                   "--max-steps", "6", "--set", "checkpoint_every=3", home=tmp_path / "home")
+    config.write_text(
+        json.dumps(
+            {
+                "architecture": ARCHITECTURE,
+                "effective_batch_size": 2,
+                "micro_batch_size": 2,
+                "max_seq_len": 256,
+                "ladder": {
+                    "mode": "card",
+                    "order": ["paged_adamw_8bit", "gradient_checkpointing", "split_micro_batch"],
+                },
+            }
+        )
+    )
+    result = tamer(
+        "run",
+        "squad",
+        "--preset",
+        "tiny",
+        "--config",
+        str(config),
+        "--device",
+        "cuda",
+        "--gpu-mem-cap",
+        "4.5GiB",
+        "--max-steps",
+        "6",
+        "--set",
+        "checkpoint_every=3",
+        home=tmp_path / "home",
+    )
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     rows = attempts(tmp_path / "home", run_id)
@@ -45,9 +77,27 @@ def test_paged_optimizer_resumes_from_its_checkpoint(tmp_path):
     bitsandbytes 0.50.2 ended the process with `Error invalid argument ... pythonInterface.cpp` before
     tamer re-paged them) and finishes."""
     home = tmp_path / "home"
-    result = tamer("run", "squad", "--preset", "tiny", "--device", "cuda", "--max-steps", "6", "--set", "checkpoint_every=3",
-                   "--set", "start_rungs=[paged_adamw_8bit]", "--set", "ladder.mode=card", "--set", "restart_backoff=0.1",
-                   "--inject", "crash:step=5,once", home=home)
+    result = tamer(
+        "run",
+        "squad",
+        "--preset",
+        "tiny",
+        "--device",
+        "cuda",
+        "--max-steps",
+        "6",
+        "--set",
+        "checkpoint_every=3",
+        "--set",
+        "start_rungs=[paged_adamw_8bit]",
+        "--set",
+        "ladder.mode=card",
+        "--set",
+        "restart_backoff=0.1",
+        "--inject",
+        "crash:step=5,once",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr
     rows = attempts(home, run_id_of(result))
     assert [r["outcome"] for r in rows] == ["crash", "done"] and rows[1]["resumed_from_step"] == 3
@@ -64,11 +114,28 @@ def test_compiled_layers_train_and_resume_on_cuda(tmp_path):
     losses = []
     for label, inject in (("plain", []), ("crash", ["--inject", "crash:step=5,once"])):
         home = tmp_path / label
-        result = tamer("run", "squad", "--preset", "tiny", "--device", "cuda", "--max-steps", "6", "--set", "checkpoint_every=3",
-                       "--set", "restart_backoff=0.1", *inject, home=home)
+        result = tamer(
+            "run",
+            "squad",
+            "--preset",
+            "tiny",
+            "--device",
+            "cuda",
+            "--max-steps",
+            "6",
+            "--set",
+            "checkpoint_every=3",
+            "--set",
+            "restart_backoff=0.1",
+            *inject,
+            home=home,
+        )
         assert result.returncode == 0, result.stderr
         run_id = run_id_of(result)
-        starts = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))]
+        starts = [
+            json.loads(d)
+            for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))
+        ]
         assert len(starts) == (2 if inject else 1) and all(s["compiled"] for s in starts)
         if inject:
             assert attempts(home, run_id)[-1]["resumed_from_step"] == 3

@@ -29,10 +29,14 @@ def test_two_nodes_on_one_gpu_escalate_together_and_match_one_cuda_process(tmp_p
     assert reference.returncode == 0, reference.stderr
     one_id = run_id_of(reference)
 
-    nodes_home, run_id, node0, node1 = two_nodes(tmp_path, *CUDA_GLOO, "--inject", "oom:step=6,phase=backward,rank=1,once")
+    nodes_home, run_id, node0, node1 = two_nodes(
+        tmp_path, *CUDA_GLOO, "--inject", "oom:step=6,phase=backward,rank=1,once"
+    )
     escalated_both_once(nodes_home, run_id, node0, node1)
     per_rank = query(nodes_home, "SELECT rank_memory_json FROM steps WHERE run_id = ? AND attempt = 2", (run_id,))
-    assert per_rank and all(len(json.loads(r[0])) == 2 and all(e["mem_peak"] > 0 for e in json.loads(r[0])) for r in per_rank)
+    assert per_rank and all(
+        len(json.loads(r[0])) == 2 and all(e["mem_peak"] > 0 for e in json.loads(r[0])) for r in per_rank
+    )
     assert "node 1: attempt 2" in node1.stderr and "ended: done" in node1.stderr
 
     assert sample_ids(nodes_home, run_id) == sample_ids(home, one_id)
@@ -48,4 +52,3 @@ def test_two_nodes_on_one_gpu_escalate_together_and_match_one_cuda_process(tmp_p
         moved = (tensor.double() - initial[name.removeprefix("model/")].double()).norm()
         apart = (weights[name].double() - tensor.double()).norm()
         assert moved > 0 and apart <= 0.1 * moved, f"{name}: runs {apart:.3g} apart, training moved it {moved:.3g}"
-

@@ -11,13 +11,15 @@ import sys
 import pytest
 import torch
 
-from tamer.engine.snapshot import dump_on_oom, start_recording
+from tamer.engine.oom_snapshot import dump_on_oom, start_recording
 
 
 @pytest.mark.gpu
 def test_doctor_reports_gpu_memory_and_context_cost():
     """In a fresh process, doctor lists each GPU through NVML and torch, with free memory and a non-zero CUDA context cost."""
-    result = subprocess.run([sys.executable, "-m", "tamer", "doctor", "--json"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tamer", "doctor", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["nvml"]["available"] is True and facts["nvml"]["gpus"]
@@ -36,7 +38,9 @@ def test_snapshot_dumped_on_a_real_oom_is_readable(tmp_path):
         assert start_recording(device) is True
         kept = torch.ones(1024, 1024, device=device)
         with pytest.raises(torch.OutOfMemoryError):
-            torch.empty(int(torch.cuda.get_device_properties(device).total_memory * 0.02), dtype=torch.uint8, device=device)
+            torch.empty(
+                int(torch.cuda.get_device_properties(device).total_memory * 0.02), dtype=torch.uint8, device=device
+            )
         path = dump_on_oom(device, tmp_path / "attempts" / "1" / "memory-snapshot.pickle")
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)

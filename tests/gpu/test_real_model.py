@@ -43,16 +43,35 @@ def test_training_the_real_model_raises_em_and_f1(tmp_path):
     QUESTIONS held-out questions rise by at least EM_GAIN and F1_GAIN."""
     model = real_model()
     out = tmp_path / "quality"
-    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--model", str(model), "--data", str(BUNDLED_DATA),
-               "--out", str(out), "--runs", "base,tamer", "--max-steps", str(STEPS), "--limit", str(QUESTIONS),
-               "--set", "eval_samples=32", "--device", "cuda"]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "quality.py"),
+        "--model",
+        str(model),
+        "--data",
+        str(BUNDLED_DATA),
+        "--out",
+        str(out),
+        "--runs",
+        "base,tamer",
+        "--max-steps",
+        str(STEPS),
+        "--limit",
+        str(QUESTIONS),
+        "--set",
+        "eval_samples=32",
+        "--device",
+        "cuda",
+    ]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     rows = {row["label"]: row for row in json.loads((out / "quality.json").read_text())["rows"]}
     base, trained = rows["base"], rows["tamer"]
     assert base["questions"] == trained["questions"] == QUESTIONS
     assert trained["steps"] == STEPS
-    print(f"\nbase EM {base['exact_match']:.3f} F1 {base['f1']:.3f}; after {STEPS} steps EM {trained['exact_match']:.3f} "
-          f"F1 {trained['f1']:.3f} ({trained['plan']})")
+    print(
+        f"\nbase EM {base['exact_match']:.3f} F1 {base['f1']:.3f}; after {STEPS} steps EM {trained['exact_match']:.3f} "
+        f"F1 {trained['f1']:.3f} ({trained['plan']})"
+    )
     assert trained["exact_match"] >= base["exact_match"] + EM_GAIN
     assert trained["f1"] >= base["f1"] + F1_GAIN

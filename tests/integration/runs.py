@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import sqlite3
 
 from safetensors.torch import load_file
 
@@ -32,16 +31,28 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def tamer(*args: str, home: Path, timeout: float = 600, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def tamer(
+    *args: str, home: Path, timeout: float = 600, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `tamer ARGS --home HOME` to the end."""
-    return subprocess.run([sys.executable, "-m", "tamer", *args, "--home", str(home)], capture_output=True, text=True,
-                          timeout=timeout, env=env(**(extra_env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", "tamer", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(**(extra_env or {})),
+    )
 
 
 def start(*args: str, home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start `tamer ARGS --home HOME` in the background; returns the process and the run id it printed first."""
-    process = subprocess.Popen([sys.executable, "-m", "tamer", *args, "--home", str(home)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env(**(extra_env or {})))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tamer", *args, "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**(extra_env or {})),
+    )
     run_id = process.stdout.readline().strip()
     assert run_id, process.stderr.read()
     return process, run_id
@@ -71,14 +82,21 @@ def wait_for(home: Path, sql: str, params: tuple, predicate, timeout: float = 12
 
 
 def child_pid(home: Path, run_id: str, attempt: int) -> int:
-    rows = wait_for(home, "SELECT pid FROM attempts WHERE run_id = ? AND attempt = ?", (run_id, attempt), lambda r: r and r[0][0])
+    rows = wait_for(
+        home, "SELECT pid FROM attempts WHERE run_id = ? AND attempt = ?", (run_id, attempt), lambda r: r and r[0][0]
+    )
     return rows[0][0]
 
 
 def kill_child_at_step(home: Path, run_id: str, attempt: int, step: int) -> int:
     """SIGKILL the child of `attempt` once it has logged `step`; returns the step it had reached."""
     pid = child_pid(home, run_id, attempt)
-    wait_for(home, "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = ?", (run_id, attempt), lambda r: (r[0][0] or 0) >= step)
+    wait_for(
+        home,
+        "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = ?",
+        (run_id, attempt),
+        lambda r: (r[0][0] or 0) >= step,
+    )
     os.kill(pid, signal.SIGKILL)
     return query(home, "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = ?", (run_id, attempt))[0][0]
 
@@ -101,9 +119,13 @@ def final_weights(home: Path, run_id: str) -> dict:
 
 def final_steps(home: Path, run_id: str, column: str) -> list:
     """`column` of each optimizer step as finally trained (a step redone after a restart replaces the lost one)."""
-    rows = query(home, f"""SELECT s.{column} FROM steps s JOIN (SELECT step, max(attempt) a FROM steps WHERE run_id = ?
-                           GROUP BY step) l ON s.step = l.step AND s.attempt = l.a WHERE s.run_id = ? ORDER BY s.step""", (run_id, run_id))
-    return [value for value, in rows]
+    rows = query(
+        home,
+        f"""SELECT s.{column} FROM steps s JOIN (SELECT step, max(attempt) a FROM steps WHERE run_id = ?
+                           GROUP BY step) l ON s.step = l.step AND s.attempt = l.a WHERE s.run_id = ? ORDER BY s.step""",
+        (run_id, run_id),
+    )
+    return [value for (value,) in rows]
 
 
 def sample_ids(home: Path, run_id: str) -> list[list[int]]:

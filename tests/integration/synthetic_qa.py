@@ -13,8 +13,10 @@ import random
 from pathlib import Path
 
 # Each is one token of the bundled tokenizer after a space, so every prompt has the same length.
-WORDS = ("apple river stone cloud green music table horse paper light night bread chair water glass house "
-         "smile train plant dream ocean honey queen sugar metal forest garden silver winter").split()
+WORDS = (
+    "apple river stone cloud green music table horse paper light night bread chair water glass house "
+    "smile train plant dream ocean honey queen sugar metal forest garden silver winter"
+).split()
 QUESTION = "Which word is said?"
 
 
@@ -25,7 +27,13 @@ def write_copy_task(path: Path, questions: int, seed: int = 0) -> Path:
     for index in range(questions):
         answer = rng.choice(WORDS)
         context = " ".join([answer] * 5)
-        paragraphs.append({"context": context, "qas": [{"id": f"copy-{index}", "question": QUESTION,
-                                                        "answers": [{"text": answer, "answer_start": 0}]}]})
+        paragraphs.append(
+            {
+                "context": context,
+                "qas": [
+                    {"id": f"copy-{index}", "question": QUESTION, "answers": [{"text": answer, "answer_start": 0}]}
+                ],
+            }
+        )
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "copy", "paragraphs": paragraphs}]}))
     return path

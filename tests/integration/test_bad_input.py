@@ -32,7 +32,11 @@ CASES = {
     "unknown preset": (lambda p: ["--preset", "huge"], 2, "unknown preset"),
     "missing data file": (lambda p: ["--data", str(p / "nope.json")], 3, "no such file"),
     "malformed squad record": (lambda p: ["--data", str(_bad_squad(p))], 3, "data[0].paragraphs[2].qas[1]"),
-    "unknown rung": (lambda p: ["--set", "ladder.order=[gradient_checkpointing,magic]"], 2, "ladder.order[1]: unknown rung 'magic'"),
+    "unknown rung": (
+        lambda p: ["--set", "ladder.order=[gradient_checkpointing,magic]"],
+        2,
+        "ladder.order[1]: unknown rung 'magic'",
+    ),
     "bad fault spec": (lambda p: ["--inject", "oom:step=soon"], 2, "step must be a whole number"),
 }
 

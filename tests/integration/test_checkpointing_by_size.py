@@ -16,8 +16,18 @@ PLAN = {"micro_batch_size": 4, "grad_accumulation": 2, "gradient_checkpointing":
 
 
 def run(home, plan: dict) -> str:
-    result = tamer("run", "squad", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_every=6",
-                   "--set", f"start_plan={json.dumps(plan)}", home=home)
+    result = tamer(
+        "run",
+        "squad",
+        *TINY,
+        "--max-steps",
+        str(STEPS),
+        "--set",
+        "checkpoint_every=6",
+        "--set",
+        f"start_plan={json.dumps(plan)}",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr
     return run_id_of(result)
 
@@ -32,10 +42,14 @@ def test_a_run_switches_layers_by_size_and_trains_exactly_as_without(tmp_path):
     table_home = tmp_path / "table"
     by_size = run(table_home, {**PLAN, "checkpoint_layers_by_tokens": [[limit, 0]]})
 
-    switched = query(table_home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'checkpointing_by_size'", (by_size,))
+    switched = query(
+        table_home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'checkpointing_by_size'", (by_size,)
+    )
     assert sorted(json.loads(detail)["layers"] for (detail,) in switched) == [0, 2], switched
     assert not [kind for kind, _ in events(plain_home, plain) if kind == "checkpointing_by_size"]
-    losses = query(table_home, "SELECT step, loss, computed_tokens FROM steps WHERE run_id = ? ORDER BY step", (by_size,))
+    losses = query(
+        table_home, "SELECT step, loss, computed_tokens FROM steps WHERE run_id = ? ORDER BY step", (by_size,)
+    )
     assert losses == rows  # bit for bit: recomputation gives the same activations
     for name, tensor in final_weights(plain_home, plain).items():
         assert torch.equal(final_weights(table_home, by_size)[name], tensor), name

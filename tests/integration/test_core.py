@@ -27,23 +27,45 @@ from tests.integration.runs import (
 )
 
 STEPS = 16
-ARGS = ["run", "squad", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_every=4", "--set", "restart_backoff=0", "--set", "kill_backoff=0"]
+ARGS = [
+    "run",
+    "squad",
+    *TINY,
+    "--max-steps",
+    str(STEPS),
+    "--set",
+    "checkpoint_every=4",
+    "--set",
+    "restart_backoff=0",
+    "--set",
+    "kill_backoff=0",
+]
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     """One uninterrupted run, the reference for every resume test."""
     home = tmp_path_factory.mktemp("baseline")
-    result = tamer(*ARGS, "--set", "eval.squad_samples=16", "--set", "export.enabled=true", home=home)  # with the result child
+    result = tamer(
+        *ARGS, "--set", "eval.squad_samples=16", "--set", "export.enabled=true", home=home
+    )  # with the result child
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
-    return {"home": home, "run_id": run_id, "weights": final_weights(home, run_id), "samples": sample_ids(home, run_id), "result": result}
+    return {
+        "home": home,
+        "run_id": run_id,
+        "weights": final_weights(home, run_id),
+        "samples": sample_ids(home, run_id),
+        "result": result,
+    }
 
 
 def test_default_batches_are_at_least_90_percent_useful_tokens(baseline):
     """The default (packed, length-grouped) batches of a tiny run compute at most 10% padding, recorded per step."""
     home, run_id = baseline["home"], baseline["run_id"]
-    ((useful, computed, tokens),) = query(home, "SELECT sum(useful_tokens), sum(computed_tokens), sum(tokens) FROM steps WHERE run_id = ?", (run_id,))
+    ((useful, computed, tokens),) = query(
+        home, "SELECT sum(useful_tokens), sum(computed_tokens), sum(tokens) FROM steps WHERE run_id = ?", (run_id,)
+    )
     assert useful == tokens and useful / computed >= 0.9
 
 
@@ -58,8 +80,14 @@ def assert_same_training(baseline: dict, home, run_id: str) -> None:
 def test_run_completes_with_a_row_per_step(baseline):
     """`tamer run --preset tiny --max-steps N` exits 0 with N step rows, one `done` attempt and the lifecycle events."""
     home, run_id = baseline["home"], baseline["run_id"]
-    assert query(home, "SELECT status, steps_done, total_steps FROM runs WHERE id = ?", (run_id,)) == [("done", STEPS, STEPS)]
-    steps = query(home, "SELECT step, samples_consumed, loss, lr, grad_norm, tokens_per_s, host_rss FROM steps WHERE run_id = ? ORDER BY step", (run_id,))
+    assert query(home, "SELECT status, steps_done, total_steps FROM runs WHERE id = ?", (run_id,)) == [
+        ("done", STEPS, STEPS)
+    ]
+    steps = query(
+        home,
+        "SELECT step, samples_consumed, loss, lr, grad_norm, tokens_per_s, host_rss FROM steps WHERE run_id = ? ORDER BY step",
+        (run_id,),
+    )
     assert [s[0] for s in steps] == list(range(1, STEPS + 1))
     assert [s[1] for s in steps] == [8 * k for k in range(1, STEPS + 1)]
     assert all(s[2] > 0 and s[3] > 0 and s[4] > 0 and s[5] > 0 and s[6] > 0 for s in steps)
@@ -73,7 +101,10 @@ def test_run_completes_with_a_row_per_step(baseline):
     assert baseline["result"].stdout.splitlines()[0] == run_id  # the run id comes first
     ((config_json,),) = query(home, "SELECT config_json FROM runs WHERE id = ?", (run_id,))
     threads = json.loads(config_json)["torch_threads"]
-    (start_detail,) = [json.loads(d) for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))]
+    (start_detail,) = [
+        json.loads(d)
+        for (d,) in query(home, "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'start'", (run_id,))
+    ]
     assert threads >= 1 and start_detail["torch_threads"] == threads  # fixed at creation, applied in the child
 
 
@@ -87,7 +118,11 @@ def test_sigkill_of_the_child_resumes_exactly(baseline, tmp_path, seed):
     assert process.wait(timeout=300) == 0, process.stderr.read()
     rows = attempts(tmp_path, run_id)
     assert rows[0]["signal"] == signal.SIGKILL and rows[0]["outcome"] == "outside_kill"
-    assert rows[1]["resumed_from_step"] <= reached and rows[1]["resumed_from_step"] % 4 == 0 and rows[-1]["outcome"] == "done"
+    assert (
+        rows[1]["resumed_from_step"] <= reached
+        and rows[1]["resumed_from_step"] % 4 == 0
+        and rows[-1]["outcome"] == "done"
+    )
     assert_same_training(baseline, tmp_path, run_id)
 
 

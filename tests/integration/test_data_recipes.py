@@ -23,15 +23,28 @@ from tests.integration.runs import (
 )
 
 STEPS = 12
-CHAT = ["run", "chat", *TINY, "--max-steps", str(STEPS), "--set", "checkpoint_every=4", "--set", "kill_backoff=0",
-        "--set", "eval_samples=24"]
+CHAT = [
+    "run",
+    "chat",
+    *TINY,
+    "--max-steps",
+    str(STEPS),
+    "--set",
+    "checkpoint_every=4",
+    "--set",
+    "kill_backoff=0",
+    "--set",
+    "eval_samples=24",
+]
 
 
 @pytest.fixture(scope="module")
 def chat_baseline(tmp_path_factory):
     """One uninterrupted chat run with the post-run child: EM/F1 of the replies and the export."""
     home = tmp_path_factory.mktemp("chat")
-    result = tamer(*CHAT, "--set", "export.enabled=true", "--set", "eval.em_f1=true", "--set", "eval.squad_samples=8", home=home)
+    result = tamer(
+        *CHAT, "--set", "export.enabled=true", "--set", "eval.em_f1=true", "--set", "eval.squad_samples=8", home=home
+    )
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     return {"home": home, "run_id": run_id, "weights": final_weights(home, run_id), "samples": sample_ids(home, run_id)}
@@ -47,7 +60,9 @@ def test_instruct_and_text_train_offline_on_their_samples(tmp_path, recipe):
     assert run_id.startswith(f"{recipe}-")
     kinds = dict(events(tmp_path, run_id))
     assert "validation examples" in kinds["data"] and "tokens per example on average" in kinds["created"]
-    steps = query(tmp_path, "SELECT useful_tokens, computed_tokens FROM steps WHERE run_id = ? ORDER BY step", (run_id,))
+    steps = query(
+        tmp_path, "SELECT useful_tokens, computed_tokens FROM steps WHERE run_id = ? ORDER BY step", (run_id,)
+    )
     assert len(steps) == 3 and all(0 < useful <= computed for useful, computed in steps)
     assert query(tmp_path, "SELECT count(*) FROM evals WHERE run_id = ? AND step = 3", (run_id,)) == [(1,)]
     spec = json.loads((tmp_path / "runs" / run_id / "run.json").read_text())
@@ -66,9 +81,14 @@ def test_a_chat_run_records_its_data_scores_its_replies_and_exports_its_template
     assert "skipped as too long" in kinds["data"] and "squad_eval" in kinds and "export" in kinds
     config = json.loads(query(home, "SELECT config_json FROM runs WHERE id = ?", (run_id,))[0][0])
     assert config["chat_template"] == "chatml" and config["recipe"] == "chat"
-    ((useful, computed),) = query(home, "SELECT sum(useful_tokens), sum(computed_tokens) FROM steps WHERE run_id = ?", (run_id,))
+    ((useful, computed),) = query(
+        home, "SELECT sum(useful_tokens), sum(computed_tokens) FROM steps WHERE run_id = ?", (run_id,)
+    )
     assert 0 < useful <= computed
-    assert {metric for metric, in query(home, "SELECT metric FROM squad_scores WHERE run_id = ?", (run_id,))} == {"exact_match", "f1"}
+    assert {metric for (metric,) in query(home, "SELECT metric FROM squad_scores WHERE run_id = ?", (run_id,))} == {
+        "exact_match",
+        "f1",
+    }
     export = home / "runs" / run_id / "export"
     messages = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."}]
     rendered = AutoTokenizer.from_pretrained(export).apply_chat_template(messages, tokenize=False)

@@ -11,7 +11,19 @@ import time
 import pytest
 import torch
 
-from tests.integration.runs import TINY, attempts, events, final_weights, pid_alive, query, run_id_of, sample_ids, start, tamer, wait_for
+from tests.integration.runs import (
+    TINY,
+    attempts,
+    events,
+    final_weights,
+    pid_alive,
+    query,
+    run_id_of,
+    sample_ids,
+    start,
+    tamer,
+    wait_for,
+)
 
 # One torch thread in every process, the reference's included: float sums reassociate with the thread
 # count, and torchrun's ranks would otherwise get one thread against the reference's two (or more).
@@ -85,8 +97,18 @@ def test_oom_escalates_ddp_to_fsdp_and_keeps_the_optimizer_state(tmp_path, one_p
     FSDP checkpoints step 8. Tolerance atol 1e-5 vs one process: FSDP reduce-scatters flattened shards and
     computes the clipping norm from per-shard sums, which reassociates float32 sums; measured 1.9e-6 here."""
     home = tmp_path / "home"
-    result = tamer("run", "squad", *TINY, *STEPS, *TWO, "--set", "ladder.order=[fsdp]", "--inject", "oom:step=6,phase=forward,rank=0,once",
-                   home=home)
+    result = tamer(
+        "run",
+        "squad",
+        *TINY,
+        *STEPS,
+        *TWO,
+        "--set",
+        "ladder.order=[fsdp]",
+        "--inject",
+        "oom:step=6,phase=forward,rank=0,once",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     rows = attempts(home, run_id)
@@ -106,9 +128,31 @@ def test_lost_rank_restarts_without_escalation_and_stop_reaches_every_rank(tmp_p
     """Rank 1 is SIGKILLed at step 3: dist_failure, the same plan again. Then SIGTERM to the supervisor:
     both ranks stop after the same step with a checkpoint there; `tamer resume` finishes the run."""
     home = tmp_path / "home"
-    process, run_id = start("run", "squad", *TINY, *TWO, "--max-steps", "40", "--set", "checkpoint_every=100", "--set", "eval_samples=16",
-                            "--set", "restart_backoff=0.1", *THREADS, "--inject", "kill:step=3,rank=1,once", home=home)
-    wait_for(home, "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = 2", (run_id,), lambda r: (r[0][0] or 0) >= 5, timeout=240)
+    process, run_id = start(
+        "run",
+        "squad",
+        *TINY,
+        *TWO,
+        "--max-steps",
+        "40",
+        "--set",
+        "checkpoint_every=100",
+        "--set",
+        "eval_samples=16",
+        "--set",
+        "restart_backoff=0.1",
+        *THREADS,
+        "--inject",
+        "kill:step=3,rank=1,once",
+        home=home,
+    )
+    wait_for(
+        home,
+        "SELECT max(step) FROM steps WHERE run_id = ? AND attempt = 2",
+        (run_id,),
+        lambda r: (r[0][0] or 0) >= 5,
+        timeout=240,
+    )
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, process.stderr.read()
     rows = attempts(home, run_id)

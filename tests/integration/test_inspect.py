@@ -28,9 +28,21 @@ from tamer.inspect.plot import plot_data
 from tamer.state.db import Database
 from tests.integration.runs import TINY, run_id_of, tamer
 
-RUN_ARGS = ["run", "squad", *TINY, "--max-steps", "12", "--set", "checkpoint_every=4",
-            "--inject", "oom:step=6,phase=backward,min_micro_batch=8",
-            "--set", "ladder.order=[gradient_checkpointing,split_micro_batch]", "--set", "ladder.mode=card"]
+RUN_ARGS = [
+    "run",
+    "squad",
+    *TINY,
+    "--max-steps",
+    "12",
+    "--set",
+    "checkpoint_every=4",
+    "--inject",
+    "oom:step=6,phase=backward,min_micro_batch=8",
+    "--set",
+    "ladder.order=[gradient_checkpointing,split_micro_batch]",
+    "--set",
+    "ladder.mode=card",
+]
 runner = CliRunner()
 
 
@@ -53,7 +65,9 @@ def test_history_json_lists_both_ooms_with_rungs_and_cost(oom_run):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(r["attempt"], r["outcome"], r["phase"], r["step"], r["micro_batch_size"]) for r in rows] == [
-        (1, "cuda_oom", "backward", 6, 8), (2, "cuda_oom", "backward", 6, 8)]
+        (1, "cuda_oom", "backward", 6, 8),
+        (2, "cuda_oom", "backward", 6, 8),
+    ]
     assert [r["rungs_applied"] for r in rows] == [["gradient_checkpointing"], ["split_micro_batch"]]
     assert [r["steps_lost"] for r in rows] == [1, 1]  # step 5 came after checkpoint 4 and was redone each time
     assert [r["next_resumed_from_step"] for r in rows] == [4, 4]
@@ -106,17 +120,26 @@ def test_events_filter_by_kind(oom_run):
 def test_sql_reads_and_refuses_writes(oom_run):
     """`sql` answers a SELECT (table and JSON) and refuses DELETE, UPDATE and ATTACH with exit 2, leaving the database unchanged."""
     result = invoke(oom_run, "sql", "SELECT attempt, outcome FROM attempts ORDER BY attempt", "--json")
-    assert json.loads(result.stdout) == [{"attempt": 1, "outcome": "cuda_oom"}, {"attempt": 2, "outcome": "cuda_oom"},
-                                         {"attempt": 3, "outcome": "done"}]
+    assert json.loads(result.stdout) == [
+        {"attempt": 1, "outcome": "cuda_oom"},
+        {"attempt": 2, "outcome": "cuda_oom"},
+        {"attempt": 3, "outcome": "done"},
+    ]
     assert "cuda_oom" in invoke(oom_run, "sql", "SELECT outcome FROM attempts").stdout
     database = oom_run["home"] / "tamer.db"
     before = hashlib.sha256(database.read_bytes()).hexdigest()
-    for statement in ("DELETE FROM steps", "UPDATE runs SET status = 'failed'", f"ATTACH DATABASE '{database}' AS again"):
+    for statement in (
+        "DELETE FROM steps",
+        "UPDATE runs SET status = 'failed'",
+        f"ATTACH DATABASE '{database}' AS again",
+    ):
         refused = invoke(oom_run, "sql", statement)
         assert refused.exit_code == 2, statement
         assert refused.stderr.startswith("error: tamer sql only reads") and refused.stderr.count("\n") == 1
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
-    counts = json.loads(invoke(oom_run, "sql", "SELECT (SELECT count(*) FROM steps) AS steps, status FROM runs", "--json").stdout)
+    counts = json.loads(
+        invoke(oom_run, "sql", "SELECT (SELECT count(*) FROM steps) AS steps, status FROM runs", "--json").stdout
+    )
     assert counts == [{"steps": 14, "status": "done"}]
 
 
@@ -131,7 +154,13 @@ def test_plot_writes_png_of_requested_size_with_markers(oom_run, tmp_path):
     assert ((red > 180) & (green < 100) & (blue < 100)).sum() > 500  # the OOM lines (#d62728) run down both panels
     data = plot_data(Database(oom_run["home"] / "tamer.db", create=False), oom_run["run_id"])
     assert sorted((m["step"], m["kind"]) for m in data["markers"]) == [
-        (4, "restart"), (4, "restart"), (6, "cuda_oom"), (6, "cuda_oom"), (6, "escalate"), (6, "escalate")]
+        (4, "restart"),
+        (4, "restart"),
+        (6, "cuda_oom"),
+        (6, "cuda_oom"),
+        (6, "escalate"),
+        (6, "escalate"),
+    ]
     assert data["train"]["step"] == list(range(1, 13)) and data["redone"]["step"] == [5, 5]
     assert data["eval"]["step"] == [12] and "host_rss" in data["memory"]
 
@@ -152,15 +181,31 @@ def test_report_is_self_contained_and_renders(oom_run, tmp_path):
     assert Image.open(io.BytesIO(base64.b64decode(image_data))).size == (1200, 800)
     assert oom_run["run_id"] in page and "+gradient_checkpointing" in page and "+split_micro_batch" in page
     assert "micro-batch 4 x 2" in page  # the settled plan
-    assert "src=\"http" not in page and "href=\"http" not in page  # nothing fetched from elsewhere
+    assert 'src="http' not in page and 'href="http' not in page  # nothing fetched from elsewhere
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed: the page was checked but not rendered")
     screenshot = tmp_path / "page.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chromium'}", f"--screenshot={screenshot}", "--window-size=1200,1600",
-                    page_path.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,1600",
+            page_path.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     rendered = Image.open(screenshot).convert("L")
     assert rendered.size == (1200, 1600)
     low, high = rendered.getextrema()
@@ -168,7 +213,9 @@ def test_report_is_self_contained_and_renders(oom_run, tmp_path):
 
 
 @pytest.mark.parametrize("command, suffix", [("plot", "png"), ("report", "html")])
-def test_plot_and_report_take_a_folder_or_a_new_path_and_never_overwrite_a_foreign_file(oom_run, tmp_path, command, suffix):
+def test_plot_and_report_take_a_folder_or_a_new_path_and_never_overwrite_a_foreign_file(
+    oom_run, tmp_path, command, suffix
+):
     """-o of an existing folder writes RUN.SUFFIX inside it; -o under missing folders creates them; tamer's own
     earlier file is replaced; a file tamer did not write is refused (exit 2, unchanged) unless --force."""
     run_id = oom_run["run_id"]

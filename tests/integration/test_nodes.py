@@ -26,13 +26,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def two_nodes(tmp_path: Path, *extra: str) -> tuple[Path, str, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+def two_nodes(
+    tmp_path: Path, *extra: str
+) -> tuple[Path, str, subprocess.CompletedProcess, subprocess.CompletedProcess]:
     """Node 0's `tamer run` and node 1's `tamer join`, both to their end: (node 0's home, run id, node 0, node 1)."""
     home = tmp_path / "node0"
-    node0, run_id = start("run", "squad", *TINY, *STEPS, "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-                          "--set", "restart_backoff=0.1", *extra, home=home)
-    node1 = subprocess.Popen([sys.executable, "-m", "tamer", "join", str(home / "runs" / run_id), "--node-rank", "1"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    node0, run_id = start(
+        "run",
+        "squad",
+        *TINY,
+        *STEPS,
+        "--nnodes",
+        "2",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--set",
+        "restart_backoff=0.1",
+        *extra,
+        home=home,
+    )
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "tamer", "join", str(home / "runs" / run_id), "--node-rank", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     try:
         out0, err0 = node0.communicate(timeout=420)
         out1, err1 = node1.communicate(timeout=60)
@@ -40,11 +59,17 @@ def two_nodes(tmp_path: Path, *extra: str) -> tuple[Path, str, subprocess.Comple
         for process in (node0, node1):
             if process.poll() is None:
                 process.kill()
-    return (home, run_id, subprocess.CompletedProcess(node0.args, node0.returncode, out0, err0),
-            subprocess.CompletedProcess(node1.args, node1.returncode, out1, err1))
+    return (
+        home,
+        run_id,
+        subprocess.CompletedProcess(node0.args, node0.returncode, out0, err0),
+        subprocess.CompletedProcess(node1.args, node1.returncode, out1, err1),
+    )
 
 
-def escalated_both_once(home: Path, run_id: str, node0: subprocess.CompletedProcess, node1: subprocess.CompletedProcess) -> list[dict]:
+def escalated_both_once(
+    home: Path, run_id: str, node0: subprocess.CompletedProcess, node1: subprocess.CompletedProcess
+) -> list[dict]:
     """Both nodes ended well after the OOM injected on node 1 at step 6: one escalation, resumed from step 4.
     Returns the attempts."""
     assert node0.returncode == 0, node0.stderr

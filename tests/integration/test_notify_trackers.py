@@ -16,8 +16,16 @@ from tests.receivers import webhook
 from tests.tracker_files import tensorboard_scalars, tensorboard_texts
 
 pytestmark = pytest.mark.slow
-TRACKED = ["--set", "trackers=[tensorboard,mlflow,wandb]", "--set", "tracking.wandb_mode=offline", "--set", "checkpoint_every=4",
-           "--set", "restart_backoff=0"]
+TRACKED = [
+    "--set",
+    "trackers=[tensorboard,mlflow,wandb]",
+    "--set",
+    "tracking.wandb_mode=offline",
+    "--set",
+    "checkpoint_every=4",
+    "--set",
+    "restart_backoff=0",
+]
 
 
 def test_a_killed_and_resumed_run_draws_each_step_once_and_tells_the_webhook(tmp_path, monkeypatch):
@@ -27,9 +35,20 @@ def test_a_killed_and_resumed_run_draws_each_step_once_and_tells_the_webhook(tmp
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     with webhook() as receiver:
-        process, run_id = start("run", "squad", *TINY, *TRACKED, "--max-steps", "8", "--set", f"notify.webhook={receiver.url}",
-                                home=tmp_path)
-        wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 5)
+        process, run_id = start(
+            "run",
+            "squad",
+            *TINY,
+            *TRACKED,
+            "--max-steps",
+            "8",
+            "--set",
+            f"notify.webhook={receiver.url}",
+            home=tmp_path,
+        )
+        wait_for(
+            tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 5
+        )
         child = query(tmp_path, "SELECT pid FROM attempts WHERE run_id = ? AND attempt = 1", (run_id,))[0][0]
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
@@ -38,7 +57,9 @@ def test_a_killed_and_resumed_run_draws_each_step_once_and_tells_the_webhook(tmp
             time.sleep(0.1)
         resumed = tamer("resume", run_id, home=tmp_path)
         assert resumed.returncode == 0, resumed.stderr
-    redone = query(tmp_path, "SELECT count(*) FROM steps WHERE run_id = ? AND attempt = 2 AND step <= ?", (run_id, 5))[0][0]
+    redone = query(tmp_path, "SELECT count(*) FROM steps WHERE run_id = ? AND attempt = 2 AND step <= ?", (run_id, 5))[
+        0
+    ][0]
     assert redone >= 1  # the resumed attempt trained again steps the first had drawn
     folder = tmp_path / "runs" / run_id / "tensorboard"
     assert [point for point, _ in tensorboard_scalars(folder, "train/loss")] == list(range(1, 9))
@@ -59,7 +80,9 @@ def test_a_killed_and_resumed_run_draws_each_step_once_and_tells_the_webhook(tmp
     assert receiver.events() == ["finished"]
     body = receiver.bodies[0]
     final_loss = query(tmp_path, "SELECT final_loss FROM runs WHERE id = ?", (run_id,))[0][0]
-    assert body["run_id"] == run_id and body["facts"]["final_loss"] == final_loss and f"{final_loss:.4f}" in body["text"]
+    assert (
+        body["run_id"] == run_id and body["facts"]["final_loss"] == final_loss and f"{final_loss:.4f}" in body["text"]
+    )
     assert "checkpoints/step-8" in body["facts"]["model_path"]
     kinds = [kind for (kind,) in query(tmp_path, "SELECT kind FROM events WHERE run_id = ?", (run_id,))]
     assert "notify_sent" in kinds and "tracker_failed" not in kinds
@@ -75,7 +98,17 @@ def test_the_daemon_tells_of_its_jobs_and_the_empty_queue(tmp_path):
         submitted = tamer("submit", "squad", *TINY, "--max-steps", "2", home=tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.split()[0]
-        served = tamer("daemon", "--exit-when-empty", "--poll", "0.2", "--notify-config", str(tmp_path / "queue-notify.yaml"), home=tmp_path)
+        served = tamer(
+            "daemon",
+            "--exit-when-empty",
+            "--poll",
+            "0.2",
+            "--notify-config",
+            str(tmp_path / "queue-notify.yaml"),
+            home=tmp_path,
+        )
         assert served.returncode == 0, served.stderr
     assert receiver.events() == ["finished", "queue_empty"]
-    assert receiver.bodies[0]["run_id"] == run_id and receiver.bodies[1]["message"].startswith(f"{run_id}: done, step 2/2")
+    assert receiver.bodies[0]["run_id"] == run_id and receiver.bodies[1]["message"].startswith(
+        f"{run_id}: done, step 2/2"
+    )

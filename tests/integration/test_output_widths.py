@@ -31,9 +31,19 @@ from tests.output_widths import HEADERS, plain, problems
 
 SCORED = ["--preset", "tiny", *ONE_THREAD, "--set", "eval.squad_samples=8"]
 COMMANDS = [
-    ["runs"], ["show", "{A}"], ["show", "{B}"], ["history"], ["steps", "{A}"], ["events", "{A}"], ["queue"], ["status", "{A}"],
-    ["strategies"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["plan", "--gpu-mem", "16GiB", "--all"],
-    ["compare", "{A}", "{B}"], ["sql", "SELECT * FROM attempts"],
+    ["runs"],
+    ["show", "{A}"],
+    ["show", "{B}"],
+    ["history"],
+    ["steps", "{A}"],
+    ["events", "{A}"],
+    ["queue"],
+    ["status", "{A}"],
+    ["strategies"],
+    ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"],
+    ["plan", "--gpu-mem", "16GiB", "--all"],
+    ["compare", "{A}", "{B}"],
+    ["sql", "SELECT * FROM attempts"],
 ]
 # doctor (a torch probe in a child: ~6 s a call) is checked at both widths with the probe's output faked in
 # tests/unit/test_cli_output.py; its tables hold no run data.
@@ -43,8 +53,14 @@ def on_pty(args: list[str], width: int, home: Path, timeout: float = 600) -> str
     """What `tamer ARGS --home HOME` writes to a terminal `width` columns wide (COLUMNS set too), stdout and stderr."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, width, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "tamer", *args, "--home", str(home)], stdin=terminal, stdout=terminal,
-                               stderr=terminal, env=env(COLUMNS=str(width), TERM="xterm-256color"), close_fds=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tamer", *args, "--home", str(home)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env(COLUMNS=str(width), TERM="xterm-256color"),
+        close_fds=True,
+    )
     os.close(terminal)
     chunks = []
     while True:
@@ -71,12 +87,36 @@ def piped(args: list[str], width: int, home: Path) -> str:
 def home(tmp_path_factory):
     """The home with runs A, B and C (see the module docstring), their ids, and what the daemon printed."""
     root = tmp_path_factory.mktemp("widths") / "a-home-folder-with-a-name-long-enough-that-export-paths-pass-80-columns"
-    first = tamer("run", "squad", *SCORED, "--max-steps", "12", "--set", "checkpoint_every=4",
-                  "--inject", "oom:step=6,phase=backward,min_micro_batch=8", "--set", "ladder.mode=card",
-                  "--set", "ladder.order=[gradient_checkpointing,split_micro_batch]", home=root, timeout=600)
+    first = tamer(
+        "run",
+        "squad",
+        *SCORED,
+        "--max-steps",
+        "12",
+        "--set",
+        "checkpoint_every=4",
+        "--inject",
+        "oom:step=6,phase=backward,min_micro_batch=8",
+        "--set",
+        "ladder.mode=card",
+        "--set",
+        "ladder.order=[gradient_checkpointing,split_micro_batch]",
+        home=root,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr
-    second = tamer("submit", "squad", *SCORED, "--max-steps", "6", "--set", "export.enabled=false",
-                   "--inject", "oom:step=4,phase=backward,min_micro_batch=8", home=root)
+    second = tamer(
+        "submit",
+        "squad",
+        *SCORED,
+        "--max-steps",
+        "6",
+        "--set",
+        "export.enabled=false",
+        "--inject",
+        "oom:step=4,phase=backward,min_micro_batch=8",
+        home=root,
+    )
     assert second.returncode == 0, second.stderr
     daemon = on_pty(["daemon", "--exit-when-empty", "--poll", "0.2"], 80, root)
     third = tamer("submit", "squad", *TINY, "--max-steps", "4", home=root)
@@ -108,8 +148,14 @@ def test_daemon_on_a_terminal_prints_event_lines(home):
     """`tamer daemon` on a terminal prints its own lines and its job's event lines, as `tamer run` does,
     and no structlog line; structlog's JSON lines go to HOME/daemon.jsonl."""
     lines = home["daemon"].splitlines()
-    for expected in ("daemon_start: daemon pid", "daemon_job: the daemon", "attempt 1 start: attempt 1 training",
-                     "attempt 1 in_process_split: CUDA OOM in backward", f"job_end: run {home['B']} done at step 6/6", "daemon_end:"):
+    for expected in (
+        "daemon_start: daemon pid",
+        "daemon_job: the daemon",
+        "attempt 1 start: attempt 1 training",
+        "attempt 1 in_process_split: CUDA OOM in backward",
+        f"job_end: run {home['B']} done at step 6/6",
+        "daemon_end:",
+    ):
         assert any(expected in line for line in lines), expected
     assert not any('"event"' in line or "[info" in line or "event=" in line for line in lines)
     logged = [json.loads(line) for line in (home["root"] / "daemon.jsonl").read_text().splitlines()]

@@ -32,11 +32,29 @@ def fast(tmp_path_factory) -> list[str]:
     """Options for a run of a few seconds of training: a small data file, short sequences, batch 2."""
     document = json.loads(Path(BUNDLED_DATA).read_text())
     article = document["data"][0]
-    small = {"version": document.get("version"), "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:8]}]}
+    small = {
+        "version": document.get("version"),
+        "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:8]}],
+    }
     path = tmp_path_factory.mktemp("data") / "squad-small.json"
     path.write_text(json.dumps(small))
-    return [*TINY, "--data", str(path), "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "max_seq_len=128",
-            "--set", "eval_samples=8", "--set", "effective_batch_size=2", "--set", "micro_batch_size=2"]
+    return [
+        *TINY,
+        "--data",
+        str(path),
+        "--max-steps",
+        "4",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "max_seq_len=128",
+        "--set",
+        "eval_samples=8",
+        "--set",
+        "effective_batch_size=2",
+        "--set",
+        "micro_batch_size=2",
+    ]
 
 
 def invoke(home: Path, *args: str):
@@ -50,8 +68,13 @@ def submit(home: Path, fast: list[str], *extra: str) -> str:
 
 
 def start_daemon(home: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tamer", "daemon", *args, "--home", str(home)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "tamer", "daemon", *args, "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
 
 
 def run_row(home: Path, run_id: str) -> dict:
@@ -72,7 +95,10 @@ def test_daemon_runs_the_queue_in_order_and_never_starts_a_cancelled_run(tmp_pat
     result = invoke(tmp_path, "cancel", cancelled)
     assert result.exit_code == 0 and "cancelled" in result.stdout, result.output
     listing = json.loads(invoke(tmp_path, "queue", "--json").stdout)
-    assert [(row["position"], row["id"], row["status"]) for row in listing] == [(1, first, "queued"), (2, last, "queued")]
+    assert [(row["position"], row["id"], row["status"]) for row in listing] == [
+        (1, first, "queued"),
+        (2, last, "queued"),
+    ]
 
     daemon = tamer("daemon", "--exit-when-empty", home=tmp_path, timeout=300)
     assert daemon.returncode == 0, daemon.stderr
@@ -89,11 +115,15 @@ def test_daemon_runs_the_queue_in_order_and_never_starts_a_cancelled_run(tmp_pat
 def test_kill_9_of_the_daemon_takes_its_job_down_and_the_next_daemon_resumes_it(tmp_path, fast):
     """kill -9 of the daemon leaves no process of its job alive; a new daemon resumes that job from its
     checkpoint (a `lost` attempt, then `done`) before starting the one still queued."""
-    first = submit(tmp_path, fast, "--inject", "stall:step=4,phase=forward,seconds=60,attempt=1")  # holds attempt 1 at step 3
+    first = submit(
+        tmp_path, fast, "--inject", "stall:step=4,phase=forward,seconds=60,attempt=1"
+    )  # holds attempt 1 at step 3
     second = submit(tmp_path, fast)
     daemon = start_daemon(tmp_path, "--poll", "0.2")
     try:
-        wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (first,), lambda rows: (rows[0][0] or 0) >= 3)
+        wait_for(
+            tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (first,), lambda rows: (rows[0][0] or 0) >= 3
+        )
         # the step-2 checkpoint is written in the background: on a loaded machine it may commit after step 3
         committed = tmp_path / "runs" / first / "checkpoints" / "step-2" / "manifest.json"
         deadline = time.time() + 60
@@ -118,7 +148,12 @@ def test_kill_9_of_the_daemon_takes_its_job_down_and_the_next_daemon_resumes_it(
     rows = attempts(tmp_path, first)
     assert [row["outcome"] for row in rows] == ["lost", "done"]
     assert rows[0]["last_step"] == 3 and rows[1]["resumed_from_step"] == 2
-    assert query(tmp_path, "SELECT DISTINCT step FROM steps WHERE run_id = ? ORDER BY step", (first,)) == [(1,), (2,), (3,), (4,)]
+    assert query(tmp_path, "SELECT DISTINCT step FROM steps WHERE run_id = ? ORDER BY step", (first,)) == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
     assert any(kind == "daemon_job" and "resumed" in message for kind, message in events(tmp_path, first))
     one, two = run_row(tmp_path, first), run_row(tmp_path, second)
     assert (one["status"], two["status"]) == ("done", "done")
@@ -130,7 +165,9 @@ def test_status_then_stop_of_a_running_run(tmp_path, fast):
     then ends it `stopped` (exit 143) with no process left and a checkpoint at the step it stopped."""
     process, run_id = start("run", "squad", *fast, "--inject", "stall:step=3,phase=forward,seconds=5", home=tmp_path)
     try:
-        wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 2)
+        wait_for(
+            tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 2
+        )
         child = attempts(tmp_path, run_id)[0]["pid"]
         facts = json.loads(invoke(tmp_path, "status", run_id, "--json").stdout)
         assert (facts["id"], facts["status"], facts["step"], facts["total_steps"]) == (run_id, "running", 2, 4)
@@ -145,7 +182,9 @@ def test_status_then_stop_of_a_running_run(tmp_path, fast):
     assert not pid_alive(child)
     row = run_row(tmp_path, run_id)
     assert row["status"] == "stopped" and row["steps_done"] < 4
-    checkpoints = sorted((tmp_path / "runs" / run_id / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(
+        (tmp_path / "runs" / run_id / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])
+    )
     manifest = json.loads((checkpoints[-1] / "manifest.json").read_text())
     assert manifest["step"] == row["steps_done"]
 
@@ -163,7 +202,9 @@ def test_second_daemon_is_refused_and_sigterm_stops_the_job_at_a_checkpoint(tmp_
             refused = tamer("daemon", "--exit-when-empty", *extra, home=tmp_path, timeout=120)
             assert refused.returncode == 6, refused.stderr
             assert f"pid {pid}" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-        wait_for(tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 2)
+        wait_for(
+            tmp_path, "SELECT max(step) FROM steps WHERE run_id = ?", (run_id,), lambda rows: (rows[0][0] or 0) >= 2
+        )
         supervisor, child = run_row(tmp_path, run_id)["supervisor_pid"], attempts(tmp_path, run_id)[0]["pid"]
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -173,7 +214,9 @@ def test_second_daemon_is_refused_and_sigterm_stops_the_job_at_a_checkpoint(tmp_
     assert not pid_alive(supervisor) and not pid_alive(child)
     row = run_row(tmp_path, run_id)
     assert row["status"] == "stopped" and row["steps_done"] < 4
-    assert any(kind == "checkpoint" and f"step {row['steps_done']} " in message for kind, message in events(tmp_path, run_id))
+    assert any(
+        kind == "checkpoint" and f"step {row['steps_done']} " in message for kind, message in events(tmp_path, run_id)
+    )
     assert "daemon_end" in (tmp_path / "daemon.log").read_text()
 
 
@@ -185,5 +228,11 @@ def test_systemd_unit_restarts_only_what_a_restart_can_fix(tmp_path):
     lines = result.stdout.splitlines()
     assert f"ExecStart={sys.executable} -m tamer daemon --home {tmp_path.resolve()}" in lines
     assert f"Environment=TAMER_HOME={tmp_path.resolve()}" in lines
-    for line in ("Restart=on-failure", "RestartPreventExitStatus=2 3 4 5 6", "KillSignal=SIGTERM", "KillMode=mixed", "TimeoutStopSec=600"):
+    for line in (
+        "Restart=on-failure",
+        "RestartPreventExitStatus=2 3 4 5 6",
+        "KillSignal=SIGTERM",
+        "KillMode=mixed",
+        "TimeoutStopSec=600",
+    ):
         assert line in lines

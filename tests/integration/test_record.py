@@ -54,7 +54,12 @@ def test_a_ctrl_c_while_the_child_is_starting_ends_the_run_within_seconds(tmp_pa
     seconds, not after the load: nothing of the attempt needed saving."""
     home = tmp_path / "home"
     process, run_id = start(*LONG, "--inject", "stall:phase=load,seconds=60", home=home)
-    wait_for(home, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'attempt_start'", (run_id,), lambda rows: rows[0][0] == 1)
+    wait_for(
+        home,
+        "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'attempt_start'",
+        (run_id,),
+        lambda rows: rows[0][0] == 1,
+    )
     time.sleep(2)  # the child is past its imports, in the stalled load
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)

@@ -13,8 +13,23 @@ from tests.integration.runs import ONE_THREAD, query, run_id_of, tamer
 from tests.integration.synthetic_qa import write_copy_task
 
 WITH_RESULT = ["--preset", "tiny", *ONE_THREAD]  # runs.TINY leaves the result child out
-SHORT = ["run", "squad", *WITH_RESULT, "--max-steps", "4", "--set", "checkpoint_every=4", "--set", "eval_samples=8",
-         "--set", "max_seq_len=128", "--set", "eval.squad_samples=4", "--set", "eval.squad_max_new_tokens=4"]
+SHORT = [
+    "run",
+    "squad",
+    *WITH_RESULT,
+    "--max-steps",
+    "4",
+    "--set",
+    "checkpoint_every=4",
+    "--set",
+    "eval_samples=8",
+    "--set",
+    "max_seq_len=128",
+    "--set",
+    "eval.squad_samples=4",
+    "--set",
+    "eval.squad_max_new_tokens=4",
+]
 TEXT = "Context: The river runs north.\nQuestion: Which way does the river run?\nAnswer:"
 
 
@@ -84,7 +99,9 @@ def test_scores_and_export_are_stored_and_shown(full_run):
     """The run ends with an EM/F1 line and the export path; show, runs --json and the table agree."""
     home, run_id = full_run["home"], full_run["run_id"]
     assert "SQuAD exact match" in full_run["result"].stderr and "model exported to" in full_run["result"].stderr
-    metrics = query(home, "SELECT metric, questions, step, data FROM squad_scores WHERE run_id = ? ORDER BY metric", (run_id,))
+    metrics = query(
+        home, "SELECT metric, questions, step, data FROM squad_scores WHERE run_id = ? ORDER BY metric", (run_id,)
+    )
     assert metrics == [("exact_match", 4, 4, "held-out"), ("f1", 4, 4, "held-out")]
     shown = tamer("show", run_id, home=home)
     assert str(full_run["run_dir"] / "export") in shown.stdout.replace("\n", "")
@@ -107,14 +124,18 @@ def test_lora_export_merged_matches_the_unmerged_adapter(lora_run, tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((run_dir / "checkpoints" / "step-4" / "manifest.json").read_text())
     base = str((run_dir / manifest["base"]).resolve())
-    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run_dir / "checkpoints" / "step-4" / "adapter")).eval()
+    unmerged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), str(run_dir / "checkpoints" / "step-4" / "adapter")
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     reference = _logits(unmerged, tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert not (merged_dir / "adapter_config.json").exists()
     assert torch.allclose(_logits(merged, tokenizer), reference, atol=1e-3)
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == base
-    assert torch.allclose(_logits(AutoModelForCausalLM.from_pretrained(adapter_dir).eval(), tokenizer), reference, atol=1e-5)
+    assert torch.allclose(
+        _logits(AutoModelForCausalLM.from_pretrained(adapter_dir).eval(), tokenizer), reference, atol=1e-5
+    )
 
 
 def test_export_never_writes_into_a_folder_it_did_not_create(full_run, tmp_path):
@@ -173,11 +194,36 @@ def test_a_copy_task_is_learned_as_tamer_eval_measures_it(tmp_path):
     early checkpoint near 0 and the final one at EM >= 0.9; eval.squad_every scores during training."""
     data = write_copy_task(tmp_path / "copy.json", 400)
     home = tmp_path / "home"
-    run = tamer("run", "squad", *WITH_RESULT, "--data", str(data), "--max-steps", "160", "--set", "effective_batch_size=16",
-                "--set", "learning_rate=0.003", "--set", "warmup_ratio=0.02", "--set", "max_seq_len=32",
-                "--set", "eval_samples=40", "--set", "checkpoint_every=10", "--set", "keep_checkpoints=16",
-                "--set", "eval.squad_every=80", "--set", "eval.squad_samples=40", "--set", "eval.squad_max_new_tokens=4",
-                home=home)
+    run = tamer(
+        "run",
+        "squad",
+        *WITH_RESULT,
+        "--data",
+        str(data),
+        "--max-steps",
+        "160",
+        "--set",
+        "effective_batch_size=16",
+        "--set",
+        "learning_rate=0.003",
+        "--set",
+        "warmup_ratio=0.02",
+        "--set",
+        "max_seq_len=32",
+        "--set",
+        "eval_samples=40",
+        "--set",
+        "checkpoint_every=10",
+        "--set",
+        "keep_checkpoints=16",
+        "--set",
+        "eval.squad_every=80",
+        "--set",
+        "eval.squad_samples=40",
+        "--set",
+        "eval.squad_max_new_tokens=4",
+        home=home,
+    )
     assert run.returncode == 0, run.stderr
     run_id = run_id_of(run)
     early = tamer("eval", run_id, "--step", "10", "--json", home=home)
@@ -187,5 +233,7 @@ def test_a_copy_task_is_learned_as_tamer_eval_measures_it(tmp_path):
     assert early["questions"] == final["questions"] == 40 and early["data"] == "held-out"
     assert early["exact_match"] <= 0.2
     assert final["exact_match"] >= 0.9, final["examples"]
-    during = query(home, "SELECT attempt FROM squad_scores WHERE run_id = ? AND step = 80 AND metric = 'exact_match'", (run_id,))
+    during = query(
+        home, "SELECT attempt FROM squad_scores WHERE run_id = ? AND step = 80 AND metric = 'exact_match'", (run_id,)
+    )
     assert during == [(1,)]

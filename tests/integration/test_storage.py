@@ -35,7 +35,12 @@ def test_a_full_disk_at_start_waits_for_space_then_trains_without_a_crash(small_
     no crash, no `.tmp` left and no restart counted."""
     home = small_disk / "home"
     process, run_id = start(*RUN, "--set", "disk_full_wait=300", home=home)
-    wait_for(home, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'disk_full'", (run_id,), lambda rows: rows[0][0] >= 1)
+    wait_for(
+        home,
+        "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'disk_full'",
+        (run_id,),
+        lambda rows: rows[0][0] >= 1,
+    )
     time.sleep(3)  # the supervisor keeps waiting: no second attempt into a full disk
     assert [a["outcome"] for a in attempts(home, run_id)] == ["disk_full"]
     subprocess.run(["mount", "-o", "remount,size=400M", str(small_disk)], check=True)
@@ -43,11 +48,19 @@ def test_a_full_disk_at_start_waits_for_space_then_trains_without_a_crash(small_
     assert process.returncode == 0, stderr
     assert [a["outcome"] for a in attempts(home, run_id)] == ["disk_full", "done"]
     told = dict(events(home, run_id))
-    assert "disk full:" in told["disk_full"] and "waiting up to 300 s" in told["disk_full"] and f"tamer stop {run_id}" in told["disk_full"]
+    assert (
+        "disk full:" in told["disk_full"]
+        and "waiting up to 300 s" in told["disk_full"]
+        and f"tamer stop {run_id}" in told["disk_full"]
+    )
     assert "free again" in told["disk_space"]
     assert "disk full" in stderr
     assert not list((home / "runs" / run_id).rglob("*.tmp*"))
-    assert query(home, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'restart' AND message LIKE '%restart 1 of%'", (run_id,)) == [(0,)]
+    assert query(
+        home,
+        "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'restart' AND message LIKE '%restart 1 of%'",
+        (run_id,),
+    ) == [(0,)]
 
 
 def test_a_full_disk_that_stays_full_fails_the_run_with_what_to_do(small_disk):
@@ -80,8 +93,14 @@ def test_a_file_size_limit_ends_the_run_at_once_naming_ulimit(tmp_path):
     def limit_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20))
 
-    result = subprocess.run([sys.executable, "-m", "tamer", *RUN, "--home", str(home)], capture_output=True, text=True,
-                            timeout=300, env=env(), preexec_fn=limit_files)
+    result = subprocess.run(
+        [sys.executable, "-m", "tamer", *RUN, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env(),
+        preexec_fn=limit_files,
+    )
     run_id = run_id_of(result)
     assert result.returncode == 7, result.stderr
     assert [a["outcome"] for a in attempts(home, run_id)] == ["file_too_large"]
@@ -93,7 +112,9 @@ def test_a_read_only_home_can_be_inspected_but_not_written(tmp_path):
     a new run is refused with one line (exit 5) naming the home."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200M", "tmpfs", str(mount_point)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200M", "tmpfs", str(mount_point)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -102,8 +123,16 @@ def test_a_read_only_home_can_be_inspected_but_not_written(tmp_path):
         assert finished.returncode == 0, finished.stderr
         run_id = run_id_of(finished)
         subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
-        for command in (["runs"], ["show", run_id], ["status", run_id], ["logs", run_id], ["history"], ["compare", run_id],
-                        ["sql", "SELECT count(*) FROM steps"], ["runs", "--json"]):
+        for command in (
+            ["runs"],
+            ["show", run_id],
+            ["status", run_id],
+            ["logs", run_id],
+            ["history"],
+            ["compare", run_id],
+            ["sql", "SELECT count(*) FROM steps"],
+            ["runs", "--json"],
+        ):
             result = tamer(*command, home=home)
             assert result.returncode == 0, (command, result.stderr)
             assert result.stdout.strip() and "error" not in result.stderr, (command, result.stdout)

@@ -20,7 +20,7 @@ pytest.importorskip("bitsandbytes")
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     DEVICE = os.environ.get("TAMER_TEST_DEVICE", "cpu")
     if DEVICE == "cpu":
@@ -135,7 +135,7 @@ SCRIPT = textwrap.dedent('''
         out[name] = max(float((a - b).detach().abs().max()) for a, b in zip(resumed, straight)) / LR
         out[name + "_without_state"] = max(float((a - b).detach().abs().max()) for a, b in zip(fresh, straight)) / LR
     json.dump(out, sys.stdout)
-''')
+""")
 
 
 def compare(device: str, paged: bool = False) -> dict:
@@ -156,9 +156,13 @@ def results() -> dict:
 
 def check(results: dict) -> None:
     """Every assertion below, for the GPU test (tests/gpu/test_adamw8bit_gpu.py)."""
-    for test in (test_weights_match_bitsandbytes_within_quantisation_noise, test_moments_match_bitsandbytes,
-                 test_gradient_scale_in_the_kernel_is_the_same_as_scaled_gradients, test_checkpoints_load_across_implementations,
-                 test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_them):
+    for test in (
+        test_weights_match_bitsandbytes_within_quantisation_noise,
+        test_moments_match_bitsandbytes,
+        test_gradient_scale_in_the_kernel_is_the_same_as_scaled_gradients,
+        test_checkpoints_load_across_implementations,
+        test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_them,
+    ):
         test(results)
     assert results["nonfinite_vs_bnb_lr_units"] < 1.5 * results["bnb_vs_exact_max_lr_units"]
 
@@ -226,3 +230,38 @@ def test_non_finite_gradient_elements_are_skipped_as_bitsandbytes_cuda_skips_the
     and with it every later step: those weights stay, their moments restart at 0, their neighbours step."""
     assert results["nonfinite_weights_kept"] and results["nonfinite_neighbours_moved"]
     assert results["nonfinite_moments_zero"] and results["nonfinite_all_finite"]
+
+
+def test_a_bitsandbytes_without_the_internals_the_kernel_uses_gets_its_own_step(monkeypatch) -> None:
+    """The bitsandbytes internals the Triton step calls are checked once, when the optimizer is built: with them
+    (the installed bitsandbytes) the Triton step is used; without one, bitsandbytes' own step runs from the first
+    step, bit for bit, and the reason names what is missing."""
+    import bitsandbytes as bnb
+    import torch
+
+    from tamer.engine import adamw8bit
+
+    params = [torch.nn.Parameter(torch.randn(64, 256))]
+    assert (
+        adamw8bit.triton_adamw8bit(False)(params, lr=1e-2).fallback_reason is None
+    )  # the tested bitsandbytes has them
+    monkeypatch.setattr(
+        adamw8bit, "BITSANDBYTES_INTERNALS", (*adamw8bit.BITSANDBYTES_INTERNALS, "renamed_in_a_later_release")
+    )
+    monkeypatch.setattr(
+        adamw8bit, "_kernel", lambda: pytest.fail("the Triton kernel ran without the internals it needs")
+    )
+    torch.manual_seed(0)
+    start = [torch.randn(64, 256), torch.randn(2048)]
+    finals = []
+    for cls in (bnb.optim.AdamW8bit, adamw8bit.triton_adamw8bit(False)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=1e-2, weight_decay=0.1)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+            opt.step()
+        finals.append((params, opt))
+    (reference, _), (own, optimizer) = finals
+    assert "renamed_in_a_later_release" in optimizer.fallback_reason and "0.50.x" in optimizer.fallback_reason
+    assert all(torch.equal(a, b) for a, b in zip(reference, own))

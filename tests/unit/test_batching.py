@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tamer.presets import TINY_ARCHITECTURE
 from tamer.engine import batching
 from tamer.engine.loss import loss_sum
 from tamer.engine.sampling import LengthGroupedOrder, SampleOrder
+from tamer.presets import TINY_ARCHITECTURE
 from tamer.recipes import squad
 
 
@@ -26,7 +26,9 @@ def _tiny_model() -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**TINY_ARCHITECTURE)).float()
 
 
-def _gradients(model: LlamaForCausalLM, micro_batches: list[batching.MicroBatch]) -> tuple[float, dict[str, torch.Tensor]]:
+def _gradients(
+    model: LlamaForCausalLM, micro_batches: list[batching.MicroBatch]
+) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     supervised = sum(int((micro.tensors["labels"][:, 1:] != squad.IGNORE_INDEX).sum()) for micro in micro_batches)
     total = 0.0
@@ -54,7 +56,10 @@ def test_packed_attention_stays_within_each_sample(examples):
     model = _tiny_model().eval()
     with torch.no_grad():
         alone, _ = loss_sum(model, batching.pack([examples[1]], 0, 64))
-        first = loss_sum(model, batching.pack([examples[2], examples[1]], 0, 64))[0] - loss_sum(model, batching.pack([examples[2]], 0, 64))[0]
+        first = (
+            loss_sum(model, batching.pack([examples[2], examples[1]], 0, 64))[0]
+            - loss_sum(model, batching.pack([examples[2]], 0, 64))[0]
+        )
     torch.testing.assert_close(first, alone, rtol=1e-4, atol=1e-4)
 
 
@@ -109,6 +114,7 @@ def _counted(forward, calls: list[int], index: int):
     def counting(*args, **kwargs):
         calls[index] += 1
         return forward(*args, **kwargs)
+
     return counting
 
 
@@ -142,8 +148,14 @@ def test_checkpointing_by_size_switches_layers_per_micro_batch_with_identical_gr
     micro_batches = batching.build(examples, [0, 5, 17, 3, 8, 11, 2], 4, "packed", 0, 512, 64)
     sizes = [micro.computed_tokens for micro in micro_batches]
     assert len(set(sizes)) == 2, sizes
-    plan = Plan(micro_batch_size=4, grad_accumulation=2, eval_batch_size=4, gradient_checkpointing=True,
-                checkpoint_layers=None, checkpoint_layers_by_tokens=((min(sizes), 0),))
+    plan = Plan(
+        micro_batch_size=4,
+        grad_accumulation=2,
+        eval_batch_size=4,
+        gradient_checkpointing=True,
+        checkpoint_layers=None,
+        checkpoint_layers_by_tokens=((min(sizes), 0),),
+    )
     results = []
     for table in (False, True):
         model = _tiny_model()

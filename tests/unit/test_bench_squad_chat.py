@@ -19,7 +19,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "squad_chat.py"
 def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     """Train and test hold whole articles and every question once; a chat row asks the context and question, is
     answered with the first answer and lists all answers; the chat recipe scores that answer and its end of turn."""
-    subprocess.run([sys.executable, str(BENCH), "--data", str(BUNDLED_DATA), "--out", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(BENCH), "--data", str(BUNDLED_DATA), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     records = {record.id: record for record in load_records(str(BUNDLED_DATA))}
     halves = [load_records(str(tmp_path / f"{name}.json")) for name in ("train", "test")]
     assert sorted(r.id for half in halves for r in half) == sorted(records) and halves[0] and halves[1]
@@ -27,11 +31,19 @@ def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     chat_rows = [json.loads(line) for line in (tmp_path / "test.chat.jsonl").read_text().splitlines()]
     assert [row["id"] for row in chat_rows] == [r.id for r in halves[1]]
     first = records[chat_rows[0]["id"]]
-    assert chat_rows[0]["messages"] == [{"role": "user", "content": f"Context: {first.context}\nQuestion: {first.question.strip()}"},
-                                        {"role": "assistant", "content": first.answer}]
+    assert chat_rows[0]["messages"] == [
+        {"role": "user", "content": f"Context: {first.context}\nQuestion: {first.question.strip()}"},
+        {"role": "assistant", "content": first.answer},
+    ]
     assert chat_rows[0]["answers"] == list(first.gold_answers)
-    config = build_config("tiny", options={"recipe": "chat", "data": str(tmp_path / "train.chat.jsonl"),
-                                           "eval_data": str(tmp_path / "test.chat.jsonl")})
+    config = build_config(
+        "tiny",
+        options={
+            "recipe": "chat",
+            "data": str(tmp_path / "train.chat.jsonl"),
+            "eval_data": str(tmp_path / "test.chat.jsonl"),
+        },
+    )
     prepared = prepare(config)
     example = prepared.train[0]
     scored = prepared.tokenizer.backend.decode([label for label in example.labels if label != -100])

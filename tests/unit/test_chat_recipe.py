@@ -14,8 +14,12 @@ from tamer.recipes.chat_templates import CHATML, ChatTemplate, resolve
 from tamer.recipes.examples import IGNORE_INDEX
 from tamer.recipes.sources import Rows
 
-CONVERSATION = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
-                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+CONVERSATION = [
+    {"role": "user", "content": "hi there"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "bye"},
+    {"role": "assistant", "content": "see you"},
+]
 # ChatML renders CONVERSATION as "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n...", which
 # the word tokenizer below cuts into one token per marker and per word (whitespace is dropped):
 #   0 <|im_start|>  1 user  2 hi  3 there  4 <|im_end|>  5 <|im_start|>  6 assistant  7 hello  8 <|im_end|>
@@ -40,7 +44,9 @@ def rows(*conversations, column: str = "messages") -> Rows:
 def examples(conversations: Rows, train_on: str = "assistant", max_seq_len: int = 512, overlong: str = "truncate"):
     found = chat.conversations_of(conversations, None, train_on)
     kept = [record for record in found if not isinstance(record, str)]
-    built, counts = chat.build_examples(kept, word_tokenizer(), ChatTemplate(CHATML, "chatml"), max_seq_len, train_on, overlong, "data t")
+    built, counts = chat.build_examples(
+        kept, word_tokenizer(), ChatTemplate(CHATML, "chatml"), max_seq_len, train_on, overlong, "data t"
+    )
     return found, built, counts
 
 
@@ -48,8 +54,10 @@ def scored(example) -> list[int]:
     return [position for position, label in enumerate(example.labels) if label != IGNORE_INDEX]
 
 
-@pytest.mark.parametrize(("train_on", "positions"), [("assistant", ASSISTANT_POSITIONS), ("last_assistant", LAST_ASSISTANT_POSITIONS),
-                                                     ("all", list(range(1, 18)))])
+@pytest.mark.parametrize(
+    ("train_on", "positions"),
+    [("assistant", ASSISTANT_POSITIONS), ("last_assistant", LAST_ASSISTANT_POSITIONS), ("all", list(range(1, 18)))],
+)
 def test_the_loss_scores_the_named_positions_under_chatml(train_on, positions):
     """Under ChatML the loss scores each reply and its <|im_end|> (assistant), the last one (last_assistant), or every
     token but the first (all); scored labels are the tokens themselves."""
@@ -89,13 +97,19 @@ def test_overlong_conversations_are_truncated_skipped_or_refused():
     assert built == [] and counts["skipped_too_long"] == 1
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ([{"role": "asistant", "content": "x"}], r"row 0: message 0 has unknown role 'asistant'; known roles: system, user, "
-                                             r"assistant, tool; did you mean 'assistant'\?"),
-    ([{"from": "bot", "value": "x"}], r"message 0 has unknown role 'bot'; known roles: system, human, user, gpt"),
-    ([{"role": "user", "content": ["a", "list"]}], r"message 0 content is list, expected text"),
-    ("hello", r"row 0: the conversation is str, expected a list of messages"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            [{"role": "asistant", "content": "x"}],
+            r"row 0: message 0 has unknown role 'asistant'; known roles: system, user, "
+            r"assistant, tool; did you mean 'assistant'\?",
+        ),
+        ([{"from": "bot", "value": "x"}], r"message 0 has unknown role 'bot'; known roles: system, human, user, gpt"),
+        ([{"role": "user", "content": ["a", "list"]}], r"message 0 content is list, expected text"),
+        ("hello", r"row 0: the conversation is str, expected a list of messages"),
+    ],
+)
 def test_malformed_rows_are_refused_naming_the_row(bad, message):
     """An unknown role (with the known ones and the closest), content that is not text, a conversation that is not a list."""
     with pytest.raises(DataError, match=message):
@@ -104,23 +118,39 @@ def test_malformed_rows_are_refused_naming_the_row(bad, message):
 
 def test_a_file_mixing_messages_and_sharegpt_rows_is_refused():
     """Rows of both shapes in one source: a one-line error naming a row of each."""
-    mixed = Rows([{"messages": CONVERSATION, "conversations": None}, {"messages": None, "conversations": [{"from": "human", "value": "x"}]}],
-                 ["messages", "conversations"], "data mixed.jsonl")
-    with pytest.raises(DataError, match=r"row 0 is a messages row and row 1 a ShareGPT conversations row: a file mixing formats"):
+    mixed = Rows(
+        [
+            {"messages": CONVERSATION, "conversations": None},
+            {"messages": None, "conversations": [{"from": "human", "value": "x"}]},
+        ],
+        ["messages", "conversations"],
+        "data mixed.jsonl",
+    )
+    with pytest.raises(
+        DataError, match=r"row 0 is a messages row and row 1 a ShareGPT conversations row: a file mixing formats"
+    ):
         chat.conversations_of(mixed, None, "assistant")
 
 
 def test_no_conversation_column_names_the_columns_and_the_near_miss():
     """Without messages/conversations columns the error lists the columns and the one that nearly spells one."""
-    with pytest.raises(DataError, match=r"no 'messages' or 'conversations' column \(columns: mesages, id\); column 'mesages' looks like "
-                                        r"'messages'; name yours with columns: \{messages: COLUMN\}"):
-        chat.conversations_of(Rows([{"mesages": CONVERSATION, "id": 1}], ["mesages", "id"], "data x"), None, "assistant")
+    with pytest.raises(
+        DataError,
+        match=r"no 'messages' or 'conversations' column \(columns: mesages, id\); column 'mesages' looks like "
+        r"'messages'; name yours with columns: \{messages: COLUMN\}",
+    ):
+        chat.conversations_of(
+            Rows([{"mesages": CONVERSATION, "id": 1}], ["mesages", "id"], "data x"), None, "assistant"
+        )
 
 
 def test_a_tokenizer_without_a_chat_template_is_an_error_naming_the_key():
     """No chat_template set and none in the tokenizer: a ModelError that names the config key and the built-ins."""
-    with pytest.raises(ModelError, match=r"a word tokenizer has no chat template; set one with `chat_template: FILE \| NAME` "
-                                         r"\(e.g. --set chat_template=chatml; built in: chatml\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"a word tokenizer has no chat template; set one with `chat_template: FILE \| NAME` "
+        r"\(e.g. --set chat_template=chatml; built in: chatml\)",
+    ):
         resolve(None, word_tokenizer())
     with pytest.raises(ConfigError, match="neither a file nor a built-in template"):
         resolve("no-such-template.jinja", word_tokenizer())
@@ -134,10 +164,12 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
         template.assistant_spans(CONVERSATION)
 
 
-LLAMA2_LIKE = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-               "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}"
-               "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}")
+LLAMA2_LIKE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}"
+)
 
 
 @pytest.mark.parametrize("template", [CHATML, LLAMA2_LIKE])
@@ -150,13 +182,20 @@ def test_rendering_matches_transformers_apply_chat_template(template):
     ours = resolve(None, tokens.TextTokenizer(None, "bundled", {"bos_token": "<s>", "eos_token": "</s>"}, template))
     for messages, prompt in ((CONVERSATION, False), (CONVERSATION[:3], True)):
         assert ours.render(messages, add_generation_prompt=prompt) == reference.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=prompt)
+            messages, tokenize=False, add_generation_prompt=prompt
+        )
 
 
 def test_a_template_that_raises_is_a_data_error_naming_the_row():
     """raise_exception in the template (two user turns in a row) becomes a DataError with the row and the template's words."""
     template = ChatTemplate(LLAMA2_LIKE, "llama2.jinja", (("bos_token", "<s>"), ("eos_token", "</s>")))
-    twice = [{"role": "user", "content": "hi"}, {"role": "user", "content": "there"}, {"role": "assistant", "content": "hello"}]
+    twice = [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "there"},
+        {"role": "assistant", "content": "hello"},
+    ]
     conversation = chat.conversations_of(rows(twice), None, "assistant")
-    with pytest.raises(DataError, match=r"^data t: row 0: the chat template refused it \(Conversation roles must alternate"):
+    with pytest.raises(
+        DataError, match=r"^data t: row 0: the chat template refused it \(Conversation roles must alternate"
+    ):
         chat.build_examples(conversation, word_tokenizer(), template, 512, "assistant", "truncate", "data t")

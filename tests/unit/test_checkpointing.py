@@ -30,8 +30,12 @@ def test_hashing_file_digest_is_the_digest_of_the_bytes_on_disk(tmp_path):
 def test_safetensors_written_by_the_snapshot_writer_load_back_equal_with_ties_dropped(tmp_path):
     """write_safetensors round-trips fp32/bf16/int tensors, and a tied tensor is stored under its first name only."""
     embedding = torch.randn(8, 4)
-    state = {"embed.weight": embedding, "norm": torch.randn(4).to(torch.bfloat16), "count": torch.tensor([3], dtype=torch.int64),
-             "head.weight": embedding}
+    state = {
+        "embed.weight": embedding,
+        "norm": torch.randn(4).to(torch.bfloat16),
+        "count": torch.tensor([3], dtype=torch.int64),
+        "head.weight": embedding,
+    }
     unique = checkpointing.unique_tensors(state)
     digest = checkpointing.write_safetensors(tmp_path / "model.safetensors", unique)
     loaded = load_file(tmp_path / "model.safetensors")
@@ -69,7 +73,9 @@ def test_format_1_sha256_checkpoints_still_verify_and_a_flipped_bit_in_them_is_c
 
 def test_auto_interval_without_failures_is_bounded_by_the_work_at_risk():
     """No failure seen: Young/Daly says never, so the 10-minute bound decides."""
-    interval = checkpoint_policy.choose_interval(stall_seconds=0.5, write_seconds=20.0, step_seconds=0.15, mtbf_seconds=None)
+    interval = checkpoint_policy.choose_interval(
+        stall_seconds=0.5, write_seconds=20.0, step_seconds=0.15, mtbf_seconds=None
+    )
     assert interval.steps == 4000 and "10 min" in interval.reason
 
 
@@ -86,16 +92,22 @@ def test_auto_interval_follows_young_daly_with_failures_and_keeps_saves_under_tw
 
 def test_failure_rate_counts_crashes_but_not_ooms_or_stops():
     """Mean time between failures: attempt time over crashes/hangs; OOMs (a new plan) and stops do not count."""
-    attempts = [{"outcome": "cuda_oom", "started_at": 0, "ended_at": 100}, {"outcome": "crash", "started_at": 100, "ended_at": 400},
-                {"outcome": None, "started_at": 400, "ended_at": None}]
+    attempts = [
+        {"outcome": "cuda_oom", "started_at": 0, "ended_at": 100},
+        {"outcome": "crash", "started_at": 100, "ended_at": 400},
+        {"outcome": None, "started_at": 400, "ended_at": None},
+    ]
     assert checkpoint_policy.mean_time_between_failures(attempts, now=1000) == 1000
     assert checkpoint_policy.mean_time_between_failures(attempts[:1], now=1000) is None
 
 
 def test_show_prints_the_newest_interval():
     """`tamer show` reports the interval of the newest checkpoint_interval event."""
-    events = [{"kind": "checkpoint_interval", "message": "old"}, {"kind": "checkpoint", "message": "x"},
-              {"kind": "checkpoint_interval", "message": "checkpoint every 40 steps"}]
+    events = [
+        {"kind": "checkpoint_interval", "message": "old"},
+        {"kind": "checkpoint", "message": "x"},
+        {"kind": "checkpoint_interval", "message": "checkpoint every 40 steps"},
+    ]
     assert checkpoint_policy.interval_in_force(events) == "checkpoint every 40 steps"
     assert checkpoint_policy.interval_in_force([]) is None
 
@@ -104,20 +116,35 @@ def _checkpointer(tmp_path, faults):
     """A Checkpointer on a stand-in trainer whose only state is one tensor."""
     events: list[tuple[str, str]] = []
     trainer = SimpleNamespace(
-        config=SimpleNamespace(checkpoint_async=True, checkpoint_every=1, checkpoint_every_seconds=None, keep_checkpoints=2, host_mem_cap=None),
-        group=SimpleNamespace(is_main=True, distributed=False), device=torch.device("cpu"), run_dir=tmp_path, total_steps=10,
-        state=SimpleNamespace(step=0, checkpoint_step=None), plan=SimpleNamespace(micro_batch_size=1),
+        config=SimpleNamespace(
+            checkpoint_async=True,
+            checkpoint_every=1,
+            checkpoint_every_seconds=None,
+            keep_checkpoints=2,
+            host_mem_cap=None,
+        ),
+        group=SimpleNamespace(is_main=True, distributed=False),
+        device=torch.device("cpu"),
+        run_dir=tmp_path,
+        total_steps=10,
+        state=SimpleNamespace(step=0, checkpoint_step=None),
+        plan=SimpleNamespace(micro_batch_size=1),
         faults=SimpleNamespace(check=lambda *args: faults.pop(0)() if faults else None),
-        report=SimpleNamespace(event=lambda kind, message, **detail: events.append((kind, message)), beat=lambda phase: None),
+        report=SimpleNamespace(
+            event=lambda kind, message, **detail: events.append((kind, message)), beat=lambda phase: None
+        ),
     )
     checkpointer = checkpointing.Checkpointer(trainer)
-    snapshot = checkpointing.Snapshot(3, "full", {"w": torch.ones(4)}, [], {"state": {}}, {}, None, {}, {"samples_consumed": 24})
+    snapshot = checkpointing.Snapshot(
+        3, "full", {"w": torch.ones(4)}, [], {"state": {}}, {}, None, {}, {"samples_consumed": 24}
+    )
     return checkpointer, snapshot, events
 
 
 def _fail(error):
     def fire():
         raise error
+
     return fire
 
 
@@ -134,7 +161,9 @@ def test_a_writer_crash_is_an_event_and_a_retry_that_commits(tmp_path):
 
 def test_a_writer_that_fails_twice_ends_the_attempt_with_the_error(tmp_path):
     """Two writer failures: both are events and the error reaches the training loop (no silent gap)."""
-    checkpointer, snapshot, events = _checkpointer(tmp_path, [_fail(RuntimeError("bad")), _fail(RuntimeError("bad again"))])
+    checkpointer, snapshot, events = _checkpointer(
+        tmp_path, [_fail(RuntimeError("bad")), _fail(RuntimeError("bad again"))]
+    )
     checkpointer._write(snapshot, 0.01)
     with pytest.raises(RuntimeError, match="bad again"):
         checkpointer.wait()

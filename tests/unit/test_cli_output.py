@@ -19,15 +19,35 @@ PIPED = {"COLUMNS": "80", "TTY_COMPATIBLE": "0"}
 PIPED_WITHOUT_COLUMNS = {"COLUMNS": None, "TTY_COMPATIBLE": "0"}
 # Commands that print a table (or, status and doctor, only text) from the recorded run.
 TABLE_COMMANDS = [
-    ["runs"], ["show", RUN_ID], ["strategies"], ["history"], ["steps", RUN_ID], ["events", RUN_ID], ["sql", "SELECT * FROM attempts"],
-    ["doctor"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["queue"], ["status", RUN_ID], ["compare", RUN_ID, RUN_ID],
+    ["runs"],
+    ["show", RUN_ID],
+    ["strategies"],
+    ["history"],
+    ["steps", RUN_ID],
+    ["events", RUN_ID],
+    ["sql", "SELECT * FROM attempts"],
+    ["doctor"],
+    ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"],
+    ["queue"],
+    ["status", RUN_ID],
+    ["compare", RUN_ID, RUN_ID],
 ]
 # Commands that read the recorded run; the others (run, submit, daemon, ...) start work and are
 # checked through their --help here and through real runs in tests/integration.
 READING_COMMANDS = [
-    ["runs"], ["show", RUN_ID], ["strategies"], ["history"], ["steps", RUN_ID], ["events", RUN_ID],
-    ["sql", "SELECT * FROM attempts"], ["doctor"], ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], ["queue"], ["status", RUN_ID],
-    ["logs", RUN_ID], ["--version"],
+    ["runs"],
+    ["show", RUN_ID],
+    ["strategies"],
+    ["history"],
+    ["steps", RUN_ID],
+    ["events", RUN_ID],
+    ["sql", "SELECT * FROM attempts"],
+    ["doctor"],
+    ["plan", "--preset", "tiny", "--gpu-mem", "16GiB"],
+    ["queue"],
+    ["status", RUN_ID],
+    ["logs", RUN_ID],
+    ["--version"],
 ]
 ALL_COMMANDS = sorted(typer.main.get_command(app).commands)
 
@@ -73,12 +93,12 @@ def test_help_lists_every_summary_whole():
     to one line ending in `...`), wrapped at spaces within 80 columns."""
     commands = typer.main.get_command(app).commands
     output = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
-    listing = output[output.index("Commands:"):]
+    listing = output[output.index("Commands:") :]
     assert all(len(line) <= 80 for line in listing.splitlines())
     joined = " ".join(listing.split())
     for name, command in commands.items():
         first_sentence = " ".join(command.help.split("\n\n")[0].split())
-        first_sentence = first_sentence[:first_sentence.find(". ") + 1] if ". " in first_sentence else first_sentence
+        first_sentence = first_sentence[: first_sentence.find(". ") + 1] if ". " in first_sentence else first_sentence
         assert f"{name} {first_sentence}" in joined, name
 
 
@@ -138,8 +158,11 @@ def test_home_before_or_after_the_subcommand(recorded_home, tmp_path):
     runner = CliRunner()
     before = runner.invoke(app, ["--home", str(recorded_home), "runs", "--json"], env={"TAMER_HOME": None})
     assert RUN_ID in before.output
-    overridden = runner.invoke(app, ["--home", str(tmp_path / "elsewhere"), "runs", "--json", "--home", str(recorded_home)],
-                               env={"TAMER_HOME": None})
+    overridden = runner.invoke(
+        app,
+        ["--home", str(tmp_path / "elsewhere"), "runs", "--json", "--home", str(recorded_home)],
+        env={"TAMER_HOME": None},
+    )
     assert RUN_ID in overridden.output
 
 
@@ -194,8 +217,11 @@ def test_errors_print_as_written_never_as_rich_markup(tmp_path):
     """Square brackets in a message (a file named `[x].json`, a C++ `[enforce fail ...]`) reach the user as
     written: the error line is plain text, not rich markup."""
     missing = tmp_path / "[x].json"
-    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "run", "squad", "--preset", "tiny", "--data", str(missing)],
-                                env={"COLUMNS": "200", "TAMER_HOME": None})
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(tmp_path / "home"), "run", "squad", "--preset", "tiny", "--data", str(missing)],
+        env={"COLUMNS": "200", "TAMER_HOME": None},
+    )
     assert result.exit_code == 3 and f"--data {missing}: no such file" in result.output
     from tamer.cli.common import _fail
     from tamer.errors import StateError
@@ -213,14 +239,19 @@ def test_errors_print_as_written_never_as_rich_markup(tmp_path):
 @pytest.mark.parametrize("size", ["0", "300MiB"])
 def test_plan_refuses_a_card_smaller_than_the_cuda_context(size, tmp_path):
     """`tamer plan --gpu-mem 0` is a one-line config error (exit 2), not a plan for a negative budget."""
-    result = CliRunner().invoke(app, ["--home", str(tmp_path), "plan", "squad", "--preset", "tiny", "--gpu-mem", size],
-                                env={"COLUMNS": "200", "TAMER_HOME": None})
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(tmp_path), "plan", "squad", "--preset", "tiny", "--gpu-mem", size],
+        env={"COLUMNS": "200", "TAMER_HOME": None},
+    )
     assert result.exit_code == 2 and "cannot even hold the CUDA context" in result.output and "GiB" in result.output
     assert "-0." not in result.output
 
 
-BITSANDBYTES_NOTE = ("Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository "
-                     "'kernels-community/quantization-bitsandbytes' could not verify publisher trust status.")
+BITSANDBYTES_NOTE = (
+    "Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository "
+    "'kernels-community/quantization-bitsandbytes' could not verify publisher trust status."
+)
 
 
 @pytest.fixture
@@ -231,9 +262,17 @@ def noisy_probe(monkeypatch):
 
     import tamer.inspect.doctor as doctor
 
-    facts = {"torch": {"version": "2.13.0+cpu", "cuda_build": None, "cuda_available": False, "cpu_bf16": True,
-                       "allocator_env": {"PYTORCH_CUDA_ALLOC_CONF": None}, "devices": []},
-             "bitsandbytes": {"usable": True, "version": "0.50.2", "device": "cpu", "round_trip_error": 0.007}}
+    facts = {
+        "torch": {
+            "version": "2.13.0+cpu",
+            "cuda_build": None,
+            "cuda_available": False,
+            "cpu_bf16": True,
+            "allocator_env": {"PYTORCH_CUDA_ALLOC_CONF": None},
+            "devices": [],
+        },
+        "bitsandbytes": {"usable": True, "version": "0.50.2", "device": "cpu", "round_trip_error": 0.007},
+    }
     done = subprocess.CompletedProcess([], 0, stdout=json.dumps(facts) + "\n", stderr=BITSANDBYTES_NOTE + "\n")
     monkeypatch.setattr(doctor.subprocess, "run", lambda *args, **kwargs: done)
 
@@ -271,10 +310,20 @@ def test_plan_past_attempts_table_fits(monkeypatch, recorded_home):
     from tamer.planner.estimate import Workload, estimate
 
     shape = shape_of(build_config("tiny"))
-    plans = [Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8),
-             Plan(micro_batch_size=4, grad_accumulation=2, eval_batch_size=8, gradient_checkpointing=True, optimizer="paged_adamw_8bit")]
-    past = [Observation(RUN_ID, number, plan, outcome, "backward", 2**28, None, estimate(shape, plan, Workload()))
-            for number, (plan, outcome) in enumerate(zip(plans, ("cuda_oom", "done")), 1)]
+    plans = [
+        Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8),
+        Plan(
+            micro_batch_size=4,
+            grad_accumulation=2,
+            eval_batch_size=8,
+            gradient_checkpointing=True,
+            optimizer="paged_adamw_8bit",
+        ),
+    ]
+    past = [
+        Observation(RUN_ID, number, plan, outcome, "backward", 2**28, None, estimate(shape, plan, Workload()))
+        for number, (plan, outcome) in enumerate(zip(plans, ("cuda_oom", "done")), 1)
+    ]
     monkeypatch.setattr("tamer.cli.commands_plan._past", lambda home, shape, facts: past)
     output = _invoke(["plan", "--preset", "tiny", "--gpu-mem", "16GiB"], recorded_home, TERMINAL_80)
     assert "past attempts of this model on this card:" in output

@@ -35,8 +35,10 @@ def test_compiled_lora_layers_share_one_graph():
     from tamer.presets import TINY_ARCHITECTURE
 
     torch.manual_seed(0)
-    model = get_peft_model(LlamaForCausalLM(LlamaConfig(**{**TINY_ARCHITECTURE, "num_hidden_layers": 3})),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        LlamaForCausalLM(LlamaConfig(**{**TINY_ARCHITECTURE, "num_hidden_layers": 3})),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     model.config.use_cache = False  # as build_model leaves it: a KV cache would guard each layer apart
     torch._dynamo.reset()
     counters.clear()
@@ -100,7 +102,9 @@ def test_decoding_forbids_cudnn_attention_inside_and_restores_it_after(monkeypat
     from tamer.engine import result
 
     seen: list[bool] = []
-    monkeypatch.setattr(result, "generate_answers", lambda *args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or ([], 1))
+    monkeypatch.setattr(
+        result, "generate_answers", lambda *args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or ([], 1)
+    )
     monkeypatch.setattr(result, "prompts_for", lambda records, tokenizer, max_seq_len: ([], []))
     monkeypatch.setattr(result, "score", lambda answers, golds: {"exact_match": 0.0, "f1": 0.0, "questions": 0})
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)

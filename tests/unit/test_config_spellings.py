@@ -9,7 +9,9 @@ from tamer.config import build_config
 from tamer.errors import ConfigError
 
 
-@pytest.mark.parametrize("spelling, value", [("1e-4", 1e-4), ("2E-5", 2e-5), ("3.0e-4", 3e-4), (".5e-3", 5e-4), ("+1e-3", 1e-3)])
+@pytest.mark.parametrize(
+    "spelling, value", [("1e-4", 1e-4), ("2E-5", 2e-5), ("3.0e-4", 3e-4), (".5e-3", 5e-4), ("+1e-3", 1e-3)]
+)
 def test_float_fields_take_any_float_spelling(spelling, value, tmp_path):
     """`learning_rate: 1e-4` in YAML and `--set learning_rate=2E-5` are numbers, not strings."""
     path = tmp_path / "config.yaml"
@@ -33,16 +35,27 @@ def test_unknown_key_suggests_the_close_one():
         build_config("tiny", sets=["ladder.modes=card"])
 
 
-@pytest.mark.parametrize("name, tamer_name", [("gradient_accumulation_steps", "effective_batch_size"),
-                                              ("per_device_train_batch_size", "micro_batch_size"), ("num_train_epochs", "epochs")])
+@pytest.mark.parametrize(
+    "name, tamer_name",
+    [
+        ("gradient_accumulation_steps", "effective_batch_size"),
+        ("per_device_train_batch_size", "micro_batch_size"),
+        ("num_train_epochs", "epochs"),
+    ],
+)
 def test_other_trainers_names_are_refused_with_tamers(name, tamer_name):
     """HF/axolotl spellings are refused with the tamer key to use instead."""
     with pytest.raises(ConfigError, match=f"{name}: not a tamer key.*{tamer_name}"):
         build_config("tiny", sets=[f"{name}=2"])
 
 
-@pytest.mark.parametrize("plan, message", [("{gradient_checkpoint: true}", "did you mean gradient_checkpointing"),
-                                           ("{optimizer: adam}", "start_plan.optimizer: expected one of")])
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ("{gradient_checkpoint: true}", "did you mean gradient_checkpointing"),
+        ("{optimizer: adam}", "start_plan.optimizer: expected one of"),
+    ],
+)
 def test_start_plan_is_strict(plan, message):
     """An unknown key or an impossible value in start_plan is an error, not silently ignored."""
     with pytest.raises(ConfigError, match=message):
@@ -51,7 +64,9 @@ def test_start_plan_is_strict(plan, message):
 
 def test_start_plan_that_is_a_plan_is_accepted():
     """A well-formed start_plan still builds (the strict check refuses only what is wrong)."""
-    config = build_config("tiny", sets=["start_plan={micro_batch_size: 4, grad_accumulation: 2, gradient_checkpointing: true}"])
+    config = build_config(
+        "tiny", sets=["start_plan={micro_batch_size: 4, grad_accumulation: 2, gradient_checkpointing: true}"]
+    )
     assert config.start_plan["gradient_checkpointing"] is True
 
 
@@ -66,7 +81,9 @@ def test_start_rungs_must_be_allowed_by_the_ladder():
     """A start rung that ladder.order leaves out is an error; chunked_loss (the planner's) is not."""
     with pytest.raises(ConfigError, match="start_rungs\\[0\\]: 'lora' is not in ladder.order"):
         build_config("tiny", sets=["start_rungs=[lora]", "ladder.order=[gradient_checkpointing]"])
-    assert build_config("tiny", sets=["start_rungs=[chunked_loss]", "ladder.order=[gradient_checkpointing]"]).start_rungs == ["chunked_loss"]
+    assert build_config(
+        "tiny", sets=["start_rungs=[chunked_loss]", "ladder.order=[gradient_checkpointing]"]
+    ).start_rungs == ["chunked_loss"]
 
 
 def test_model_with_the_tiny_preset_is_an_error():

@@ -10,12 +10,18 @@ from tamer.config import build_config
 from tamer.errors import ConfigError
 
 
-@pytest.mark.parametrize("cpus, processes, threads", [(1, 1, 1), (2, 1, 1), (16, 1, 15), (16, 2, 7), (2, 2, 1), (3, 2, 1)])
-def test_threads_are_the_cpus_shared_by_a_nodes_processes_less_one_for_the_writer(monkeypatch, cpus, processes, threads):
+@pytest.mark.parametrize(
+    "cpus, processes, threads", [(1, 1, 1), (2, 1, 1), (16, 1, 15), (16, 2, 7), (2, 2, 1), (3, 2, 1)]
+)
+def test_threads_are_the_cpus_shared_by_a_nodes_processes_less_one_for_the_writer(
+    monkeypatch, cpus, processes, threads
+):
     """null becomes the CPUs this process may use divided by the processes per node, less one left to the checkpoint
     writer when that leaves at least one (2 cores: 1 thread), never below 1."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    fixed = build_config("tiny", sets=[f"distributed.nproc_per_node={processes}", "effective_batch_size=8"]).with_threads_fixed()
+    fixed = build_config(
+        "tiny", sets=[f"distributed.nproc_per_node={processes}", "effective_batch_size=8"]
+    ).with_threads_fixed()
     assert fixed.torch_threads == threads
 
 

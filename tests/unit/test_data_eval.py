@@ -21,11 +21,21 @@ def test_chatml_replies_end_at_im_end():
 def test_a_chat_model_is_asked_the_conversation_up_to_its_last_reply(tmp_path):
     """The prompt is every message before the last assistant turn plus the generation prompt; the references are the
     row's answers, else that last reply; a row without a reply is not asked (train_on: all keeps it for training)."""
-    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                          {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]},
-            {"messages": [{"role": "user", "content": "Largest planet?"}, {"role": "assistant", "content": "Jupiter"}],
-             "answers": ["Jupiter", "jupiter"]},
-            {"messages": [{"role": "user", "content": "Just a note."}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris"},
+            ]
+        },
+        {
+            "messages": [{"role": "user", "content": "Largest planet?"}, {"role": "assistant", "content": "Jupiter"}],
+            "answers": ["Jupiter", "jupiter"],
+        },
+        {"messages": [{"role": "user", "content": "Just a note."}]},
+    ]
     path = tmp_path / "eval.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = build_config("tiny", options={"recipe": "chat"}, sets=["train_on=all"])
@@ -42,7 +52,9 @@ def test_the_validation_loss_is_the_mean_over_scored_tokens(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path / "eval.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Question {n}?", "completion": f"Answer {n}"}) + "\n" for n in range(5)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Question {n}?", "completion": f"Answer {n}"}) + "\n" for n in range(5))
+    )
     config = build_config("tiny", options={"recipe": "instruct"})
     prepared = prepare_file(config, str(path))
     torch.manual_seed(0)
@@ -50,14 +62,16 @@ def test_the_validation_loss_is_the_mean_over_scored_tokens(tmp_path):
     whole = data_eval.validation_loss(model, prepared.evaluation, 2, config, torch.device("cpu"), batch_size=5)
     split = data_eval.validation_loss(model, prepared.evaluation, 2, config, torch.device("cpu"), batch_size=2)
     scored = sum(sum(1 for label in example.labels[1:] if label != -100) for example in prepared.evaluation)
-    assert whole["eval_tokens"] == split["eval_tokens"] == scored and abs(whole["eval_loss"] - split["eval_loss"]) < 1e-5
+    assert (
+        whole["eval_tokens"] == split["eval_tokens"] == scored and abs(whole["eval_loss"] - split["eval_loss"]) < 1e-5
+    )
     assert 9 < whole["eval_loss"] < 12  # a random 32k-vocabulary model: about ln(32000) = 10.4
 
 
 def test_decoding_also_stops_at_the_end_of_turn_token():
     """With an end-of-turn token, generation is told to stop there too and the reply is cut before it; without one
     (SQuAD) only end-of-sequence stops it."""
-    from tamer.engine.result import generate_answers
+    from tamer.engine.generate import generate_answers
     from tamer.recipes.squad import load_tokenizer
 
     tokenizer = load_tokenizer("bundled", "tiny")

@@ -11,7 +11,14 @@ from tamer.config import build_config
 from tamer.recipes.prepare import prepare
 
 # The 1B shape with the bundled tokenizer and chat sample, so that nothing comes from the hub.
-SETS = ["init=random", "tokenizer=bundled", "chat_template=chatml", "data=bundled", "eval_samples=64", "gpu_mem_cap=15GiB"]
+SETS = [
+    "init=random",
+    "tokenizer=bundled",
+    "chat_template=chatml",
+    "data=bundled",
+    "eval_samples=64",
+    "gpu_mem_cap=15GiB",
+]
 
 
 def _tamer_plan(monkeypatch, recipe: str) -> dict:
@@ -19,8 +26,21 @@ def _tamer_plan(monkeypatch, recipe: str) -> dict:
 
     monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
     sets = [item for value in SETS if recipe == "chat" or "chat" not in value for item in ("--set", value)]
-    result = CliRunner().invoke(cli.app, ["plan", recipe, "--preset", "llama-3.2-1b", "--gpu-mem", "80GiB", "--json",
-                                          "--home", "/nonexistent-tamer-home", *sets])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "plan",
+            recipe,
+            "--preset",
+            "llama-3.2-1b",
+            "--gpu-mem",
+            "80GiB",
+            "--json",
+            "--home",
+            "/nonexistent-tamer-home",
+            *sets,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -46,5 +66,8 @@ def test_the_supervisor_plans_a_chat_run_on_its_data_as_tamer_plan_shows(tmp_pat
     database.close()
     supervisor = Supervisor(home, run_id)
     supervisor._prepare()
-    assert supervisor._workload().__dict__ == {**shown["workload"], "lora_targets": tuple(shown["workload"]["lora_targets"])}
+    assert supervisor._workload().__dict__ == {
+        **shown["workload"],
+        "lora_targets": tuple(shown["workload"]["lora_targets"]),
+    }
     assert supervisor.plan.to_dict() == shown["chosen"]["plan"]

@@ -15,7 +15,11 @@ from tamer.recipes.examples import IGNORE_INDEX, Example
 from tamer.recipes.prepare import prepare
 from tamer.recipes.profile import DataProfile
 
-ROWS = [{"prompt": "one", "completion": "1"}, {"prompt": "two", "completion": "2"}, {"prompt": "three", "completion": "3"}]
+ROWS = [
+    {"prompt": "one", "completion": "1"},
+    {"prompt": "two", "completion": "2"},
+    {"prompt": "three", "completion": "3"},
+]
 
 
 def write_rows(folder, name: str) -> str:
@@ -38,14 +42,20 @@ def write_rows(folder, name: str) -> str:
 def test_every_local_format_reads_the_same_rows(tmp_path, name):
     """JSON Lines, a JSON array, CSV and Parquet files give the same rows (a CSV column of digits read as text by the recipe)."""
     rows = sources.load_rows(write_rows(tmp_path, name), "instruct", "train", "data")
-    assert [{k: str(v) for k, v in row.items()} for row in rows.rows] == ROWS and rows.columns == ["prompt", "completion"]
+    assert [{k: str(v) for k, v in row.items()} for row in rows.rows] == ROWS and rows.columns == [
+        "prompt",
+        "completion",
+    ]
 
 
 def test_a_folder_reads_its_files_in_order_and_refuses_mixed_formats(tmp_path):
     """A folder of .jsonl files is one source (files in name order); a .csv beside them is a one-line error."""
     (tmp_path / "b.jsonl").write_text(json.dumps(ROWS[1]) + "\n")
     (tmp_path / "a.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
-    assert [row["prompt"] for row in sources.load_rows(str(tmp_path), "instruct", "train", "data").rows] == ["one", "two"]
+    assert [row["prompt"] for row in sources.load_rows(str(tmp_path), "instruct", "train", "data").rows] == [
+        "one",
+        "two",
+    ]
     (tmp_path / "c.csv").write_text("prompt,completion\nx,y\n")
     with pytest.raises(DataError, match=r"the folder mixes \.csv and \.jsonl files; keep one format per folder"):
         sources.load_rows(str(tmp_path), "instruct", "train", "data")
@@ -55,7 +65,9 @@ def test_bytes_that_are_not_utf8_are_refused_with_their_line(tmp_path):
     """A Latin-1 byte on line 2 is named with its line and a way to convert the file."""
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"^data .*latin1.jsonl: latin1.jsonl is not UTF-8 text \(byte 0xe9 on line 2\); convert it"):
+    with pytest.raises(
+        DataError, match=r"^data .*latin1.jsonl: latin1.jsonl is not UTF-8 text \(byte 0xe9 on line 2\); convert it"
+    ):
         sources.load_rows(str(path), "text", "train", "data")
 
 
@@ -133,7 +145,9 @@ def test_prepare_holds_out_by_row_and_counts_what_it_skipped(tmp_path):
     assert not {e.id for e in prepared.train} & {e.id for e in prepared.evaluation}
     assert prepared.detail["train"]["rows"] + prepared.detail["eval"]["rows"] == 207
     assert prepared.profile == DataProfile.of(prepared.train)
-    assert prepared.summary.startswith(f"{len(prepared.train)} training and {len(prepared.evaluation)} validation examples; ")
+    assert prepared.summary.startswith(
+        f"{len(prepared.train)} training and {len(prepared.evaluation)} validation examples; "
+    )
 
 
 def test_the_planner_sizes_a_workload_on_the_data_profile():
@@ -143,15 +157,24 @@ def test_the_planner_sizes_a_workload_on_the_data_profile():
     config = build_config("tiny", options={"recipe": "chat"})
     short = DataProfile(examples=10, mean_tokens=100.0, max_tokens=130, mean_scored=5.0, max_scored=40)
     workload = Workload.from_config(config, data=short)
-    assert (workload.sequence_length, workload.computed_per_sequence, workload.supervised_per_sequence) == (192, 102, 40)
+    assert (workload.sequence_length, workload.computed_per_sequence, workload.supervised_per_sequence) == (
+        192,
+        102,
+        40,
+    )
     few = DataProfile(examples=10, mean_tokens=100.0, max_tokens=2000, mean_scored=2.0, max_scored=3)
-    assert (Workload.from_config(config, data=few).sequence_length, Workload.from_config(config, data=few).supervised_per_sequence) == (
-        config.max_seq_len, SUPERVISED_PER_SEQUENCE)
+    assert (
+        Workload.from_config(config, data=few).sequence_length,
+        Workload.from_config(config, data=few).supervised_per_sequence,
+    ) == (config.max_seq_len, SUPERVISED_PER_SEQUENCE)
     assert Workload.from_config(build_config("tiny")) == Workload.from_config(build_config("tiny"), data=None)
     assert Workload.from_config(build_config("tiny")).sequence_length == 512
 
 
 def test_example_positions_scored_by_the_profile():
     """DataProfile counts tokens and scored tokens per example (the first label never counts)."""
-    examples = [Example(0, "a", [1, 2, 3], [IGNORE_INDEX, 2, 3], False), Example(1, "b", [1, 2, 3, 4, 5], [5, IGNORE_INDEX, 3, 4, 5], False)]
+    examples = [
+        Example(0, "a", [1, 2, 3], [IGNORE_INDEX, 2, 3], False),
+        Example(1, "b", [1, 2, 3, 4, 5], [5, IGNORE_INDEX, 3, 4, 5], False),
+    ]
     assert DataProfile.of(examples) == DataProfile(2, 4.0, 5, 2.5, 3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tamer.config import build_config
-from tamer.daemon.outcome import classify_group
+from tamer.daemon.classify import classify_group
 from tamer.engine import distributed
 from tamer.errors import ConfigError
 from tamer.plan import DeviceFacts, Plan
@@ -16,18 +16,34 @@ from tamer.strategies import registry
 from tamer.strategies.ladder import initial_plan
 
 GiB = 2**30
-CUDA_OOM = ("CUDA out of memory. Tried to allocate 1.96 GiB. GPU 1 has a total capacity of 79.19 GiB of which 1.38 GiB is free. "
-            "15.00 GiB allowed; Of the allocated memory 13.92 GiB is allocated by PyTorch, and 598.32 MiB is reserved by PyTorch but unallocated.")
-GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:23456: Connection reset "
-              "by peer. This is typically caused by a remote worker hanging or bugs in the application.")
-NCCL_REMOTE = ("NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
-               "error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a remote process exiting prematurely.")
-CUDA = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * GiB, compute_capability=(9, 0), bf16=True, fp16=True)
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 1.96 GiB. GPU 1 has a total capacity of 79.19 GiB of which 1.38 GiB is free. "
+    "15.00 GiB allowed; Of the allocated memory 13.92 GiB is allocated by PyTorch, and 598.32 MiB is reserved by PyTorch but unallocated."
+)
+GLOO_RESET = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:23456: Connection reset "
+    "by peer. This is typically caused by a remote worker hanging or bugs in the application."
+)
+NCCL_REMOTE = (
+    "NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
+    "error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a remote process exiting prematurely."
+)
+CUDA = DeviceFacts(
+    kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * GiB, compute_capability=(9, 0), bf16=True, fp16=True
+)
 
 
 def failed(rank: int, exc_type: str, message: str, at: float, phase: str = "backward") -> dict:
-    return {"status": "exception", "exc_type": exc_type, "message": message, "phase": phase, "step": 7, "micro_batch_size": 4,
-            "rank": rank, "time": at}
+    return {
+        "status": "exception",
+        "exc_type": exc_type,
+        "message": message,
+        "phase": phase,
+        "step": 7,
+        "micro_batch_size": 4,
+        "rank": rank,
+        "time": at,
+    }
 
 
 # --- one outcome for the group ----------------------------------------------------------------------
@@ -43,7 +59,10 @@ def test_oom_on_one_rank_is_the_groups_outcome_and_escalates():
 
 
 def test_the_earliest_of_several_ooms_is_classified():
-    reports = {0: failed(0, "OutOfMemoryError", CUDA_OOM, at=100.5, phase="optimizer"), 1: failed(1, "OutOfMemoryError", CUDA_OOM, at=100.0)}
+    reports = {
+        0: failed(0, "OutOfMemoryError", CUDA_OOM, at=100.5, phase="optimizer"),
+        1: failed(1, "OutOfMemoryError", CUDA_OOM, at=100.0),
+    }
     outcome = classify_group(1, reports, 2)
     assert (outcome.rank, outcome.phase) == (1, "backward")
 
@@ -73,19 +92,32 @@ def test_nccl_remote_error_and_silent_ranks_are_dist_failures():
     lost = classify_group(-9, {}, 4)
     assert lost.kind == "dist_failure" and "before any rank reported" in lost.message
     partly = classify_group(1, {0: {"status": "done", "step": 3, "rank": 0, "time": 1.0}}, 4)
-    assert partly.kind == "dist_failure" and partly.message.startswith("rank 1 of 4 died without a report (killed, or crashed hard); rank 2, 3 too")
+    assert partly.kind == "dist_failure" and partly.message.startswith(
+        "rank 1 of 4 died without a report (killed, or crashed hard); rank 2, 3 too"
+    )
 
 
 def test_a_ranks_own_crash_is_a_crash_of_that_rank():
     """A bug on rank 0 (its RuntimeError came first), then rank 1 lost its peer: a crash, blamed on rank 0."""
-    reports = {0: failed(0, "RuntimeError", "injected crash (tamer --inject)", at=100.0), 1: failed(1, "RuntimeError", GLOO_RESET, at=100.2)}
+    reports = {
+        0: failed(0, "RuntimeError", "injected crash (tamer --inject)", at=100.0),
+        1: failed(1, "RuntimeError", GLOO_RESET, at=100.2),
+    }
     outcome = classify_group(1, reports, 2)
     assert (outcome.kind, outcome.rank, outcome.escalate) == ("crash", 0, False)
 
 
 def test_a_config_error_on_any_rank_is_not_retried():
-    reports = {1: {"status": "error", "error_kind": "config_error", "exit_code": 2, "message": "process 1 has no GPU of its own",
-                   "rank": 1, "time": 5.0}}
+    reports = {
+        1: {
+            "status": "error",
+            "error_kind": "config_error",
+            "exit_code": 2,
+            "message": "process 1 has no GPU of its own",
+            "rank": 1,
+            "time": 5.0,
+        }
+    }
     outcome = classify_group(1, reports, 2)
     assert outcome.kind == "config_error" and not outcome.retryable and outcome.rank == 1
 
@@ -148,16 +180,31 @@ def test_torchrun_command_lines(tmp_path):
 
     home = Home.resolve(tmp_path)
     commands = []
-    for options in ({"distributed.nproc_per_node": 2},
-                    {"distributed.nproc_per_node": 2, "distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"},
-                    {}):
+    for options in (
+        {"distributed.nproc_per_node": 2},
+        {"distributed.nproc_per_node": 2, "distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"},
+        {},
+    ):
         run_id = create_run(home, config(**options))
         supervisor = Supervisor(home, run_id)
         supervisor.plan = initial_plan(supervisor.config, CUDA)
         commands.append(supervisor._command(1))
     standalone, node0, single = commands
-    follower = Follower(home.run_dir(run_id := create_run(home, config(**{"distributed.nproc_per_node": 2, "distributed.nnodes": 2,
-                                                                           "distributed.rdzv_endpoint": "node0:29400"}))), 1)
+    follower = Follower(
+        home.run_dir(
+            run_id := create_run(
+                home,
+                config(
+                    **{
+                        "distributed.nproc_per_node": 2,
+                        "distributed.nnodes": 2,
+                        "distributed.rdzv_endpoint": "node0:29400",
+                    }
+                ),
+            )
+        ),
+        1,
+    )
     from tamer.daemon.runner import command
 
     node1 = command(follower.run_dir, 1, initial_plan(follower.config, CUDA), follower.config, run_id)
@@ -201,8 +248,18 @@ def test_fsdp_divides_model_state_and_ddp_keeps_gradients():
 def test_planner_shards_when_ddp_cannot_fit_the_full_fine_tune():
     """Without bitsandbytes and with LoRA forbidden, a 1B full fine-tune (~20 GB of model state) cannot
     fit 15 GiB per GPU under DDP; sharded across 2 it can, so the planner picks FSDP."""
-    cfg = build_config("llama-3.2-1b", None, {"distributed.nproc_per_node": 2, "pad_to_max_len": True}, ["planner.allow_lora=false"])
-    facts = DeviceFacts(kind="cuda", name="H100", total_memory=80 * GiB, compute_capability=(9, 0), bf16=True, fp16=True, bitsandbytes=False)
+    cfg = build_config(
+        "llama-3.2-1b", None, {"distributed.nproc_per_node": 2, "pad_to_max_len": True}, ["planner.allow_lora=false"]
+    )
+    facts = DeviceFacts(
+        kind="cuda",
+        name="H100",
+        total_memory=80 * GiB,
+        compute_capability=(9, 0),
+        bf16=True,
+        fp16=True,
+        bitsandbytes=False,
+    )
     policy = PlannerPolicy(allow_lora=False, rungs=(*cfg.ladder.order, "chunked_loss"))
     choice = choose(cfg, facts, device_budget(facts.total_memory, 15 * GiB), policy, workload=Workload.from_config(cfg))
     assert choice is not None and choice.plan.parallel == "fsdp" and "fsdp" in choice.plan.rungs
@@ -215,7 +272,9 @@ def test_a_rank_seen_dying_first_is_named_when_no_rank_reported():
     """SIGKILL of rank 1, then torchrun's SIGTERM reached rank 0 before it could report: nothing written,
     but the supervisor saw rank 1 go first."""
     outcome = classify_group(1, {}, 2, died_first=1)
-    assert (outcome.kind, outcome.rank) == ("dist_failure", 1) and outcome.message.startswith("rank 1 of 2 died without a report")
+    assert (outcome.kind, outcome.rank) == ("dist_failure", 1) and outcome.message.startswith(
+        "rank 1 of 2 died without a report"
+    )
     assert "rank 0 too" in outcome.message
 
 
@@ -227,7 +286,8 @@ def test_torchrun_names_the_first_failed_rank_in_the_child_log(tmp_path):
     (tmp_path / "child.log").write_text(
         "W1125 22:32:30.469000 2464 torch/distributed/run.py:851] *****\n"
         "E1125 22:32:45.470000 2464 torch/distributed/elastic/multiprocessing/api.py:986] failed (exitcode: -9) "
-        "local_rank: 1 (pid: 2511) of binary: /opt/torch/.venv/bin/python3\n")
+        "local_rank: 1 (pid: 2511) of binary: /opt/torch/.venv/bin/python3\n"
+    )
     (tmp_path / "pid-rank0").write_text("999999991")
     (tmp_path / "pid-rank1").write_text("999999992")
     watch = RankWatch(tmp_path, range(2))
@@ -264,7 +324,9 @@ def test_joining_a_run_that_is_not_multi_node_is_refused(tmp_path):
     single = home.run_dir(create_run(home, config()))
     with pytest.raises(ConfigError, match="distributed.nnodes 1"):
         Follower(single, 1)
-    two = home.run_dir(create_run(home, config(**{"distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"})))
+    two = home.run_dir(
+        create_run(home, config(**{"distributed.nnodes": 2, "distributed.rdzv_endpoint": "node0:29400"}))
+    )
     with pytest.raises(ConfigError, match=r"--node-rank: must be in \[1, 1\]"):
         Follower(two, 2)
     with pytest.raises(StateError, match="not a tamer run folder"):

@@ -49,7 +49,9 @@ def cache_repo(cache: Path, repo: str, repo_type: str, files: dict[str, str]) ->
 def model_folder(tmp_path: Path, architectures: list[str] | None) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": architectures} if architectures else {"model_type": "llama"}))
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": architectures} if architectures else {"model_type": "llama"})
+    )
     return folder
 
 
@@ -57,8 +59,13 @@ def test_the_tiny_preset_needs_nothing_from_the_hub_and_the_1b_preset_needs_mode
     """What the run would fetch: nothing for the offline demo; the model and rajpurkar/squad for the 1B preset."""
     assert hub.needs(build_config("tiny", None, {}, [])) == []
     wanted = hub.needs(build_config("llama-3.2-1b", None, {}, []))
-    assert [(need.repo, need.repo_type) for need in wanted] == [("meta-llama/Llama-3.2-1B", "model"), ("rajpurkar/squad", "dataset")]
-    assert hub.needs(build_config("llama-3.2-1b", None, {"data": "bundled"}, ["tokenizer=bundled", "init=random"])) == []
+    assert [(need.repo, need.repo_type) for need in wanted] == [
+        ("meta-llama/Llama-3.2-1B", "model"),
+        ("rajpurkar/squad", "dataset"),
+    ]
+    assert (
+        hub.needs(build_config("llama-3.2-1b", None, {"data": "bundled"}, ["tokenizer=bundled", "init=random"])) == []
+    )
 
 
 def test_a_model_that_is_not_a_causal_lm_is_refused_in_one_line(tmp_path, hub_cache):
@@ -66,7 +73,9 @@ def test_a_model_that_is_not_a_causal_lm_is_refused_in_one_line(tmp_path, hub_ca
     config without architectures pass."""
     bert = model_folder(tmp_path, ["BertForMaskedLM"])
     config = build_config("llama-3.2-1b", None, {"model": str(bert), "data": "bundled"}, [])
-    with pytest.raises(ModelError, match=r"is not a causal language model \(its config.json names BertForMaskedLM\)") as error:
+    with pytest.raises(
+        ModelError, match=r"is not a causal language model \(its config.json names BertForMaskedLM\)"
+    ) as error:
         hub.check_sources(config)
     assert "\n" not in str(error.value)
     (bert / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
@@ -89,17 +98,27 @@ def test_an_unreachable_hub_without_a_cached_model_fails_within_seconds(hub_cach
     client alone retries for ~25 s per file)."""
     config = build_config("llama-3.2-1b", None, {"data": "bundled"}, [])
     started = time.monotonic()
-    with pytest.raises(ModelError, match=r"model meta-llama/Llama-3.2-1B: could not reach the hub \(127.0.0.1:\d+: .*\) "
-                                         r"and there is no cached copy; pass --model PATH"):
+    with pytest.raises(
+        ModelError,
+        match=r"model meta-llama/Llama-3.2-1B: could not reach the hub \(127.0.0.1:\d+: .*\) "
+        r"and there is no cached copy; pass --model PATH",
+    ):
         hub.check_sources(config)
     assert time.monotonic() - started < hub.PROBE_SECONDS + 1
 
 
 def test_an_uncached_dataset_is_a_data_error_and_hf_hub_offline_skips_the_network(hub_cache, monkeypatch):
     """With HF_HUB_OFFLINE=1 the hub is not asked at all; the cached model passes, the missing dataset is a DataError."""
-    cache_repo(hub_cache, "meta-llama/Llama-3.2-1B", "model", {"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]})})
+    cache_repo(
+        hub_cache,
+        "meta-llama/Llama-3.2-1B",
+        "model",
+        {"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]})},
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub, "probe", lambda timeout=0: pytest.fail("probed the network although HF_HUB_OFFLINE is set"))
+    monkeypatch.setattr(
+        hub, "probe", lambda timeout=0: pytest.fail("probed the network although HF_HUB_OFFLINE is set")
+    )
     with pytest.raises(DataError, match=r"data rajpurkar/squad: could not reach the hub \(HF_HUB_OFFLINE is set\)"):
         hub.check_sources(build_config("llama-3.2-1b", None, {}, []))
 
@@ -107,7 +126,12 @@ def test_an_uncached_dataset_is_a_data_error_and_hf_hub_offline_skips_the_networ
 def test_everything_cached_goes_offline_and_the_cached_config_is_checked(hub_cache):
     """Hub unreachable, model and dataset cached: the run goes on offline (True), and the cached config.json is
     still checked for a causal LM."""
-    cache_repo(hub_cache, "meta-llama/Llama-3.2-1B", "model", {"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]})})
+    cache_repo(
+        hub_cache,
+        "meta-llama/Llama-3.2-1B",
+        "model",
+        {"config.json": json.dumps({"architectures": ["LlamaForCausalLM"]})},
+    )
     cache_repo(hub_cache, "rajpurkar/squad", "dataset", {"README.md": "squad"})
     assert hub.check_sources(build_config("llama-3.2-1b", None, {}, [])) is True
     cache_repo(hub_cache, "org/bert", "model", {"config.json": json.dumps({"architectures": ["BertModel"]})})
@@ -119,8 +143,10 @@ def test_tamer_run_refuses_a_non_causal_model_before_registering_anything(tmp_pa
     """`tamer run` with a BERT folder exits 4 with one error line and leaves no run behind."""
     bert = model_folder(tmp_path, ["BertForSequenceClassification"])
     home = tmp_path / "home"
-    result = CliRunner().invoke(app, ["run", "squad", "--preset", "llama-3.2-1b", "--model", str(bert), "--data", "bundled",
-                                      "--home", str(home)])
+    result = CliRunner().invoke(
+        app,
+        ["run", "squad", "--preset", "llama-3.2-1b", "--model", str(bert), "--data", "bundled", "--home", str(home)],
+    )
     assert result.exit_code == 4, result.output
     assert result.stderr.strip().startswith("error: model ") and len(result.stderr.strip().splitlines()) == 1
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())

@@ -23,12 +23,16 @@ def test_planner_mode_gives_the_child_leave_down_to_the_planners_smallest_micro_
     assert for_child(PLAN, config()).in_process_split_down_to == 2
 
 
-@pytest.mark.parametrize("setting, plan", [
-    ({"mode": "card"}, PLAN),
-    ({"in_process_split": False}, PLAN),
-    ({"order": ["gradient_checkpointing"]}, PLAN),
-    ({}, PLAN.replace(micro_batch_size=4, world_size=2)),
-], ids=["card-mode", "switched-off", "rung-not-allowed", "several-processes"])
+@pytest.mark.parametrize(
+    "setting, plan",
+    [
+        ({"mode": "card"}, PLAN),
+        ({"in_process_split": False}, PLAN),
+        ({"order": ["gradient_checkpointing"]}, PLAN),
+        ({}, PLAN.replace(micro_batch_size=4, world_size=2)),
+    ],
+    ids=["card-mode", "switched-off", "rung-not-allowed", "several-processes"],
+)
 def test_no_leave_without_every_condition(setting, plan):
     """Card mode, the switch off, split_micro_batch left out of the order, or several processes: the OOM ends the child."""
     assert for_child(plan, config(**setting)).in_process_split_down_to is None
@@ -65,8 +69,12 @@ def test_a_split_drops_the_checkpointing_table_by_size():
     """The table by size gives short rows fewer checkpointed layers: kept after a split, it would spend the
     memory the halved micro-batch frees (an OOM says its sizes did not fit). The split plan checkpoints the
     plan's own layers at every size (every rung drops the table: Plan.with_rung)."""
-    plan = PLAN.replace(in_process_split_down_to=2, gradient_checkpointing=True, checkpoint_layers=8,
-                        checkpoint_layers_by_tokens=((2112, 0), (3072, 4)))
+    plan = PLAN.replace(
+        in_process_split_down_to=2,
+        gradient_checkpointing=True,
+        checkpoint_layers=8,
+        checkpoint_layers_by_tokens=((2112, 0), (3072, 4)),
+    )
     assert plan.checkpointed_for(1000, 16) == 0
     halved = split_in_process(plan, "backward")
     assert halved.checkpoint_layers_by_tokens == () and halved.checkpointed_for(1000, 16) == 8

@@ -25,34 +25,90 @@ def _event(db: Database, attempt: int | None, at: float, kind: str, message: str
 
 
 def _killed_attempt(db: Database, home, number: int, started: float, heartbeat: str, began: bool) -> None:
-    db.insert_attempt({"run_id": RUN_ID, "attempt": number, "plan_json": json.dumps({"micro_batch_size": 8}), "plan_summary": "micro-batch 8 x 1",
-                       "rungs_applied": "[]", "reason": "first plan", "started_at": START + started, "resumed_from_step": 0})
+    db.insert_attempt(
+        {
+            "run_id": RUN_ID,
+            "attempt": number,
+            "plan_json": json.dumps({"micro_batch_size": 8}),
+            "plan_summary": "micro-batch 8 x 1",
+            "rungs_applied": "[]",
+            "reason": "first plan",
+            "started_at": START + started,
+            "resumed_from_step": 0,
+        }
+    )
     folder = home / "runs" / RUN_ID / "attempts" / str(number)
     folder.mkdir(parents=True)
     (folder / "heartbeat").write_text(heartbeat)
     if began:
         _event(db, number, started + 1, "start", f"attempt {number} training")
-        db.insert_step({"run_id": RUN_ID, "attempt": number, "step": 1, "samples_consumed": 8, "loss": 10.0, "lr": 1e-3,
-                        "grad_norm": 1.0, "tokens": 100, "tokens_per_s": 100.0, "step_time": 1.0, "micro_batch_size": 8,
-                        "grad_accumulation": 1, "wall_time": START + started + 2, "sample_ids": "[]"})
+        db.insert_step(
+            {
+                "run_id": RUN_ID,
+                "attempt": number,
+                "step": 1,
+                "samples_consumed": 8,
+                "loss": 10.0,
+                "lr": 1e-3,
+                "grad_norm": 1.0,
+                "tokens": 100,
+                "tokens_per_s": 100.0,
+                "step_time": 1.0,
+                "micro_batch_size": 8,
+                "grad_accumulation": 1,
+                "wall_time": START + started + 2,
+                "sample_ids": "[]",
+            }
+        )
     # What the supervisor records for a SIGKILL: no report, so no phase and no step.
-    db.update_attempt(RUN_ID, number, ended_at=START + started + 5, outcome="crash", phase=None, signal=9,
-                      last_step=1 if began else None, message="killed by SIGKILL",
-                      detail_json=json.dumps({"step": None, "phase": None}))
+    db.update_attempt(
+        RUN_ID,
+        number,
+        ended_at=START + started + 5,
+        outcome="crash",
+        phase=None,
+        signal=9,
+        last_step=1 if began else None,
+        message="killed by SIGKILL",
+        detail_json=json.dumps({"step": None, "phase": None}),
+    )
 
 
 @pytest.fixture
 def home(tmp_path):
     db = Database(tmp_path / "tamer.db")
-    db.insert_run({"id": RUN_ID, "recipe": "squad", "preset": "tiny", "status": "running", "config_json": json.dumps({"eval_samples": 0}),
-                   "run_dir": str(tmp_path / "runs" / RUN_ID), "created_at": START, "started_at": START, "total_steps": 4,
-                   "steps_done": 1, "samples_consumed": 8, "device_json": json.dumps({"kind": "cpu"})})
+    db.insert_run(
+        {
+            "id": RUN_ID,
+            "recipe": "squad",
+            "preset": "tiny",
+            "status": "running",
+            "config_json": json.dumps({"eval_samples": 0}),
+            "run_dir": str(tmp_path / "runs" / RUN_ID),
+            "created_at": START,
+            "started_at": START,
+            "total_steps": 4,
+            "steps_done": 1,
+            "samples_consumed": 8,
+            "device_json": json.dumps({"kind": "cpu"}),
+        }
+    )
     _killed_attempt(db, tmp_path, 1, 0, "backward 0", began=True)
     _killed_attempt(db, tmp_path, 2, 10, "load 1", began=False)
     _event(db, None, 20, "failed", "crash loop: crash 3 times in a row with no progress")
     _event(db, None, 100, "resume_run", "supervisor resumed the run")
-    db.insert_attempt({"run_id": RUN_ID, "attempt": 3, "plan_json": "{}", "plan_summary": "micro-batch 8 x 1", "rungs_applied": "[]",
-                       "reason": "resumed by `tamer resume`", "started_at": START + 101, "resumed_from_step": 0})
+    db.insert_attempt(
+        {
+            "run_id": RUN_ID,
+            "attempt": 3,
+            "plan_json": "{}",
+            "plan_summary": "micro-batch 8 x 1",
+            "rungs_applied": "[]",
+            "reason": "resumed by `tamer resume`",
+            "started_at": START + 101,
+            "resumed_from_step": 0,
+        }
+    )
     (tmp_path / "runs" / RUN_ID / "attempts" / "3").mkdir()
     (tmp_path / "runs" / RUN_ID / "attempts" / "3" / "heartbeat").write_text("between_steps 0")
     db.update_attempt(RUN_ID, 3, ended_at=START + 199, outcome="done", phase=None, last_step=4)
@@ -77,7 +133,9 @@ def test_kill_before_training_has_no_step(home):
 def test_give_up_then_resume_is_in_the_story(home):
     """The timeline keeps the give-up that a later resume followed, and `tamer show` prints it."""
     story = timeline(Database(home / "tamer.db", create=False), RUN_ID)
-    assert [(earlier["status"], earlier["resumed_at"] - START) for earlier in story["resumed_after"]] == [("failed", 100)]
+    assert [(earlier["status"], earlier["resumed_at"] - START) for earlier in story["resumed_after"]] == [
+        ("failed", 100)
+    ]
     result = CliRunner().invoke(app, ["show", RUN_ID, "--home", str(home)])
     assert result.exit_code == 0, result.output
     assert "earlier: failed at" in result.output and "crash loop" in result.output

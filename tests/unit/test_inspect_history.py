@@ -25,52 +25,161 @@ SCRIPT = "<script>alert('x')</script>"
 
 def _event(db: Database, attempt: int | None, at: float, kind: str, message: str, **detail) -> None:
     with db.write() as tables:
-        tables["events"].insert({"run_id": RUN_ID, "attempt": attempt, "time": START + at, "kind": kind, "message": message,
-                                 "detail_json": json.dumps(detail) if detail else None})
+        tables["events"].insert(
+            {
+                "run_id": RUN_ID,
+                "attempt": attempt,
+                "time": START + at,
+                "kind": kind,
+                "message": message,
+                "detail_json": json.dumps(detail) if detail else None,
+            }
+        )
 
 
-def _attempt(db: Database, number: int, started: float, ended: float, outcome: str, *, rungs: list[str], reason: str,
-             micro_batch_size: int, phase: str | None = None, step: int | None = None, message: str = "", sizes=None) -> None:
+def _attempt(
+    db: Database,
+    number: int,
+    started: float,
+    ended: float,
+    outcome: str,
+    *,
+    rungs: list[str],
+    reason: str,
+    micro_batch_size: int,
+    phase: str | None = None,
+    step: int | None = None,
+    message: str = "",
+    sizes=None,
+) -> None:
     plan = {"micro_batch_size": micro_batch_size, "grad_accumulation": 8 // micro_batch_size, "rungs": rungs}
-    db.insert_attempt({"run_id": RUN_ID, "attempt": number, "plan_json": json.dumps(plan), "plan_summary": f"micro-batch {micro_batch_size}",
-                       "rungs_applied": json.dumps(rungs[-1:] if number > 1 and rungs else []), "reason": reason,
-                       "started_at": START + started, "resumed_from_step": 0})
+    db.insert_attempt(
+        {
+            "run_id": RUN_ID,
+            "attempt": number,
+            "plan_json": json.dumps(plan),
+            "plan_summary": f"micro-batch {micro_batch_size}",
+            "rungs_applied": json.dumps(rungs[-1:] if number > 1 and rungs else []),
+            "reason": reason,
+            "started_at": START + started,
+            "resumed_from_step": 0,
+        }
+    )
     _event(db, number, started + 1, "start", f"attempt {number} training")
-    db.update_attempt(RUN_ID, number, ended_at=START + ended, outcome=outcome, phase=phase, micro_batch_size=micro_batch_size,
-                      message=message, detail_json=json.dumps({"step": step, "sizes": sizes or {}, "peak_host_rss": 512 * 1024**2}))
+    db.update_attempt(
+        RUN_ID,
+        number,
+        ended_at=START + ended,
+        outcome=outcome,
+        phase=phase,
+        micro_batch_size=micro_batch_size,
+        message=message,
+        detail_json=json.dumps({"step": step, "sizes": sizes or {}, "peak_host_rss": 512 * 1024**2}),
+    )
 
 
 def _step(db: Database, attempt: int, step: int, at: float) -> None:
-    db.insert_step({"run_id": RUN_ID, "attempt": attempt, "step": step, "samples_consumed": 8 * step, "loss": 10.0 - step / 10,
-                    "lr": 1e-3, "grad_norm": 1.0, "tokens": 100, "tokens_per_s": 100.0, "step_time": 1.0, "micro_batch_size": 8,
-                    "grad_accumulation": 1, "mem_allocated": None, "mem_reserved": None, "mem_peak": None, "device_used": None,
-                    "host_rss": 500 * 1024**2 + step, "wall_time": START + at, "sample_ids": "[]"})
+    db.insert_step(
+        {
+            "run_id": RUN_ID,
+            "attempt": attempt,
+            "step": step,
+            "samples_consumed": 8 * step,
+            "loss": 10.0 - step / 10,
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+            "tokens": 100,
+            "tokens_per_s": 100.0,
+            "step_time": 1.0,
+            "micro_batch_size": 8,
+            "grad_accumulation": 1,
+            "mem_allocated": None,
+            "mem_reserved": None,
+            "mem_peak": None,
+            "device_used": None,
+            "host_rss": 500 * 1024**2 + step,
+            "wall_time": START + at,
+            "sample_ids": "[]",
+        }
+    )
 
 
 @pytest.fixture
 def db(tmp_path):
     database = Database(tmp_path / "tamer.db")
-    database.insert_run({"id": RUN_ID, "recipe": "squad", "preset": "tiny", "status": "running", "config_json": "{}",
-                         "run_dir": str(tmp_path), "created_at": START, "started_at": START, "total_steps": 6,
-                         "steps_done": 0, "samples_consumed": 0, "device_json": json.dumps({"kind": "cpu"})})
-    _attempt(database, 1, 0, 15, "crash", rungs=[], reason="first plan", micro_batch_size=8, phase="forward", step=4,
-             message=f"RuntimeError: injected crash {SCRIPT}")
+    database.insert_run(
+        {
+            "id": RUN_ID,
+            "recipe": "squad",
+            "preset": "tiny",
+            "status": "running",
+            "config_json": "{}",
+            "run_dir": str(tmp_path),
+            "created_at": START,
+            "started_at": START,
+            "total_steps": 6,
+            "steps_done": 0,
+            "samples_consumed": 0,
+            "device_json": json.dumps({"kind": "cpu"}),
+        }
+    )
+    _attempt(
+        database,
+        1,
+        0,
+        15,
+        "crash",
+        rungs=[],
+        reason="first plan",
+        micro_batch_size=8,
+        phase="forward",
+        step=4,
+        message=f"RuntimeError: injected crash {SCRIPT}",
+    )
     for step, at in ((1, 10), (2, 11), (3, 12)):
         _step(database, 1, step, at)
-    _attempt(database, 2, 20, 35, "cuda_oom", rungs=[], reason="restart after crash", micro_batch_size=8, phase="backward",
-             step=5, message="OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB", sizes={"tried_to_allocate": GiB})
+    _attempt(
+        database,
+        2,
+        20,
+        35,
+        "cuda_oom",
+        rungs=[],
+        reason="restart after crash",
+        micro_batch_size=8,
+        phase="backward",
+        step=5,
+        message="OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB",
+        sizes={"tried_to_allocate": GiB},
+    )
     _event(database, 2, 22, "resume", "resumed from checkpoint step 2", step=2)
     _step(database, 2, 3, 30)
     _step(database, 2, 4, 31)
-    _event(database, 2, 34, "memory_snapshot", "allocator history dumped", path="/runs/x/attempts/2/memory-snapshot.pickle")
-    _event(database, 2, 35.5, "escalate", "cuda_oom in backward: applied split_micro_batch", applied=["split_micro_batch"])
-    _attempt(database, 3, 36, 50, "done", rungs=["split_micro_batch"], reason="applied split_micro_batch", micro_batch_size=4)
+    _event(
+        database, 2, 34, "memory_snapshot", "allocator history dumped", path="/runs/x/attempts/2/memory-snapshot.pickle"
+    )
+    _event(
+        database, 2, 35.5, "escalate", "cuda_oom in backward: applied split_micro_batch", applied=["split_micro_batch"]
+    )
+    _attempt(
+        database, 3, 36, 50, "done", rungs=["split_micro_batch"], reason="applied split_micro_batch", micro_batch_size=4
+    )
     _event(database, 3, 40, "resume", "resumed from checkpoint step 4", step=4)
     _step(database, 3, 5, 45)
     _step(database, 3, 6, 46)
     database.update_run(RUN_ID, status="done", ended_at=START + 50)
-    database.insert_eval({"run_id": RUN_ID, "attempt": 3, "step": 6, "eval_loss": 9.25, "eval_tokens": 10, "eval_samples": 4,
-                          "eval_batch_size": 4, "wall_time": START + 48})
+    database.insert_eval(
+        {
+            "run_id": RUN_ID,
+            "attempt": 3,
+            "step": 6,
+            "eval_loss": 9.25,
+            "eval_tokens": 10,
+            "eval_samples": 4,
+            "eval_batch_size": 4,
+            "wall_time": START + 48,
+        }
+    )
     yield database
     database.close()
 
@@ -116,7 +225,9 @@ def test_failure_of_a_running_run_is_pending(db):
     assert last["time_lost_seconds"] > 3 * 86400 - 60  # still losing time, measured up to now
 
 
-@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("12h", 43200), ("2d", 172800), ("1w", 604800), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    "text, seconds", [("30m", 1800), ("12h", 43200), ("2d", 172800), ("1w", 604800), ("1.5h", 5400)]
+)
 def test_parse_since_accepts_units(text, seconds):
     """--since reads a number and one of the units s, m, h, d, w."""
     assert parse_since(text) == seconds
@@ -158,7 +269,12 @@ def test_plot_data_marks_failures_escalations_and_restarts(db):
 
     data = plot_data(db, RUN_ID)
     assert sorted((m["step"], m["kind"]) for m in data["markers"]) == [
-        (2, "restart"), (4, "crash"), (4, "restart"), (5, "cuda_oom"), (5, "escalate")]
+        (2, "restart"),
+        (4, "crash"),
+        (4, "restart"),
+        (5, "cuda_oom"),
+        (5, "escalate"),
+    ]
     assert "split_micro_batch" in next(m["label"] for m in data["markers"] if m["kind"] == "escalate")
     assert data["train"]["step"] == [1, 2, 3, 4, 5, 6]
     assert data["redone"]["step"] == [3]

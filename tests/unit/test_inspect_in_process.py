@@ -45,7 +45,9 @@ def test_timeline_counts_it_and_settles_on_the_split_plan(recorded_home):
     assert story["settled_plan"]["summary"].startswith("micro-batch 4 x 2")
     assert story["settled_plan"]["rungs"] == ["split_micro_batch"]
     assert story["attempts"][0]["plan_at_end"].startswith("micro-batch 4 x 2")
-    assert story["attempts"][0]["splits_in_process"] == [{"step": 3, "phase": "backward", "micro_batch_size": 4, "grad_accumulation": 2}]
+    assert story["attempts"][0]["splits_in_process"] == [
+        {"step": 3, "phase": "backward", "micro_batch_size": 4, "grad_accumulation": 2}
+    ]
 
 
 def test_plot_and_report_mark_it(recorded_home):
@@ -66,7 +68,12 @@ def test_the_plot_legend_names_a_split_and_no_escalation(recorded_home):
 
     data = plot_data(Database(recorded_home / "tamer.db", create=False), RUN_ID)
     assert [m["kind"] for m in data["markers"] if m["step"] == 3] == ["cuda_oom", "split"]
-    legend = [text.get_text() for axes in figure(data, 600, 400).axes if axes.get_legend() for text in axes.get_legend().get_texts()]
+    legend = [
+        text.get_text()
+        for axes in figure(data, 600, 400).axes
+        if axes.get_legend()
+        for text in axes.get_legend().get_texts()
+    ]
     assert "micro-batch halved in process (no restart)" in legend and "escalation (new plan)" not in legend
 
 

@@ -35,7 +35,9 @@ def path(tmp_path):
 
 
 def _fingerprint(path) -> str:
-    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.parent.glob("tamer.db*")) if p.suffix != ".db-shm")).hexdigest()
+    return hashlib.sha256(
+        b"".join(p.read_bytes() for p in sorted(path.parent.glob("tamer.db*")) if p.suffix != ".db-shm")
+    ).hexdigest()
 
 
 @pytest.mark.parametrize("statement", WRITES)
@@ -50,12 +52,15 @@ def test_writes_are_refused_and_change_nothing(path, statement):
     assert run_query(path, "SELECT id, status FROM runs")[1] == [("squad-1", "done")]
 
 
-@pytest.mark.parametrize("statement, expected", [
-    ("SELECT count(*) AS n FROM runs", (["n"], [(1,)])),
-    ("-- a comment\n/* another */ select id from runs", (["id"], [("squad-1",)])),
-    ("WITH r AS (SELECT id FROM runs) SELECT id FROM r", (["id"], [("squad-1",)])),
-    ("VALUES (1)", (["column1"], [(1,)])),
-])
+@pytest.mark.parametrize(
+    "statement, expected",
+    [
+        ("SELECT count(*) AS n FROM runs", (["n"], [(1,)])),
+        ("-- a comment\n/* another */ select id from runs", (["id"], [("squad-1",)])),
+        ("WITH r AS (SELECT id FROM runs) SELECT id FROM r", (["id"], [("squad-1",)])),
+        ("VALUES (1)", (["column1"], [(1,)])),
+    ],
+)
 def test_reads_return_columns_and_rows(path, statement, expected):
     """SELECT, WITH and VALUES statements (after comments) return their column names and rows."""
     assert run_query(path, statement) == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tamer.engine.snapshot import dump_on_oom, start_recording
+from tamer.engine.oom_snapshot import dump_on_oom, start_recording
 
 
 def test_snapshot_functions_do_nothing_on_cpu(tmp_path):

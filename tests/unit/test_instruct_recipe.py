@@ -15,17 +15,24 @@ TOKENIZER = tokens.load("bundled", "tiny")
 
 def pairs(*records: dict, columns: dict | None = None) -> list:
     names = list(dict.fromkeys(name for record in records for name in record))
-    return instruct.pairs_of(Rows([{name: record.get(name) for name in names} for record in records], names, "data a.jsonl"), columns)
+    return instruct.pairs_of(
+        Rows([{name: record.get(name) for name in names} for record in records], names, "data a.jsonl"), columns
+    )
 
 
 def build(found: list, template: str | None = None, max_seq_len: int = 512, overlong: str = "truncate"):
-    return instruct.build_examples([p for p in found if not isinstance(p, str)], TOKENIZER, template, max_seq_len, overlong, "data a.jsonl")
+    return instruct.build_examples(
+        [p for p in found if not isinstance(p, str)], TOKENIZER, template, max_seq_len, overlong, "data a.jsonl"
+    )
 
 
 def test_an_alpaca_row_with_an_input_gets_the_input_section():
     """instruction + input: `### Instruction:\\n...\\n\\n### Input:\\n...\\n\\n### Response:\\n`, then the output."""
     (pair,) = pairs({"instruction": "Name the capital.", "input": "France", "output": "Paris"})
-    assert instruct.render_prompt(pair, None) == "### Instruction:\nName the capital.\n\n### Input:\nFrance\n\n### Response:\n"
+    assert (
+        instruct.render_prompt(pair, None)
+        == "### Instruction:\nName the capital.\n\n### Input:\nFrance\n\n### Response:\n"
+    )
 
 
 def test_an_alpaca_row_without_an_input_has_no_input_section():
@@ -41,17 +48,19 @@ def test_only_the_completion_and_eos_are_scored():
     (pair,) = pairs({"instruction": "Name the capital.", "input": "France", "output": "Paris"})
     (example,), counts = build([pair])
     asked = instruct.prompt_ids(pair, TOKENIZER, None)
-    assert example.input_ids[:len(asked)] == asked and asked[0] == TOKENIZER.bos_id
-    assert all(label == IGNORE_INDEX for label in example.labels[:len(asked)])
-    answer = example.labels[len(asked):]
-    assert answer == example.input_ids[len(asked):] and answer[-1] == TOKENIZER.eos_id
+    assert example.input_ids[: len(asked)] == asked and asked[0] == TOKENIZER.bos_id
+    assert all(label == IGNORE_INDEX for label in example.labels[: len(asked)])
+    answer = example.labels[len(asked) :]
+    assert answer == example.input_ids[len(asked) :] and answer[-1] == TOKENIZER.eos_id
     assert TOKENIZER.backend.decode(answer[:-1]) == "Paris" and counts["truncated"] == 0
 
 
 def test_prompt_completion_rows_and_mapped_columns_give_the_same_examples():
     """{prompt, completion} and any columns mapped with `columns:` train identically."""
     direct = build(pairs({"prompt": "2+2?", "completion": "4"}))[0]
-    mapped = build(pairs({"question": "2+2?", "answer": "4"}, columns={"prompt": "question", "completion": "answer"}))[0]
+    mapped = build(pairs({"question": "2+2?", "answer": "4"}, columns={"prompt": "question", "completion": "answer"}))[
+        0
+    ]
     assert [(e.input_ids, e.labels) for e in direct] == [(e.input_ids, e.labels) for e in mapped]
 
 
@@ -64,7 +73,9 @@ def test_a_template_of_your_own_places_prompt_and_input():
 
 def test_empty_rows_are_skipped_and_counted():
     """A row with an empty prompt or completion is skipped ('empty'), the others kept."""
-    found = pairs({"prompt": "a", "completion": "b"}, {"prompt": " ", "completion": "b"}, {"prompt": "a", "completion": ""})
+    found = pairs(
+        {"prompt": "a", "completion": "b"}, {"prompt": " ", "completion": "b"}, {"prompt": "a", "completion": ""}
+    )
     assert found[1:] == ["empty", "empty"] and not isinstance(found[0], str)
 
 
@@ -81,19 +92,29 @@ def test_overlong_rows_follow_the_overlong_setting():
 
 def test_a_missing_column_lists_the_columns_and_the_near_miss():
     """No prompt/completion or Alpaca columns: the columns and the near miss; a mapped column that is absent: did you mean."""
-    with pytest.raises(DataError, match=r"no prompt/completion or instruction/output columns \(columns: promt, completion\); "
-                                        r"column 'promt' looks like 'prompt'; name yours with columns"):
+    with pytest.raises(
+        DataError,
+        match=r"no prompt/completion or instruction/output columns \(columns: promt, completion\); "
+        r"column 'promt' looks like 'prompt'; name yours with columns",
+    ):
         pairs({"promt": "a", "completion": "b"})
-    with pytest.raises(DataError, match=r"no column 'questoin' \(columns: question, answer\); did you mean 'question'\?"):
+    with pytest.raises(
+        DataError, match=r"no column 'questoin' \(columns: question, answer\); did you mean 'question'\?"
+    ):
         pairs({"question": "a", "answer": "b"}, columns={"prompt": "questoin", "completion": "answer"})
-    with pytest.raises(DataError, match=r"columns: unknown key 'promt' for this recipe; its keys: prompt, completion, input, answers; "
-                                        r"did you mean 'prompt'\?"):
+    with pytest.raises(
+        DataError,
+        match=r"columns: unknown key 'promt' for this recipe; its keys: prompt, completion, input, answers; "
+        r"did you mean 'prompt'\?",
+    ):
         pairs({"question": "a", "answer": "b"}, columns={"promt": "question", "completion": "answer"})
 
 
 def test_a_file_mixing_formats_is_refused():
     """Alpaca rows and prompt/completion rows in one source: an error naming the first row of each."""
-    with pytest.raises(DataError, match=r"row 0 is a prompt/completion row and row 1 an instruction/output row: a file mixing formats"):
+    with pytest.raises(
+        DataError, match=r"row 0 is a prompt/completion row and row 1 an instruction/output row: a file mixing formats"
+    ):
         pairs({"prompt": "a", "completion": "b"}, {"instruction": "c", "output": "d"})
 
 

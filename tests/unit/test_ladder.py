@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tamer.config import CARD_LADDER
-from tamer.daemon.outcome import Outcome
+from tamer.outcome import Outcome
 from tamer.plan import DeviceFacts, Plan
 from tamer.strategies.ladder import apply_rung, describe_ladder, next_plan
 

@@ -100,7 +100,10 @@ def test_a_model_the_planner_cannot_shape_escalates_by_measurement_and_says_why(
     supervisor, run_id = _prepared(tmp_path / "home", CARD_16GB, model="someone/not-cached-anywhere")
     assert supervisor.plan.rungs == () and supervisor.reason == "first plan"
     (event,) = [e for e in supervisor.db.events(run_id) if e["kind"] == "planner"]
-    assert "cannot plan this model" in event["message"] and "someone/not-cached-anywhere is not on this machine" in event["message"]
+    assert (
+        "cannot plan this model" in event["message"]
+        and "someone/not-cached-anywhere is not on this machine" in event["message"]
+    )
     supervisor.db.close()
 
 

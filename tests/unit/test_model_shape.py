@@ -21,17 +21,45 @@ from tamer.planner.shape import from_config_json, resolve
 from tamer.presets import LLAMA_3_1_8B_ARCHITECTURE, LLAMA_3_2_1B_ARCHITECTURE, LLAMA_3_2_3B_ARCHITECTURE, PRESETS
 
 SMOLLM2_135M = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
-    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
-    "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-05,
+    "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
 }
 """bench/real_model.py's conversion of SmolLM2-135M-Instruct (transformers 5.25)."""
-QWEN2_5_0_5B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
-                "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-                "tie_word_embeddings": True}
-MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
-              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": None, "vocab_size": 32000}
+QWEN2_5_0_5B = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}
+MISTRAL_7B = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": None,
+    "vocab_size": 32000,
+}
 T4_16GB = DeviceFacts(kind="cuda", name="Tesla T4", total_memory=15 * GIB + 640 * 2**20, bf16=False, fp16=True)
 CARD_16GB = DeviceFacts(kind="cuda", name="GPU (assumed)", total_memory=16 * GIB, bf16=True, fp16=True)
 H100 = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * GIB, bf16=True, fp16=True)
@@ -50,15 +78,27 @@ def test_smollm2_config_json_is_read_exactly(tmp_path):
     folder = model_folder(tmp_path, SMOLLM2_135M)
     found = resolve(build_config("llama-3.2-1b", options={"model": str(folder)}))
     shape = found.shape
-    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim) == (30, 576, 9, 3, 64)
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim) == (
+        30,
+        576,
+        9,
+        3,
+        64,
+    )
     assert shape.vocab_size == 49152 and shape.tie_word_embeddings and shape.parameters == 134_515_008
     assert found.origin == str(folder / "config.json")
     assert found.describe().startswith(f"shape from {folder}/config.json: 30 layers, hidden 576, 9 heads (3 KV) of 64")
 
 
-@pytest.mark.parametrize("config, parameters", [(QWEN2_5_0_5B, 494_032_768), (MISTRAL_7B, 7_241_732_096),
-                                                ({"model_type": "llama", **LLAMA_3_2_3B_ARCHITECTURE}, 3_212_749_824),
-                                                ({"model_type": "llama", **LLAMA_3_1_8B_ARCHITECTURE}, 8_030_261_248)])
+@pytest.mark.parametrize(
+    "config, parameters",
+    [
+        (QWEN2_5_0_5B, 494_032_768),
+        (MISTRAL_7B, 7_241_732_096),
+        ({"model_type": "llama", **LLAMA_3_2_3B_ARCHITECTURE}, 3_212_749_824),
+        ({"model_type": "llama", **LLAMA_3_1_8B_ARCHITECTURE}, 8_030_261_248),
+    ],
+)
 def test_parameter_counts_match_transformers(config, parameters):
     """Qwen2's q/k/v biases (its model type, not a key, says so), Mistral's missing head_dim (hidden / heads), and the
     3B (tied) and 8B (untied) presets count what transformers builds."""
@@ -76,7 +116,10 @@ def test_qwen2_biases_are_on_q_k_v_only():
 def test_models_the_planner_does_not_know_are_unknown_with_a_reason():
     """A GPT-2 config, a mixture of experts and a Llama config without its widths are not planned, each with why."""
     assert "model_type 'gpt2'" in from_config_json({"model_type": "gpt2", "n_embd": 768}, "c")[1]
-    assert "mixture-of-experts" in from_config_json({**MISTRAL_7B, "model_type": "mistral", "num_local_experts": 8}, "c")[1]
+    assert (
+        "mixture-of-experts"
+        in from_config_json({**MISTRAL_7B, "model_type": "mistral", "num_local_experts": 8}, "c")[1]
+    )
     assert "lacks hidden_size" in from_config_json({"model_type": "llama", "num_hidden_layers": 2}, "c")[1]
 
 
@@ -88,7 +131,9 @@ def test_precedence_user_architecture_then_config_json_then_preset(tmp_path):
     assert resolve(user).origin == "the config's architecture" and resolve(user).shape.num_layers == 4
     assert resolve(build_config("llama-3.2-1b", options={"model": str(folder)})).shape.num_layers == 30
     preset = resolve(build_config("llama-3.2-1b"))  # meta-llama/Llama-3.2-1B is in no hub cache here
-    assert preset.origin == "preset llama-3.2-1b" and preset.shape == ModelShape.from_architecture(LLAMA_3_2_1B_ARCHITECTURE)
+    assert preset.origin == "preset llama-3.2-1b" and preset.shape == ModelShape.from_architecture(
+        LLAMA_3_2_1B_ARCHITECTURE
+    )
     other = build_config("llama-3.2-1b", options={"model": "someone/not-cached-anywhere"})
     assert resolve(other).shape is None and "not on this machine" in resolve(other).problem
     with pytest.raises(ConfigError, match="someone/not-cached-anywhere"):
@@ -138,7 +183,9 @@ def test_3b_and_8b_presets_plan_sensibly():
     assert not choose(three, H100, device_budget(H100.total_memory)).plan.lora
     assert choose(three, H100, device_budget(H100.total_memory, 15 * GIB)).plan.lora
     on_h100 = choose(eight, H100, device_budget(H100.total_memory))
-    assert not on_h100.plan.lora and on_h100.plan.gradient_checkpointing and on_h100.plan.optimizer == "paged_adamw_8bit"
+    assert (
+        not on_h100.plan.lora and on_h100.plan.gradient_checkpointing and on_h100.plan.optimizer == "paged_adamw_8bit"
+    )
     assert on_h100.predicted.reserved < 0.9 * 80 * GIB
     assert choose(eight, H100, device_budget(H100.total_memory, 15 * GIB)) is None
 
@@ -149,8 +196,10 @@ def test_plan_command_says_where_the_shape_came_from(tmp_path, monkeypatch):
 
     monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
     folder = model_folder(tmp_path, SMOLLM2_135M)
-    result = CliRunner().invoke(cli.app, ["plan", "squad", "--model", str(folder), "--gpu-mem", "16GiB", "--json",
-                                          "--home", str(tmp_path / "home")])
+    result = CliRunner().invoke(
+        cli.app,
+        ["plan", "squad", "--model", str(folder), "--gpu-mem", "16GiB", "--json", "--home", str(tmp_path / "home")],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["parameters"] == 134_515_008 and data["shape"]["origin"] == str(folder / "config.json")

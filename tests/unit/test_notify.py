@@ -24,8 +24,16 @@ from tamer.state.home import Home
 from tests.receivers import smtp_server, webhook
 
 FAKE_CHILD = [str(Path(__file__).resolve().parents[1] / "fake" / "child.py")]
-RUN = {"id": "squad-1", "status": "done", "steps_done": 12, "total_steps": 12, "final_loss": 1.25, "final_eval_loss": 1.5,
-       "failure_reason": None, "exit_code": 0}
+RUN = {
+    "id": "squad-1",
+    "status": "done",
+    "steps_done": 12,
+    "total_steps": 12,
+    "final_loss": 1.25,
+    "final_eval_loss": 1.5,
+    "failure_reason": None,
+    "exit_code": 0,
+}
 
 
 def notify(**keys) -> NotifyConfig:
@@ -41,7 +49,11 @@ def new_home(tmp_path: Path, **options) -> tuple[Home, str]:
 def events(home: Home, run_id: str, kind: str) -> list[dict]:
     db = Database(home.db_path)
     try:
-        return [{**event, "detail": json.loads(event["detail_json"] or "{}")} for event in db.events(run_id) if event["kind"] == kind]
+        return [
+            {**event, "detail": json.loads(event["detail_json"] or "{}")}
+            for event in db.events(run_id)
+            if event["kind"] == kind
+        ]
     finally:
         db.close()
 
@@ -68,14 +80,22 @@ def test_finished_says_loss_scores_and_where_the_model_is():
     scores = {"exact_match": 0.5, "f1": 0.625, "questions": 64, "step": 12}
     note = messages.run_ended(RUN, scores, "/runs/squad-1/export")
     assert note.event == "finished" and note.title == "tamer: run squad-1 finished"
-    assert "final loss 1.2500, validation loss 1.5000" in note.message and "exact match 0.500, F1 0.625 on 64" in note.message
+    assert (
+        "final loss 1.2500, validation loss 1.5000" in note.message
+        and "exact match 0.500, F1 0.625 on 64" in note.message
+    )
     assert "model: /runs/squad-1/export" in note.message
     assert note.facts["f1"] == 0.625 and note.facts["model_path"] == "/runs/squad-1/export"
 
 
 def test_failed_says_why_and_what_to_do_next():
     """A run that ran out of plans is told with its reason and advice on what to change; a crash loop points at the logs."""
-    out_of_plans = {**RUN, "status": "failed", "failure_reason": "out of memory and nothing left to try: all rungs applied", "exit_code": 1}
+    out_of_plans = {
+        **RUN,
+        "status": "failed",
+        "failure_reason": "out of memory and nothing left to try: all rungs applied",
+        "exit_code": 1,
+    }
     note = messages.run_ended(out_of_plans, None, None)
     assert note.event == "failed" and "at step 12/12" in note.title
     assert "nothing left to try" in note.message and "what to do: every plan allowed ran out of memory" in note.message
@@ -85,7 +105,11 @@ def test_failed_says_why_and_what_to_do_next():
 
 def test_stopped_says_how_to_resume():
     """A stopped run's notification names `tamer resume` and the checkpoint it continues from."""
-    note = messages.run_ended({**RUN, "status": "stopped", "steps_done": 5, "failure_reason": "stopped by the user at step 5"}, None, "/c/step-4")
+    note = messages.run_ended(
+        {**RUN, "status": "stopped", "steps_done": 5, "failure_reason": "stopped by the user at step 5"},
+        None,
+        "/c/step-4",
+    )
     assert note.event == "stopped" and "tamer resume squad-1" in note.message and "/c/step-4" in note.message
 
 
@@ -93,15 +117,28 @@ def test_webhook_body_has_slack_and_discord_text_fields():
     """The JSON has `text` (Slack) and `content` (Discord, cut to 2000 characters), plus the event, run and facts."""
     long = messages.Notification("finished", "t", "x" * 3000, "squad-1", "done", 3, {"final_loss": 1.0})
     body = messages.webhook_body(long)
-    assert body["text"] == "t\n" + "x" * 3000 and len(body["content"]) == 2000 and body["content"] == body["text"][:2000]
-    assert (body["event"], body["run_id"], body["status"], body["step"], body["facts"]) == ("finished", "squad-1", "done", 3, {"final_loss": 1.0})
+    assert (
+        body["text"] == "t\n" + "x" * 3000 and len(body["content"]) == 2000 and body["content"] == body["text"][:2000]
+    )
+    assert (body["event"], body["run_id"], body["status"], body["step"], body["facts"]) == (
+        "finished",
+        "squad-1",
+        "done",
+        3,
+        {"final_loss": 1.0},
+    )
     json.dumps(body)
 
 
 def test_only_escalations_and_steps_back_are_event_notifications():
     """An escalate event becomes `escalated`, a deescalate one `deescalated`; a checkpoint event is no notification."""
-    row = {"run_id": "r", "attempt": 2, "kind": "escalate", "message": "OOM: +gradient_checkpointing",
-           "detail_json": json.dumps({"applied": ["gradient_checkpointing"]})}
+    row = {
+        "run_id": "r",
+        "attempt": 2,
+        "kind": "escalate",
+        "message": "OOM: +gradient_checkpointing",
+        "detail_json": json.dumps({"applied": ["gradient_checkpointing"]}),
+    }
     note = messages.from_event(row, "running", 7)
     assert note.event == "escalated" and note.facts == {"applied": ["gradient_checkpointing"]} and note.step == 7
     assert messages.from_event({**row, "kind": "deescalate"}, "running", 7).event == "deescalated"
@@ -122,12 +159,22 @@ def test_redact_keeps_the_host_and_hides_the_secret_path():
 def test_escalations_are_off_by_default_and_the_rest_on():
     """By default every event but `escalated` is selected."""
     defaults = NotifyConfig().events
-    assert "escalated" not in defaults and {"finished", "failed", "stopped", "deescalated", "stalled", "queue_empty"} == set(defaults)
+    assert "escalated" not in defaults and {
+        "finished",
+        "failed",
+        "stopped",
+        "deescalated",
+        "stalled",
+        "queue_empty",
+    } == set(defaults)
 
 
 def test_webhook_must_be_a_url_or_a_variable():
     """notify.webhook takes an http(s) URL or $NAME; anything else is a one-line config error."""
-    assert notify(webhook="$SLACK_URL").webhook == "$SLACK_URL" and notify(webhook="${SLACK_URL}").webhook == "${SLACK_URL}"
+    assert (
+        notify(webhook="$SLACK_URL").webhook == "$SLACK_URL"
+        and notify(webhook="${SLACK_URL}").webhook == "${SLACK_URL}"
+    )
     with pytest.raises(ConfigError, match="notify.webhook: expected an http"):
         build_config("tiny", None, None, ["notify.webhook=hooks.slack.com/x"])
     with pytest.raises(ConfigError, match="notify.events"):
@@ -214,7 +261,15 @@ def test_email_reaches_a_local_smtp_server(monkeypatch):
     """E-mail goes through SMTP to a local debugging server: subject = title, body = message and facts."""
     monkeypatch.delenv("TAMER_SMTP_USER", raising=False)
     with smtp_server() as (port, received):
-        config = notify(email={"to": ["me@example.com"], "sender": "tamer@example.com", "host": "127.0.0.1", "port": port, "tls": "none"})
+        config = notify(
+            email={
+                "to": ["me@example.com"],
+                "sender": "tamer@example.com",
+                "host": "127.0.0.1",
+                "port": port,
+                "tls": "none",
+            }
+        )
         note = messages.run_ended(RUN, None, "/m")
         Email(config.email, 10).send(note)
     (mail,) = received
@@ -260,7 +315,11 @@ def test_every_send_and_every_final_failure_is_an_event(tmp_path):
     (sent,) = events(home, run_id, "notify_sent")
     (failed,) = events(home, run_id, "notify_failed")
     assert sent["message"] == "finished sent to flaky after 3 tries" and sent["detail"]["tries"] == 3
-    assert failed["detail"]["tries"] == 3 and "HTTP 503" in failed["message"] and "the run is not affected" in failed["message"]
+    assert (
+        failed["detail"]["tries"] == 3
+        and "HTTP 503" in failed["message"]
+        and "the run is not affected" in failed["message"]
+    )
 
 
 def test_notify_returns_at_once_while_a_send_is_slow(tmp_path):
@@ -283,9 +342,21 @@ def test_notify_returns_at_once_while_a_send_is_slow(tmp_path):
 
 def test_a_target_in_two_configs_is_sent_once_with_both_event_sets(tmp_path):
     """The run's and the home's configs naming one webhook make one target taking the union of their events."""
-    notifier = Notifier(tmp_path / "db", [notify(webhook="https://x.example/a", events=["failed"]),
-                                          notify(webhook="https://x.example/a", events=["finished"], command="true")], "/h", None)
-    assert len(notifier.routes) == 2 and notifier.wants("failed") and notifier.wants("finished") and not notifier.wants("escalated")
+    notifier = Notifier(
+        tmp_path / "db",
+        [
+            notify(webhook="https://x.example/a", events=["failed"]),
+            notify(webhook="https://x.example/a", events=["finished"], command="true"),
+        ],
+        "/h",
+        None,
+    )
+    assert (
+        len(notifier.routes) == 2
+        and notifier.wants("failed")
+        and notifier.wants("finished")
+        and not notifier.wants("escalated")
+    )
     assert notifier.routes["webhook https://x.example/(redacted)"].events == {"failed", "finished"}
 
 
@@ -302,8 +373,14 @@ def test_the_supervisor_tells_a_webhook_of_an_escalation_and_the_failure(tmp_pat
     `failed` with the reason and advice, each send is an event, and the webhook's path is never in an event."""
     monkeypatch.delenv(settings.ENVIRONMENT, raising=False)
     with webhook() as receiver:
-        home, run_id = new_home(tmp_path, **{"ladder.order": ["gradient_checkpointing"], "notify.webhook": receiver.url,
-                                             "notify.events": ["escalated", "failed", "finished"]})
+        home, run_id = new_home(
+            tmp_path,
+            **{
+                "ladder.order": ["gradient_checkpointing"],
+                "notify.webhook": receiver.url,
+                "notify.events": ["escalated", "failed", "finished"],
+            },
+        )
         code = supervise(home, run_id, {"default": {"steps": [1], "end": "oom", "phase": "backward"}})
     assert code == EXIT_FAILED and receiver.events() == ["escalated", "failed"]
     escalated, failed = receiver.bodies
@@ -321,12 +398,17 @@ def test_the_supervisor_tells_a_webhook_the_run_finished(tmp_path, monkeypatch):
     out = tmp_path / "hook.env"
     with webhook() as receiver:
         home, run_id = new_home(tmp_path / "home", **{"notify.webhook": receiver.url})
-        (home.root / "notify.yaml").write_text(f"command: echo $TAMER_EVENT $TAMER_STATUS > {out}\nevents: [finished]\n")
+        (home.root / "notify.yaml").write_text(
+            f"command: echo $TAMER_EVENT $TAMER_STATUS > {out}\nevents: [finished]\n"
+        )
         code = supervise(home, run_id, {"default": {"steps": [1, 2, 3], "end": "done"}})
     assert code == EXIT_OK and receiver.events() == ["finished"]
     assert receiver.bodies[0]["facts"]["steps_done"] == 3 and receiver.bodies[0]["status"] == "done"
     assert out.read_text().split() == ["finished", "done"]
-    assert sorted(event["detail"]["target"].split()[0] for event in events(home, run_id, "notify_sent")) == ["command", "webhook"]
+    assert sorted(event["detail"]["target"].split()[0] for event in events(home, run_id, "notify_sent")) == [
+        "command",
+        "webhook",
+    ]
 
 
 def test_a_failing_webhook_is_retried_recorded_and_the_run_still_ends_done(tmp_path, monkeypatch):

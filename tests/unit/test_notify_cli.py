@@ -30,7 +30,9 @@ def test_help_ends_with_an_example(name, shown):
     """`tamer notify test` and `tamer sync` are registered and their help ends with an `Example: tamer ...` line."""
     from tamer.cli.commands_notify import notify_app
 
-    commands = {command.callback.__name__: command for command in [*app.registered_commands, *notify_app.registered_commands]}
+    commands = {
+        command.callback.__name__: command for command in [*app.registered_commands, *notify_app.registered_commands]
+    }
     lines = [line.strip() for line in inspect.getdoc(commands[name].callback).splitlines() if line.strip()]
     assert lines[-1].startswith(f"Example: tamer {shown}")
 
@@ -65,8 +67,13 @@ def test_sync_refuses_an_unknown_tracker_and_writes_a_run(tmp_path):
     db.insert_step({"run_id": run_id, "attempt": 1, "step": 1, "samples_consumed": 8, "loss": 2.0, "wall_time": 1.0})
     assert invoke("sync", run_id, "--to", "nowhere", "--home", str(tmp_path)).exit_code == EXIT_CONFIG
     first = invoke("sync", run_id, "--to", "tensorboard", "--home", str(tmp_path))
-    assert first.exit_code == 0 and first.stdout.startswith("tensorboard: ") and "rows and events written" in first.stdout
-    assert invoke("sync", run_id, "--to", "tensorboard", "--home", str(tmp_path)).stdout == "tensorboard: nothing new to write\n"
+    assert (
+        first.exit_code == 0 and first.stdout.startswith("tensorboard: ") and "rows and events written" in first.stdout
+    )
+    assert (
+        invoke("sync", run_id, "--to", "tensorboard", "--home", str(tmp_path)).stdout
+        == "tensorboard: nothing new to write\n"
+    )
 
 
 def test_the_queue_tells_once_when_it_runs_dry_after_work(tmp_path):
@@ -115,7 +122,9 @@ def test_a_job_that_never_started_is_told_as_failed_by_the_daemon(tmp_path):
     home = Home.resolve(tmp_path)
     run_id = create_run(home, build_config("tiny"))
     db = Database(home.db_path)
-    db.update_run(run_id, status="failed", failure_reason="its supervisor (`tamer resume`) exited with code 5 before it started")
+    db.update_run(
+        run_id, status="failed", failure_reason="its supervisor (`tamer resume`) exited with code 5 before it started"
+    )
     with webhook() as receiver:
         watch = QueueWatch(home, NotifyConfig.from_mapping({"webhook": receiver.url, "events": ["failed"]}))
         watch.never_started(db.run(run_id))

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tamer.daemon.outcome import (
-    Outcome,
-    classify,
-    detect_oom_kill,
-    one_line,
-    parse_oom_message,
-    read_memory_events,
-)
+from tamer.daemon.classify import classify, detect_oom_kill, read_memory_events
+from tamer.outcome import Outcome, parse_oom_message
+from tamer.output import one_line
 
 GiB = 1024**3
 MiB = 1024**2
@@ -91,7 +86,7 @@ def test_old_format_sizes_parse_exactly():
 
 
 def test_other_processes_are_summed_and_misspelt_capacity_parses():
-    """"Process N has X memory in use" lines add up to other_processes_in_use; "capacty" still parses."""
+    """ "Process N has X memory in use" lines add up to other_processes_in_use; "capacty" still parses."""
     sizes = parse_oom_message(OTHER_PROCESSES_FORMAT)
     assert sizes["other_processes_in_use"] == 256 * MiB + 1 * GiB
     assert sizes["process_in_use"] == round(16.31 * GiB)

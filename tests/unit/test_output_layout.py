@@ -34,7 +34,18 @@ def test_a_table_that_fits_is_one_line_per_row():
     shown = lines(runs_table(), 120)
     assert len(shown) == 5 and shown[0] == "runs"
     assert shown[1].split() == ["id", "recipe", "status", "steps", "started", "duration", "final", "loss", "EM", "F1"]
-    assert shown[3].split() == [RUN_A, "squad", "done", "12/12", "2026-12-06", "14:40:51", "0:00:16", "9.8705", "0.412", "0.538"]
+    assert shown[3].split() == [
+        RUN_A,
+        "squad",
+        "done",
+        "12/12",
+        "2026-12-06",
+        "14:40:51",
+        "0:00:16",
+        "9.8705",
+        "0.412",
+        "0.538",
+    ]
     assert problems("\n".join(shown), 120, RUNS_HEADERS) == []
 
 
@@ -117,7 +128,11 @@ def test_print_table_piped_without_columns_lays_out_for_the_piped_width(monkeypa
     monkeypatch.delenv("COLUMNS", raising=False)
     buffer = io.StringIO()
     output.print_table(Console(file=buffer, force_terminal=False), runs_table())
-    assert [line for line in buffer.getvalue().splitlines() if line.startswith("squad-")][0].split()[-3:] == ["9.8705", "0.412", "0.538"]
+    assert [line for line in buffer.getvalue().splitlines() if line.startswith("squad-")][0].split()[-3:] == [
+        "9.8705",
+        "0.412",
+        "0.538",
+    ]
 
 
 def test_say_wraps_at_spaces_and_keeps_a_path_whole(monkeypatch):

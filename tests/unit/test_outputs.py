@@ -52,7 +52,10 @@ def test_export_into_a_read_only_place_is_an_output_error(tmp_path, monkeypatch)
         outputs.export_folder(tmp_path / "model", owned=False, force=False)
     assert raised.value.exit_code == 7 and f"{tmp_path}: cannot write there" in str(raised.value)
     read_only = outputs.os_problem(OSError(errno.EROFS, "Read-only file system"), tmp_path / "x", "write the plot")
-    assert str(read_only) == f"{tmp_path / 'x'}: could not write the plot (Read-only file system); the file system is read-only; choose a writable place"
+    assert (
+        str(read_only)
+        == f"{tmp_path / 'x'}: could not write the plot (Read-only file system); the file system is read-only; choose a writable place"
+    )
 
 
 def test_replace_folder_swaps_an_earlier_export_and_refuses_files_that_appeared(tmp_path):

@@ -1,4 +1,4 @@
-"""The memory planner: exact parameter and state arithmetic, the ANCHORS.md fits and speed order,
+"""The memory planner: exact parameter and state arithmetic, the bench/results/anchors-h100-2026-11-25.md fits and speed order,
 and choose()'s decisions, including after an OOM. Pure arithmetic: no torch, milliseconds.
 
 `pytest tests/unit/test_planner.py -s` prints predicted vs measured for every ANCHORS row.
@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from tamer.config import CARD_LADDER, build_config
-from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE
 from tamer.plan import DeviceFacts, Plan
 from tamer.planner import (
     PlannerPolicy,
@@ -28,46 +27,75 @@ from tamer.planner import (
     plan_key,
     relative_speed,
 )
-from tamer.strategies.ladder import initial_plan as base_plan
 from tamer.planner.candidates import model_change, usable_bytes
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, ModelShape, fp32_logits_bytes
+from tamer.presets import LLAMA_3_2_1B_ARCHITECTURE, TINY_ARCHITECTURE
 from tamer.strategies import registry
 from tamer.strategies.ladder import apply_rung
+from tamer.strategies.ladder import initial_plan as base_plan
 
 LLAMA_1B = ModelShape.from_architecture(LLAMA_3_2_1B_ARCHITECTURE)
 TINY = ModelShape.from_architecture(TINY_ARCHITECTURE)
 H100 = DeviceFacts(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, bf16=True, fp16=True)
 ANCHORS_WORKLOAD = Workload(logits_tokens="all", padded=False)
-"""How ANCHORS.md measured: 8 unpadded sequences x 512 tokens, Hugging Face's loss over every position."""
+"""How bench/results/anchors-h100-2026-11-25.md measured: 8 unpadded sequences x 512 tokens, Hugging Face's loss over every position."""
 CAP_15_GIB = device_budget(H100.total_memory, 15 * GIB)
 """The anchors' 15 GiB cap (set_per_process_memory_fraction) on an 80 GiB H100."""
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-SEED_RECIPE = dict(env=EXPANDABLE, gradient_checkpointing=True, autocast_dtype="fp16", quantization="int8", lora=True,
-                   optimizer="paged_adamw_8bit")
-FULL_FT_CHUNKED = dict(autocast_dtype="bf16", gradient_checkpointing=True, optimizer="paged_adamw_8bit", chunked_loss=True)
+SEED_RECIPE = dict(
+    env=EXPANDABLE,
+    gradient_checkpointing=True,
+    autocast_dtype="fp16",
+    quantization="int8",
+    lora=True,
+    optimizer="paged_adamw_8bit",
+)
+FULL_FT_CHUNKED = dict(
+    autocast_dtype="bf16", gradient_checkpointing=True, optimizer="paged_adamw_8bit", chunked_loss=True
+)
 
 
 def plan(micro_batch_size: int = 8, **fields) -> Plan:
     return Plan(micro_batch_size=micro_batch_size, grad_accumulation=8 // micro_batch_size, eval_batch_size=8, **fields)
 
 
-# (name, plan, fits, tokens/s or None, peak reserved GiB), as ANCHORS.md measured them at a 15 GiB cap.
+# (name, plan, fits, tokens/s or None, peak reserved GiB), as bench/results/anchors-h100-2026-11-25.md measured them at a 15 GiB cap.
 ANCHORS = [
     ("fp32, AdamW, mb 8", plan(), False, None, 14.8),
     ("fp32, AdamW, mb 1", plan(1), False, None, 15.0),
-    ("fp32 + expandable + ckpt + fp16 autocast, mb 8",
-     plan(env=EXPANDABLE, gradient_checkpointing=True, autocast_dtype="fp16"), False, None, 14.9),
+    (
+        "fp32 + expandable + ckpt + fp16 autocast, mb 8",
+        plan(env=EXPANDABLE, gradient_checkpointing=True, autocast_dtype="fp16"),
+        False,
+        None,
+        14.9,
+    ),
     ("seed: + int8 + LoRA + paged 8-bit, mb 8", plan(**SEED_RECIPE), True, 6297, 10.1),
     ("seed, mb 4 x 2", plan(4, **SEED_RECIPE), True, 4812, 6.5),
     ("seed, mb 2 x 4", plan(2, **SEED_RECIPE), True, 2045, 4.7),
-    ("fp32 master + fp16 + ckpt + paged, mb 2 x 4",
-     plan(2, env=EXPANDABLE, gradient_checkpointing=True, autocast_dtype="fp16", optimizer="paged_adamw_8bit"), True, 5810, 13.6),
+    (
+        "fp32 master + fp16 + ckpt + paged, mb 2 x 4",
+        plan(2, env=EXPANDABLE, gradient_checkpointing=True, autocast_dtype="fp16", optimizer="paged_adamw_8bit"),
+        True,
+        5810,
+        13.6,
+    ),
     ("LoRA on bf16 + ckpt", plan(weights_dtype="bf16", lora=True, gradient_checkpointing=True), True, 13030, 10.7),
-    ("LoRA on bf16 + ckpt + chunked",
-     plan(weights_dtype="bf16", lora=True, gradient_checkpointing=True, chunked_loss=True), True, 13966, 4.8),
+    (
+        "LoRA on bf16 + ckpt + chunked",
+        plan(weights_dtype="bf16", lora=True, gradient_checkpointing=True, chunked_loss=True),
+        True,
+        13966,
+        4.8,
+    ),
     ("full FT fp32 master + bf16 + ckpt + paged + chunked", plan(**FULL_FT_CHUNKED), True, 20735, 10.7),
-    ("full FT pure bf16 + 8-bit AdamW + chunked", plan(weights_dtype="bf16", optimizer="adamw_8bit", chunked_loss=True),
-     True, 26989, 13.9),
+    (
+        "full FT pure bf16 + 8-bit AdamW + chunked",
+        plan(weights_dtype="bf16", optimizer="adamw_8bit", chunked_loss=True),
+        True,
+        26989,
+        13.9,
+    ),
 ]
 
 TAMER_MEASURED_INT8 = {"seed: + int8 + LoRA + paged 8-bit, mb 8": 13.94, "seed, mb 4 x 2": 10.48}
@@ -205,17 +233,29 @@ def test_chunked_loss_holds_one_slice_of_logits():
 
 def test_chunked_loss_changes_nothing_below_one_slice():
     """With fewer supervised positions than one slice, loss.py does not chunk, and neither does the estimate."""
-    assert estimate(LLAMA_1B, plan(**FULL_FT_CHUNKED), Workload()).reserved == \
-        estimate(LLAMA_1B, plan(**{**FULL_FT_CHUNKED, "chunked_loss": False}), Workload()).reserved
+    assert (
+        estimate(LLAMA_1B, plan(**FULL_FT_CHUNKED), Workload()).reserved
+        == estimate(LLAMA_1B, plan(**{**FULL_FT_CHUNKED, "chunked_loss": False}), Workload()).reserved
+    )
 
 
-@pytest.mark.parametrize("fields", [dict(), dict(gradient_checkpointing=True, autocast_dtype="bf16"), SEED_RECIPE,
-                                    dict(weights_dtype="bf16", lora=True), FULL_FT_CHUNKED])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(),
+        dict(gradient_checkpointing=True, autocast_dtype="bf16"),
+        SEED_RECIPE,
+        dict(weights_dtype="bf16", lora=True),
+        FULL_FT_CHUNKED,
+    ],
+)
 @pytest.mark.parametrize("workload", [Workload(), ANCHORS_WORKLOAD], ids=["supervised", "all"])
 def test_estimates_grow_with_the_micro_batch(fields, workload):
     """At a fixed accumulation, the forward activations grow strictly with the micro-batch and no phase shrinks."""
-    estimates = [estimate(LLAMA_1B, Plan(micro_batch_size=size, grad_accumulation=2, eval_batch_size=8, **fields), workload)
-                 for size in (1, 2, 4, 8)]
+    estimates = [
+        estimate(LLAMA_1B, Plan(micro_batch_size=size, grad_accumulation=2, eval_batch_size=8, **fields), workload)
+        for size in (1, 2, 4, 8)
+    ]
     forward = [e.phases["forward"].components["activations"] for e in estimates]
     assert forward == sorted(set(forward))
     for phase in ("forward", "backward", "optimizer"):
@@ -241,7 +281,7 @@ def test_checkpointing_lowers_activations():
         assert with_checkpoints.phases["forward"].components["activations"] < without / 4
 
 
-# --- ANCHORS.md --------------------------------------------------------------------------------
+# --- bench/results/anchors-h100-2026-11-25.md --------------------------------------------------------------------------------
 
 
 def test_anchors_fit_column_is_reproduced_at_15_gib(capsys):
@@ -251,8 +291,10 @@ def test_anchors_fit_column_is_reproduced_at_15_gib(capsys):
     for name, anchor_plan, fits, _, measured in ANCHORS:
         predicted = estimate(LLAMA_1B, anchor_plan, ANCHORS_WORKLOAD)
         error = (predicted.reserved / GIB - measured) / measured
-        line = (f"{name:52s} {'yes' if fits else 'OOM':>4s} {predicted.reserved / GIB:5.1f} {measured:5.1f} "
-                f"{error:+6.0%}  {predicted.where()}" + ("" if fits else " (measured: where it stopped)"))
+        line = (
+            f"{name:52s} {'yes' if fits else 'OOM':>4s} {predicted.reserved / GIB:5.1f} {measured:5.1f} "
+            f"{error:+6.0%}  {predicted.where()}" + ("" if fits else " (measured: where it stopped)")
+        )
         if name in TAMER_MEASURED_INT8:
             again = TAMER_MEASURED_INT8[name]
             line += f"; tamer's build_model: {again:.1f} ({(predicted.reserved / GIB - again) / again:+.0%})"
@@ -280,8 +322,10 @@ def test_tamer_step_peaks_measured_on_h100_are_within_15_percent(capsys):
     lines = []
     for measured_plan, measured in TAMER_STEP_ON_H100:
         predicted = estimate(LLAMA_1B, measured_plan.replace(env=EXPANDABLE), Workload()).reserved / GIB
-        lines.append(f"{measured_plan.describe():90s} pred {predicted:5.1f} meas {measured:5.1f} "
-                     f"{(predicted - measured) / measured:+4.0%}")
+        lines.append(
+            f"{measured_plan.describe():90s} pred {predicted:5.1f} meas {measured:5.1f} "
+            f"{(predicted - measured) / measured:+4.0%}"
+        )
         assert abs(predicted - measured) / measured <= 0.15, measured_plan.describe()
     with capsys.disabled():
         print("\n" + "\n".join(lines))
@@ -318,8 +362,10 @@ def test_candidates_follow_the_policy():
     assert not any(p.weights_dtype == "bf16" and not p.lora for p in default)
     assert any(p.weights_dtype == "bf16" and p.lora for p in default)
     assert any(p.quantization == "int8" for p in default)
-    assert any(p.weights_dtype == "bf16" and not p.lora
-               for p in candidate_plans(config, H100, PlannerPolicy(allow_pure_bf16=True)))
+    assert any(
+        p.weights_dtype == "bf16" and not p.lora
+        for p in candidate_plans(config, H100, PlannerPolicy(allow_pure_bf16=True))
+    )
     assert not any(p.lora for p in candidate_plans(config, H100, PlannerPolicy(allow_lora=False)))
     assert not any(p.quantization for p in candidate_plans(config, H100, PlannerPolicy(allow_quantization=False)))
     assert min(p.micro_batch_size for p in candidate_plans(config, H100, PlannerPolicy(min_micro_batch=4))) == 4
@@ -331,9 +377,23 @@ def test_fsdp_is_left_out_where_the_backend_cannot_shard():
     from tamer.strategies.ladder import usable_order
 
     cpu = DeviceFacts()
-    for backend, facts, offered in (("gloo", H100, False), ("nccl", H100, True), ("auto", H100, True), ("gloo", cpu, True)):
-        config = config_1b(**{"distributed.nproc_per_node": 2, "distributed.backend": backend, "ladder.order": "[fsdp, gradient_checkpointing]"})
-        assert any(p.parallel == "fsdp" for p in candidate_plans(config, facts, PlannerPolicy.from_config(config))) is offered
+    for backend, facts, offered in (
+        ("gloo", H100, False),
+        ("nccl", H100, True),
+        ("auto", H100, True),
+        ("gloo", cpu, True),
+    ):
+        config = config_1b(
+            **{
+                "distributed.nproc_per_node": 2,
+                "distributed.backend": backend,
+                "ladder.order": "[fsdp, gradient_checkpointing]",
+            }
+        )
+        assert (
+            any(p.parallel == "fsdp" for p in candidate_plans(config, facts, PlannerPolicy.from_config(config)))
+            is offered
+        )
         assert ("fsdp" in usable_order(config, facts)) is offered
 
 
@@ -341,11 +401,18 @@ def test_choose_picks_the_anchors_full_fine_tune_at_15_gib():
     """For 1B at 15 GiB on an H100, as the anchors measured it, choose() picks the full fine-tune with fp32
     master weights + bf16 autocast + checkpointing + paged 8-bit AdamW + chunked loss (20,735 tok/s)."""
     choice = choose(config_1b(), H100, CAP_15_GIB, workload=ANCHORS_WORKLOAD)
-    assert only_geometry_differs(choice.plan.replace(checkpoint_layers=None), plan(env=choice.plan.env, **FULL_FT_CHUNKED))
+    assert only_geometry_differs(
+        choice.plan.replace(checkpoint_layers=None), plan(env=choice.plan.env, **FULL_FT_CHUNKED)
+    )
     assert 1 <= choice.plan.checkpoint_layers < LLAMA_1B.num_layers  # selective checkpointing: fewer layers fit
     assert choice.plan.micro_batch_size == 8
-    assert choice.plan.rungs == ("expandable_segments", "gradient_checkpointing", "mixed_precision", "paged_adamw_8bit",
-                                 "chunked_loss")
+    assert choice.plan.rungs == (
+        "expandable_segments",
+        "gradient_checkpointing",
+        "mixed_precision",
+        "paged_adamw_8bit",
+        "chunked_loss",
+    )
 
 
 def test_choose_with_tamer_loss_is_at_least_as_fast_as_the_anchors_plan():
@@ -408,15 +475,24 @@ def test_optimizer_oom_is_not_fixed_by_a_smaller_micro_batch():
     failed = base_plan(config, H100).replace(optimizer="adamw_8bit")
     for name in ("expandable_segments", "gradient_checkpointing", "mixed_precision"):
         failed = apply_rung(failed, name, H100)
-    hint = {"kind": "cuda_oom", "phase": "optimizer", "plan": failed.to_dict(),
-            "sizes": {"allocated_by_pytorch": 17 * GIB, "tried_to_allocate": 2 * GIB}}
+    hint = {
+        "kind": "cuda_oom",
+        "phase": "optimizer",
+        "plan": failed.to_dict(),
+        "sizes": {"allocated_by_pytorch": 17 * GIB, "tried_to_allocate": 2 * GIB},
+    }
     full_only = PlannerPolicy(allow_lora=False, rungs=no_paging)
     blind = choose(config, H100, budget, full_only, exclude={plan_key(failed)})
-    assert only_geometry_differs(blind.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed) and blind.plan.micro_batch_size < 8
+    assert (
+        only_geometry_differs(blind.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed)
+        and blind.plan.micro_batch_size < 8
+    )
     steered = choose(config, H100, budget, full_only, exclude={plan_key(failed)}, oom_hint=hint)
     assert steered is None
     candidates = choose(config, H100, budget, PlannerPolicy(rungs=no_paging), oom_hint=hint)
-    assert not only_geometry_differs(candidates.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed)
+    assert not only_geometry_differs(
+        candidates.plan.replace(checkpoint_layers=None, checkpoint_layers_by_tokens=()), failed
+    )
     failed_step = estimate(LLAMA_1B, failed, Workload()).phases["optimizer"].total
     assert estimate(LLAMA_1B, candidates.plan, Workload()).phases["optimizer"].total < failed_step
     for candidate in candidates.candidates:
@@ -459,11 +535,26 @@ def test_chunked_loss_is_a_rung_but_not_on_the_card_ladder():
 def _record(db, run_id: str, device_name: str, architecture, attempts) -> None:
     config = config_1b()
     config.architecture = architecture
-    db.insert_run({"id": run_id, "recipe": "squad", "preset": "llama-3.2-1b", "status": "done",
-                   "config_json": json.dumps(config.to_dict()), "device_json": json.dumps({"name": device_name})})
+    db.insert_run(
+        {
+            "id": run_id,
+            "recipe": "squad",
+            "preset": "llama-3.2-1b",
+            "status": "done",
+            "config_json": json.dumps(config.to_dict()),
+            "device_json": json.dumps({"name": device_name}),
+        }
+    )
     for number, (attempt_plan, outcome, reserved) in enumerate(attempts, 1):
-        db.insert_attempt({"run_id": run_id, "attempt": number, "plan_json": attempt_plan.to_json(), "outcome": outcome,
-                           "peak_reserved": reserved})
+        db.insert_attempt(
+            {
+                "run_id": run_id,
+                "attempt": number,
+                "plan_json": attempt_plan.to_json(),
+                "outcome": outcome,
+                "peak_reserved": reserved,
+            }
+        )
 
 
 def test_calibration_reads_same_shape_and_card_only(tmp_path):
@@ -473,8 +564,13 @@ def test_calibration_reads_same_shape_and_card_only(tmp_path):
     db = Database(tmp_path / "tamer.db")
     chosen = plan(**FULL_FT_CHUNKED)
     predicted = estimate(LLAMA_1B, chosen, Workload()).reserved
-    _record(db, "same", H100.name, LLAMA_3_2_1B_ARCHITECTURE,
-            [(plan(), "cuda_oom", 15 * GIB), (chosen, "done", round(1.2 * predicted))])
+    _record(
+        db,
+        "same",
+        H100.name,
+        LLAMA_3_2_1B_ARCHITECTURE,
+        [(plan(), "cuda_oom", 15 * GIB), (chosen, "done", round(1.2 * predicted))],
+    )
     _record(db, "other-card", "Tesla T4", LLAMA_3_2_1B_ARCHITECTURE, [(chosen, "done", 3 * predicted)])
     _record(db, "other-shape", H100.name, TINY_ARCHITECTURE, [(chosen, "done", 3 * predicted)])
     found = observations(db, LLAMA_1B, H100.name)
@@ -517,8 +613,20 @@ def test_plan_command_prints_the_choice_as_json(monkeypatch):
     from tamer import cli
 
     monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
-    result = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "15GiB", "--json",
-                                          "--home", "/nonexistent-tamer-home"])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "plan",
+            "squad",
+            "--preset",
+            "llama-3.2-1b",
+            "--gpu-mem",
+            "15GiB",
+            "--json",
+            "--home",
+            "/nonexistent-tamer-home",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["parameters"] == 1_235_814_400
@@ -529,8 +637,21 @@ def test_plan_command_prints_the_choice_as_json(monkeypatch):
     assert table[0][1] == 0 and table[0][0] >= typical
     assert [layers for _, layers in table] == sorted(layers for _, layers in table)
     assert all(tokens <= 8 * 512 for tokens, _ in table)
-    everything = CliRunner().invoke(cli.app, ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "15GiB", "--json",
-                                              "--all", "--home", "/nonexistent-tamer-home"])
+    everything = CliRunner().invoke(
+        cli.app,
+        [
+            "plan",
+            "squad",
+            "--preset",
+            "llama-3.2-1b",
+            "--gpu-mem",
+            "15GiB",
+            "--json",
+            "--all",
+            "--home",
+            "/nonexistent-tamer-home",
+        ],
+    )
     assert any(c["fits"] == "no" for c in json.loads(everything.output)["candidates"])
 
 
@@ -567,8 +688,12 @@ def test_a_backward_oom_of_a_two_gpu_full_fine_tune_keeps_a_full_fine_tune():
     config = config_1b(**{"distributed.nproc_per_node": 2, "pad_to_max_len": "true"})
     first = choose(config, H100, CAP_15_GIB)
     assert first.plan.world_size == 2 and model_change(first.plan) == "full"
-    hint = {"kind": "cuda_oom", "phase": "backward", "plan": first.plan.to_dict(),
-            "sizes": {"allocated_by_pytorch": int(11.6 * GIB), "tried_to_allocate": int(1.96 * GIB)}}
+    hint = {
+        "kind": "cuda_oom",
+        "phase": "backward",
+        "plan": first.plan.to_dict(),
+        "sizes": {"allocated_by_pytorch": int(11.6 * GIB), "tried_to_allocate": int(1.96 * GIB)},
+    }
     steered = choose(config, H100, CAP_15_GIB, oom_hint=hint)
     assert model_change(steered.plan) == "full" and plan_key(steered.plan) != plan_key(first.plan)
     assert steered.predicted.reserved <= usable_bytes(CAP_15_GIB, PlannerPolicy().safety_margin)
@@ -584,8 +709,10 @@ def test_after_an_oom_a_fitting_full_fine_tune_wins_over_a_faster_lora():
     full = base_plan(config, H100)
     lora = full.replace(lora=True, weights_dtype="bf16")
     workload = Workload()
-    candidates = [Candidate(full, estimate(LLAMA_1B, full, workload), 0.3, "yes"),
-                  Candidate(lora, estimate(LLAMA_1B, lora, workload), 0.5, "yes")]
+    candidates = [
+        Candidate(full, estimate(LLAMA_1B, full, workload), 0.3, "yes"),
+        Candidate(lora, estimate(LLAMA_1B, lora, workload), 0.5, "yes"),
+    ]
     assert best(candidates).plan == lora
     assert best(candidates, keep_model=True).plan == full
     assert best([candidates[1]], keep_model=True).plan == lora  # no full fine-tune fits: LoRA it is
@@ -598,8 +725,22 @@ def test_tamer_plan_says_when_two_gpus_are_slower_than_one_for_the_batch(monkeyp
     from tamer import cli
 
     monkeypatch.setattr("tamer.daemon.probe.nvml_facts", lambda: None)
-    base = ["plan", "squad", "--preset", "llama-3.2-1b", "--gpu-mem", "80GiB", "--gpu-mem-cap", "15GiB", "--home", "/nonexistent-tamer-home",
-            "--set", "distributed.nproc_per_node=2", "--set", "pad_to_max_len=true"]
+    base = [
+        "plan",
+        "squad",
+        "--preset",
+        "llama-3.2-1b",
+        "--gpu-mem",
+        "80GiB",
+        "--gpu-mem-cap",
+        "15GiB",
+        "--home",
+        "/nonexistent-tamer-home",
+        "--set",
+        "distributed.nproc_per_node=2",
+        "--set",
+        "pad_to_max_len=true",
+    ]
     small = CliRunner().invoke(cli.app, [*base, "--json"])
     assert small.exit_code == 0, small.output
     note = json.loads(small.output)["world_size"]
@@ -607,7 +748,9 @@ def test_tamer_plan_says_when_two_gpus_are_slower_than_one_for_the_batch(monkeyp
     assert note["single_gpu_seconds"] < note["seconds"]
     text = CliRunner().invoke(cli.app, base, env={"COLUMNS": "200"}).output
     assert "one GPU is predicted faster; use --gpus 1" in text
-    large = json.loads(CliRunner().invoke(cli.app, [*base, "--set", "effective_batch_size=64", "--json"]).output)["world_size"]
+    large = json.loads(CliRunner().invoke(cli.app, [*base, "--set", "effective_batch_size=64", "--json"]).output)[
+        "world_size"
+    ]
     assert not large["slower_than_one_gpu"] and large["seconds"] < large["single_gpu_seconds"]
 
 
@@ -628,7 +771,9 @@ def test_checkpointing_table_by_size_is_what_fits_at_each_size():
 
     def peak(layers: int, tokens: int) -> int:
         sized = dataclasses.replace(workload, sequence_length=-(-tokens // plan.micro_batch_size))
-        return estimate(LLAMA_1B, plan.replace(checkpoint_layers=layers, checkpoint_layers_by_tokens=()), sized).reserved
+        return estimate(
+            LLAMA_1B, plan.replace(checkpoint_layers=layers, checkpoint_layers_by_tokens=()), sized
+        ).reserved
 
     for tokens, layers in table:
         assert peak(layers, tokens) <= usable
@@ -640,9 +785,13 @@ def test_checkpointing_table_by_size_is_what_fits_at_each_size():
     assert choice.speed > relative_speed(without, workload, H100, num_layers=LLAMA_1B.num_layers)
     assert plan_key(without) == plan_key(plan)  # derived from the rest: one failing rules out the other
     none_up_to = max(limit for limit, layers in table if layers == 0)
-    assert f"checkpointing {plan.checkpoint_layers} layers (fewer for rows up to {table[-1][0]:,} tokens, none up to " \
-        f"{none_up_to:,})" in plan.describe()  # one short clause in every attempt's line; the whole table in `tamer plan`
-    assert plan.describe_by_size().startswith(f"0 layers up to {table[0][0]:,} tokens, {table[1][1]} up to {table[1][0]:,}")
+    assert (
+        f"checkpointing {plan.checkpoint_layers} layers (fewer for rows up to {table[-1][0]:,} tokens, none up to "
+        f"{none_up_to:,})" in plan.describe()
+    )  # one short clause in every attempt's line; the whole table in `tamer plan`
+    assert plan.describe_by_size().startswith(
+        f"0 layers up to {table[0][0]:,} tokens, {table[1][1]} up to {table[1][0]:,}"
+    )
     assert plan.describe_by_size().count(" up to ") == len(table) and without.describe_by_size() == ""
 
 

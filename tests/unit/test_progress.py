@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rich.console import Console
 
-from tamer.progress import DaemonLines, PlainProgress, RunProgress
+from tamer.cli.progress import DaemonLines, PlainProgress, RunProgress
 from tamer.state.db import Database
 
 RUN_ID = "squad-20260101-000000-beef"
@@ -81,7 +80,9 @@ def test_terminal_progress_names_the_setup_phase(recorded_home):
 def test_a_failed_attempt_gets_its_own_line(recorded_home):
     """An attempt that ended in a failure is a line with its outcome, phase, step and message."""
     db = Database(recorded_home / "tamer.db", create=False)
-    db.update_attempt(RUN_ID, 1, outcome="crash", phase="backward", message="killed by SIGKILL", detail_json=json.dumps({"step": 5}))
+    db.update_attempt(
+        RUN_ID, 1, outcome="crash", phase="backward", message="killed by SIGKILL", detail_json=json.dumps({"step": 5})
+    )
     stream = io.StringIO()
     PlainProgress(stream).update(db, RUN_ID, 1)
     assert "attempt 1 ended: crash in backward at step 5: killed by SIGKILL" in stream.getvalue()
@@ -132,9 +133,22 @@ def _compile_heavy_attempt(home, steps: int) -> Database:
     with db.write() as tables:
         tables.execute("DELETE FROM steps")
     for step in range(1, steps + 1):
-        row = {"run_id": RUN_ID, "attempt": 1, "step": step, "samples_consumed": 8 * step, "loss": 1.0, "lr": 1e-3,
-               "grad_norm": 1.0, "tokens": 1000, "tokens_per_s": None, "step_time": 78.0 if step == 1 else 0.5,
-               "micro_batch_size": 8, "grad_accumulation": 1, "wall_time": 1000.0 + 78.0 + 0.5 * (step - 1), "sample_ids": "[]"}
+        row = {
+            "run_id": RUN_ID,
+            "attempt": 1,
+            "step": step,
+            "samples_consumed": 8 * step,
+            "loss": 1.0,
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+            "tokens": 1000,
+            "tokens_per_s": None,
+            "step_time": 78.0 if step == 1 else 0.5,
+            "micro_batch_size": 8,
+            "grad_accumulation": 1,
+            "wall_time": 1000.0 + 78.0 + 0.5 * (step - 1),
+            "sample_ids": "[]",
+        }
         db.insert_step(row)
     return db
 
@@ -143,7 +157,7 @@ def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
     """On an attempt's first step (78 s of compiling) there is no ETA, not 1,000 x 78 s, and tok/s is that step's own;
     from the second on, the ETA and tok/s come from the steps after it, also once the first step falls out of the
     smoothing window."""
-    from tamer.progress import SMOOTHING_STEPS, step_facts
+    from tamer.cli.progress import SMOOTHING_STEPS, step_facts
 
     db = _compile_heavy_attempt(recorded_home, 1)
     first = step_facts(db, db.run(RUN_ID), 1)
@@ -153,7 +167,9 @@ def test_the_first_steps_warm_up_sets_no_pace(recorded_home):
     assert third["eta_seconds"] == pytest.approx(997 * 0.5) and third["tokens_per_s"] == pytest.approx(2000)
     db = _compile_heavy_attempt(recorded_home, SMOOTHING_STEPS + 1)
     later = step_facts(db, db.run(RUN_ID), 1)
-    assert later["tokens_per_s"] == pytest.approx(2000) and later["eta_seconds"] == pytest.approx((999 - SMOOTHING_STEPS) * 0.5)
+    assert later["tokens_per_s"] == pytest.approx(2000) and later["eta_seconds"] == pytest.approx(
+        (999 - SMOOTHING_STEPS) * 0.5
+    )
 
 
 def test_tamer_status_gives_no_eta_from_a_first_step_alone(recorded_home):

@@ -28,7 +28,12 @@ class CountingRecipe:
 
     def build_examples(self, tokenizer: object) -> Examples:
         self.builds += 1
-        return Examples([Sequence([1, 2, 3], [1, 2, 3])], [Sequence([4, 5], [4, 5])], "1 training and 1 validation example", {"n": 1})
+        return Examples(
+            [Sequence([1, 2, 3], [1, 2, 3])],
+            [Sequence([4, 5], [4, 5])],
+            "1 training and 1 validation example",
+            {"n": 1},
+        )
 
     def supervised_tokens(self, example: Sequence) -> int:
         return len(example.labels) - 1
@@ -40,7 +45,9 @@ class CountingRecipe:
 def test_examples_are_built_once_and_reused(tmp_path):
     """The first attempt builds and reports the examples; the next reads them from the run folder."""
     recipe, events = CountingRecipe(), []
-    first = cached_examples(recipe, None, RunConfig(), tmp_path, lambda kind, message, **detail: events.append((kind, message, detail)))
+    first = cached_examples(
+        recipe, None, RunConfig(), tmp_path, lambda kind, message, **detail: events.append((kind, message, detail))
+    )
     second = cached_examples(recipe, None, RunConfig(), tmp_path, lambda *args, **detail: events.append(args))
     assert recipe.builds == 1 and first == second and first[0][0].input_ids == [1, 2, 3]
     assert events == [("data", "1 training and 1 validation example", {"n": 1})]

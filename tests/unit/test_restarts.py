@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from tamer.config import RunConfig
-from tamer.daemon.outcome import classify
+from tamer.daemon.classify import classify
 from tamer.daemon.restarts import backoff, restart_policy
 
 NOTHING_SENT: frozenset[int] = frozenset()
@@ -64,7 +64,11 @@ def test_outside_kills_are_not_counted_and_wait_up_to_ten_minutes():
     """An outside kill waits on its own backoff (capped at kill_backoff_max) and does not count toward giving up."""
     config = RunConfig()
     policy = restart_policy("outside_kill", crash_restarts=0, outside_kills_in_a_row=20, config=config)
-    assert not policy.counted and policy.wait_seconds == config.kill_backoff_max == 600.0 and policy.cause == "outside kill"
+    assert (
+        not policy.counted
+        and policy.wait_seconds == config.kill_backoff_max == 600.0
+        and policy.cause == "outside kill"
+    )
 
 
 def test_crashes_are_counted_on_the_restart_backoff():

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from tamer.config import build_config, config_from_dict
-from tamer.daemon.outcome import Outcome, parse_oom_message
 from tamer.errors import ConfigError, LockedError
+from tamer.outcome import Outcome, parse_oom_message
 from tamer.plan import DeviceFacts, Plan
 from tamer.state.lock import PidLock, lock_holder
 from tamer.units import ByteSize
@@ -30,7 +30,10 @@ def test_sizes_are_bytes_in_the_config_and_spelt_as_written_in_its_dict():
 def test_config_hash_ignores_what_it_always_ignored():
     """Caps, restarts and the planner do not change the hash; the learning rate does."""
     base = build_config("tiny")
-    assert build_config("tiny", options={"gpu_mem_cap": "4GiB"}, sets=["planner.allow_lora=false"]).config_hash() == base.config_hash()
+    assert (
+        build_config("tiny", options={"gpu_mem_cap": "4GiB"}, sets=["planner.allow_lora=false"]).config_hash()
+        == base.config_hash()
+    )
     assert build_config("tiny", sets=["learning_rate=1e-4"]).config_hash() != base.config_hash()
 
 
@@ -40,11 +43,14 @@ def test_a_bad_size_names_its_key():
         build_config("tiny", sets=["deescalate.min_squeeze=lots"])
 
 
-@pytest.mark.parametrize("structure", [
-    Plan(micro_batch_size=2, grad_accumulation=4, eval_batch_size=8, rungs=("lora",)),
-    DeviceFacts(kind="cuda", name="H100", total_memory=80 * 2**30, compute_capability=(9, 0)),
-    Outcome(kind="cuda_oom", message="out of memory", sizes={"free": 3}),
-])
+@pytest.mark.parametrize(
+    "structure",
+    [
+        Plan(micro_batch_size=2, grad_accumulation=4, eval_batch_size=8, rungs=("lora",)),
+        DeviceFacts(kind="cuda", name="H100", total_memory=80 * 2**30, compute_capability=(9, 0)),
+        Outcome(kind="cuda_oom", message="out of memory", sizes={"free": 3}),
+    ],
+)
 def test_stored_structures_round_trip_and_refuse_unknown_keys(structure):
     """Plan, DeviceFacts and Outcome read back from JSON equal; an unknown key is an error, not dropped."""
     data = json.loads(json.dumps(structure.to_dict()))

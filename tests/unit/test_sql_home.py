@@ -21,7 +21,11 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 found.add(id(first.value))
     return found
 
@@ -30,15 +34,22 @@ def sql_literals(source: str) -> list[tuple[int, str]]:
     """(line, text) of each string literal in `source` (f-string parts included) that reads as SQL."""
     tree = ast.parse(source)
     docstrings = _docstrings(tree)
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-            and SQL.search(node.value)]
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and SQL.search(node.value)
+    ]
 
 
 def test_the_scan_finds_sql_in_plain_and_f_strings():
     """The scan flags a query in a plain string and in an f-string, and passes prose and docstrings."""
-    source = ('"""SELECT * FROM runs, as an example."""\n'
-              'a = "SELECT id FROM runs"\nb = f"UPDATE queue SET claimed_at = {x}"\nc = "select a rung to apply"\n')
+    source = (
+        '"""SELECT * FROM runs, as an example."""\n'
+        'a = "SELECT id FROM runs"\nb = f"UPDATE queue SET claimed_at = {x}"\nc = "select a rung to apply"\n'
+    )
     assert [line for line, _ in sql_literals(source)] == [2, 3]
 
 
@@ -49,4 +60,6 @@ def test_no_sql_outside_the_state_package(path):
     if relative.startswith(ALLOWED):
         return
     found = sql_literals(path.read_text())
-    assert not found, f"{relative}: SQL outside tamer/state at lines {[line for line, _ in found]}; move it into tamer/state/queries.py"
+    assert not found, (
+        f"{relative}: SQL outside tamer/state at lines {[line for line, _ in found]}; move it into tamer/state/queries.py"
+    )

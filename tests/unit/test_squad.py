@@ -209,9 +209,7 @@ def fake_hub(monkeypatch):
     import datasets
 
     splits = {"train": hub_rows(10, "train-"), "validation": hub_rows(6, "validation-")}
-    monkeypatch.setattr(
-        datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list(splits[split])
-    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list(splits[split]))
     return splits
 
 

@@ -22,10 +22,22 @@ GIB = 1024**3
 MARGIN = 0.10
 
 
-def squeeze(key: str = "fast", predicted: int | None = 12 * GIB, measured: int | None = None, attempt: int = 1,
-            others: int = 60 * GIB) -> Squeeze:
-    return Squeeze(plan={"micro_batch_size": 8}, key=key, predicted=predicted, measured=measured, others=others, attempt=attempt,
-                   processes=[{"pid": 4242, "used": others, "name": "other job"}])
+def squeeze(
+    key: str = "fast",
+    predicted: int | None = 12 * GIB,
+    measured: int | None = None,
+    attempt: int = 1,
+    others: int = 60 * GIB,
+) -> Squeeze:
+    return Squeeze(
+        plan={"micro_batch_size": 8},
+        key=key,
+        predicted=predicted,
+        measured=measured,
+        others=others,
+        attempt=attempt,
+        processes=[{"pid": 4242, "used": others, "name": "other job"}],
+    )
 
 
 def card(free_gib: float, total_gib: float = 80, other_pid: int | None = None, other_gib: float = 0) -> CardView:
@@ -93,7 +105,9 @@ def test_our_paged_optimizer_state_is_ours_though_nvml_lists_it_under_no_process
     ours = our_share(view, {77}, None, managed)
     assert ours == 11 * GIB + managed  # 11 listed + 2.5 managed (the card leaves 2.7 GiB unattributed)
     assert decide([squeeze(predicted=13 * GIB)], view, ours=ours) is not None
-    assert decide([squeeze(predicted=13 * GIB)], view, ours=our_share(view, {77}, None)) is None  # the phantom "other job" of before
+    assert (
+        decide([squeeze(predicted=13 * GIB)], view, ours=our_share(view, {77}, None)) is None
+    )  # the phantom "other job" of before
     # Only what the card leaves unattributed: evicted to the host, the moments are not on the card to count.
     evicted = CardView(total=16 * GIB, free=int(4.8 * GIB), processes=(CardProcess(77, 11 * GIB),), source="test")
     assert our_share(evicted, {77}, None, managed) == 16 * GIB - int(4.8 * GIB)  # 11 listed + the 0.2 GiB unattributed
@@ -142,7 +156,9 @@ def test_measured_need_is_what_pytorch_held_plus_what_it_asked_for_or_the_earlie
 def test_fake_card_file_is_read_through_the_environment(tmp_path, monkeypatch):
     """TAMER_FAKE_CARD points read_card() at a JSON file a test rewrites; sizes may be strings."""
     path = tmp_path / "card.json"
-    path.write_text(json.dumps({"total": "40GiB", "free": "8GiB", "processes": [{"pid": 4242, "used": "30GiB", "name": "job"}]}))
+    path.write_text(
+        json.dumps({"total": "40GiB", "free": "8GiB", "processes": [{"pid": 4242, "used": "30GiB", "name": "job"}]})
+    )
     monkeypatch.setenv(FAKE_CARD_ENV, str(path))
     view = read_card()
     assert view.total == 40 * GIB and view.used == 32 * GIB and view.processes[0].used == 30 * GIB

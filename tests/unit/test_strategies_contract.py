@@ -129,4 +129,7 @@ def test_checkpointing_rung_extends_selective_checkpointing_to_every_layer():
     selective = fresh_plan().replace(gradient_checkpointing=True, checkpoint_layers=4)
     assert strategy.not_applicable(selective, CUDA) is None
     assert strategy.apply(selective, CUDA).checkpoint_layers is None
-    assert strategy.not_applicable(selective.replace(checkpoint_layers=None), CUDA) == "gradient checkpointing is already on"
+    assert (
+        strategy.not_applicable(selective.replace(checkpoint_layers=None), CUDA)
+        == "gradient checkpointing is already on"
+    )

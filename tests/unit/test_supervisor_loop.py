@@ -27,7 +27,13 @@ def supervise(tmp_path: Path, script: dict, sets: dict | None = None, during=Non
     """Run a CPU run whose attempts do what `script` says (see tests/fake/child.py) to its end:
     (exit code, run id, its database). `during(home, run_id)` runs in a thread meanwhile."""
     home = Home.resolve(tmp_path)
-    options = {"restart_backoff": 0.0, "eval.squad_samples": 0, "export.enabled": False, "device": "cpu", **(sets or {})}
+    options = {
+        "restart_backoff": 0.0,
+        "eval.squad_samples": 0,
+        "export.enabled": False,
+        "device": "cpu",
+        **(sets or {}),
+    }
     run_id = create_run(home, build_config("tiny", None, options, []))
     (home.run_dir(run_id) / "fake-child.json").write_text(json.dumps(script))
     thread = threading.Thread(target=during, args=(home, run_id), daemon=True) if during else None
@@ -49,12 +55,17 @@ def details(db: Database, run_id: str, kind: str) -> list[dict]:
 
 def test_a_crash_restarts_the_same_plan_and_the_run_finishes(tmp_path):
     """A crash, then a clean attempt: a counted restart of the same plan, the run `done`, exit 0."""
-    code, run_id, db = supervise(tmp_path, {"1": {"steps": [1, 2], "end": "crash"}, "default": {"steps": [3, 4], "end": "done"}})
+    code, run_id, db = supervise(
+        tmp_path, {"1": {"steps": [1, 2], "end": "crash"}, "default": {"steps": [3, 4], "end": "done"}}
+    )
     assert code == EXIT_OK and outcomes(db, run_id) == ["crash", "done"]
     (restart,) = details(db, run_id, "restart")
     assert restart["cause"] == "crash" and restart["counted"] and restart["wait_seconds"] == 0.0
     attempts = db.attempts(run_id)
-    assert attempts[0]["plan_json"] == attempts[1]["plan_json"] and attempts[1]["reason"] == "restart without escalation: crash"
+    assert (
+        attempts[0]["plan_json"] == attempts[1]["plan_json"]
+        and attempts[1]["reason"] == "restart without escalation: crash"
+    )
     assert db.run(run_id)["status"] == "done" and db.run(run_id)["steps_done"] == 4
 
 
@@ -63,37 +74,53 @@ def test_crash_loop_fails_the_run(tmp_path):
     code, run_id, db = supervise(tmp_path, {"default": {"steps": [1, 2], "end": "crash"}}, {"crash_loop_limit": 3})
     assert code == EXIT_FAILED and outcomes(db, run_id) == ["crash"] * 3
     run = db.run(run_id)
-    assert run["status"] == "failed" and run["failure_reason"].startswith("crash loop: crash at step 2 3 times in a row")
+    assert run["status"] == "failed" and run["failure_reason"].startswith(
+        "crash loop: crash at step 2 3 times in a row"
+    )
 
 
 def test_outside_kills_restart_on_their_own_backoff_past_every_crash_limit(tmp_path):
     """Three SIGKILLs tamer did not send (more than max_restarts=1 and crash_loop_limit=2 allow for crashes)
     wait kill_backoff doubling to its cap, and the run finishes."""
-    code, run_id, db = supervise(tmp_path, {"default": {"end": "kill"}, "4": {"steps": [1], "end": "done"}},
-                                 {"max_restarts": 1, "crash_loop_limit": 2, "kill_backoff": 0.05, "kill_backoff_max": 0.1})
+    code, run_id, db = supervise(
+        tmp_path,
+        {"default": {"end": "kill"}, "4": {"steps": [1], "end": "done"}},
+        {"max_restarts": 1, "crash_loop_limit": 2, "kill_backoff": 0.05, "kill_backoff_max": 0.1},
+    )
     assert code == EXIT_OK and outcomes(db, run_id) == ["outside_kill"] * 3 + ["done"]
     restarts = details(db, run_id, "restart")
-    assert [(r["cause"], r["counted"], r["wait_seconds"]) for r in restarts] == [("outside kill", False, 0.05),
-                                                                             ("outside kill", False, 0.1), ("outside kill", False, 0.1)]
+    assert [(r["cause"], r["counted"], r["wait_seconds"]) for r in restarts] == [
+        ("outside kill", False, 0.05),
+        ("outside kill", False, 0.1),
+        ("outside kill", False, 0.1),
+    ]
     assert db.attempts(run_id)[2]["reason"].endswith("after waiting 0.1 s")
 
 
 def test_oom_escalates_then_the_exhausted_ladder_fails_with_the_peak(tmp_path):
     """A training OOM climbs the only rung at once; the next OOM has nothing left: `failed`, naming what was tried and the peak."""
-    code, run_id, db = supervise(tmp_path, {"default": {"steps": [1], "end": "oom", "phase": "backward"}},
-                                 {"ladder.order": ["gradient_checkpointing"]})
+    code, run_id, db = supervise(
+        tmp_path,
+        {"default": {"steps": [1], "end": "oom", "phase": "backward"}},
+        {"ladder.order": ["gradient_checkpointing"]},
+    )
     assert code == EXIT_FAILED and outcomes(db, run_id) == ["cuda_oom", "cuda_oom"]
     (escalation,) = details(db, run_id, "escalate")
     assert escalation["applied"] == ["gradient_checkpointing"] and escalation["new_plan"]["gradient_checkpointing"]
     assert details(db, run_id, "restart")[0]["cause"] == "escalation"
     reason = db.run(run_id)["failure_reason"]
-    assert reason.startswith("out of memory and nothing left to try") and "already applied: gradient_checkpointing" in reason
+    assert (
+        reason.startswith("out of memory and nothing left to try")
+        and "already applied: gradient_checkpointing" in reason
+    )
     assert "highest host memory (RSS)" in reason
 
 
 def test_eval_oom_halves_only_the_eval_batch(tmp_path):
     """An OOM during evaluation restarts with half the eval batch and the training plan unchanged."""
-    code, run_id, db = supervise(tmp_path, {"1": {"steps": [1], "end": "oom", "phase": "eval"}, "default": {"end": "done"}})
+    code, run_id, db = supervise(
+        tmp_path, {"1": {"steps": [1], "end": "oom", "phase": "eval"}, "default": {"end": "done"}}
+    )
     assert code == EXIT_OK and outcomes(db, run_id) == ["cuda_oom", "done"]
     first, second = (json.loads(attempt["plan_json"]) for attempt in db.attempts(run_id))
     assert second == {**first, "eval_batch_size": first["eval_batch_size"] // 2}
@@ -101,7 +128,9 @@ def test_eval_oom_halves_only_the_eval_batch(tmp_path):
 
 def test_a_silent_child_is_killed_as_hung_and_restarted(tmp_path):
     """No heartbeat past the load deadline: the supervisor SIGKILLs it (outcome `hang`, counted, same plan)."""
-    code, run_id, db = supervise(tmp_path, {"1": {"end": "hang"}, "default": {"end": "done"}}, {"watchdog.load_timeout": 0.5})
+    code, run_id, db = supervise(
+        tmp_path, {"1": {"end": "hang"}, "default": {"end": "done"}}, {"watchdog.load_timeout": 0.5}
+    )
     assert code == EXIT_OK and outcomes(db, run_id) == ["hang", "done"]
     assert db.attempts(run_id)[0]["signal"] == signal.SIGKILL
     assert details(db, run_id, "hang")[0]["phase"] == "load" and details(db, run_id, "restart")[0]["counted"]
@@ -116,6 +145,7 @@ def test_a_config_error_fails_at_once_with_its_exit_code(tmp_path):
 
 def _signal_after(kind: str, attempts: int):
     """A `during` that SIGTERMs this process (the supervisor) once `attempts` attempts exist and an event of `kind` is logged."""
+
     def send(home: Home, run_id: str) -> None:
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -126,6 +156,7 @@ def _signal_after(kind: str, attempts: int):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             time.sleep(0.05)
+
     return send
 
 
@@ -133,8 +164,12 @@ def _signal_after(kind: str, attempts: int):
 def test_a_stop_signal_during_the_backoff_stops_without_another_attempt(tmp_path):
     """SIGTERM while waiting 30 s to restart after a crash: the wait ends at once, the run is `stopped` (exit 143), no new attempt."""
     started = time.monotonic()
-    code, run_id, db = supervise(tmp_path, {"default": {"steps": [1, 2, 3], "end": "crash"}}, {"restart_backoff": 30.0},
-                                 during=_signal_after("restart", 1))
+    code, run_id, db = supervise(
+        tmp_path,
+        {"default": {"steps": [1, 2, 3], "end": "crash"}},
+        {"restart_backoff": 30.0},
+        during=_signal_after("restart", 1),
+    )
     assert time.monotonic() - started < 15
     assert code == EXIT_STOPPED_TERM and outcomes(db, run_id) == ["crash"]
     assert db.run(run_id)["status"] == "stopped" and db.run(run_id)["failure_reason"] == "stopped by the user at step 3"
@@ -143,6 +178,8 @@ def test_a_stop_signal_during_the_backoff_stops_without_another_attempt(tmp_path
 @pytest.mark.skipif(sys.platform != "linux", reason="signals the test process itself")
 def test_a_stop_signal_mid_attempt_is_forwarded_and_the_run_stops(tmp_path):
     """SIGTERM to the supervisor while the child trains reaches the child, which stops: `stopped`, exit 143."""
-    code, run_id, db = supervise(tmp_path, {"default": {"steps": [1, 2], "end": "wait"}}, during=_signal_after("attempt_start", 1))
+    code, run_id, db = supervise(
+        tmp_path, {"default": {"steps": [1, 2], "end": "wait"}}, during=_signal_after("attempt_start", 1)
+    )
     assert code == EXIT_STOPPED_TERM and outcomes(db, run_id) == ["stopped"]
     assert db.run(run_id)["status"] == "stopped"

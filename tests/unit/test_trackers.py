@@ -35,24 +35,62 @@ def home_with_run(tmp_path: Path, trackers: list[str]) -> tuple[Home, str, Datab
 
 
 def attempt(db: Database, run_id: str, number: int, at: float) -> None:
-    db.insert_attempt({"run_id": run_id, "attempt": number, "plan_json": "{}", "plan_summary": f"micro-batch {8 // number} x {number}",
-                       "rungs_applied": "[]", "reason": "first plan" if number == 1 else "OOM: +split_micro_batch",
-                       "pid": 1, "started_at": at})
+    db.insert_attempt(
+        {
+            "run_id": run_id,
+            "attempt": number,
+            "plan_json": "{}",
+            "plan_summary": f"micro-batch {8 // number} x {number}",
+            "rungs_applied": "[]",
+            "reason": "first plan" if number == 1 else "OOM: +split_micro_batch",
+            "pid": 1,
+            "started_at": at,
+        }
+    )
     with db.write() as tables:
-        tables["events"].insert({"run_id": run_id, "attempt": number, "time": at, "kind": "attempt_start",
-                                 "message": f"attempt {number}", "detail_json": None})
+        tables["events"].insert(
+            {
+                "run_id": run_id,
+                "attempt": number,
+                "time": at,
+                "kind": "attempt_start",
+                "message": f"attempt {number}",
+                "detail_json": None,
+            }
+        )
 
 
 def step(db: Database, run_id: str, number: int, at_step: int, loss: float, at: float) -> None:
-    db.insert_step({"run_id": run_id, "attempt": number, "step": at_step, "samples_consumed": 8 * at_step, "loss": loss, "lr": 1e-4,
-                    "grad_norm": 1.5, "tokens": 800, "tokens_per_s": 400.0, "step_time": 2.0, "micro_batch_size": 8, "grad_accumulation": 1,
-                    "mem_allocated": None, "mem_reserved": 3 * 2**20, "mem_peak": None, "device_used": None, "host_rss": 2**30,
-                    "wall_time": at, "sample_ids": "[]"})
+    db.insert_step(
+        {
+            "run_id": run_id,
+            "attempt": number,
+            "step": at_step,
+            "samples_consumed": 8 * at_step,
+            "loss": loss,
+            "lr": 1e-4,
+            "grad_norm": 1.5,
+            "tokens": 800,
+            "tokens_per_s": 400.0,
+            "step_time": 2.0,
+            "micro_batch_size": 8,
+            "grad_accumulation": 1,
+            "mem_allocated": None,
+            "mem_reserved": 3 * 2**20,
+            "mem_peak": None,
+            "device_used": None,
+            "host_rss": 2**30,
+            "wall_time": at,
+            "sample_ids": "[]",
+        }
+    )
 
 
 def event(db: Database, run_id: str, number: int, kind: str, message: str, at: float) -> None:
     with db.write() as tables:
-        tables["events"].insert({"run_id": run_id, "attempt": number, "time": at, "kind": kind, "message": message, "detail_json": None})
+        tables["events"].insert(
+            {"run_id": run_id, "attempt": number, "time": at, "kind": kind, "message": message, "detail_json": None}
+        )
 
 
 def first_attempt(db: Database, run_id: str) -> None:
@@ -70,10 +108,35 @@ def second_attempt(db: Database, run_id: str) -> None:
     attempt(db, run_id, 2, T0 + 8)
     for number in range(5, 9):
         step(db, run_id, 2, number, 20.0 - number, T0 + 4 + number)
-    db.insert_eval({"run_id": run_id, "attempt": 2, "step": 8, "eval_loss": 2.5, "eval_tokens": 10, "eval_samples": 4,
-                    "eval_batch_size": 4, "wall_time": T0 + 13})
-    db.insert_squad_scores([{"run_id": run_id, "step": 8, "attempt": 2, "plan": "p", "metric": metric, "value": value, "questions": 4,
-                             "seconds": 1.0, "data": "held-out", "wall_time": T0 + 14} for metric, value in (("exact_match", 0.25), ("f1", 0.5))])
+    db.insert_eval(
+        {
+            "run_id": run_id,
+            "attempt": 2,
+            "step": 8,
+            "eval_loss": 2.5,
+            "eval_tokens": 10,
+            "eval_samples": 4,
+            "eval_batch_size": 4,
+            "wall_time": T0 + 13,
+        }
+    )
+    db.insert_squad_scores(
+        [
+            {
+                "run_id": run_id,
+                "step": 8,
+                "attempt": 2,
+                "plan": "p",
+                "metric": metric,
+                "value": value,
+                "questions": 4,
+                "seconds": 1.0,
+                "data": "held-out",
+                "wall_time": T0 + 14,
+            }
+            for metric, value in (("exact_match", 0.25), ("f1", 0.5))
+        ]
+    )
     db.update_run(run_id, status="done")
 
 
@@ -100,10 +163,23 @@ def two_sessions(home: Home, run_id: str, db: Database, name: str) -> None:
 
 def test_step_rows_become_metrics_in_mib_without_missing_columns():
     """A step row's measured columns become train/* and memory/* (MiB); unmeasured ones are left out."""
-    row = {"loss": 2.0, "lr": 1e-4, "grad_norm": None, "tokens_per_s": 100.0, "step_time": 0.5, "micro_batch_size": 4, "attempt": 2,
-           "samples_consumed": 16, "mem_reserved": 3 * 2**20, "mem_allocated": None, "host_rss": 2**30}
+    row = {
+        "loss": 2.0,
+        "lr": 1e-4,
+        "grad_norm": None,
+        "tokens_per_s": 100.0,
+        "step_time": 0.5,
+        "micro_batch_size": 4,
+        "attempt": 2,
+        "samples_consumed": 16,
+        "mem_reserved": 3 * 2**20,
+        "mem_allocated": None,
+        "host_rss": 2**30,
+    }
     values = records.step_metrics(row)
-    assert values["train/loss"] == 2.0 and values["memory/reserved_mib"] == 3.0 and values["memory/host_rss_mib"] == 1024.0
+    assert (
+        values["train/loss"] == 2.0 and values["memory/reserved_mib"] == 3.0 and values["memory/host_rss_mib"] == 1024.0
+    )
     assert "train/grad_norm" not in values and "memory/allocated_mib" not in values and values["train/attempt"] == 2.0
 
 
@@ -113,7 +189,9 @@ def test_run_parameters_leave_the_notify_section_out():
     run = {"id": "r", "config_hash": "h", "config_json": json.dumps(config.to_dict())}
     parameters = records.run_parameters(run)
     assert parameters["learning_rate"] == json.dumps(config.learning_rate) and parameters["lora.r"] == "16"
-    assert not any("SECRET" in value for value in parameters.values()) and not any(key.startswith("notify") for key in parameters)
+    assert not any("SECRET" in value for value in parameters.values()) and not any(
+        key.startswith("notify") for key in parameters
+    )
 
 
 # --- TensorBoard --------------------------------------------------------------------------------------
@@ -127,12 +205,26 @@ def test_tensorboard_has_one_loss_point_per_step_across_a_restart_and_a_resume(t
     folder = home.run_dir(run_id) / "tensorboard"
     loss = tensorboard_scalars(folder, "train/loss")
     assert [point for point, _ in loss] == list(range(1, 9))
-    assert [value for _, value in loss] == [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 13.0, 12.0]  # 5-6 as first trained, 7-8 from attempt 2
-    assert tensorboard_scalars(folder, "eval/loss") == [(8, 2.5)] and tensorboard_scalars(folder, "eval/f1") == [(8, 0.5)]
+    assert [value for _, value in loss] == [
+        9.0,
+        8.0,
+        7.0,
+        6.0,
+        5.0,
+        4.0,
+        13.0,
+        12.0,
+    ]  # 5-6 as first trained, 7-8 from attempt 2
+    assert tensorboard_scalars(folder, "eval/loss") == [(8, 2.5)] and tensorboard_scalars(folder, "eval/f1") == [
+        (8, 0.5)
+    ]
     texts = [text for _, text in tensorboard_texts(folder, "events")]
-    assert "attempt 1 checkpoint: checkpoint step 4 saved in 0.1 s" in texts and any("escalate" in text for text in texts)
-    assert [(at, text) for at, text in tensorboard_texts(folder, "escalations")] == [(6, "attempt 1 escalate: CUDA OOM in backward: "
-                                                                                       "+split_micro_batch")]
+    assert "attempt 1 checkpoint: checkpoint step 4 saved in 0.1 s" in texts and any(
+        "escalate" in text for text in texts
+    )
+    assert [(at, text) for at, text in tensorboard_texts(folder, "escalations")] == [
+        (6, "attempt 1 escalate: CUDA OOM in backward: +split_micro_batch")
+    ]
     assert any("attempt_2/plan: micro-batch 4 x 2" in text for _, text in tensorboard_texts(folder, "parameters"))
 
 
@@ -149,11 +241,15 @@ def test_a_session_killed_before_saving_its_cursor_draws_no_point_twice(tmp_path
         step(db, run_id, 1, number, 10.0 - number, T0 + number)
     first.forward(db)
     first.finish("running")
-    queries.save_forwarded(db, run_id, "tensorboard", time.time(), step=3, event_id=0)  # as if the second save never happened
+    queries.save_forwarded(
+        db, run_id, "tensorboard", time.time(), step=3, event_id=0
+    )  # as if the second save never happened
     second = sink(home, run_id, db, "tensorboard")
     second.forward(db)
     second.finish("done")
-    assert [point for point, _ in tensorboard_scalars(home.run_dir(run_id) / "tensorboard", "train/loss")] == list(range(1, 7))
+    assert [point for point, _ in tensorboard_scalars(home.run_dir(run_id) / "tensorboard", "train/loss")] == list(
+        range(1, 7)
+    )
 
 
 # --- MLflow -------------------------------------------------------------------------------------------
@@ -193,12 +289,22 @@ def test_wandb_offline_directory_has_the_run_once_per_step(tmp_path):
     assert len(files) == 2
     rows = [record for path in files for record in wandb_records(path)]
     assert {record.run.run_id for record in rows if record.WhichOneof("record_type") == "run"} == {run_id}
-    steps = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item} for record in rows
-             if record.WhichOneof("record_type") == "history"]
+    steps = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in rows
+        if record.WhichOneof("record_type") == "history"
+    ]
     loss_steps = [row["_step"] for row in steps if "train/loss" in row]
     assert loss_steps == list(range(1, 9))
-    assert [record.alert.title for record in rows if record.WhichOneof("record_type") == "alert"] == [f"tamer {run_id}: escalate"]
-    configs = [item.key or "/".join(item.nested_key) for record in rows if record.WhichOneof("record_type") == "config" for item in record.config.update]
+    assert [record.alert.title for record in rows if record.WhichOneof("record_type") == "alert"] == [
+        f"tamer {run_id}: escalate"
+    ]
+    configs = [
+        item.key or "/".join(item.nested_key)
+        for record in rows
+        if record.WhichOneof("record_type") == "config"
+        for item in record.config.update
+    ]
     assert "attempt_2/plan" in configs
 
 
@@ -224,7 +330,10 @@ def test_a_tracker_that_fails_mid_run_is_an_event_and_the_others_go_on(tmp_path,
             return fail
 
     real_open = base.open_tracker
-    monkeypatch.setattr("tamer.daemon.mirror.open_tracker", lambda name, context: Broken() if name == "mlflow" else real_open(name, context))
+    monkeypatch.setattr(
+        "tamer.daemon.mirror.open_tracker",
+        lambda name, context: Broken() if name == "mlflow" else real_open(name, context),
+    )
     mirror = RunMirror(home, run_id, config, [])
     first_attempt(db, run_id)
     mirror.pump()
@@ -232,7 +341,9 @@ def test_a_tracker_that_fails_mid_run_is_an_event_and_the_others_go_on(tmp_path,
     mirror.pump()
     mirror.close()
     (failed,) = [e for e in db.events(run_id) if e["kind"] == "tracker_failed"]
-    assert failed["message"].startswith("mlflow stopped mirroring this run (ConnectionError: tracking server went away)")
+    assert failed["message"].startswith(
+        "mlflow stopped mirroring this run (ConnectionError: tracking server went away)"
+    )
     assert f"tamer sync {run_id} --to mlflow" in failed["message"]
     assert len(tensorboard_scalars(home.run_dir(run_id) / "tensorboard", "train/loss")) == 8
 
@@ -265,9 +376,13 @@ def test_sync_refuses_a_tracker_the_live_supervisor_writes(tmp_path):
 def test_a_configured_tracker_that_is_not_installed_is_a_config_error(monkeypatch):
     """trackers: [mlflow] without mlflow installed is one line naming the extra to install."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "mlflow" else real(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "mlflow" else real(name, *args)
+    )
     config = build_config("tiny", None, {"trackers": ["tensorboard", "mlflow"]}, [])
-    with pytest.raises(ConfigError, match=r"^trackers: mlflow is configured but not installed; pip install 'tamer\[mlflow\]'"):
+    with pytest.raises(
+        ConfigError, match=r"^trackers: mlflow is configured but not installed; pip install 'tamer\[mlflow\]'"
+    ):
         base.check_installed(config)
     base.check_installed(build_config("tiny", None, {"trackers": ["tensorboard"]}, []))
     with pytest.raises(ConfigError, match="listed twice"):

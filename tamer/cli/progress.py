@@ -17,13 +17,14 @@ import contextlib
 import json
 import sys
 import time
-from typing import Any, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column
 
-from tamer.inspect import display
+from tamer import output
 from tamer.inspect.history import last_heartbeat
 from tamer.inspect.status import supervised, unsupervised_note
 from tamer.state import queries
@@ -33,8 +34,14 @@ from tamer.units import format_size
 # Steps averaged for tok/s and seconds per step: single steps swing (checkpoints, evaluation, shapes).
 SMOOTHING_STEPS = 10
 # What the child is doing before its first step, after the last event it wrote.
-SETUP_STATUS = {"attempt_start": "starting (tokenizing)", "allocator": "tokenizing", "host_mem_cap": "tokenizing",
-                "data": "loading the model", "resume": "loading the checkpoint", "start": "first step (warming up)"}
+SETUP_STATUS = {
+    "attempt_start": "starting (tokenizing)",
+    "allocator": "tokenizing",
+    "host_mem_cap": "tokenizing",
+    "data": "loading the model",
+    "resume": "loading the checkpoint",
+    "start": "first step (warming up)",
+}
 DEFAULT_EVERY_SECONDS = 30.0
 DEFAULT_EVERY_STEPS = 50
 
@@ -52,7 +59,9 @@ def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int 
     An attempt's first step carries its warm-up (compiling the layers, allocator growth: 78 s against 0.1 s for
     the next ones, seen with LoRA-wrapped layers), so it never sets the pace: once later steps exist tok/s leaves it
     out and the seconds per step count from its end; on the first step alone tok/s is its own and there is no ETA."""
-    rows = queries.recent_steps(db, run["id"], attempt, up_to_step if up_to_step is not None else 2**62, SMOOTHING_STEPS + 1)
+    rows = queries.recent_steps(
+        db, run["id"], attempt, up_to_step if up_to_step is not None else 2**62, SMOOTHING_STEPS + 1
+    )
     if not rows:
         return None
     has_first = len(rows) <= SMOOTHING_STEPS  # fewer rows than asked for: the oldest is the attempt's first step
@@ -73,9 +82,11 @@ def step_facts(db: Database, run: dict[str, Any], attempt: int, up_to_step: int 
 def step_line(facts: dict[str, Any]) -> str:
     """One progress line: `12:37:16 step 40/120 loss 9.9931 1,234 tok/s mem 573.4 MiB RSS ETA 3 min 05 s (attempt 1)`."""
     speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
-    return (f"{time.strftime('%H:%M:%S', time.localtime(facts['wall_time']))} step {facts['step']}/{facts['total'] or '?'} "
-            f"loss {display.number(facts['loss'])} {speed} mem {facts['memory']} ETA {display.seconds(facts['eta_seconds'])} "
-            f"(attempt {facts['attempt']})")
+    return (
+        f"{time.strftime('%H:%M:%S', time.localtime(facts['wall_time']))} step {facts['step']}/{facts['total'] or '?'} "
+        f"loss {output.number(facts['loss'])} {speed} mem {facts['memory']} ETA {output.seconds(facts['eta_seconds'])} "
+        f"(attempt {facts['attempt']})"
+    )
 
 
 def attempt_end_line(attempt: dict[str, Any], run: dict[str, Any]) -> str:
@@ -85,8 +96,10 @@ def attempt_end_line(attempt: dict[str, Any], run: dict[str, Any]) -> str:
     phase = attempt["phase"] or last_heartbeat(run, attempt["attempt"])
     where = (f" in {phase}" if phase else "") + (f" at step {step}" if step is not None else "")
     message = " ".join(str(attempt["message"] or "").split())
-    return (f"{time.strftime('%H:%M:%S', time.localtime(attempt['ended_at']))} attempt {attempt['attempt']} ended: "
-            f"{attempt['outcome']}{where}" + (f": {message}" if message else ""))
+    return (
+        f"{time.strftime('%H:%M:%S', time.localtime(attempt['ended_at']))} attempt {attempt['attempt']} ended: "
+        f"{attempt['outcome']}{where}" + (f": {message}" if message else "")
+    )
 
 
 class _Reader:
@@ -108,8 +121,9 @@ class _Reader:
 
     def new_lines(self, db: Database, run_id: str) -> list[tuple[float, str, dict[str, Any] | None]]:
         """(time, line, the event or None) of everything new, oldest first."""
-        lines: list[tuple[float, str, dict[str, Any] | None]] = [(event["time"], event_line(event), event)
-                                                                  for event in self.new_events(db, run_id)]
+        lines: list[tuple[float, str, dict[str, Any] | None]] = [
+            (event["time"], event_line(event), event) for event in self.new_events(db, run_id)
+        ]
         for attempt in db.attempts(run_id):
             number = attempt["attempt"]
             if attempt["ended_at"] is None or number in self.reported_attempts or attempt["ended_at"] < self.after_time:
@@ -157,8 +171,12 @@ class PlainProgress(_Reader):
         every_seconds = float(self.setting(run, "progress_every_seconds", DEFAULT_EVERY_SECONDS))
         every_steps = int(self.setting(run, "progress_every_steps", DEFAULT_EVERY_STEPS))
         last_step = self.printed_step[1] if self.printed_step and self.printed_step[0] == attempt else None
-        due = (last_step is None or facts["step"] - last_step >= every_steps or time.time() - self.printed_at >= every_seconds
-               or facts["step"] == run["total_steps"])
+        due = (
+            last_step is None
+            or facts["step"] - last_step >= every_steps
+            or time.time() - self.printed_at >= every_seconds
+            or facts["step"] == run["total_steps"]
+        )
         if due:
             self._write(step_line(facts))
             self.printed_step, self.printed_at = (facts["attempt"], facts["step"]), time.time()
@@ -201,9 +219,15 @@ class RunProgress(_Reader):
             self.progress.update(self.task, total=run["total_steps"], status=self.status, eta="-", **fields)
             return
         speed = f"{facts['tokens_per_s']:,.0f} tok/s" if facts["tokens_per_s"] else "- tok/s"
-        status = f"loss {display.number(facts['loss'])}  {speed}  {facts['memory_size']}"
-        self.progress.update(self.task, completed=facts["step"], total=run["total_steps"], status=status,
-                             eta=display.seconds(facts["eta_seconds"]), **fields)
+        status = f"loss {output.number(facts['loss'])}  {speed}  {facts['memory_size']}"
+        self.progress.update(
+            self.task,
+            completed=facts["step"],
+            total=run["total_steps"],
+            status=status,
+            eta=output.seconds(facts["eta_seconds"]),
+            **fields,
+        )
 
 
 class DaemonLines:
@@ -215,7 +239,9 @@ class DaemonLines:
         self.console = console
 
     def say(self, kind: str, message: str) -> None:
-        self.console.print(f"{time.strftime('%H:%M:%S')} {kind}: {message}", highlight=False, markup=False, soft_wrap=True)
+        self.console.print(
+            f"{time.strftime('%H:%M:%S')} {kind}: {message}", highlight=False, markup=False, soft_wrap=True
+        )
 
     @contextlib.contextmanager
     def following(self, db: Database, run_id: str) -> Iterator[Callable[[], None]]:
@@ -234,8 +260,9 @@ class DaemonLines:
             yield lambda: bar.update(db, run_id, newest_attempt())
 
 
-def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll_seconds: float = 1.0,
-           every_steps: int = 1) -> None:
+def follow(
+    db: Database, run_id: str, stream: TextIO, keep_following: bool, poll_seconds: float = 1.0, every_steps: int = 1
+) -> None:
     """`tamer logs`: the run's events and step lines in time order, then (with keep_following) new ones
     as they come until the run is no longer running or queued."""
     reader = _Reader()
@@ -262,4 +289,3 @@ def follow(db: Database, run_id: str, stream: TextIO, keep_following: bool, poll
             stream.flush()
             return
         time.sleep(poll_seconds)
-

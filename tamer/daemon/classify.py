@@ -1,4 +1,4 @@
-"""Why a child exited: one `Outcome` per attempt, from its exit status and its exit report.
+"""Why a child exited: one `Outcome` (tamer/outcome.py) per attempt, from its exit status and its exit report.
 
 The supervisor calls `classify(returncode, report, oom_killed=..., hung=...)` after every child exit
 and hands the Outcome to the ladder. The child's exit report (JSON) says what it knew (exception,
@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import re
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tamer.errors import ERROR_BY_EXIT_CODE
-from tamer.protocol import EXIT_CONFIG, EXIT_DATA, EXIT_EXCEPTION, EXIT_MODEL, NOT_RETRYABLE_EXIT_CODES, PHASES, OutcomeKind
-from tamer.units import format_size, parse_size
-
-MESSAGE_LIMIT = 300
+from tamer.outcome import Outcome, parse_oom_message
+from tamer.output import MESSAGE_LIMIT, one_line
+from tamer.protocol import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_EXCEPTION,
+    EXIT_MODEL,
+    NOT_RETRYABLE_EXIT_CODES,
+    PHASES,
+    OutcomeKind,
+)
+from tamer.units import format_size
 
 # Device allocation failures that do not always say "CUDA out of memory": cuBLAS/cuDNN/cuSOLVER
 # cannot get a workspace, or the driver itself reports cudaErrorMemoryAllocation.
@@ -47,8 +53,14 @@ HOST_OOM_MARKERS = (
 CAPPED_HOST_OOM_MARKERS = ("could not create a primitive", "cannot allocate memory", "out of memory")
 # Writes that fail because the disk is full, or because the file grew past the process's limit (ulimit -f):
 # Python's OSError, safetensors' and Rust's io errors, SQLite, torch's zip writer.
-DISK_FULL_MARKERS = ("no space left on device", "disk quota exceeded", "storagefull", "database or disk is full",
-                     "[errno 28]", "[errno 122]")
+DISK_FULL_MARKERS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "storagefull",
+    "database or disk is full",
+    "[errno 28]",
+    "[errno 122]",
+)
 FILE_TOO_LARGE_MARKERS = ("file too large", "filetoolarge", "[errno 27]")
 # A write that failed without saying why, while the disk was this close to full, is a full disk.
 NEARLY_FULL_BYTES = 64 * 2**20
@@ -59,96 +71,6 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Signals an operator, a job scheduler or a stray `kill` sends: when tamer did not send them, the child was
 # killed from outside, not by a bug in it (a crash ends in SIGSEGV, SIGABRT, SIGBUS or an exception).
 OUTSIDE_KILL_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-_SIZE = r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>bytes|B|KiB|MiB|GiB|TiB)\b"
-# Both torch formats: the new one (2.1+) in sentences, the old one in a parenthesis. torch 2.1
-# spelled "capacty", hence `capac\w*`.
-_SIZE_PATTERNS = {
-    "tried_to_allocate": [rf"tried to allocate {_SIZE}"],
-    "total_capacity": [rf"total capac\w* of {_SIZE}", rf"{_SIZE} total capacity"],
-    "free": [rf"of which {_SIZE} is free", rf"{_SIZE} free\b"],
-    "allowed": [rf"{_SIZE} allowed;"],
-    "process_in_use": [rf"this process has {_SIZE} memory in use"],
-    "allocated_by_pytorch": [
-        rf"of the allocated memory {_SIZE} is allocated by pytorch",
-        rf"{_SIZE} already allocated",
-    ],
-    "reserved_unallocated": [rf"{_SIZE} is reserved by pytorch but unallocated"],
-    "reserved_total": [rf"{_SIZE} reserved in total by pytorch"],
-}
-# torch lists every other process on the card this way; inside a container NVML reports host pids,
-# so the child itself may appear here instead of as "this process".
-_OTHER_PROCESS = re.compile(rf"process \d+ has {_SIZE} memory in use", re.IGNORECASE)
-
-
-def _bytes(match: re.Match[str]) -> int:
-    return parse_size(match.group("value") + match.group("unit"))
-
-
-def parse_oom_message(text: str) -> dict[str, int]:
-    """The sizes (bytes) an out-of-memory message states, by name; only those that parse.
-
-    Names: tried_to_allocate, total_capacity, free, allowed (set_per_process_memory_fraction),
-    process_in_use, other_processes_in_use (sum of "Process N has ..."), allocated_by_pytorch,
-    reserved_unallocated, reserved_total. Each format states two of the last three; the third is
-    derived. The CPU allocator's "you tried to allocate N bytes" gives tried_to_allocate.
-    """
-    sizes: dict[str, int] = {}
-    for name, patterns in _SIZE_PATTERNS.items():
-        for pattern in patterns:
-            match = re.search(pattern, text, re.IGNORECASE)
-            if match:
-                sizes[name] = _bytes(match)
-                break
-    others = [_bytes(match) for match in _OTHER_PROCESS.finditer(text)]
-    if others:
-        sizes["other_processes_in_use"] = sum(others)
-    allocated = sizes.get("allocated_by_pytorch")
-    if allocated is not None and "reserved_unallocated" in sizes and "reserved_total" not in sizes:
-        sizes["reserved_total"] = allocated + sizes["reserved_unallocated"]
-    if allocated is not None and "reserved_total" in sizes and "reserved_unallocated" not in sizes:
-        sizes["reserved_unallocated"] = sizes["reserved_total"] - allocated
-    return sizes
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one child attempt ended, and whether the supervisor should retry and escalate."""
-
-    kind: OutcomeKind
-    message: str
-    phase: str | None = None
-    """load, forward, backward, optimizer, checkpoint or eval; None when unknown."""
-    exit_code: int | None = None
-    """The child's exit status; None when a signal killed it or the status is unknown."""
-    signal: int | None = None
-    """The signal that ended the child (also for shell-style 128+N statuses)."""
-    micro_batch_size: int | None = None
-    step: int | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
-    """Bytes parsed from the OOM message (see parse_oom_message)."""
-    memory_stats: dict[str, Any] = field(default_factory=dict)
-    """Peaks from the child's report (torch.cuda.memory_stats and host RSS), passed through."""
-    retryable: bool = True
-    escalate: bool = False
-    rank: int | None = None
-    """In a multi-process run, the rank whose failure this is (None: one process, or no rank to blame)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        """An outcome from its to_dict() form, strictly: an unknown key or a wrong value is a ConfigError."""
-        from tamer.schema import validate
-
-        return validate(cls, data, "outcome.")
-
-
-def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str:
-    """The first non-empty line of `text`, cut to `limit` characters."""
-    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def signal_name(number: int) -> str:
@@ -199,9 +121,15 @@ def _storage_kind(report: dict[str, Any], message: str) -> OutcomeKind | None:
 def _storage_outcome(kind: OutcomeKind, report: dict[str, Any], described: str, common: dict[str, Any]) -> Outcome:
     if kind == "file_too_large":
         limit = report.get("file_size_limit")
-        said = f"the file-size limit of this process ({format_size(limit)}, ulimit -f)" if limit else "the file system's largest file"
-        message = (f"a file grew past {said}: {described}; a restart cannot help: raise the limit (ulimit -f unlimited) "
-                   "and `tamer resume RUN`")
+        said = (
+            f"the file-size limit of this process ({format_size(limit)}, ulimit -f)"
+            if limit
+            else "the file system's largest file"
+        )
+        message = (
+            f"a file grew past {said}: {described}; a restart cannot help: raise the limit (ulimit -f unlimited) "
+            "and `tamer resume RUN`"
+        )
         return Outcome("file_too_large", one_line(message, 2 * MESSAGE_LIMIT), retryable=False, **common)
     free = report.get("disk_free")
     said = f" ({format_size(free)} free)" if free is not None else ""
@@ -245,7 +173,11 @@ def classify(
     if status == "done" and returncode == 0:
         return Outcome("done", described or "finished", retryable=False, **common)
     # A TamerError ("error") is the child's own verdict; anything else with a message may be an OOM.
-    oom_kind = _oom_kind(exc_type, full_message, bool(report.get("address_space_capped"))) if status not in ("done", "error") else None
+    oom_kind = (
+        _oom_kind(exc_type, full_message, bool(report.get("address_space_capped")))
+        if status not in ("done", "error")
+        else None
+    )
     if oom_kind:
         return Outcome(oom_kind, described, sizes=parse_oom_message(full_message), escalate=True, **common)
     storage_kind = _storage_kind(report, full_message) if status == "exception" else None
@@ -255,8 +187,14 @@ def classify(
         return Outcome("lost", "the child's exit status is unknown (its supervisor lost track of it)", **common)
     stopped = signal_number in STOP_SIGNALS or status == "stopped"
     stop_signal = report.get("signal") if status == "stopped" else signal_number
-    if signals_sent is not None and not oom_killed and not hung and (stopped or returncode < 0) \
-            and stop_signal in OUTSIDE_KILL_SIGNALS and stop_signal not in signals_sent:
+    if (
+        signals_sent is not None
+        and not oom_killed
+        and not hung
+        and (stopped or returncode < 0)
+        and stop_signal in OUTSIDE_KILL_SIGNALS
+        and stop_signal not in signals_sent
+    ):
         return _outside_kill(int(stop_signal), status == "stopped", common)
     if oom_killed and returncode != 0 and not stopped:
         killed = f"killed by {signal_name(signal_number)}" if signal_number else f"exited with code {returncode}"
@@ -267,8 +205,13 @@ def classify(
         return Outcome("hang", f"heartbeat stopped; the supervisor killed it{killed}", **common)
     if signal_number == signal.SIGKILL and signals_sent is not None and signal.SIGKILL in signals_sent:
         # tamer kills a child only on the user's second stop (a hang is told apart above)
-        return Outcome("stopped", "stopped at once on a second stop request (tamer sent SIGKILL): this step was not "
-                       "checkpointed; a resume starts from the last checkpoint", retryable=False, **common)
+        return Outcome(
+            "stopped",
+            "stopped at once on a second stop request (tamer sent SIGKILL): this step was not "
+            "checkpointed; a resume starts from the last checkpoint",
+            retryable=False,
+            **common,
+        )
     if stopped:
         how = f"by {signal_name(signal_number)}" if signal_number in STOP_SIGNALS else "on request"
         return Outcome("stopped", f"stopped {how}", retryable=False, **common)
@@ -373,13 +316,13 @@ def classify_group(
     died_first: int | None = None,
 ) -> Outcome:
     """The one Outcome of a multi-process attempt: torchrun's exit status (`returncode`) and each rank's
-    report (`reports`, by rank; a rank that died without writing one is missing). `died_first`: the rank
-the supervisor saw exit first, when it saw one (it names a lost rank that wrote nothing).
+        report (`reports`, by rank; a rank that died without writing one is missing). `died_first`: the rank
+    the supervisor saw exit first, when it saw one (it names a lost rank that wrote nothing).
 
-    One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
-    escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
-    without a report, collective timeouts, peers that went away, a failed rendezvous) is `dist_failure`,
-    restarted without escalation.
+        One failure is classified once for the whole group: an OOM on any rank (the earliest, if several)
+        escalates every rank; a rank's own crash or error is that rank's outcome; what is left (a rank lost
+        without a report, collective timeouts, peers that went away, a failed rendezvous) is `dist_failure`,
+        restarted without escalation.
     """
     ranked = {rank: classify(_rank_status(report), report) for rank, report in reports.items()}
     if returncode == 0 and len(reports) == world_size and all(o.kind == "done" for o in ranked.values()):
@@ -394,14 +337,22 @@ the supervisor saw exit first, when it saw one (it names a lost rank that wrote 
         return _blamed(ranked[rank], rank, world_size)
     group_status = returncode if returncode is not None else 1
     if oom_killed and not stop_requested:
-        return Outcome("host_oom", f"torchrun exited with status {group_status} after the kernel OOM killer fired "
-                       "(memory.events oom_kill rose)", escalate=True)
+        return Outcome(
+            "host_oom",
+            f"torchrun exited with status {group_status} after the kernel OOM killer fired "
+            "(memory.events oom_kill rose)",
+            escalate=True,
+        )
     if hung:
         return Outcome("hang", "a rank's heartbeat stopped; the supervisor killed the group")
     if stop_requested:
         steps = [report.get("step") for report in reports.values() if report.get("status") == "stopped"]
-        return Outcome("stopped", "stopped on request" + (f" after step {max(steps)}" if steps else ""), retryable=False,
-                       step=max(steps) if steps else None)
+        return Outcome(
+            "stopped",
+            "stopped on request" + (f" after step {max(steps)}" if steps else ""),
+            retryable=False,
+            step=max(steps) if steps else None,
+        )
     errors = [rank for rank, outcome in ranked.items() if outcome.kind in ERROR_KINDS]
     if errors:
         rank = earliest(errors)
@@ -415,18 +366,41 @@ the supervisor saw exit first, when it saw one (it names a lost rank that wrote 
     first = ranked[earliest(failed)] if failed else None
     if missing:  # a rank died without a word: it is the one to blame, the others' errors follow from it
         lost = died_first if died_first in missing else missing[0]
-        message = (f"rank {lost} of {world_size} died without a report (killed, or crashed hard)"
-                   + (f"; rank {', '.join(str(m) for m in missing if m != lost)} too" if len(missing) > 1 else "")
-                   + (f"; then rank {earliest(failed)}: {first.message}" if first else f"; torchrun exited with status {group_status}"))
+        message = (
+            f"rank {lost} of {world_size} died without a report (killed, or crashed hard)"
+            + (f"; rank {', '.join(str(m) for m in missing if m != lost)} too" if len(missing) > 1 else "")
+            + (
+                f"; then rank {earliest(failed)}: {first.message}"
+                if first
+                else f"; torchrun exited with status {group_status}"
+            )
+        )
         if len(missing) == world_size and died_first not in missing:
-            message = (f"torchrun exited with status {group_status} before any rank reported "
-                       "(launch or rendezvous failure; see the attempt's child.log)")
+            message = (
+                f"torchrun exited with status {group_status} before any rank reported "
+                "(launch or rendezvous failure; see the attempt's child.log)"
+            )
             lost = None
-        return Outcome("dist_failure", one_line(message), rank=lost, phase=first.phase if first else None,
-                       step=first.step if first else None)
+        return Outcome(
+            "dist_failure",
+            one_line(message),
+            rank=lost,
+            phase=first.phase if first else None,
+            step=first.step if first else None,
+        )
     if first is not None:
         rank = earliest(failed)
-        return Outcome("dist_failure", one_line(f"rank {rank} of {world_size}: {first.message}"), phase=first.phase, step=first.step,
-                       rank=rank, micro_batch_size=first.micro_batch_size, memory_stats=first.memory_stats)
-    return Outcome("dist_failure", f"torchrun exited with status {group_status}; every rank reported "
-                   f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}")
+        return Outcome(
+            "dist_failure",
+            one_line(f"rank {rank} of {world_size}: {first.message}"),
+            phase=first.phase,
+            step=first.step,
+            rank=rank,
+            micro_batch_size=first.micro_batch_size,
+            memory_stats=first.memory_stats,
+        )
+    return Outcome(
+        "dist_failure",
+        f"torchrun exited with status {group_status}; every rank reported "
+        f"{', '.join(sorted({str(r.get('status')) for r in reports.values()}))}",
+    )
