@@ -498,15 +498,17 @@ def choose(
     *,
     workload: Workload | None = None,
     correction: float = 1.0,
+    shape: ModelShape | None = None,
 ) -> Choice | None:
     """The plan to try next for `config` on a device with `budget_bytes` (default: the card's memory,
     CUDA context included; see device_budget), or None when no candidate is predicted to fit with the
     margin. `exclude`: plan_key() of plans that failed; `oom_hint`: the last OOM (or several), each an
-    Outcome.to_dict() with "plan" added; `correction`: calibrate.correction_factor()."""
+    Outcome.to_dict() with "plan" added; `correction`: calibrate.correction_factor(); `shape`: the model to plan
+    (default: the config's, `shape_of`)."""
     policy = policy or PlannerPolicy()
     budget = budget_bytes if budget_bytes is not None else device_budget(facts.total_memory)
     workload = workload or Workload.from_config(config)
-    shape = shape_of(config)
+    shape = shape or shape_of(config)
 
     def assessor(plans: list[Plan], workload: Workload = workload, exclude: Iterable[str] = exclude) -> list[Candidate]:
         return assess(plans, shape, workload, facts, budget, policy, exclude, oom_hint, correction)
