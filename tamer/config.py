@@ -35,6 +35,7 @@ CARD_LADDER = (
     "mixed_precision",
     "fsdp",
     "quantize_8bit",
+    "quantize_4bit",
     "lora",
     "paged_adamw_8bit",
     "split_micro_batch",
@@ -155,7 +156,8 @@ class PlannerConfig(Schema):
     allow_lora: bool = True
     """LoRA adapters instead of a full fine-tune."""
     allow_quantization: bool = True
-    """int8 base weights (needs LoRA)."""
+    """Quantized base weights, int8 or 4-bit NF4 (both need LoRA); leave quantize_4bit out of ladder.order to allow int8
+    only."""
     allow_pure_bf16: bool = False
     """Pure bf16 weights and optimizer states: fastest, but small updates are lost to rounding."""
     min_micro_batch: int = Field(1, ge=1)

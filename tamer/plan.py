@@ -20,7 +20,8 @@ from tamer.schema import validate
 AutocastDtype = Literal["fp16", "bf16"]
 WeightsDtype = Literal["fp32", "bf16"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
-Quantization = Literal["int8"]
+Quantization = Literal["int8", "nf4"]
+ComputeDtype = Literal["bf16", "fp16"]
 Parallel = Literal["ddp", "fsdp"]
 
 LOSS_CHUNK_TOKENS = 1024
@@ -76,6 +77,11 @@ class Plan:
     autocast_dtype: AutocastDtype | None = None
     weights_dtype: WeightsDtype = "fp32"
     quantization: Quantization | None = None
+    """Frozen base weights stored quantized by bitsandbytes (under LoRA): `int8` (LLM.int8) or `nf4` (4-bit NormalFloat
+    with double quantization, as QLoRA); None: the weights in `weights_dtype`."""
+    compute_dtype: ComputeDtype | None = None
+    """With an `nf4` base: the dtype bitsandbytes dequantizes the 4-bit weights to for each matmul (bf16 where the card
+    has it, fp16 on a T4 or V100); None otherwise."""
     lora: bool = False
     optimizer: Optimizer = "adamw"
     chunked_loss: bool = False
@@ -156,7 +162,9 @@ class Plan:
                 f"{self.world_size} processes ({self.parallel.upper()}) x micro-batch {self.micro_batch_size} x {self.grad_accumulation}"
             ]
         if self.quantization:
-            parts.append(f"{self.quantization} base")
+            parts.append(
+                f"{self.quantization} base" + (f" ({self.compute_dtype} compute)" if self.compute_dtype else "")
+            )
         parts.append(f"{self.weights_dtype} weights")
         if self.autocast_dtype:
             parts.append(f"{self.autocast_dtype} autocast")

@@ -39,6 +39,7 @@ from tamer.planner.candidates import (
 )
 from tamer.planner.estimate import CUDA_CONTEXT_BYTES, GIB, Workload
 from tamer.planner.planning import Planner
+from tamer.planner.reach import reach
 from tamer.units import format_size, parse_size
 
 
@@ -218,7 +219,7 @@ def plan_command(
         Optional[bool],
         typer.Option(
             "--int8/--no-int8",
-            help="Whether int8 base weights may be used (sets planner.allow_quantization; default: the config's).",
+            help="Whether quantized base weights (int8, NF4) may be used (sets planner.allow_quantization; default: the config's).",
         ),
     ] = None,
     allow_pure_bf16: Annotated[
@@ -246,7 +247,9 @@ def plan_command(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Predict peak memory and speed of candidate plans, and show the plan the planner would pick.
+    """Predict peak memory and speed of candidate plans, show the plan the planner would pick, and what the card can
+    train: the model's plan, predicted peak and questions/s in one line (or the smallest card it needs), the largest
+    preset shape, the longest rows and the biggest micro-batch it is predicted to fit (tamer/planner/reach.py).
 
     No GPU needed: the memory of the card comes from NVML or --gpu-mem. The planner's knobs and the
     rungs it may use are the config's (`planner`, `ladder.order`), as `tamer run` uses them; the
@@ -255,6 +258,8 @@ def plan_command(
     chooses again with the failing phase's unknowns (activations, logits, workspaces) raised by the
     shortfall it measured, and keeps the model if it can (a full fine-tune that fits before LoRA). With
     several GPUs it also compares the step time with one GPU's (the gradient all-reduce).
+
+    For a 16 GB T4 (no bf16: fp16 autocast, fp16 compute on a 4-bit base): --gpu-mem 16GiB --no-bf16.
 
     Example: tamer plan squad --preset llama-3.2-1b --gpu-mem 15GiB
     """
@@ -308,6 +313,7 @@ def plan_command(
         from tamer.planner.world import compare_with_one_gpu
 
         note = compare_with_one_gpu(run_config, facts, budget, policy, workload, chosen.plan, chosen.speed, shape)
+    reached = reach(run_config, facts, budget, policy, workload, shape, chosen)
     shown = candidates if show_all else worth_showing(candidates)
     shown = sorted(shown, key=lambda c: (-c.speed, c.estimate.reserved))
     fitting = [c.speed for c in candidates if c.fits == "yes"]
@@ -327,6 +333,7 @@ def plan_command(
                 "chosen": chosen.to_dict() if chosen else None,
                 "world_size": note.to_dict() if note else None,
                 "past_attempts": [o.to_dict() for o in past],
+                "reach": reached.to_dict(),
             }
         )
         return
@@ -403,6 +410,9 @@ def plan_command(
             output.say(console, f"  checkpointing by size: {chosen.plan.describe_by_size()}", indent="  ")
         if note is not None:
             output.say(console, f"  {note.text(run_config.effective_batch_size)}", indent="  ")
+    output.say(console, f"what this card trains (predicted; {policy.safety_margin:.0%} kept free):")
+    for line in reached.lines():
+        output.say(console, line, indent="  ")
     if past:
         history = output.table("run", "attempt", "outcome", "predicted GiB", "measured GiB", "error", "plan")
         for o in past:

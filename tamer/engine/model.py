@@ -81,12 +81,22 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
     kwargs: dict[str, Any] = {"dtype": DTYPES[plan.weights_dtype]}
     if plan.quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif plan.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[plan.compute_dtype or "bf16"],
+        )
+    if plan.quantization is not None:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as error:
         raise model_error(config.model if not Path(base).exists() else base, error) from None
     model.config.use_cache = False
+    if plan.quantization == "nf4":
+        keep_four_bit_trainable(model)
     if plan.quantization is None:
         model.to(device)
     checkpointing_kwargs = {"use_reentrant": False}
@@ -130,6 +140,17 @@ def build_model(config: RunConfig, plan: Plan, device: torch.device, base: str, 
             parameter.requires_grad_(True)
     model.train()
     return model
+
+
+def keep_four_bit_trainable(model: Any) -> None:
+    """Stop bitsandbytes (0.49+) from repacking a 4-bit layer's weights for its CPU inference kernel the first time
+    it runs in eval mode without gradients (on a CPU with AVX512-BF16): the repacked layer's matmul has no backward,
+    so after an evaluation the gradients stopped reaching the adapters below it (seen with bitsandbytes 0.50.2)."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def should_compile(setting: bool | str, plan: Plan, device: torch.device) -> bool:

@@ -108,9 +108,9 @@ def load_trained(
     dtype: torch.dtype,
     merge: bool = True,
 ) -> Trained:
-    """The checkpoint's model in `dtype` on `device`. A LoRA adapter trained on an int8 base is merged
-    into the unquantized base weights (int8 x scale approximates them; merging into int8 would lose the
-    adapter in rounding)."""
+    """The checkpoint's model in `dtype` on `device`. A LoRA adapter trained on an int8 or NF4 base is merged
+    into the unquantized base weights (the quantized codes x their scales approximate them; merging into int8
+    or 4 bits would lose the adapter in rounding)."""
     from transformers import AutoModelForCausalLM
 
     plan = Plan.from_dict(checkpoint.manifest["plan"])
@@ -424,8 +424,8 @@ def model_card(
         )
     if trained.adapter is not None:
         how = "merged into the base weights" if merge else f"kept as an adapter; the base is `{trained.base}`"
-        if trained.plan.quantization == "int8" and merge:
-            how += " (the base trained as int8; the merge uses its unquantized weights)"
+        if trained.plan.quantization and merge:
+            how += f" (the base trained as {trained.plan.quantization}; the merge uses its unquantized weights)"
         lines += ["", f"LoRA adapter (r={config.lora.r}, alpha={config.lora.alpha}): {how}."]
     if merge or trained.adapter is None:
         lines += ["", f"Weights: {dtype}."]

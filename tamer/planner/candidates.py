@@ -5,17 +5,19 @@
 Candidates are built from the registry's rungs with `tamer.strategies.ladder.apply_rung` (so each
 plan lists the rungs it corresponds to, prerequisites first, as the card ladder would), over:
 DDP / FSDP (with several processes), checkpointing on/off, fp32 / autocast / bf16 weights (a LoRA base in bf16 is always allowed, a pure
-bf16 full fine-tune only by policy), full fine-tune / LoRA / int8 base + LoRA,
+bf16 full fine-tune only by policy), full fine-tune / LoRA / int8 base + LoRA / NF4 base + LoRA,
 AdamW / 8-bit AdamW / paged 8-bit AdamW, chunked loss on/off, and the micro-batch halved down to the
 policy's minimum. Expandable segments are always on for CUDA: free, and the first attempt starts a
 process anyway. Pure bf16 weights and non-paged 8-bit AdamW have no rung yet: those plan fields are
 set directly and no rung is listed for them.
 
-The choice: among candidates predicted to fit with the safety margin, the fastest; candidates within
+The choice: a quantized base is for fitting, never for speed: an int8 base only when no plan on an
+unquantized base fits, an NF4 base only when no int8 plan fits either (`base_tier`). Among the candidates
+predicted to fit with the safety margin on the least quantized base, the fastest; candidates within
 `SPEED_TIE` of it count as equally fast, and among those the one that changes the model least wins
-(full fine-tune > LoRA > int8 base; fp32 master weights > pure bf16), then the lowest peak, then the
-fewest rungs. None when nothing is predicted to fit confidently: the caller falls back to the card
-ladder.
+(full fine-tune > LoRA on a 16-bit base > LoRA on int8 > LoRA on NF4; fp32 master weights > pure bf16), then
+the lowest peak, then the fewest rungs. None when nothing is predicted to fit confidently: the caller falls
+back to the card ladder.
 
 After an OOM (`oom_hint`: Outcome.to_dict() plus "plan", the failed plan), the failing phase's
 estimate is raised for every candidate until the failed plan would not fit (its non-weight components
@@ -26,7 +28,7 @@ or optimizer states): the shortfall the OOM measured is charged to what the esti
 wrong. An OOM in the optimizer step therefore never leads to a plan that only shrinks the micro-batch:
 the optimizer phase does not depend on it. And after an OOM the choice keeps the model if it can: the
 fastest candidate among those that change it least (a full fine-tune that fits — smaller micro-batch,
-more checkpointing, FSDP — before LoRA, LoRA before an int8 base), not the fastest overall.
+more checkpointing, FSDP — before LoRA, LoRA before an int8 base, int8 before NF4), not the fastest overall.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def _plan_of_key(key: str) -> Plan:
 
 
 def model_change(plan: Plan) -> str:
-    """How much the plan changes what is trained: full, full (bf16 weights), LoRA or LoRA on int8."""
+    """How much the plan changes what is trained: full, full (bf16 weights), LoRA, LoRA on int8 or on NF4."""
     if plan.quantization:
         return f"LoRA, {plan.quantization} base"
     if plan.lora:
@@ -180,9 +182,19 @@ def model_change(plan: Plan) -> str:
     return "full" + (", bf16 weights" if plan.weights_dtype == "bf16" else "")
 
 
+BASE_TIERS = {None: 0, "int8": 1, "nf4": 2}
+"""How far a plan quantizes the frozen base: unquantized, int8 (256 levels per row), NF4 (16 per block of 64)."""
+
+
+def base_tier(plan: Plan) -> int:
+    """0 for an unquantized base, 1 for int8, 2 for NF4: the planner takes a higher tier only when no lower one fits."""
+    return BASE_TIERS[plan.quantization]
+
+
 def change_rank(plan: Plan) -> tuple[int, int]:
-    """Smaller changes the model less: full > LoRA > int8 base; fp32 master weights > pure bf16."""
-    level = 2 if plan.quantization else 1 if plan.lora else 0
+    """Smaller changes the model less: full > LoRA on a 16-bit base > LoRA on int8 > LoRA on NF4; fp32 master
+    weights > pure bf16."""
+    level = 1 + base_tier(plan) if plan.lora else 0
     return level, 1 if plan.weights_dtype == "bf16" and not plan.quantization else 0
 
 
@@ -232,7 +244,7 @@ def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> l
     if policy.allow_lora:
         models.append("lora")
         if policy.allow_quantization and facts.bitsandbytes:
-            models.append("int8")
+            models += ["int8", "nf4"]
     optimizers = ["adamw"] + (["adamw_8bit", "paged_adamw_8bit"] if facts.bitsandbytes else [])
     splits = _micro_batch_splits(start.micro_batch_size, policy.min_micro_batch)
     parallels = ["ddp", "fsdp"] if start.world_size > 1 else ["ddp"]
@@ -248,7 +260,9 @@ def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> l
         rungs += ["gradient_checkpointing"] if checkpointing else []
         rungs += ["mixed_precision"] if precision == "autocast" else []
         rungs += ["fsdp"] if parallel == "fsdp" else []
-        rungs += {"full": [], "lora": ["lora"], "int8": ["lora", "quantize_8bit"]}[model]
+        rungs += {"full": [], "lora": ["lora"], "int8": ["lora", "quantize_8bit"], "nf4": ["lora", "quantize_4bit"]}[
+            model
+        ]
         rungs += ["paged_adamw_8bit"] if optimizer == "paged_adamw_8bit" else []
         rungs += ["chunked_loss"] if chunked else []
         rungs += ["split_micro_batch"] * split
@@ -268,9 +282,9 @@ def candidate_plans(config: Any, facts: DeviceFacts, policy: PlannerPolicy) -> l
 
 def _bf16_weights_allowed(model: str, facts: DeviceFacts, policy: PlannerPolicy) -> bool:
     """bf16 weights: for a full fine-tune only when the policy allows pure bf16 (no fp32 master copy);
-    under LoRA always (the base is frozen and the adapters stay fp32); never for int8, whose
+    under LoRA always (the base is frozen and the adapters stay fp32); never for int8 or NF4, whose
     unquantized parts are upcast to fp32 anyway."""
-    if not facts.bf16 or model == "int8":
+    if not facts.bf16 or model in ("int8", "nf4"):
         return False
     return model == "lora" or policy.allow_pure_bf16
 
@@ -390,13 +404,16 @@ def _preference(candidate: Candidate) -> tuple[Any, ...]:
 
 
 def best(candidates: list[Candidate], keep_model: bool = False) -> Candidate | None:
-    """The fastest candidate that fits with the margin and is not excluded; near-ties go to the one
-    that changes the model least, then torch AdamW's 32-bit moments over 8-bit ones, then the lowest peak,
-    then the fewest rungs. `keep_model` (after an
-    OOM): only among the candidates that change the model least (full > LoRA > int8 base), fastest first."""
+    """The fastest candidate that fits with the margin and is not excluded, on the least quantized base that fits
+    (`base_tier`: quantizing is for fitting); near-ties go to the one that changes the model least, then torch
+    AdamW's 32-bit moments over 8-bit ones, then the lowest peak, then the fewest rungs. `keep_model` (after an
+    OOM): only among the candidates that change the model least (full > LoRA > int8 base > NF4 base), fastest
+    first."""
     eligible = [c for c in candidates if c.fits == "yes" and c.excluded is None]
     if not eligible:
         return None
+    least_quantized = min(base_tier(c.plan) for c in eligible)
+    eligible = [c for c in eligible if base_tier(c.plan) == least_quantized]
     if keep_model:
         least = min(change_rank(c.plan)[0] for c in eligible)
         eligible = [c for c in eligible if change_rank(c.plan)[0] == least]
@@ -481,15 +498,17 @@ def choose(
     *,
     workload: Workload | None = None,
     correction: float = 1.0,
+    shape: ModelShape | None = None,
 ) -> Choice | None:
     """The plan to try next for `config` on a device with `budget_bytes` (default: the card's memory,
     CUDA context included; see device_budget), or None when no candidate is predicted to fit with the
     margin. `exclude`: plan_key() of plans that failed; `oom_hint`: the last OOM (or several), each an
-    Outcome.to_dict() with "plan" added; `correction`: calibrate.correction_factor()."""
+    Outcome.to_dict() with "plan" added; `correction`: calibrate.correction_factor(); `shape`: the model to plan
+    (default: the config's, `shape_of`)."""
     policy = policy or PlannerPolicy()
     budget = budget_bytes if budget_bytes is not None else device_budget(facts.total_memory)
     workload = workload or Workload.from_config(config)
-    shape = shape_of(config)
+    shape = shape or shape_of(config)
 
     def assessor(plans: list[Plan], workload: Workload = workload, exclude: Iterable[str] = exclude) -> list[Candidate]:
         return assess(plans, shape, workload, facts, budget, policy, exclude, oom_hint, correction)

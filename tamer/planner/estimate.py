@@ -6,7 +6,9 @@ The model is what PyTorch, transformers (Llama, sdpa attention), peft and bitsan
 alive during one training step, counted tensor by tensor (see `_layer_bytes_per_token`):
 
 - weights: 4 or 2 bytes per parameter (fp32 / pure bf16); int8 base = 1 byte per linear weight plus
-  an fp32 scale per output row, with embeddings, norms and lm_head kept unquantized in fp32
+  an fp32 scale per output row; NF4 base (double quantization, bitsandbytes' storage layout, see
+  `nf4_bytes`) = half a byte per linear weight plus one 8-bit absmax per 64 weights, one fp32 absmax per 256
+  of those, and the two code books; either way embeddings, norms and lm_head stay unquantized in fp32
   (`prepare_model_for_kbit_training` upcasts them). LoRA adapters: rank x (in + out) per targeted
   linear, fp32 (peft upcasts 16-bit adapters).
 - gradients: one per trainable parameter, in the parameter's dtype. A frozen base has none.
@@ -25,6 +27,11 @@ alive during one training step, counted tensor by tensor (see `_layer_bytes_per_
   tensors that checkpointing drops and backward frees, so they live as long as the graph: through
   backward and the optimizer step (the trainer holds `loss` until the step returns), and twice during
   forward with accumulation (the previous micro-batch's graph goes when the new loss replaces it).
+- NF4 layers (bitsandbytes 0.50's MatMul4Bit) keep nothing of their input (the frozen weight needs none)
+  and return the input's dtype; each matmul dequantizes its weight whole to the compute dtype (forward)
+  or to the dtype it was loaded in, then the gradient's (backward): `dequantized_weight` is the largest
+  projection's copies during a layer's backward. Calibration against an NF4 run on a GPU is pending
+  (bench/reach.py); the layout itself is checked against bitsandbytes on a CPU (tests/unit/test_four_bit.py).
 - autocast weight copies: under autocast, fp32 weights that require grad are cast once per forward
   and cached until the autocast region ends (2 bytes per linear parameter and for lm_head).
 - logits: N positions x vocab. The LM head output, its fp32 upcast and the log-softmax output in
@@ -85,6 +92,14 @@ EIGHT_BIT_MIN_ELEMENTS = 4096
 
 EIGHT_BIT_BLOCK = 256
 """bitsandbytes block-wise 8-bit moments: one fp32 absmax per block of this many elements, per moment."""
+
+NF4_BLOCK = 64
+"""Weights per absmax of an NF4 tensor (transformers' BitsAndBytesConfig loads 4-bit weights with blocksize 64)."""
+NF4_NESTED_BLOCK = 256
+"""Double quantization: the absmaxes are themselves quantized to 8 bits, one fp32 absmax per this many of them."""
+NF4_TENSOR_CONSTANTS = 4 * (256 + 16 + 1)
+"""Per NF4 tensor: the 8-bit dynamic code book of the nested absmaxes (256 fp32), the NF4 code book (16 fp32) and the
+absmax offset (one fp32)."""
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -411,14 +426,16 @@ class _Dtypes:
     autocast: bool
     frozen: bool  # LoRA: base weights frozen
     int8: bool
+    quantized: bool  # int8 or NF4 base: bitsandbytes layers, not autocast's
 
 
 def _dtypes(plan: Plan) -> _Dtypes:
     int8 = plan.quantization == "int8"
+    quantized = plan.quantization is not None
     autocast = plan.autocast_dtype is not None
-    residual = 2 if plan.weights_dtype == "bf16" and not int8 else 4
-    # bitsandbytes' int8 matmul is not an autocast op: its output keeps the input's dtype.
-    matmul = residual if int8 or not autocast else 2
+    residual = 2 if plan.weights_dtype == "bf16" and not quantized else 4
+    # bitsandbytes' int8 and 4-bit matmuls are not autocast ops: their output keeps the input's dtype.
+    matmul = residual if quantized or not autocast else 2
     return _Dtypes(
         residual=residual,
         matmul=matmul,
@@ -428,6 +445,7 @@ def _dtypes(plan: Plan) -> _Dtypes:
         autocast=autocast,
         frozen=plan.lora,
         int8=int8,
+        quantized=quantized,
     )
 
 
@@ -517,12 +535,32 @@ def _states(
     return allocated, pageable, 0
 
 
+def nf4_bytes(elements: int) -> int:
+    """Bytes of one weight tensor of `elements` in bitsandbytes' NF4 with double quantization: the packed codes (two
+    per byte), an 8-bit absmax per NF4_BLOCK, an fp32 absmax per NF4_NESTED_BLOCK absmaxes, and the constants."""
+    blocks = math.ceil(elements / NF4_BLOCK)
+    return math.ceil(elements / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK) + NF4_TENSOR_CONSTANTS
+
+
 def weights_bytes(shape: ModelShape, plan: Plan) -> int:
     """The model's own weights on the device (adapters not included)."""
+    unquantized = 4 * (shape.parameters - shape.linear_parameters)
     if plan.quantization == "int8":
         rows = shape.num_layers * sum(fan_out for _, fan_out in shape.projections().values())
-        return shape.linear_parameters + 4 * rows + 4 * (shape.parameters - shape.linear_parameters)
+        return shape.linear_parameters + 4 * rows + unquantized
+    if plan.quantization == "nf4":
+        per_layer = sum(nf4_bytes(fan_in * fan_out) for fan_in, fan_out in shape.projections().values())
+        return shape.num_layers * per_layer + unquantized
     return _dtypes(plan).weights * shape.parameters
+
+
+def dequantized_weight_bytes(shape: ModelShape, plan: Plan) -> int:
+    """An NF4 layer's backward dequantizes its weight to the dtype it was loaded in (fp32) and casts that to the
+    gradient's 16-bit dtype: both copies of the largest projection at once (0 without an NF4 base)."""
+    if plan.quantization != "nf4":
+        return 0
+    largest = max(fan_in * fan_out for fan_in, fan_out in shape.projections().values())
+    return (4 + 2) * largest
 
 
 def checkpointed_layers(plan: Plan, shape: ModelShape) -> int:
@@ -567,7 +605,7 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
     # Autocast copies of fp32 weights: cached (trainable) or saved by each linear (frozen) until
     # backward; with checkpointing a frozen layer's copies live only while that layer runs.
     head_copy = 2 * shape.head_parameters if d.autocast and d.weights == 4 else 0
-    layer_copies = 2 * shape.linear_parameters if d.autocast and d.weights == 4 and not d.int8 else 0
+    layer_copies = 2 * shape.linear_parameters if d.autocast and d.weights == 4 and not d.quantized else 0
     one_layer_copies = layer_copies // shape.num_layers
     forward_copies = head_copy + (
         one_layer_copies if plan.lora and plan.gradient_checkpointing and not kept_layers else layer_copies
@@ -602,6 +640,7 @@ def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
         "autocast_weight_copies": one_layer_copies,
         "activations": recompute + per_layer + (int8_inputs if plan.gradient_checkpointing else 0) + mask,
         "backward_workspace": tokens * _backward_workspace_per_token(shape, plan),
+        **({"dequantized_weight": dequantized_weight_bytes(shape, plan)} if plan.quantization == "nf4" else {}),
     }
     # A tied embedding's dense gradient is built, then summed into the gradient lm_head already made.
     tied_gradient = d.weights * shape.head_parameters if shape.tie_word_embeddings and not plan.lora else 0

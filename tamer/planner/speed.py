@@ -13,6 +13,7 @@ the ratio of two plans the anchors measured in one run on one H100 (Llama-3.2-1B
 | chunked loss, when it chunks | 1.07 | LoRA + checkpointing 13,030 -> 13,966 tok/s with the loss chunked |
 | LoRA | 0.64 | LoRA on bf16 weights 13,030 vs full fine-tune 20,735 / 1.07: peft's extra small kernels and fp32 adapter casts cost more than the optimizer step saved, at 1B |
 | int8 base weights | 0.52 | the seed's 8-bit + LoRA recipe 6,297 vs the same without int8 (bitsandbytes int8 matmuls) |
+| NF4 base weights | 0.72 | not measured by tamer yet (GPU calibration pending, bench/reach.py): QLoRA's published cost, 39% more time than LoRA on a 16-bit base (S. Raschka, "Practical Tips for Finetuning LLMs Using LoRA", 2023: 1.39x), a dequantization per matmul in forward and backward |
 | pure bf16 weights | 1.05 | full fine-tune in pure bf16 26,989 (no checkpointing) vs 20,735 / 0.78 / 1.07 |
 | fp16 autocast | 0.97 | loss scaling (GradScaler) on top of 16-bit math |
 | fp32 without autocast | 0.3 | tamer's own step on an H100 (this planner's check, 2026-11-25): fp32 + checkpointing 5,635 vs bf16 autocast + checkpointing 19,583 tok/s |
@@ -39,6 +40,7 @@ CHECKPOINTING = 0.78
 CHUNKED_LOSS = 1.07
 LORA = 0.64
 INT8_BASE = 0.52
+NF4_BASE = 0.72
 PURE_BF16 = 1.05
 FP16_AUTOCAST = 0.97
 FP32_MATH = 0.3
@@ -97,6 +99,8 @@ def relative_speed(
         speed *= LORA
     if plan.quantization == "int8":
         speed *= INT8_BASE
+    if plan.quantization == "nf4":
+        speed *= NF4_BASE
     if paging:
         speed *= PAGING
     if plan.world_size > 1 and plan.parallel == "fsdp":

@@ -18,7 +18,7 @@ class Fsdp(Strategy):
     AdamW: ~15 GiB of a 1B model on 2 GPUs), at the price of one gathered layer (plus the embeddings,
     which the root keeps gathered). Cost: an all-gather per layer in forward and backward and a
     reduce-scatter of gradients; slower than DDP where DDP fits. Full fine-tunes with torch AdamW only:
-    LoRA, int8 weights and the bitsandbytes optimizers are not sharded by it.
+    LoRA, int8 or 4-bit weights and the bitsandbytes optimizers are not sharded by it.
     """
 
     def not_applicable(self, plan: Plan, facts: DeviceFacts) -> str | None:
@@ -30,7 +30,7 @@ class Fsdp(Strategy):
         if plan.parallel == "fsdp":
             return "already sharded"
         if plan.lora or plan.quantization:
-            return "LoRA / int8 plans are not sharded (their model state is small already)"
+            return "LoRA / quantized plans are not sharded (their model state is small already)"
         if plan.optimizer != "adamw":
             return f"the {plan.optimizer} optimizer cannot hold sharded parameters"
         return None
@@ -46,7 +46,7 @@ STRATEGY = Fsdp(
         "costs an all-gather per layer and a reduce-scatter per step (slower than DDP where DDP fits)"
     ),
     changes=("parallel",),
-    conflicts=("lora", "quantize_8bit", "paged_adamw_8bit"),
+    conflicts=("lora", "quantize_8bit", "quantize_4bit", "paged_adamw_8bit"),
     new_process=True,
     exact=True,
 )

@@ -29,18 +29,18 @@ def _default_order(home, run_id) -> LengthGroupedOrder:
 
 def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
     """Each attempt trains two steps, checkpoints, then hits an injected CUDA OOM; the card ladder applies
-    the next rung (on CPU: checkpointing, bf16 autocast, 8-bit base + LoRA, paged 8-bit AdamW, micro-batch
-    split), every plan resumes the previous plan's checkpoint, and no sample is skipped or seen twice."""
+    the next rung (on CPU: checkpointing, bf16 autocast, 8-bit base + LoRA, NF4 base, paged 8-bit AdamW,
+    micro-batch split), every plan resumes the previous plan's checkpoint, and no sample is skipped or seen twice."""
     faults = [
         f"--inject=oom:step={2 * n + 1},phase={phase},attempt={n}"
-        for n, phase in enumerate(["forward", "backward", "optimizer", "forward", "backward"], start=1)
+        for n, phase in enumerate(["forward", "backward", "optimizer", "forward", "forward", "backward"], start=1)
     ]
     result = tamer(
         "run",
         "squad",
         *TINY,
         "--max-steps",
-        "13",
+        "15",
         "--set",
         "checkpoint_every=2",
         "--set",
@@ -51,28 +51,29 @@ def test_every_rung_trains_and_resumes_under_the_next_plan(tmp_path):
     assert result.returncode == 0, result.stderr
     run_id = run_id_of(result)
     rows = attempts(tmp_path, run_id)
-    assert [r["outcome"] for r in rows] == ["cuda_oom"] * 5 + ["done"]
-    assert [r["phase"] for r in rows[:5]] == ["forward", "backward", "optimizer", "forward", "backward"]
+    assert [r["outcome"] for r in rows] == ["cuda_oom"] * 6 + ["done"]
+    assert [r["phase"] for r in rows[:6]] == ["forward", "backward", "optimizer", "forward", "forward", "backward"]
     assert [json.loads(r["rungs_applied"]) for r in rows[1:]] == [
         ["gradient_checkpointing"],
         ["mixed_precision"],
         ["lora", "quantize_8bit"],
+        ["quantize_4bit"],
         ["paged_adamw_8bit"],
         ["split_micro_batch"],
     ]
-    assert [r["resumed_from_step"] for r in rows] == [0, 2, 4, 6, 8, 10]
-    assert [r["last_step"] for r in rows] == [2, 4, 6, 8, 10, 13]
+    assert [r["resumed_from_step"] for r in rows] == [0, 2, 4, 6, 8, 10, 12]
+    assert [r["last_step"] for r in rows] == [2, 4, 6, 8, 10, 12, 15]
     final_plan = json.loads(rows[-1]["plan_json"])
     assert (final_plan["micro_batch_size"], final_plan["grad_accumulation"]) == (4, 2)
-    assert final_plan["quantization"] == "int8" and final_plan["lora"] and final_plan["optimizer"] == "paged_adamw_8bit"
+    assert final_plan["quantization"] == "nf4" and final_plan["lora"] and final_plan["optimizer"] == "paged_adamw_8bit"
     assert query(
         tmp_path, "SELECT DISTINCT micro_batch_size * grad_accumulation FROM steps WHERE run_id = ?", (run_id,)
     ) == [(8,)]
     order = _default_order(tmp_path, run_id)
     trained = [i for step in sample_ids(tmp_path, run_id) for i in step]
-    assert trained == order.indices(0, 13 * 8)  # the data order of an uninterrupted run, nothing lost or repeated
+    assert trained == order.indices(0, 15 * 8)  # the data order of an uninterrupted run, nothing lost or repeated
     kinds = [kind for kind, _ in events(tmp_path, run_id)]
-    assert kinds.count("escalate") == 5 and kinds.count("lora_from_full") == 1 and kinds.count("optimizer_reset") == 2
+    assert kinds.count("escalate") == 6 and kinds.count("lora_from_full") == 1 and kinds.count("optimizer_reset") == 2
     messages = dict(events(tmp_path, run_id))
     assert "expandable_segments" not in json.dumps(final_plan["rungs"])  # not applicable on CPU, and said so
     skipped = json.loads(

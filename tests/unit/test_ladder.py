@@ -36,13 +36,14 @@ def test_card_order_walk_on_cuda():
         (["gradient_checkpointing"], 8),
         (["mixed_precision"], 8),
         (["lora", "quantize_8bit"], 8),
+        (["quantize_4bit"], 8),
         (["paged_adamw_8bit"], 8),
         (["split_micro_batch"], 4),
         (["split_micro_batch"], 2),
         (["split_micro_batch"], 1),
     ]
     assert plan.autocast_dtype == "bf16"
-    assert plan.quantization == "int8" and plan.lora
+    assert plan.quantization == "nf4" and plan.compute_dtype == "bf16" and plan.lora
     assert plan.optimizer == "paged_adamw_8bit"
     assert plan.gradient_checkpointing
     assert plan.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
@@ -54,6 +55,7 @@ def test_card_order_walk_on_cuda():
         "mixed_precision",
         "lora",
         "quantize_8bit",
+        "quantize_4bit",
         "paged_adamw_8bit",
         "split_micro_batch",
         "split_micro_batch",
@@ -64,7 +66,7 @@ def test_card_order_walk_on_cuda():
 def test_exhausted_ladder_says_what_was_tried():
     """When no rung applies, the plan is None and the reason lists the rungs already applied."""
     plan = fresh_plan()
-    for _ in range(8):
+    for _ in range(9):
         plan = next_plan(plan, oom(), CUDA, list(CARD_LADDER)).plan
     decision = next_plan(plan, oom(), CUDA, list(CARD_LADDER))
     assert decision.plan is None
@@ -86,11 +88,13 @@ def test_prerequisite_is_recorded_in_reason():
 
 
 def test_lora_is_skipped_once_applied_as_prerequisite():
-    """After quantize_8bit brought LoRA, the next OOM skips lora as already applied."""
+    """After quantize_8bit brought LoRA, the next OOMs replace the int8 base by NF4, then skip lora as already applied."""
     plan = fresh_plan()
     for _ in range(4):
         plan = next_plan(plan, oom(), CUDA, list(CARD_LADDER)).plan
     decision = next_plan(plan, oom(), CUDA, list(CARD_LADDER))
+    assert decision.applied == ["quantize_4bit"] and decision.plan.quantization == "nf4"
+    decision = next_plan(decision.plan, oom(), CUDA, list(CARD_LADDER))
     assert decision.applied == ["paged_adamw_8bit"]
     assert ("lora", "already applied") in decision.skipped
 
@@ -128,14 +132,14 @@ def test_mixed_precision_skipped_without_16_bit_support():
 
 
 def test_user_order_without_quantize_never_quantizes():
-    """A ladder order that leaves quantize_8bit out climbs to the end without int8 weights."""
-    order = [name for name in CARD_LADDER if name != "quantize_8bit"]
+    """A ladder order that leaves both quantize rungs out climbs to the end without quantized weights."""
+    order = [name for name in CARD_LADDER if not name.startswith("quantize_")]
     plan = fresh_plan()
     applied = []
     while (decision := next_plan(plan, oom(), CUDA, order)).plan is not None:
         applied += decision.applied
         plan = decision.plan
-    assert "quantize_8bit" not in applied
+    assert "quantize_8bit" not in applied and "quantize_4bit" not in applied
     assert plan.quantization is None
     assert "lora" in applied and plan.micro_batch_size == 1
 
@@ -149,11 +153,14 @@ def test_prerequisite_left_out_of_order_blocks_the_rung():
 
 
 def test_bitsandbytes_missing_skips_8bit_rungs():
-    """Without bitsandbytes the 8-bit rungs are skipped and LoRA alone is applied in their place."""
+    """Without bitsandbytes the 8-bit and 4-bit rungs are skipped and LoRA alone is applied in their place."""
     facts = DeviceFacts(kind="cuda", name="H100", bf16=True, fp16=True, bitsandbytes=False)
     plan = fresh_plan().replace(rungs=("expandable_segments", "gradient_checkpointing", "mixed_precision"))
     decision = next_plan(plan, oom(), facts, list(CARD_LADDER))
-    assert decision.skipped[-1] == ("quantize_8bit", "bitsandbytes is not usable on this device")
+    assert decision.skipped[-2:] == [
+        ("quantize_8bit", "bitsandbytes is not usable on this device"),
+        ("quantize_4bit", "bitsandbytes is not usable on this device"),
+    ]
     assert decision.applied == ["lora"]
 
 
@@ -255,3 +262,28 @@ def test_apply_rung_brings_prerequisites_and_skips_what_cannot_apply():
     assert plan.quantization == "int8" and plan.lora
     assert apply_rung(plan, "lora", CUDA) == plan
     assert apply_rung(fresh_plan(), "expandable_segments", CPU) == fresh_plan()
+
+
+def test_quantize_4bit_computes_in_bf16_where_the_card_has_it_and_fp16_on_a_t4():
+    """quantize_4bit brings LoRA, stores the base as NF4 and picks the compute dtype from the card: bf16, else fp16."""
+    plan = apply_rung(fresh_plan(), "quantize_4bit", CUDA)
+    assert plan.rungs == ("lora", "quantize_4bit")
+    assert (plan.quantization, plan.compute_dtype, plan.lora) == ("nf4", "bf16", True)
+    t4 = DeviceFacts(kind="cuda", name="Tesla T4", bf16=False, fp16=True)
+    assert apply_rung(fresh_plan(), "quantize_4bit", t4).compute_dtype == "fp16"
+    assert "nf4 base (fp16 compute)" in apply_rung(fresh_plan(), "quantize_4bit", t4).describe()
+
+
+def test_quantize_4bit_replaces_an_int8_base_and_int8_never_replaces_nf4():
+    """An int8 plan can go to NF4 (keeping its LoRA); an NF4 plan never goes back to int8, nor to NF4 again."""
+    int8 = apply_rung(fresh_plan(), "quantize_8bit", CUDA)
+    nf4 = apply_rung(int8, "quantize_4bit", CUDA)
+    assert nf4.rungs == ("lora", "quantize_8bit", "quantize_4bit") and nf4.quantization == "nf4"
+    assert apply_rung(nf4, "quantize_8bit", CUDA) == nf4
+    straight = apply_rung(fresh_plan(), "quantize_4bit", CUDA)
+    decision = next_plan(straight, oom(), CUDA, ["quantize_8bit", "quantize_4bit", "split_micro_batch"])
+    assert decision.skipped == [
+        ("quantize_8bit", "base weights are already nf4"),
+        ("quantize_4bit", "already applied"),
+    ]
+    assert decision.applied == ["split_micro_batch"]

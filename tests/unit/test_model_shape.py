@@ -175,8 +175,8 @@ def test_smollm2_plans_small_without_checkpointing_or_paged_adam(tmp_path):
 
 def test_3b_and_8b_presets_plan_sensibly():
     """The 3B fine-tunes fully on an 80 GB H100 and with LoRA under a 15 GiB cap; the 8B (32 GB of fp32 weights and
-    as much in gradients) keeps a full fine-tune on the H100 only with checkpointing and paged 8-bit AdamW, and
-    nothing is predicted to fit it under 15 GiB (the card ladder takes over)."""
+    as much in gradients) keeps a full fine-tune on the H100 only with checkpointing and paged 8-bit AdamW, and under
+    15 GiB only LoRA on an NF4 base is predicted to fit it (no plan on a 16-bit or int8 base does)."""
     for name in ("llama-3.2-3b", "llama-3.1-8b"):
         assert PRESETS[name]["model"].startswith("meta-llama/")
     three, eight = build_config("llama-3.2-3b"), build_config("llama-3.1-8b")
@@ -187,7 +187,9 @@ def test_3b_and_8b_presets_plan_sensibly():
         not on_h100.plan.lora and on_h100.plan.gradient_checkpointing and on_h100.plan.optimizer == "paged_adamw_8bit"
     )
     assert on_h100.predicted.reserved < 0.9 * 80 * GIB
-    assert choose(eight, H100, device_budget(H100.total_memory, 15 * GIB)) is None
+    capped = choose(eight, H100, device_budget(H100.total_memory, 15 * GIB))
+    assert capped.plan.quantization == "nf4" and capped.plan.compute_dtype == "bf16" and capped.plan.lora
+    assert all(c.fits != "yes" for c in capped.candidates if c.plan.quantization != "nf4")
 
 
 def test_plan_command_says_where_the_shape_came_from(tmp_path, monkeypatch):

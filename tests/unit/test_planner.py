@@ -523,10 +523,10 @@ def test_oom_raises_the_failed_phase_until_the_failed_plan_would_not_fit():
 
 
 def test_chunked_loss_is_a_rung_but_not_on_the_card_ladder():
-    """chunked_loss is a registered rung the planner can use; the card ladder stays the seven
+    """chunked_loss is a registered rung the planner can use; the card ladder stays the eight
     single-GPU rungs plus fsdp (which only applies with several processes)."""
     assert "chunked_loss" in registry.names()
-    assert "chunked_loss" not in CARD_LADDER and len(CARD_LADDER) == 8 and "fsdp" in CARD_LADDER
+    assert "chunked_loss" not in CARD_LADDER and len(CARD_LADDER) == 9 and "fsdp" in CARD_LADDER
 
 
 # --- calibration -------------------------------------------------------------------------------
