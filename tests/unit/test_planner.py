@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import pytest
 from typer.testing import CliRunner
@@ -799,3 +800,27 @@ def test_no_checkpointing_table_for_padded_batches_or_when_turned_off():
     assert not choose(config_1b(batching="max_len"), H100, CAP_15_GIB).plan.checkpoint_layers_by_tokens
     off = choose(config_1b(), H100, CAP_15_GIB, PlannerPolicy(checkpointing_by_size=False)).plan
     assert not off.checkpoint_layers_by_tokens and off.checkpoint_layers is not None
+
+
+def test_a_quantized_base_is_chosen_only_to_fit_or_when_much_faster():
+    """best(): among fitting candidates the least quantized base wins unless a more quantized one is predicted
+    QUANTIZED_BASE_SPEEDUP times as fast; after an OOM (keep_model) the least quantized wins whatever its speed."""
+    from tamer.planner.candidates import QUANTIZED_BASE_SPEEDUP, Candidate, best
+
+    lora = Plan(micro_batch_size=8, grad_accumulation=1, eval_batch_size=8, lora=True, rungs=("lora",))
+    int8 = lora.replace(quantization="int8", rungs=("lora", "quantize_8bit"))
+    nf4 = lora.replace(quantization="nf4", compute_dtype="bf16", rungs=("lora", "quantize_4bit"))
+
+    def chosen(speeds: dict[str, float], keep_model: bool = False) -> str | None:
+        plans = {"lora": lora, "int8": int8, "nf4": nf4}
+        reserved = types.SimpleNamespace(reserved=0)  # _preference's tie-break reads the estimate's peak
+        candidates = [Candidate(plans[name], reserved, speed, "yes") for name, speed in speeds.items()]  # type: ignore[arg-type]
+        picked = best(candidates, keep_model=keep_model)
+        return None if picked is None else {id(p): n for n, p in plans.items()}[id(picked.plan)]
+
+    just_below = QUANTIZED_BASE_SPEEDUP * 0.99
+    assert chosen({"lora": 1.0, "int8": just_below, "nf4": just_below}) == "lora"
+    assert chosen({"lora": 1.0, "int8": QUANTIZED_BASE_SPEEDUP, "nf4": QUANTIZED_BASE_SPEEDUP * 1.2}) == "int8"
+    assert chosen({"lora": 1.0, "int8": 1.2, "nf4": QUANTIZED_BASE_SPEEDUP * 1.2}) == "nf4"  # against int8's 1.2
+    assert chosen({"lora": 1.0, "nf4": 3.0}, keep_model=True) == "lora"
+    assert chosen({"int8": 1.0, "nf4": 1.4}) == "int8"  # nothing on a 16-bit base fits: int8 before NF4
