@@ -9,6 +9,8 @@
 #              and chat recipes on the same split with every question whole (max_seq_len 768): bench/quality.py
 #              --runs tamer,chat, training seed $SEED (default 0)
 #   int8       (after compare, .whl-bnb/ carried) install bitsandbytes; the default and lora-int8 rows (same card)
+#              and the NF4 kill/resume GPU test (tests/gpu/test_reach.py)
+#   reach      (after int8) bench/reach.py --shapes ${SHAPES:-8b} under a 15 GiB cap, with the HF QLoRA reference
 #              SEED=1 . bench/device_real.sh compare (no carry on the warm machine): the comparison's second seed
 #   chat       the same split as chat rows (bench/squad_chat.py --halves), `tamer run chat` + `tamer eval --em-f1`;
 #              the 1B shape planned and run under a 15 GiB cap with a chat template; the real-model GPU test
@@ -49,6 +51,11 @@ int8)
     _install .whl-bnb || return 1
     $QUALITY --runs tamer,lora-int8 --out /tmp/q2 2>&1 | tee /tmp/q2.log  # the default again: the same card's baseline
     cp /tmp/q2.log /tmp/q2/ 2>/dev/null; _pack q2 /tmp/q2
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_reach.py 2>&1 | tail -4  # the NF4 plan's kill/resume
+    ;;
+reach)
+    # (after int8: bitsandbytes installed) the 8B shape under a 15 GiB cap against the HF + peft QLoRA reference
+    python3 bench/reach.py --shapes ${SHAPES:-8b} --steps ${STEPS:-20} --gpu-mem-cap 15GiB --out $OUT/reach 2>&1 | tail -30
     ;;
 quality1)
     cp .carry2/* /tmp/carry/ && _install .whl || return 1
@@ -83,6 +90,6 @@ gputest)
     TAMER_REAL_MODEL=/tmp/smol python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_real_model.py -s 2>&1 | tail -8
     ;;
 *)
-    echo "stages: part1 compare int8 quality1 quality2 chat gputest"; return 2
+    echo "stages: part1 compare int8 reach quality1 quality2 chat gputest"; return 2
     ;;
 esac
