@@ -9,7 +9,7 @@
 #              and chat recipes on the same split with every question whole (max_seq_len 768): bench/quality.py
 #              --runs tamer,chat, training seed $SEED (default 0)
 #   int8       (after compare, .whl-bnb/ carried) install bitsandbytes; the default and lora-int8 rows (same card)
-#              and the NF4 kill/resume GPU test (tests/gpu/test_reach.py)
+#              and the NF4 kill/resume GPU test (tests/gpu/test_reach_gpu.py)
 #   reach      (after int8) bench/reach.py --shapes ${SHAPES:-8b} under a 15 GiB cap, with the HF QLoRA reference
 #              SEED=1 . bench/device_real.sh compare (no carry on the warm machine): the comparison's second seed
 #   chat       the same split as chat rows (bench/squad_chat.py --halves), `tamer run chat` + `tamer eval --em-f1`;
@@ -51,7 +51,7 @@ int8)
     _install .whl-bnb || return 1
     $QUALITY --runs tamer,lora-int8 --out /tmp/q2 2>&1 | tee /tmp/q2.log  # the default again: the same card's baseline
     cp /tmp/q2.log /tmp/q2/ 2>/dev/null; _pack q2 /tmp/q2
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_reach.py 2>&1 | tail -4  # the NF4 plan's kill/resume
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_reach_gpu.py 2>&1 | tail -4  # the NF4 plan's kill/resume
     ;;
 reach)
     # (after int8: bitsandbytes installed) the 8B shape under a 15 GiB cap against the HF + peft QLoRA reference

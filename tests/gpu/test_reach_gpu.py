@@ -2,8 +2,8 @@
 mid-run, resumes on the same plan from its checkpoint to the uninterrupted run's losses, samples and adapters, bit
 for bit, and its export (merged into the full-precision base) loads in transformers.
 
-    pytest -m gpu tests/gpu/test_reach.py                                  # the tiny preset's shape
-    TAMER_REACH_MODEL=/tmp/1b pytest -m gpu tests/gpu/test_reach.py        # a model folder, e.g. the random 1B
+    pytest -m gpu tests/gpu/test_reach_gpu.py                                  # the tiny preset's shape
+    TAMER_REACH_MODEL=/tmp/1b pytest -m gpu tests/gpu/test_reach_gpu.py        # a model folder, e.g. the random 1B
                                                                            # (bench/make_random_model.py)
 """
 
