@@ -5,7 +5,8 @@ libraries of CUDA and ROCm versions the lent machines do not have).
     python bench/slim_wheel.py .whl-bnb/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl .whl-bnb-slim/
     python bench/slim_wheel.py WHEEL OUT_DIR --keep cuda130 --keep cuda132 --keep cpu      # the default
 
-The wheel's RECORD loses the dropped files' lines; everything else is copied byte for byte.
+The wheel's RECORD loses the dropped files' lines; everything else is copied byte for byte. An existing file of the
+same name in OUT_DIR is refused, never replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def kept(name: str, keep: list[str]) -> bool:
 def slim(wheel: Path, out_dir: Path, keep: list[str]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / wheel.name
+    if target.exists() or target.resolve() == wheel.resolve():
+        raise SystemExit(f"error: {target} exists; remove it or pick another OUT_DIR (nothing was written)")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as slimmed:
         for info in source.infolist():
             if not kept(info.filename, keep):
