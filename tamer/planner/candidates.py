@@ -59,6 +59,7 @@ from tamer.planner.estimate import (
     checkpointed_layers,
     chunking_applies,
     estimate,
+    estimate_at_tokens,
 )
 from tamer.planner.shape import resolve as resolve_shape
 from tamer.planner.speed import relative_speed
@@ -395,11 +396,22 @@ def assess(
                     f"there, not below the {steering.need / GIB:.1f} GiB that failed"
                 )
         fits = "yes" if predicted.reserved <= usable else "tight" if predicted.reserved <= limit else "no"
-        paging = predicted.pageable > 0 and predicted.reserved + predicted.pageable > limit
+        paging = predicted.pageable > 0 and _typical_reserved(predicted, shape, workload) + predicted.pageable > limit
         candidates.append(
             Candidate(plan, predicted, relative_speed(plan, workload, facts, paging, shape.num_layers), fits, excluded)
         )
     return candidates
+
+
+def _typical_reserved(predicted: Estimate, shape: ModelShape, workload: Workload) -> int:
+    """The peak reserved by the typical micro-batch, which the speed is predicted at: the plan's peak, except for
+    a table by size (Plan.checkpoint_layers_by_tokens), whose peak may come from rarer sizes."""
+    plan = predicted.plan
+    if not plan.checkpoint_layers_by_tokens:
+        return predicted.reserved
+    typical = plan.micro_batch_size * (workload.computed_per_sequence or workload.sequence_length)
+    at = estimate_at_tokens(shape, plan, workload, min(typical, plan.micro_batch_size * workload.sequence_length))
+    return at.with_correction(predicted.correction).reserved
 
 
 def _preference(candidate: Candidate) -> tuple[Any, ...]:

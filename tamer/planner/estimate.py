@@ -571,7 +571,30 @@ def checkpointed_layers(plan: Plan, shape: ModelShape) -> int:
 
 
 def estimate(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
-    """Predicted peak memory of one training step under `plan`, per phase."""
+    """Predicted peak memory of one training step under `plan`, per phase. A plan that checkpoints fewer layers
+    for shorter micro-batches (Plan.checkpoint_layers_by_tokens) peaks at whichever size its table lets take the
+    most memory, often not the longest: the estimate is the largest of the longest micro-batch's and of each
+    entry's (the entry's size with its layers checkpointed), so that a run's measured peak compares with it."""
+    if not plan.checkpoint_layers_by_tokens:
+        return _estimate_one(shape, plan, workload)
+    sizes = [plan.micro_batch_size * workload.sequence_length] + [
+        tokens for tokens, _ in plan.checkpoint_layers_by_tokens
+    ]
+    estimates = [estimate_at_tokens(shape, plan, workload, tokens) for tokens in sizes]
+    return dataclasses.replace(max(estimates, key=lambda found: found.allocated), plan=plan)
+
+
+def estimate_at_tokens(shape: ModelShape, plan: Plan, workload: Workload, tokens: int) -> Estimate:
+    """`estimate` of a micro-batch of `tokens` computed tokens, with the layers the plan checkpoints at that size
+    (Plan.checkpointed_for), as one plan without a table by size."""
+    layers = plan.checkpointed_for(tokens, shape.num_layers)
+    single = plan.replace(checkpoint_layers=layers, checkpoint_layers_by_tokens=())
+    sized = dataclasses.replace(workload, sequence_length=-(-tokens // plan.micro_batch_size))
+    return dataclasses.replace(_estimate_one(shape, single, sized), plan=plan)
+
+
+def _estimate_one(shape: ModelShape, plan: Plan, workload: Workload) -> Estimate:
+    """`estimate` of one micro-batch size: `plan.checkpoint_layers` layers checkpointed."""
     d = _dtypes(plan)
     tokens = plan.micro_batch_size * workload.sequence_length
     hidden, vocab = shape.hidden_size, shape.vocab_size
