@@ -55,7 +55,7 @@ for folder in (ROOT, ROOT / "bench"):  # `python bench/quality.py` from the repo
         sys.path.insert(0, str(folder))
 
 GIB = 2**30
-RUNS = ("base", "tamer", "hf", "lora", "lora-int8", "fp16", "chat")
+RUNS = ("base", "tamer", "hf", "lora", "lora-int8", "fp16", "chat", "chat-span")
 CHAT_SYSTEM = "Answer with a span of the context."
 """The system message of the `chat` row's conversations (SmolLM2's template would otherwise add its own)."""
 PRESET = "llama-3.2-1b"
@@ -257,20 +257,23 @@ def tamer_run(
     }
 
 
-def chat_row(bench: Bench, train: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+def chat_row(bench: Bench, train: dict[str, Any], evaluation: dict[str, Any], span: bool = False) -> dict[str, Any]:
     """`tamer run chat` on the training half as conversations (bench/squad_chat.py's rows: a system message, the
     user turn `Context: ...\\nQuestion: ...`, the first answer as the assistant turn), scored with `tamer eval --em-f1`
-    on the evaluation half as conversations, in the same order: the questions the squad rows are scored on."""
+    on the evaluation half as conversations, in the same order: the questions the squad rows are scored on.
+    `span` (the `chat-span` row): the assistant turn spelled as the context spells the answer, the space before it
+    kept (squad_chat.span_text), as the squad prompt's ` answer` is."""
     from squad_chat import rows as chat_rows
 
+    label = "chat-span" if span else "chat"
     files = []
     for name, document in (("train", train), ("eval", evaluation)):
-        conversations, _ = chat_rows(document["data"], CHAT_SYSTEM)
-        path = bench.out / f"{name}.chat.jsonl"
+        conversations, _ = chat_rows(document["data"], CHAT_SYSTEM, span=span)
+        path = bench.out / f"{name}.{label}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in conversations))
         files.append(path)
     extra = {"chat_template": "chatml"} if bench.args.preset == "tiny" else {}  # the tiny model's tokenizer has none
-    return tamer_run(bench, "chat", files[0], files[1], extra, recipe="chat")
+    return tamer_run(bench, label, files[0], files[1], extra, recipe="chat")
 
 
 def training_facts(home: Path, run_id: str) -> dict[str, Any]:
@@ -589,6 +592,8 @@ def bench_command(args: argparse.Namespace) -> None:
             rows.append(tamer_run(bench, label, train_file, eval_file, {"start_plan": plans[label]}))
     if "chat" in wanted:
         rows.append(chat_row(bench, train, evaluation))
+    if "chat-span" in wanted:
+        rows.append(chat_row(bench, train, evaluation, span=True))
     if "hf" in wanted:
         save = args.out / "hf-model"
         launched = time.time()

@@ -43,17 +43,30 @@ def halves(document: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     return first, document["data"][len(first) :]
 
 
-def rows(articles: list[dict[str, Any]], system: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(chat rows, instruct rows) of every question of `articles`."""
+def span_text(context: str, answer: dict[str, Any]) -> str:
+    """The answer as the context spells it: with the space before it where the context has one (SQuAD's
+    answer_start), so that a byte-level BPE tokenizer gives the answer the tokens it has inside the context."""
+    start = answer.get("answer_start")
+    spaced = isinstance(start, int) and start > 0 and context[start - 1] == " "
+    return (" " if spaced else "") + answer["text"]
+
+
+def rows(
+    articles: list[dict[str, Any]], system: str | None, span: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(chat rows, instruct rows) of every question of `articles`. `span`: the assistant turn is the first answer as
+    the context spells it (`span_text`: the space before it kept), not the bare answer."""
     chat, instruct = [], []
     for article in articles:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 answers = list(dict.fromkeys(answer["text"] for answer in qa["answers"] if answer["text"].strip()))
                 prompt = f"Context: {paragraph['context']}\nQuestion: {qa['question'].strip()}"
+                first = next(answer for answer in qa["answers"] if answer["text"].strip())
+                reply = span_text(paragraph["context"], first) if span else answers[0]
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": answers[0]},
+                    {"role": "assistant", "content": reply},
                 ]
                 chat.append({"id": qa["id"], "messages": messages, "answers": answers})
                 instruct.append({"id": qa["id"], "prompt": prompt, "completion": answers[0], "answers": answers})
@@ -72,6 +85,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="Folder to write the halves to (created).")
     parser.add_argument("--system", help="A system message to open every conversation with (default: none).")
+    parser.add_argument(
+        "--span", action="store_true", help="Assistant turns spelled as the context spells the answer (`span_text`)."
+    )
     args = parser.parse_args()
     if (args.data is None) == (args.halves is None):
         parser.error("pass --data FILE or --halves TRAIN TEST")
@@ -86,7 +102,7 @@ def main() -> None:
         (args.out / f"{name}.json").write_text(
             json.dumps({"data": articles, "version": document.get("version", "1.1")})
         )
-        chat, instruct = rows(articles, args.system)
+        chat, instruct = rows(articles, args.system, span=args.span)
         for kind, found in (("chat", chat), ("instruct", instruct)):
             (args.out / f"{name}.{kind}.jsonl").write_text(
                 "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found), encoding="utf-8"

@@ -54,3 +54,41 @@ def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     spec.loader.exec_module(module)
     chat_rows, _ = module.rows(json.loads(BUNDLED_DATA.read_text())["data"][:1], "Be brief.")
     assert chat_rows[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_span_rows_spell_the_answer_as_the_context_does():
+    """`--span`: the assistant turn keeps the space the context has before the answer (so a byte-level BPE gives it
+    the context's tokens), none at the context's start or after a non-space; `answers` (what EM/F1 score against)
+    and the instruct completion stay the bare answers."""
+    spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = "Paris is in France (Europe)."
+    assert module.span_text(context, {"text": "France", "answer_start": 12}) == " France"
+    assert module.span_text(context, {"text": "Paris", "answer_start": 0}) == "Paris"
+    assert module.span_text(context, {"text": "Europe", "answer_start": 20}) == "Europe"
+    assert module.span_text(context, {"text": "France"}) == "France"  # no offset: the bare answer
+    articles = [
+        {
+            "paragraphs": [
+                {
+                    "context": context,
+                    "qas": [
+                        {
+                            "id": "q",
+                            "question": "Where? ",
+                            "answers": [
+                                {"text": "France", "answer_start": 12},
+                                {"text": "in France", "answer_start": 9},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    ]
+    (spanned,), (instruct,) = module.rows(articles, None, span=True)
+    assert spanned["messages"][-1] == {"role": "assistant", "content": " France"}
+    assert spanned["answers"] == ["France", "in France"] and instruct["completion"] == "France"
+    (plain,), _ = module.rows(articles, None)
+    assert plain["messages"][-1]["content"] == "France"
