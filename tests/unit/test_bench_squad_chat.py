@@ -16,6 +16,14 @@ from tamer.recipes.squad import BUNDLED_DATA, load_records
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "squad_chat.py"
 
 
+def _bench_module():
+    """bench/squad_chat.py, imported from its file (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     """Train and test hold whole articles and every question once; a chat row asks the context and question, is
     answered with the first answer and lists all answers; the chat recipe scores that answer and its end of turn."""
@@ -49,9 +57,7 @@ def test_the_halves_split_the_questions_by_article_and_train(tmp_path):
     scored = prepared.tokenizer.backend.decode([label for label in example.labels if label != -100])
     answer = records[example.id].answer
     assert scored == f"{answer}<|im_end|>" and prepared.eval_records[0].answers == tuple(chat_rows[0]["answers"])
-    spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module()
     chat_rows, _ = module.rows(json.loads(BUNDLED_DATA.read_text())["data"][:1], "Be brief.")
     assert chat_rows[0]["messages"][0] == {"role": "system", "content": "Be brief."}
 
@@ -60,9 +66,7 @@ def test_span_rows_spell_the_answer_as_the_context_does():
     """`--span`: the assistant turn keeps the space the context has before the answer (so a byte-level BPE gives it
     the context's tokens), none at the context's start or after a non-space; `answers` (what EM/F1 score against)
     and the instruct completion stay the bare answers."""
-    spec = importlib.util.spec_from_file_location("squad_chat", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module()
     context = "Paris is in France (Europe)."
     assert module.span_text(context, {"text": "France", "answer_start": 12}) == " France"
     assert module.span_text(context, {"text": "Paris", "answer_start": 0}) == "Paris"
