@@ -73,6 +73,23 @@ def rows(
     return chat, instruct
 
 
+def copied_tokens(chat: list[dict[str, Any]], tokenizer: Any) -> tuple[int, int]:
+    """Of `chat` rows (`rows(..., span=True)`), how many assistant turns tokenize to a run of tokens that occurs in the
+    user turn (the context): (bare answers, answers spelled as the context spells them). A span a model copies
+    whole from the context is the second kind; the chat template puts the first kind after `assistant\\n`."""
+    bare = spelled = 0
+
+    def inside(needle: list[int], haystack: list[int]) -> bool:
+        return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
+
+    for row in chat:
+        context = tokenizer(row["messages"][-2]["content"], add_special_tokens=False)["input_ids"]
+        reply = row["messages"][-1]["content"]
+        bare += inside(tokenizer(reply.lstrip(), add_special_tokens=False)["input_ids"], context)
+        spelled += inside(tokenizer(reply, add_special_tokens=False)["input_ids"], context)
+    return bare, spelled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="An official SQuAD v1.1 JSON file, halved here.")
@@ -87,6 +104,11 @@ def main() -> None:
     parser.add_argument("--system", help="A system message to open every conversation with (default: none).")
     parser.add_argument(
         "--span", action="store_true", help="Assistant turns spelled as the context spells the answer (`span_text`)."
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="A model folder: also count the training answers whose tokens occur in their context (`copied_tokens`).",
     )
     args = parser.parse_args()
     if (args.data is None) == (args.halves is None):
@@ -110,6 +132,14 @@ def main() -> None:
         print(
             f"{name}: {len(articles)} articles, {len(chat)} questions -> {args.out}/{name}.json, .chat.jsonl, .instruct.jsonl"
         )
+        if args.tokenizer and name == "train":
+            from transformers import AutoTokenizer
+
+            spanned, _ = rows(articles, args.system, span=True)
+            bare, spelled = copied_tokens(spanned, AutoTokenizer.from_pretrained(args.tokenizer))
+            print(
+                f"answers whose tokens occur in the context: {bare} of {len(spanned)} bare, {spelled} spelled as the context"
+            )
 
 
 if __name__ == "__main__":

@@ -96,3 +96,22 @@ def test_span_rows_spell_the_answer_as_the_context_does():
     assert spanned["answers"] == ["France", "in France"] and instruct["completion"] == "France"
     (plain,), _ = module.rows(articles, None)
     assert plain["messages"][-1]["content"] == "France"
+
+
+def test_copied_tokens_counts_answers_whose_tokens_occur_in_the_context():
+    """A byte-level BPE keeps the space in a word's token: ` France` inside the context is not `France` after the
+    template's newline. Bare replies are counted without their space, spelled ones as they are."""
+    import re
+
+    module = _bench_module()
+
+    def tokenizer(text, add_special_tokens=False):  # GPT-2's split: a word owns the space before it
+        return {"input_ids": re.findall(r" ?\w+| ?[^\w\s]", text)}
+
+    def row(context, reply):
+        return {
+            "messages": [{"role": "user", "content": f"Context: {context}"}, {"role": "assistant", "content": reply}]
+        }
+
+    rows = [row("Paris is in France.", " France"), row("Paris is in France.", "Paris"), row("A b c.", " d")]
+    assert module.copied_tokens(rows, tokenizer) == (0, 1)  # the context holds " France" and " Paris", not "Paris"
