@@ -212,14 +212,15 @@ def plan_command(
         Optional[bool],
         typer.Option(
             "--lora/--no-lora",
-            help="Whether LoRA (and int8 base weights) may be used (sets planner.allow_lora; default: the config's).",
+            help="Whether LoRA (and with it a quantized base, which trains only under LoRA) may be used (sets planner.allow_lora; default: the config's).",
         ),
     ] = None,
     allow_quantization: Annotated[
         Optional[bool],
         typer.Option(
+            "--quantize/--no-quantize",
             "--int8/--no-int8",
-            help="Whether quantized base weights (int8, NF4) may be used (sets planner.allow_quantization; default: the config's).",
+            help="Whether quantized base weights (int8, NF4) may be used (sets planner.allow_quantization; default: the config's; --int8/--no-int8 is the older name).",
         ),
     ] = None,
     allow_pure_bf16: Annotated[

@@ -161,6 +161,11 @@ def test_tamer_plan_prints_and_returns_the_reach(tmp_path, monkeypatch):
     start = lines.index("what this card trains (predicted; 10% kept free):")
     assert lines[start + 2].startswith("largest preset: llama-3.1-8b as LoRA, nf4 base")
     assert all(len(line) <= 80 for line in lines[start:])
+    for flag in ("--no-quantize", "--no-int8"):  # the older name still works
+        without = json.loads(CliRunner().invoke(cli.app, [*args, flag, "--json"]).output)["reach"]
+        assert without["answer"].startswith("no plan fits this card; the smallest that fits: ")
+        assert without["largest_preset"]["preset"] == "llama-3.2-3b"
+        assert without["largest_preset"]["plan"]["quantization"] is None
 
 
 MEASURED = json.loads((Path(__file__).parent / "measured_reach_h100.json").read_text())
