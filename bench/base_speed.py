@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from reach import SHAPES, Bench, model_folder, run_sets  # noqa: E402
+from reach import SHAPES, Bench, model_folder, run_sets, steady  # noqa: E402
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
 COMMON = {
@@ -57,20 +56,6 @@ PLANS: dict[str, dict[str, Any]] = {
     },
 }
 """Plan fields of each pinned plan (the rest are Plan's defaults)."""
-
-
-def steady(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median tokens/s of the second half of `steps`, and questions/s over every step after the first."""
-    half = steps[len(steps) // 2 :]
-    rates = [row["computed_tokens"] / row["step_time"] for row in half if row["step_time"] and row["computed_tokens"]]
-    paced = steps[1:]
-    seconds = sum(row["step_time"] for row in paced)
-    questions = sum(row["micro_batch_size"] * row["grad_accumulation"] for row in paced)
-    return {
-        "tokens_per_second": statistics.median(rates) if rates else None,
-        "questions_per_second": questions / seconds if seconds else None,
-        "steps": len(steps),
-    }
 
 
 def predicted_ratio(name: str, preset: str) -> float:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -108,11 +109,29 @@ def plans_text(rows: list[dict[str, Any]]) -> str:
             said.append(f"tamer: {row['error']}")
         else:
             said.append(("as predicted" if row.get("as_predicted") else "NOT as predicted") + f": {row.get('plan')}")
+            if row.get("steady_tokens_per_second"):
+                said.append(
+                    f"steady state: {row['steady_tokens_per_second']:,.0f} tokens/s (median, 2nd half of steps)"
+                )
         hf = row.get("hf") or {}
         said.append(f"HF QLoRA: {hf.get('plan') or hf.get('outcome') or 'not run'}")
         for text in said:
             lines += textwrap.wrap(text, 78, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
+
+
+def steady(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median tokens/s of the second half of `steps`, and questions/s over every step after the first."""
+    half = steps[len(steps) // 2 :]
+    rates = [row["computed_tokens"] / row["step_time"] for row in half if row["step_time"] and row["computed_tokens"]]
+    paced = steps[1:]
+    seconds = sum(row["step_time"] for row in paced)
+    questions = sum(row["micro_batch_size"] * row["grad_accumulation"] for row in paced)
+    return {
+        "tokens_per_second": statistics.median(rates) if rates else None,
+        "questions_per_second": questions / seconds if seconds else None,
+        "steps": len(steps),
+    }
 
 
 def first_attempt_facts(attempts: list[dict[str, Any]], steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,7 +247,8 @@ def tamer_shape(bench: Bench, shape: str, model: Path) -> dict[str, Any]:
         return {**row, "error": str(error)}
     wall = time.time() - launched
     db = Database(bench.home / "tamer.db", create=False)
-    first = first_attempt_facts(db.attempts(run_id), db.steps(run_id))
+    steps = db.steps(run_id)
+    first = first_attempt_facts(db.attempts(run_id), steps)
     db.close()
     facts = training_facts(bench.home, run_id)
     bench.say(f"{shape}: tamer {run_id}, {facts['attempts']} attempt(s), {wall:.0f} s")
@@ -236,6 +256,7 @@ def tamer_shape(bench: Bench, shape: str, model: Path) -> dict[str, Any]:
         **row,
         **facts,
         **first,
+        "steady_tokens_per_second": steady(steps)["tokens_per_second"],
         "run_id": run_id,
         "wall_seconds": wall,
         "as_predicted": same_plan(first["first_plan"], row["predicted"]),

@@ -87,3 +87,18 @@ def test_bad_shapes_and_steps_are_one_line_errors(tmp_path):
             reach.bench_command(reach.parse([*argv, "--out", str(tmp_path)]))
         assert words in str(stopped.value) and "\n" not in str(stopped.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_steady_state_is_the_median_of_the_second_half():
+    """Tokens/s: the median of computed tokens / step time over the second half (a slow recompiling step there does
+    not move it); questions/s: every step after the first, the whole wall clock of them."""
+    reach = _reach()
+
+    def step(seconds: float, tokens: int = 1000) -> dict:
+        return {"step_time": seconds, "computed_tokens": tokens, "micro_batch_size": 8, "grad_accumulation": 1}
+
+    steps = [step(10.0), step(1.0), step(0.5), step(0.5), step(5.0), step(0.25), step(0.5), step(0.5)]
+    found = reach.steady(steps)
+    assert found["tokens_per_second"] == 2000.0 and found["steps"] == 8
+    assert found["questions_per_second"] == 7 * 8 / 8.25
+    assert reach.steady([])["tokens_per_second"] is None
