@@ -186,25 +186,33 @@ def stop(home: Home, run_id: str, timeout: float) -> dict[str, Any]:
             raise ConfigError(f"run {run_id} is already {run['status']}; there is nothing to stop")
         pid = supervisor_pid(run)
         if pid is None:
-            raise StateError(
-                f"run {run_id} is marked running but no supervisor holds it (it died: kill -9 or a reboot); "
-                f"`tamer resume {run_id}` continues it from its newest checkpoint"
-            )
+            raise _unsupervised(run_id)
         os.kill(pid, signal.SIGTERM)
         db.event(
             run_id,
             "stop_requested",
             f"SIGTERM sent to supervisor pid {pid}: checkpoint at the next step boundary, then stop",
         )
-        run = _wait_while(db, run_id, "running", timeout)
-        if run["status"] == "running":
-            raise TamerError(
-                f"run {run_id} still running {timeout:.0f} s after SIGTERM to its supervisor (pid {pid}); "
-                f"wait longer, or `kill -TERM {pid}` again to end the attempt without a checkpoint"
-            )
+        deadline = time.monotonic() + timeout
+        while (run := db.run(run_id))["status"] == "running":
+            if supervisor_pid(run) is None and db.run(run_id)["status"] == "running":
+                raise _unsupervised(run_id)  # it died meanwhile (or was dying: a thread still held its lock)
+            if time.monotonic() >= deadline:
+                raise TamerError(
+                    f"run {run_id} still running {timeout:.0f} s after SIGTERM to its supervisor (pid {pid}); "
+                    f"wait longer, or `kill -TERM {pid}` again to end the attempt without a checkpoint"
+                )
+            time.sleep(WAIT_SECONDS)
         return run
     finally:
         db.close()
+
+
+def _unsupervised(run_id: str) -> StateError:
+    return StateError(
+        f"run {run_id} is marked running but no supervisor holds it (it died: kill -9 or a reboot); "
+        f"`tamer resume {run_id}` continues it from its newest checkpoint"
+    )
 
 
 def _wait_while(db: Database, run_id: str, status: str, timeout: float) -> dict[str, Any]:

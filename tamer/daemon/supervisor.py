@@ -637,8 +637,11 @@ class Supervisor:
                 )
                 process.kill()
             time.sleep(POLL_SECONDS)
-        if 1 <= told_stop < self.stop_requests:  # a second stop killed it before the loop could say so
-            self._tell_stop(number, first=False)
+        if told_stop < self.stop_requests:  # the child ended before the loop could say so: say it now
+            if told_stop == 0:
+                self._tell_stop(number, first=True)
+            if self.stop_requests > 1:
+                self._tell_stop(number, first=False)
         if self.progress is not None:
             self.progress.update(self.db, self.run_id, number)
         self.process = None

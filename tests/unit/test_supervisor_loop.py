@@ -183,3 +183,39 @@ def test_a_stop_signal_mid_attempt_is_forwarded_and_the_run_stops(tmp_path):
     )
     assert code == EXIT_STOPPED_TERM and outcomes(db, run_id) == ["stopped"]
     assert db.run(run_id)["status"] == "stopped"
+
+
+def test_tamer_stop_says_at_once_when_the_supervisor_dies_instead_of_stopping_the_run(tmp_path):
+    """`tamer stop` sends SIGTERM to the process holding the run's lock; when that process dies without ending the
+    run (here: a lock holder with SIGTERM's default action), stop says no supervisor holds the run (exit 5) at once,
+    not after waiting out its timeout for a status that nobody will write."""
+    import subprocess
+
+    from tamer.daemon import queue
+    from tamer.errors import StateError
+
+    home = Home.resolve(tmp_path)
+    run_id = create_run(home, build_config("tiny", None, {"device": "cpu"}, []))
+    db = Database(home.db_path)
+    db.update_run(run_id, status="running")
+    db.close()
+    lock = home.run_dir(run_id) / "lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from tamer.state.lock import PidLock; import time; held = PidLock(Path({str(lock)!r}), ''); held.acquire(); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(StateError, match=f"no supervisor holds it.*tamer resume {run_id}"):
+            queue.stop(home, run_id, timeout=30)
+        assert time.monotonic() - started < 10
+        assert holder.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        holder.kill()
