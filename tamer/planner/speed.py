@@ -13,7 +13,7 @@ the ratio of two plans the anchors measured in one run on one H100 (Llama-3.2-1B
 | chunked loss, when it chunks | 1.07 | LoRA + checkpointing 13,030 -> 13,966 tok/s with the loss chunked |
 | LoRA | 0.64 | LoRA on bf16 weights 13,030 vs full fine-tune 20,735 / 1.07: peft's extra small kernels and fp32 adapter casts cost more than the optimizer step saved, at 1B |
 | int8 base weights | 0.52 | the seed's 8-bit + LoRA recipe 6,297 vs the same without int8 (bitsandbytes int8 matmuls) |
-| NF4 base weights | 0.72 | not measured by tamer yet (GPU calibration pending, bench/reach.py): QLoRA's published cost, 39% more time than LoRA on a 16-bit base (S. Raschka, "Practical Tips for Finetuning LLMs Using LoRA", 2023: 1.39x), a dequantization per matmul in forward and backward |
+| NF4 base weights | 0.72 | QLoRA's published cost, 39% more time than LoRA on a 16-bit base (S. Raschka, "Practical Tips for Finetuning LLMs Using LoRA", 2023: 1.39x), a dequantization per matmul in forward and backward; measured by tamer at 1B (bench/results/base-speed-h100-2026-12-06.md): LoRA on NF4 (fp32 adapters, bf16 autocast) 4,533 vs LoRA on pure bf16 6,559 tok/s = 0.69 = 0.72 / 1.05 (the pure-bf16 factor) |
 | pure bf16 weights | 1.05 | full fine-tune in pure bf16 26,989 (no checkpointing) vs 20,735 / 0.78 / 1.07 |
 | fp16 autocast | 0.97 | loss scaling (GradScaler) on top of 16-bit math |
 | fp32 without autocast | 0.3 | tamer's own step on an H100 (this planner's check, 2026-11-25): fp32 + checkpointing 5,635 vs bf16 autocast + checkpointing 19,583 tok/s |
@@ -25,8 +25,12 @@ With these, the anchors' plans come out in the order measured (tests/unit/test_p
 
 Known gap: LoRA without checkpointing measured 1.25x a full fine-tune without checkpointing in
 tamer's own step (34,481 vs 27,552 tok/s, no weight gradients to compute), while LoRA with
-checkpointing measured 0.64-0.75x. One LoRA factor is kept on purpose: the planner should reach for
-LoRA to fit, not to go faster, since it changes what is trained.
+checkpointing measured 0.64-0.75x; and against today's full fine-tune, whose layers compile (`compile: auto`;
+LoRA-wrapped layers stay eager), LoRA on pure bf16 measured 0.42x at 1B (6,559 vs 15,500 tok/s, every layer
+checkpointed, 8 x ~214 tokens; predicted 0.67x), while at 3B and 8B the LoRA plans ran 1.9x and 4.5x the tokens/s
+predicted (bench/results/reach-h100-2026-12-06.md): the LoRA factor depends on the model's width, which one factor
+cannot say; a 3B row of bench/base_speed.py is what it needs. One LoRA factor is kept on purpose: the
+planner should reach for LoRA to fit, not to go faster, since it changes what is trained.
 """
 
 from __future__ import annotations
