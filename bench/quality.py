@@ -31,7 +31,9 @@ reaches, and the Hugging Face Trainer, all scored by tamer's own SQuAD evaluatio
 `base` and `hf` are scored by `python bench/quality.py score`, which calls tamer/engine/result.py's `evaluate`
 (the prompt, greedy decoding and EM/F1 of tamer/recipes/squad_score.py that `tamer eval` uses) in the dtype
 `tamer eval` uses (bf16 on CUDA, fp32 on CPU). Prints one table (plan, EM, F1, steps, questions/s, first step,
-peak memory, wall time) and writes it to OUT/quality.md, with everything in OUT/quality.json.
+peak memory, wall time) and writes it to OUT/quality.md, with everything in OUT/quality.json. Every tamer row keeps
+its replies (`tamer eval --predictions OUT/predictions/LABEL.json`), and each is compared with the `tamer` row
+question by question under the table: the mean EM and F1 difference with its standard error (`paired`).
 
 Epochs: 2 by default, as in the HF question-answering example and the issue-25 measurement (EM 0.593 after 2
 epochs): the evaluation half of the shared 5,609-question subset leaves ~2,700 training questions, ~680 steps.
@@ -230,6 +232,7 @@ def tamer_run(
     run_id = bench.tamer(
         "run", recipe, "--preset", PRESET, "--config", str(config_file), log=f"run-{label}"
     ).stdout.split()[0]
+    predictions = bench.out / "predictions" / f"{label}.json"
     wall = time.time() - launched
     bench.say(f"{label}: trained ({run_id}, {wall:.0f} s)")
     scored = json.loads(
@@ -241,7 +244,8 @@ def tamer_run(
             "--limit",
             str(args.limit),
             "--json",
-            *(["--em-f1"] if recipe == "chat" else []),
+            "--predictions",
+            str(predictions),
             log=f"eval-{label}",
         ).stdout
     )
@@ -252,6 +256,7 @@ def tamer_run(
         "exact_match": scored["exact_match"],
         "f1": scored["f1"],
         "questions": scored["questions"],
+        "predictions": str(predictions),
         "wall_seconds": wall,
         **training_facts(bench.home, run_id),
     }
@@ -512,6 +517,49 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """`other` minus `base` question by question (`tamer eval --predictions` rows, matched by id): the mean
+    difference of EM and of F1 with its standard error (the spread of the per-question differences / sqrt(n)), and on
+    how many questions the exact matches differ. Two means on the same questions are compared this way, not as two
+    independent samples: most questions are answered alike by both and cancel."""
+    by_id = {row["id"]: row for row in base}
+    pairs = [(by_id[row["id"]], row) for row in other if row["id"] in by_id]
+    found: dict[str, Any] = {"questions": len(pairs)}
+    for metric in ("exact_match", "f1"):
+        differences = [theirs[metric] - ours[metric] for ours, theirs in pairs]
+        mean = sum(differences) / len(differences) if differences else 0.0
+        spread = (
+            math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+            if len(differences) > 1
+            else 0.0
+        )
+        found[metric] = mean
+        found[f"{metric}_se"] = spread / math.sqrt(len(differences)) if differences else 0.0
+    found["disagree"] = sum(1 for ours, theirs in pairs if ours["exact_match"] != theirs["exact_match"])
+    return found
+
+
+def paired_text(rows: list[dict[str, Any]]) -> str:
+    """Lines for each row scored with every reply kept, against the `tamer` row (or the first such row)."""
+    kept = [row for row in rows if row.get("predictions") and Path(row["predictions"]).is_file()]
+    if len(kept) < 2:
+        return ""
+    base = next((row for row in kept if row["label"] == "tamer"), kept[0])
+    replies = {row["label"]: json.loads(Path(row["predictions"]).read_text())["predictions"] for row in kept}
+    lines = [f"Question by question against {base['label']} (mean difference +- one standard error):"]
+    for row in kept:
+        if row is base:
+            continue
+        found = paired(replies[base["label"]], replies[row["label"]])
+        row["paired"] = found
+        lines.append(
+            f"- {row['label']}: EM {found['exact_match'] * 100:+.1f} +- {found['exact_match_se'] * 100:.1f}, "
+            f"F1 {found['f1'] * 100:+.1f} +- {found['f1_se'] * 100:.1f} points; "
+            f"{found['disagree']} of {found['questions']} exact matches differ"
+        )
+    return "\n".join(lines)
+
+
 def plans_text(rows: list[dict[str, Any]]) -> str:
     """One line per run: the plan it settled on, and its run id (and attempts, when an OOM made more than one)."""
     lines = []
@@ -629,9 +677,12 @@ def bench_command(args: argparse.Namespace) -> None:
             str(bench.home),
         ],
     }
+    comparison = paired_text(rows)  # before quality.json: it adds each row's `paired`
     (args.out / "quality.json").write_text(json.dumps(summary, indent=2, default=str))
     text = (
-        f"{table(rows)}\n\nSplit by article (seed {args.seed}): {counts['train_articles']} articles / {counts['train_questions']} "
+        f"{table(rows)}\n\n"
+        + (f"{comparison}\n\n" if comparison else "")
+        + f"Split by article (seed {args.seed}): {counts['train_articles']} articles / {counts['train_questions']} "
         f"questions train, {counts['eval_articles']} / {counts['eval_questions']} evaluate; the first {args.limit} evaluation "
         f"questions scored. Epochs {args.epochs}"
         + (f", at most {args.max_steps} steps" if args.max_steps else "")

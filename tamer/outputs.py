@@ -1,6 +1,7 @@
 """Where tamer writes what a user asks for (`-o` of export, plot and report), without ever losing a file.
 
     path = output_file(option, default_name="RUN.png", what="plot", signature=PNG_SIGNATURE)
+    (also `tamer eval --predictions`: RUN.predictions.json, PREDICTIONS_SIGNATURE)
     write_file_atomic(path, data)             # PATH.tmp-PID, then one rename; the tmp is gone on failure
     folder = export_folder(option, owned=False, force=False)   # refused unless new, empty or a tamer export
 
@@ -8,7 +9,7 @@ Rules (the same for every command):
 - `-o` names a file or a folder: a folder (existing, or given with a trailing `/`) gets the default
   file name inside it; missing parent folders are created.
 - tamer replaces only what it wrote itself: a file it made carries a signature (a PNG text chunk, an
-  HTML meta tag), an export folder a marker file (EXPORT_MARKER). Anything else in the way is refused,
+  HTML meta tag, a JSON file's first key), an export folder a marker file (EXPORT_MARKER). Anything else in the way is refused,
   unless `--force` says to overwrite that one file; a folder holding other files is never replaced.
 - Every OS error (read-only place, no permission, disk full, a file where a folder should be) is one
   line naming the path and what to do: OutputError (exit 7), or ConfigError for a wrong kind of path.
@@ -32,6 +33,8 @@ PNG_SIGNATURE = b"tamer plot"
 """Written into the PNG's Software text chunk by `tamer plot`."""
 HTML_SIGNATURE = b'<meta name="generator" content="tamer report">'
 """The first lines of a page `tamer report` wrote."""
+PREDICTIONS_SIGNATURE = b'"tamer": "eval predictions"'
+"""The first key of the JSON file `tamer eval --predictions` wrote."""
 
 
 def os_problem(error: OSError, path: Path, doing: str) -> OutputError:
@@ -59,31 +62,37 @@ def _is_folder_request(option: Path | str, path: Path) -> bool:
     return path.is_dir() or str(option).endswith(os.sep)
 
 
-def output_file(option: Path | str | None, default_name: str, what: str, signature: bytes, force: bool = False) -> Path:
+def output_file(
+    option: Path | str | None,
+    default_name: str,
+    what: str,
+    signature: bytes,
+    force: bool | None = False,
+    flag: str = "-o",
+) -> Path:
     """The file to write for `-o option` (None: `default_name` here); parents created. Refused (ConfigError)
-    when a file is there that tamer did not write (no `signature` in its first 64 KiB), unless `force`."""
+    when a file is there that tamer did not write (no `signature` in its first 64 KiB), unless `force` (None:
+    the command has no --force). `flag` names the option in errors."""
     path = Path(default_name) if option is None else Path(option).expanduser()
     if option is not None and _is_folder_request(option, path):
         path = path / default_name
     path = path.absolute()
     if path.is_dir():
-        raise ConfigError(f"-o {path}: is a folder with the {what}'s name; give another file name")
+        raise ConfigError(f"{flag} {path}: is a folder with the {what}'s name; give another file name")
     if path.exists() and not force and not _signed(path, signature):
-        raise ConfigError(
-            f"-o {path}: a file tamer did not write is there; tamer never overwrites it: give another "
-            f"name, or add --force to replace it"
-        )
-    _make_parents(path)
+        remedy = "give another name" if force is None else "give another name, or add --force to replace it"
+        raise ConfigError(f"{flag} {path}: a file tamer did not write is there; tamer never overwrites it: {remedy}")
+    _make_parents(path, flag)
     return path
 
 
-def _make_parents(path: Path) -> None:
+def _make_parents(path: Path, flag: str = "-o") -> None:
     """Create the folders above `path`, or say in one line why they cannot be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise ConfigError(
-            f"-o {path}: {_first_file(path.parent)} is a file, not a folder; choose another path"
+            f"{flag} {path}: {_first_file(path.parent)} is a file, not a folder; choose another path"
         ) from None
     except OSError as error:
         raise os_problem(error, path.parent, "create the folder") from None

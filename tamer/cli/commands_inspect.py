@@ -325,7 +325,7 @@ def _check_size(width: int, height: int) -> None:
 def plot(
     run_id: RunArgument,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="PNG file or folder to write to (default: RUN.png here).")
+        Optional[str], typer.Option("--output", "-o", help="PNG file or folder to write to (default: RUN.png here).")
     ] = None,
     width: Annotated[int, typer.Option(help="Image width in pixels.")] = 1200,
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 800,
@@ -358,7 +358,7 @@ def plot(
 def report(
     run_id: RunArgument,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="HTML file or folder to write to (default: RUN.html here).")
+        Optional[str], typer.Option("--output", "-o", help="HTML file or folder to write to (default: RUN.html here).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a file tamer did not write.")] = False,
     home: HomeOption = None,

@@ -126,6 +126,13 @@ def eval_command(
     em_f1: Annotated[
         bool, typer.Option("--em-f1", help="chat, instruct: also exact match and F1 of greedy replies (as eval.em_f1).")
     ] = False,
+    predictions: Annotated[
+        Optional[str],  # str, not Path: a trailing "/" (a folder to create) must survive
+        typer.Option(
+            help="Also write every reply, its gold answers, exact match and F1 to this JSON file (a folder: RUN.predictions.json in it); implies --em-f1. Never replaces a file tamer did not write.",
+            metavar="FILE",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -135,6 +142,7 @@ def eval_command(
 
     Example: tamer eval squad-20261125-201500-ab12 --limit 200
     """
+    from tamer import outputs
     from tamer.daemon.result import run_result_child
 
     try:
@@ -152,6 +160,16 @@ def eval_command(
             arguments += ["--limit", str(limit)]
         if batch_size is not None:
             arguments += ["--batch-size", str(batch_size)]
+        if predictions is not None:
+            written = outputs.output_file(
+                predictions,
+                f"{full_id}.predictions.json",
+                "predictions",
+                outputs.PREDICTIONS_SIGNATURE,
+                None,
+                "--predictions",
+            )
+            arguments += ["--predictions", str(written)]
         summary = run_result_child(run_dir, arguments)
     except TamerError as error:
         _fail(error)
@@ -177,6 +195,8 @@ def eval_command(
     )
     for example in result["examples"][:3]:
         console.print(f"  answered {example['answer']!r}; gold {example['gold'][0]!r}", highlight=False)
+    if "predictions_file" in result:
+        console.print(f"every reply: {result['predictions_file']}", highlight=False)
 
 
 @app.command()

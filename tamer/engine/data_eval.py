@@ -23,7 +23,7 @@ from tamer.engine.generate import generate_answers
 from tamer.engine.loss import loss_sum
 from tamer.engine.model import cudnn_attention_allowed, use_cudnn_attention
 from tamer.recipes import chat, instruct
-from tamer.recipes.squad_score import score
+from tamer.recipes.squad_score import prediction_rows, score
 
 PROBE = "\u2063REPLY\u2063"
 """A reply no real conversation holds: rendering it shows what the template writes after a reply."""
@@ -65,10 +65,12 @@ def end_of_turn(template: Any) -> str:
     return text[text.index(PROBE) + len(PROBE) :].strip() if PROBE in text else ""
 
 
-def prompts_and_references(prepared: Any, config: Any, limit: int) -> tuple[list[list[int]], list[list[str]]]:
+def prompts_and_references(
+    prepared: Any, config: Any, limit: int
+) -> tuple[list[list[int]], list[list[str]], list[str]]:
     """Token ids of the first `limit` validation records' prompts (those longer than max_seq_len left out, as
-    training leaves them), and each one's references."""
-    tokenizer, prompts, references = prepared.tokenizer, [], []
+    training leaves them), each one's references, and each one's id."""
+    tokenizer, prompts, references, record_ids = prepared.tokenizer, [], [], []
     for record in prepared.eval_records:
         if len(prompts) == limit:
             break
@@ -76,13 +78,14 @@ def prompts_and_references(prepared: Any, config: Any, limit: int) -> tuple[list
             messages = chat.generation_prompt(record)
             if messages is None or not record.answers:
                 continue
-            ids = tokenizer.ids(prepared.template.render(messages, add_generation_prompt=True))
+            tokens = tokenizer.ids(prepared.template.render(messages, add_generation_prompt=True))
         else:
-            ids = instruct.prompt_ids(record, tokenizer, config.prompt_template)
-        if len(ids) < config.max_seq_len:
-            prompts.append(ids)
+            tokens = instruct.prompt_ids(record, tokenizer, config.prompt_template)
+        if len(tokens) < config.max_seq_len:
+            prompts.append(tokens)
             references.append(list(record.answers))
-    return prompts, references
+            record_ids.append(record.id)
+    return prompts, references, record_ids
 
 
 def em_f1(
@@ -97,7 +100,7 @@ def em_f1(
     """EM and F1 of greedy replies to the validation records (chat, instruct), as tamer/engine/result.py's
     `evaluate` reports SQuAD's."""
     started = time.perf_counter()
-    prompts, references = prompts_and_references(
+    prompts, references, record_ids = prompts_and_references(
         prepared, config, limit if limit is not None else config.eval.squad_samples
     )
     stop = end_of_turn(prepared.template) if prepared.template is not None else ""
@@ -125,4 +128,5 @@ def em_f1(
         "questions_per_second": result["questions"] / seconds if seconds else None,
         "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], references[:5])],
+        "predictions": prediction_rows(record_ids, answers, references),
     }

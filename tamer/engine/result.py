@@ -44,7 +44,7 @@ from tamer.errors import ConfigError, DataError, StateError, TamerError
 from tamer.plan import Plan
 from tamer.protocol import HELD_OUT
 from tamer.recipes import prepare, squad
-from tamer.recipes.squad_score import score
+from tamer.recipes.squad_score import prediction_rows, score
 from tamer.state import checkpoints, queries
 from tamer.state.db import Database
 
@@ -185,19 +185,20 @@ def _same_source(one: str, other: str) -> bool:
 
 def prompts_for(
     records: list[squad.Record], tokenizer: Any, max_seq_len: int
-) -> tuple[list[list[int]], list[list[str]]]:
+) -> tuple[list[list[int]], list[list[str]], list[str]]:
     """Token ids of each question's prompt, exactly as training built it (BOS, `Context: ...\\nQuestion:
-    ...\\nAnswer:`, the context cut to fit max_seq_len as in training), and its gold answers. A question
-    training would skip as too long is skipped here too."""
+    ...\\nAnswer:`, the context cut to fit max_seq_len as in training), its gold answers, and its id. A
+    question training would skip as too long is skipped here too."""
     examples, _ = squad.build_examples(records, tokenizer, max_seq_len)
     by_id = {record.id: record for record in records}
-    prompts, golds = [], []
+    prompts, golds, ids = [], [], []
     for example in examples:
         answer_begins = next(i for i, label in enumerate(example.labels) if label != squad.IGNORE_INDEX)
         prompts.append(example.input_ids[:answer_begins])
         record = by_id[example.id]
         golds.append(list(record.gold_answers or (record.answer,)))
-    return prompts, golds
+        ids.append(record.id)
+    return prompts, golds, ids
 
 
 def evaluate(
@@ -215,7 +216,7 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     count = limit if limit is not None else config.eval.squad_samples
-    prompts, golds = prompts_for(records[:count], tokenizer, config.max_seq_len)
+    prompts, golds, ids = prompts_for(records[:count], tokenizer, config.max_seq_len)
     with cudnn_attention_allowed(device, use_cudnn_attention(config.cudnn_attention, "generate")):
         answers, batch_size = generate_answers(
             model,
@@ -234,6 +235,7 @@ def evaluate(
         "questions_per_second": result["questions"] / seconds if seconds else None,
         "peak_allocated": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "examples": [{"answer": answer, "gold": gold} for answer, gold in zip(answers[:5], golds[:5])],
+        "predictions": prediction_rows(ids, answers, golds),
     }
 
 
@@ -267,6 +269,25 @@ def store_scores(
         data=data,
         batch_size=result["batch_size"],
     )
+
+
+def write_predictions(path: Path, summary: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+    """`tamer eval --predictions FILE`: what was asked and every reply, with its gold answers and scores, as one
+    JSON object (its first key is tamer's signature, so a later `--predictions` may replace it; tamer/outputs.py)."""
+    result = summary["eval"]
+    document = {
+        "tamer": "eval predictions",
+        "run_id": summary["run_id"],
+        "step": summary["step"],
+        "plan": summary["plan"],
+        "data": result["data"],
+        "exact_match": result["exact_match"],
+        "f1": result["f1"],
+        "questions": result["questions"],
+        "predictions": predictions,
+    }
+    data = json.dumps(document, indent=1, ensure_ascii=False).encode()
+    outputs.write_file_atomic(path, data, "write the predictions")
 
 
 def evaluate_during_training(attempt: Attempt, model: Any, tokenizer: Any) -> None:
@@ -324,7 +345,7 @@ def evaluate_data(
         **loss,
     )
     result = {**loss, "data": label}
-    if args.em_f1 or config.eval.em_f1:
+    if args.em_f1 or config.eval.em_f1 or args.predictions is not None:
         if config.recipe == "text":
             raise ConfigError("--em-f1: scores chat and instruct replies; the text recipe has only the validation loss")
         scores = data_eval.em_f1(trained.model, tokenizer, config, prepared, device, args.limit, args.batch_size)
@@ -532,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--predictions", type=Path)
     parser.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--dtype", choices=["auto", *DTYPES])
     parser.add_argument("--result", type=Path)
@@ -548,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def produce(args: argparse.Namespace) -> dict[str, Any]:
     spec, config = run_config(args.run_dir)
+    if args.predictions is not None and config.recipe == "text":
+        raise ConfigError("--predictions: the text recipe has no replies to keep, only the validation loss")
     if config.torch_threads:  # the run's thread count, as in training (fixed when the run was created)
         torch.set_num_threads(config.torch_threads)
     run_id = spec["run_id"]
@@ -579,6 +603,11 @@ def produce(args: argparse.Namespace) -> dict[str, Any]:
         summary["eval"] = {**result, "data": label}
     elif args.evaluate:
         summary["eval"] = evaluate_data(db, run_id, config, trained, tokenizer, device, args)
+    if args.evaluate:
+        predictions = summary["eval"].pop("predictions", None)
+        if args.predictions is not None and predictions is not None:
+            write_predictions(args.predictions, summary, predictions)
+            summary["eval"]["predictions_file"] = str(args.predictions)
     if args.export_dir is not None:
         card = model_card(db, run_id, config, trained, dtype, merge, last_scores(db, run_id, checkpoint.step))
         exported = export(trained, tokenizer, args.export_dir, dtype, merge, card, run_id)

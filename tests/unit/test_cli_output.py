@@ -130,12 +130,16 @@ def test_help_never_ellipsizes(name, environment, recorded_home):
 
 
 def test_plot_and_report_write_files(recorded_home, tmp_path):
-    """plot and report print only the path they wrote, whole, at 80 columns."""
+    """plot and report print only the path they wrote, whole, at 80 columns; `-o NEW/` (a trailing slash) is a folder
+    to create, with RUN.png / RUN.html inside, not a file named NEW."""
     for name, suffix in (("plot", "png"), ("report", "html")):
         path = tmp_path / f"a-long-folder-name-{'x' * 60}" / f"{RUN_ID}.{suffix}"
         path.parent.mkdir(exist_ok=True)
         output = _invoke([name, RUN_ID, "-o", str(path)], recorded_home, TERMINAL_80)
         assert output.strip() == str(path) and path.exists()
+        folder = tmp_path / f"new-{name}"
+        output = _invoke([name, RUN_ID, "-o", f"{folder}/"], recorded_home, PIPED)
+        assert folder.is_dir() and output.strip() == str(folder / f"{RUN_ID}.{suffix}"), output
 
 
 def test_piped_text_lines_are_not_wrapped(recorded_home):

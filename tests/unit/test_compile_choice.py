@@ -105,7 +105,7 @@ def test_decoding_forbids_cudnn_attention_inside_and_restores_it_after(monkeypat
     monkeypatch.setattr(
         result, "generate_answers", lambda *args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or ([], 1)
     )
-    monkeypatch.setattr(result, "prompts_for", lambda records, tokenizer, max_seq_len: ([], []))
+    monkeypatch.setattr(result, "prompts_for", lambda records, tokenizer, max_seq_len: ([], [], []))
     monkeypatch.setattr(result, "score", lambda answers, golds: {"exact_match": 0.0, "f1": 0.0, "questions": 0})
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 0)

@@ -40,10 +40,11 @@ def test_a_chat_model_is_asked_the_conversation_up_to_its_last_reply(tmp_path):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = build_config("tiny", options={"recipe": "chat"}, sets=["train_on=all"])
     prepared = prepare_file(config, str(path))
-    prompts, references = data_eval.prompts_and_references(prepared, config, limit=10)
+    prompts, references, ids = data_eval.prompts_and_references(prepared, config, limit=10)
     expected = ChatTemplate(CHATML, "chatml").render(rows[0]["messages"][:3], add_generation_prompt=True)
     assert prepared.tokenizer.backend.decode(prompts[0]) == expected
     assert expected.endswith("<|im_start|>assistant\n") and references == [["Paris"], ["Jupiter", "jupiter"]]
+    assert ids == ["row 0", "row 1"]  # rows without an `id` are named by position, as in errors
     assert data_eval.prompts_and_references(prepared, config, limit=1)[1] == [["Paris"]]
 
 
