@@ -326,12 +326,16 @@ def score_folder(bench: Bench, label: str, folder: Path, evaluation: Path) -> di
     ]
     found = bench.own(*arguments, log=f"score-{label}")
     bench.say(f"{label}: EM {found['exact_match']:.3f}, F1 {found['f1']:.3f}")
+    kept = bench.out / "predictions" / f"{label}.json"  # the shape `tamer eval --predictions` writes
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps({"model": str(folder), "predictions": found["predictions"]}, indent=1))
     return {
         "exact_match": found["exact_match"],
         "f1": found["f1"],
         "questions": found["questions"],
         "eval_seconds": found["seconds"],
         "examples": found["examples"],
+        "predictions": str(kept),
     }
 
 
@@ -373,7 +377,8 @@ def score_command(args: argparse.Namespace) -> dict[str, Any]:
     records = squad.load_records(str(args.eval))
     scored = result.evaluate(model, tokenizer, config, records, device, args.limit)
     return {
-        key: scored[key] for key in ("exact_match", "f1", "questions", "seconds", "questions_per_second", "examples")
+        key: scored[key]
+        for key in ("exact_match", "f1", "questions", "seconds", "questions_per_second", "examples", "predictions")
     }
 
 
