@@ -128,9 +128,10 @@ def test_an_oom_in_a_chat_run_escalates_and_keeps_the_samples(chat_baseline, tmp
 
 def test_tamer_eval_and_compare_on_a_chat_run(chat_baseline):
     """`tamer eval` of a chat run gives the validation loss training recorded for that step (same rows, same model) and,
-    with --em-f1, EM/F1 of the replies; `tamer compare` shows its validation loss."""
+    with --predictions (which implies --em-f1), EM/F1 of the replies and every reply named by its row's id, scored as
+    the means say; `tamer compare` shows its validation loss."""
     home, run_id = chat_baseline["home"], chat_baseline["run_id"]
-    result = tamer("eval", run_id, "--em-f1", "--limit", "4", "--json", home=home)
+    result = tamer("eval", run_id, "--limit", "4", "--predictions", str(home / "out") + "/", "--json", home=home)
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     ((recorded,),) = query(home, "SELECT eval_loss FROM evals WHERE run_id = ? AND step = ?", (run_id, STEPS))
@@ -138,11 +139,6 @@ def test_tamer_eval_and_compare_on_a_chat_run(chat_baseline):
     assert "validation" in dict(events(home, run_id))
     compared = json.loads(tamer("compare", run_id, "--json", home=home).stdout)
     assert compared[0]["final_eval_loss"] == recorded
-
-    # --predictions implies --em-f1 and keeps every reply, named by the row's id, scored as the mean says
-    kept = tamer("eval", run_id, "--limit", "4", "--predictions", str(home / "out") + "/", "--json", home=home)
-    assert kept.returncode == 0, kept.stderr
-    scores = json.loads(kept.stdout)
     document = json.loads((home / "out" / f"{run_id}.predictions.json").read_text())
     rows = document["predictions"]
     assert scores["predictions_file"] == str(home / "out" / f"{run_id}.predictions.json")
