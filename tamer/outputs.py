@@ -9,8 +9,9 @@ Rules (the same for every command):
 - `-o` names a file or a folder: a folder (existing, or given with a trailing `/`) gets the default
   file name inside it; missing parent folders are created.
 - tamer replaces only what it wrote itself: a file it made carries a signature (a PNG text chunk, an
-  HTML meta tag, a JSON file's first key), an export folder a marker file (EXPORT_MARKER). Anything else in the way is refused,
-  unless `--force` says to overwrite that one file; a folder holding other files is never replaced.
+  HTML meta tag, a JSON file's first key), an export folder a marker file (EXPORT_MARKER). Anything
+  else in the way is refused, unless `--force` says to overwrite that one file (`tamer eval
+  --predictions` has no --force); a folder holding other files is never replaced.
 - Every OS error (read-only place, no permission, disk full, a file where a folder should be) is one
   line naming the path and what to do: OutputError (exit 7), or ConfigError for a wrong kind of path.
 No torch, no tamer imports above the ground floor: both the CLI and the export child use it.
